@@ -1,0 +1,116 @@
+"""Step 5, registration: log the model to MLflow with its lineage, register a version, move the aliases.
+
+Every registered version gets alias ``challenger``; :func:`promote` moves ``champion`` (only when the
+gate approved). Registering the same MLflow run twice returns the existing version.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import mlflow
+import numpy as np
+
+from components.mlflow_model import log_pillars_model
+from components.models import PROFILE_FILE
+from components.registry import CHALLENGER, CHAMPION, alias_version, client, move_alias
+from components.settings import package_version
+
+logger = logging.getLogger("pillars.register")
+
+
+def code_version() -> str:
+    """Package version plus the git commit (``PILLARS_GIT_SHA``, else ``git rev-parse`` when in a checkout)."""
+    sha = os.environ.get("PILLARS_GIT_SHA", "")
+    if not sha:
+        try:
+            sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                 timeout=5, cwd=Path(__file__).parent, check=False).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            sha = ""
+    return f"{package_version()}+{sha}" if sha else package_version()
+
+
+def register_model(
+    model_dir: str | Path,
+    profile: Mapping[str, object] | None,
+    model_name: str,
+    mlflow_run_id: str,
+    lineage: Mapping[str, str],
+    example_rows: np.ndarray | None = None,
+) -> str:
+    """Log the model in the given MLflow run and register it as a new version of ``model_name``.
+
+    Args:
+        model_dir: folder with ``config.json`` and ``model.safetensors``.
+        profile: the training data profile, stored as ``data_profile.json`` beside the weights.
+        model_name: registered model name.
+        mlflow_run_id: the run the model belongs to (training's run).
+        lineage: tags for the version (KFP run id, data hash, gate decision, ...).
+        example_rows: a few raw input rows for the input example.
+
+    Returns:
+        The version number (as a string); the existing one when this run was registered before.
+    """
+    import json
+
+    c = client()
+    existing = c.search_model_versions(f"name='{model_name}' and run_id='{mlflow_run_id}'")
+    if existing:
+        version = str(existing[0].version)
+        logger.info("run %s is already registered as %s version %s", mlflow_run_id, model_name, version)
+        return version
+    with tempfile.TemporaryDirectory() as tmp:
+        profile_path = None
+        if profile is not None:
+            profile_path = Path(tmp) / PROFILE_FILE
+            profile_path.write_text(json.dumps(profile))
+        with mlflow.start_run(run_id=mlflow_run_id):
+            info = log_pillars_model(model_dir, profile_path, example_rows)
+    tags = {"mlflow_run_id": mlflow_run_id, "code_version": code_version(), **lineage}
+    version = mlflow.register_model(info.model_uri, model_name, tags={k: str(v) for k, v in tags.items()})
+    move_alias(model_name, CHALLENGER, version.version, f"registered from run {mlflow_run_id}", c)
+    return str(version.version)
+
+
+def promote(model_name: str, version: str, why: str) -> bool:
+    """Make ``version`` the champion (recording the move); False when it already was."""
+    event = move_alias(model_name, CHAMPION, version, why)
+    if event is not None:
+        logger.info("%s: champion %s -> %s (%s)", model_name, event.from_version, event.to_version, why)
+    return event is not None
+
+
+def champion_version(model_name: str) -> str | None:
+    """The current champion version of ``model_name``, or None."""
+    return alias_version(model_name, CHAMPION)
+
+
+def download_version(model_name: str, version: str) -> Path:
+    """Download a registered version's MLflow model folder to a temporary directory."""
+    target = Path(tempfile.mkdtemp(prefix="pillars-model-"))
+    try:
+        return Path(mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version}", dst_path=str(target)))
+    except Exception:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+
+
+def run_register(model_dir: str, metadata_path: str, test_path: str, model_name: str, mlflow_run_id: str,
+                 kfp_run_id: str, approved: bool, reasons: str, tracking_uri: str = "") -> str:
+    """Register the trained model with its lineage and gate decision; returns the version."""
+    from components.prepare_data import load_metadata, load_split
+    from components.tracking import configure_tracking
+
+    configure_tracking(tracking_uri or None)
+    metadata = load_metadata(metadata_path)
+    lineage = {"kfp_run_id": kfp_run_id, "data_hash": metadata["data_hash"], "task": metadata["task"],
+               "source": metadata["source"], "gate_approved": str(approved).lower(), "gate_reasons": reasons[:4000]}
+    x_test, _ = load_split(test_path)
+    return register_model(model_dir, metadata["profile"], model_name, mlflow_run_id, lineage, x_test[:3])

@@ -1,0 +1,48 @@
+"""Platform configuration in one place, read from ``PILLARS_*`` environment variables."""
+
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def package_version() -> str:
+    """The installed version of the ``pillars`` distribution (``0.0.0`` when run from a bare tree)."""
+    try:
+        return metadata.version("pillars")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+IMAGE_REPOSITORY = "ghcr.io/pillars-mlops/pillars"
+"""Repository of the components image; the tag is the package version unless ``PILLARS_IMAGE`` says otherwise."""
+
+
+class Settings(BaseSettings):
+    """Settings shared by the CLI, the components and the compiled pipelines."""
+
+    model_config = SettingsConfigDict(env_prefix="PILLARS_", extra="ignore")
+
+    home: Path = Field(default=Path(".pillars"))
+    """Folder of the embedded default: MLflow store, artifacts, pipeline outputs, checkpoints."""
+
+    image: str = Field(default_factory=lambda: f"{IMAGE_REPOSITORY}:{package_version()}")
+    """Container image every component names as ``base_image`` (the package preinstalled)."""
+
+    cluster_mlflow_uri: str = "http://pillars-mlflow.pillars.svc.cluster.local:5000"
+    """Tracking URI compiled into pipelines for the cluster (the chart's MLflow Service)."""
+
+    checkpoint_root: Path | None = None
+    """Where training checkpoints live; defaults to ``<home>/checkpoints``. On a cluster, a PVC mount."""
+
+    def resolved_home(self) -> Path:
+        """The home folder as an absolute path (not created)."""
+        return self.home.expanduser().resolve()
+
+    def resolved_checkpoint_root(self) -> Path:
+        """The checkpoint folder as an absolute path (not created)."""
+        root = self.checkpoint_root or self.resolved_home() / "checkpoints"
+        return Path(root).expanduser().resolve()

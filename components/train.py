@@ -1,0 +1,333 @@
+"""Step 2, training: a PyTorch loop with early stopping, per-epoch checkpoints and resume.
+
+:func:`fit` is the framework-free core (no MLflow, no KFP). :func:`run_training` adds the
+MLflow run (params, per-epoch metrics, learning curve) and the checkpoint folder that a retried
+step finds again, so a killed step continues from its last finished epoch instead of starting over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from components.errors import ConfigError
+from components.models import ModelConfig, PillarsNet, build_model, save_model
+
+logger = logging.getLogger("pillars.train")
+
+CHECKPOINT = "last.pt"
+HISTORY = "history.json"
+MIN_DELTA = 1e-4
+
+
+@dataclasses.dataclass
+class TrainParams:
+    """Hyperparameters (each is a pipeline parameter)."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    dropout: float = 0.1
+    seed: int = 0
+    patience: int = 5
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "learning_rate": self.learning_rate > 0,
+            "weight_decay": self.weight_decay >= 0,
+            "dropout": 0 <= self.dropout < 1,
+            "patience": self.patience >= 1,
+            "device": self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(", ".join(f"invalid {name}={getattr(self, name)!r}" for name in bad))
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`fit` did: the best model, where it started (after a resume) and its curve."""
+
+    model: PillarsNet
+    history: list[dict[str, float]]
+    start_epoch: int
+    best_epoch: int
+    best_val_loss: float
+    stopped_early: bool
+    device: str
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """``cuda`` when present (or asked for), else ``cpu``."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {requested!r} asked for, but no CUDA device is available")
+    return torch.device(requested)
+
+
+def model_config(metadata: dict[str, Any], params: TrainParams) -> ModelConfig:
+    """The architecture the task calls for, sized by the prepared data."""
+    return ModelConfig(
+        task=metadata["task"], kind=metadata["kind"], architecture=metadata["architecture"],
+        input_shape=list(metadata["input_shape"]), feature_names=list(metadata["feature_names"]),
+        classes=metadata["classes"], dropout=params.dropout,
+    )
+
+
+def init_model(metadata: dict[str, Any], params: TrainParams) -> PillarsNet:
+    """A fresh model with the train-split standardisation (and target scale) from ``metadata``."""
+    torch.manual_seed(params.seed)
+    model = build_model(model_config(metadata, params))
+    norm = metadata["normalization"]
+    model.standardize.fit(np.asarray(norm["mean"]), np.asarray(norm["std"]))
+    if metadata.get("target"):
+        model.target_mean.fill_(metadata["target"]["mean"])
+        model.target_std.fill_(metadata["target"]["std"])
+    return model
+
+
+def fingerprint(metadata: dict[str, Any], params: TrainParams) -> str:
+    """Identity of a training job: a checkpoint is resumed only by the same data and hyperparameters."""
+    blob = json.dumps({"data": metadata["data_hash"], "task": metadata["task"],
+                       "params": dataclasses.asdict(params)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def fit(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    metadata: dict[str, Any],
+    params: TrainParams,
+    checkpoint_dir: str | Path | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train with early stopping on validation loss, checkpointing every epoch.
+
+    Args:
+        train: ``(x, y)`` of the train split, raw features.
+        val: ``(x, y)`` of the validation split.
+        metadata: what :func:`components.prepare_data.prepare` wrote (task, kind, shapes, normalisation).
+        params: hyperparameters.
+        checkpoint_dir: where ``last.pt`` is written after each epoch and read at start; a checkpoint
+            with the same :func:`fingerprint` is resumed from its next epoch.
+        on_epoch: called with ``(epoch, metrics)`` after each epoch (epochs count from 1).
+        progress: show a progress bar; default: when stderr is a terminal.
+
+    Returns:
+        The best model (lowest validation loss) and the run's history.
+    """
+    device = pick_device(params.device)
+    model = init_model(metadata, params).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
+    classification = metadata["kind"] == "classification"
+    loss_fn: nn.Module = nn.CrossEntropyLoss() if classification else nn.MSELoss()
+    amp_dtype = _amp_dtype(device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    x_train, y_train = _tensors(train, classification, device)
+    x_val, y_val = _tensors(val, classification, device)
+    if not classification:
+        y_train, y_val = model.encode_target(y_train), model.encode_target(y_val)
+
+    state = {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0,
+             "history": [], "best_model": None}
+    key = fingerprint(metadata, params)
+    path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
+    if path is not None and path.is_file():
+        saved = torch.load(path, map_location=device, weights_only=True)
+        if saved.get("fingerprint") == key:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scaler.load_state_dict(saved["scaler"])
+            state = {k: saved[k] for k in state}
+            logger.info("resuming from checkpoint %s after epoch %d", path, state["epoch"])
+        else:
+            logger.warning("ignoring checkpoint %s: it belongs to other data or hyperparameters", path)
+    start_epoch = state["epoch"] + 1
+    done = state["bad_epochs"] >= params.patience
+
+    epochs = range(start_epoch, params.epochs + 1)
+    bar = _progress(epochs, progress)
+    for epoch in bar:
+        if done:
+            break
+        torch.manual_seed(params.seed + epoch)
+        model.train()
+        order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(params.seed + epoch))
+        total = torch.zeros((), device=device)
+        for start in range(0, len(order), params.batch_size):
+            idx = order[start:start + params.batch_size].to(device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = loss_fn(model(x_train[idx]).squeeze(-1) if not classification else model(x_train[idx]),
+                               y_train[idx])
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            total += loss.detach() * len(idx)
+        metrics = {"train_loss": float(total) / len(x_train), **_validate(model, x_val, y_val, loss_fn,
+                                                                          classification, amp_dtype)}
+        state["history"].append({"epoch": epoch, **metrics})
+        state["epoch"] = epoch
+        if metrics["val_loss"] < state["best_val_loss"] - MIN_DELTA:
+            state.update(best_val_loss=metrics["val_loss"], best_epoch=epoch, bad_epochs=0,
+                         best_model={k: v.detach().clone() for k, v in model.state_dict().items()})
+        else:
+            state["bad_epochs"] += 1
+        done = state["bad_epochs"] >= params.patience
+        if path is not None:
+            _save_checkpoint(path, key, model, optimizer, scaler, state)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{metrics['train_loss']:.4f}", val_loss=f"{metrics['val_loss']:.4f}")
+
+    if state["best_model"] is not None:
+        model.load_state_dict(state["best_model"])
+    return TrainResult(model.cpu().eval(), state["history"], start_epoch, state["best_epoch"],
+                       state["best_val_loss"], done and state["epoch"] < params.epochs, str(device))
+
+
+def _tensors(split: tuple[np.ndarray, np.ndarray], classification: bool, device: torch.device
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = split
+    return (torch.as_tensor(x, dtype=torch.float32, device=device),
+            torch.as_tensor(y, dtype=torch.long if classification else torch.float32, device=device))
+
+
+def _amp_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed precision on GPU: bf16 where supported, else fp16 (with a gradient scaler)."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@torch.no_grad()
+def _validate(model: PillarsNet, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, classification: bool,
+              amp_dtype: torch.dtype | None) -> dict[str, float]:
+    model.eval()
+    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        head = model(x).float()
+    if classification:
+        return {"val_loss": float(loss_fn(head, y)), "val_accuracy": float((head.argmax(1) == y).float().mean())}
+    head = head.squeeze(-1)
+    rmse = torch.sqrt(torch.mean((model.decode(head) - model.decode(y)) ** 2))
+    return {"val_loss": float(loss_fn(head, y)), "val_rmse": float(rmse)}
+
+
+def _save_checkpoint(path: Path, key: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
+    """Write atomically: a kill mid-write leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"fingerprint": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(), **state}, tmp)
+    os.replace(tmp, path)
+
+
+def _progress(epochs: range, progress: bool | None) -> Any:
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return epochs
+    from tqdm import tqdm
+
+    return tqdm(epochs, desc="train", unit="epoch", initial=epochs.start - 1, total=epochs.stop - 1)
+
+
+def save_history(directory: str | Path, history: list[dict[str, float]]) -> None:
+    """The per-epoch curve as ``history.json`` beside the saved model."""
+    Path(directory, HISTORY).write_text(json.dumps(history))
+
+
+def load_history(directory: str | Path) -> list[dict[str, float]]:
+    """The curve written by :func:`save_history` (empty when absent)."""
+    path = Path(directory, HISTORY)
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def write_model(result: TrainResult, output_dir: str | Path) -> Path:
+    """Save the trained model and its history into ``output_dir``."""
+    save_model(result.model, output_dir)
+    save_history(output_dir, result.history)
+    return Path(output_dir)
+
+
+
+def checkpoint_dir_for(root: str | Path, experiment: str, kfp_run_id: str, metadata: dict[str, Any],
+                       params: TrainParams) -> Path:
+    """The checkpoint folder of one training job: stable across retries of the same pipeline run."""
+    key = hashlib.sha256(f"{kfp_run_id}/{fingerprint(metadata, params)}".encode()).hexdigest()[:16]
+    return Path(root) / experiment / key
+
+
+def run_training(
+    train_path: str,
+    val_path: str,
+    metadata_path: str,
+    params: TrainParams,
+    model_dir: str,
+    experiment: str,
+    kfp_run_id: str = "",
+    tracking_uri: str = "",
+    checkpoint_root: str = "",
+    progress: bool | None = None,
+) -> str:
+    """Train inside an MLflow run (resumed on retry) and save the best model to ``model_dir``.
+
+    Returns:
+        The MLflow run id, which evaluation and registration continue in.
+    """
+    import mlflow
+
+    from components.evaluate import learning_curve_figure
+    from components.prepare_data import load_metadata, load_split
+    from components.settings import Settings
+    from components.tracking import configure_tracking, ensure_experiment
+
+    configure_tracking(tracking_uri or None)
+    metadata = load_metadata(metadata_path)
+    root = checkpoint_root or str(Settings().resolved_checkpoint_root())
+    ckpt = checkpoint_dir_for(root, experiment, kfp_run_id, metadata, params)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    run_file = ckpt / "mlflow_run_id"
+    run_id = run_file.read_text().strip() if run_file.is_file() else None
+    experiment_id = ensure_experiment(experiment)
+    with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
+                          tags={"pillars.task": metadata["task"], "pillars.kfp_run_id": kfp_run_id,
+                                "pillars.data_hash": metadata["data_hash"]}) as run:
+        if run_id is None:
+            run_file.write_text(run.info.run_id)
+            mlflow.log_params({"task": metadata["task"], "data_hash": metadata["data_hash"],
+                               "source": metadata["source"], **dataclasses.asdict(params),
+                               **{f"rows_{k}": v for k, v in metadata["split_rows"].items()}})
+
+        def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            mlflow.log_metrics(metrics, step=epoch, synchronous=False)
+
+        result = fit(load_split(train_path), load_split(val_path), metadata, params, ckpt, log_epoch, progress)
+        mlflow.flush_async_logging()
+        mlflow.set_tags({"pillars.device": result.device, "pillars.resumed_from_epoch": result.start_epoch - 1,
+                         "pillars.best_epoch": result.best_epoch, "pillars.stopped_early": result.stopped_early})
+        if result.history:
+            figure = learning_curve_figure(result.history)
+            mlflow.log_figure(figure, "plots/learning_curve.png")
+        write_model(result, model_dir)
+        return run.info.run_id

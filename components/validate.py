@@ -1,0 +1,129 @@
+"""Step 4, the gate: a candidate passes only if it clears the thresholds AND is not worse than the champion.
+
+The champion is scored on the candidate's own test split when its inputs match (a fair comparison
+after the data changed); otherwise its logged test metric is used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+
+from components.errors import ConfigError
+from components.tasks import TaskSpec
+
+logger = logging.getLogger("pillars.validate")
+
+
+@dataclasses.dataclass
+class GateDecision:
+    """Whether the candidate may become champion, and why."""
+
+    approved: bool
+    reasons: list[str]
+    champion_version: str | None = None
+    champion_score: float | None = None
+
+
+def parse_thresholds(text: str, task: TaskSpec) -> dict[str, float]:
+    """Thresholds from a JSON object string (``{"accuracy": 0.9}``); the task's defaults when empty."""
+    if not text.strip():
+        return dict(task.thresholds)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"thresholds must be a JSON object like '{{\"accuracy\": 0.9}}': {e}") from e
+    if not isinstance(data, dict) or not all(isinstance(v, (int, float)) for v in data.values()):
+        raise ConfigError(f"thresholds must map metric names to numbers, got {text!r}")
+    return {str(k): float(v) for k, v in data.items()}
+
+
+LOWER_IS_BETTER = {"rmse", "mae", "overfit_gap"}
+
+
+def gate(
+    metrics: Mapping[str, float],
+    task: TaskSpec,
+    thresholds: Mapping[str, float],
+    margin: float = 0.0,
+    champion_score: float | None = None,
+    champion_version: str | None = None,
+) -> GateDecision:
+    """Decide on a candidate.
+
+    Args:
+        metrics: the candidate's test metrics (``accuracy``, ``rmse``, ...).
+        task: gives the primary metric and its direction.
+        thresholds: minimum values (maximum for ``rmse``, ``mae``, ``overfit_gap``) the candidate must meet.
+        margin: how much worse than the champion on the primary metric the candidate may be (>= 0).
+        champion_score: the champion's primary metric on the same test data, None when there is no champion.
+        champion_version: for the reasons.
+    """
+    if margin < 0:
+        raise ConfigError(f"margin must be >= 0, got {margin}")
+    reasons, ok = [], True
+    for name, limit in thresholds.items():
+        if name not in metrics:
+            raise ConfigError(f"threshold on unknown metric {name!r}; metrics are: {', '.join(sorted(metrics))}")
+        value = metrics[name]
+        lower = name in LOWER_IS_BETTER
+        passed = value <= limit if lower else value >= limit
+        ok &= passed
+        reasons.append(f"{name}={value:.4f} {'<=' if lower else '>='} {limit} {'passed' if passed else 'FAILED'}")
+    primary = task.primary_metric
+    candidate = metrics[primary]
+    if champion_score is None or not np.isfinite(champion_score):
+        reasons.append("no champion to compare with")
+    else:
+        better = candidate <= champion_score + margin if task.lower_is_better else candidate >= champion_score - margin
+        ok &= better
+        reasons.append(f"{primary}={candidate:.4f} vs champion v{champion_version} {champion_score:.4f} "
+                       f"(margin {margin}) {'not worse' if better else 'WORSE'}")
+    return GateDecision(bool(ok), reasons, champion_version, champion_score)
+
+
+def champion_score(model_name: str, task: TaskSpec, test: tuple[np.ndarray, np.ndarray],
+                   feature_names: list[str]) -> tuple[str | None, float | None, str]:
+    """The champion's primary metric: scored on ``test`` when its inputs match, else its logged value.
+
+    Returns:
+        ``(version, score, how)``; ``(None, None, ...)`` when there is no champion.
+    """
+    from components.evaluate import split_metrics
+    from components.models import Predictor
+    from components.register import champion_version, download_version
+    from components.registry import client
+
+    version = champion_version(model_name)
+    if version is None:
+        return None, None, "no champion"
+    predictor = Predictor.load(download_version(model_name, version))
+    if predictor.config.feature_names == feature_names and predictor.config.kind == task.kind:
+        return version, split_metrics(predictor, *test)[task.primary_metric], "scored on the same test split"
+    c = client()
+    run_id = c.get_model_version(model_name, version).run_id
+    logged = c.get_run(run_id).data.metrics.get(f"test_{task.primary_metric}")
+    return version, logged, "inputs differ: its logged test metric"
+
+
+def run_gate(metrics_json: str, metadata_path: str, test_path: str, model_name: str, thresholds: str,
+             margin: float, tracking_uri: str = "") -> GateDecision:
+    """Apply :func:`gate` to the candidate's metrics against thresholds and the registry's champion."""
+    from components.prepare_data import load_metadata, load_split
+    from components.tasks import get_task
+    from components.tracking import configure_tracking
+
+    configure_tracking(tracking_uri or None)
+    metadata = load_metadata(metadata_path)
+    task = get_task(metadata["task"])
+    version, score, how = champion_score(model_name, task, load_split(test_path), metadata["feature_names"])
+    decision = gate(json.loads(metrics_json), task, parse_thresholds(thresholds, task), margin, score, version)
+    if version is not None:
+        decision.reasons.append(f"champion {how}")
+    logger.info("gate for %s: %s (%s)", model_name, "approved" if decision.approved else "rejected",
+                "; ".join(decision.reasons))
+    return decision

@@ -1,0 +1,39 @@
+"""Running a pipeline on this machine with ``kfp.local`` (the embedded default: no cluster)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from kfp import local
+
+from components.settings import Settings
+from components.tracking import configure_tracking
+
+logger = logging.getLogger("pillars.local")
+
+
+def run_local(pipeline: Callable[..., Any], arguments: Mapping[str, Any], settings: Settings | None = None,
+              caching: bool = True) -> str:
+    """Run ``pipeline`` through ``kfp.local``'s SubprocessRunner in the current Python environment.
+
+    MLflow is the server at ``MLFLOW_TRACKING_URI`` when set, else the local store under
+    ``PILLARS_HOME``; task outputs go to ``<home>/pipeline_root``.
+
+    Returns:
+        The tracking URI the run used.
+    """
+    settings = settings or Settings()
+    home = settings.resolved_home()
+    uri = configure_tracking(arguments.get("tracking_uri") or None, settings)
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # the component subprocesses inherit it
+    args = {"tracking_uri": uri, "checkpoint_root": str(settings.resolved_checkpoint_root()), **arguments}
+    root = home / "pipeline_root"
+    root.mkdir(parents=True, exist_ok=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+               enable_caching=caching, cache_root=str(Path(root) / ".cache"), raise_on_error=True)
+    pipeline(**args)
+    return uri

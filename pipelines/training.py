@@ -1,0 +1,101 @@
+"""The training pipeline, the spine of the loop: prepare -> train -> evaluate -> validate -> register -> promote.
+
+:func:`training_pipeline` builds the pipeline for given compile-time options (GPUs); the pipeline's
+own parameters are what users set per run (``--param k=v`` or the KFP UI).
+"""
+
+
+from typing import Any
+
+from kfp import dsl
+
+from components import ops
+
+PIPELINE_NAME = "pillars-training"
+
+
+def training_pipeline(gpus: int = 0, accelerator: str = "nvidia.com/gpu", cache_data: bool = True) -> Any:
+    """Build the training pipeline.
+
+    Args:
+        gpus: GPUs the train step asks for (0: CPU only). With GPUs, the compiled YAML sets the
+            accelerator type and limit so the cluster schedules the step on a GPU node.
+        accelerator: the accelerator resource name.
+        cache_data: let KFP cache the data step (turn off when a source path's contents change).
+    """
+    if gpus < 0:
+        raise ValueError(f"gpus must be >= 0, got {gpus}")
+
+    @dsl.pipeline(name=PIPELINE_NAME,
+                  description="Prepare data, train a PyTorch model, evaluate, gate against the champion, "
+                              "register in MLflow and promote when better.")
+    def training(
+        task: str = "breast_cancer",
+        source: str = "",
+        label_column: str = "",
+        model_name: str = "",
+        epochs: int = 30,
+        batch_size: int = 64,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 1e-4,
+        dropout: float = 0.1,
+        seed: int = 0,
+        patience: int = 5,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        missing_policy: str = "median",
+        balance: bool = False,
+        thresholds: str = "",
+        margin: float = 0.0,
+        tracking_uri: str = "",
+        checkpoint_root: str = "",
+    ) -> None:
+        data = ops.prepare_data(task=task, source=source, label_column=label_column, seed=seed,
+                                val_fraction=val_fraction, test_fraction=test_fraction,
+                                missing_policy=missing_policy, balance=balance)
+        data.set_caching_options(cache_data).set_display_name("prepare data")
+        _resources(data, cpu="500m", memory="1Gi")
+
+        trained = ops.train(train_data=data.outputs["train_data"], val_data=data.outputs["val_data"],
+                            metadata=data.outputs["metadata"], model_name=model_name, epochs=epochs,
+                            batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
+                            dropout=dropout, seed=seed, patience=patience,
+                            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, tracking_uri=tracking_uri,
+                            checkpoint_root=checkpoint_root)
+        trained.set_caching_options(False).set_retry(num_retries=2, backoff_duration="10s").set_display_name("train")
+        _resources(trained, cpu="1", memory="2Gi")
+        if gpus:
+            trained.set_accelerator_type(accelerator).set_accelerator_limit(gpus)
+
+        scored = ops.evaluate(model=trained.outputs["model"], train_data=data.outputs["train_data"],
+                              val_data=data.outputs["val_data"], test_data=data.outputs["test_data"],
+                              mlflow_run_id=trained.outputs["Output"], tracking_uri=tracking_uri)
+        scored.set_caching_options(False).set_display_name("evaluate")
+        _resources(scored, cpu="500m", memory="1Gi")
+
+        gate = ops.validate(metrics_json=scored.outputs["Output"], metadata=data.outputs["metadata"],
+                            test_data=data.outputs["test_data"], model_name=model_name, thresholds=thresholds,
+                            margin=margin, tracking_uri=tracking_uri)
+        gate.set_caching_options(False).set_display_name("validate (gate)")
+        _resources(gate, cpu="500m", memory="1Gi")
+
+        registered = ops.register(model=trained.outputs["model"], metadata=data.outputs["metadata"],
+                                  test_data=data.outputs["test_data"], model_name=model_name,
+                                  mlflow_run_id=trained.outputs["Output"], kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                                  decision=gate.outputs["decision"],
+                                  tracking_uri=tracking_uri)
+        registered.set_caching_options(False).set_display_name("register")
+        _resources(registered, cpu="250m", memory="512Mi")
+
+        with dsl.If(gate.outputs["Output"] == True, name="approved"):  # noqa: E712 (KFP condition syntax)
+            promoted = ops.promote(model_name=registered.outputs["model_name"],
+                                   version=registered.outputs["version"], decision=gate.outputs["decision"],
+                                   tracking_uri=tracking_uri)
+            promoted.set_caching_options(False).set_display_name("promote to champion")
+            _resources(promoted, cpu="250m", memory="256Mi")
+
+    return training
+
+
+def _resources(task: Any, cpu: str, memory: str) -> None:
+    task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
