@@ -52,7 +52,7 @@ def alias_version(name: str, alias: str, mlflow_client: MlflowClient | None = No
     """The version an alias points to, or None when the alias (or the model) does not exist."""
     c = mlflow_client or client()
     try:
-        return c.get_model_version_by_alias(name, alias).version
+        return str(c.get_model_version_by_alias(name, alias).version)
     except MlflowException:
         return None
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,14 +26,20 @@ def run_local(pipeline: Callable[..., Any], arguments: Mapping[str, Any], settin
     Returns:
         The tracking URI the run used.
     """
+    from pipelines.training import check_arguments
+
+    check_arguments(dict(arguments))
     settings = settings or Settings()
     home = settings.resolved_home()
     uri = configure_tracking(arguments.get("tracking_uri") or None, settings)
-    os.environ["MLFLOW_TRACKING_URI"] = uri  # the component subprocesses inherit it
     args = {"tracking_uri": uri, "checkpoint_root": str(settings.resolved_checkpoint_root()), **arguments}
     root = home / "pipeline_root"
     root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                enable_caching=caching, cache_root=str(Path(root) / ".cache"), raise_on_error=True)
-    pipeline(**args)
+    with warnings.catch_warnings():
+        # kfp.local notes that resource requests do nothing locally and that the components name
+        # an image it does not use: both expected for the embedded default.
+        warnings.filterwarnings("ignore", module="kfp.local")
+        pipeline(**args)
     return uri

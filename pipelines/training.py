@@ -7,14 +7,18 @@ own parameters are what users set per run (``--param k=v`` or the KFP UI).
 
 from typing import Any
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 
 from components import ops
 
 PIPELINE_NAME = "pillars-training"
 
 
-def training_pipeline(gpus: int = 0, accelerator: str = "nvidia.com/gpu", cache_data: bool = True) -> Any:
+CHECKPOINT_MOUNT = "/checkpoints"
+
+
+def training_pipeline(gpus: int = 0, accelerator: str = "nvidia.com/gpu", cache_data: bool = True,
+                      checkpoint_pvc: str = "", s3_secret: str = "") -> Any:
     """Build the training pipeline.
 
     Args:
@@ -22,6 +26,10 @@ def training_pipeline(gpus: int = 0, accelerator: str = "nvidia.com/gpu", cache_
             accelerator type and limit so the cluster schedules the step on a GPU node.
         accelerator: the accelerator resource name.
         cache_data: let KFP cache the data step (turn off when a source path's contents change).
+        checkpoint_pvc: a PVC mounted at ``/checkpoints`` in the train step, so a retried pod resumes
+            from the last epoch (set ``checkpoint_root=/checkpoints``; done by default when given).
+        s3_secret: a Secret whose ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` every step gets (S3 data
+            and artifacts through boto3).
     """
     if gpus < 0:
         raise ValueError(f"gpus must be >= 0, got {gpus}")
@@ -48,7 +56,7 @@ def training_pipeline(gpus: int = 0, accelerator: str = "nvidia.com/gpu", cache_
         thresholds: str = "",
         margin: float = 0.0,
         tracking_uri: str = "",
-        checkpoint_root: str = "",
+        checkpoint_root: str = CHECKPOINT_MOUNT if checkpoint_pvc else "",
     ) -> None:
         data = ops.prepare_data(task=task, source=source, label_column=label_column, seed=seed,
                                 val_fraction=val_fraction, test_fraction=test_fraction,
@@ -66,6 +74,8 @@ def training_pipeline(gpus: int = 0, accelerator: str = "nvidia.com/gpu", cache_
         _resources(trained, cpu="1", memory="2Gi")
         if gpus:
             trained.set_accelerator_type(accelerator).set_accelerator_limit(gpus)
+        if checkpoint_pvc:
+            kubernetes.mount_pvc(trained, pvc_name=checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
 
         scored = ops.evaluate(model=trained.outputs["model"], train_data=data.outputs["train_data"],
                               val_data=data.outputs["val_data"], test_data=data.outputs["test_data"],
@@ -94,7 +104,36 @@ def training_pipeline(gpus: int = 0, accelerator: str = "nvidia.com/gpu", cache_
             promoted.set_caching_options(False).set_display_name("promote to champion")
             _resources(promoted, cpu="250m", memory="256Mi")
 
+        if s3_secret:
+            for task in (data, trained, scored, gate, registered, promoted):
+                kubernetes.use_secret_as_env(task, secret_name=s3_secret, secret_key_to_env={
+                    "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"})
+
     return training
+
+
+def check_arguments(arguments: dict[str, Any]) -> None:
+    """Fail fast, before any step runs, on arguments a step would reject (task, hyperparameters, thresholds).
+
+    Raises:
+        ConfigError: naming the bad argument.
+    """
+    from components.prepare_data import PrepareParams
+    from components.tasks import get_task
+    from components.train import TrainParams
+    from components.validate import parse_thresholds
+
+    def pick(cls: Any) -> dict[str, Any]:
+        return {k: v for k, v in arguments.items() if k in cls.__dataclass_fields__}
+
+    prepare = PrepareParams(**pick(PrepareParams))
+    task = get_task(prepare.task)
+    TrainParams(**pick(TrainParams))
+    parse_thresholds(str(arguments.get("thresholds", "")), task)
+    if task.builtin is None and not prepare.source:
+        from components.errors import ConfigError
+
+        raise ConfigError(f"task {task.name!r} needs your data: pass --param source=PATH and label_column=NAME")
 
 
 def _resources(task: Any, cpu: str, memory: str) -> None:

@@ -1,0 +1,340 @@
+"""``pillars``: run, compile and submit pipelines, browse the model registry, serve and deploy models.
+
+Every failure prints one line (``pillars: error: ...``) and exits non-zero; set ``PILLARS_DEBUG=1``
+for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from components.errors import ConfigError, PillarsError
+
+PIPELINES = ("training",)
+
+
+def pipeline_factory(name: str) -> Callable[..., Any]:
+    """The builder of pipeline ``name`` (imported lazily: kfp and the components load only when needed)."""
+    if name == "training":
+        from pipelines.training import training_pipeline
+
+        return training_pipeline
+    raise ConfigError(f"unknown pipeline {name!r}; choose from: {', '.join(PIPELINES)}")
+
+
+def parse_params(pairs: Sequence[str], pipeline: Any) -> dict[str, Any]:
+    """``k=v`` strings to typed pipeline arguments, checked against the pipeline's parameters."""
+    inputs = pipeline.component_spec.inputs or {}
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--param takes key=value, got {pair!r}")
+        if key not in inputs:
+            raise ConfigError(f"unknown parameter {key!r}; parameters are: {', '.join(sorted(inputs))}")
+        result[key] = _coerce(key, raw, inputs[key].type)
+    return result
+
+
+def _coerce(key: str, raw: str, kfp_type: str) -> Any:
+    try:
+        if kfp_type == "Integer":
+            return int(raw)
+        if kfp_type == "Float":
+            return float(raw)
+        if kfp_type == "Boolean":
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1", "yes")
+    except ValueError:
+        raise ConfigError(f"parameter {key} must be {kfp_type.lower()}, got {raw!r}") from None
+    return raw
+
+
+def cron_expression(text: str) -> str:
+    """A KFP cron expression (6 fields, seconds first); a standard 5-field expression gets ``0`` seconds."""
+    fields = text.split()
+    if len(fields) == 5:
+        fields.insert(0, "0")
+    if len(fields) != 6:
+        raise ConfigError(f"--schedule takes a cron expression of 5 (or 6, with seconds) fields, got {text!r}")
+    return " ".join(fields)
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.local import run_local
+
+    pipeline = pipeline_factory(args.pipeline)(cache_data=not args.no_cache)
+    arguments = parse_params(args.param, pipeline)
+    if args.task:
+        arguments["task"] = args.task
+    uri = run_local(pipeline, arguments, caching=not args.no_cache)
+    name = arguments.get("model_name") or arguments.get("task") or "breast_cancer"
+    print(f"pipeline {args.pipeline} finished; MLflow: {uri}")
+    _print_versions(name, limit=1)
+    return 0
+
+
+def compile_pipeline(name: str, output: str, gpus: int = 0, accelerator: str = "nvidia.com/gpu",
+                     as_k8s: bool = False, checkpoint_pvc: str = "", s3_secret: str = "",
+                     params: Sequence[str] = (), namespace: str | None = None) -> str:
+    """Compile pipeline ``name`` to KFP IR YAML (or, ``as_k8s``, Pipeline/PipelineVersion resources)."""
+    from kfp import compiler
+
+    from components.settings import Settings
+
+    pipeline = pipeline_factory(name)(gpus=gpus, accelerator=accelerator, checkpoint_pvc=checkpoint_pvc,
+                                      s3_secret=s3_secret)
+    defaults = {"tracking_uri": Settings().cluster_mlflow_uri, **parse_params(params, pipeline)}
+    options: dict[str, Any] = {}
+    if as_k8s:
+        from kfp.compiler.compiler_utils import KubernetesManifestOptions
+
+        options["kubernetes_manifest_format"] = True
+        options["kubernetes_manifest_options"] = KubernetesManifestOptions(
+            namespace=namespace, include_pipeline_manifest=True)
+    compiler.Compiler().compile(pipeline, output, pipeline_parameters=defaults, **options)
+    if as_k8s:
+        _drop_pipeline_display_name(output)
+    return output
+
+
+def _drop_pipeline_display_name(path: str) -> None:
+    """kfp 2.17 writes ``spec.displayName`` on the ``Pipeline`` resource, a field the v2beta1 Pipeline CRD
+    does not define (only ``PipelineVersion`` has it), so ``kubectl apply`` with strict field validation
+    rejects it. The display name stays on the PipelineVersion."""
+    import yaml
+
+    with open(path) as f:
+        docs = list(yaml.safe_load_all(f))
+    for doc in docs:
+        if doc.get("kind") == "Pipeline":
+            doc.get("spec", {}).pop("displayName", None)
+    with open(path, "w") as f:
+        yaml.safe_dump_all(docs, f, sort_keys=False)
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    if args.image:
+        os.environ["PILLARS_IMAGE"] = args.image
+    out = compile_pipeline(args.pipeline, args.output, args.gpus, args.accelerator, args.as_k8s,
+                           args.checkpoint_pvc, args.s3_secret, args.param, args.namespace)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import kfp
+
+    from pipelines.training import check_arguments
+
+    schedule = cron_expression(args.schedule) if args.schedule else None
+    arguments = parse_params(args.param, pipeline_factory(args.pipeline)())
+    check_arguments(arguments)
+    caching = False if args.no_cache else None
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_pipeline(args.pipeline, os.path.join(tmp, "pipeline.yaml"), args.gpus,
+                                   args.accelerator, False, args.checkpoint_pvc, args.s3_secret)
+        try:
+            client = kfp.Client(host=args.host, namespace=args.namespace)
+        except Exception as e:  # kfp raises urllib3/requests errors of many kinds here
+            raise ConfigError(f"cannot reach Kubeflow Pipelines at {args.host}: {type(e).__name__}") from e
+        if schedule:
+            experiment = client.create_experiment(args.experiment, namespace=args.namespace)
+            job = client.create_recurring_run(
+                experiment_id=experiment.experiment_id, job_name=args.run_name or f"{args.pipeline}-schedule",
+                cron_expression=schedule, params=arguments, pipeline_package_path=package,
+                enable_caching=caching, no_catchup=True)
+            print(f"recurring run {job.recurring_run_id} created ({schedule})")
+        else:
+            run = client.create_run_from_pipeline_package(
+                package, arguments=arguments, run_name=args.run_name, experiment_name=args.experiment,
+                namespace=args.namespace, enable_caching=caching)
+            print(f"run {run.run_id} submitted to {args.host}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from components import registry
+    from components.register import promote
+    from components.tracking import configure_tracking
+
+    configure_tracking()
+    if args.action == "list":
+        rows = registry.list_models()
+        if not rows:
+            print("no registered models")
+        for row in rows:
+            aliases = ", ".join(f"{a}=v{v}" for a, v in row["aliases"].items()) or "-"
+            print(f"{row['name']:<30} latest v{row['latest']}  {aliases}")
+    elif args.action == "show":
+        _print_versions(args.name, limit=args.limit)
+    elif args.action == "promote":
+        registry.get_model(args.name)
+        changed = promote(args.name, args.version, args.why)
+        print(f"{args.name}: champion -> v{args.version}" if changed else f"{args.name}: v{args.version} already champion")
+    elif args.action == "history":
+        events = registry.history(args.name)
+        if not events:
+            print(f"{args.name}: no alias moves recorded")
+        for e in events:
+            print(f"{e.at}  {e.alias:<10} v{e.from_version or '-'} -> v{e.to_version}  {e.why}")
+    elif args.action == "rollback":
+        event = registry.rollback(args.name, args.why)
+        print(f"{args.name}: champion v{event.from_version} -> v{event.to_version} (rolled back)")
+    return 0
+
+
+def _print_versions(name: str, limit: int = 10) -> None:
+    from components import registry
+
+    rows = registry.list_versions(name)
+    for row in rows[:limit]:
+        aliases = f" [{', '.join(row['aliases'])}]" if row["aliases"] else ""
+        metrics = "  ".join(f"{k[5:]}={v:.4f}" for k, v in row["metrics"].items())
+        gate = row["tags"].get("gate_approved", "?")
+        print(f"{name} v{row['version']}{aliases}  {row['created']}  gate={gate}  {metrics}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipelines.demo import run_demo
+
+    return run_demo(task=args.task, epochs=args.epochs, serve=not args.no_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from serving.__main__ import main as serve_main
+
+    return serve_main(["--model_uri", args.model_uri, *args.rest])
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from components.deploy import main as deploy_main
+
+    return deploy_main(args.rest)
+
+
+# --- parser -------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pillars", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def pipeline_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("pipeline", choices=PIPELINES, help="which pipeline")
+
+    def param_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--param", action="append", default=[], metavar="K=V",
+                       help="pipeline parameter (repeatable), e.g. --param epochs=10")
+
+    def cluster_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--gpus", type=int, default=0, help="GPUs for the train step (default 0)")
+        p.add_argument("--accelerator", default="nvidia.com/gpu", help="accelerator resource name")
+        p.add_argument("--checkpoint-pvc", default="", help="PVC mounted at /checkpoints so retries resume")
+        p.add_argument("--s3-secret", default="", help="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+
+    p = sub.add_parser("run", help="run a pipeline on this machine (kfp.local)")
+    pipeline_arg(p)
+    p.add_argument("--task", help="task name (same as --param task=...)")
+    param_arg(p)
+    p.add_argument("--no-cache", action="store_true", help="run every step, even the data step")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("compile", help="compile a pipeline to KFP YAML")
+    pipeline_arg(p)
+    p.add_argument("-o", "--output", required=True, help="output YAML file")
+    p.add_argument("--as-k8s", action="store_true", help="emit Pipeline/PipelineVersion custom resources")
+    p.add_argument("--namespace", default=None, help="namespace of the --as-k8s resources")
+    p.add_argument("--image", help="components image (default: PILLARS_IMAGE or the release image)")
+    cluster_args(p)
+    param_arg(p)
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("submit", help="submit a pipeline run to a Kubeflow Pipelines cluster")
+    pipeline_arg(p)
+    p.add_argument("--host", required=True, help="KFP API URL")
+    p.add_argument("--experiment", default="pillars", help="KFP experiment (default pillars)")
+    p.add_argument("--namespace", default=None, help="Kubeflow namespace (multi-user installs)")
+    p.add_argument("--run-name", default=None)
+    p.add_argument("--schedule", help="cron expression: create a recurring run instead")
+    p.add_argument("--no-cache", action="store_true")
+    cluster_args(p)
+    param_arg(p)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("models", help="browse and manage the MLflow model registry")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", help="registered models and their aliases")
+    a = actions.add_parser("show", help="versions of a model, newest first")
+    a.add_argument("name")
+    a.add_argument("--limit", type=int, default=10)
+    a = actions.add_parser("promote", help="make a version the champion")
+    a.add_argument("name")
+    a.add_argument("version")
+    a.add_argument("--why", default="manual promotion")
+    a = actions.add_parser("history", help="recorded alias moves")
+    a.add_argument("name")
+    a = actions.add_parser("rollback", help="restore the previous champion")
+    a.add_argument("name")
+    a.add_argument("--why", default="manual rollback")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("demo", help="train, register and serve a model on this machine")
+    p.add_argument("--task", default="breast_cancer")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--no-serve", action="store_true", help="stop after training and registration")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("serve", help="serve a model with the KServe model server (HTTP + gRPC)",
+                       add_help=False)
+    p.add_argument("model_uri", help="models:/NAME@alias, models:/NAME/VERSION, s3://..., or a folder")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("deploy", help="deploy a registered model as a KServe InferenceService", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_deploy)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pillars`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("pillars: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the CLI's one place that turns errors into one line
+        if os.environ.get("PILLARS_DEBUG"):
+            raise
+        print(f"pillars: error: {_one_line(e)}", file=sys.stderr)
+        return 2 if isinstance(e, (PillarsError, ValueError)) else 1
+
+
+def _one_line(e: BaseException) -> str:
+    import re
+
+    message = re.sub(r"\x1b\[[0-9;]*m", "", str(getattr(e, "message", None) or e)).strip()
+    first = message.splitlines()[0] if message else type(e).__name__
+    return first if len(first) < 300 else first[:300] + "..."
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Data preparation: built-in data sets, cleaning, splits, normalisation and the bad-data errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.errors import ConfigError, DataError
+from components.prepare_data import PrepareParams, load_split, prepare, run_prepare, load_metadata
+
+
+@pytest.mark.parametrize("task,n_features,shape,kind", [
+    ("breast_cancer", 30, [30], "classification"),
+    ("digits", 64, [1, 8, 8], "classification"),
+    ("diabetes", 10, [10], "regression"),
+])
+def test_builtin_tasks_split_into_disjoint_train_val_test(task, n_features, shape, kind):
+    data = prepare(PrepareParams(task=task))
+    meta = data.metadata
+    assert meta["kind"] == kind and meta["input_shape"] == shape and len(meta["feature_names"]) == n_features
+    sizes = {name: len(y) for name, (_, y) in data.splits.items()}
+    total = sum(sizes.values())
+    assert sizes["test"] == pytest.approx(0.15 * total, abs=2) and sizes["val"] == pytest.approx(0.15 * total, abs=2)
+    rows = {name: {x.tobytes() for x in xs} for name, (xs, _) in data.splits.items()}
+    assert not rows["train"] & rows["test"] and not rows["train"] & rows["val"]
+
+
+def test_split_is_stratified_and_seeded():
+    a = prepare(PrepareParams(task="breast_cancer", seed=1))
+    b = prepare(PrepareParams(task="breast_cancer", seed=1))
+    c = prepare(PrepareParams(task="breast_cancer", seed=2))
+    assert np.array_equal(a.splits["test"][0], b.splits["test"][0])
+    assert not np.array_equal(a.splits["test"][0], c.splits["test"][0])
+    shares = [np.bincount(y).astype(float)[1] / len(y) for _, y in a.splits.values()]
+    assert max(shares) - min(shares) < 0.03
+    assert a.metadata["cleaning"]["stratified"] is True
+
+
+def test_normalisation_is_fitted_on_the_train_split_only():
+    data = prepare(PrepareParams(task="breast_cancer"))
+    x_train = data.splits["train"][0]
+    all_x = np.concatenate([x for x, _ in data.splits.values()])
+    mean = np.asarray(data.metadata["normalization"]["mean"])
+    np.testing.assert_allclose(mean, x_train.mean(axis=0), rtol=1e-5)
+    assert not np.allclose(mean, all_x.mean(axis=0), rtol=1e-6)
+
+
+def _write(tmp_path, frame, name="data.csv"):
+    path = tmp_path / name
+    if name.endswith(".csv"):
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path)
+    return str(path)
+
+
+def _table(n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3))
+    return pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "y": (x[:, 0] > 0).astype(int)})
+
+
+@pytest.mark.parametrize("name", ["data.csv", "data.parquet"])
+def test_own_table_from_csv_or_parquet(tmp_path, name):
+    source = _write(tmp_path, _table(), name)
+    data = prepare(PrepareParams(task="tabular_classification", source=source, label_column="y"))
+    assert data.metadata["feature_names"] == ["a", "b", "c"] and data.metadata["classes"] == ["0", "1"]
+
+
+def test_duplicates_dropped_and_missing_values_imputed_with_train_median(tmp_path):
+    frame = _table(80)
+    frame = pd.concat([frame, frame.iloc[:5]])
+    frame.loc[frame.index[10:14], "b"] = np.nan
+    data = prepare(PrepareParams(task="tabular_classification", source=_write(tmp_path, frame), label_column="y"))
+    report = data.metadata["cleaning"]
+    assert report["dropped_duplicates"] == 5 and report["missing_values"] == {"b": 4}
+    assert all(np.isfinite(x).all() for x, _ in data.splits.values())
+
+
+def test_missing_policy_drop_removes_rows(tmp_path):
+    frame = _table(80)
+    frame.loc[frame.index[:6], "a"] = np.nan
+    data = prepare(PrepareParams(task="tabular_classification", source=_write(tmp_path, frame), label_column="y",
+                                 missing_policy="drop"))
+    assert data.metadata["cleaning"]["dropped_missing_features"] == 6
+    assert sum(len(y) for _, y in data.splits.values()) == 74
+
+
+def test_balance_oversamples_the_minority_class_in_train_only(tmp_path):
+    frame = _table(200)
+    frame["y"] = (frame["a"] > 0.8).astype(int)  # about 20 % positives
+    source = _write(tmp_path, frame)
+    data = prepare(PrepareParams(task="tabular_classification", source=source, label_column="y", balance=True))
+    counts = np.bincount(data.splits["train"][1])
+    assert counts[0] == counts[1]
+    assert np.bincount(data.splits["test"][1])[1] < np.bincount(data.splits["test"][1])[0]
+
+
+def test_run_prepare_writes_npz_splits_and_metadata(tmp_path):
+    paths = [str(tmp_path / n) for n in ("train", "val", "test", "meta.json")]
+    data_hash = run_prepare(PrepareParams(task="diabetes"), *paths)
+    x, y = load_split(paths[0])
+    meta = load_metadata(paths[3])
+    assert x.dtype == np.float32 and x.shape[1] == 10 and len(x) == len(y)
+    assert meta["data_hash"] == data_hash and meta["target"]["std"] > 0
+    assert set(meta["profile"]["features"]) == set(meta["feature_names"])
+
+
+# --- bad data: each fails with a message naming the problem ------------------------------------
+
+def test_empty_file_is_rejected(tmp_path):
+    path = tmp_path / "empty.csv"
+    path.write_text("")
+    with pytest.raises(DataError, match="empty"):
+        prepare(PrepareParams(task="tabular_classification", source=str(path), label_column="y"))
+
+
+def test_header_only_file_is_rejected(tmp_path):
+    path = tmp_path / "header.csv"
+    path.write_text("a,b,y\n")
+    with pytest.raises(DataError, match="no rows"):
+        prepare(PrepareParams(task="tabular_classification", source=str(path), label_column="y"))
+
+
+def test_missing_label_column_is_named(tmp_path):
+    with pytest.raises(DataError, match="label column 'target' not in .*columns are: a, b, c, y"):
+        prepare(PrepareParams(task="tabular_classification", source=_write(tmp_path, _table()),
+                              label_column="target"))
+
+
+def test_non_numeric_features_are_named(tmp_path):
+    frame = _table()
+    frame["b"] = frame["b"].astype(object)
+    frame.loc[3, "b"] = "n/a?"
+    with pytest.raises(DataError, match="non-numeric values in feature column\\(s\\) b"):
+        prepare(PrepareParams(task="tabular_classification", source=_write(tmp_path, frame), label_column="y"))
+
+
+def test_one_class_only_is_rejected(tmp_path):
+    frame = _table()
+    frame["y"] = 1
+    with pytest.raises(DataError, match="only one class"):
+        prepare(PrepareParams(task="tabular_classification", source=_write(tmp_path, frame), label_column="y"))
+
+
+def test_non_numeric_regression_target_is_rejected(tmp_path):
+    frame = _table()
+    frame["y"] = "high"
+    with pytest.raises(DataError, match="must be numeric for regression"):
+        prepare(PrepareParams(task="tabular_regression", source=_write(tmp_path, frame), label_column="y"))
+
+
+def test_missing_file_and_wrong_type_are_named(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        prepare(PrepareParams(task="tabular_classification", source=str(tmp_path / "nope.csv"), label_column="y"))
+    (tmp_path / "data.txt").write_text("a,b\n1,2\n")
+    with pytest.raises(DataError, match="unsupported file type '.txt'"):
+        prepare(PrepareParams(task="tabular_classification", source=str(tmp_path / "data.txt"), label_column="y"))
+
+
+def test_own_data_task_without_source_says_what_to_pass():
+    with pytest.raises(DataError, match="source=PATH"):
+        prepare(PrepareParams(task="tabular_classification"))
+
+
+def test_folder_source_takes_the_newest_table(tmp_path):
+    import os
+
+    old, new = _table(40, seed=1), _table(70, seed=2)
+    _write(tmp_path, old, "old.csv")
+    path = _write(tmp_path, new, "new.csv")
+    os.utime(path, (2e9, 2e9))
+    data = prepare(PrepareParams(task="tabular_classification", source=str(tmp_path), label_column="y"))
+    assert data.metadata["cleaning"]["rows_in"] == 70
+
+
+def test_invalid_parameters_are_rejected():
+    with pytest.raises(ConfigError, match="unknown task 'nope'"):
+        prepare(PrepareParams(task="nope"))
+    with pytest.raises(ConfigError, match="missing_policy"):
+        PrepareParams(missing_policy="guess")
+    with pytest.raises(ConfigError, match="test_fraction"):
+        PrepareParams(test_fraction=0.7)

@@ -1,0 +1,117 @@
+"""Training: the loss goes down, early stopping, checkpoints and resume after a kill."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from components.errors import ConfigError
+from components.prepare_data import PrepareParams, prepare
+from components.train import CHECKPOINT, TrainParams, fit
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return prepare(PrepareParams(task="digits"))
+
+
+@pytest.fixture(scope="module")
+def cancer():
+    return prepare(PrepareParams(task="breast_cancer"))
+
+
+def test_two_epochs_lower_the_loss(cancer):
+    result = fit(cancer.splits["train"], cancer.splits["val"], cancer.metadata, TrainParams(epochs=2), progress=False)
+    first, second = result.history
+    assert second["train_loss"] < first["train_loss"] and second["val_loss"] < first["val_loss"]
+    assert result.device == "cpu" and result.start_epoch == 1
+
+
+def test_cnn_learns_digits(digits):
+    result = fit(digits.splits["train"], digits.splits["val"], digits.metadata, TrainParams(epochs=8), progress=False)
+    assert result.model.config.architecture == "cnn"
+    assert result.history[-1]["val_accuracy"] > 0.9
+
+
+def test_early_stopping_keeps_the_best_epoch(cancer):
+    params = TrainParams(epochs=200, patience=3, learning_rate=3e-3)
+    result = fit(cancer.splits["train"], cancer.splits["val"], cancer.metadata, params, progress=False)
+    assert result.stopped_early and len(result.history) < 200
+    assert len(result.history) - result.best_epoch == 3
+    best = min(h["val_loss"] for h in result.history)
+    assert result.best_val_loss == pytest.approx(best)
+
+
+def test_regression_predicts_on_the_original_target_scale():
+    data = prepare(PrepareParams(task="diabetes"))
+    result = fit(data.splits["train"], data.splits["val"], data.metadata, TrainParams(epochs=40), progress=False)
+    x_val, y_val = data.splits["val"]
+    pred = result.model.decode(result.model(torch.from_numpy(x_val))).detach().numpy()
+    assert abs(pred.mean() - y_val.mean()) < 0.3 * y_val.std()
+    assert result.history[-1]["val_rmse"] < y_val.std()
+
+
+_KILLABLE = textwrap.dedent("""
+    import sys
+    from components.prepare_data import PrepareParams, prepare
+    from components.train import TrainParams, fit
+    data = prepare(PrepareParams(task="digits"))
+    fit(data.splits["train"], data.splits["val"], data.metadata,
+        TrainParams(epochs=60, patience=60), checkpoint_dir=sys.argv[1], progress=False)
+""")
+
+
+def test_checkpoint_of_another_job_is_not_resumed(tmp_path, cancer):
+    fit(cancer.splits["train"], cancer.splits["val"], cancer.metadata, TrainParams(epochs=2), tmp_path, progress=False)
+    other = fit(cancer.splits["train"], cancer.splits["val"], cancer.metadata, TrainParams(epochs=2, seed=7),
+                tmp_path, progress=False)
+    assert other.start_epoch == 1 and len(other.history) == 2
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(tmp_path, digits):
+    ckpt = tmp_path / "ckpt"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLABLE, str(ckpt)])
+    deadline = time.monotonic() + 120
+    while not (ckpt / CHECKPOINT).exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    done = torch.load(ckpt / CHECKPOINT, weights_only=True)["epoch"]
+    assert done < 60
+
+    seen: list[int] = []
+    result = fit(digits.splits["train"], digits.splits["val"], digits.metadata, TrainParams(epochs=60, patience=60),
+                 ckpt, on_epoch=lambda e, m: seen.append(e), progress=False)
+    assert result.start_epoch == done + 1
+    assert seen[0] == done + 1 and seen[-1] == 60
+    assert [h["epoch"] for h in result.history] == list(range(1, 61))
+
+
+def test_a_finished_job_is_not_trained_again(tmp_path, cancer):
+    params = TrainParams(epochs=3)
+    fit(cancer.splits["train"], cancer.splits["val"], cancer.metadata, params, tmp_path, progress=False)
+    seen: list[int] = []
+    again = fit(cancer.splits["train"], cancer.splits["val"], cancer.metadata, params, tmp_path,
+                on_epoch=lambda e, m: seen.append(e), progress=False)
+    assert seen == [] and again.start_epoch == 4 and len(again.history) == 3
+
+
+@pytest.mark.parametrize("field,value", [("epochs", 0), ("batch_size", 0), ("learning_rate", -1.0),
+                                         ("dropout", 1.0), ("patience", 0), ("device", "tpu")])
+def test_invalid_hyperparameters_are_named(field, value):
+    with pytest.raises(ConfigError, match=f"invalid {field}"):
+        TrainParams(**{field: value})
+
+
+def test_asking_for_cuda_without_a_gpu_fails_clearly(cancer):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        fit(cancer.splits["train"], cancer.splits["val"], cancer.metadata, TrainParams(epochs=1, device="cuda"))

@@ -1,0 +1,87 @@
+"""Compiled pipelines: KFP IR YAML that round-trips through kfp, GPU requests, and KFP custom resources."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from kfp import components
+
+from pipelines.cli import compile_pipeline
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def schemas_dir() -> Path:
+    path = Path(os.environ.get("PILLARS_K8S_SCHEMAS", ROOT.parent / "shared" / "k8s-schemas"))
+    if not path.is_dir():
+        message = f"Kubernetes schemas not found at {path} (set PILLARS_K8S_SCHEMAS)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def _executors(doc: dict) -> dict:
+    return doc["deploymentSpec"]["executors"]
+
+
+def test_compiled_yaml_round_trips_through_kfp(tmp_path):
+    path = compile_pipeline("training", str(tmp_path / "training.yaml"))
+    loaded = components.load_component_from_file(path)
+    assert loaded.name == "pillars-training"
+    inputs = loaded.component_spec.inputs
+    assert inputs["epochs"].default == 30 and inputs["task"].default == "breast_cancer"
+    assert inputs["tracking_uri"].default.startswith("http://pillars-mlflow")
+    doc = yaml.safe_load(Path(path).read_text())
+    images = {e["container"]["image"] for e in _executors(doc).values()}
+    assert len(images) == 1 and images.pop().startswith("ghcr.io/pillars-mlops/pillars:")
+    for executor in _executors(doc).values():
+        assert "pip install" not in " ".join(executor["container"].get("command", []))
+    tasks = doc["root"]["dag"]["tasks"]
+    assert tasks["train"]["retryPolicy"]["maxRetryCount"] == 2
+    assert tasks["prepare-data"]["cachingOptions"]["enableCache"] is True
+    assert "condition-1" in tasks and "promote" in tasks["condition-1"]["componentRef"]["name"] or \
+        any("promote" in t for t in doc["components"]["comp-condition-1"]["dag"]["tasks"])
+    assert "accelerator" not in json.dumps(_executors(doc)["exec-train"])
+
+
+def test_gpu_option_asks_the_cluster_for_gpus(tmp_path):
+    path = compile_pipeline("training", str(tmp_path / "gpu.yaml"), gpus=2)
+    doc = yaml.safe_load(Path(path).read_text())
+    resources = _executors(doc)["exec-train"]["container"]["resources"]
+    assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert resources["accelerator"]["resourceCount"] == "2"
+    assert "accelerator" not in _executors(doc)["exec-prepare-data"]["container"].get("resources", {})
+    components.load_component_from_file(path)
+
+
+def test_checkpoint_pvc_and_s3_secret_use_kfp_kubernetes(tmp_path):
+    path = compile_pipeline("training", str(tmp_path / "k.yaml"), checkpoint_pvc="train-ckpt", s3_secret="s3-creds")
+    docs = list(yaml.safe_load_all(Path(path).read_text()))
+    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert platform["exec-train"]["pvcMount"][0]["mountPath"] == "/checkpoints"
+    assert platform["exec-prepare-data"]["secretAsEnv"][0]["secretName"] == "s3-creds"
+    inputs = components.load_component_from_file(path).component_spec.inputs
+    assert inputs["checkpoint_root"].default == "/checkpoints"
+
+
+def test_as_k8s_emits_pipeline_and_pipeline_version_that_validate(tmp_path):
+    schemas = schemas_dir() / "pipelines.kubeflow.org"
+    path = compile_pipeline("training", str(tmp_path / "k8s.yaml"), as_k8s=True, namespace="kubeflow")
+    docs = list(yaml.safe_load_all(Path(path).read_text()))
+    assert [d["kind"] for d in docs] == ["Pipeline", "PipelineVersion"]
+    for doc in docs:
+        schema = json.loads((schemas / f"{doc['kind'].lower()}_v2beta1.json").read_text())
+        jsonschema.validate(doc, schema)
+        assert doc["apiVersion"] == "pipelines.kubeflow.org/v2beta1" and doc["metadata"]["namespace"] == "kubeflow"
+    assert docs[1]["spec"]["pipelineName"] == docs[0]["metadata"]["name"]
+
+
+def test_negative_gpu_count_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="gpus must be >= 0"):
+        compile_pipeline("training", str(tmp_path / "x.yaml"), gpus=-1)
