@@ -7,12 +7,14 @@ step finds again, so a killed step continues from its last finished epoch instea
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,8 @@ class TrainResult:
     best_val_loss: float
     stopped_early: bool
     device: str
+    seconds: float = 0.0
+    """Wall time of the epoch loop (training, validation, checkpoints, callbacks) in this call."""
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -140,6 +144,7 @@ def fit(
     loss_fn: nn.Module = nn.CrossEntropyLoss() if classification else nn.MSELoss()
     amp_dtype = _amp_dtype(device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
 
     x_train, y_train = _tensors(train, classification, device)
     x_val, y_val = _tensors(val, classification, device)
@@ -165,6 +170,7 @@ def fit(
 
     epochs = range(start_epoch, params.epochs + 1)
     bar = _progress(epochs, progress)
+    started = time.perf_counter()
     for epoch in bar:
         if done:
             break
@@ -174,14 +180,18 @@ def fit(
         total = torch.zeros((), device=device)
         for start in range(0, len(order), params.batch_size):
             idx = order[start:start + params.batch_size].to(device)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = loss_fn(model(x_train[idx]).squeeze(-1) if not classification else model(x_train[idx]),
-                               y_train[idx])
+            with autocast:
+                head = model(x_train[idx])
+                loss = loss_fn(head if classification else head.squeeze(-1), y_train[idx])
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            total += loss.detach() * len(idx)
+            if scaler.is_enabled():
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            total.add_(loss.detach(), alpha=len(idx))
         metrics = {"train_loss": float(total) / len(x_train), **_validate(model, x_val, y_val, loss_fn,
                                                                           classification, amp_dtype)}
         state["history"].append({"epoch": epoch, **metrics})
@@ -201,8 +211,9 @@ def fit(
 
     if state["best_model"] is not None:
         model.load_state_dict(state["best_model"])
+    seconds = time.perf_counter() - started
     return TrainResult(model.cpu().eval(), state["history"], start_epoch, state["best_epoch"],
-                       state["best_val_loss"], done and state["epoch"] < params.epochs, str(device))
+                       state["best_val_loss"], done and state["epoch"] < params.epochs, str(device), seconds)
 
 
 def _tensors(split: tuple[np.ndarray, np.ndarray], classification: bool, device: torch.device
@@ -271,6 +282,35 @@ def write_model(result: TrainResult, output_dir: str | Path) -> Path:
 
 
 
+class EpochLogger:
+    """Logs per-epoch metrics to MLflow in batches: at most one request every ``interval`` seconds, so
+    short epochs do not pay a round trip each, while a long run still shows its curve as it goes."""
+
+    def __init__(self, run_id: str, interval: float = 2.0) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient()
+        self.run_id = run_id
+        self.interval = interval
+        self.pending: list[Any] = []
+        self.last = time.monotonic()
+
+    def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now_ms = int(time.time() * 1000)
+        self.pending += [Metric(k, float(v), now_ms, epoch) for k, v in metrics.items()]
+        if time.monotonic() - self.last >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send what is buffered."""
+        if self.pending:
+            self.client.log_batch(self.run_id, metrics=self.pending)
+            self.pending = []
+        self.last = time.monotonic()
+
+
 def checkpoint_dir_for(root: str | Path, experiment: str, kfp_run_id: str, metadata: dict[str, Any],
                        params: TrainParams) -> Path:
     """The checkpoint folder of one training job: stable across retries of the same pipeline run."""
@@ -319,11 +359,12 @@ def run_training(
                                "source": metadata["source"], **dataclasses.asdict(params),
                                **{f"rows_{k}": v for k, v in metadata["split_rows"].items()}})
 
-        def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            mlflow.log_metrics(metrics, step=epoch, synchronous=False)
-
+        log_epoch = EpochLogger(run.info.run_id)
         result = fit(load_split(train_path), load_split(val_path), metadata, params, ckpt, log_epoch, progress)
-        mlflow.flush_async_logging()
+        log_epoch.flush()
+        trained = len(load_split(train_path)[1]) * (len(result.history) - result.start_epoch + 1)
+        mlflow.log_metrics({"train_seconds": result.seconds,
+                            "train_samples_per_second": trained / max(result.seconds, 1e-9)})
         mlflow.set_tags({"pillars.device": result.device, "pillars.resumed_from_epoch": result.start_epoch - 1,
                          "pillars.best_epoch": result.best_epoch, "pillars.stopped_early": result.stopped_early})
         if result.history:
