@@ -310,6 +310,14 @@ class EpochLogger:
             self.pending = []
         self.last = time.monotonic()
 
+    def backfill(self, history: list[dict[str, float]]) -> None:
+        """After a resume, log the checkpointed epochs a killed attempt had not sent yet."""
+        logged = {m.step for m in self.client.get_metric_history(self.run_id, "val_loss")}
+        for entry in history:
+            if entry["epoch"] not in logged:
+                self(int(entry["epoch"]), {k: v for k, v in entry.items() if k != "epoch"})
+        self.flush()
+
 
 def checkpoint_dir_for(root: str | Path, experiment: str, kfp_run_id: str, metadata: dict[str, Any],
                        params: TrainParams) -> Path:
@@ -362,6 +370,8 @@ def run_training(
         log_epoch = EpochLogger(run.info.run_id)
         result = fit(load_split(train_path), load_split(val_path), metadata, params, ckpt, log_epoch, progress)
         log_epoch.flush()
+        if result.start_epoch > 1:
+            log_epoch.backfill(result.history)
         trained = len(load_split(train_path)[1]) * (len(result.history) - result.start_epoch + 1)
         mlflow.log_metrics({"train_seconds": result.seconds,
                             "train_samples_per_second": trained / max(result.seconds, 1e-9)})

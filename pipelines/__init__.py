@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines definitions (``training``), the local runner (``local``) and the ``pillars`` CLI."""

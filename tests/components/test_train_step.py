@@ -1,0 +1,55 @@
+"""The train step as KFP runs it: a retried step reuses its MLflow run and resumes from its checkpoint."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+from mlflow.tracking import MlflowClient
+
+from components.prepare_data import PrepareParams, run_prepare
+from components.train import CHECKPOINT, TrainParams, checkpoint_dir_for, run_training
+from components.prepare_data import load_metadata
+
+_STEP = textwrap.dedent("""
+    import sys
+    from components.train import TrainParams, run_training
+    d, uri = sys.argv[1], sys.argv[2]
+    run_training(f"{d}/train", f"{d}/val", f"{d}/meta.json", TrainParams(epochs=40, patience=40),
+                 f"{d}/model", "retry-test", kfp_run_id="run-1", tracking_uri=uri, checkpoint_root=f"{d}/ckpt")
+""")
+
+
+def test_retried_step_continues_the_same_mlflow_run_from_its_checkpoint(tmp_path, local_store):
+    paths = [str(tmp_path / n) for n in ("train", "val", "test", "meta.json")]
+    run_prepare(PrepareParams(task="digits"), *paths)
+    params = TrainParams(epochs=40, patience=40)
+    ckpt = checkpoint_dir_for(tmp_path / "ckpt", "retry-test", "run-1", load_metadata(paths[3]), params)
+
+    first = subprocess.Popen([sys.executable, "-c", _STEP, str(tmp_path), local_store],
+                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    deadline = time.monotonic() + 120
+    while not (ckpt / CHECKPOINT).exists():
+        assert first.poll() is None and time.monotonic() < deadline, "no checkpoint before the step ended"
+        time.sleep(0.02)
+    time.sleep(0.3)
+    first.kill()
+    first.wait()
+    run_id = (ckpt / "mlflow_run_id").read_text()
+
+    again = run_training(paths[0], paths[1], paths[3], params, str(tmp_path / "model"), "retry-test",
+                         kfp_run_id="run-1", tracking_uri=local_store, checkpoint_root=str(tmp_path / "ckpt"))
+    assert again == run_id
+    run = MlflowClient().get_run(run_id)
+    resumed_after = int(run.data.tags["pillars.resumed_from_epoch"])
+    assert 1 <= resumed_after < 40
+    steps = sorted(m.step for m in MlflowClient().get_metric_history(run_id, "val_loss"))
+    assert steps == list(range(1, 41)), "every epoch logged once, including those the killed attempt buffered"
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+
+    other = run_training(paths[0], paths[1], paths[3], TrainParams(epochs=2), str(tmp_path / "m2"), "retry-test",
+                         kfp_run_id="run-2", tracking_uri=local_store, checkpoint_root=str(tmp_path / "ckpt"))
+    assert other != run_id, "another pipeline run must not reuse the checkpoint or the MLflow run"
