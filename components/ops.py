@@ -54,12 +54,14 @@ def train(
     dropout: float,
     seed: int,
     patience: int,
+    nproc: int,
     kfp_run_id: str,
     tracking_uri: str,
     checkpoint_root: str,
     model: Output[Model],
 ) -> str:
-    """Train with checkpoints (resumed on retry) inside an MLflow run. Returns the MLflow run id."""
+    """Train with checkpoints (resumed on retry) inside an MLflow run; ``nproc`` > 1 runs DDP through
+    torchrun. Returns the MLflow run id."""
     import json
 
     from components.train import TrainParams, run_training
@@ -67,7 +69,7 @@ def train(
     with open(metadata.path) as f:
         name = model_name or json.load(f)["task"]
     params = TrainParams(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                         weight_decay=weight_decay, dropout=dropout, seed=seed, patience=patience)
+                         weight_decay=weight_decay, dropout=dropout, seed=seed, patience=patience, nproc=nproc)
     return run_training(train_data.path, val_data.path, metadata.path, params, model.path, name,
                         kfp_run_id, tracking_uri, checkpoint_root)
 

@@ -45,6 +45,8 @@ class TrainParams:
     seed: int = 0
     patience: int = 5
     device: str = "auto"
+    nproc: int = 1
+    """Data-parallel processes (DDP through torchrun: gloo on CPU, NCCL on GPU); batch_size is per process."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -54,6 +56,7 @@ class TrainParams:
             "weight_decay": self.weight_decay >= 0,
             "dropout": 0 <= self.dropout < 1,
             "patience": self.patience >= 1,
+            "nproc": 1 <= self.nproc <= 64,
             "device": self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
         }
         bad = [name for name, ok in checks.items() if not ok]
@@ -137,8 +140,15 @@ def fit(
     Returns:
         The best model (lowest validation loss) and the run's history.
     """
+    rank, world = _rank_and_world()
     device = pick_device(params.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     model = init_model(metadata, params).to(device)
+    # Under torchrun, DDP averages gradients across processes; each process trains on its shard.
+    step_model: nn.Module = model
+    if world > 1:
+        step_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.index is not None else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
     classification = metadata["kind"] == "classification"
     loss_fn: nn.Module = nn.CrossEntropyLoss() if classification else nn.MSELoss()
@@ -169,7 +179,7 @@ def fit(
     done = state["bad_epochs"] >= params.patience
 
     epochs = range(start_epoch, params.epochs + 1)
-    bar = _progress(epochs, progress)
+    bar = _progress(epochs, progress if rank == 0 else False)
     started = time.perf_counter()
     for epoch in bar:
         if done:
@@ -177,11 +187,12 @@ def fit(
         torch.manual_seed(params.seed + epoch)
         model.train()
         order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(params.seed + epoch))
+        order = order[rank::world]  # the same permutation on every process, a disjoint shard each
         total = torch.zeros((), device=device)
         for start in range(0, len(order), params.batch_size):
             idx = order[start:start + params.batch_size].to(device)
             with autocast:
-                head = model(x_train[idx])
+                head = step_model(x_train[idx])
                 loss = loss_fn(head if classification else head.squeeze(-1), y_train[idx])
             optimizer.zero_grad(set_to_none=True)
             if scaler.is_enabled():
@@ -192,6 +203,8 @@ def fit(
                 loss.backward()
                 optimizer.step()
             total.add_(loss.detach(), alpha=len(idx))
+        if world > 1:
+            torch.distributed.all_reduce(total)
         metrics = {"train_loss": float(total) / len(x_train), **_validate(model, x_val, y_val, loss_fn,
                                                                           classification, amp_dtype)}
         state["history"].append({"epoch": epoch, **metrics})
@@ -202,9 +215,9 @@ def fit(
         else:
             state["bad_epochs"] += 1
         done = state["bad_epochs"] >= params.patience
-        if path is not None:
+        if path is not None and rank == 0:
             _save_checkpoint(path, key, model, optimizer, scaler, state)
-        if on_epoch is not None:
+        if on_epoch is not None and rank == 0:
             on_epoch(epoch, metrics)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{metrics['train_loss']:.4f}", val_loss=f"{metrics['val_loss']:.4f}")
@@ -214,6 +227,14 @@ def fit(
     seconds = time.perf_counter() - started
     return TrainResult(model.cpu().eval(), state["history"], start_epoch, state["best_epoch"],
                        state["best_val_loss"], done and state["epoch"] < params.epochs, str(device), seconds)
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size under ``torch.distributed`` (``(0, 1)`` when not distributed)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _tensors(split: tuple[np.ndarray, np.ndarray], classification: bool, device: torch.device
@@ -368,17 +389,29 @@ def run_training(
                                **{f"rows_{k}": v for k, v in metadata["split_rows"].items()}})
 
         log_epoch = EpochLogger(run.info.run_id)
-        result = fit(load_split(train_path), load_split(val_path), metadata, params, ckpt, log_epoch, progress)
-        log_epoch.flush()
-        if result.start_epoch > 1:
-            log_epoch.backfill(result.history)
-        trained = len(load_split(train_path)[1]) * (len(result.history) - result.start_epoch + 1)
-        mlflow.log_metrics({"train_seconds": result.seconds,
-                            "train_samples_per_second": trained / max(result.seconds, 1e-9)})
-        mlflow.set_tags({"pillars.device": result.device, "pillars.resumed_from_epoch": result.start_epoch - 1,
-                         "pillars.best_epoch": result.best_epoch, "pillars.stopped_early": result.stopped_early})
-        if result.history:
-            figure = learning_curve_figure(result.history)
+        if params.nproc > 1:
+            from components.distributed import launch_local, worker_args
+
+            summary = launch_local(params.nproc, worker_args(
+                train_path, val_path, metadata_path, params, model_dir, str(ckpt), run.info.run_id,
+                mlflow.get_tracking_uri()))
+            history = load_history(model_dir)
+        else:
+            result = fit(load_split(train_path), load_split(val_path), metadata, params, ckpt, log_epoch, progress)
+            log_epoch.flush()
+            write_model(result, model_dir)
+            history = result.history
+            summary = {"start_epoch": result.start_epoch, "best_epoch": result.best_epoch, "seconds": result.seconds,
+                       "stopped_early": result.stopped_early, "device": result.device, "world_size": 1}
+        if summary["start_epoch"] > 1:
+            log_epoch.backfill(history)
+        trained = len(load_split(train_path)[1]) * (len(history) - summary["start_epoch"] + 1)
+        mlflow.log_metrics({"train_seconds": summary["seconds"],
+                            "train_samples_per_second": trained / max(summary["seconds"], 1e-9)})
+        mlflow.set_tags({"pillars.device": summary["device"], "pillars.world_size": summary["world_size"],
+                         "pillars.resumed_from_epoch": summary["start_epoch"] - 1,
+                         "pillars.best_epoch": summary["best_epoch"], "pillars.stopped_early": summary["stopped_early"]})
+        if history:
+            figure = learning_curve_figure(history)
             mlflow.log_figure(figure, "plots/learning_curve.png")
-        write_model(result, model_dir)
         return run.info.run_id

@@ -49,6 +49,7 @@ def training_pipeline(gpus: int = 0, accelerator: str = "nvidia.com/gpu", cache_
         dropout: float = 0.1,
         seed: int = 0,
         patience: int = 5,
+        nproc: int = 1,
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
         missing_policy: str = "median",
@@ -67,7 +68,7 @@ def training_pipeline(gpus: int = 0, accelerator: str = "nvidia.com/gpu", cache_
         trained = ops.train(train_data=data.outputs["train_data"], val_data=data.outputs["val_data"],
                             metadata=data.outputs["metadata"], model_name=model_name, epochs=epochs,
                             batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
-                            dropout=dropout, seed=seed, patience=patience,
+                            dropout=dropout, seed=seed, patience=patience, nproc=nproc,
                             kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, tracking_uri=tracking_uri,
                             checkpoint_root=checkpoint_root)
         trained.set_caching_options(False).set_retry(num_retries=2, backoff_duration="10s").set_display_name("train")
