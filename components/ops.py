@@ -55,13 +55,17 @@ def train(
     seed: int,
     patience: int,
     nproc: int,
+    nodes: int,
+    launcher: str,
+    gpus_per_node: int,
     kfp_run_id: str,
     tracking_uri: str,
     checkpoint_root: str,
     model: Output[Model],
 ) -> str:
     """Train with checkpoints (resumed on retry) inside an MLflow run; ``nproc`` > 1 runs DDP through
-    torchrun. Returns the MLflow run id."""
+    torchrun, ``launcher="trainjob"`` runs ``nodes`` x ``nproc`` on a Kubeflow Trainer TrainJob.
+    Returns the MLflow run id."""
     import json
 
     from components.train import TrainParams, run_training
@@ -69,9 +73,9 @@ def train(
     with open(metadata.path) as f:
         name = model_name or json.load(f)["task"]
     params = TrainParams(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                         weight_decay=weight_decay, dropout=dropout, seed=seed, patience=patience, nproc=nproc)
+                         weight_decay=weight_decay, dropout=dropout, seed=seed, patience=patience, nproc=nproc, nodes=nodes)
     return run_training(train_data.path, val_data.path, metadata.path, params, model.path, name,
-                        kfp_run_id, tracking_uri, checkpoint_root)
+                        kfp_run_id, tracking_uri, checkpoint_root, launcher=launcher, gpus_per_node=gpus_per_node)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

@@ -46,7 +46,9 @@ class TrainParams:
     patience: int = 5
     device: str = "auto"
     nproc: int = 1
-    """Data-parallel processes (DDP through torchrun: gloo on CPU, NCCL on GPU); batch_size is per process."""
+    """Data-parallel processes per node (DDP through torchrun: gloo on CPU, NCCL on GPU); batch_size is per process."""
+    nodes: int = 1
+    """Nodes of a Kubeflow Trainer TrainJob (``launcher="trainjob"``); locally always 1."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -57,6 +59,7 @@ class TrainParams:
             "dropout": 0 <= self.dropout < 1,
             "patience": self.patience >= 1,
             "nproc": 1 <= self.nproc <= 64,
+            "nodes": 1 <= self.nodes <= 512,
             "device": self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
         }
         bad = [name for name, ok in checks.items() if not ok]
@@ -358,8 +361,14 @@ def run_training(
     tracking_uri: str = "",
     checkpoint_root: str = "",
     progress: bool | None = None,
+    launcher: str = "local",
+    gpus_per_node: int = 0,
 ) -> str:
     """Train inside an MLflow run (resumed on retry) and save the best model to ``model_dir``.
+
+    ``launcher="local"`` trains in this process (or ``nproc`` local DDP processes); ``"trainjob"``
+    runs ``nodes x nproc`` processes as a Kubeflow Trainer TrainJob, staging data on the shared
+    checkpoint volume (``checkpoint_root`` must be a PVC mount).
 
     Returns:
         The MLflow run id, which evaluation and registration continue in.
@@ -389,7 +398,15 @@ def run_training(
                                **{f"rows_{k}": v for k, v in metadata["split_rows"].items()}})
 
         log_epoch = EpochLogger(run.info.run_id)
-        if params.nproc > 1:
+        if launcher == "trainjob":
+            summary = _train_on_cluster(train_path, val_path, metadata_path, params, model_dir, ckpt,
+                                        run.info.run_id, mlflow.get_tracking_uri(), gpus_per_node)
+            history = load_history(model_dir)
+        elif launcher != "local":
+            raise ConfigError(f"launcher must be 'local' or 'trainjob', got {launcher!r}")
+        elif params.nodes > 1:
+            raise ConfigError("nodes > 1 needs launcher=trainjob (a Kubeflow Trainer TrainJob on a cluster)")
+        elif params.nproc > 1:
             from components.distributed import launch_local, worker_args
 
             summary = launch_local(params.nproc, worker_args(
@@ -415,3 +432,28 @@ def run_training(
             figure = learning_curve_figure(history)
             mlflow.log_figure(figure, "plots/learning_curve.png")
         return run.info.run_id
+
+
+def _train_on_cluster(train_path: str, val_path: str, metadata_path: str, params: TrainParams, model_dir: str,
+                      ckpt: Path, run_id: str, tracking_uri: str, gpus_per_node: int) -> dict[str, Any]:
+    """Stage inputs on the shared volume, run a TrainJob, copy the model back into ``model_dir``."""
+    import shutil
+
+    from components.distributed import worker_args
+    from components.settings import Settings
+    from components.trainjob import TrainJobSpec, current_namespace, launch_trainjob
+
+    stage = ckpt / "inputs"
+    stage.mkdir(parents=True, exist_ok=True)
+    for name, source in (("train", train_path), ("val", val_path), ("metadata.json", metadata_path)):
+        shutil.copyfile(source, stage / name)
+    shared_model = ckpt / "model"
+    args = worker_args(str(stage / "train"), str(stage / "val"), str(stage / "metadata.json"), params,
+                       str(shared_model), str(ckpt), run_id, tracking_uri)
+    spec = TrainJobSpec(name=f"pillars-train-{ckpt.name}", namespace=current_namespace(), image=Settings().image,
+                        worker_args=args, nodes=params.nodes, procs_per_node=params.nproc,
+                        gpus_per_node=gpus_per_node, volume_claim=os.environ.get("PILLARS_CHECKPOINT_PVC", ""),
+                        mount_path=str(ckpt.parents[1]), env={"MLFLOW_TRACKING_URI": tracking_uri})
+    summary = launch_trainjob(spec, str(shared_model))
+    shutil.copytree(shared_model, model_dir, dirs_exist_ok=True)
+    return summary

@@ -50,6 +50,9 @@ def training_pipeline(gpus: int = 0, accelerator: str = "nvidia.com/gpu", cache_
         seed: int = 0,
         patience: int = 5,
         nproc: int = 1,
+        nodes: int = 1,
+        launcher: str = "local",
+        gpus_per_node: int = 0,
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
         missing_policy: str = "median",
@@ -69,6 +72,7 @@ def training_pipeline(gpus: int = 0, accelerator: str = "nvidia.com/gpu", cache_
                             metadata=data.outputs["metadata"], model_name=model_name, epochs=epochs,
                             batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
                             dropout=dropout, seed=seed, patience=patience, nproc=nproc,
+                            nodes=nodes, launcher=launcher, gpus_per_node=gpus_per_node,
                             kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, tracking_uri=tracking_uri,
                             checkpoint_root=checkpoint_root)
         trained.set_caching_options(False).set_retry(num_retries=2, backoff_duration="10s").set_display_name("train")
@@ -77,6 +81,7 @@ def training_pipeline(gpus: int = 0, accelerator: str = "nvidia.com/gpu", cache_
             trained.set_accelerator_type(accelerator).set_accelerator_limit(gpus)
         if checkpoint_pvc:
             kubernetes.mount_pvc(trained, pvc_name=checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
+            trained.set_env_variable("PILLARS_CHECKPOINT_PVC", checkpoint_pvc)  # TrainJob pods mount it too
 
         scored = ops.evaluate(model=trained.outputs["model"], train_data=data.outputs["train_data"],
                               val_data=data.outputs["val_data"], test_data=data.outputs["test_data"],
@@ -130,6 +135,14 @@ def check_arguments(arguments: dict[str, Any]) -> None:
     prepare = PrepareParams(**pick(PrepareParams))
     task = get_task(prepare.task)
     TrainParams(**pick(TrainParams))
+    if arguments.get("launcher", "local") not in ("local", "trainjob"):
+        from components.errors import ConfigError
+
+        raise ConfigError(f"launcher must be 'local' or 'trainjob', got {arguments['launcher']!r}")
+    if int(arguments.get("nodes", 1)) > 1 and arguments.get("launcher", "local") != "trainjob":
+        from components.errors import ConfigError
+
+        raise ConfigError("nodes > 1 needs launcher=trainjob (a Kubeflow Trainer TrainJob on a cluster)")
     parse_thresholds(str(arguments.get("thresholds", "")), task)
     if task.builtin is None and not prepare.source:
         from components.errors import ConfigError

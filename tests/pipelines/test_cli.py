@@ -25,6 +25,8 @@ def _pillars(*args: str, tmp_path) -> subprocess.CompletedProcess:
     (["run", "training", "--param", "epochs"], "--param takes key=value"),
     (["run", "training", "--task", "nope"], "unknown task 'nope'"),
     (["run", "training", "--param", "balance=maybe"], "parameter balance must be boolean"),
+    (["run", "training", "--param", "nodes=2"], "nodes > 1 needs launcher=trainjob"),
+    (["run", "training", "--param", "launcher=slurm"], "launcher must be 'local' or 'trainjob'"),
     (["models", "show", "ghost"], "no registered model named 'ghost'"),
     (["models", "rollback", "ghost"], "no registered model named 'ghost'"),
     (["submit", "training", "--host", "http://127.0.0.1:9", "--schedule", "every day"], "cron expression"),
