@@ -30,11 +30,12 @@ class DistributedTrainingError(PillarsError, RuntimeError):
 
 
 def worker_args(train: str, val: str, metadata: str, params: Any, model_dir: str, checkpoint_dir: str,
-                mlflow_run_id: str = "", tracking_uri: str = "") -> list[str]:
-    """Arguments of :func:`worker_main` for one job."""
+                mlflow_run_id: str = "", tracking_uri: str = "", init_model: str = "") -> list[str]:
+    """Arguments of :func:`worker_main` for one job (``init_model``: a model folder to warm-start from)."""
     return ["--train", train, "--val", val, "--metadata", metadata,
             "--params", json.dumps(dataclasses.asdict(params)), "--model-dir", model_dir,
-            "--checkpoint-dir", checkpoint_dir, "--mlflow-run-id", mlflow_run_id, "--tracking-uri", tracking_uri]
+            "--checkpoint-dir", checkpoint_dir, "--mlflow-run-id", mlflow_run_id, "--tracking-uri", tracking_uri,
+            "--init-model", init_model]
 
 
 def torchrun_command(nproc: int, nnodes: int = 1, standalone: bool = True) -> list[str]:
@@ -72,6 +73,7 @@ def worker_main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{name}", required=True)
     parser.add_argument("--mlflow-run-id", default="")
     parser.add_argument("--tracking-uri", default="")
+    parser.add_argument("--init-model", default="")
     args = parser.parse_args(argv)
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -87,8 +89,13 @@ def worker_main(argv: list[str] | None = None) -> int:
             mlflow.set_tracking_uri(args.tracking_uri or None)
             logger = EpochLogger(args.mlflow_run_id)
         params = TrainParams(**json.loads(args.params))
+        initial_state = None
+        if args.init_model:
+            from components.models import load_model
+
+            initial_state = load_model(args.init_model).state_dict()
         result = fit(load_split(args.train), load_split(args.val), load_metadata(args.metadata), params,
-                     args.checkpoint_dir, logger, progress=False)
+                     args.checkpoint_dir, logger, progress=False, initial_state=initial_state)
         if logger is not None:
             logger.flush()
         if rank == 0:

@@ -18,6 +18,18 @@ IMAGE = Settings().image
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
+def resolve_task(model_name: str, task: str, tracking_uri: str) -> str:
+    """The task to retrain: ``task`` when given, else the one the champion of ``model_name`` was trained on."""
+    from components.register import task_of_champion
+    from components.tracking import configure_tracking
+
+    if task:
+        return task
+    configure_tracking(tracking_uri or None)
+    return task_of_champion(model_name)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def prepare_data(
     task: str,
     source: str,
@@ -58,6 +70,7 @@ def train(
     nodes: int,
     launcher: str,
     gpus_per_node: int,
+    warm_start: bool,
     kfp_run_id: str,
     tracking_uri: str,
     checkpoint_root: str,
@@ -75,7 +88,8 @@ def train(
     params = TrainParams(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                          weight_decay=weight_decay, dropout=dropout, seed=seed, patience=patience, nproc=nproc, nodes=nodes)
     return run_training(train_data.path, val_data.path, metadata.path, params, model.path, name,
-                        kfp_run_id, tracking_uri, checkpoint_root, launcher=launcher, gpus_per_node=gpus_per_node)
+                        kfp_run_id, tracking_uri, checkpoint_root, launcher=launcher, gpus_per_node=gpus_per_node,
+                        warm_start_from=name if warm_start else "")
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

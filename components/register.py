@@ -92,6 +92,23 @@ def champion_version(model_name: str) -> str | None:
     return alias_version(model_name, CHAMPION)
 
 
+def task_of_champion(model_name: str) -> str:
+    """The task the champion of ``model_name`` was trained on (its ``task`` tag).
+
+    Raises:
+        RegistryError: the model has no champion, or the champion has no task tag.
+    """
+    from components.errors import RegistryError
+
+    version = champion_version(model_name)
+    if version is None:
+        raise RegistryError(f"{model_name} has no champion to retrain; pass the task explicitly")
+    task = client().get_model_version(model_name, version).tags.get("task")
+    if not task:
+        raise RegistryError(f"{model_name} v{version} has no task tag; pass the task explicitly")
+    return task
+
+
 def download_version(model_name: str, version: str) -> Path:
     """Download a registered version's MLflow model folder to a temporary directory."""
     target = Path(tempfile.mkdtemp(prefix="pillars-model-"))

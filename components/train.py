@@ -112,9 +112,9 @@ def init_model(metadata: dict[str, Any], params: TrainParams) -> PillarsNet:
     return model
 
 
-def fingerprint(metadata: dict[str, Any], params: TrainParams) -> str:
+def fingerprint(metadata: dict[str, Any], params: TrainParams, warm: bool = False) -> str:
     """Identity of a training job: a checkpoint is resumed only by the same data and hyperparameters."""
-    blob = json.dumps({"data": metadata["data_hash"], "task": metadata["task"],
+    blob = json.dumps({"data": metadata["data_hash"], "task": metadata["task"], "warm": warm,
                        "params": dataclasses.asdict(params)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -127,6 +127,7 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool | None = None,
+    initial_state: dict[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train with early stopping on validation loss, checkpointing every epoch.
 
@@ -139,6 +140,7 @@ def fit(
             with the same :func:`fingerprint` is resumed from its next epoch.
         on_epoch: called with ``(epoch, metrics)`` after each epoch (epochs count from 1).
         progress: show a progress bar; default: when stderr is a terminal.
+        initial_state: weights to start from (warm start from the champion), standardisation included.
 
     Returns:
         The best model (lowest validation loss) and the run's history.
@@ -147,7 +149,10 @@ def fit(
     device = pick_device(params.device)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    model = init_model(metadata, params).to(device)
+    model = init_model(metadata, params)
+    if initial_state is not None:
+        model.load_state_dict(initial_state)
+    model = model.to(device)
     # Under torchrun, DDP averages gradients across processes; each process trains on its shard.
     step_model: nn.Module = model
     if world > 1:
@@ -166,7 +171,7 @@ def fit(
 
     state = {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0,
              "history": [], "best_model": None}
-    key = fingerprint(metadata, params)
+    key = fingerprint(metadata, params, warm=initial_state is not None)
     path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
     if path is not None and path.is_file():
         saved = torch.load(path, map_location=device, weights_only=True)
@@ -306,6 +311,25 @@ def write_model(result: TrainResult, output_dir: str | Path) -> Path:
 
 
 
+def warm_start_state(model_name: str, metadata: dict[str, Any]) -> tuple[str | None, Path | None]:
+    """The champion of ``model_name`` as a starting point: ``(version, model folder)`` when its inputs,
+    outputs and architecture match the prepared data, else ``(None, None)``."""
+    from components.models import Predictor
+    from components.register import champion_version, download_version
+
+    version = champion_version(model_name)
+    if version is None:
+        return None, None
+    folder = download_version(model_name, version)
+    config = Predictor.load(folder).config
+    same = (config.feature_names == metadata["feature_names"] and config.classes == metadata["classes"]
+            and config.architecture == metadata["architecture"] and config.input_shape == metadata["input_shape"])
+    if not same:
+        logger.warning("not warm-starting from %s v%s: its inputs or outputs differ from the data", model_name, version)
+        return None, None
+    return version, folder
+
+
 class EpochLogger:
     """Logs per-epoch metrics to MLflow in batches: at most one request every ``interval`` seconds, so
     short epochs do not pay a round trip each, while a long run still shows its curve as it goes."""
@@ -344,9 +368,9 @@ class EpochLogger:
 
 
 def checkpoint_dir_for(root: str | Path, experiment: str, kfp_run_id: str, metadata: dict[str, Any],
-                       params: TrainParams) -> Path:
+                       params: TrainParams, warm: bool = False) -> Path:
     """The checkpoint folder of one training job: stable across retries of the same pipeline run."""
-    key = hashlib.sha256(f"{kfp_run_id}/{fingerprint(metadata, params)}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{kfp_run_id}/{fingerprint(metadata, params, warm)}".encode()).hexdigest()[:16]
     return Path(root) / experiment / key
 
 
@@ -363,12 +387,14 @@ def run_training(
     progress: bool | None = None,
     launcher: str = "local",
     gpus_per_node: int = 0,
+    warm_start_from: str = "",
 ) -> str:
     """Train inside an MLflow run (resumed on retry) and save the best model to ``model_dir``.
 
     ``launcher="local"`` trains in this process (or ``nproc`` local DDP processes); ``"trainjob"``
     runs ``nodes x nproc`` processes as a Kubeflow Trainer TrainJob, staging data on the shared
-    checkpoint volume (``checkpoint_root`` must be a PVC mount).
+    checkpoint volume (``checkpoint_root`` must be a PVC mount). ``warm_start_from`` names a registered
+    model whose champion's weights start the training when its inputs and outputs match.
 
     Returns:
         The MLflow run id, which evaluation and registration continue in.
@@ -382,8 +408,14 @@ def run_training(
 
     configure_tracking(tracking_uri or None)
     metadata = load_metadata(metadata_path)
+    warm_version, warm_dir = warm_start_state(warm_start_from, metadata) if warm_start_from else (None, None)
+    initial_state = None
+    if warm_dir is not None:
+        from components.models import load_model
+
+        initial_state = load_model(warm_dir).state_dict()
     root = checkpoint_root or str(Settings().resolved_checkpoint_root())
-    ckpt = checkpoint_dir_for(root, experiment, kfp_run_id, metadata, params)
+    ckpt = checkpoint_dir_for(root, experiment, kfp_run_id, metadata, params, warm=initial_state is not None)
     ckpt.mkdir(parents=True, exist_ok=True)
     run_file = ckpt / "mlflow_run_id"
     run_id = run_file.read_text().strip() if run_file.is_file() else None
@@ -393,6 +425,8 @@ def run_training(
                                 "pillars.data_hash": metadata["data_hash"]}) as run:
         if run_id is None:
             run_file.write_text(run.info.run_id)
+            if warm_version is not None:
+                mlflow.set_tag("pillars.warm_started_from", f"{warm_start_from}/{warm_version}")
             mlflow.log_params({"task": metadata["task"], "data_hash": metadata["data_hash"],
                                "source": metadata["source"], **dataclasses.asdict(params),
                                **{f"rows_{k}": v for k, v in metadata["split_rows"].items()}})
@@ -400,7 +434,7 @@ def run_training(
         log_epoch = EpochLogger(run.info.run_id)
         if launcher == "trainjob":
             summary = _train_on_cluster(train_path, val_path, metadata_path, params, model_dir, ckpt,
-                                        run.info.run_id, mlflow.get_tracking_uri(), gpus_per_node)
+                                        run.info.run_id, mlflow.get_tracking_uri(), gpus_per_node, warm_dir)
             history = load_history(model_dir)
         elif launcher != "local":
             raise ConfigError(f"launcher must be 'local' or 'trainjob', got {launcher!r}")
@@ -411,10 +445,11 @@ def run_training(
 
             summary = launch_local(params.nproc, worker_args(
                 train_path, val_path, metadata_path, params, model_dir, str(ckpt), run.info.run_id,
-                mlflow.get_tracking_uri()))
+                mlflow.get_tracking_uri(), str(warm_dir or "")))
             history = load_history(model_dir)
         else:
-            result = fit(load_split(train_path), load_split(val_path), metadata, params, ckpt, log_epoch, progress)
+            result = fit(load_split(train_path), load_split(val_path), metadata, params, ckpt, log_epoch, progress,
+                         initial_state)
             log_epoch.flush()
             write_model(result, model_dir)
             history = result.history
@@ -435,7 +470,8 @@ def run_training(
 
 
 def _train_on_cluster(train_path: str, val_path: str, metadata_path: str, params: TrainParams, model_dir: str,
-                      ckpt: Path, run_id: str, tracking_uri: str, gpus_per_node: int) -> dict[str, Any]:
+                      ckpt: Path, run_id: str, tracking_uri: str, gpus_per_node: int,
+                      warm_dir: Path | None = None) -> dict[str, Any]:
     """Stage inputs on the shared volume, run a TrainJob, copy the model back into ``model_dir``."""
     import shutil
 
@@ -447,9 +483,12 @@ def _train_on_cluster(train_path: str, val_path: str, metadata_path: str, params
     stage.mkdir(parents=True, exist_ok=True)
     for name, source in (("train", train_path), ("val", val_path), ("metadata.json", metadata_path)):
         shutil.copyfile(source, stage / name)
+    if warm_dir is not None:
+        shutil.copytree(warm_dir, stage / "init_model", dirs_exist_ok=True)
     shared_model = ckpt / "model"
     args = worker_args(str(stage / "train"), str(stage / "val"), str(stage / "metadata.json"), params,
-                       str(shared_model), str(ckpt), run_id, tracking_uri)
+                       str(shared_model), str(ckpt), run_id, tracking_uri,
+                       str(stage / "init_model") if warm_dir is not None else "")
     spec = TrainJobSpec(name=f"pillars-train-{ckpt.name}", namespace=current_namespace(), image=Settings().image,
                         worker_args=args, nodes=params.nodes, procs_per_node=params.nproc,
                         gpus_per_node=gpus_per_node, volume_claim=os.environ.get("PILLARS_CHECKPOINT_PVC", ""),

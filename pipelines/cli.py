@@ -16,7 +16,7 @@ from typing import Any
 
 from components.errors import ConfigError, PillarsError
 
-PIPELINES = ("training",)
+PIPELINES = ("training", "retraining")
 
 
 def pipeline_factory(name: str) -> Callable[..., Any]:
@@ -25,6 +25,10 @@ def pipeline_factory(name: str) -> Callable[..., Any]:
         from pipelines.training import training_pipeline
 
         return training_pipeline
+    if name == "retraining":
+        from pipelines.training import retraining_pipeline
+
+        return retraining_pipeline
     raise ConfigError(f"unknown pipeline {name!r}; choose from: {', '.join(PIPELINES)}")
 
 
@@ -79,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.task:
         arguments["task"] = args.task
     uri = run_local(pipeline, arguments, caching=not args.no_cache)
-    name = arguments.get("model_name") or arguments.get("task") or "breast_cancer"
+    name = arguments.get("model_name") or arguments.get("task") or pipeline.component_spec.inputs["task"].default
     print(f"pipeline {args.pipeline} finished; MLflow: {uri}")
     _print_versions(name, limit=1)
     return 0
@@ -141,8 +145,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from pipelines.training import check_arguments
 
     schedule = cron_expression(args.schedule) if args.schedule else None
-    arguments = parse_params(args.param, pipeline_factory(args.pipeline)())
-    check_arguments(arguments)
+    pipeline = pipeline_factory(args.pipeline)()
+    arguments = parse_params(args.param, pipeline)
+    check_arguments(pipeline, arguments)
     caching = False if args.no_cache else None
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(args.pipeline, os.path.join(tmp, "pipeline.yaml"), args.gpus,
@@ -218,6 +223,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from serving.__main__ import main as serve_main
 
     return serve_main(["--model_uri", args.model_uri, *args.rest])
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    from pipelines.trigger import main as trigger_main
+
+    return trigger_main(args.rest)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -305,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("trigger", help="receive Alertmanager webhooks and start retraining runs", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_trigger)
+
     p = sub.add_parser("deploy", help="deploy a registered model as a KServe InferenceService", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_deploy)
@@ -313,7 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pillars`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if hasattr(args, "rest"):  # serve, trigger, deploy: their own parsers read the rest
+        args.rest = [*extra, *args.rest]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -28,7 +28,7 @@ def run_local(pipeline: Callable[..., Any], arguments: Mapping[str, Any], settin
     """
     from pipelines.training import check_arguments
 
-    check_arguments(dict(arguments))
+    check_arguments(pipeline, dict(arguments))
     settings = settings or Settings()
     home = settings.resolved_home()
     uri = configure_tracking(arguments.get("tracking_uri") or None, settings)

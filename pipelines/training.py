@@ -5,6 +5,7 @@ own parameters are what users set per run (``--param k=v`` or the KFP UI).
 """
 
 
+import dataclasses
 from typing import Any
 
 from kfp import dsl, kubernetes
@@ -15,24 +16,94 @@ PIPELINE_NAME = "pillars-training"
 
 
 CHECKPOINT_MOUNT = "/checkpoints"
+RETRAINING_NAME = "pillars-retraining"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterOptions:
+    """Compile-time choices of how the steps run on a cluster (they do nothing under kfp.local).
+
+    Attributes:
+        gpus: GPUs the train step asks for (0: CPU only); the compiled YAML then sets the accelerator
+            type and limit so the cluster schedules the step on a GPU node.
+        accelerator: the accelerator resource name.
+        cache_data: let KFP cache the data step (off for retraining, whose source changes behind a path).
+        checkpoint_pvc: a PVC mounted at ``/checkpoints`` in the train step, so a retried pod resumes
+            from the last epoch (``checkpoint_root`` then defaults to it); TrainJob pods mount it too.
+        s3_secret: a Secret whose ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` every step gets.
+    """
+
+    gpus: int = 0
+    accelerator: str = "nvidia.com/gpu"
+    cache_data: bool = True
+    checkpoint_pvc: str = ""
+    s3_secret: str = ""
+
+    def __post_init__(self) -> None:
+        if self.gpus < 0:
+            raise ValueError(f"gpus must be >= 0, got {self.gpus}")
+
+
+def _steps(options: ClusterOptions, task: Any, args: dict[str, Any], warm_start: Any = False) -> None:
+    """prepare -> train -> evaluate -> validate -> register -> (if approved) promote, wired in a pipeline body."""
+    uri = args["tracking_uri"]
+    data = ops.prepare_data(task=task, source=args["source"], label_column=args["label_column"], seed=args["seed"],
+                            val_fraction=args["val_fraction"], test_fraction=args["test_fraction"],
+                            missing_policy=args["missing_policy"], balance=args["balance"])
+    data.set_caching_options(options.cache_data).set_display_name("prepare data")
+    _resources(data, cpu="500m", memory="1Gi")
+
+    trained = ops.train(train_data=data.outputs["train_data"], val_data=data.outputs["val_data"],
+                        metadata=data.outputs["metadata"], model_name=args["model_name"], epochs=args["epochs"],
+                        batch_size=args["batch_size"], learning_rate=args["learning_rate"],
+                        weight_decay=args["weight_decay"], dropout=args["dropout"], seed=args["seed"],
+                        patience=args["patience"], nproc=args["nproc"], nodes=args["nodes"],
+                        launcher=args["launcher"], gpus_per_node=args["gpus_per_node"], warm_start=warm_start,
+                        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, tracking_uri=uri,
+                        checkpoint_root=args["checkpoint_root"])
+    trained.set_caching_options(False).set_retry(num_retries=2, backoff_duration="10s").set_display_name("train")
+    _resources(trained, cpu="1", memory="2Gi")
+    if options.gpus:
+        trained.set_accelerator_type(options.accelerator).set_accelerator_limit(options.gpus)
+    if options.checkpoint_pvc:
+        kubernetes.mount_pvc(trained, pvc_name=options.checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
+        trained.set_env_variable("PILLARS_CHECKPOINT_PVC", options.checkpoint_pvc)
+
+    scored = ops.evaluate(model=trained.outputs["model"], train_data=data.outputs["train_data"],
+                          val_data=data.outputs["val_data"], test_data=data.outputs["test_data"],
+                          mlflow_run_id=trained.outputs["Output"], tracking_uri=uri)
+    scored.set_caching_options(False).set_display_name("evaluate")
+    _resources(scored, cpu="500m", memory="1Gi")
+
+    gate = ops.validate(metrics_json=scored.outputs["Output"], metadata=data.outputs["metadata"],
+                        test_data=data.outputs["test_data"], model_name=args["model_name"],
+                        thresholds=args["thresholds"], margin=args["margin"], tracking_uri=uri)
+    gate.set_caching_options(False).set_display_name("validate (gate)")
+    _resources(gate, cpu="500m", memory="1Gi")
+
+    registered = ops.register(model=trained.outputs["model"], metadata=data.outputs["metadata"],
+                              test_data=data.outputs["test_data"], model_name=args["model_name"],
+                              mlflow_run_id=trained.outputs["Output"], kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                              decision=gate.outputs["decision"], tracking_uri=uri)
+    registered.set_caching_options(False).set_display_name("register")
+    _resources(registered, cpu="250m", memory="512Mi")
+
+    with dsl.If(gate.outputs["Output"] == True, name="approved"):  # noqa: E712 (KFP condition syntax)
+        promoted = ops.promote(model_name=registered.outputs["model_name"], version=registered.outputs["version"],
+                               decision=gate.outputs["decision"], tracking_uri=uri)
+        promoted.set_caching_options(False).set_display_name("promote to champion")
+        _resources(promoted, cpu="250m", memory="256Mi")
+
+    if options.s3_secret:
+        for step in (data, trained, scored, gate, registered, promoted):
+            kubernetes.use_secret_as_env(step, secret_name=options.s3_secret, secret_key_to_env={
+                "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"})
 
 
 def training_pipeline(gpus: int = 0, accelerator: str = "nvidia.com/gpu", cache_data: bool = True,
                       checkpoint_pvc: str = "", s3_secret: str = "") -> Any:
-    """Build the training pipeline.
-
-    Args:
-        gpus: GPUs the train step asks for (0: CPU only). With GPUs, the compiled YAML sets the
-            accelerator type and limit so the cluster schedules the step on a GPU node.
-        accelerator: the accelerator resource name.
-        cache_data: let KFP cache the data step (turn off when a source path's contents change).
-        checkpoint_pvc: a PVC mounted at ``/checkpoints`` in the train step, so a retried pod resumes
-            from the last epoch (set ``checkpoint_root=/checkpoints``; done by default when given).
-        s3_secret: a Secret whose ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` every step gets (S3 data
-            and artifacts through boto3).
-    """
-    if gpus < 0:
-        raise ValueError(f"gpus must be >= 0, got {gpus}")
+    """Build the training pipeline (see :class:`ClusterOptions` for the arguments)."""
+    options = ClusterOptions(gpus, accelerator, cache_data, checkpoint_pvc, s3_secret)
 
     @dsl.pipeline(name=PIPELINE_NAME,
                   description="Prepare data, train a PyTorch model, evaluate, gate against the champion, "
@@ -62,91 +133,93 @@ def training_pipeline(gpus: int = 0, accelerator: str = "nvidia.com/gpu", cache_
         tracking_uri: str = "",
         checkpoint_root: str = CHECKPOINT_MOUNT if checkpoint_pvc else "",
     ) -> None:
-        data = ops.prepare_data(task=task, source=source, label_column=label_column, seed=seed,
-                                val_fraction=val_fraction, test_fraction=test_fraction,
-                                missing_policy=missing_policy, balance=balance)
-        data.set_caching_options(cache_data).set_display_name("prepare data")
-        _resources(data, cpu="500m", memory="1Gi")
-
-        trained = ops.train(train_data=data.outputs["train_data"], val_data=data.outputs["val_data"],
-                            metadata=data.outputs["metadata"], model_name=model_name, epochs=epochs,
-                            batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
-                            dropout=dropout, seed=seed, patience=patience, nproc=nproc,
-                            nodes=nodes, launcher=launcher, gpus_per_node=gpus_per_node,
-                            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, tracking_uri=tracking_uri,
-                            checkpoint_root=checkpoint_root)
-        trained.set_caching_options(False).set_retry(num_retries=2, backoff_duration="10s").set_display_name("train")
-        _resources(trained, cpu="1", memory="2Gi")
-        if gpus:
-            trained.set_accelerator_type(accelerator).set_accelerator_limit(gpus)
-        if checkpoint_pvc:
-            kubernetes.mount_pvc(trained, pvc_name=checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
-            trained.set_env_variable("PILLARS_CHECKPOINT_PVC", checkpoint_pvc)  # TrainJob pods mount it too
-
-        scored = ops.evaluate(model=trained.outputs["model"], train_data=data.outputs["train_data"],
-                              val_data=data.outputs["val_data"], test_data=data.outputs["test_data"],
-                              mlflow_run_id=trained.outputs["Output"], tracking_uri=tracking_uri)
-        scored.set_caching_options(False).set_display_name("evaluate")
-        _resources(scored, cpu="500m", memory="1Gi")
-
-        gate = ops.validate(metrics_json=scored.outputs["Output"], metadata=data.outputs["metadata"],
-                            test_data=data.outputs["test_data"], model_name=model_name, thresholds=thresholds,
-                            margin=margin, tracking_uri=tracking_uri)
-        gate.set_caching_options(False).set_display_name("validate (gate)")
-        _resources(gate, cpu="500m", memory="1Gi")
-
-        registered = ops.register(model=trained.outputs["model"], metadata=data.outputs["metadata"],
-                                  test_data=data.outputs["test_data"], model_name=model_name,
-                                  mlflow_run_id=trained.outputs["Output"], kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                                  decision=gate.outputs["decision"],
-                                  tracking_uri=tracking_uri)
-        registered.set_caching_options(False).set_display_name("register")
-        _resources(registered, cpu="250m", memory="512Mi")
-
-        with dsl.If(gate.outputs["Output"] == True, name="approved"):  # noqa: E712 (KFP condition syntax)
-            promoted = ops.promote(model_name=registered.outputs["model_name"],
-                                   version=registered.outputs["version"], decision=gate.outputs["decision"],
-                                   tracking_uri=tracking_uri)
-            promoted.set_caching_options(False).set_display_name("promote to champion")
-            _resources(promoted, cpu="250m", memory="256Mi")
-
-        if s3_secret:
-            for task in (data, trained, scored, gate, registered, promoted):
-                kubernetes.use_secret_as_env(task, secret_name=s3_secret, secret_key_to_env={
-                    "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"})
+        _steps(options, task, locals())
 
     return training
 
 
-def check_arguments(arguments: dict[str, Any]) -> None:
+def retraining_pipeline(gpus: int = 0, accelerator: str = "nvidia.com/gpu", cache_data: bool = False,
+                        checkpoint_pvc: str = "", s3_secret: str = "") -> Any:
+    """Build the retraining pipeline: the training steps for an existing model, on the newest data,
+    optionally warm-started from its champion. The data step is never cached: the source is a path
+    or prefix whose newest file changes."""
+    options = ClusterOptions(gpus, accelerator, False, checkpoint_pvc, s3_secret)
+
+    @dsl.pipeline(name=RETRAINING_NAME,
+                  description="Retrain a registered model on the newest data; promote only if better than its champion.")
+    def retraining(
+        model_name: str,
+        task: str = "",
+        source: str = "",
+        label_column: str = "",
+        warm_start: bool = True,
+        epochs: int = 30,
+        batch_size: int = 64,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 1e-4,
+        dropout: float = 0.1,
+        seed: int = 0,
+        patience: int = 5,
+        nproc: int = 1,
+        nodes: int = 1,
+        launcher: str = "local",
+        gpus_per_node: int = 0,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        missing_policy: str = "median",
+        balance: bool = False,
+        thresholds: str = "",
+        margin: float = 0.0,
+        tracking_uri: str = "",
+        checkpoint_root: str = CHECKPOINT_MOUNT if checkpoint_pvc else "",
+    ) -> None:
+        args = dict(locals())
+        resolved = ops.resolve_task(model_name=model_name, task=task, tracking_uri=tracking_uri)
+        resolved.set_caching_options(False).set_display_name("resolve task")
+        _resources(resolved, cpu="250m", memory="256Mi")
+        if s3_secret:
+            kubernetes.use_secret_as_env(resolved, secret_name=s3_secret, secret_key_to_env={
+                "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"})
+        _steps(options, resolved.output, args, warm_start=warm_start)
+
+    return retraining
+
+
+def check_arguments(pipeline: Any, arguments: dict[str, Any]) -> None:
     """Fail fast, before any step runs, on arguments a step would reject (task, hyperparameters, thresholds).
+
+    Arguments not given take the pipeline's defaults; an empty ``task`` (retraining) is resolved at run time.
 
     Raises:
         ConfigError: naming the bad argument.
     """
+    from components.errors import ConfigError
     from components.prepare_data import PrepareParams
     from components.tasks import get_task
     from components.train import TrainParams
     from components.validate import parse_thresholds
 
-    def pick(cls: Any) -> dict[str, Any]:
-        return {k: v for k, v in arguments.items() if k in cls.__dataclass_fields__}
+    inputs = pipeline.component_spec.inputs or {}
+    merged = {name: spec.default for name, spec in inputs.items() if spec.default is not None}
+    merged.update(arguments)
+    missing = sorted(name for name, spec in inputs.items() if spec.default is None and name not in merged)
+    if missing:
+        raise ConfigError(f"missing required parameter(s): {', '.join(missing)} (pass --param NAME=VALUE)")
 
+    def pick(cls: Any) -> dict[str, Any]:
+        return {k: v for k, v in merged.items() if k in cls.__dataclass_fields__}
+
+    TrainParams(**pick(TrainParams))
+    if merged.get("launcher", "local") not in ("local", "trainjob"):
+        raise ConfigError(f"launcher must be 'local' or 'trainjob', got {merged['launcher']!r}")
+    if int(merged.get("nodes", 1)) > 1 and merged.get("launcher", "local") != "trainjob":
+        raise ConfigError("nodes > 1 needs launcher=trainjob (a Kubeflow Trainer TrainJob on a cluster)")
+    if not merged.get("task"):
+        return
     prepare = PrepareParams(**pick(PrepareParams))
     task = get_task(prepare.task)
-    TrainParams(**pick(TrainParams))
-    if arguments.get("launcher", "local") not in ("local", "trainjob"):
-        from components.errors import ConfigError
-
-        raise ConfigError(f"launcher must be 'local' or 'trainjob', got {arguments['launcher']!r}")
-    if int(arguments.get("nodes", 1)) > 1 and arguments.get("launcher", "local") != "trainjob":
-        from components.errors import ConfigError
-
-        raise ConfigError("nodes > 1 needs launcher=trainjob (a Kubeflow Trainer TrainJob on a cluster)")
-    parse_thresholds(str(arguments.get("thresholds", "")), task)
+    parse_thresholds(str(merged.get("thresholds", "")), task)
     if task.builtin is None and not prepare.source:
-        from components.errors import ConfigError
-
         raise ConfigError(f"task {task.name!r} needs your data: pass --param source=PATH and label_column=NAME")
 
 

@@ -14,7 +14,7 @@ import pytest
 from components import registry
 from components.prepare_data import PrepareParams, prepare
 from pipelines.local import run_local
-from pipelines.training import training_pipeline
+from pipelines.training import retraining_pipeline, training_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -88,3 +88,19 @@ def test_digits_cnn_through_the_pipeline_with_two_ddp_processes(tracking_uri, ho
     assert len(out) == 2 and {f"prob_{d}" for d in range(10)} <= set(out.columns)
     run_id = registry.client().get_model_version("digits-cnn", champion).run_id
     assert registry.client().get_run(run_id).data.tags["pillars.world_size"] == "2"
+
+
+def test_retraining_resolves_the_task_warm_starts_and_promotes_only_if_better(tracking_uri, home):
+    run_local(training_pipeline(), {"task": "breast_cancer", "model_name": "cancer", "epochs": 3})
+    assert registry.alias_version("cancer", registry.CHAMPION) == "1"
+    first = _test_metrics("cancer", "1")["test_accuracy"]
+
+    run_local(retraining_pipeline(), {"model_name": "cancer", "epochs": 30})
+    retrained = registry.client().get_model_version("cancer", "2")
+    run = registry.client().get_run(retrained.run_id)
+    assert run.data.tags["pillars.warm_started_from"] == "cancer/1"
+    assert retrained.tags["task"] == "breast_cancer"
+    approved = retrained.tags["gate_approved"] == "true"
+    second = _test_metrics("cancer", "2")["test_accuracy"]
+    assert approved == (second >= first and second >= 0.9), retrained.tags["gate_reasons"]
+    assert registry.alias_version("cancer", registry.CHAMPION) == ("2" if approved else "1")
