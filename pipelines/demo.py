@@ -22,8 +22,13 @@ def run_demo(task: str = "breast_cancer", epochs: int = 30, serve: bool = True) 
     from pipelines.training import training_pipeline
 
     started = time.monotonic()
-    print(f"[1/3] training pipeline on {task!r} (kfp.local) ...", flush=True)
-    uri = run_local(training_pipeline(), {"task": task, "epochs": epochs})
+    log = Settings().resolved_home() / "logs" / f"demo-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    print(f"[1/3] training pipeline on {task!r} (kfp.local; step logs in {log}) ...", flush=True)
+    try:
+        uri = run_local(training_pipeline(), {"task": task, "epochs": epochs}, log_file=log)
+    except Exception:
+        print("".join(log.read_text().splitlines(keepends=True)[-30:]), file=sys.stderr)
+        raise
     print(f"      done in {time.monotonic() - started:.0f}s; MLflow store: {uri}")
     print("[2/3] registry:")
     for row in registry.list_versions(task)[:3]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from collections.abc import Callable, Mapping
@@ -17,11 +18,14 @@ logger = logging.getLogger("pillars.local")
 
 
 def run_local(pipeline: Callable[..., Any], arguments: Mapping[str, Any], settings: Settings | None = None,
-              caching: bool = True) -> str:
+              caching: bool = True, log_file: Path | None = None) -> str:
     """Run ``pipeline`` through ``kfp.local``'s SubprocessRunner in the current Python environment.
 
     MLflow is the server at ``MLFLOW_TRACKING_URI`` when set, else the local store under
     ``PILLARS_HOME``; task outputs go to ``<home>/pipeline_root``.
+
+    Args:
+        log_file: where the steps' output goes (kfp.local prints it); None: to this process's stdout.
 
     Returns:
         The tracking URI the run used.
@@ -37,9 +41,15 @@ def run_local(pipeline: Callable[..., Any], arguments: Mapping[str, Any], settin
     root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                enable_caching=caching, cache_root=str(Path(root) / ".cache"), raise_on_error=True)
-    with warnings.catch_warnings():
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(warnings.catch_warnings())
         # kfp.local notes that resource requests do nothing locally and that the components name
         # an image it does not use: both expected for the embedded default.
         warnings.filterwarnings("ignore", module="kfp.local")
+        if log_file is not None:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            stream = stack.enter_context(open(log_file, "w"))
+            stack.enter_context(contextlib.redirect_stdout(stream))
+            stack.enter_context(contextlib.redirect_stderr(stream))
         pipeline(**args)
     return uri
