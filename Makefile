@@ -34,6 +34,7 @@ test-fast: install
 
 bench: install
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/serving_bench.py
 
 clean:
 	rm -rf .pillars .pytest_cache

@@ -1,0 +1,27 @@
+"""The inference service: a KServe model server for registered Pillars models (HTTP, gRPC, metrics, batching).
+
+Importing the package is cheap; the names below load their modules (torch, KServe) on first use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__all__ = ["Batcher", "PillarsModel", "PillarsModelServer", "ServingSettings", "main", "query_once", "serve_argv"]
+
+_WHERE = {
+    "Batcher": "serving.batching",
+    "PillarsModel": "serving.model",
+    "PillarsModelServer": "serving.server",
+    "ServingSettings": "serving.settings",
+    "main": "serving.__main__",
+    "query_once": "serving.demo",
+    "serve_argv": "serving.cli",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'serving' has no attribute {name!r}")
+    return getattr(import_module(_WHERE[name]), name)

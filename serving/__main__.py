@@ -1,0 +1,136 @@
+"""``python -m serving``: the container entrypoint (KServe's flags plus ours).
+
+Flags are accepted in KServe's underscore spelling (``--http_port``) and in dash spelling
+(``--http-port``), so ``pillars serve MODEL_URI --http-port 8080`` can pass its flags straight on.
+Every flag of ours can also come from a ``PILLARS_SERVING_*`` environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+from components.errors import PillarsError
+
+logger = logging.getLogger("serving")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """KServe's model-server parser as a parent, plus where the model is and how to serve it."""
+    from kserve.model_server import parser as kserve_parser
+
+    from serving.settings import ServingSettings
+
+    env = ServingSettings()
+    parser = argparse.ArgumentParser(prog="python -m serving", parents=[kserve_parser],
+                                     description="Serve a Pillars model with the KServe model server.")
+    parser.set_defaults(model_name=None, enable_latency_logging=False)
+    parser.add_argument("--model_uri", default=env.model_uri,
+                        help="models:/NAME@alias, models:/NAME/VERSION, runs:/..., s3://... or a folder")
+    parser.add_argument("--model_dir", default=env.model_dir,
+                        help="local model folder (KServe storage initializer: /mnt/models)")
+    parser.add_argument("--max_batch_size", type=int, default=env.max_batch_size,
+                        help="most rows merged into one forward pass")
+    parser.add_argument("--max_latency_ms", type=float, default=env.max_latency_ms,
+                        help="longest a batch waits for more requests under load")
+    parser.add_argument("--auth_token_file", default=env.auth_token_file,
+                        help="file holding the bearer token (or set PILLARS_SERVING_AUTH_TOKEN)")
+    parser.add_argument("--cpu_threads", type=int, default=env.cpu_threads,
+                        help="torch CPU threads (0: torch's default, one per core)")
+    parser.add_argument("--max_body_bytes", type=int, default=env.max_body_bytes,
+                        help="largest request body / gRPC message")
+    parser.add_argument("--device", default=env.device, help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="level of the serving logger (DEBUG: one line per request)")
+    return parser
+
+
+def normalize_flags(argv: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
+    """Map ``--http-port`` to ``--http_port`` (and back) for options the parser knows in one spelling."""
+    known = parser._option_string_actions
+    out = []
+    for token in argv:
+        if token.startswith("--") and token not in known:
+            name, eq, value = token.partition("=")
+            for candidate in ("--" + name[2:].replace("-", "_"), "--" + name[2:].replace("_", "-")):
+                if candidate in known:
+                    token = candidate + eq + value
+                    break
+        out.append(token)
+    return out
+
+
+def default_model_name(model_uri: str) -> str:
+    """``NAME`` of ``models:/NAME@alias`` or ``models:/NAME/3``, else ``model`` (KServe's default)."""
+    if model_uri.startswith("models:/"):
+        return model_uri[len("models:/"):].strip("/").split("@")[0].split("/")[0] or "model"
+    return "model"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load the model, then serve it until SIGTERM. Returns the exit status (2: bad configuration)."""
+    parser = build_parser()
+    args = parser.parse_args(normalize_flags(sys.argv[1:] if argv is None else argv, parser))
+    _configure_logging(args.log_level)
+
+    from serving.auth import load_auth
+    from serving.model import PillarsModel
+    from serving.server import PillarsModelServer
+    from serving.settings import ServingSettings
+
+    imported = time.perf_counter()
+    try:
+        if args.workers != 1:
+            raise PillarsError("--workers must be 1: micro-batching works within one process; "
+                               "scale with replicas instead")
+        settings = ServingSettings(
+            model_uri=args.model_uri or "", model_dir=args.model_dir, max_batch_size=args.max_batch_size,
+            max_latency_ms=args.max_latency_ms, auth_token_file=args.auth_token_file,
+            cpu_threads=args.cpu_threads, max_body_bytes=args.max_body_bytes, device=args.device)
+        auth = load_auth(settings.auth_token_file, settings.auth_token)
+        model = PillarsModel(args.model_name or default_model_name(settings.model_uri), settings)
+        model.load()
+    except (PillarsError, ValueError) as e:
+        logger.error("cannot serve: %s", e)
+        return 2
+    logger.info("model ready %.3f seconds after the imports", time.perf_counter() - imported)
+    server = PillarsModelServer(
+        max_body_bytes=settings.max_body_bytes, auth=auth, enable_grpc=args.enable_grpc,
+        http_port=args.http_port, grpc_port=args.grpc_port, max_threads=args.max_threads,
+        max_asyncio_workers=args.max_asyncio_workers, enable_docs_url=args.enable_docs_url,
+        enable_latency_logging=args.enable_latency_logging, access_log_format=args.access_log_format,
+        event_loop=args.event_loop, timeout_keep_alive=args.timeout_keep_alive,
+        ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
+    server.start([model])
+    return 0
+
+
+def _configure_logging(level: str) -> None:
+    from kserve.logging import configure_logging
+
+    configure_logging()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+    # The access log is one info line per request; keep it for debugging only.
+    logging.getLogger("uvicorn.access").setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
+    logging.getLogger("kserve.trace").setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
+    if level != "DEBUG":
+        logging.getLogger("kserve").addFilter(_drop_client_errors)
+
+
+def _drop_client_errors(record: logging.LogRecord) -> bool:
+    """KServe logs a traceback for every 4xx; those are the client's mistakes (counted in metrics)."""
+    from kserve.errors import InvalidInput, ModelNotFound
+
+    error = record.exc_info[1] if record.exc_info else None
+    return not isinstance(error, (InvalidInput, ModelNotFound))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

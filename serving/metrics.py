@@ -1,0 +1,115 @@
+"""Prometheus metrics of the model server, defined once (base units, bounded labels).
+
+They live in prometheus-client's default registry, which KServe already serves on ``/metrics``
+next to its own ``request_*_seconds`` histograms.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.registry import Collector
+
+MAX_FEATURE_LABELS = 256
+"""Models with more input values than this (images) get one aggregate series instead of one per feature."""
+
+REQUESTS = Counter(
+    "pillars_serving_requests",
+    "Inference requests by model, version, protocol (v1, v2, grpc) and status (HTTP code or gRPC code name).",
+    ["model", "version", "protocol", "status"],
+)
+REQUEST_SECONDS = Histogram(
+    "pillars_serving_request_seconds",
+    "Inference request latency as the server sees it, from first byte to response.",
+    ["model", "protocol"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+)
+BATCH_SIZE = Histogram(
+    "pillars_serving_batch_size",
+    "Rows per forward pass after micro-batching.",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)
+BATCH_REQUESTS = Histogram(
+    "pillars_serving_batch_requests",
+    "Requests merged into one forward pass.",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+INFERENCE_SECONDS = Histogram(
+    "pillars_serving_inference_seconds",
+    "Latency of one forward pass (a whole micro-batch).",
+    ["model"],
+    buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0),
+)
+PREDICTIONS = Counter(
+    "pillars_serving_predictions",
+    "Predicted classes (classifiers) or predictions made (regressors, class=\"value\").",
+    ["model", "class"],
+)
+
+
+class FeatureStats(Collector):
+    """Per-feature count, sum and sum of squares of served inputs: the live side of drift monitoring.
+
+    Updated once per batch with vectorised sums (cheap), exposed as a summary
+    ``pillars_serving_input_feature`` (``_count``, ``_sum``) and a gauge
+    ``pillars_serving_input_feature_sum_squares``, labelled by model and feature name.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stats: dict[str, tuple[list[str], np.ndarray, np.ndarray, int]] = {}
+
+    def register_model(self, model: str, feature_names: Sequence[str]) -> None:
+        """Start tracking ``model`` (features beyond :data:`MAX_FEATURE_LABELS` are pooled as ``all``)."""
+        names = list(feature_names) if len(feature_names) <= MAX_FEATURE_LABELS else ["all"]
+        with self._lock:
+            self._stats[model] = (names, np.zeros(len(names)), np.zeros(len(names)), 0)
+
+    def observe(self, model: str, batch: np.ndarray) -> None:
+        """Add a ``[N, n_features]`` batch of inputs."""
+        with self._lock:
+            if model not in self._stats:
+                return
+            names, sums, squares, count = self._stats[model]
+            values = batch.astype(np.float64)
+            if len(names) == 1 and batch.shape[1] != 1:
+                values = values.reshape(-1, 1)
+            sums += values.sum(axis=0)
+            squares += np.square(values).sum(axis=0)
+            self._stats[model] = (names, sums, squares, count + values.shape[0])
+
+    def collect(self) -> Iterator[Metric]:
+        summary = SummaryMetricFamily(
+            "pillars_serving_input_feature", "Served input values per feature (count and sum).",
+            labels=["model", "feature"])
+        squares_family = GaugeMetricFamily(
+            "pillars_serving_input_feature_sum_squares",
+            "Sum of squared served input values per feature (with the summary: mean and variance).",
+            labels=["model", "feature"])
+        with self._lock:
+            for model, (names, sums, squares, count) in self._stats.items():
+                for i, name in enumerate(names):
+                    summary.add_metric([model, name], count_value=count, sum_value=float(sums[i]))
+                    squares_family.add_metric([model, name], float(squares[i]))
+        yield summary
+        yield squares_family
+
+
+FEATURES = FeatureStats()
+REGISTRY.register(FEATURES)
+
+
+def observe_predictions(model: str, outputs: dict[str, np.ndarray]) -> None:
+    """Count predicted classes (or regression predictions)."""
+    if "label" in outputs:
+        labels, counts = np.unique(outputs["label"].astype(str), return_counts=True)
+        for label, n in zip(labels, counts, strict=True):
+            PREDICTIONS.labels(model, label).inc(int(n))
+    else:
+        PREDICTIONS.labels(model, "value").inc(len(outputs["value"]))

@@ -1,0 +1,127 @@
+"""Resolving where a model lives (MLflow registry, run, S3 or a folder) to a local folder.
+
+Nothing here unpickles: we only download files; :func:`components.models.load_model` then reads
+``config.json`` and ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from components.errors import ConfigError
+from components.models import locate_model_dir
+
+logger = logging.getLogger("serving")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model resolved to a local folder, with the registry version when there is one."""
+
+    directory: Path
+    version: str
+    uri: str
+
+
+def resolve_model(model_uri: str = "", model_dir: str | Path | None = None) -> ModelSource:
+    """Download (if needed) and locate the model named by ``model_uri`` or ``model_dir``.
+
+    Args:
+        model_uri: ``models:/NAME@alias``, ``models:/NAME/VERSION``, ``runs:/...``, ``s3://...``,
+            ``file://...`` or a local folder.
+        model_dir: a local folder (KServe's ``--model_dir``); used when ``model_uri`` is empty.
+
+    Returns:
+        The local folder holding ``config.json`` and ``model.safetensors``, and the model version
+        (the registry version for ``models:/``, else ``"1"``).
+
+    Raises:
+        ConfigError: neither or both were given, the URI scheme is unknown, or nothing was found there.
+    """
+    if bool(model_uri) == bool(model_dir):
+        raise ConfigError("give exactly one of --model_uri or --model_dir")
+    if model_dir:
+        return ModelSource(locate_model_dir(model_dir), "1", str(model_dir))
+    scheme = urlparse(model_uri).scheme
+    if scheme in ("models", "runs"):
+        return _from_mlflow(model_uri)
+    if scheme == "s3":
+        return ModelSource(locate_model_dir(_from_s3(model_uri)), "1", model_uri)
+    if scheme == "file":
+        return ModelSource(locate_model_dir(urlparse(model_uri).path), "1", model_uri)
+    if scheme == "" and Path(model_uri).exists():
+        return ModelSource(locate_model_dir(model_uri), "1", model_uri)
+    if scheme == "":
+        raise ConfigError(f"model folder {model_uri} does not exist")
+    raise ConfigError(f"unsupported model URI scheme {scheme!r} in {model_uri}; "
+                      "use models:/, runs:/, s3://, file:// or a folder")
+
+
+def _from_mlflow(model_uri: str) -> ModelSource:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    version = "1"
+    download_uri = model_uri
+    if model_uri.startswith("models:/"):
+        version = _registry_version(model_uri)
+        name = model_uri[len("models:/"):].strip("/").split("@")[0].split("/")[0]
+        download_uri = f"models:/{name}/{version}"  # the alias cannot move under us mid-download
+    target = tempfile.mkdtemp(prefix="pillars-model-")
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=download_uri, dst_path=target)
+    except (MlflowException, OSError) as e:
+        raise ConfigError(f"cannot download {model_uri} from {mlflow.get_tracking_uri()}: {e}") from e
+    return ModelSource(locate_model_dir(local), version, model_uri)
+
+
+def _registry_version(model_uri: str) -> str:
+    """The version number a ``models:/NAME@alias`` or ``models:/NAME/VERSION`` URI points to."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    ref = model_uri[len("models:/"):].strip("/")
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        try:
+            return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+        except MlflowException as e:
+            raise ConfigError(f"no version of model {name!r} has alias {alias!r}: {e.message}") from e
+    parts = ref.split("/")
+    if len(parts) == 2 and parts[1].isdigit():
+        return parts[1]
+    raise ConfigError(f"{model_uri} names no version: use models:/NAME/VERSION or models:/NAME@ALIAS")
+
+
+def _from_s3(uri: str) -> Path:
+    """Download every object under an ``s3://bucket/prefix`` (MinIO via ``MLFLOW_S3_ENDPOINT_URL``)."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    parsed = urlparse(uri)
+    bucket, prefix = parsed.netloc, parsed.path.lstrip("/")
+    endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or None
+    target = Path(tempfile.mkdtemp(prefix="pillars-model-"))
+    try:
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        found = 0
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                relative = obj["Key"][len(prefix):].lstrip("/") or Path(obj["Key"]).name
+                destination = (target / relative).resolve()
+                if not destination.is_relative_to(target.resolve()):
+                    raise ConfigError(f"refusing S3 key {obj['Key']!r} that escapes the download folder")
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                s3.download_file(bucket, obj["Key"], str(destination))
+                found += 1
+    except (BotoCoreError, ClientError) as e:
+        raise ConfigError(f"cannot download {uri}: {e}") from e
+    if not found:
+        raise ConfigError(f"no objects under {uri}")
+    logger.info("downloaded %d objects from %s", found, uri)
+    return target

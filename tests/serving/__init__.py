@@ -1,0 +1,1 @@
+"""Tests of the inference service (issue 3)."""

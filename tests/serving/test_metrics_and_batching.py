@@ -1,0 +1,83 @@
+"""Prometheus metrics on /metrics, and adaptive micro-batching observed from outside."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+from serving.demo import v2_request
+from tests.serving.toy import toy_rows
+
+
+def scrape(served) -> dict[str, dict[tuple, float]]:
+    """``{sample name: {sorted label items: value}}`` from the server's /metrics, via prometheus' parser."""
+    text = httpx.get(f"{served.http}/metrics").text
+    samples: dict[str, dict[tuple, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return samples
+
+
+def _value(samples, name, **labels) -> float:
+    return sum(v for k, v in samples.get(name, {}).items() if set(labels.items()) <= set(k))
+
+
+def test_metrics_count_requests_by_model_version_protocol_status(served):
+    before = scrape(served)
+    httpx.post(f"{served.http}/v2/models/toy/infer", json=v2_request(toy_rows(3)))
+    httpx.post(f"{served.http}/v2/models/toy/infer", json=v2_request(np.ones((1, 2))))
+    httpx.post(f"{served.http}/v1/models/toy:predict", json={"instances": toy_rows(2).tolist()})
+    httpx.post(f"{served.http}/v2/models/other/infer", json=v2_request(toy_rows(1)))
+    after = scrape(served)
+
+    def delta(name, **labels):
+        return _value(after, name, **labels) - _value(before, name, **labels)
+
+    total = "pillars_serving_requests_total"
+    assert delta(total, model="toy", version="1", protocol="v2", status="200") == 1
+    assert delta(total, model="toy", version="1", protocol="v2", status="400") == 1
+    assert delta(total, model="toy", version="1", protocol="v1", status="200") == 1
+    assert delta(total, model="unknown", protocol="v2", status="404") == 1  # names never become labels
+    assert delta("pillars_serving_predictions_total", model="toy") == 5
+    assert delta("pillars_serving_input_feature_count", model="toy", feature="f0") == 5
+    expected_sum = float(toy_rows(3)[:, 0].sum() + toy_rows(2)[:, 0].sum())
+    assert abs(delta("pillars_serving_input_feature_sum", model="toy", feature="f0") - expected_sum) < 1e-3
+    assert delta("pillars_serving_inference_seconds_count", model="toy") >= 2
+    assert delta("request_preprocess_seconds_count", model_name="toy") >= 3  # KServe's own histograms
+    assert delta("request_predict_seconds_count", model_name="toy") >= 2
+
+
+def test_concurrent_requests_are_batched_with_results_identical_to_unbatched(served):
+    rows = toy_rows(48, seed=7)
+    url = f"{served.http}/v2/models/toy/infer"
+
+    def outputs(answer):
+        return {o["name"]: o["data"] for o in answer["outputs"]}
+
+    with httpx.Client() as client:
+        alone = [outputs(client.post(url, json=v2_request(r[None])).json()) for r in rows]
+
+    async def together():
+        limits = httpx.Limits(max_connections=48)
+        async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+            answers = await asyncio.gather(*(client.post(url, json=v2_request(r[None])) for r in rows))
+        return [outputs(a.json()) for a in answers]
+
+    before = scrape(served)
+    batched = asyncio.run(together())
+    after = scrape(served)
+
+    merged = {k: after["pillars_serving_batch_size_bucket"][k] - before["pillars_serving_batch_size_bucket"].get(k, 0)
+              for k in after["pillars_serving_batch_size_bucket"] if dict(k)["model"] == "toy"}
+    up_to_one = sum(v for k, v in merged.items() if dict(k)["le"] == "1.0")
+    passes = sum(v for k, v in merged.items() if dict(k)["le"] == "+Inf")
+    assert passes - up_to_one > 0, "no forward pass merged more than one request"
+    assert passes < len(rows)
+    for one, many in zip(alone, batched, strict=True):
+        assert one["label"] == many["label"] and one["class_index"] == many["class_index"]
+        # float32 matrix kernels may round the last bit differently for different batch shapes
+        np.testing.assert_allclose(one["probabilities"], many["probabilities"], rtol=1e-5, atol=1e-7)

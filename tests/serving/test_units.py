@@ -1,0 +1,186 @@
+"""In-process units: micro-batching, token checks, flag spellings, model resolution, bad configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from components.errors import ConfigError
+from components.models import Predictor
+from serving.__main__ import build_parser, default_model_name, normalize_flags
+from serving.auth import grpc_method_is_open, http_path_is_open, load_auth
+from serving.batching import Batcher
+from serving.storage import resolve_model
+from tests.serving.toy import make_classifier, toy_rows
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory) -> Predictor:
+    return Predictor.load(make_classifier(tmp_path_factory.mktemp("toy")))
+
+
+def test_batcher_merges_concurrent_requests_and_splits_results_back(predictor):
+    seen: list[int] = []
+    gate = threading.Event()
+
+    def forward(rows):
+        gate.wait(5)  # hold the first pass so the others queue up behind it
+        seen.append(len(rows))
+        return predictor.predict(rows)
+
+    rows = toy_rows(20, seed=1)
+
+    async def run():
+        batcher = Batcher(forward, max_batch_size=8, max_latency_ms=1)
+        tasks = [asyncio.create_task(batcher.submit(r[None])) for r in rows]
+        await asyncio.sleep(0.05)
+        gate.set()
+        results = await asyncio.gather(*tasks)
+        batcher.close()
+        return results
+
+    results = asyncio.run(run())
+    assert sum(seen) == 20 and max(seen) == 8 and len(seen) < 20
+    expected = predictor.predict(rows)
+    assert [r["label"][0] for r in results] == expected["label"].tolist()
+    np.testing.assert_allclose(np.concatenate([r["probabilities"] for r in results]), expected["probabilities"],
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_batcher_runs_a_lone_request_without_waiting(predictor):
+    async def run():
+        batcher = Batcher(predictor.predict, max_batch_size=64, max_latency_ms=500)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await batcher.submit(toy_rows(1))
+        batcher.close()
+        return loop.time() - started
+
+    assert asyncio.run(run()) < 0.4
+
+
+def test_batcher_delivers_a_failed_pass_to_every_request_and_keeps_going(predictor):
+    calls = {"n": 0}
+
+    def forward(rows):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return predictor.predict(rows)
+
+    async def run():
+        batcher = Batcher(forward, max_batch_size=4)
+        with pytest.raises(RuntimeError, match="boom"):
+            await batcher.submit(toy_rows(2))
+        result = await batcher.submit(toy_rows(2))
+        batcher.close()
+        return result
+
+    assert len(asyncio.run(run())["label"]) == 2
+
+
+def test_batcher_rejects_bad_settings():
+    with pytest.raises(ValueError, match="max_batch_size"):
+        Batcher(lambda x: {}, max_batch_size=0)
+    with pytest.raises(ValueError, match="max_latency_ms"):
+        Batcher(lambda x: {}, max_latency_ms=-1)
+
+
+def test_token_comes_from_file_and_is_compared_exactly(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("abc123\n")
+    auth = load_auth(token_file)
+    assert auth is not None and auth.accepts("Bearer abc123") and auth.accepts(b"Bearer abc123")
+    assert not auth.accepts("Bearer abc12") and not auth.accepts(None) and not auth.accepts("abc123")
+    assert "abc123" not in repr(auth)
+    assert load_auth(None, "") is None
+    assert load_auth(None, "from-env").accepts("Bearer from-env")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_auth(tmp_path / "missing")
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="empty"):
+        load_auth(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("path,is_open", [
+    ("/v2/health/live", True), ("/v2/health/ready", True), ("/v2/models/m/ready", True), ("/metrics", True),
+    ("/v1/models/m", True), ("/", True), ("/v2/models/m", False), ("/v2/models/m/infer", False),
+    ("/v1/models/m:predict", False), ("/v2", False), ("/v2/repository/models/m/unload", False),
+    ("/v2/health/ready/../../models/m", False),
+])
+def test_only_health_paths_are_open(path, is_open):
+    assert http_path_is_open(path) is is_open
+
+
+def test_only_health_rpcs_are_open():
+    base = "/inference.GRPCInferenceService/"
+    assert all(grpc_method_is_open(base + m) for m in ("ServerLive", "ServerReady", "ModelReady"))
+    assert not any(grpc_method_is_open(base + m) for m in ("ModelInfer", "ModelMetadata", "ServerMetadata"))
+
+
+def test_flags_work_in_dash_and_underscore_spelling():
+    parser = build_parser()
+    argv = ["--model-uri", "models:/m@champion", "--http-port", "9000", "--grpc_port", "9001",
+            "--max-batch-size=8", "--auth-token-file", "/t", "--timeout-keep-alive", "5", "--event_loop", "asyncio"]
+    args = parser.parse_args(normalize_flags(argv, parser))
+    assert (args.model_uri, args.http_port, args.grpc_port, args.max_batch_size, args.auth_token_file) == \
+        ("models:/m@champion", 9000, 9001, 8, "/t")
+    assert args.timeout_keep_alive == 5 and args.event_loop == "asyncio"
+    assert default_model_name("models:/iris@champion") == "iris" and default_model_name("/x") == "model"
+
+
+def test_model_resolution_accepts_folders_and_rejects_the_rest(tmp_path):
+    model_dir = make_classifier(tmp_path / "m")
+    assert resolve_model(model_dir=model_dir).directory == model_dir
+    assert resolve_model(str(model_dir)).directory == model_dir
+    assert resolve_model(f"file://{model_dir}").directory == model_dir
+    for uri, message in [("", "exactly one"), ("/does/not/exist", "does not exist"),
+                         ("gs://bucket/model", "unsupported"), (str(tmp_path), "no Pillars model")]:
+        with pytest.raises(ConfigError, match=message):
+            resolve_model(uri)
+
+
+def test_bad_configuration_exits_2_with_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "serving", "--model_uri", str(tmp_path / "nope"),
+                             "--http_port", "1", "--grpc_port", "2"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_argv_is_what_the_server_parses():
+    from serving import serve_argv
+
+    parser = build_parser()
+    args = parser.parse_args(serve_argv("models:/iris@champion", 9000, 9001, max_batch_size=16,
+                                        max_latency_ms=1.5, auth_token_file="/run/token"))
+    assert (args.model_uri, args.http_port, args.grpc_port, args.max_batch_size, args.max_latency_ms,
+            args.auth_token_file) == ("models:/iris@champion", 9000, 9001, 16, 1.5, "/run/token")
+
+
+def test_model_resolution_from_the_mlflow_registry_and_runs(local_store, tmp_path):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from components.mlflow_model import log_pillars_model
+    from components.tracking import ensure_experiment
+
+    model_dir = make_classifier(tmp_path / "m")
+    with mlflow.start_run(experiment_id=ensure_experiment("serving-units")) as run:
+        info = log_pillars_model(model_dir)
+    mlflow.register_model(info.model_uri, "units")
+    mlflow.register_model(info.model_uri, "units")
+    MlflowClient().set_registered_model_alias("units", "champion", "1")
+
+    by_alias = resolve_model("models:/units@champion")
+    assert by_alias.version == "1" and (by_alias.directory / "model.safetensors").is_file()
+    assert resolve_model("models:/units/2").version == "2"
+    assert (resolve_model(f"runs:/{run.info.run_id}/model").directory / "config.json").is_file()
+    with pytest.raises(ConfigError, match="alias 'nope'"):
+        resolve_model("models:/units@nope")
+    with pytest.raises(ConfigError, match="cannot download"):
+        resolve_model("models:/units/9")
