@@ -27,12 +27,15 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kfp import dsl
 
 from components.errors import ConfigError, PillarsError, RegistryError
 from components.settings import Settings, package_version
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
 
 logger = logging.getLogger("components.deploy")
 
@@ -98,7 +101,8 @@ def _check_spec(spec: DeploySpec) -> None:
         if spec.mode != "Knative":
             raise ConfigError("--canary needs Knative mode: Standard mode has no revisions to split traffic")
     if spec.min_replicas < 0 or spec.max_replicas < max(spec.min_replicas, 1):
-        raise ConfigError(f"replicas must satisfy 0 <= min <= max and max >= 1, got {spec.min_replicas}..{spec.max_replicas}")
+        raise ConfigError("replicas must satisfy 0 <= min <= max and max >= 1, "
+                          f"got {spec.min_replicas}..{spec.max_replicas}")
     allowed = ("concurrency", "rps") if spec.mode == "Knative" else ("cpu", "memory")
     if spec.scale_metric and spec.scale_metric not in allowed:
         raise ConfigError(f"scale metric in {spec.mode} mode is one of {', '.join(allowed)}, got {spec.scale_metric!r}")
@@ -305,7 +309,7 @@ def rollback_plan(isvc: dict[str, Any], mode: str, previous: dict[str, Any] | No
 
 # --- talking to the cluster ------------------------------------------------------------------
 
-def kube_api_client():  # -> kubernetes.client.ApiClient
+def kube_api_client() -> "ApiClient":
     """An API client from the pod's service account, else the local kubeconfig."""
     from kubernetes import client, config
 
@@ -324,7 +328,7 @@ def _path(namespace: str, name: str | None = None) -> str:
     return f"{base}/{name}" if name else base
 
 
-def get_inference_service(api_client, namespace: str, name: str) -> dict[str, Any] | None:
+def get_inference_service(api_client: "ApiClient", namespace: str, name: str) -> dict[str, Any] | None:
     """The InferenceService, or None when it does not exist."""
     from kubernetes.client.exceptions import ApiException
 
@@ -338,7 +342,7 @@ def get_inference_service(api_client, namespace: str, name: str) -> dict[str, An
     return data
 
 
-def apply_inference_service(api_client, obj: dict[str, Any]) -> dict[str, Any]:
+def apply_inference_service(api_client: "ApiClient", obj: dict[str, Any]) -> dict[str, Any]:
     """Server-side apply ``obj`` with field manager ``pillars`` (force: Pillars owns these fields)."""
     from kubernetes.client.exceptions import ApiException
 
@@ -388,7 +392,8 @@ class DeployResult:
     url: str
 
 
-def deploy(spec: DeploySpec, api_client=None, timeout_s: float = 600.0, poll_s: float = 5.0) -> DeployResult:
+def deploy(spec: DeploySpec, api_client: "ApiClient | None" = None, timeout_s: float = 600.0,
+           poll_s: float = 5.0) -> DeployResult:
     """Apply the InferenceService for ``spec``, wait for Ready, and roll back on failure or timeout.
 
     Raises:

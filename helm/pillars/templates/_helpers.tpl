@@ -1,0 +1,154 @@
+{{/* Names ------------------------------------------------------------------------------------- */}}
+
+{{- define "pillars.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The release's base name: "<release>" when it already contains the chart name. */}}
+{{- define "pillars.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "pillars.mlflow.fullname" -}}{{ include "pillars.fullname" . }}-mlflow{{- end }}
+{{- define "pillars.postgresql.fullname" -}}{{ include "pillars.fullname" . }}-postgresql{{- end }}
+{{- define "pillars.models.serviceAccount" -}}{{ include "pillars.fullname" . }}-models{{- end }}
+{{- define "pillars.pipelineRunner.serviceAccount" -}}
+{{- default (printf "%s-pipeline-runner" (include "pillars.fullname" .)) .Values.pipelineRunner.name }}
+{{- end }}
+
+{{/* In-cluster URL of the MLflow Service (what pipelines and model servers use). */}}
+{{- define "pillars.mlflow.url" -}}
+http://{{ include "pillars.mlflow.fullname" . }}.{{ .Release.Namespace }}.svc.cluster.local:{{ .Values.mlflow.port }}
+{{- end }}
+
+{{/* Labels ------------------------------------------------------------------------------------ */}}
+
+{{- define "pillars.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "pillars.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "pillars.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "pillars.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: pillars
+{{- end }}
+
+{{/* Labels of one component: include "pillars.componentLabels" (list $ "mlflow") */}}
+{{- define "pillars.componentLabels" -}}
+{{ include "pillars.labels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{- define "pillars.componentSelector" -}}
+{{ include "pillars.selectorLabels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{/* Images ------------------------------------------------------------------------------------ */}}
+
+{{- define "pillars.image" -}}
+{{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}
+{{- end }}
+
+{{/* The serving image; include "pillars.servingImage" (list $ true) for the CUDA variant. */}}
+{{- define "pillars.servingImage" -}}
+{{- $root := index . 0 }}
+{{- $tag := default $root.Chart.AppVersion $root.Values.servingImage.tag }}
+{{- if index . 1 }}{{ $tag = printf "%s%s" $tag $root.Values.servingImage.cudaSuffix }}{{ end }}
+{{- $root.Values.servingImage.repository }}:{{ $tag }}
+{{- end }}
+
+{{/* Security ---------------------------------------------------------------------------------- */}}
+
+{{/* Pod security context: non-root, RuntimeDefault seccomp. Argument: the UID. */}}
+{{- define "pillars.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ . }}
+runAsGroup: {{ . }}
+fsGroup: {{ . }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "pillars.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* KServe ------------------------------------------------------------------------------------ */}}
+
+{{/* The deployment-mode annotation value the configured KServe version understands.
+     Argument: (list $ "Knative"|"Standard"). */}}
+{{- define "pillars.kserve.modeName" -}}
+{{- $root := index . 0 }}
+{{- $mode := index . 1 }}
+{{- $modern := semverCompare ">=0.15.0-0" (printf "%s" $root.Values.kserve.version | trimPrefix "v" | include "pillars.semver") }}
+{{- if eq $mode "Knative" }}{{ ternary "Knative" "Serverless" $modern }}
+{{- else if eq $mode "Standard" }}{{ ternary "Standard" "RawDeployment" $modern }}
+{{- else }}{{ fail (printf "kserve.deploymentMode must be Knative or Standard, got %q" $mode) }}
+{{- end }}
+{{- end }}
+
+{{/* "0.15" -> "0.15.0" so semverCompare accepts short versions. */}}
+{{- define "pillars.semver" -}}
+{{- if regexMatch "^[0-9]+\\.[0-9]+$" . }}{{ . }}.0{{ else }}{{ . }}{{ end }}
+{{- end }}
+
+{{/* True ("true") when a model URI is read from the MLflow registry rather than storage. */}}
+{{- define "pillars.isRegistryUri" -}}
+{{- if or (hasPrefix "models:/" .) (hasPrefix "runs:/" .) }}true{{ end }}
+{{- end }}
+
+{{/* Default KEDA query: in-flight requests per replica of one model (Pillars serving metrics
+     count requests; the rate of requests times latency approximates concurrency). */}}
+{{- define "pillars.keda.defaultQuery" -}}
+{{- $root := index . 0 }}
+{{- $name := index . 1 -}}
+sum(rate(pillars_serving_request_seconds_sum{namespace="{{ $root.Release.Namespace }}",model="{{ $name }}"}[1m]))
+{{- end }}
+
+{{/* NetworkPolicy ----------------------------------------------------------------------------- */}}
+
+{{/* Peers allowed in: the listed namespaces, or any namespace when the list is empty. */}}
+{{- define "pillars.np.peers" -}}
+{{- if . }}
+{{- range . }}
+- namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ . }}
+{{- end }}
+{{- else }}
+- namespaceSelector: {}
+{{- end }}
+{{- end }}
+{{/* Egress to the S3 endpoint (CIDRs when given, else anywhere on the S3 ports). */}}
+{{- define "pillars.np.s3" -}}
+{{- $np := .Values.networkPolicy }}
+- ports:
+    {{- range $np.s3Ports }}
+    - {protocol: TCP, port: {{ . }}}
+    {{- end }}
+  {{- with $np.s3Cidrs }}
+  to:
+    {{- range . }}
+    - ipBlock: {cidr: {{ . }}}
+    {{- end }}
+  {{- end }}
+{{- end }}

@@ -1,0 +1,242 @@
+"""The Helm chart: lints strictly, renders valid objects for every value set, rejects bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.settings import package_version
+from tests.cluster.conftest import CHART, VALUE_SETS, VALUES, run, validate
+
+
+def test_chart_lints_strictly(helm: str) -> None:
+    result = run([helm, "lint", "--strict", CHART], check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for value_set in VALUE_SETS:
+        result = run([helm, "lint", "--strict", CHART, "--values", VALUES / value_set], check=False)
+        assert result.returncode == 0, f"{value_set}: {result.stdout}{result.stderr}"
+
+
+@pytest.mark.parametrize("value_set", [None, *VALUE_SETS])
+def test_every_rendered_object_validates_against_its_schema(render, crd_schemas: Path, value_set: str | None) -> None:
+    docs = render(*([value_set] if value_set else []))
+    assert docs
+    for doc in docs:
+        validate(doc, crd_schemas)
+
+
+def test_chart_app_version_is_the_package_version() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == package_version()
+    assert chart["version"] == package_version()
+
+
+def test_default_install_has_mlflow_on_postgresql_reachable_through_its_service(render) -> None:
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in render()}
+    service = docs[("Service", "pillars-mlflow")]
+    assert service["spec"]["ports"][0]["port"] == 5000
+    deployment = docs[("Deployment", "pillars-mlflow")]
+    assert deployment["spec"]["template"]["metadata"]["labels"].items() >= service["spec"]["selector"].items()
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == f"ghcr.io/pillars-mlops/pillars:{package_version()}"
+    script = container["args"][0]
+    assert "--serve-artifacts" in script and "--artifacts-destination" in script
+    assert "pillars-mlflow.pillars.svc.cluster.local" in script  # --allowed-hosts
+    env = {e["name"]: e for e in container["env"]}
+    assert "$(POSTGRES_PASSWORD)@pillars-postgresql:5432/mlflow" in env["MLFLOW_BACKEND_STORE_URI"]["value"]
+    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "pillars-postgresql"
+    assert {"readinessProbe", "livenessProbe"} <= container.keys()
+    statefulset = docs[("StatefulSet", "pillars-postgresql")]
+    assert statefulset["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "8Gi"
+    assert ("ClusterServingRuntime", "pillars") in docs
+    assert not [d for d in docs.values() if d["kind"] == "InferenceService"]
+
+
+def test_cluster_mlflow_uri_setting_matches_the_chart_service(render) -> None:
+    from components.settings import Settings
+
+    service = next(d for d in render() if d["kind"] == "Service" and d["metadata"]["name"].endswith("-mlflow"))
+    name, port = service["metadata"]["name"], service["spec"]["ports"][0]["port"]
+    assert Settings().cluster_mlflow_uri == f"http://{name}.pillars.svc.cluster.local:{port}"
+
+
+def test_serving_runtime_supports_the_pillars_format_over_http_and_grpc(render) -> None:
+    runtimes = {d["metadata"]["name"]: d for d in render() if d["kind"] == "ClusterServingRuntime"}
+    default = runtimes["pillars"]["spec"]
+    assert default["supportedModelFormats"] == [{"name": "pillars", "version": "1", "autoSelect": True, "priority": 1}]
+    assert runtimes["pillars-registry"]["spec"]["supportedModelFormats"][0]["autoSelect"] is False
+    container = default["containers"][0]
+    assert container["command"] == ["python", "-m", "serving"]
+    assert container["args"] == ["--model_name={{.Name}}", "--model_dir=/mnt/models",
+                                 "--http_port=8080", "--grpc_port=8081"]
+    assert "--model_dir=/mnt/models" not in runtimes["pillars-registry"]["spec"]["containers"][0]["args"]
+
+
+def _isvcs(docs: list[dict]) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == "InferenceService"}
+
+
+def test_gpu_model_gets_gpus_cuda_image_node_selector_tolerations_and_grpc_port(render) -> None:
+    isvcs = _isvcs(render("gpu.yaml"))
+    predictor = isvcs["resnet"]["spec"]["predictor"]
+    model = predictor["model"]
+    assert model["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert model["image"].endswith(f":{package_version()}-cuda")
+    assert predictor["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert predictor["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert model["ports"] == [{"name": "h2c", "containerPort": 8081, "protocol": "TCP"}]
+    assert predictor["canaryTrafficPercent"] == 10
+    assert (predictor["scaleMetric"], predictor["scaleTarget"]) == ("concurrency", 4)
+    assert model["runtime"] == "pillars-registry"
+    assert model["args"] == ["--model_uri=models:/resnet@champion"]
+    env = {e["name"]: e.get("value") for e in model["env"]}
+    assert env["MLFLOW_TRACKING_URI"] == "http://pillars-mlflow.pillars.svc.cluster.local:5000"
+    assert "storageUri" not in model
+    iris = isvcs["iris"]["spec"]["predictor"]
+    assert iris["minReplicas"] == 0 and iris["scaleMetric"] == "rps"  # Knative scale to zero
+    assert "nvidia.com/gpu" not in iris["model"]["resources"].get("limits", {})
+    assert isvcs["iris"]["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"
+
+
+def test_standard_mode_writes_hpa_and_keda_settings_the_kserve_way(render) -> None:
+    docs = render("keda.yaml")
+    isvcs = _isvcs(docs)
+    for isvc in isvcs.values():
+        assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+        assert [p["name"] for p in isvc["spec"]["predictor"]["model"]["ports"]] == ["http1", "h2c"]
+    wine = isvcs["wine"]
+    assert wine["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "hpa"
+    assert wine["metadata"]["annotations"]["serving.kserve.io/metrics"] == "cpu"
+    assert wine["metadata"]["annotations"]["serving.kserve.io/targetUtilizationPercentage"] == "60"
+    assert wine["spec"]["predictor"]["model"]["storageUri"] == "s3://models/wine/v1"
+    assert wine["spec"]["predictor"]["model"]["runtime"] == "pillars"
+    assert isvcs["iris"]["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "external"
+    scaled = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ScaledObject"}
+    assert set(scaled) == {"iris-predictor", "resnet-predictor"}
+    iris = scaled["iris-predictor"]["spec"]
+    assert iris["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "iris-predictor"}
+    assert (iris["minReplicaCount"], iris["maxReplicaCount"]) == (0, 5)
+    assert iris["triggers"][0]["type"] == "prometheus"
+    assert "pillars_serving_request_seconds_sum" in iris["triggers"][0]["metadata"]["query"]
+    assert iris["triggers"][0]["metadata"]["threshold"] == "8"
+    assert "DCGM_FI_DEV_GPU_UTIL" in scaled["resnet-predictor"]["spec"]["triggers"][0]["metadata"]["query"]
+    account = next(d for d in docs if d["kind"] == "ServiceAccount" and d["metadata"]["name"] == "pillars-models")
+    assert account["secrets"] == [{"name": "model-store"}]
+    assert account["metadata"]["annotations"] == {"serving.kserve.io/s3-endpoint": "minio.minio.svc:9000",
+                                                  "serving.kserve.io/s3-usehttps": "0",
+                                                  "serving.kserve.io/s3-region": "us-east-1"}
+
+
+def test_older_kserve_gets_the_old_mode_names(render) -> None:
+    isvcs = _isvcs(render("kserve-0.14.yaml"))
+    assert isvcs["iris"]["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
+    assert isvcs["wine"]["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+
+
+def test_external_postgresql_reads_the_dsn_from_a_secret_and_renders_no_database(render) -> None:
+    docs = render("external-postgres.yaml")
+    assert not [d for d in docs if "postgresql" in d["metadata"]["name"]]
+    mlflow = next(d for d in docs if d["kind"] == "Deployment")
+    env = {e["name"]: e for e in mlflow["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"] == {"name": "mlflow-db", "key": "dsn"}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "minio-credentials"
+    assert env["MLFLOW_S3_ENDPOINT_URL"]["value"] == "http://minio.minio.svc:9000"
+
+
+def test_auth_takes_the_admin_password_from_a_secret_and_the_ingress_host_is_allowed(render) -> None:
+    docs = render("auth.yaml")
+    mlflow = next(d for d in docs if d["kind"] == "Deployment")
+    container = mlflow["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "mlflow-admin", "key": "password"}
+    assert "--app-name basic-auth" in container["args"][0]
+    assert "mlflow.pillars.example.org" in container["args"][0]
+    ingress = next(d for d in docs if d["kind"] == "Ingress")
+    assert ingress["spec"]["rules"][0]["host"] == "mlflow.pillars.example.org"
+    assert ingress["spec"]["tls"][0]["secretName"] == "mlflow-tls"
+
+
+def test_monitoring_objects_alert_on_latency_and_errors_and_reserve_the_drift_group(render) -> None:
+    docs = render()
+    kinds = {d["kind"] for d in docs}
+    assert {"ServiceMonitor", "PodMonitor", "PrometheusRule"} <= kinds
+    rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+    groups = {g["name"]: g for g in rule["spec"]["groups"]}
+    assert groups["pillars-drift"]["rules"] == []
+    alerts = {r["alert"]: r for g in groups.values() for r in g["rules"] if "alert" in r}
+    assert {"PillarsModelLatencyHigh", "PillarsModelErrorRatioHigh"} <= alerts.keys()
+    assert "pillars_serving_request_seconds_bucket" in groups["pillars-latency"]["rules"][0]["expr"]
+    dashboard = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard"))
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    import json
+
+    panels = json.loads(dashboard["data"]["pillars-serving.json"])["panels"]
+    assert len(panels) >= 4
+
+
+def test_helm_test_hook_checks_mlflow_and_every_model_endpoint(render) -> None:
+    hook = next(d for d in render("gpu.yaml") if d["kind"] == "Pod")
+    assert hook["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    urls = hook["spec"]["containers"][0]["args"][1:]
+    assert urls[0].endswith(":5000/health")
+    # resnet serves gRPC only through Knative, so only iris is probed over HTTP.
+    assert urls[1:] == ["http://iris-predictor.pillars.svc.cluster.local/v2/models/iris/ready"]
+
+
+def test_pipeline_runner_may_manage_inference_services_in_its_namespace_only(render) -> None:
+    docs = render()
+    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    role = next(d for d in docs if d["kind"] == "Role")
+    isvc_rule = next(r for r in role["rules"] if r["resources"] == ["inferenceservices"])
+    assert {"create", "patch", "get", "watch"} <= set(isvc_rule["verbs"])
+    assert "delete" not in isvc_rule["verbs"]
+    binding = next(d for d in docs if d["kind"] == "RoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pillars-pipeline-runner",
+                                    "namespace": "pillars"}]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--set", "mlflow.replicas=two"], "/mlflow/replicas"),
+    (["--set", "models[0].name=x,models[0].uri=models:/x@a,models[0].gpu=one"], "gpu"),
+    (["--set", "monitoring.rules.enabled=maybe"], "/monitoring/rules/enabled"),
+    (["--set", "replicaCount=2"], "replicaCount"),
+    (["--set", "mlflowx.port=1"], "mlflowx"),
+    (["--set", "kserve.deploymentMode=Serverless"], "deploymentMode"),
+])
+def test_values_schema_rejects_wrong_types_and_unknown_keys(helm: str, arguments: list[str], message: str) -> None:
+    result = run([helm, "template", "pillars", CHART, *arguments], check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"mlflow": {"auth": {"enabled": True}}}, "mlflow.auth.existingSecret"),
+    ({"postgresql": {"enabled": False}}, "externalDatabase.existingSecret"),
+    ({"kserve": {"deploymentMode": "Standard"},
+      "models": [{"name": "a", "uri": "s3://b/a", "canaryTrafficPercent": 5}]},
+     "canaryTrafficPercent needs Knative"),
+    ({"models": [{"name": "a", "uri": "s3://b/a", "scaleMetric": "cpu"}]}, "concurrency or rps"),
+    ({"kserve": {"deploymentMode": "Standard"}, "models": [{"name": "a", "uri": "s3://b/a", "minReplicas": 0}]},
+     "needs Knative mode or autoscaler keda"),
+    ({"models": [{"name": "a", "uri": "s3://b/a", "minReplicas": 3, "maxReplicas": 2}]}, "below minReplicas"),
+])
+def test_inconsistent_values_fail_with_a_message_naming_the_problem(helm: str, tmp_path: Path, values: dict,
+                                                                    message: str) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    result = run([helm, "template", "pillars", CHART, "--values", path], check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_notes_tell_how_to_reach_mlflow_and_every_model(helm: str) -> None:
+    result = run([helm, "install", "pillars", CHART, "--namespace", "pillars", "--dry-run=client",
+                  "--values", VALUES / "gpu.yaml"])
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert "http://pillars-mlflow.pillars.svc.cluster.local:5000" in notes
+    assert "port-forward svc/pillars-mlflow 5000:5000" in notes
+    for model in ("resnet", "iris"):
+        assert f"kubectl -n pillars get inferenceservice {model}" in notes
+    assert "helm test pillars" in notes

@@ -1,0 +1,101 @@
+"""The images, without a Docker engine: the Dockerfiles stay honest, and the commands the chart
+runs in them work from the venv (the MLflow server exactly as the chart starts it)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from components.deploy import IMAGE_UID
+from tests.cluster.conftest import ROOT
+from tests.processes import ServerProcess, free_port
+
+DOCKERFILES = [ROOT / "components" / "Dockerfile", ROOT / "components" / "Dockerfile.cuda"]
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_components_dockerfiles_are_pinned_non_root_multi_stage_and_entrypoint_less(path: Path) -> None:
+    text = path.read_text()
+    bases = re.findall(r"^ARG \w+_IMAGE=(\S+)$", text, re.M)
+    assert bases and all(re.search(r":\d[\w.-]*$", b) for b in bases), bases  # a version tag, not latest
+    assert len(re.findall(r"^FROM ", text, re.M)) == 2  # build stage + small final stage
+    assert re.findall(r"^USER (\d+)$", text, re.M) == [str(IMAGE_UID)]
+    assert not re.search(r"^(ENTRYPOINT|CMD)\b", text, re.M)  # KFP sets the command
+    for source in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M):
+        for item in source.split():
+            assert (ROOT / item).exists(), f"{path.name} copies {item}, which does not exist"
+    ignore = (path.parent / f"{path.name}.dockerignore").read_text()
+    assert ignore.splitlines()[1] == "*"  # the context sends only what the image installs
+
+
+def test_the_image_import_check_passes_in_the_venv() -> None:
+    text = DOCKERFILES[0].read_text()
+    modules = re.search(r'python -c "import ([^"]+)"', text).group(1).split(", ")
+    local = [m for m in modules if m != "psycopg2"]  # the PostgreSQL driver exists only in the image
+    assert os.system(f'{sys.executable} -c "import {", ".join(local)}"') == 0
+
+
+def test_mlflow_starts_with_the_charts_command_and_rejects_unknown_hosts(render, tmp_path: Path) -> None:
+    deployment = next(d for d in render("auth.yaml", set=["mlflow.auth.enabled=false"])
+                      if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["/bin/sh", "-ec"]
+    port = free_port()
+    script = container["args"][0].replace("--host 0.0.0.0 --port 5000", f"--host 127.0.0.1 --port {port}")
+    script = script.replace("--workers 2", "--workers 1").replace("s3://mlflow/artifacts", str(tmp_path / "artifacts"))
+    script = script.replace("/tmp/metrics", str(tmp_path / "metrics"))
+    assert "exec mlflow server" in script
+    (tmp_path / "metrics").mkdir()
+    bin_dir = str(Path(sys.executable).parent)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path),
+           "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    server = ServerProcess([shutil.which("sh") or "/bin/sh", "-ec", script], log_path=tmp_path / "mlflow.log", env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        server.wait_http(f"{url}/health", timeout=120)
+        # The Service name and the Ingress host are allowed Host headers; anything else is refused
+        # (/health answers any host, for the kubelet's probes).
+        api = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
+        for host in ("pillars-mlflow.pillars.svc.cluster.local:5000", "mlflow.pillars.example.org"):
+            assert httpx.get(api, headers={"Host": host}).status_code == 200, host
+        assert httpx.get(api, headers={"Host": "evil.example.com"}).status_code in (400, 403)
+        assert httpx.get(f"{url}/metrics").status_code == 200
+    finally:
+        server.stop()
+
+
+def test_mlflow_with_auth_on_needs_the_admin_password_from_the_secret(render, tmp_path: Path) -> None:
+    deployment = next(d for d in render("auth.yaml") if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env_spec = {e["name"]: e for e in container["env"]}
+    for name in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert env_spec[name]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-admin"  # from the Secret only
+    port = free_port()
+    script = (container["args"][0].replace("--host 0.0.0.0 --port 5000", f"--host 127.0.0.1 --port {port}")
+              .replace("--workers 2", "--workers 1").replace("s3://mlflow/artifacts", str(tmp_path / "artifacts"))
+              .replace("/tmp/", f"{tmp_path}/"))
+    (tmp_path / "metrics").mkdir()
+    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HOME": str(tmp_path),
+           "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+           "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"),
+           "PILLARS_AUTH_DEFAULT_PERMISSION": env_spec["PILLARS_AUTH_DEFAULT_PERMISSION"]["value"],
+           "MLFLOW_AUTH_ADMIN_USERNAME": env_spec["MLFLOW_AUTH_ADMIN_USERNAME"]["value"],
+           "MLFLOW_AUTH_ADMIN_PASSWORD": "s3cret-from-the-secret", "MLFLOW_FLASK_SERVER_SECRET_KEY": "k" * 32}
+    server = ServerProcess(["/bin/sh", "-ec", script], log_path=tmp_path / "mlflow.log", env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        server.wait_http(f"{url}/health", timeout=120)
+        api = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert httpx.get(api).status_code == 401
+        assert httpx.get(api, auth=("admin", "s3cret-from-the-secret")).status_code == 200
+        assert "s3cret" not in (tmp_path / "basic_auth.ini").read_text()
+    finally:
+        server.stop()
