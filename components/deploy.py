@@ -532,10 +532,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         result = deploy(spec, timeout_s=args.timeout)
     except DeployError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"pillars: error: {e}", file=sys.stderr)
         return 1
     except PillarsError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"pillars: error: {e}", file=sys.stderr)
         return 2
     print(f"{result.namespace}/{result.name} ready at {result.url} ({result.model_uri})")
     return 0

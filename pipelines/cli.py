@@ -89,16 +89,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def compile_pipeline(name: str, output: str, gpus: int = 0, accelerator: str = "nvidia.com/gpu",
-                     as_k8s: bool = False, checkpoint_pvc: str = "", s3_secret: str = "",
-                     params: Sequence[str] = (), namespace: str | None = None) -> str:
-    """Compile pipeline ``name`` to KFP IR YAML (or, ``as_k8s``, Pipeline/PipelineVersion resources)."""
+def compile_pipeline(name: str, output: str, as_k8s: bool = False, params: Sequence[str] = (),
+                     namespace: str | None = None, **cluster_options: Any) -> str:
+    """Compile pipeline ``name`` to KFP IR YAML (or, ``as_k8s``, Pipeline/PipelineVersion resources).
+
+    ``cluster_options`` are the fields of :class:`pipelines.training.ClusterOptions` (GPUs, PVC, deploy...).
+    """
     from kfp import compiler
 
     from components.settings import Settings
 
-    pipeline = pipeline_factory(name)(gpus=gpus, accelerator=accelerator, checkpoint_pvc=checkpoint_pvc,
-                                      s3_secret=s3_secret)
+    pipeline = pipeline_factory(name)(**cluster_options)
     defaults = {"tracking_uri": Settings().cluster_mlflow_uri, **parse_params(params, pipeline)}
     options: dict[str, Any] = {}
     if as_k8s:
@@ -131,10 +132,16 @@ def _drop_pipeline_display_name(path: str) -> None:
 def cmd_compile(args: argparse.Namespace) -> int:
     if args.image:
         os.environ["PILLARS_IMAGE"] = args.image
-    out = compile_pipeline(args.pipeline, args.output, args.gpus, args.accelerator, args.as_k8s,
-                           args.checkpoint_pvc, args.s3_secret, args.param, args.namespace)
+    out = compile_pipeline(args.pipeline, args.output, args.as_k8s, args.param, args.namespace,
+                           **_cluster_options(args))
     print(f"wrote {out}")
     return 0
+
+
+def _cluster_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"gpus": args.gpus, "accelerator": args.accelerator, "checkpoint_pvc": args.checkpoint_pvc,
+            "s3_secret": args.s3_secret, "deploy_namespace": args.deploy_namespace, "canary_percent": args.canary,
+            "kserve_mode": args.kserve_mode, "serving_gpus": args.serving_gpus}
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -150,8 +157,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     check_arguments(pipeline, arguments)
     caching = False if args.no_cache else None
     with tempfile.TemporaryDirectory() as tmp:
-        package = compile_pipeline(args.pipeline, os.path.join(tmp, "pipeline.yaml"), args.gpus,
-                                   args.accelerator, False, args.checkpoint_pvc, args.s3_secret)
+        package = compile_pipeline(args.pipeline, os.path.join(tmp, "pipeline.yaml"), **_cluster_options(args))
         try:
             client = kfp.Client(host=args.host, namespace=args.namespace)
         except Exception as e:  # kfp raises urllib3/requests errors of many kinds here
@@ -161,12 +167,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
             job = client.create_recurring_run(
                 experiment_id=experiment.experiment_id, job_name=args.run_name or f"{args.pipeline}-schedule",
                 cron_expression=schedule, params=arguments, pipeline_package_path=package,
-                enable_caching=caching, no_catchup=True)
+                enable_caching=caching, no_catchup=True, service_account=args.service_account)
             print(f"recurring run {job.recurring_run_id} created ({schedule})")
         else:
             run = client.create_run_from_pipeline_package(
                 package, arguments=arguments, run_name=args.run_name, experiment_name=args.experiment,
-                namespace=args.namespace, enable_caching=caching)
+                namespace=args.namespace, enable_caching=caching, service_account=args.service_account)
             print(f"run {run.run_id} submitted to {args.host}")
     return 0
 
@@ -257,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--accelerator", default="nvidia.com/gpu", help="accelerator resource name")
         p.add_argument("--checkpoint-pvc", default="", help="PVC mounted at /checkpoints so retries resume")
         p.add_argument("--s3-secret", default="", help="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+        p.add_argument("--deploy-namespace", default="", help="deploy approved models there (KServe)")
+        p.add_argument("--canary", type=int, default=0, metavar="PERCENT", help="canary share before full traffic")
+        p.add_argument("--kserve-mode", choices=["Knative", "Standard"], default="Knative")
+        p.add_argument("--serving-gpus", type=int, default=0, help="GPUs per model-server replica")
 
     p = sub.add_parser("run", help="run a pipeline on this machine (kfp.local)")
     pipeline_arg(p)
@@ -282,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", default=None, help="Kubeflow namespace (multi-user installs)")
     p.add_argument("--run-name", default=None)
     p.add_argument("--schedule", help="cron expression: create a recurring run instead")
+    p.add_argument("--service-account", default=None,
+                   help="service account of the run (the chart's pillars-pipeline-runner to deploy)")
     p.add_argument("--no-cache", action="store_true")
     cluster_args(p)
     param_arg(p)

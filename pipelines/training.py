@@ -31,6 +31,12 @@ class ClusterOptions:
         checkpoint_pvc: a PVC mounted at ``/checkpoints`` in the train step, so a retried pod resumes
             from the last epoch (``checkpoint_root`` then defaults to it); TrainJob pods mount it too.
         s3_secret: a Secret whose ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` every step gets.
+        deploy_namespace: when set, an approved model is deployed there as a KServe InferenceService
+            after promotion (run the pipeline as the chart's ``pillars-pipeline-runner`` service account).
+        canary_percent: with ``deploy_namespace``, first send this share of traffic to the new model,
+            then (once it is Ready) all of it; 0 skips the canary step.
+        kserve_mode: ``Knative`` or ``Standard`` deployment mode of the InferenceService.
+        serving_gpus: GPUs per model-server replica.
     """
 
     gpus: int = 0
@@ -38,10 +44,16 @@ class ClusterOptions:
     cache_data: bool = True
     checkpoint_pvc: str = ""
     s3_secret: str = ""
+    deploy_namespace: str = ""
+    canary_percent: int = 0
+    kserve_mode: str = "Knative"
+    serving_gpus: int = 0
 
     def __post_init__(self) -> None:
-        if self.gpus < 0:
-            raise ValueError(f"gpus must be >= 0, got {self.gpus}")
+        if self.gpus < 0 or self.serving_gpus < 0:
+            raise ValueError(f"gpus must be >= 0, got {min(self.gpus, self.serving_gpus)}")
+        if not 0 <= self.canary_percent < 100:
+            raise ValueError(f"canary percent must be in [0, 100), got {self.canary_percent}")
 
 
 def _steps(options: ClusterOptions, task: Any, args: dict[str, Any], warm_start: Any = False) -> None:
@@ -93,6 +105,8 @@ def _steps(options: ClusterOptions, task: Any, args: dict[str, Any], warm_start:
                                decision=gate.outputs["decision"], tracking_uri=uri)
         promoted.set_caching_options(False).set_display_name("promote to champion")
         _resources(promoted, cpu="250m", memory="256Mi")
+        if options.deploy_namespace:
+            _deploy_steps(options, registered, uri).after(promoted)
 
     if options.s3_secret:
         for step in (data, trained, scored, gate, registered, promoted):
@@ -100,10 +114,28 @@ def _steps(options: ClusterOptions, task: Any, args: dict[str, Any], warm_start:
                 "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"})
 
 
-def training_pipeline(gpus: int = 0, accelerator: str = "nvidia.com/gpu", cache_data: bool = True,
-                      checkpoint_pvc: str = "", s3_secret: str = "") -> Any:
-    """Build the training pipeline (see :class:`ClusterOptions` for the arguments)."""
-    options = ClusterOptions(gpus, accelerator, cache_data, checkpoint_pvc, s3_secret)
+def _deploy_steps(options: ClusterOptions, registered: Any, uri: Any) -> Any:
+    """Roll the new champion out: a canary share first (when asked), then all traffic. Returns the first step."""
+    from components.deploy import deploy_op
+
+    def step(canary: int, name: str) -> Any:
+        task = deploy_op(model_name=registered.outputs["model_name"], alias="champion",
+                         namespace=options.deploy_namespace, version=registered.outputs["version"],
+                         tracking_uri=uri, gpu=options.serving_gpus, canary_percent=canary, mode=options.kserve_mode)
+        task.set_caching_options(False).set_display_name(name)
+        _resources(task, cpu="100m", memory="256Mi")
+        return task
+
+    if not options.canary_percent:
+        return step(-1, "deploy: all traffic")
+    canary = step(options.canary_percent, f"deploy: canary {options.canary_percent}%")
+    step(-1, "deploy: all traffic").after(canary)
+    return canary
+
+
+def training_pipeline(**cluster_options: Any) -> Any:
+    """Build the training pipeline (keyword arguments: the fields of :class:`ClusterOptions`)."""
+    options = ClusterOptions(**cluster_options)
 
     @dsl.pipeline(name=PIPELINE_NAME,
                   description="Prepare data, train a PyTorch model, evaluate, gate against the champion, "
@@ -131,19 +163,18 @@ def training_pipeline(gpus: int = 0, accelerator: str = "nvidia.com/gpu", cache_
         thresholds: str = "",
         margin: float = 0.0,
         tracking_uri: str = "",
-        checkpoint_root: str = CHECKPOINT_MOUNT if checkpoint_pvc else "",
+        checkpoint_root: str = CHECKPOINT_MOUNT if options.checkpoint_pvc else "",
     ) -> None:
         _steps(options, task, locals())
 
     return training
 
 
-def retraining_pipeline(gpus: int = 0, accelerator: str = "nvidia.com/gpu", cache_data: bool = False,
-                        checkpoint_pvc: str = "", s3_secret: str = "") -> Any:
+def retraining_pipeline(**cluster_options: Any) -> Any:
     """Build the retraining pipeline: the training steps for an existing model, on the newest data,
     optionally warm-started from its champion. The data step is never cached: the source is a path
-    or prefix whose newest file changes."""
-    options = ClusterOptions(gpus, accelerator, False, checkpoint_pvc, s3_secret)
+    or prefix whose newest file changes. Keyword arguments: the fields of :class:`ClusterOptions`."""
+    options = ClusterOptions(**{**cluster_options, "cache_data": False})
 
     @dsl.pipeline(name=RETRAINING_NAME,
                   description="Retrain a registered model on the newest data; promote only if better than its champion.")
@@ -171,14 +202,14 @@ def retraining_pipeline(gpus: int = 0, accelerator: str = "nvidia.com/gpu", cach
         thresholds: str = "",
         margin: float = 0.0,
         tracking_uri: str = "",
-        checkpoint_root: str = CHECKPOINT_MOUNT if checkpoint_pvc else "",
+        checkpoint_root: str = CHECKPOINT_MOUNT if options.checkpoint_pvc else "",
     ) -> None:
         args = dict(locals())
         resolved = ops.resolve_task(model_name=model_name, task=task, tracking_uri=tracking_uri)
         resolved.set_caching_options(False).set_display_name("resolve task")
         _resources(resolved, cpu="250m", memory="256Mi")
-        if s3_secret:
-            kubernetes.use_secret_as_env(resolved, secret_name=s3_secret, secret_key_to_env={
+        if options.s3_secret:
+            kubernetes.use_secret_as_env(resolved, secret_name=options.s3_secret, secret_key_to_env={
                 "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"})
         _steps(options, resolved.output, args, warm_start=warm_start)
 

@@ -85,3 +85,28 @@ def test_as_k8s_emits_pipeline_and_pipeline_version_that_validate(tmp_path):
 def test_negative_gpu_count_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="gpus must be >= 0"):
         compile_pipeline("training", str(tmp_path / "x.yaml"), gpus=-1)
+
+
+def test_deploy_namespace_adds_canary_then_full_rollout_after_promotion(tmp_path):
+    path = compile_pipeline("training", str(tmp_path / "d.yaml"), deploy_namespace="ml", canary_percent=10)
+    doc = yaml.safe_load(Path(path).read_text())
+    approved = next(c for n, c in doc["components"].items() if n.startswith("comp-condition"))["dag"]["tasks"]
+    canary, full = approved["deploy-op"], approved["deploy-op-2"]
+    assert canary["dependentTasks"] == ["promote"] and full["dependentTasks"] == ["deploy-op"]
+    values = {t: approved[t]["inputs"]["parameters"] for t in ("deploy-op", "deploy-op-2")}
+    assert values["deploy-op"]["canary_percent"]["runtimeValue"]["constant"] == 10
+    assert values["deploy-op-2"]["canary_percent"]["runtimeValue"]["constant"] == -1
+    assert values["deploy-op"]["namespace"]["runtimeValue"]["constant"] == "ml"
+    components.load_component_from_file(path)
+    with pytest.raises(ValueError, match="canary percent"):
+        compile_pipeline("training", str(tmp_path / "x.yaml"), deploy_namespace="ml", canary_percent=100)
+
+
+def test_retraining_pipeline_resolves_the_task_and_never_caches_data(tmp_path):
+    path = compile_pipeline("retraining", str(tmp_path / "r.yaml"))
+    loaded = components.load_component_from_file(path)
+    inputs = loaded.component_spec.inputs
+    assert inputs["model_name"].default is None and inputs["task"].default == "" and inputs["warm_start"].default
+    tasks = yaml.safe_load(Path(path).read_text())["root"]["dag"]["tasks"]
+    assert tasks["prepare-data"]["cachingOptions"].get("enableCache", False) is False
+    assert tasks["prepare-data"]["inputs"]["parameters"]["task"]["taskOutputParameter"]["producerTask"] == "resolve-task"
