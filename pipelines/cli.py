@@ -231,6 +231,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve_main(["--model_uri", args.model_uri, *args.rest])
 
 
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from serving.alerts import helm_rules_file, rules_file
+
+    text = helm_rules_file() if args.helm else rules_file()
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+    else:
+        print(text, end="")
+    return 0
+
+
 def cmd_trigger(args: argparse.Namespace) -> int:
     from pipelines.trigger import main as trigger_main
 
@@ -327,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_uri", help="models:/NAME@alias, models:/NAME/VERSION, s3://..., or a folder")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("alerts", help="print the alert rules (Prometheus rules file, or the chart's source)")
+    p.add_argument("--helm", action="store_true", help="with Helm value placeholders (helm/pillars/files/alert-rules.yaml)")
+    p.add_argument("-o", "--output", help="write to this file")
+    p.set_defaults(func=cmd_alerts)
 
     p = sub.add_parser("trigger", help="receive Alertmanager webhooks and start retraining runs", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)

@@ -43,7 +43,8 @@ class AlertSettings:
 
 
 def _annotation(text: str, helm: bool) -> str:
-    """Prometheus templates in annotations; escaped so Helm's ``tpl`` leaves them alone."""
+    """Prometheus templates in annotations, escaped so Helm's ``tpl`` leaves them alone (only these
+    parts: the settings, which may be Helm placeholders, are joined on unescaped)."""
     return text.replace("{{", '{{ "{{').replace("}}", '}}" }}') if helm else text
 
 
@@ -54,33 +55,33 @@ def rule_groups(s: AlertSettings = AlertSettings(), helm: bool = False) -> list[
     return [
         {"name": "pillars-serving", "rules": [
             {"record": "pillars:serving_request_seconds:p99",
-             "expr": f"histogram_quantile(0.99, sum by (model, le) (rate(pillars_serving_request_seconds_bucket[{s.window}])))"},
+             "expr": f"histogram_quantile(0.99, sum by (namespace, model, le) (rate(pillars_serving_request_seconds_bucket[{s.window}])))"},
             {"record": "pillars:serving_requests:error_ratio",
-             "expr": f"sum by (model) (rate(pillars_serving_requests_total{{{errors}}}[{s.window}])) "
-                     f"/ sum by (model) (rate(pillars_serving_requests_total[{s.window}]))"},
+             "expr": f"sum by (namespace, model) (rate(pillars_serving_requests_total{{{errors}}}[{s.window}])) "
+                     f"/ sum by (namespace, model) (rate(pillars_serving_requests_total[{s.window}]))"},
             {"alert": "PillarsModelLatencyHigh",
              "expr": f"pillars:serving_request_seconds:p99 > {s.latency_p99_seconds}",
              "for": s.latency_for, "labels": {"severity": "warning"},
              "annotations": {"summary": a("Model {{ $labels.model }}: p99 latency {{ $value | humanizeDuration }}"),
-                             "description": a(f"p99 request latency over {s.window} is above {s.latency_p99_seconds}s.")}},
+                             "description": f"p99 request latency over {s.window} is above {s.latency_p99_seconds}s."}},
             {"alert": "PillarsModelErrorRatioHigh",
              "expr": f"pillars:serving_requests:error_ratio > {s.error_ratio}",
              "for": s.errors_for, "labels": {"severity": "critical"},
              "annotations": {"summary": a("Model {{ $labels.model }}: {{ $value | humanizePercentage }} server errors"),
-                             "description": a(f"More than {s.error_ratio} of requests end in a server error.")}},
+                             "description": f"More than {s.error_ratio} of requests end in a server error."}},
             {"alert": "PillarsModelServerDown",
              "expr": f'up{{job="{s.server_job}"}} == 0',
              "for": s.down_for, "labels": {"severity": "critical"},
              "annotations": {"summary": a("Model server {{ $labels.instance }} is down"),
-                             "description": a("Prometheus cannot scrape the model server.")}},
+                             "description": "Prometheus cannot scrape the model server."}},
         ]},
         {"name": "pillars-drift", "rules": [
             {"alert": "PillarsModelDrift",
-             "expr": f"max by (model, version) (pillars_drift_share) >= {s.drift_share}",
+             "expr": f"max by (namespace, model, version) (pillars_drift_share) >= {s.drift_share}",
              "for": s.drift_for, "labels": {"severity": "warning", **RETRAIN_LABEL},
              "annotations": {"summary": a("Model {{ $labels.model }} v{{ $labels.version }}: inputs drift"),
-                             "description": a("{{ $value | humanizePercentage }} of the input features drift from "
-                                              "the training data profile; retraining is requested.")}},
+                             "description": a("{{ $value | humanizePercentage }}") + " of the input features drift "
+                                            "from the training data profile; retraining is requested."}},
         ]},
     ]
 
@@ -95,10 +96,9 @@ HELM_SETTINGS = AlertSettings(
     error_ratio="{{ .Values.monitoring.rules.errorRatio }}",
     drift_share="{{ .Values.monitoring.rules.driftShare }}",
     latency_for="{{ .Values.monitoring.rules.for }}",
-    errors_for="{{ .Values.monitoring.rules.for }}",
+    errors_for="{{ .Values.monitoring.rules.errorsFor }}",
     drift_for="{{ .Values.monitoring.rules.driftFor }}",
     down_for="{{ .Values.monitoring.rules.downFor }}",
-    server_job="{{ .Values.monitoring.modelServerJob }}",
 )
 
 

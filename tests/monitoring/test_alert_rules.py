@@ -114,3 +114,29 @@ def test_helm_rendering_keeps_prometheus_templates_escaped():
     drift = groups[1]["rules"][0]
     assert drift["expr"].endswith(">= {{ .Values.monitoring.rules.driftShare }}")
     assert drift["annotations"]["summary"].startswith('Model {{ "{{ $labels.model }}" }}')
+
+
+def test_chart_rules_file_is_the_fresh_render_of_the_source():
+    from pathlib import Path
+
+    committed = Path(__file__).resolve().parents[2] / "helm" / "pillars" / "files" / "alert-rules.yaml"
+    assert committed.read_text() == helm_rules_file(), "run: pillars alerts --helm -o helm/pillars/files/alert-rules.yaml"
+
+
+def test_chart_renders_the_same_rules_as_the_local_stack(tmp_path):
+    from pathlib import Path
+
+    from serving.alerts import rule_groups
+
+    helm = require_tool("helm")
+    chart = Path(__file__).resolve().parents[2] / "helm" / "pillars"
+    rendered = subprocess.run([helm, "template", "t", str(chart), "--show-only", "templates/monitoring.yaml"],
+                              capture_output=True, text=True, check=True).stdout
+    rule = next(d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "PrometheusRule")
+    groups = {g["name"]: g for g in rule["spec"]["groups"]}
+    for group in rule_groups():
+        assert groups[group["name"]] == group
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    check = subprocess.run([require_tool("promtool"), "check", "rules", str(tmp_path / "rules.yml")],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
