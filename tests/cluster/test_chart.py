@@ -158,16 +158,18 @@ def test_auth_takes_the_admin_password_from_a_secret_and_the_ingress_host_is_all
     assert ingress["spec"]["tls"][0]["secretName"] == "mlflow-tls"
 
 
-def test_monitoring_objects_alert_on_latency_and_errors_and_reserve_the_drift_group(render) -> None:
+def test_monitoring_objects_alert_on_latency_errors_servers_down_and_drift(render) -> None:
     docs = render()
     kinds = {d["kind"] for d in docs}
     assert {"ServiceMonitor", "PodMonitor", "PrometheusRule"} <= kinds
     rule = next(d for d in docs if d["kind"] == "PrometheusRule")
     groups = {g["name"]: g for g in rule["spec"]["groups"]}
-    assert groups["pillars-drift"]["rules"] == []
     alerts = {r["alert"]: r for g in groups.values() for r in g["rules"] if "alert" in r}
-    assert {"PillarsModelLatencyHigh", "PillarsModelErrorRatioHigh"} <= alerts.keys()
-    assert "pillars_serving_request_seconds_bucket" in groups["pillars-latency"]["rules"][0]["expr"]
+    assert {"PillarsModelLatencyHigh", "PillarsModelErrorRatioHigh", "PillarsModelServerDown",
+            "PillarsModelDrift", "PillarsMlflowDown"} <= alerts.keys()
+    assert alerts["PillarsModelDrift"]["labels"]["pillars_action"] == "retrain"
+    assert alerts["PillarsModelDrift"]["expr"].endswith(">= 0.5") and alerts["PillarsModelDrift"]["for"] == "15m"
+    assert "pillars_serving_request_seconds_bucket" in groups["pillars-serving"]["rules"][0]["expr"]
     dashboard = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard"))
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     import json
