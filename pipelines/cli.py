@@ -231,6 +231,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve_main(["--model_uri", args.model_uri, *args.rest])
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    from components.registry import CHAMPION, alias_version
+    from components.tracking import configure_tracking
+    from pipelines.stack import Stack, Timing, parse_ports
+
+    configure_tracking()
+    if alias_version(args.model, CHAMPION) is None:
+        raise ConfigError(f"{args.model} has no champion to serve; train one first: pillars run training --task ...")
+    state = Stack().up(args.model, parse_ports(args.ports), Timing.fast() if args.fast else Timing(), args.param)
+    print(f"local stack up for {args.model}:")
+    for name, url in state["urls"].items():
+        print(f"  {name:<13} {url}")
+    print("stop it with: pillars down")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from pipelines.stack import Stack
+
+    stopped = Stack().down()
+    print(f"stopped: {', '.join(stopped)}" if stopped else "the local stack was not running")
+    return 0
+
+
 def cmd_alerts(args: argparse.Namespace) -> int:
     from serving.alerts import helm_rules_file, rules_file
 
@@ -339,6 +363,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_uri", help="models:/NAME@alias, models:/NAME/VERSION, s3://..., or a folder")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("up", help="start the local stack: MLflow, model server, Prometheus, Alertmanager, trigger")
+    p.add_argument("--model", required=True, help="registered model whose champion is served and watched")
+    p.add_argument("--ports", default="", help="overrides, e.g. mlflow=5001,http=8090,prometheus=9091")
+    p.add_argument("--fast", action="store_true", help="react in seconds (scrape 1s, drift alert after 5s)")
+    param_arg(p)
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="stop the local stack")
+    p.set_defaults(func=cmd_down)
 
     p = sub.add_parser("alerts", help="print the alert rules (Prometheus rules file, or the chart's source)")
     p.add_argument("--helm", action="store_true", help="with Helm value placeholders (helm/pillars/files/alert-rules.yaml)")

@@ -1,0 +1,254 @@
+"""``pillars up`` / ``pillars down``: the whole loop on one machine, with the real servers.
+
+``up`` starts, each as a process of its own with its log under ``<home>/stack/logs``:
+
+1. ``mlflow server`` on the embedded store (``<home>/mlflow.db``): the registry UI;
+2. the model server for ``models:/NAME@champion``, reloading when the champion moves;
+3. the retraining trigger (``pillars trigger``), with a fresh bearer token;
+4. Alertmanager, routing alerts labelled ``pillars_action="retrain"`` to the trigger;
+5. Prometheus, scraping the model server and the trigger, with the alert rules of ``serving.alerts``.
+
+``down`` stops every process group ``up`` started. Ports and state live in ``<home>/stack/state.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from components.errors import ConfigError, PillarsError
+from components.settings import Settings
+from serving.alerts import AlertSettings, rules_file
+
+
+class StackError(PillarsError, RuntimeError):
+    """A part of the local stack did not start; the message names it and its log."""
+
+
+@dataclasses.dataclass
+class Ports:
+    """Loopback ports of the stack's servers."""
+
+    mlflow: int = 5000
+    http: int = 8080
+    grpc: int = 8081
+    trigger: int = 9095
+    alertmanager: int = 9093
+    prometheus: int = 9090
+
+
+@dataclasses.dataclass
+class Timing:
+    """How quickly the loop reacts; :meth:`fast` is for demos and tests (seconds, not minutes)."""
+
+    scrape: str = "15s"
+    evaluation: str = "15s"
+    group_wait: str = "30s"
+    group_interval: str = "5m"
+    repeat_interval: str = "4h"
+    alerts: AlertSettings = AlertSettings()
+    drift_interval_s: float = 5.0
+    reload_interval_s: float = 10.0
+    cooldown_s: float = 3600.0
+
+    @classmethod
+    def fast(cls) -> Timing:
+        return cls(scrape="1s", evaluation="1s", group_wait="1s", group_interval="2s", repeat_interval="1h",
+                   alerts=AlertSettings(drift_for="5s", latency_for="30s", errors_for="30s", down_for="10s",
+                                        window="30s"),
+                   drift_interval_s=1.0, reload_interval_s=1.0, cooldown_s=600.0)
+
+
+def prometheus_config(ports: Ports, timing: Timing) -> dict[str, Any]:
+    """Prometheus scraping the model server and the trigger, alerting through Alertmanager."""
+    return {
+        "global": {"scrape_interval": timing.scrape, "evaluation_interval": timing.evaluation},
+        "rule_files": ["rules.yml"],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{ports.alertmanager}"]}]}]},
+        "scrape_configs": [
+            {"job_name": timing.alerts.server_job, "static_configs": [{"targets": [f"127.0.0.1:{ports.http}"]}]},
+            {"job_name": "pillars-trigger", "static_configs": [{"targets": [f"127.0.0.1:{ports.trigger}"]}]},
+        ],
+    }
+
+
+def alertmanager_config(ports: Ports, timing: Timing, token_file: Path) -> dict[str, Any]:
+    """Alertmanager routing ``pillars_action="retrain"`` alerts to the trigger (bearer token from a file)."""
+    return {
+        "route": {"receiver": "log-only", "group_by": ["alertname", "model"], "group_wait": timing.group_wait,
+                  "group_interval": timing.group_interval, "repeat_interval": timing.repeat_interval,
+                  "routes": [{"matchers": ['pillars_action="retrain"'], "receiver": "pillars-trigger"}]},
+        "receivers": [
+            {"name": "log-only"},
+            {"name": "pillars-trigger", "webhook_configs": [{
+                "url": f"http://127.0.0.1:{ports.trigger}/alerts", "send_resolved": False,
+                "http_config": {"authorization": {"type": "Bearer", "credentials_file": str(token_file)}}}]},
+        ],
+    }
+
+
+def _tool(*names: str) -> str:
+    for name in names:
+        path = shutil.which(name) or (str(Path(sys.executable).parent / name)
+                                      if (Path(sys.executable).parent / name).exists() else None)
+        if path:
+            return path
+    raise StackError(f"{names[0]} is not installed (Debian: apt-get install prometheus prometheus-alertmanager)")
+
+
+class Stack:
+    """The local stack's processes and files under ``<home>/stack``."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.home = (settings or Settings()).resolved_home()
+        self.dir = self.home / "stack"
+        self.state_file = self.dir / "state.json"
+
+    def state(self) -> dict[str, Any] | None:
+        """What ``up`` recorded, or None when the stack is down."""
+        return json.loads(self.state_file.read_text()) if self.state_file.is_file() else None
+
+    def up(self, model: str, ports: Ports = Ports(), timing: Timing = Timing(), params: list[str] | None = None,
+           server_args: list[str] | None = None) -> dict[str, Any]:
+        """Start the stack for registered model ``model`` (its champion is served).
+
+        Raises:
+            StackError: the stack is already up, a tool is missing, or a server did not become ready
+                (everything started so far is stopped again).
+        """
+        if self.state() is not None:
+            raise StackError(f"the stack is already up (see {self.state_file}); run `pillars down` first")
+        tools = {"prometheus": _tool("prometheus"), "alertmanager": _tool("prometheus-alertmanager", "alertmanager"),
+                 "mlflow": _tool("mlflow")}
+        (self.dir / "logs").mkdir(parents=True, exist_ok=True)
+        token_file = self.dir / "trigger.token"
+        token_file.write_text(secrets.token_urlsafe(32))
+        token_file.chmod(0o600)
+        (self.dir / "rules.yml").write_text(rules_file(timing.alerts))
+        (self.dir / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(ports, timing), sort_keys=False))
+        (self.dir / "alertmanager.yml").write_text(
+            yaml.safe_dump(alertmanager_config(ports, timing, token_file), sort_keys=False))
+        mlflow_url = f"http://127.0.0.1:{ports.mlflow}"
+        env = {"MLFLOW_TRACKING_URI": mlflow_url, "PILLARS_HOME": str(self.home)}
+        state: dict[str, Any] = {"model": model, "processes": {}, "urls": {
+            "mlflow": mlflow_url, "model_http": f"http://127.0.0.1:{ports.http}", "model_grpc": f"127.0.0.1:{ports.grpc}",
+            "trigger": f"http://127.0.0.1:{ports.trigger}", "alertmanager": f"http://127.0.0.1:{ports.alertmanager}",
+            "prometheus": f"http://127.0.0.1:{ports.prometheus}"}}
+        urls = state["urls"]
+        plan = [
+            ("mlflow", [tools["mlflow"], "server", "--host", "127.0.0.1", "--port", str(ports.mlflow),
+                        "--backend-store-uri", f"sqlite:///{self.home / 'mlflow.db'}",
+                        "--artifacts-destination", str(self.home / "artifacts"), "--workers", "1"],
+             f"{mlflow_url}/health"),
+            ("model-server", [sys.executable, "-m", "serving", "--model_uri", f"models:/{model}@champion",
+                              "--model_name", model, "--http_port", str(ports.http), "--grpc_port", str(ports.grpc),
+                              "--reload_interval_s", str(timing.reload_interval_s),
+                              "--drift_interval_s", str(timing.drift_interval_s), *(server_args or [])],
+             f"{urls['model_http']}/v2/health/ready"),
+            ("trigger", [sys.executable, "-m", "pipelines.cli", "trigger", "--port", str(ports.trigger),
+                         "--token-file", str(token_file), "--cooldown", str(timing.cooldown_s),
+                         "--param", f"tracking_uri={mlflow_url}",
+                         *[a for p in (params or []) for a in ("--param", p)]],
+             f"{urls['trigger']}/healthz"),
+            ("alertmanager", [tools["alertmanager"], f"--config.file={self.dir / 'alertmanager.yml'}",
+                              f"--storage.path={self.dir / 'alertmanager-data'}",
+                              f"--web.listen-address=127.0.0.1:{ports.alertmanager}", "--cluster.listen-address="],
+             f"{urls['alertmanager']}/-/ready"),
+            ("prometheus", [tools["prometheus"], f"--config.file={self.dir / 'prometheus.yml'}",
+                            f"--storage.tsdb.path={self.dir / 'prometheus-data'}",
+                            f"--web.listen-address=127.0.0.1:{ports.prometheus}"],
+             f"{urls['prometheus']}/-/ready"),
+        ]
+        try:
+            for name, cmd, ready in plan:
+                log = self.dir / "logs" / f"{name}.log"
+                with open(log, "wb") as out:
+                    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=self.dir,
+                                            env={**os.environ, **env}, start_new_session=True)
+                state["processes"][name] = proc.pid
+                self.state_file.write_text(json.dumps(state, indent=2))
+                _wait_ready(name, proc, ready, log)
+        except BaseException:
+            self.down()
+            raise
+        return state
+
+    def down(self) -> list[str]:
+        """Stop every process group of the stack (SIGTERM, then SIGKILL); returns the names stopped."""
+        state = self.state()
+        if state is None:
+            return []
+        stopped = []
+        for name, pid in reversed(list(state["processes"].items())):
+            if _stop_group(pid):
+                stopped.append(name)
+        self.state_file.unlink(missing_ok=True)
+        return stopped
+
+
+def _wait_ready(name: str, proc: subprocess.Popen, url: str, log: Path, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+            raise StackError(f"{name} exited with {proc.returncode} (log {log}): {' | '.join(tail)}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise StackError(f"{name} not ready at {url} after {timeout:.0f}s (log {log})")
+
+
+def _stop_group(pgid: int, timeout: float = 15.0) -> bool:
+    """SIGTERM the group, wait, SIGKILL what is left. False when nothing was running."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        _reap(pgid)
+        time.sleep(0.1)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _reap(pgid)
+    return True
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def parse_ports(text: str) -> Ports:
+    """``mlflow=5001,http=8090`` style overrides of the default ports."""
+    ports = Ports()
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, _, value = item.partition("=")
+        if key not in {f.name for f in dataclasses.fields(Ports)} or not value.isdigit():
+            raise ConfigError(f"--ports takes name=port pairs of {', '.join(f.name for f in dataclasses.fields(Ports))}; "
+                              f"got {item!r}")
+        setattr(ports, key, int(value))
+    return ports
