@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -185,6 +186,7 @@ def fit(
             logger.warning("ignoring checkpoint %s: it belongs to other data or hyperparameters", path)
     start_epoch = state["epoch"] + 1
     done = state["bad_epochs"] >= params.patience
+    writer = CheckpointWriter(path) if path is not None and rank == 0 else None
 
     epochs = range(start_epoch, params.epochs + 1)
     bar = _progress(epochs, progress if rank == 0 else False)
@@ -223,13 +225,16 @@ def fit(
         else:
             state["bad_epochs"] += 1
         done = state["bad_epochs"] >= params.patience
-        if path is not None and rank == 0:
-            _save_checkpoint(path, key, model, optimizer, scaler, state)
+        if writer is not None:
+            writer.save({"fingerprint": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scaler": scaler.state_dict(), **state})
         if on_epoch is not None and rank == 0:
             on_epoch(epoch, metrics)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{metrics['train_loss']:.4f}", val_loss=f"{metrics['val_loss']:.4f}")
 
+    if writer is not None:
+        writer.wait()
     if state["best_model"] is not None:
         model.load_state_dict(state["best_model"])
     seconds = time.perf_counter() - started
@@ -272,14 +277,53 @@ def _validate(model: PillarsNet, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.M
     return {"val_loss": float(loss_fn(head, y)), "val_rmse": float(rmse)}
 
 
-def _save_checkpoint(path: Path, key: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
-    """Write atomically: a kill mid-write leaves the previous checkpoint intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"fingerprint": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(), **state}, tmp)
-    os.replace(tmp, path)
+def _snapshot(value: Any) -> Any:
+    """A copy of nested dicts/lists of tensors that later training steps cannot change."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _snapshot(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_snapshot(v) for v in value)
+    return value
+
+
+class CheckpointWriter:
+    """Writes checkpoints on a background thread so training goes on while the file is written.
+
+    The state is snapshotted synchronously (so it is exactly that epoch's), the write is atomic
+    (a kill mid-write leaves the previous checkpoint intact), and at most one write is pending:
+    the next epoch's checkpoint first waits for the previous one.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pending: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, state: dict[str, Any]) -> None:
+        snapshot = _snapshot(state)
+        self.wait()
+        self._pending = threading.Thread(target=self._write, args=(snapshot,), daemon=True)
+        self._pending.start()
+
+    def _write(self, snapshot: dict[str, Any]) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            torch.save(snapshot, tmp)
+            os.replace(tmp, self.path)
+        except BaseException as e:  # re-raised on the training thread by wait()
+            self._error = e
+
+    def wait(self) -> None:
+        """Block until the pending write is on disk; raise its error, if any."""
+        if self._pending is not None:
+            self._pending.join()
+            self._pending = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def _progress(epochs: range, progress: bool | None) -> Any:
