@@ -113,14 +113,15 @@ Starter = Callable[[str], str]
 
 
 def local_starter(params: Sequence[str], log_dir: Path, command: Sequence[str] | None = None) -> Starter:
-    """Starts ``pillars run retraining --param model_name=M`` (plus ``params``) as a process of its own."""
+    """Starts ``pillars run retraining --param model_name=M`` (plus ``params``) as a child process."""
     base = list(command) if command else [sys.executable, "-m", "pipelines.cli", "run", "retraining"]
 
     def start(model: str) -> str:
         log_dir.mkdir(parents=True, exist_ok=True)
         log = open(log_dir / f"retrain-{model}-{int(time.time())}.log", "wb")
         args = [*base, "--param", f"model_name={model}", *[a for p in params for a in ("--param", p)]]
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # Same process group as the trigger: stopping the trigger's group (`pillars down`) stops its runs.
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         return f"pid {proc.pid}"
 

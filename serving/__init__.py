@@ -1,4 +1,4 @@
-"""The inference service: a KServe model server for registered Pillars models (HTTP, gRPC, metrics, batching).
+"""The inference service: a KServe model server for registered Pillars models (HTTP, gRPC, metrics, batching, drift).
 
 Importing the package is cheap; the names below load their modules (torch, KServe) on first use.
 """
@@ -8,10 +8,11 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__all__ = ["Batcher", "PillarsModel", "PillarsModelServer", "ServingSettings", "main", "query_once", "serve_argv"]
+__all__ = ["Batcher", "DriftMonitor", "PillarsModel", "PillarsModelServer", "ServingSettings", "main", "query_once", "serve_argv"]
 
 _WHERE = {
     "Batcher": "serving.batching",
+    "DriftMonitor": "serving.drift",
     "PillarsModel": "serving.model",
     "PillarsModelServer": "serving.server",
     "ServingSettings": "serving.settings",

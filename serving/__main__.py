@@ -43,6 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_body_bytes", type=int, default=env.max_body_bytes,
                         help="largest request body / gRPC message")
     parser.add_argument("--device", default=env.device, help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--no_drift", dest="drift", action="store_false", default=env.drift,
+                        help="do not measure input drift against the model's data profile")
+    parser.add_argument("--drift_method", choices=["jsd", "psi", "ks"], default=env.drift_method,
+                        help="what decides that a feature drifted (default jsd: Jensen-Shannon distance)")
+    parser.add_argument("--drift_threshold", type=float, default=env.drift_threshold,
+                        help="threshold of the method (default: jsd 0.1, psi 0.25, ks p-value 0.05)")
+    parser.add_argument("--drift_share", type=float, default=env.drift_share,
+                        help="share of drifted features at which the model counts as drifting")
+    parser.add_argument("--drift_window", type=int, default=env.drift_window,
+                        help="most recent rows compared with the training profile")
+    parser.add_argument("--drift_min_rows", type=int, default=env.drift_min_rows,
+                        help="rows needed in the window before drift is reported")
+    parser.add_argument("--drift_interval_s", type=float, default=env.drift_interval_s,
+                        help="seconds between drift computations (off the request path)")
+    parser.add_argument("--reload_interval_s", type=float, default=env.reload_interval_s,
+                        help="with models:/NAME@ALIAS: check the alias every N s and swap in a new version "
+                             "(0: off)")
     parser.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="level of the serving logger (DEBUG: one line per request)")
     return parser
@@ -89,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = ServingSettings(
             model_uri=args.model_uri or "", model_dir=args.model_dir, max_batch_size=args.max_batch_size,
             max_latency_ms=args.max_latency_ms, auth_token_file=args.auth_token_file,
-            cpu_threads=args.cpu_threads, max_body_bytes=args.max_body_bytes, device=args.device)
+            cpu_threads=args.cpu_threads, max_body_bytes=args.max_body_bytes, device=args.device,
+            drift=args.drift, drift_method=args.drift_method, drift_threshold=args.drift_threshold,
+            drift_share=args.drift_share, drift_window=args.drift_window, drift_min_rows=args.drift_min_rows,
+            drift_interval_s=args.drift_interval_s, reload_interval_s=args.reload_interval_s)
         auth = load_auth(settings.auth_token_file, settings.auth_token)
         model = PillarsModel(args.model_name or default_model_name(settings.model_uri), settings)
         model.load()

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from prometheus_client import REGISTRY, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from serving.drift import DriftMonitor
 
 MAX_FEATURE_LABELS = 256
 """Models with more input values than this (images) get one aggregate series instead of one per feature."""
@@ -101,8 +105,96 @@ class FeatureStats(Collector):
         yield squares_family
 
 
+class DriftStats(Collector):
+    """The drift monitors' latest results, read at scrape time (nothing is computed here).
+
+    Series (labels ``model``, ``version`` and, per feature, ``feature``; a model with more than
+    :data:`MAX_FEATURE_LABELS` inputs gets ``feature="all"``: mean JSD and PSI, smallest KS p-value,
+    the model's drift flag and the summed out-of-range count):
+
+    - ``pillars_drift_feature_jsd``, ``pillars_drift_feature_psi``, ``pillars_drift_feature_ks_pvalue``
+      (only when the profile keeps a reference sample), ``pillars_drift_feature_drifted`` (0/1);
+    - ``pillars_drift_share`` (drifted features / features), ``pillars_drift_detected`` (0/1),
+      ``pillars_drift_prediction_jsd``: present once the window holds the minimum rows;
+    - ``pillars_drift_window_rows`` and the counter ``pillars_input_out_of_range_total``: always.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._monitors: dict[str, tuple[str, DriftMonitor]] = {}
+
+    def register_model(self, model: str, version: str, monitor: DriftMonitor | None) -> None:
+        """Export ``monitor`` for ``model`` at ``version``, replacing the previous one (None: stop exporting)."""
+        with self._lock:
+            if monitor is None:
+                self._monitors.pop(model, None)
+            else:
+                self._monitors[model] = (version, monitor)
+
+    def collect(self) -> Iterator[Metric]:
+        feature_labels = ["model", "version", "feature"]
+        model_labels = ["model", "version"]
+        jsd = GaugeMetricFamily("pillars_drift_feature_jsd",
+                                "Jensen-Shannon distance (base 2) of the window vs the training histogram.",
+                                labels=feature_labels)
+        psi = GaugeMetricFamily("pillars_drift_feature_psi",
+                                "Population stability index of the window vs the training histogram.",
+                                labels=feature_labels)
+        ks = GaugeMetricFamily("pillars_drift_feature_ks_pvalue",
+                               "Two-sample KS test p-value of the window vs the profile's reference sample.",
+                               labels=feature_labels)
+        drifted = GaugeMetricFamily("pillars_drift_feature_drifted",
+                                    "1 when the feature drifted by the configured method and threshold.",
+                                    labels=feature_labels)
+        share = GaugeMetricFamily("pillars_drift_share", "Share of drifted features (0..1).", labels=model_labels)
+        detected = GaugeMetricFamily("pillars_drift_detected",
+                                     "1 when the share of drifted features reaches the configured drift share.",
+                                     labels=model_labels)
+        prediction = GaugeMetricFamily("pillars_drift_prediction_jsd",
+                                       "Jensen-Shannon distance of the predicted distribution vs the training labels.",
+                                       labels=model_labels)
+        rows = GaugeMetricFamily("pillars_drift_window_rows", "Rows in the drift window.", labels=model_labels)
+        outside = CounterMetricFamily("pillars_input_out_of_range",
+                                      "Served input values outside the training split's [min, max].",
+                                      labels=feature_labels)
+        with self._lock:
+            monitors = list(self._monitors.items())
+        for model, (version, monitor) in monitors:
+            names = monitor.feature_names
+            counts = monitor.out_of_range_counts()
+            report = monitor.report
+            rows.add_metric([model, version], monitor.window_rows)
+            pooled = len(names) > MAX_FEATURE_LABELS
+            if pooled:
+                outside.add_metric([model, version, "all"], int(counts.sum()))
+            else:
+                for name, count in zip(names, counts, strict=True):
+                    outside.add_metric([model, version, name], int(count))
+            if report is None:
+                continue
+            share.add_metric([model, version], report.share)
+            detected.add_metric([model, version], float(report.detected))
+            prediction.add_metric([model, version], report.prediction_jsd)
+            if pooled:
+                jsd.add_metric([model, version, "all"], float(report.jsd.mean()))
+                psi.add_metric([model, version, "all"], float(report.psi.mean()))
+                drifted.add_metric([model, version, "all"], float(report.detected))
+                if report.ks_pvalue is not None:
+                    ks.add_metric([model, version, "all"], float(report.ks_pvalue.min()))
+                continue
+            for i, name in enumerate(names):
+                jsd.add_metric([model, version, name], float(report.jsd[i]))
+                psi.add_metric([model, version, name], float(report.psi[i]))
+                drifted.add_metric([model, version, name], float(report.drifted[i]))
+                if report.ks_pvalue is not None:
+                    ks.add_metric([model, version, name], float(report.ks_pvalue[i]))
+        yield from (jsd, psi, ks, drifted, share, detected, prediction, rows, outside)
+
+
 FEATURES = FeatureStats()
 REGISTRY.register(FEATURES)
+DRIFT = DriftStats()
+REGISTRY.register(DRIFT)
 
 
 def observe_predictions(model: str, outputs: dict[str, np.ndarray]) -> None:

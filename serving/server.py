@@ -35,7 +35,9 @@ class PillarsModelServer(ModelServer):
 
     def start(self, models: list[PillarsModel]) -> None:  # type: ignore[override]
         """Serve ``models`` (already loaded and ready) until SIGTERM/SIGINT."""
-        versions = {m.name: m.version for m in models}
+        versions = {m.name: m.version for m in models}  # shared with the middleware and the interceptor
+        for model in models:  # a hot reload changes the version label of every later request
+            model.version_listeners.append(versions.__setitem__)
         kserve_model_server.app.add_middleware(
             ServingMiddleware, versions=versions, max_body_bytes=self._max_body_bytes, auth=self._auth)
         if self._serve_grpc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,3 +45,36 @@ class ServingSettings(BaseSettings):
 
     device: str = "auto"
     """``auto`` (the GPU when torch sees one), ``cpu``, or a torch device such as ``cuda:0``."""
+
+    drift: bool = True
+    """Measure input and prediction drift against the model's data profile (``--no_drift``: off). Costs the
+    request path one copy of each batch into a fixed ring buffer; the statistics run in a background thread."""
+
+    drift_method: Literal["jsd", "psi", "ks"] = "jsd"
+    """What decides that a feature drifted: Jensen-Shannon distance (``jsd``, bounded in [0, 1], defined for
+    empty bins; NannyML's choice), PSI (``psi``, the credit-risk convention), or the two-sample KS test
+    against the profile's reference sample (``ks``, Evidently's choice for small references). All three are
+    exported whatever the method."""
+
+    drift_threshold: float | None = Field(default=None, gt=0.0)
+    """Threshold of ``drift_method``; unset: 0.1 for ``jsd`` (NannyML's default), 0.25 for ``psi`` (the
+    "major shift" band; 0.1-0.25 is "moderate"), 0.05 for ``ks`` (a p-value: drifted below it)."""
+
+    drift_share: float = Field(default=0.5, gt=0.0, le=1.0)
+    """The model drifts when at least this share of its features drift (Evidently's default: half, so one
+    noisy feature does not raise an alert)."""
+
+    drift_window: int = Field(default=1000, ge=1)
+    """Most recent rows compared with the profile (fixed memory: window x features float32). At 1000 rows the
+    sampling noise of a 10-bin histogram is a JS distance of ~0.04, well under the 0.1 threshold."""
+
+    drift_min_rows: int = Field(default=500, ge=1)
+    """Rows the window must hold before drift is reported (capped at ``drift_window``): below ~500 rows the
+    sampling noise of a 10-bin histogram alone approaches the JS threshold."""
+
+    drift_interval_s: float = Field(default=5.0, gt=0.0)
+    """Seconds between drift computations (only when new rows arrived); inside any scrape interval."""
+
+    reload_interval_s: float = Field(default=0.0, ge=0.0)
+    """For ``models:/NAME@ALIAS``: check every this many seconds which version the alias points to, and load
+    and swap in a new one when it moves (0: off, the model is fixed for the life of the process)."""

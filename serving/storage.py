@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,18 @@ class ModelSource:
     directory: Path
     version: str
     uri: str
+    download: Path | None = None  # the temporary folder we downloaded into, removed by discard()
+
+
+def is_alias_uri(model_uri: str) -> bool:
+    """``models:/NAME@ALIAS``: a registry alias, which can move to another version while we serve."""
+    return model_uri.startswith("models:/") and "@" in model_uri
+
+
+def discard(source: ModelSource) -> None:
+    """Remove what :func:`resolve_model` downloaded for ``source`` (nothing for a local folder)."""
+    if source.download is not None:
+        shutil.rmtree(source.download, ignore_errors=True)
 
 
 def resolve_model(model_uri: str = "", model_dir: str | Path | None = None) -> ModelSource:
@@ -51,7 +64,8 @@ def resolve_model(model_uri: str = "", model_dir: str | Path | None = None) -> M
     if scheme in ("models", "runs"):
         return _from_mlflow(model_uri)
     if scheme == "s3":
-        return ModelSource(locate_model_dir(_from_s3(model_uri)), "1", model_uri)
+        download = _from_s3(model_uri)
+        return ModelSource(locate_model_dir(download), "1", model_uri, download)
     if scheme == "file":
         return ModelSource(locate_model_dir(urlparse(model_uri).path), "1", model_uri)
     if scheme == "" and Path(model_uri).exists():
@@ -69,18 +83,19 @@ def _from_mlflow(model_uri: str) -> ModelSource:
     version = "1"
     download_uri = model_uri
     if model_uri.startswith("models:/"):
-        version = _registry_version(model_uri)
+        version = registry_version(model_uri)
         name = model_uri[len("models:/"):].strip("/").split("@")[0].split("/")[0]
         download_uri = f"models:/{name}/{version}"  # the alias cannot move under us mid-download
     target = tempfile.mkdtemp(prefix="pillars-model-")
     try:
         local = mlflow.artifacts.download_artifacts(artifact_uri=download_uri, dst_path=target)
     except (MlflowException, OSError) as e:
+        shutil.rmtree(target, ignore_errors=True)
         raise ConfigError(f"cannot download {model_uri} from {mlflow.get_tracking_uri()}: {e}") from e
-    return ModelSource(locate_model_dir(local), version, model_uri)
+    return ModelSource(locate_model_dir(local), version, model_uri, Path(target))
 
 
-def _registry_version(model_uri: str) -> str:
+def registry_version(model_uri: str) -> str:
     """The version number a ``models:/NAME@alias`` or ``models:/NAME/VERSION`` URI points to."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,9 @@ def toy_rows(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(5.0, 2.0, size=(n, N_FEATURES)).astype(np.float32)
 
 
-def make_classifier(directory: Path, steps: int = 30) -> Path:
+def make_classifier(directory: Path, steps: int = 30, seed: int = 0) -> Path:
     """A 4-feature, 3-class MLP fitted for a few steps on separable synthetic data; saved to ``directory``."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = ModelConfig(task="toy", kind="classification", architecture="mlp", input_shape=[N_FEATURES],
                          feature_names=[f"f{i}" for i in range(N_FEATURES)], classes=CLASSES,
                          hidden_sizes=[16], dropout=0.0)
@@ -49,3 +50,23 @@ def _fit(model: PillarsNet, x: torch.Tensor, y: torch.Tensor, steps: int) -> Non
         loss.backward()
         optimizer.step()
     model.eval()
+
+
+def train_split(n: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and labels of the toy classifier's train split (the same rule as :func:`make_classifier`)."""
+    x = toy_rows(n, seed)
+    return x, (x[:, 0] > 5.0).astype(np.int64) + (x[:, 1] > 6.0).astype(np.int64)
+
+
+def make_profiled_classifier(directory: Path, steps: int = 30, seed: int = 0) -> Path:
+    """The toy classifier with ``data_profile.json`` of its train split beside the weights (the drift baseline).
+
+    ``seed`` changes the weights' initialisation (a different "retrained" version), not the data.
+    """
+    from components.profile import build_profile
+
+    make_classifier(directory, steps=steps, seed=seed)
+    x, y = train_split()
+    profile = build_profile(x, y, [f"f{i}" for i in range(N_FEATURES)], "classification", CLASSES)
+    (directory / "data_profile.json").write_text(json.dumps(profile))
+    return directory
