@@ -20,6 +20,7 @@
 
 {{- define "pillars.mlflow.fullname" -}}{{ include "pillars.fullname" . }}-mlflow{{- end }}
 {{- define "pillars.postgresql.fullname" -}}{{ include "pillars.fullname" . }}-postgresql{{- end }}
+{{- define "pillars.trigger.fullname" -}}{{ include "pillars.fullname" . }}-trigger{{- end }}
 {{- define "pillars.models.serviceAccount" -}}{{ include "pillars.fullname" . }}-models{{- end }}
 {{- define "pillars.pipelineRunner.serviceAccount" -}}
 {{- default (printf "%s-pipeline-runner" (include "pillars.fullname" .)) .Values.pipelineRunner.name }}
@@ -137,6 +138,21 @@ sum(rate(pillars_serving_request_seconds_sum{namespace="{{ $root.Release.Namespa
 {{- else }}
 - namespaceSelector: {}
 {{- end }}
+{{- end }}
+{{/* One peer from a {namespaceSelector, podSelector} value (both label maps; empty: any). */}}
+{{- define "pillars.np.selectedPeer" -}}
+- namespaceSelector:
+    {{- with .namespaceSelector }}
+    matchLabels:
+      {{- toYaml . | nindent 6 }}
+    {{- else }} {}
+    {{- end }}
+  podSelector:
+    {{- with .podSelector }}
+    matchLabels:
+      {{- toYaml . | nindent 6 }}
+    {{- else }} {}
+    {{- end }}
 {{- end }}
 {{/* Egress to the S3 endpoint (CIDRs when given, else anywhere on the S3 ports). */}}
 {{- define "pillars.np.s3" -}}
