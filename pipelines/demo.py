@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-
-import httpx
 
 from components import registry
 from components.settings import Settings
@@ -49,47 +45,25 @@ def run_demo(task: str = "breast_cancer", epochs: int = 30, serve: bool = True) 
     return 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serve_and_query(name: str, tracking_uri: str) -> tuple[dict, dict]:
     """Start the model server for ``models:/name@champion``, send one V2 HTTP and one gRPC request, stop it."""
     from components.prepare_data import PrepareParams, prepare
     from serving.demo import query_once
 
-    http_port, grpc_port = _free_port(), _free_port()
-    log = open(Settings().resolved_home() / "demo-server.log", "wb")
+    from pipelines.stack import free_port, stop_group, wait_ready
+
+    http_port, grpc_port = free_port(), free_port()
+    log_path = Settings().resolved_home() / "logs" / "demo-server.log"
+    log = open(log_path, "wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "serving", "--model_uri", f"models:/{name}@champion", "--model_name", name,
          "--http_port", str(http_port), "--grpc_port", str(grpc_port)],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri})
+    log.close()
     try:
-        _wait_ready(f"http://127.0.0.1:{http_port}/v2/health/ready", server, timeout=60)
+        wait_ready("model server", server, f"http://127.0.0.1:{http_port}/v2/health/ready", log_path, timeout=60)
         x_test, _ = prepare(PrepareParams(task=name)).splits["test"]
         return query_once(f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", name, x_test[:1])
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
-
-
-def _wait_ready(url: str, server: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"model server exited with {server.returncode}; see .pillars/demo-server.log")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"model server not ready after {timeout:.0f}s; see .pillars/demo-server.log")
+        stop_group(server.pid)

@@ -19,6 +19,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -179,7 +180,7 @@ class Stack:
                                             env={**os.environ, **env}, start_new_session=True)
                 state["processes"][name] = proc.pid
                 self.state_file.write_text(json.dumps(state, indent=2))
-                _wait_ready(name, proc, ready, log)
+                wait_ready(name, proc, ready, log)
         except BaseException:
             self.down()
             raise
@@ -192,13 +193,15 @@ class Stack:
             return []
         stopped = []
         for name, pid in reversed(list(state["processes"].items())):
-            if _stop_group(pid):
+            if stop_group(pid):
                 stopped.append(name)
         self.state_file.unlink(missing_ok=True)
         return stopped
 
 
-def _wait_ready(name: str, proc: subprocess.Popen, url: str, log: Path, timeout: float = 90.0) -> None:
+def wait_ready(name: str, proc: subprocess.Popen, url: str, log: Path, timeout: float = 90.0) -> None:
+    """Wait until ``GET url`` answers 200; raise :class:`StackError` naming ``name`` and its log if the
+    process exits first or the time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -213,7 +216,7 @@ def _wait_ready(name: str, proc: subprocess.Popen, url: str, log: Path, timeout:
     raise StackError(f"{name} not ready at {url} after {timeout:.0f}s (log {log})")
 
 
-def _stop_group(pgid: int, timeout: float = 15.0) -> bool:
+def stop_group(pgid: int, timeout: float = 15.0) -> bool:
     """SIGTERM the group, wait, SIGKILL what is left. False when nothing was running."""
     try:
         os.killpg(pgid, signal.SIGTERM)
@@ -240,6 +243,13 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def parse_ports(text: str) -> Ports:
