@@ -128,7 +128,8 @@ def local_starter(params: Sequence[str], log_dir: Path, command: Sequence[str] |
     return start
 
 
-def kfp_starter(host: str, experiment: str, params: Sequence[str], namespace: str | None = None) -> Starter:
+def kfp_starter(host: str, experiment: str, params: Sequence[str], namespace: str | None = None,
+                service_account: str | None = None) -> Starter:
     """Starts a run of the compiled retraining pipeline on a Kubeflow Pipelines cluster."""
 
     def start(model: str) -> str:
@@ -144,7 +145,7 @@ def kfp_starter(host: str, experiment: str, params: Sequence[str], namespace: st
             client = kfp.Client(host=host, namespace=namespace)
             run = client.create_run_from_pipeline_package(package, arguments=arguments, experiment_name=experiment,
                                                           run_name=f"retrain-{model}", namespace=namespace,
-                                                          enable_caching=False)
+                                                          enable_caching=False, service_account=service_account)
         return f"kfp run {run.run_id}"
 
     return start
@@ -226,13 +227,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kfp-host", help="start runs on this KFP API instead of locally")
     parser.add_argument("--experiment", default="pillars-retraining")
     parser.add_argument("--namespace", default=None)
+    parser.add_argument("--service-account", default=None,
+                        help="service account of the runs (the chart's pillars-pipeline-runner: deploy, TrainJobs)")
     parser.add_argument("--param", action="append", default=[], metavar="K=V", help="retraining parameter")
     parser.add_argument("--command", help="local command line to run instead of `pillars run retraining` "
                                            "(the --param arguments are appended)")
     args = parser.parse_args(argv)
     token = read_token(args.token_file)
     if args.kfp_host:
-        start = kfp_starter(args.kfp_host, args.experiment, args.param, args.namespace)
+        start = kfp_starter(args.kfp_host, args.experiment, args.param, args.namespace, args.service_account)
     else:
         command = shlex.split(args.command) if args.command else None
         start = local_starter(args.param, Settings().resolved_home() / "trigger-runs", command)

@@ -15,11 +15,10 @@ from tests.processes import ServerProcess, free_port
 
 
 def require_tool(name: str) -> str:
-    """Path of an executable the test needs: skipped locally when absent, failed when ``CI`` is set."""
-    path = shutil.which(name)
-    if path is None:
-        venv_bin = Path(sys.executable).parent / name
-        path = str(venv_bin) if venv_bin.exists() else None
+    """Path of an executable the test needs (the venv's own first, as `make` installs helm and kubectl
+    there): skipped locally when absent, failed when ``CI`` is set."""
+    venv_bin = Path(sys.executable).parent / name
+    path = str(venv_bin) if venv_bin.exists() else shutil.which(name)
     if path is None:
         message = f"{name} is not installed (make test installs it)"
         if os.environ.get("CI"):

@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,14 +44,21 @@ def crd_schemas() -> Path:
     return path
 
 
+def pinned_tool(name: str) -> str:
+    """The ``helm``/``kubectl`` scripts/install-k8s-tools.sh pins into the virtualenv, before any other
+    on PATH (a cloud SDK's kubectl of another minor version would otherwise win)."""
+    venv_bin = Path(sys.executable).parent / name
+    return str(venv_bin) if venv_bin.exists() else require_tool(name)
+
+
 @pytest.fixture(scope="session")
 def helm() -> str:
-    return require_tool("helm")
+    return pinned_tool("helm")
 
 
 @pytest.fixture(scope="session")
 def kubectl() -> str:
-    return require_tool("kubectl")
+    return pinned_tool("kubectl")
 
 
 def run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:

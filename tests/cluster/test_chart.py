@@ -206,6 +206,12 @@ def test_pipeline_runner_may_manage_inference_services_in_its_namespace_only(ren
     (["--set", "replicaCount=2"], "replicaCount"),
     (["--set", "mlflowx.port=1"], "mlflowx"),
     (["--set", "kserve.deploymentMode=Serverless"], "deploymentMode"),
+    (["--set", "trigger.enabled=maybe"], "/trigger/enabled"),
+    (["--set", "trigger.cooldownSeconds=soon"], "/trigger/cooldownSeconds"),
+    (["--set", "trigger.kfpHost=ml-pipeline:8888"], "/trigger/kfpHost"),
+    (["--set", "trigger.params.epochs.max=3"], "/trigger/params/epochs"),
+    (["--set", "trigger.networkPolicy.kfpApi.ports[0]=http"], "/trigger/networkPolicy/kfpApi/ports/0"),
+    (["--set", "trigger.token.value=abc"], "value"),
 ])
 def test_values_schema_rejects_wrong_types_and_unknown_keys(helm: str, arguments: list[str], message: str) -> None:
     result = run([helm, "template", "pillars", CHART, *arguments], check=False)
@@ -222,6 +228,7 @@ def test_values_schema_rejects_wrong_types_and_unknown_keys(helm: str, arguments
     ({"models": [{"name": "a", "uri": "s3://b/a", "scaleMetric": "cpu"}]}, "concurrency or rps"),
     ({"kserve": {"deploymentMode": "Standard"}, "models": [{"name": "a", "uri": "s3://b/a", "minReplicas": 0}]},
      "needs Knative mode or autoscaler keda"),
+    ({"trigger": {"enabled": True}}, "trigger.token.existingSecret"),
     ({"models": [{"name": "a", "uri": "s3://b/a", "minReplicas": 3, "maxReplicas": 2}]}, "below minReplicas"),
 ])
 def test_inconsistent_values_fail_with_a_message_naming_the_problem(helm: str, tmp_path: Path, values: dict,

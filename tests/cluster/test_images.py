@@ -64,9 +64,9 @@ def test_mlflow_starts_with_the_charts_command_and_rejects_unknown_hosts(render,
         # (/health answers any host, for the kubelet's probes).
         api = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
         for host in ("pillars-mlflow.pillars.svc.cluster.local:5000", "mlflow.pillars.example.org"):
-            assert httpx.get(api, headers={"Host": host}).status_code == 200, host
-        assert httpx.get(api, headers={"Host": "evil.example.com"}).status_code in (400, 403)
-        assert httpx.get(f"{url}/metrics").status_code == 200
+            assert httpx.get(api, headers={"Host": host}, timeout=30).status_code == 200, host
+        assert httpx.get(api, headers={"Host": "evil.example.com"}, timeout=30).status_code in (400, 403)
+        assert httpx.get(f"{url}/metrics", timeout=30).status_code == 200
     finally:
         server.stop()
 
@@ -94,8 +94,9 @@ def test_mlflow_with_auth_on_needs_the_admin_password_from_the_secret(render, tm
         url = f"http://127.0.0.1:{port}"
         server.wait_http(f"{url}/health", timeout=120)
         api = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
-        assert httpx.get(api).status_code == 401
-        assert httpx.get(api, auth=("admin", "s3cret-from-the-secret")).status_code == 200
+        # Generous timeouts: the first requests initialise the auth database, slow on a busy machine.
+        assert httpx.get(api, timeout=30).status_code == 401
+        assert httpx.get(api, auth=("admin", "s3cret-from-the-secret"), timeout=30).status_code == 200
         assert "s3cret" not in (tmp_path / "basic_auth.ini").read_text()
     finally:
         server.stop()

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from components.errors import ConfigError
-from pipelines.cli import cron_expression
+from pipelines.cli import cron_expression, main
 
 
 def _pillars(*args: str, tmp_path) -> subprocess.CompletedProcess:
@@ -33,12 +33,20 @@ def _pillars(*args: str, tmp_path) -> subprocess.CompletedProcess:
     (["submit", "training", "--host", "http://127.0.0.1:9", "--param", "dropout=2"], "invalid dropout"),
     (["submit", "training", "--host", "http://127.0.0.1:9"], "cannot reach Kubeflow Pipelines at http://127.0.0.1:9"),
 ])
-def test_bad_arguments_get_one_line_and_nonzero_exit(args, message, tmp_path):
-    result = _pillars(*args, tmp_path=tmp_path)
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("pillars: error:")]
-    assert len(lines) == 1 and message in lines[0], result.stderr
+def test_bad_arguments_get_one_line_and_nonzero_exit(args, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PILLARS_HOME", str(tmp_path / ".pillars"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(args) != 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if line.startswith("pillars: error:")]
+    assert len(lines) == 1 and message in lines[0], err
+
+
+def test_the_console_script_prints_no_traceback(tmp_path):
+    result = _pillars("run", "training", "--param", "epochs=ten", tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "pillars: error: parameter epochs must be integer, got 'ten'"
 
 
 def test_models_list_on_an_empty_store(tmp_path):
