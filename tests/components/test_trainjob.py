@@ -3,28 +3,12 @@ reads real-shaped TrainJob status objects."""
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
-import jsonschema
 import pytest
 
 from components.distributed import worker_args
 from components.train import TrainParams
 from components.trainjob import TrainJobError, TrainJobSpec, build_trainjob, job_state, wait_for
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _schema() -> dict:
-    path = Path(os.environ.get("PILLARS_K8S_SCHEMAS", ROOT.parent / "shared" / "k8s-schemas"))
-    if not path.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"Kubernetes schemas not found at {path}")
-        pytest.skip(f"Kubernetes schemas not found at {path}")
-    return json.loads((path / "trainer.kubeflow.org" / "trainjob_v1alpha1.json").read_text())
-
+from tests.conftest import validate
 
 def _spec(**overrides) -> TrainJobSpec:
     args = worker_args("/checkpoints/j/train", "/checkpoints/j/val", "/checkpoints/j/meta.json",
@@ -34,9 +18,9 @@ def _spec(**overrides) -> TrainJobSpec:
     return TrainJobSpec(**{**base, **overrides})
 
 
-def test_gpu_trainjob_validates_and_asks_for_nodes_times_gpus():
+def test_gpu_trainjob_validates_and_asks_for_nodes_times_gpus(crd_schemas):
     job = build_trainjob(_spec())
-    jsonschema.validate(job, _schema())
+    validate(job, crd_schemas)
     trainer = job["spec"]["trainer"]
     assert job["spec"]["runtimeRef"]["name"] == "torch-distributed"
     assert (trainer["numNodes"], trainer["numProcPerNode"]) == (2, 4)
@@ -48,9 +32,9 @@ def test_gpu_trainjob_validates_and_asks_for_nodes_times_gpus():
     assert pod["containers"][0]["volumeMounts"][0]["mountPath"] == "/checkpoints"
 
 
-def test_cpu_trainjob_without_shared_volume_validates():
+def test_cpu_trainjob_without_shared_volume_validates(crd_schemas):
     job = build_trainjob(_spec(gpus_per_node=0, volume_claim="", procs_per_node=2))
-    jsonschema.validate(job, _schema())
+    validate(job, crd_schemas)
     assert "nvidia.com/gpu" not in job["spec"]["trainer"]["resourcesPerNode"]["limits"]
     assert "runtimePatches" not in job["spec"]
 

@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-import jsonschema
 import pytest
 import yaml
 from kfp import components
 
 from pipelines.cli import compile_pipeline
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def schemas_dir() -> Path:
-    path = Path(os.environ.get("PILLARS_K8S_SCHEMAS", ROOT.parent / "shared" / "k8s-schemas"))
-    if not path.is_dir():
-        message = f"Kubernetes schemas not found at {path} (set PILLARS_K8S_SCHEMAS)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
+from tests.conftest import validate
 
 def _executors(doc: dict) -> dict:
     return doc["deploymentSpec"]["executors"]
@@ -70,14 +56,12 @@ def test_checkpoint_pvc_and_s3_secret_use_kfp_kubernetes(tmp_path):
     assert inputs["checkpoint_root"].default == "/checkpoints"
 
 
-def test_as_k8s_emits_pipeline_and_pipeline_version_that_validate(tmp_path):
-    schemas = schemas_dir() / "pipelines.kubeflow.org"
+def test_as_k8s_emits_pipeline_and_pipeline_version_that_validate(tmp_path, crd_schemas):
     path = compile_pipeline("training", str(tmp_path / "k8s.yaml"), as_k8s=True, namespace="kubeflow")
     docs = list(yaml.safe_load_all(Path(path).read_text()))
     assert [d["kind"] for d in docs] == ["Pipeline", "PipelineVersion"]
     for doc in docs:
-        schema = json.loads((schemas / f"{doc['kind'].lower()}_v2beta1.json").read_text())
-        jsonschema.validate(doc, schema)
+        validate(doc, crd_schemas)
         assert doc["apiVersion"] == "pipelines.kubeflow.org/v2beta1" and doc["metadata"]["namespace"] == "kubeflow"
     assert docs[1]["spec"]["pipelineName"] == docs[0]["metadata"]["name"]
 
