@@ -26,13 +26,13 @@ def main() -> None:
     os.environ["PILLARS_HOME"] = str(Path(tempfile.mkdtemp(prefix="pillars-loop-")) / ".pillars")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
 
-    from components import registry
-    from components.prepare_data import PrepareParams, prepare
-    from components.tracking import configure_tracking
-    from pipelines.local import run_local
-    from pipelines.stack import Ports, Stack, Timing, free_port
-    from pipelines.training import training_pipeline
-    from serving.demo import v2_request
+    from pillars.components import registry
+    from pillars.components.prepare_data import PrepareParams, prepare
+    from pillars.components.tracking import configure_tracking
+    from pillars.pipelines.local import run_local
+    from pillars.pipelines.stack import Ports, Stack, Timing, free_port
+    from pillars.pipelines.training import training_pipeline
+    from pillars.serving.demo import v2_request
 
     model = "loop"
     configure_tracking()

@@ -44,8 +44,8 @@ def build_and_register(root: Path) -> tuple[str, Path]:
     import mlflow
     import torch
 
-    from components.mlflow_model import log_pillars_model
-    from components.models import ModelConfig, build_model, save_model
+    from pillars.components.mlflow_model import log_pillars_model
+    from pillars.components.models import ModelConfig, build_model, save_model
 
     torch.manual_seed(0)
     config = ModelConfig(task=NAME, kind="classification", architecture="mlp", input_shape=[N_FEATURES],
@@ -66,7 +66,7 @@ def in_process_ceiling(model_dir: Path, seconds: float = 3.0, batch: int = 64) -
     """Samples/s of ``Predictor.predict`` on full batches in this process: the ceiling."""
     import torch
 
-    from components.models import Predictor
+    from pillars.components.models import Predictor
 
     torch.set_num_threads(1)  # as the server runs it (--cpu_threads 1, the default)
     predictor = Predictor.load(model_dir)
@@ -212,8 +212,8 @@ def after_imports(log: str) -> float:
 
 def import_seconds() -> float:
     """Wall time of a process that only imports what the server imports (median of 3)."""
-    code = ("import torch, kserve, mlflow, mlflow.artifacts, serving.__main__, serving.model, serving.server, "
-            "serving.storage; from kserve import model_server")
+    code = ("import torch, kserve, mlflow, mlflow.artifacts, pillars.serving.__main__, pillars.serving.model, pillars.serving.server, "
+            "pillars.serving.storage; from kserve import model_server")
     times = []
     for _ in range(3):
         started = time.perf_counter()
@@ -245,7 +245,7 @@ def main() -> int:
     port, grpc_port = free_port(), free_port()
     cold = []
     for i in range(3):  # cold starts; the last server stays up for the load runs
-        cmd = [sys.executable, "-m", "serving", "--model_uri", f"models:/{NAME}/1", "--http_port", str(port),
+        cmd = [sys.executable, "-m", "pillars.serving", "--model_uri", f"models:/{NAME}/1", "--http_port", str(port),
                "--grpc_port", str(grpc_port)]
         ours, seconds = start(cmd, f"http://127.0.0.1:{port}/v2/health/ready", root / f"ours{i}.log", env)
         cold.append(seconds)

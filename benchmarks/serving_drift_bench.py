@@ -3,7 +3,7 @@
     python benchmarks/serving_drift_bench.py [--rounds 5] [--seconds 4] [--out drift.json]
 
 One run, one machine: a 30-feature MLP classifier (the pipeline's default size) with the data profile
-of its train split is saved to a folder and served by two ``python -m serving`` processes, one with the
+of its train split is saved to a folder and served by two ``python -m pillars.serving`` processes, one with the
 default drift settings and one with ``--no_drift``. Both stay up; only one is under load at a time.
 Rounds alternate which goes first; each cell drives V2 REST at concurrency 64 with
 :mod:`serving_bench`'s load client for ``--seconds`` seconds. The overhead is
@@ -45,8 +45,8 @@ def build_profiled_model(root: Path) -> tuple[Path, np.ndarray]:
     """Save the breast-cancer-sized classifier with ``data_profile.json``; return the folder and its train split."""
     import torch
 
-    from components.models import ModelConfig, build_model, save_model
-    from components.profile import build_profile
+    from pillars.components.models import ModelConfig, build_model, save_model
+    from pillars.components.profile import build_profile
 
     torch.manual_seed(0)
     names = [f"x{i}" for i in range(N_FEATURES)]
@@ -64,8 +64,8 @@ def build_profiled_model(root: Path) -> tuple[Path, np.ndarray]:
 
 def in_process_costs(model_dir: Path, x: np.ndarray) -> dict:
     """Median seconds of ``observe`` (a 64-row batch) and of one ``compute`` over a full 1000-row window."""
-    from components.models import Predictor, load_profile
-    from serving.drift import DriftConfig, DriftMonitor
+    from pillars.components.models import Predictor, load_profile
+    from pillars.serving.drift import DriftConfig, DriftMonitor
 
     predictor = Predictor.load(model_dir)
     config = predictor.config
@@ -122,7 +122,7 @@ def main() -> int:
         for mode, flags in modes[::-1] if args.off_first else modes:
             port = free_port()
             process = ServerProcess(
-                [sys.executable, "-m", "serving", "--model_dir", str(model_dir), "--model_name", NAME,
+                [sys.executable, "-m", "pillars.serving", "--model_dir", str(model_dir), "--model_name", NAME,
                  "--http_port", str(port), "--grpc_port", str(free_port()), *flags],
                 log_path=root / f"drift-{mode}.log", env={"PYTHONPATH": str(ROOT)}, cwd=ROOT)
             servers[mode] = (process, port)

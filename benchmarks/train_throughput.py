@@ -23,10 +23,10 @@ import torch
 from mlflow.tracking import MlflowClient
 from sklearn.datasets import make_classification
 
-from components.prepare_data import PrepareParams, prepare, save_metadata, save_split
-from components.settings import Settings
-from components.tracking import configure_tracking
-from components.train import TrainParams, init_model, run_training
+from pillars.components.prepare_data import PrepareParams, prepare, save_metadata, save_split
+from pillars.components.settings import Settings
+from pillars.components.tracking import configure_tracking
+from pillars.components.train import TrainParams, init_model, run_training
 
 
 def bare_loop(x: np.ndarray, y: np.ndarray, metadata: dict, params: TrainParams) -> float:
@@ -71,7 +71,7 @@ def main() -> None:
     x_train, y_train = data.splits["train"]
     samples = len(x_train) * args.epochs
 
-    from components.tracking import ensure_experiment
+    from pillars.components.tracking import ensure_experiment
 
     ensure_experiment("bench", settings)  # creates the SQLite schema outside the timed region
     bare, loop, whole = [], [], []

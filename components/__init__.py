@@ -1,4 +1,4 @@
-"""The steps of the Pillars loop as plain typed functions, with thin KFP wrappers in ``components.ops``.
+"""The steps of the Pillars loop as plain typed functions, with thin KFP wrappers in ``pillars.components.ops``.
 
 Modules, in loop order: ``prepare_data``, ``train``, ``evaluate``, ``validate``, ``register``
 (plus ``registry`` for aliases and history, ``models`` for the saved-model format, ``tasks`` for

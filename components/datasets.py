@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.errors import DataError
+from pillars.components.errors import DataError
 
 SUFFIXES = (".csv", ".parquet", ".pq")
 LABEL = "label"

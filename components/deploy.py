@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 from kfp import dsl
 
-from components.errors import ConfigError, PillarsError, RegistryError
-from components.settings import Settings, package_version
+from pillars.components.errors import ConfigError, PillarsError, RegistryError
+from pillars.components.settings import Settings, package_version
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
-logger = logging.getLogger("components.deploy")
+logger = logging.getLogger("pillars.components.deploy")
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 FIELD_MANAGER = "pillars"
@@ -422,7 +422,7 @@ def deploy(spec: DeploySpec, api_client: "ApiClient | None" = None, timeout_s: f
 
 def resolve_version(model: str, alias: str) -> str:
     """The registry version ``model@alias`` points to (current MLflow tracking URI)."""
-    from components.registry import alias_version
+    from pillars.components.registry import alias_version
 
     version = alias_version(model, alias)
     if version is None:
@@ -471,7 +471,7 @@ def deploy_op(
     Raises:
         DeployError: not ready in time or failed; traffic was rolled back.
     """
-    from components.deploy import DeploySpec, deploy
+    from pillars.components.deploy import DeploySpec, deploy
 
     spec = DeploySpec(model=model_name, alias=alias, namespace=namespace, version=version or None,
                       gpu=gpu, canary_percent=None if canary_percent < 0 else canary_percent, mode=mode,
@@ -518,9 +518,9 @@ def main(argv: list[str] | None = None) -> int:
                           canary_percent=args.canary, mode=args.mode, kserve_version=args.kserve_version,
                           name=args.name, **({"tracking_uri": args.mlflow_uri} if args.mlflow_uri else {}))
         mode_annotation(spec.mode, spec.kserve_version)
-        from components.tracking import configure_tracking
+        from pillars.components.tracking import configure_tracking
 
-        configure_tracking()
+        configure_tracking(create=not args.dry_run)
         if args.dry_run and not _registry_reachable():
             print(f"note: MLflow registry unreachable; serving the alias models:/{model}@{alias}", file=sys.stderr)
         else:

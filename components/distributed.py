@@ -1,7 +1,7 @@
 """Distributed data-parallel training: the ``torchrun`` worker, and launching it on this machine.
 
 The same worker runs everywhere: ``pillars run training --param nproc=2`` starts it as two local
-processes (gloo on CPU), and on a cluster the Kubeflow Trainer launcher (``components.trainjob``)
+processes (gloo on CPU), and on a cluster the Kubeflow Trainer launcher (``pillars.components.trainjob``)
 starts it as a ``TrainJob`` of N nodes x M GPUs (NCCL). Rank 0 writes checkpoints, logs epochs to
 MLflow and saves the model; every rank computes the same validation, so early stopping agrees.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from components.errors import PillarsError
+from pillars.components.errors import PillarsError
 
 RESULT_FILE = "train_result.json"
 ERROR_MARK = "pillars-worker-error:"
@@ -42,7 +42,7 @@ def torchrun_command(nproc: int, nnodes: int = 1, standalone: bool = True) -> li
     """``torchrun`` (as ``python -m torch.distributed.run``) starting this module's worker."""
     rendezvous = ["--standalone"] if standalone else []
     return [sys.executable, "-m", "torch.distributed.run", *rendezvous, f"--nnodes={nnodes}",
-            f"--nproc-per-node={nproc}", "-m", "components.distributed"]
+            f"--nproc-per-node={nproc}", "-m", "pillars.components.distributed"]
 
 
 def launch_local(nproc: int, args: list[str], timeout: float | None = None) -> dict[str, Any]:
@@ -65,10 +65,10 @@ def launch_local(nproc: int, args: list[str], timeout: float | None = None) -> d
 
 def worker_main(argv: list[str] | None = None) -> int:
     """Entry point of each torchrun process: join the group, train its shard, rank 0 saves."""
-    from components.prepare_data import load_metadata, load_split
-    from components.train import EpochLogger, TrainParams, fit, write_model
+    from pillars.components.prepare_data import load_metadata, load_split
+    from pillars.components.train import EpochLogger, TrainParams, fit, write_model
 
-    parser = argparse.ArgumentParser(prog="python -m components.distributed")
+    parser = argparse.ArgumentParser(prog="python -m pillars.components.distributed")
     for name in ("train", "val", "metadata", "params", "model-dir", "checkpoint-dir"):
         parser.add_argument(f"--{name}", required=True)
     parser.add_argument("--mlflow-run-id", default="")
@@ -91,7 +91,7 @@ def worker_main(argv: list[str] | None = None) -> int:
         params = TrainParams(**json.loads(args.params))
         initial_state = None
         if args.init_model:
-            from components.models import load_model
+            from pillars.components.models import load_model
 
             initial_state = load_model(args.init_model).state_dict()
         result = fit(load_split(args.train), load_split(args.val), load_metadata(args.metadata), params,

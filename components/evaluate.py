@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
-from components.models import Predictor
+from pillars.components.models import Predictor
 
 OVERFIT_GAP = 0.05
 """Train-minus-validation accuracy (or relative RMSE) gap above which the model is flagged as overfitting."""
@@ -157,9 +157,9 @@ def run_evaluation(model_dir: str, split_paths: dict[str, str], mlflow_run_id: s
     import mlflow
     import matplotlib.pyplot as plt
 
-    from components.prepare_data import load_split
-    from components.tracking import configure_tracking
-    from components.train import load_history
+    from pillars.components.prepare_data import load_split
+    from pillars.components.tracking import configure_tracking
+    from pillars.components.train import load_history
 
     configure_tracking(tracking_uri or None)
     predictor = Predictor.load(model_dir)

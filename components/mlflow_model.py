@@ -10,7 +10,8 @@ import pandas as pd
 from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
 
-from components.models import CONFIG_FILE, PROFILE_FILE, WEIGHTS_FILE, Predictor, locate_model_dir
+from pillars.components.models import CONFIG_FILE, PROFILE_FILE, WEIGHTS_FILE, Predictor, locate_model_dir
+from pillars.components.settings import DISTRIBUTION, package_version
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 ARTIFACT_PATH = "model"
@@ -57,7 +58,7 @@ def log_pillars_model(
         artifacts=artifacts,
         signature=infer_signature(example, output),
         input_example=example,
-        pip_requirements=[f"pillars=={_version()}"],
+        pip_requirements=[f"{DISTRIBUTION}=={package_version()}"],
     )
 
 
@@ -65,16 +66,10 @@ class PillarsPredict:
     """Calls the pyfunc's predict in-process (used to infer the output signature)."""
 
     def __init__(self, predictor: Predictor) -> None:
-        from components.pyfunc_model import PillarsPyfunc
+        from pillars.components.pyfunc_model import PillarsPyfunc
 
         self._model = PillarsPyfunc()
         self._model.predictor = predictor
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
         return self._model.predict(None, frame)
-
-
-def _version() -> str:
-    from components.settings import package_version
-
-    return package_version()

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from components.errors import ConfigError, PillarsError
+from pillars.components.errors import ConfigError, PillarsError
 
 FORMAT = "pillars.v1"
 CONFIG_FILE = "config.json"

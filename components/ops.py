@@ -12,7 +12,7 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
-from components.settings import Settings
+from pillars.components.settings import Settings
 
 IMAGE = Settings().image
 
@@ -20,8 +20,8 @@ IMAGE = Settings().image
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def resolve_task(model_name: str, task: str, tracking_uri: str) -> str:
     """The task to retrain: ``task`` when given, else the one the champion of ``model_name`` was trained on."""
-    from components.register import task_of_champion
-    from components.tracking import configure_tracking
+    from pillars.components.register import task_of_champion
+    from pillars.components.tracking import configure_tracking
 
     if task:
         return task
@@ -45,7 +45,7 @@ def prepare_data(
     metadata: Output[Artifact],
 ) -> str:
     """Load, clean and split the data; write ``.npz`` splits and the metadata/profile JSON. Returns the data hash."""
-    from components.prepare_data import PrepareParams, run_prepare
+    from pillars.components.prepare_data import PrepareParams, run_prepare
 
     params = PrepareParams(task=task, source=source, label_column=label_column, seed=seed,
                            val_fraction=val_fraction, test_fraction=test_fraction,
@@ -81,7 +81,7 @@ def train(
     Returns the MLflow run id."""
     import json
 
-    from components.train import TrainParams, run_training
+    from pillars.components.train import TrainParams, run_training
 
     with open(metadata.path) as f:
         name = model_name or json.load(f)["task"]
@@ -107,7 +107,7 @@ def evaluate(
     """Test metrics, overfitting gap, confusion matrix, ROC and an HTML report. Returns the metrics as JSON."""
     import json
 
-    from components.evaluate import run_evaluation
+    from pillars.components.evaluate import run_evaluation
 
     result = run_evaluation(model.path, {"train": train_data.path, "val": val_data.path, "test": test_data.path},
                             mlflow_run_id, report.path, tracking_uri)
@@ -138,7 +138,7 @@ def validate(
     """
     import json
 
-    from components.validate import run_gate
+    from pillars.components.validate import run_gate
 
     with open(metadata.path) as f:
         name = model_name or json.load(f)["task"]
@@ -165,7 +165,7 @@ def register(
     import json
     from collections import namedtuple
 
-    from components.register import run_register
+    from pillars.components.register import run_register
 
     with open(metadata.path) as f:
         name = model_name or json.load(f)["task"]
@@ -181,8 +181,8 @@ def promote(model_name: str, version: str, decision: Input[Artifact], tracking_u
     """Move alias ``champion`` to the approved version (recorded in the alias history)."""
     import json
 
-    from components.register import promote as promote_version
-    from components.tracking import configure_tracking
+    from pillars.components.register import promote as promote_version
+    from pillars.components.tracking import configure_tracking
 
     with open(decision.path) as f:
         reasons = "; ".join(json.load(f)["reasons"])

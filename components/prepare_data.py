@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from components.datasets import RawData, as_float_matrix, load_builtin, load_table
-from components.errors import ConfigError, DataError
-from components.profile import build_profile
-from components.tasks import TaskSpec, get_task
+from pillars.components.datasets import RawData, as_float_matrix, load_builtin, load_table
+from pillars.components.errors import ConfigError, DataError
+from pillars.components.profile import build_profile
+from pillars.components.tasks import TaskSpec, get_task
 
 MISSING_POLICIES = ("median", "mean", "zero", "drop")
 

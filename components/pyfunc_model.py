@@ -15,7 +15,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from components.models import Predictor
+from pillars.components.models import Predictor
 
 
 class PillarsPyfunc(mlflow.pyfunc.PythonModel):

@@ -17,10 +17,10 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from components.mlflow_model import log_pillars_model
-from components.models import PROFILE_FILE
-from components.registry import CHALLENGER, CHAMPION, alias_version, client, move_alias
-from components.settings import package_version
+from pillars.components.mlflow_model import log_pillars_model
+from pillars.components.models import PROFILE_FILE
+from pillars.components.registry import CHALLENGER, CHAMPION, alias_version, client, move_alias
+from pillars.components.settings import package_version
 
 logger = logging.getLogger("pillars.register")
 
@@ -98,7 +98,7 @@ def task_of_champion(model_name: str) -> str:
     Raises:
         RegistryError: the model has no champion, or the champion has no task tag.
     """
-    from components.errors import RegistryError
+    from pillars.components.errors import RegistryError
 
     version = champion_version(model_name)
     if version is None:
@@ -122,8 +122,8 @@ def download_version(model_name: str, version: str) -> Path:
 def run_register(model_dir: str, metadata_path: str, test_path: str, model_name: str, mlflow_run_id: str,
                  kfp_run_id: str, approved: bool, reasons: str, tracking_uri: str = "") -> str:
     """Register the trained model with its lineage and gate decision; returns the version."""
-    from components.prepare_data import load_metadata, load_split
-    from components.tracking import configure_tracking
+    from pillars.components.prepare_data import load_metadata, load_split
+    from pillars.components.tracking import configure_tracking
 
     configure_tracking(tracking_uri or None)
     metadata = load_metadata(metadata_path)

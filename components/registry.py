@@ -16,7 +16,7 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from components.errors import RegistryError
+from pillars.components.errors import RegistryError
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

@@ -9,10 +9,14 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+DISTRIBUTION = "pillars-mlops"
+"""The distribution that installs the ``pillars`` import namespace (``pip install pillars-mlops``)."""
+
+
 def package_version() -> str:
-    """The installed version of the ``pillars`` distribution (``0.0.0`` when run from a bare tree)."""
+    """The installed version of the ``pillars-mlops`` distribution (``0.0.0`` when run from a bare tree)."""
     try:
-        return metadata.version("pillars")
+        return metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         return "0.0.0"
 

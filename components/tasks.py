@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from components.errors import ConfigError
+from pillars.components.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,7 +18,7 @@ class TaskSpec:
         name: registry key, used as ``--task`` and as the default registered model name.
         kind: ``classification`` or ``regression``.
         architecture: ``mlp`` for tabular features, ``cnn`` for images.
-        builtin: name of a data set shipped with an installed package (see ``components.datasets``),
+        builtin: name of a data set shipped with an installed package (see ``pillars.components.datasets``),
             or None when the user must give a source path and label column.
         primary_metric: the test metric the gate compares against the champion (higher is better
             unless ``lower_is_better``).

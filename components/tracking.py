@@ -1,13 +1,22 @@
-"""Where MLflow lives: a server named by ``MLFLOW_TRACKING_URI``, else the embedded local store."""
+"""Where the MLflow registry lives, found the same way by every command.
+
+``MLFLOW_TRACKING_URI`` when set, else the embedded store of this folder, ``<PILLARS_HOME>/mlflow.db``
+(``./.pillars/mlflow.db``): the store ``pillars run`` writes is the one ``pillars models``,
+``pillars serve``, ``pillars up``, the trigger and ``pillars deploy`` read.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import httpx
 import mlflow
 
-from components.settings import Settings
+from pillars.components.errors import ConfigError
+from pillars.components.settings import Settings
+
+REACH_TIMEOUT_S = 5.0
 
 
 def default_tracking_uri(settings: Settings | None = None) -> str:
@@ -24,13 +33,53 @@ def is_local_store(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:")) or "://" not in uri
 
 
-def configure_tracking(uri: str | None = None, settings: Settings | None = None) -> str:
-    """Point MLflow at ``uri`` (or the default) and return it; creates the home folder for a local store."""
+def configure_tracking(uri: str | None = None, settings: Settings | None = None, create: bool = True) -> str:
+    """Point MLflow at ``uri`` (or the default) and return it.
+
+    Args:
+        uri: a tracking URI; empty or None: :func:`default_tracking_uri`.
+        settings: where the embedded store lives.
+        create: a writer (a pipeline step) creates the embedded store's folder; a reader (``pillars
+            models``, ``serve``, ``up``, the trigger, ``deploy``) asks for an existing store instead,
+            and checks that a tracking server answers.
+
+    Raises:
+        ConfigError: (readers only) the embedded store does not exist, or the server cannot be reached.
+    """
     uri = (uri or "").strip() or default_tracking_uri(settings)
     if is_local_store(uri):
-        (settings or Settings()).resolved_home().mkdir(parents=True, exist_ok=True)
+        if create:
+            (settings or Settings()).resolved_home().mkdir(parents=True, exist_ok=True)
+        else:
+            _check_local_store(uri)
+    elif not create:
+        check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def check_reachable(uri: str) -> None:
+    """Fail fast, in one line naming ``uri``, when no MLflow server answers there.
+
+    Any HTTP answer counts (a server with auth answers 401 to a bare request); only a connection
+    failure or time-out does not. MLflow's own client would retry for minutes instead.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        httpx.get(f"{uri.rstrip('/')}/health", timeout=REACH_TIMEOUT_S)
+    except httpx.HTTPError as e:
+        raise ConfigError(f"cannot reach the MLflow registry at {uri}: {type(e).__name__}: {e}") from e
+
+
+def _check_local_store(uri: str) -> None:
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))  # sqlite:////abs/path or sqlite:///relative/path
+    else:
+        path = Path(uri.removeprefix("file:").removeprefix("//"))
+    if not path.exists():
+        raise ConfigError(f"no MLflow registry at {uri}: train a model here first (pillars run training), "
+                          "or set MLFLOW_TRACKING_URI to your MLflow server")
 
 
 def ensure_experiment(name: str, settings: Settings | None = None) -> str:
@@ -49,8 +98,3 @@ def ensure_experiment(name: str, settings: Settings | None = None) -> str:
         if experiment is None:
             raise
         return experiment.experiment_id
-
-
-def artifact_home(settings: Settings | None = None) -> Path:
-    """Local artifact folder of the embedded store."""
-    return (settings or Settings()).resolved_home() / "artifacts"

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from components.errors import ConfigError
-from components.models import ModelConfig, PillarsNet, build_model, save_model
+from pillars.components.errors import ConfigError
+from pillars.components.models import ModelConfig, PillarsNet, build_model, save_model
 
 logger = logging.getLogger("pillars.train")
 
@@ -135,7 +135,7 @@ def fit(
     Args:
         train: ``(x, y)`` of the train split, raw features.
         val: ``(x, y)`` of the validation split.
-        metadata: what :func:`components.prepare_data.prepare` wrote (task, kind, shapes, normalisation).
+        metadata: what :func:`pillars.components.prepare_data.prepare` wrote (task, kind, shapes, normalisation).
         params: hyperparameters.
         checkpoint_dir: where ``last.pt`` is written after each epoch and read at start; a checkpoint
             with the same :func:`fingerprint` is resumed from its next epoch.
@@ -358,8 +358,8 @@ def write_model(result: TrainResult, output_dir: str | Path) -> Path:
 def warm_start_state(model_name: str, metadata: dict[str, Any]) -> tuple[str | None, Path | None]:
     """The champion of ``model_name`` as a starting point: ``(version, model folder)`` when its inputs,
     outputs and architecture match the prepared data, else ``(None, None)``."""
-    from components.models import Predictor
-    from components.register import champion_version, download_version
+    from pillars.components.models import Predictor
+    from pillars.components.register import champion_version, download_version
 
     version = champion_version(model_name)
     if version is None:
@@ -445,17 +445,17 @@ def run_training(
     """
     import mlflow
 
-    from components.evaluate import learning_curve_figure
-    from components.prepare_data import load_metadata, load_split
-    from components.settings import Settings
-    from components.tracking import configure_tracking, ensure_experiment
+    from pillars.components.evaluate import learning_curve_figure
+    from pillars.components.prepare_data import load_metadata, load_split
+    from pillars.components.settings import Settings
+    from pillars.components.tracking import configure_tracking, ensure_experiment
 
     configure_tracking(tracking_uri or None)
     metadata = load_metadata(metadata_path)
     warm_version, warm_dir = warm_start_state(warm_start_from, metadata) if warm_start_from else (None, None)
     initial_state = None
     if warm_dir is not None:
-        from components.models import load_model
+        from pillars.components.models import load_model
 
         initial_state = load_model(warm_dir).state_dict()
     root = checkpoint_root or str(Settings().resolved_checkpoint_root())
@@ -485,7 +485,7 @@ def run_training(
         elif params.nodes > 1:
             raise ConfigError("nodes > 1 needs launcher=trainjob (a Kubeflow Trainer TrainJob on a cluster)")
         elif params.nproc > 1:
-            from components.distributed import launch_local, worker_args
+            from pillars.components.distributed import launch_local, worker_args
 
             summary = launch_local(params.nproc, worker_args(
                 train_path, val_path, metadata_path, params, model_dir, str(ckpt), run.info.run_id,
@@ -519,9 +519,9 @@ def _train_on_cluster(train_path: str, val_path: str, metadata_path: str, params
     """Stage inputs on the shared volume, run a TrainJob, copy the model back into ``model_dir``."""
     import shutil
 
-    from components.distributed import worker_args
-    from components.settings import Settings
-    from components.trainjob import TrainJobSpec, current_namespace, launch_trainjob
+    from pillars.components.distributed import worker_args
+    from pillars.components.settings import Settings
+    from pillars.components.trainjob import TrainJobSpec, current_namespace, launch_trainjob
 
     stage = ckpt / "inputs"
     stage.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 The train step (a KFP pod) stages its inputs on a shared volume (the checkpoint PVC), creates a
 ``TrainJob`` (``trainer.kubeflow.org/v1alpha1``, runtime ``torch-distributed``: N nodes x M processes)
-whose pods run the same worker as ``pillars run training --param nproc=M`` (``components.distributed``)
+whose pods run the same worker as ``pillars run training --param nproc=M`` (``pillars.components.distributed``)
 through ``torchrun`` (the runtime sets the ``PET_*`` rendezvous variables), waits for it, and reads the
 model rank 0 wrote back from the volume. The API version is pinned: v1alpha1 still changes.
 """
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from components.errors import PillarsError
+from pillars.components.errors import PillarsError
 
 GROUP = "trainer.kubeflow.org"
 VERSION = "v1alpha1"
@@ -63,7 +63,7 @@ def build_trainjob(spec: TrainJobSpec) -> dict[str, Any]:
         limits["nvidia.com/gpu"] = str(spec.gpus_per_node)
     trainer: dict[str, Any] = {
         "image": spec.image,
-        "command": ["torchrun", "-m", "components.distributed"],
+        "command": ["torchrun", "-m", "pillars.components.distributed"],
         "args": list(spec.worker_args),
         "numNodes": spec.nodes,
         "numProcPerNode": spec.procs_per_node,
@@ -139,7 +139,7 @@ def launch_trainjob(spec: TrainJobSpec, model_dir: str, timeout: float = 6 * 360
         header_params={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
         body=body, response_type="object", auth_settings=["BearerToken"])
     wait_for(lambda: api.get_namespaced_custom_object(GROUP, VERSION, spec.namespace, PLURAL, spec.name), timeout)
-    from components.distributed import RESULT_FILE
+    from pillars.components.distributed import RESULT_FILE
 
     return json.loads(Path(model_dir, RESULT_FILE).read_text())
 

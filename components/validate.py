@@ -13,8 +13,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from components.errors import ConfigError
-from components.tasks import TaskSpec
+from pillars.components.errors import ConfigError
+from pillars.components.tasks import TaskSpec
 
 logger = logging.getLogger("pillars.validate")
 
@@ -93,10 +93,10 @@ def champion_score(model_name: str, task: TaskSpec, test: tuple[np.ndarray, np.n
     Returns:
         ``(version, score, how)``; ``(None, None, ...)`` when there is no champion.
     """
-    from components.evaluate import split_metrics
-    from components.models import Predictor
-    from components.register import champion_version, download_version
-    from components.registry import client
+    from pillars.components.evaluate import split_metrics
+    from pillars.components.models import Predictor
+    from pillars.components.register import champion_version, download_version
+    from pillars.components.registry import client
 
     version = champion_version(model_name)
     if version is None:
@@ -113,9 +113,9 @@ def champion_score(model_name: str, task: TaskSpec, test: tuple[np.ndarray, np.n
 def run_gate(metrics_json: str, metadata_path: str, test_path: str, model_name: str, thresholds: str,
              margin: float, tracking_uri: str = "") -> GateDecision:
     """Apply :func:`gate` to the candidate's metrics against thresholds and the registry's champion."""
-    from components.prepare_data import load_metadata, load_split
-    from components.tasks import get_task
-    from components.tracking import configure_tracking
+    from pillars.components.prepare_data import load_metadata, load_split
+    from pillars.components.tasks import get_task
+    from pillars.components.tracking import configure_tracking
 
     configure_tracking(tracking_uri or None)
     metadata = load_metadata(metadata_path)

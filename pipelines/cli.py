@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from components.errors import ConfigError, PillarsError
+from pillars.components.errors import ConfigError, PillarsError
 
 PIPELINES = ("training", "retraining")
 
@@ -21,11 +21,11 @@ PIPELINES = ("training", "retraining")
 def pipeline_factory(name: str) -> Callable[..., Any]:
     """The builder of pipeline ``name`` (imported lazily: kfp and the components load only when needed)."""
     if name == "training":
-        from pipelines.training import training_pipeline
+        from pillars.pipelines.training import training_pipeline
 
         return training_pipeline
     if name == "retraining":
-        from pipelines.training import retraining_pipeline
+        from pillars.pipelines.training import retraining_pipeline
 
         return retraining_pipeline
     raise ConfigError(f"unknown pipeline {name!r}; choose from: {', '.join(PIPELINES)}")
@@ -75,7 +75,7 @@ def cron_expression(text: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.local import run_local
+    from pillars.pipelines.local import run_local
 
     pipeline = pipeline_factory(args.pipeline)(cache_data=not args.no_cache)
     arguments = parse_params(args.param, pipeline)
@@ -92,11 +92,11 @@ def compile_pipeline(name: str, output: str, as_k8s: bool = False, params: Seque
                      namespace: str | None = None, **cluster_options: Any) -> str:
     """Compile pipeline ``name`` to KFP IR YAML (or, ``as_k8s``, Pipeline/PipelineVersion resources).
 
-    ``cluster_options`` are the fields of :class:`pipelines.training.ClusterOptions` (GPUs, PVC, deploy...).
+    ``cluster_options`` are the fields of :class:`pillars.pipelines.training.ClusterOptions` (GPUs, PVC, deploy...).
     """
     from kfp import compiler
 
-    from components.settings import Settings
+    from pillars.components.settings import Settings
 
     pipeline = pipeline_factory(name)(**cluster_options)
     defaults = {"tracking_uri": Settings().cluster_mlflow_uri, **parse_params(params, pipeline)}
@@ -148,7 +148,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     import kfp
 
-    from pipelines.training import check_arguments
+    from pillars.pipelines.training import check_arguments
 
     schedule = cron_expression(args.schedule) if args.schedule else None
     pipeline = pipeline_factory(args.pipeline)()
@@ -177,11 +177,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from components import registry
-    from components.register import promote
-    from components.tracking import configure_tracking
+    from pillars.components import registry
+    from pillars.components.register import promote
+    from pillars.components.tracking import configure_tracking
 
-    configure_tracking()
+    configure_tracking(create=False)
     if args.action == "list":
         rows = registry.list_models()
         if not rows:
@@ -208,7 +208,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _print_versions(name: str, limit: int = 10) -> None:
-    from components import registry
+    from pillars.components import registry
 
     rows = registry.list_versions(name)
     for row in rows[:limit]:
@@ -219,23 +219,23 @@ def _print_versions(name: str, limit: int = 10) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pipelines.demo import run_demo
+    from pillars.pipelines.demo import run_demo
 
     return run_demo(task=args.task, epochs=args.epochs, serve=not args.no_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from serving.__main__ import main as serve_main
+    from pillars.serving.__main__ import main as serve_main
 
     return serve_main(["--model_uri", args.model_uri, *args.rest])
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from components.registry import CHAMPION, alias_version
-    from components.tracking import configure_tracking
-    from pipelines.stack import Stack, Timing, parse_ports
+    from pillars.components.registry import CHAMPION, alias_version
+    from pillars.components.tracking import configure_tracking
+    from pillars.pipelines.stack import Stack, Timing, parse_ports
 
-    configure_tracking()
+    configure_tracking(create=False)
     if alias_version(args.model, CHAMPION) is None:
         raise ConfigError(f"{args.model} has no champion to serve; train one first: pillars run training --task ...")
     state = Stack().up(args.model, parse_ports(args.ports), Timing.fast() if args.fast else Timing(), args.param)
@@ -247,7 +247,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from pipelines.stack import Stack
+    from pillars.pipelines.stack import Stack
 
     stopped = Stack().down()
     print(f"stopped: {', '.join(stopped)}" if stopped else "the local stack was not running")
@@ -255,7 +255,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
-    from serving.alerts import helm_rules_file, rules_file
+    from pillars.serving.alerts import helm_rules_file, rules_file
 
     text = helm_rules_file() if args.helm else rules_file()
     if args.output:
@@ -267,13 +267,13 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 
 def cmd_trigger(args: argparse.Namespace) -> int:
-    from pipelines.trigger import main as trigger_main
+    from pillars.pipelines.trigger import main as trigger_main
 
     return trigger_main(args.rest)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from components.deploy import main as deploy_main
+    from pillars.components.deploy import main as deploy_main
 
     return deploy_main(args.rest)
 

@@ -8,14 +8,14 @@ import subprocess
 import sys
 import time
 
-from components import registry
-from components.settings import Settings
+from pillars.components import registry
+from pillars.components.settings import Settings
 
 
 def run_demo(task: str = "breast_cancer", epochs: int = 30, serve: bool = True) -> int:
     """Run the training pipeline locally, show the registry, then serve the champion and query it."""
-    from pipelines.local import run_local
-    from pipelines.training import training_pipeline
+    from pillars.pipelines.local import run_local
+    from pillars.pipelines.training import training_pipeline
 
     started = time.monotonic()
     log = Settings().resolved_home() / "logs" / f"demo-{time.strftime('%Y%m%d-%H%M%S')}.log"
@@ -47,16 +47,16 @@ def run_demo(task: str = "breast_cancer", epochs: int = 30, serve: bool = True) 
 
 def serve_and_query(name: str, tracking_uri: str) -> tuple[dict, dict]:
     """Start the model server for ``models:/name@champion``, send one V2 HTTP and one gRPC request, stop it."""
-    from components.prepare_data import PrepareParams, prepare
-    from serving.demo import query_once
+    from pillars.components.prepare_data import PrepareParams, prepare
+    from pillars.serving.demo import query_once
 
-    from pipelines.stack import free_port, stop_group, wait_ready
+    from pillars.pipelines.stack import free_port, stop_group, wait_ready
 
     http_port, grpc_port = free_port(), free_port()
     log_path = Settings().resolved_home() / "logs" / "demo-server.log"
     log = open(log_path, "wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "serving", "--model_uri", f"models:/{name}@champion", "--model_name", name,
+        [sys.executable, "-m", "pillars.serving", "--model_uri", f"models:/{name}@champion", "--model_name", name,
          "--http_port", str(http_port), "--grpc_port", str(grpc_port)],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri})

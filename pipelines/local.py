@@ -11,8 +11,8 @@ from typing import Any
 
 from kfp import local
 
-from components.settings import Settings
-from components.tracking import configure_tracking
+from pillars.components.settings import Settings
+from pillars.components.tracking import configure_tracking
 
 logger = logging.getLogger("pillars.local")
 
@@ -30,7 +30,7 @@ def run_local(pipeline: Callable[..., Any], arguments: Mapping[str, Any], settin
     Returns:
         The tracking URI the run used.
     """
-    from pipelines.training import check_arguments
+    from pillars.pipelines.training import check_arguments
 
     check_arguments(pipeline, dict(arguments))
     settings = settings or Settings()

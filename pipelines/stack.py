@@ -6,7 +6,7 @@
 2. the model server for ``models:/NAME@champion``, reloading when the champion moves;
 3. the retraining trigger (``pillars trigger``), with a fresh bearer token;
 4. Alertmanager, routing alerts labelled ``pillars_action="retrain"`` to the trigger;
-5. Prometheus, scraping the model server and the trigger, with the alert rules of ``serving.alerts``.
+5. Prometheus, scraping the model server and the trigger, with the alert rules of ``pillars.serving.alerts``.
 
 ``down`` stops every process group ``up`` started. Ports and state live in ``<home>/stack/state.json``.
 """
@@ -29,9 +29,9 @@ from typing import Any
 import httpx
 import yaml
 
-from components.errors import ConfigError, PillarsError
-from components.settings import Settings
-from serving.alerts import AlertSettings, rules_file
+from pillars.components.errors import ConfigError, PillarsError
+from pillars.components.settings import Settings
+from pillars.serving.alerts import AlertSettings, rules_file
 
 
 class StackError(PillarsError, RuntimeError):
@@ -153,12 +153,12 @@ class Stack:
                         "--backend-store-uri", f"sqlite:///{self.home / 'mlflow.db'}",
                         "--artifacts-destination", str(self.home / "artifacts"), "--workers", "1"],
              f"{mlflow_url}/health"),
-            ("model-server", [sys.executable, "-m", "serving", "--model_uri", f"models:/{model}@champion",
+            ("model-server", [sys.executable, "-m", "pillars.serving", "--model_uri", f"models:/{model}@champion",
                               "--model_name", model, "--http_port", str(ports.http), "--grpc_port", str(ports.grpc),
                               "--reload_interval_s", str(timing.reload_interval_s),
                               "--drift_interval_s", str(timing.drift_interval_s), *(server_args or [])],
              f"{urls['model_http']}/v2/health/ready"),
-            ("trigger", [sys.executable, "-m", "pipelines.cli", "trigger", "--port", str(ports.trigger),
+            ("trigger", [sys.executable, "-m", "pillars.pipelines.cli", "trigger", "--port", str(ports.trigger),
                          "--token-file", str(token_file), "--cooldown", str(timing.cooldown_s),
                          "--param", f"tracking_uri={mlflow_url}",
                          *[a for p in (params or []) for a in ("--param", p)]],

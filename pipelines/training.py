@@ -10,7 +10,7 @@ from typing import Any
 
 from kfp import dsl, kubernetes
 
-from components import ops
+from pillars.components import ops
 
 PIPELINE_NAME = "pillars-training"
 
@@ -116,7 +116,7 @@ def _steps(options: ClusterOptions, task: Any, args: dict[str, Any], warm_start:
 
 def _deploy_steps(options: ClusterOptions, registered: Any, uri: Any) -> Any:
     """Roll the new champion out: a canary share first (when asked), then all traffic. Returns the first step."""
-    from components.deploy import deploy_op
+    from pillars.components.deploy import deploy_op
 
     def step(canary: int, name: str) -> Any:
         task = deploy_op(model_name=registered.outputs["model_name"], alias="champion",
@@ -224,11 +224,11 @@ def check_arguments(pipeline: Any, arguments: dict[str, Any]) -> None:
     Raises:
         ConfigError: naming the bad argument.
     """
-    from components.errors import ConfigError
-    from components.prepare_data import PrepareParams
-    from components.tasks import get_task
-    from components.train import TrainParams
-    from components.validate import parse_thresholds
+    from pillars.components.errors import ConfigError
+    from pillars.components.prepare_data import PrepareParams
+    from pillars.components.tasks import get_task
+    from pillars.components.train import TrainParams
+    from pillars.components.validate import parse_thresholds
 
     inputs = pipeline.component_spec.inputs or {}
     merged = {name: spec.default for name, spec in inputs.items() if spec.default is not None}

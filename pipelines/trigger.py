@@ -114,7 +114,7 @@ Starter = Callable[[str], str]
 
 def local_starter(params: Sequence[str], log_dir: Path, command: Sequence[str] | None = None) -> Starter:
     """Starts ``pillars run retraining --param model_name=M`` (plus ``params``) as a child process."""
-    base = list(command) if command else [sys.executable, "-m", "pipelines.cli", "run", "retraining"]
+    base = list(command) if command else [sys.executable, "-m", "pillars.pipelines.cli", "run", "retraining"]
 
     def start(model: str) -> str:
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -137,7 +137,7 @@ def kfp_starter(host: str, experiment: str, params: Sequence[str], namespace: st
 
         import kfp
 
-        from pipelines.cli import compile_pipeline, parse_params, pipeline_factory
+        from pillars.pipelines.cli import compile_pipeline, parse_params, pipeline_factory
 
         arguments = {**parse_params(params, pipeline_factory("retraining")()), "model_name": model}
         with tempfile.TemporaryDirectory() as tmp:
@@ -217,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``pillars trigger``: serve the webhook receiver until stopped."""
     import uvicorn
 
-    from components.settings import Settings
+    from pillars.components.settings import Settings
 
     parser = argparse.ArgumentParser(prog="pillars trigger", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")

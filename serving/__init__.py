@@ -11,14 +11,14 @@ from typing import Any
 __all__ = ["Batcher", "DriftMonitor", "PillarsModel", "PillarsModelServer", "ServingSettings", "main", "query_once", "serve_argv"]
 
 _WHERE = {
-    "Batcher": "serving.batching",
-    "DriftMonitor": "serving.drift",
-    "PillarsModel": "serving.model",
-    "PillarsModelServer": "serving.server",
-    "ServingSettings": "serving.settings",
-    "main": "serving.__main__",
-    "query_once": "serving.demo",
-    "serve_argv": "serving.cli",
+    "Batcher": "pillars.serving.batching",
+    "DriftMonitor": "pillars.serving.drift",
+    "PillarsModel": "pillars.serving.model",
+    "PillarsModelServer": "pillars.serving.server",
+    "ServingSettings": "pillars.serving.settings",
+    "main": "pillars.serving.__main__",
+    "query_once": "pillars.serving.demo",
+    "serve_argv": "pillars.serving.cli",
 }
 
 

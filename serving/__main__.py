@@ -1,4 +1,4 @@
-"""``python -m serving``: the container entrypoint (KServe's flags plus ours).
+"""``python -m pillars.serving``: the container entrypoint (KServe's flags plus ours).
 
 Flags are accepted in KServe's underscore spelling (``--http_port``) and in dash spelling
 (``--http-port``), so ``pillars serve MODEL_URI --http-port 8080`` can pass its flags straight on.
@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from components.errors import PillarsError
+from pillars.components.errors import PillarsError
 
 logger = logging.getLogger("serving")
 
@@ -22,10 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     """KServe's model-server parser as a parent, plus where the model is and how to serve it."""
     from kserve.model_server import parser as kserve_parser
 
-    from serving.settings import ServingSettings
+    from pillars.serving.settings import ServingSettings
 
     env = ServingSettings()
-    parser = argparse.ArgumentParser(prog="python -m serving", parents=[kserve_parser],
+    parser = argparse.ArgumentParser(prog="python -m pillars.serving", parents=[kserve_parser],
                                      description="Serve a Pillars model with the KServe model server.")
     parser.set_defaults(model_name=None, enable_latency_logging=False)
     parser.add_argument("--model_uri", default=env.model_uri,
@@ -93,10 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(normalize_flags(sys.argv[1:] if argv is None else argv, parser))
     _configure_logging(args.log_level)
 
-    from serving.auth import load_auth
-    from serving.model import PillarsModel
-    from serving.server import PillarsModelServer
-    from serving.settings import ServingSettings
+    from pillars.components.tracking import configure_tracking
+    from pillars.serving.auth import load_auth
+    from pillars.serving.model import PillarsModel
+    from pillars.serving.server import PillarsModelServer
+    from pillars.serving.settings import ServingSettings
 
     imported = time.perf_counter()
     try:
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             drift_share=args.drift_share, drift_window=args.drift_window, drift_min_rows=args.drift_min_rows,
             drift_interval_s=args.drift_interval_s, reload_interval_s=args.reload_interval_s)
         auth = load_auth(settings.auth_token_file, settings.auth_token)
+        if settings.model_uri.startswith(("models:/", "runs:/")):
+            configure_tracking(create=False)  # the registry every command finds: MLFLOW_TRACKING_URI or ./.pillars
         model = PillarsModel(args.model_name or default_model_name(settings.model_uri), settings)
         model.load()
     except (PillarsError, ValueError) as e:

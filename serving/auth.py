@@ -11,7 +11,7 @@ import hmac
 import re
 from pathlib import Path
 
-from components.errors import ConfigError
+from pillars.components.errors import ConfigError
 
 OPEN_HTTP_PATHS = re.compile(
     r"^/($|metrics$|v2/health/(live|ready)$|v2/models/[^/]+(/versions/[^/]+)?/ready$|v1/models/[^/:]+$)"

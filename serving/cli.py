@@ -1,4 +1,4 @@
-"""The bridge from ``pillars serve`` to ``python -m serving``: one function building the argument list."""
+"""The bridge from ``pillars serve`` to ``python -m pillars.serving``: one function building the argument list."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 def serve_argv(model_uri: str, http_port: int = 8080, grpc_port: int = 8081, max_batch_size: int | None = None,
                max_latency_ms: float | None = None, auth_token_file: str | Path | None = None,
                model_name: str | None = None) -> list[str]:
-    """Arguments for :func:`serving.__main__.main` (KServe's underscore spelling).
+    """Arguments for :func:`pillars.serving.__main__.main` (KServe's underscore spelling).
 
     ``pillars serve models:/iris@champion --http-port 9000`` becomes
     ``main(serve_argv("models:/iris@champion", http_port=9000))``. Options left as None keep the

@@ -16,7 +16,7 @@ import numpy as np
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
 
-from components.models import ModelConfig
+from pillars.components.models import ModelConfig
 
 INPUT_NAME = "input-0"
 NUMERIC_DATATYPES = frozenset({"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64",

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from serving.codec import INPUT_NAME
+from pillars.serving.codec import INPUT_NAME
 
 
 def v2_request(rows: np.ndarray) -> dict[str, Any]:

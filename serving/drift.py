@@ -35,7 +35,7 @@ Defaults and why:
 - ``interval_s=5``: well inside a 15-30 s Prometheus scrape interval, and the computation (a few ms
   for tabular models) runs at most once per interval.
 
-Models with more than :data:`serving.metrics.MAX_FEATURE_LABELS` inputs (images) are measured per
+Models with more than :data:`pillars.serving.metrics.MAX_FEATURE_LABELS` inputs (images) are measured per
 input value, but exported as one series ``feature="all"``: the mean JS distance and PSI over all
 values, the smallest KS p-value, and the model's drift flag.
 """
@@ -212,7 +212,7 @@ class DriftMonitor:
     """A sliding window of served rows and predictions, compared with the training profile.
 
     Args:
-        profile: the data profile (:func:`components.profile.build_profile`).
+        profile: the data profile (:func:`pillars.components.profile.build_profile`).
         feature_names: the model's input names, in column order (all must be in the profile).
         kind: ``classification`` or ``regression``.
         classes: class names of a classifier (index order of ``class_index``).

@@ -20,8 +20,8 @@ from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.grpc.servicer import InferenceServicer
 
-from serving import metrics
-from serving.auth import TokenAuth, grpc_method_is_open
+from pillars.serving import metrics
+from pillars.serving.auth import TokenAuth, grpc_method_is_open
 
 logger = logging.getLogger("serving")
 

@@ -3,11 +3,11 @@
 ``PillarsModel`` is a :class:`kserve.Model`; KServe's ``ModelServer`` runs it, so the same code runs
 in an InferenceService pod and on a laptop. The hooks:
 
-- ``load``: resolve the model (:mod:`serving.storage`), build the :class:`components.models.Predictor`,
-  run one warm-up batch, start drift monitoring against the model's data profile (:mod:`serving.drift`),
+- ``load``: resolve the model (:mod:`pillars.serving.storage`), build the :class:`pillars.components.models.Predictor`,
+  run one warm-up batch, start drift monitoring against the model's data profile (:mod:`pillars.serving.drift`),
   and only then set ``ready``.
-- ``preprocess``: decode the protocol payload into a checked float32 batch (:mod:`serving.codec`).
-- ``predict``: submit the batch to the micro-batcher (:mod:`serving.batching`).
+- ``preprocess``: decode the protocol payload into a checked float32 batch (:mod:`pillars.serving.codec`).
+- ``predict``: submit the batch to the micro-batcher (:mod:`pillars.serving.batching`).
 - ``postprocess``: encode outputs as the protocol the request came in.
 
 With ``reload_interval_s`` and a ``models:/NAME@ALIAS`` URI, a background thread follows the alias:
@@ -33,12 +33,12 @@ from kserve import Model
 from kserve.errors import InferenceError, InvalidInput
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
-from components.models import InputError, ModelConfig, Predictor, load_profile
-from serving import codec, metrics
-from serving.batching import Batcher, Outputs
-from serving.drift import DriftConfig, DriftMonitor
-from serving.settings import ServingSettings
-from serving.storage import ModelSource, discard, is_alias_uri, registry_version, resolve_model
+from pillars.components.models import InputError, ModelConfig, Predictor, load_profile
+from pillars.serving import codec, metrics
+from pillars.serving.batching import Batcher, Outputs
+from pillars.serving.drift import DriftConfig, DriftMonitor
+from pillars.serving.settings import ServingSettings
+from pillars.serving.storage import ModelSource, discard, is_alias_uri, registry_version, resolve_model
 
 logger = logging.getLogger("serving")
 
@@ -109,7 +109,7 @@ class PillarsModel(Model):
         """Download and load the model, run a warm-up batch, then mark the model ready.
 
         Raises:
-            components.errors.ConfigError: the model cannot be found or read.
+            pillars.components.errors.ConfigError: the model cannot be found or read.
         """
         started = time.perf_counter()
         device = pick_device(self.settings.device)
@@ -152,7 +152,7 @@ class PillarsModel(Model):
             True when a new version was swapped in.
 
         Raises:
-            components.errors.ConfigError: the registry or the new version cannot be read (the old
+            pillars.components.errors.ConfigError: the registry or the new version cannot be read (the old
                 version keeps serving).
         """
         assert self.predictor is not None and self.source is not None

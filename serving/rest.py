@@ -16,8 +16,8 @@ from typing import Any
 
 import orjson
 
-from serving import metrics
-from serving.auth import TokenAuth, http_path_is_open
+from pillars.serving import metrics
+from pillars.serving.auth import TokenAuth, http_path_is_open
 
 logger = logging.getLogger("serving")
 

@@ -8,10 +8,10 @@ from typing import Any
 from kserve import ModelServer
 from kserve import model_server as kserve_model_server
 
-from serving.auth import TokenAuth
-from serving.grpc_server import PillarsGRPCServer
-from serving.model import PillarsModel
-from serving.rest import ServingMiddleware
+from pillars.serving.auth import TokenAuth
+from pillars.serving.grpc_server import PillarsGRPCServer
+from pillars.serving.model import PillarsModel
+from pillars.serving.rest import ServingMiddleware
 
 logger = logging.getLogger("serving")
 

@@ -1,6 +1,6 @@
 """Resolving where a model lives (MLflow registry, run, S3 or a folder) to a local folder.
 
-Nothing here unpickles: we only download files; :func:`components.models.load_model` then reads
+Nothing here unpickles: we only download files; :func:`pillars.components.models.load_model` then reads
 ``config.json`` and ``model.safetensors``.
 """
 
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from components.errors import ConfigError
-from components.models import locate_model_dir
+from pillars.components.errors import ConfigError
+from pillars.components.models import locate_model_dir
 
 logger = logging.getLogger("serving")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.settings import package_version
+from pillars.components.settings import package_version
 from tests.cluster.conftest import CHART, VALUE_SETS, VALUES, run, validate
 
 
@@ -55,7 +55,7 @@ def test_default_install_has_mlflow_on_postgresql_reachable_through_its_service(
 
 
 def test_cluster_mlflow_uri_setting_matches_the_chart_service(render) -> None:
-    from components.settings import Settings
+    from pillars.components.settings import Settings
 
     service = next(d for d in render() if d["kind"] == "Service" and d["metadata"]["name"].endswith("-mlflow"))
     name, port = service["metadata"]["name"], service["spec"]["ports"][0]["port"]
@@ -68,7 +68,7 @@ def test_serving_runtime_supports_the_pillars_format_over_http_and_grpc(render) 
     assert default["supportedModelFormats"] == [{"name": "pillars", "version": "1", "autoSelect": True, "priority": 1}]
     assert runtimes["pillars-registry"]["spec"]["supportedModelFormats"][0]["autoSelect"] is False
     container = default["containers"][0]
-    assert container["command"] == ["python", "-m", "serving"]
+    assert container["command"] == ["python", "-m", "pillars.serving"]
     assert container["args"] == ["--model_name={{.Name}}", "--model_dir=/mnt/models",
                                  "--http_port=8080", "--grpc_port=8081"]
     assert "--model_dir=/mnt/models" not in runtimes["pillars-registry"]["spec"]["containers"][0]["args"]

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import yaml
 
-from components.settings import package_version
+from pillars.components.settings import package_version
 from tests.cluster.conftest import CHART, ROOT, VALUES, run
 from tests.conftest import require_tool
 from tests.processes import ServerProcess, free_port
@@ -84,7 +84,7 @@ def test_a_user_parameter_overrides_the_default_tracking_uri(render) -> None:
 
 
 def test_every_parameter_the_chart_passes_is_a_retraining_pipeline_parameter(render) -> None:
-    from pipelines.cli import parse_params, pipeline_factory
+    from pillars.pipelines.cli import parse_params, pipeline_factory
 
     params = _flags(_trigger_container(render(TRIGGER_VALUES))["args"])["--param"]
     arguments = parse_params(params, pipeline_factory("retraining")())
@@ -170,7 +170,7 @@ def test_the_rendered_arguments_start_the_real_trigger(render, tmp_path: Path) -
     local = {"--host": "127.0.0.1", "--port": str(port), "--token-file": str(token)}
     args = [f"{flag}={local[flag]}" if flag in local else arg
             for arg in container["args"] for flag in [arg.partition("=")[0]]]
-    server = ServerProcess([sys.executable, "-m", "pipelines.cli", "trigger", *args],
+    server = ServerProcess([sys.executable, "-m", "pillars.pipelines.cli", "trigger", *args],
                            log_path=tmp_path / "trigger.log", env={"PILLARS_HOME": str(tmp_path / ".pillars")})
     try:
         url = f"http://127.0.0.1:{port}"
@@ -233,7 +233,7 @@ def test_pipeline_runs_may_launch_and_clean_up_trainjobs_in_their_namespace_only
 
 
 def test_the_trainjob_rule_names_the_api_components_trainjob_uses() -> None:
-    from components import trainjob
+    from pillars.components import trainjob
 
     rbac = (CHART / "templates" / "rbac.yaml").read_text()
     assert f"apiGroups: [{trainjob.GROUP}]" in rbac and f"resources: [{trainjob.PLURAL}]" in rbac
@@ -253,7 +253,7 @@ def _defined_metrics() -> set[str]:
     """The series names Prometheus sees from the metric families the code defines (the names given
     to prometheus-client's Counter, Gauge, Histogram, Summary and *MetricFamily) and from the
     recording rules (serving/alerts.py, the source of the chart's rules)."""
-    from serving.alerts import rule_groups
+    from pillars.serving.alerts import rule_groups
 
     constructor = re.compile(r'\b(Counter|Gauge|Histogram|Summary)\w*\(\s*"([a-z_:][a-z0-9_:]*)"')
     families = [(kind, name) for path in METRIC_SOURCES for kind, name in constructor.findall(path.read_text())]

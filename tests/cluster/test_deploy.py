@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from components.deploy import (DeployError, DeploySpec, assess, build_inference_service, deploy, deploy_op, main,
+from pillars.components.deploy import (DeployError, DeploySpec, assess, build_inference_service, deploy, deploy_op, main,
                                mode_annotation, parse_model_ref, rollback_plan, wait_ready)
-from components.errors import ConfigError
-from components.settings import Settings, package_version
+from pillars.components.errors import ConfigError
+from pillars.components.settings import Settings, package_version
 from tests.cluster.conftest import FIXTURES, validate
 from tests.processes import free_port
 
@@ -280,7 +280,7 @@ def test_the_component_runs_in_the_components_image_without_installing_anything(
     container = deploy_op.component_spec.implementation.container
     assert container.image == Settings().image
     assert "pip install" not in " ".join(container.command)
-    assert "from components.deploy import" in " ".join(container.command)
+    assert "from pillars.components.deploy import" in " ".join(container.command)
 
 
 def test_dry_run_prints_the_inference_service_for_the_resolved_version(local_store: str, capsys) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from components.deploy import IMAGE_UID
+from pillars.components.deploy import IMAGE_UID
 from tests.cluster.conftest import ROOT
 from tests.processes import ServerProcess, free_port
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from components.settings import package_version
+from pillars.components.settings import package_version
 from tests.cluster.conftest import ROOT, load_docs, run, validate
 from tests.cluster.test_policy import pods
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from components.distributed import DistributedTrainingError, launch_local, worker_args
-from components.models import load_model
-from components.prepare_data import PrepareParams, load_metadata, load_split, run_prepare
-from components.train import TrainParams, fit, run_training
+from pillars.components.distributed import DistributedTrainingError, launch_local, worker_args
+from pillars.components.models import load_model
+from pillars.components.prepare_data import PrepareParams, load_metadata, load_split, run_prepare
+from pillars.components.train import TrainParams, fit, run_training
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from components.errors import ConfigError
-from components.evaluate import evaluate, report_html, split_metrics
-from components.models import ModelConfig, Predictor, build_model
-from components.tasks import get_task
-from components.validate import gate, parse_thresholds
+from pillars.components.errors import ConfigError
+from pillars.components.evaluate import evaluate, report_html, split_metrics
+from pillars.components.models import ModelConfig, Predictor, build_model
+from pillars.components.tasks import get_task
+from pillars.components.validate import gate, parse_thresholds
 
 
 def _binary_predictor():

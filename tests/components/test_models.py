@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from components.errors import ConfigError
-from components.models import InputError, ModelConfig, Predictor, build_model, load_model, save_model
+from pillars.components.errors import ConfigError
+from pillars.components.models import InputError, ModelConfig, Predictor, build_model, load_model, save_model
 
 
 def _config(**overrides):

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.errors import ConfigError, DataError
-from components.prepare_data import PrepareParams, load_split, prepare, run_prepare, load_metadata
+from pillars.components.errors import ConfigError, DataError
+from pillars.components.prepare_data import PrepareParams, load_split, prepare, run_prepare, load_metadata
 
 
 @pytest.mark.parametrize("task,n_features,shape,kind", [

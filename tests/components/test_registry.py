@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components import registry
-from components.errors import RegistryError
-from components.models import ModelConfig, build_model, save_model
-from components.register import promote, register_model
-from components.tracking import ensure_experiment
+from pillars.components import registry
+from pillars.components.errors import RegistryError
+from pillars.components.models import ModelConfig, build_model, save_model
+from pillars.components.register import promote, register_model
+from pillars.components.tracking import ensure_experiment
 
 
 @pytest.fixture

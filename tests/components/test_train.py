@@ -10,9 +10,9 @@ import time
 import pytest
 import torch
 
-from components.errors import ConfigError
-from components.prepare_data import PrepareParams, prepare
-from components.train import CHECKPOINT, TrainParams, fit
+from pillars.components.errors import ConfigError
+from pillars.components.prepare_data import PrepareParams, prepare
+from pillars.components.train import CHECKPOINT, TrainParams, fit
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,8 @@ def test_regression_predicts_on_the_original_target_scale():
 EPOCHS = 100  # each about 10 ms: the kill, within 20 ms of the first checkpoint, lands long before the end
 _KILLABLE = textwrap.dedent(f"""
     import sys
-    from components.prepare_data import PrepareParams, prepare
-    from components.train import TrainParams, fit
+    from pillars.components.prepare_data import PrepareParams, prepare
+    from pillars.components.train import TrainParams, fit
     data = prepare(PrepareParams(task="breast_cancer"))
     fit(data.splits["train"], data.splits["val"], data.metadata,
         TrainParams(epochs={EPOCHS}, patience={EPOCHS}), checkpoint_dir=sys.argv[1], progress=False)

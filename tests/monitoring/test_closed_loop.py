@@ -9,12 +9,12 @@ import httpx
 import numpy as np
 import pytest
 
-from components import registry
-from components.prepare_data import PrepareParams, prepare
-from components.tracking import configure_tracking
-from pipelines.local import run_local
-from pipelines.stack import Ports, Stack, Timing
-from pipelines.training import training_pipeline
+from pillars.components import registry
+from pillars.components.prepare_data import PrepareParams, prepare
+from pillars.components.tracking import configure_tracking
+from pillars.pipelines.local import run_local
+from pillars.pipelines.stack import Ports, Stack, Timing
+from pillars.pipelines.training import training_pipeline
 from tests.conftest import require_tool
 from tests.processes import free_port, group_alive
 

@@ -7,9 +7,9 @@ import subprocess
 import pytest
 import yaml
 
-from components.errors import ConfigError
-from pipelines.stack import Ports, Timing, alertmanager_config, parse_ports, prometheus_config
-from serving.alerts import rules_file
+from pillars.components.errors import ConfigError
+from pillars.pipelines.stack import Ports, Timing, alertmanager_config, parse_ports, prometheus_config
+from pillars.serving.alerts import rules_file
 from tests.conftest import require_tool
 
 

@@ -8,14 +8,14 @@ import sys
 
 import pytest
 
-from components.errors import ConfigError
-from pipelines.cli import cron_expression, main
+from pillars.components.errors import ConfigError
+from pillars.pipelines.cli import cron_expression, main
 
 
 def _pillars(*args: str, tmp_path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PILLARS_HOME": str(tmp_path / ".pillars")}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "pillars.pipelines.cli", *args], capture_output=True, text=True,
                           env=env, cwd=tmp_path, timeout=120)
 
 

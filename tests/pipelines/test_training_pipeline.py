@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components import registry
-from components.prepare_data import PrepareParams, prepare
-from pipelines.local import run_local
-from pipelines.training import retraining_pipeline, training_pipeline
+from pillars.components import registry
+from pillars.components.prepare_data import PrepareParams, prepare
+from pillars.pipelines.local import run_local
+from pillars.pipelines.training import retraining_pipeline, training_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def _test_metrics(name: str, version: str) -> dict[str, float]:
 
 
 def _pillars(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "pillars.pipelines.cli", *args], capture_output=True, text=True,
                           env={**os.environ, **env}, timeout=120)
 
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipelines.trigger import Decider
+from pillars.pipelines.trigger import Decider
 from tests.processes import ServerProcess, free_port
 
 
@@ -52,7 +52,7 @@ def trigger(tmp_path):
     record = f"import sys, pathlib; pathlib.Path({str(marker)!r}, sys.argv[sys.argv.index('--param') + 1]).touch()"
     port = free_port()
     server = ServerProcess(
-        [sys.executable, "-m", "pipelines.cli", "trigger", "--port", str(port), "--token-file", str(token),
+        [sys.executable, "-m", "pillars.pipelines.cli", "trigger", "--port", str(port), "--token-file", str(token),
          "--cooldown", "3600", "--command", shlex.join([sys.executable, "-c", record])],
         log_path=tmp_path / "trigger.log", env={"PILLARS_HOME": str(tmp_path / ".pillars")})
     url = f"http://127.0.0.1:{port}"

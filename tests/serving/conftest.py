@@ -1,4 +1,4 @@
-"""Serving fixtures: a toy model registered in a real MLflow server, and ``python -m serving`` processes.
+"""Serving fixtures: a toy model registered in a real MLflow server, and ``python -m pillars.serving`` processes.
 
 One server per configuration, shared by the whole session: the registry-backed classifier
 (``served``) and a folder-backed regressor with auth on (``served_with_auth``).
@@ -15,7 +15,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from components.mlflow_model import log_pillars_model
+from pillars.components.mlflow_model import log_pillars_model
 from tests.processes import ServerProcess, free_port
 from tests.serving.toy import make_classifier, make_regressor
 
@@ -41,10 +41,10 @@ class Served:
 
 def start_server(args: list[str], log_path: Path, env: dict[str, str] | None = None,
                  model: str = MODEL_NAME, token: str | None = None) -> Served:
-    """``python -m serving ARGS`` on free loopback ports, returned once ``/v2/health/ready`` answers."""
+    """``python -m pillars.serving ARGS`` on free loopback ports, returned once ``/v2/health/ready`` answers."""
     http_port, grpc_port = free_port(), free_port()
     process = ServerProcess(
-        [sys.executable, "-m", "serving", *args, "--http_port", str(http_port), "--grpc_port", str(grpc_port)],
+        [sys.executable, "-m", "pillars.serving", *args, "--http_port", str(http_port), "--grpc_port", str(grpc_port)],
         log_path=log_path, env=env, cwd=Path(__file__).resolve().parents[2])
     process.wait_http(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=120)
     return Served(f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", model, process, token)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from kserve import InferenceGRPCClient, InferInput, InferRequest
 
-from serving.demo import v2_request
+from pillars.serving.demo import v2_request
 from tests.serving.conftest import MAX_BODY_BYTES
 
 

@@ -14,13 +14,13 @@ from mlflow.tracking import MlflowClient
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import ks_2samp
 
-from components.mlflow_model import log_pillars_model
-from components.models import Predictor
-from components.profile import build_profile
-from serving.demo import v2_request
-from serving.drift import (DriftConfig, DriftMonitor, js_distance, js_distances, ks_pvalue, ks_pvalues,
+from pillars.components.mlflow_model import log_pillars_model
+from pillars.components.models import Predictor
+from pillars.components.profile import build_profile
+from pillars.serving.demo import v2_request
+from pillars.serving.drift import (DriftConfig, DriftMonitor, js_distance, js_distances, ks_pvalue, ks_pvalues,
                            overflow_histogram, overflow_histograms, psi, psi_band, psis, with_overflow)
-from serving.metrics import DriftStats
+from pillars.serving.metrics import DriftStats
 from tests.serving.conftest import start_server
 from tests.serving.test_metrics_and_batching import scrape
 from tests.serving.toy import CLASSES, N_FEATURES, make_profiled_classifier, train_split
@@ -267,7 +267,7 @@ def test_a_model_without_a_profile_serves_without_drift_series(served):
 
 
 def test_bad_drift_flags_exit_with_status_2(tmp_path):
-    from serving.__main__ import main
+    from pillars.serving.__main__ import main
 
     model_dir = make_profiled_classifier(tmp_path / "model")
     assert main(["--model_dir", str(model_dir), "--drift_share", "1.5"]) == 2

@@ -10,7 +10,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serving.demo import v2_request
+from pillars.serving.demo import v2_request
 
 EXAMPLES = 1200
 HEADER_CHARS = string.ascii_letters + string.digits + "-."

@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.demo import v2_request
+from pillars.serving.demo import v2_request
 from tests.serving.toy import toy_rows
 
 

@@ -10,8 +10,8 @@ import pytest
 from kserve import InferenceGRPCClient, InferInput, InferRequest
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
-from components.models import Predictor, locate_model_dir
-from serving.demo import query_once, v2_request
+from pillars.components.models import Predictor, locate_model_dir
+from pillars.serving.demo import query_once, v2_request
 from tests.serving.toy import CLASSES, N_FEATURES, toy_rows
 
 

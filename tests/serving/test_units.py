@@ -10,12 +10,12 @@ import threading
 import numpy as np
 import pytest
 
-from components.errors import ConfigError
-from components.models import Predictor
-from serving.__main__ import build_parser, default_model_name, normalize_flags
-from serving.auth import grpc_method_is_open, http_path_is_open, load_auth
-from serving.batching import Batcher
-from serving.storage import resolve_model
+from pillars.components.errors import ConfigError
+from pillars.components.models import Predictor
+from pillars.serving.__main__ import build_parser, default_model_name, normalize_flags
+from pillars.serving.auth import grpc_method_is_open, http_path_is_open, load_auth
+from pillars.serving.batching import Batcher
+from pillars.serving.storage import resolve_model
 from tests.serving.toy import make_classifier, toy_rows
 
 
@@ -146,14 +146,14 @@ def test_model_resolution_accepts_folders_and_rejects_the_rest(tmp_path):
 
 
 def test_bad_configuration_exits_2_with_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "serving", "--model_uri", str(tmp_path / "nope"),
+    result = subprocess.run([sys.executable, "-m", "pillars.serving", "--model_uri", str(tmp_path / "nope"),
                              "--http_port", "1", "--grpc_port", "2"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_serve_argv_is_what_the_server_parses():
-    from serving import serve_argv
+    from pillars.serving import serve_argv
 
     parser = build_parser()
     args = parser.parse_args(serve_argv("models:/iris@champion", 9000, 9001, max_batch_size=16,
@@ -166,8 +166,8 @@ def test_model_resolution_from_the_mlflow_registry_and_runs(local_store, tmp_pat
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from components.mlflow_model import log_pillars_model
-    from components.tracking import ensure_experiment
+    from pillars.components.mlflow_model import log_pillars_model
+    from pillars.components.tracking import ensure_experiment
 
     model_dir = make_classifier(tmp_path / "m")
     with mlflow.start_run(experiment_id=ensure_experiment("serving-units")) as run:

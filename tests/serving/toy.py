@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from components.models import ModelConfig, PillarsNet, build_model, save_model
+from pillars.components.models import ModelConfig, PillarsNet, build_model, save_model
 
 N_FEATURES = 4
 CLASSES = ["setosa", "versicolor", "virginica"]
@@ -63,7 +63,7 @@ def make_profiled_classifier(directory: Path, steps: int = 30, seed: int = 0) ->
 
     ``seed`` changes the weights' initialisation (a different "retrained" version), not the data.
     """
-    from components.profile import build_profile
+    from pillars.components.profile import build_profile
 
     make_classifier(directory, steps=steps, seed=seed)
     x, y = train_split()
