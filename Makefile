@@ -7,11 +7,14 @@ PYTHON     ?= python3
 VENV       ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# Debian packages the tests use, as COMMAND=PACKAGE (installed only when COMMAND is missing).
+SYSTEM_PACKAGES ?= promtool=prometheus prometheus=prometheus alertmanager=prometheus-alertmanager \
+                   amtool=prometheus-alertmanager
 
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.pillars-installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install system-packages demo test test-fast bench clean
 
 install: $(STAMP)
 
@@ -23,13 +26,16 @@ $(STAMP): pyproject.toml constraints.txt scripts/install-k8s-tools.sh
 	bash scripts/install-k8s-tools.sh $(BIN)
 	touch $@
 
+system-packages:
+	bash scripts/install-system-packages.sh $(SYSTEM_PACKAGES)
+
 demo: install
 	$(BIN)/pillars demo
 
-test: install
+test: install system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install system-packages
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: install
