@@ -8,7 +8,7 @@ VENV       ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 # Debian packages the tests use, as COMMAND=PACKAGE (installed only when COMMAND is missing).
-SYSTEM_PACKAGES ?= promtool=prometheus prometheus=prometheus alertmanager=prometheus-alertmanager \
+SYSTEM_PACKAGES ?= promtool=prometheus prometheus=prometheus prometheus-alertmanager=prometheus-alertmanager \
                    amtool=prometheus-alertmanager
 
 BIN   := $(VENV)/bin
