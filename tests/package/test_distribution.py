@@ -57,3 +57,21 @@ def test_the_wheel_holds_only_the_pillars_namespace(tmp_path: Path) -> None:
     assert "pillars/components/pyfunc_model.py" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "pillars = pillars.pipelines.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_a_logged_model_requires_this_distribution_at_this_version(local_store, tmp_path: Path) -> None:
+    import mlflow
+
+    from pillars.components.mlflow_model import log_pillars_model
+    from pillars.components.models import ModelConfig, build_model, save_model
+    from pillars.components.tracking import ensure_experiment
+
+    config = ModelConfig(task="toy", kind="classification", architecture="mlp", input_shape=[2],
+                         feature_names=["a", "b"], classes=["no", "yes"], hidden_sizes=[4])
+    model_dir = save_model(build_model(config), tmp_path / "model")
+    with mlflow.start_run(experiment_id=ensure_experiment("toy")):
+        info = log_pillars_model(model_dir)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=str(tmp_path / "dl")))
+    requirements = (local / "requirements.txt").read_text()
+    assert f"{DISTRIBUTION}=={package_version()}" in requirements.split()
+    assert "pillars==" not in requirements  # the unrelated asyncio project on PyPI
