@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from pillars.components.errors import ConfigError, PillarsError
@@ -75,17 +76,40 @@ def cron_expression(text: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pillars.pipelines.local import run_local
+    from pillars.components.settings import Settings
+    from pillars.pipelines.progress import log_path, run_reported
 
     pipeline = pipeline_factory(args.pipeline)(cache_data=not args.no_cache)
     arguments = parse_params(args.param, pipeline)
     if args.task:
         arguments["task"] = args.task
-    uri = run_local(pipeline, arguments, caching=not args.no_cache)
+    log = log_path(Settings().resolved_home(), args.pipeline)
+    print(f"pillars run {args.pipeline}: steps run with kfp.local; full log: {log}", file=sys.stderr, flush=True)
+    uri = run_reported(pipeline, arguments, log, verbose=args.verbose or args.show_logs, caching=not args.no_cache)
     name = arguments.get("model_name") or arguments.get("task") or pipeline.component_spec.inputs["task"].default
-    print(f"pipeline {args.pipeline} finished; MLflow: {uri}")
-    _print_versions(name, limit=1)
+    for line in run_summary(name, uri, log):
+        print(line)
     return 0
+
+
+def run_summary(name: str, uri: str, log: Path) -> list[str]:
+    """What a finished run left in the registry: the newest version of ``name``, its gate decision,
+    aliases and test metrics, where MLflow and the log are, and how to serve it."""
+    from pillars.components import registry
+
+    newest = registry.list_versions(name)[0]
+    tags = newest["tags"]
+    approved = tags.get("gate_approved") == "true"
+    reasons = tags.get("gate_reasons", "").strip()
+    metrics = "  ".join(f"{k[5:]}={v:.4f}" for k, v in newest["metrics"].items())
+    lines = [f"model    {name} v{newest['version']}  aliases: {', '.join(newest['aliases']) or '-'}",
+             f"gate     {'approved' if approved else 'rejected'}" + (f": {reasons}" if reasons else ""),
+             f"test     {metrics or '-'}",
+             f"MLflow   {uri}",
+             f"log      {log}"]
+    if registry.alias_version(name, registry.CHAMPION) is not None:
+        lines.append(f"serve    pillars serve models:/{name}@champion")
+    return lines
 
 
 def compile_pipeline(name: str, output: str, as_k8s: bool = False, params: Sequence[str] = (),
@@ -308,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help="task name (same as --param task=...)")
     param_arg(p)
     p.add_argument("--no-cache", action="store_true", help="run every step, even the data step")
+    p.add_argument("-v", "--verbose", dest="show_logs", action="store_true",
+                   help="print every step's full output (it always goes to the log file)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compile", help="compile a pipeline to KFP YAML")
