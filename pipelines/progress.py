@@ -56,10 +56,10 @@ class StepEvent:
 class StepFailed(PillarsError):
     """A pipeline step failed; ``str(err)`` names the step and carries the step's own error message."""
 
-    def __init__(self, step: str, message: str) -> None:
-        super().__init__(f"step {step} failed: {message}")
+    def __init__(self, step: str, reason: str) -> None:
+        super().__init__(f"step {step} failed: {reason}")
         self.step = step
-        self.message = message
+        self.reason = reason
 
 
 def parse_line(line: str, step: str | None) -> StepEvent | None:
