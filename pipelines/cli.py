@@ -228,7 +228,21 @@ def cmd_models(args: argparse.Namespace) -> int:
     elif args.action == "rollback":
         event = registry.rollback(args.name, args.why)
         print(f"{args.name}: champion v{event.from_version} -> v{event.to_version} (rolled back)")
+    elif args.action == "upgrade":
+        _upgrade(args.name, args.version)
     return 0
+
+
+def _upgrade(name: str, version: str | None) -> None:
+    from pillars.components.upgrade import upgrade_model
+
+    done = upgrade_model(name, version)
+    if not done:
+        which = f"v{version}" if version else "every version"
+        print(f"{name}: {which} already loads with this Pillars; nothing to upgrade")
+    for up in done:
+        print(f"{name}: v{up.from_version} re-registered as v{up.to_version} with the current pyfunc code "
+              f"(aliases unchanged; promote it with: pillars models promote {name} {up.to_version})")
 
 
 def _print_versions(name: str, limit: int = 10) -> None:
@@ -375,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     a = actions.add_parser("rollback", help="restore the previous champion")
     a.add_argument("name")
     a.add_argument("--why", default="manual rollback")
+    a = actions.add_parser("upgrade", help="re-register versions logged by Pillars 0.1 so MLflow's pyfunc loads them")
+    a.add_argument("name")
+    a.add_argument("version", nargs="?", help="one version (default: every version that needs it)")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("demo", help="train, register and serve a model on this machine")
