@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import mlflow
 import pytest
 
 from pillars.components.errors import ConfigError
@@ -48,9 +49,9 @@ def _pillars(*args: str, tmp_path, env: dict[str, str] | None = None, timeout: f
     (["submit", "training", "--host", "http://127.0.0.1:9", "--param", "dropout=2"], "invalid dropout"),
     (["submit", "training", "--host", "http://127.0.0.1:9"], "cannot reach Kubeflow Pipelines at http://127.0.0.1:9"),
 ])
-def test_bad_arguments_get_one_line_and_nonzero_exit(args, message, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("PILLARS_HOME", str(tmp_path / ".pillars"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def test_bad_arguments_get_one_line_and_nonzero_exit(args, message, local_store, capsys):
+    if args[0] == "models":
+        mlflow.search_registered_models()  # an existing, empty store: the model is what is missing
     assert main(args) != 0
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -129,10 +130,14 @@ def test_a_failed_data_step_ends_the_output_with_its_own_error(tmp_path):
     assert "Traceback (most recent call last):" in log.read_text()
 
 
-def test_models_list_on_an_empty_store(tmp_path):
+def test_models_list_in_a_folder_without_a_store_says_where_it_looked_and_creates_none(tmp_path):
     result = _pillars("models", "list", tmp_path=tmp_path)
-    assert result.returncode == 0 and "no registered models" in result.stdout
-    assert (tmp_path / ".pillars" / "mlflow.db").is_file()
+    assert result.returncode != 0 and result.stdout == ""
+    store = f"sqlite:///{tmp_path / '.pillars' / 'mlflow.db'}"
+    assert result.stderr.strip().splitlines() == [
+        f"pillars: error: no MLflow registry at {store}: train a model here first (pillars run training), "
+        "or set MLFLOW_TRACKING_URI to your MLflow server"]
+    assert not (tmp_path / ".pillars" / "mlflow.db").exists() and not (tmp_path / "mlflow.db").exists()
 
 
 def test_compile_writes_yaml(tmp_path):
