@@ -218,7 +218,8 @@ class StepReporter(io.TextIOBase):
             return
         width = 24
         filled = width * min(step.done, step.total) // step.total
-        self.out.write(f"\r  {name:<14} [{'#' * filled}{'.' * (width - filled)}] {step.done}/{step.total} {step.unit}")
+        bar = f"[{'#' * filled}{'.' * (width - filled)}]"
+        self.out.write(f"\r\x1b[K  {name:<14} {bar} {step.done}/{step.total} {step.unit}")
         self.out.flush()
         self._bar_shown = True
 

@@ -116,3 +116,18 @@ def test_verbose_copies_every_line_and_adds_none():
 ])
 def test_error_messages_keep_the_class_of_foreign_errors(output, message):
     assert error_message(output) == message
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_the_bar_is_redrawn_in_place_and_cleared_before_the_end_line():
+    out = _Terminal()
+    StepReporter(io.StringIO(), out, clock=_clock(0.0, 2.0)).write(TRAIN_SUCCEEDS)
+    text = out.getvalue()
+    assert text.startswith("  train          ...\n")
+    assert "\r\x1b[K  train          [########................] 1/3 epoch" in text
+    assert "\r\x1b[K  train          [########################] 3/3 epoch" in text
+    assert text.endswith("\r\x1b[K  train          ok        2.0s  3/3 epoch  (loss=0.2644, val_loss=0.1822)\n")
