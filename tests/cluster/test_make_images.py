@@ -8,12 +8,16 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
+
+import pytest
 
 from pillars.components.settings import package_version
 from tests.cluster.conftest import ROOT
 
 MAKE = shutil.which("make") or "/usr/bin/make"
+DOCKERFILES = [ROOT / folder / name for folder in ("components", "serving") for name in ("Dockerfile", "Dockerfile.cuda")]
 
 
 def _make(*args: str, path: str) -> subprocess.CompletedProcess:
@@ -55,3 +59,32 @@ def test_make_images_without_docker_or_podman_stops_with_one_line(tmp_path):
     assert result.returncode != 0
     assert result.stderr.splitlines()[0] == ("make images: neither docker nor podman is installed; "
                                              "install one, or point DOCKER=/path/to/it")
+
+
+@pytest.mark.slow
+def test_what_the_dockerfiles_copy_builds_the_whole_package(tmp_path):
+    """The images run ``pip install .`` on what their COPY lines bring in (and their .dockerignore lets
+    through): that must be the complete package-dir layout, every module of the three folders."""
+    sources: set[str] = set()
+    for dockerfile in DOCKERFILES:
+        copies = [line.split()[1:-1] for line in dockerfile.read_text().splitlines()
+                  if line.startswith("COPY ") and "--from" not in line]
+        allowed = (dockerfile.parent / f"{dockerfile.name}.dockerignore").read_text().split()
+        for item in (i for items in copies for i in items):
+            assert f"!{item}" in allowed or f"!{item}/" in allowed, f"{dockerfile}: {item} is ignored"
+            sources.add(item)
+    context = tmp_path / "context"
+    for item in sources:
+        src = ROOT / item
+        if src.is_dir():
+            shutil.copytree(src, context / item, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            context.mkdir(exist_ok=True)
+            shutil.copy(src, context / item)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist"), str(context)], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    built = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py")}
+    expected = {f"pillars/{p.relative_to(ROOT)}" for folder in ("components", "pipelines", "serving")
+                for p in (ROOT / folder).rglob("*.py") if "__pycache__" not in p.parts}
+    assert built == expected
