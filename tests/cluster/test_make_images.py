@@ -17,7 +17,8 @@ from pillars.components.settings import package_version
 from tests.cluster.conftest import ROOT
 
 MAKE = shutil.which("make") or "/usr/bin/make"
-DOCKERFILES = [ROOT / folder / name for folder in ("components", "serving") for name in ("Dockerfile", "Dockerfile.cuda")]
+DOCKERFILES = [ROOT / folder / name for folder in ("components", "serving")
+               for name in ("Dockerfile", "Dockerfile.cuda")]
 
 
 def _make(*args: str, path: str) -> subprocess.CompletedProcess:
