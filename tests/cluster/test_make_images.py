@@ -26,7 +26,12 @@ def _make(*args: str, path: str) -> subprocess.CompletedProcess:
     venv = sys.prefix
     return subprocess.run([MAKE, "--no-print-directory", "-C", str(ROOT), "-o", f"{venv}/.pillars-installed",
                            "images", f"VENV={venv}", *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PATH": path})
+                          env={**_without_image_settings(), "PATH": path})
+
+
+def _without_image_settings() -> dict[str, str]:
+    """This environment without the variables ``make images`` reads (a developer may export them)."""
+    return {k: v for k, v in os.environ.items() if k not in ("DOCKER", "IMAGE_REPOSITORY", "IMAGE_TAG")}
 
 
 def test_make_images_builds_cpu_and_cuda_components_and_serving_images_tagged_with_the_version(tmp_path):
