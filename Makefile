@@ -14,7 +14,14 @@ SYSTEM_PACKAGES ?= promtool=prometheus prometheus=prometheus prometheus-alertman
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.pillars-installed
 
-.PHONY: install system-packages demo test test-fast bench clean
+.PHONY: install system-packages demo test test-fast bench clean images image-builder
+
+# `make images`: the components and serving images, CPU and CUDA, tagged with the package version:
+#   $(IMAGE_REPOSITORY):$(IMAGE_TAG)[-cuda] and $(IMAGE_REPOSITORY)-serving:$(IMAGE_TAG)[-cuda],
+# the names the chart's `image.repository`/`image.tag` and `pillars compile --image` expect.
+DOCKER           ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null)
+IMAGE_REPOSITORY ?= ghcr.io/pillars-mlops/pillars
+IMAGE_TAG        ?= $(shell $(BIN)/python -c "from pillars.components.settings import package_version; print(package_version())")
 
 install: $(STAMP)
 
@@ -41,6 +48,17 @@ test-fast: install system-packages
 bench: install
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/serving_bench.py
+
+image-builder:
+	@test -n "$(DOCKER)" || { echo "make images: neither docker nor podman is installed; install one, or point DOCKER=/path/to/it" >&2; exit 1; }
+
+images: image-builder install
+	@test -n "$(IMAGE_TAG)" || { echo "make images: cannot read the package version with $(BIN)/python" >&2; exit 1; }
+	$(DOCKER) build -f components/Dockerfile -t $(IMAGE_REPOSITORY):$(IMAGE_TAG) .
+	$(DOCKER) build -f components/Dockerfile.cuda -t $(IMAGE_REPOSITORY):$(IMAGE_TAG)-cuda .
+	$(DOCKER) build -f serving/Dockerfile -t $(IMAGE_REPOSITORY)-serving:$(IMAGE_TAG) .
+	$(DOCKER) build -f serving/Dockerfile.cuda -t $(IMAGE_REPOSITORY)-serving:$(IMAGE_TAG)-cuda .
+	@echo "built $(IMAGE_REPOSITORY):$(IMAGE_TAG)[-cuda] and $(IMAGE_REPOSITORY)-serving:$(IMAGE_TAG)[-cuda]; push them with: $(notdir $(DOCKER)) push IMAGE"
 
 clean:
 	rm -rf .pillars .pytest_cache

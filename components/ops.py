@@ -78,7 +78,7 @@ def train(
 ) -> str:
     """Train with checkpoints (resumed on retry) inside an MLflow run; ``nproc`` > 1 runs DDP through
     torchrun, ``launcher="trainjob"`` runs ``nodes`` x ``nproc`` on a Kubeflow Trainer TrainJob.
-    Returns the MLflow run id."""
+    The epochs show as a tqdm bar in the step's log (``pillars run`` draws it). Returns the MLflow run id."""
     import json
 
     from pillars.components.train import TrainParams, run_training
@@ -88,8 +88,8 @@ def train(
     params = TrainParams(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                          weight_decay=weight_decay, dropout=dropout, seed=seed, patience=patience, nproc=nproc, nodes=nodes)
     return run_training(train_data.path, val_data.path, metadata.path, params, model.path, name,
-                        kfp_run_id, tracking_uri, checkpoint_root, launcher=launcher, gpus_per_node=gpus_per_node,
-                        warm_start_from=name if warm_start else "")
+                        kfp_run_id, tracking_uri, checkpoint_root, progress=True, launcher=launcher,
+                        gpus_per_node=gpus_per_node, warm_start_from=name if warm_start else "")
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from pillars.components.errors import ConfigError, PillarsError
@@ -75,17 +76,40 @@ def cron_expression(text: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pillars.pipelines.local import run_local
+    from pillars.components.settings import Settings
+    from pillars.pipelines.progress import log_path, run_reported
 
     pipeline = pipeline_factory(args.pipeline)(cache_data=not args.no_cache)
     arguments = parse_params(args.param, pipeline)
     if args.task:
         arguments["task"] = args.task
-    uri = run_local(pipeline, arguments, caching=not args.no_cache)
+    log = log_path(Settings().resolved_home(), args.pipeline)
+    print(f"pillars run {args.pipeline}: steps run with kfp.local; full log: {log}", file=sys.stderr, flush=True)
+    uri = run_reported(pipeline, arguments, log, verbose=args.verbose or args.show_logs, caching=not args.no_cache)
     name = arguments.get("model_name") or arguments.get("task") or pipeline.component_spec.inputs["task"].default
-    print(f"pipeline {args.pipeline} finished; MLflow: {uri}")
-    _print_versions(name, limit=1)
+    for line in run_summary(name, uri, log):
+        print(line)
     return 0
+
+
+def run_summary(name: str, uri: str, log: Path) -> list[str]:
+    """What a finished run left in the registry: the newest version of ``name``, its gate decision,
+    aliases and test metrics, where MLflow and the log are, and how to serve it."""
+    from pillars.components import registry
+
+    newest = registry.list_versions(name)[0]
+    tags = newest["tags"]
+    approved = tags.get("gate_approved") == "true"
+    reasons = tags.get("gate_reasons", "").strip()
+    metrics = "  ".join(f"{k[5:]}={v:.4f}" for k, v in newest["metrics"].items())
+    lines = [f"model    {name} v{newest['version']}  aliases: {', '.join(newest['aliases']) or '-'}",
+             f"gate     {'approved' if approved else 'rejected'}" + (f": {reasons}" if reasons else ""),
+             f"test     {metrics or '-'}",
+             f"MLflow   {uri}",
+             f"log      {log}"]
+    if registry.alias_version(name, registry.CHAMPION) is not None:
+        lines.append(f"serve    pillars serve models:/{name}@champion")
+    return lines
 
 
 def compile_pipeline(name: str, output: str, as_k8s: bool = False, params: Sequence[str] = (),
@@ -204,7 +228,21 @@ def cmd_models(args: argparse.Namespace) -> int:
     elif args.action == "rollback":
         event = registry.rollback(args.name, args.why)
         print(f"{args.name}: champion v{event.from_version} -> v{event.to_version} (rolled back)")
+    elif args.action == "upgrade":
+        _upgrade(args.name, args.version)
     return 0
+
+
+def _upgrade(name: str, version: str | None) -> None:
+    from pillars.components.upgrade import upgrade_model
+
+    done = upgrade_model(name, version)
+    if not done:
+        which = f"v{version}" if version else "every version"
+        print(f"{name}: {which} already loads with this Pillars; nothing to upgrade")
+    for up in done:
+        print(f"{name}: v{up.from_version} re-registered as v{up.to_version} with the current pyfunc code "
+              f"(aliases unchanged; promote it with: pillars models promote {name} {up.to_version})")
 
 
 def _print_versions(name: str, limit: int = 10) -> None:
@@ -308,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help="task name (same as --param task=...)")
     param_arg(p)
     p.add_argument("--no-cache", action="store_true", help="run every step, even the data step")
+    p.add_argument("-v", "--verbose", dest="show_logs", action="store_true",
+                   help="print every step's full output (it always goes to the log file)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compile", help="compile a pipeline to KFP YAML")
@@ -349,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     a = actions.add_parser("rollback", help="restore the previous champion")
     a.add_argument("name")
     a.add_argument("--why", default="manual rollback")
+    a = actions.add_parser("upgrade", help="re-register versions logged by Pillars 0.1 so MLflow's pyfunc loads them")
+    a.add_argument("name")
+    a.add_argument("version", nargs="?", help="one version (default: every version that needs it)")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("demo", help="train, register and serve a model on this machine")

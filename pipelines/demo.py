@@ -14,17 +14,13 @@ from pillars.components.settings import Settings
 
 def run_demo(task: str = "breast_cancer", epochs: int = 30, serve: bool = True) -> int:
     """Run the training pipeline locally, show the registry, then serve the champion and query it."""
-    from pillars.pipelines.local import run_local
+    from pillars.pipelines.progress import log_path, run_reported
     from pillars.pipelines.training import training_pipeline
 
     started = time.monotonic()
-    log = Settings().resolved_home() / "logs" / f"demo-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    print(f"[1/3] training pipeline on {task!r} (kfp.local; step logs in {log}) ...", flush=True)
-    try:
-        uri = run_local(training_pipeline(), {"task": task, "epochs": epochs}, log_file=log)
-    except Exception:
-        print("".join(log.read_text().splitlines(keepends=True)[-30:]), file=sys.stderr)
-        raise
+    log = log_path(Settings().resolved_home(), "demo")
+    print(f"[1/3] training pipeline on {task!r} (kfp.local; full log: {log})", flush=True)
+    uri = run_reported(training_pipeline(), {"task": task, "epochs": epochs}, log, out=sys.stdout)
     print(f"      done in {time.monotonic() - started:.0f}s; MLflow store: {uri}")
     print("[2/3] registry:")
     for row in registry.list_versions(task)[:3]:

@@ -7,7 +7,7 @@ import logging
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from kfp import local
 
@@ -18,14 +18,15 @@ logger = logging.getLogger("pillars.local")
 
 
 def run_local(pipeline: Callable[..., Any], arguments: Mapping[str, Any], settings: Settings | None = None,
-              caching: bool = True, log_file: Path | None = None) -> str:
+              caching: bool = True, log_file: Path | None = None, output: TextIO | None = None) -> str:
     """Run ``pipeline`` through ``kfp.local``'s SubprocessRunner in the current Python environment.
 
     MLflow is the server at ``MLFLOW_TRACKING_URI`` when set, else the local store under
     ``PILLARS_HOME``; task outputs go to ``<home>/pipeline_root``.
 
     Args:
-        log_file: where the steps' output goes (kfp.local prints it); None: to this process's stdout.
+        log_file: a file the steps' output goes to (kfp.local prints it); None: to this process's stdout.
+        output: a stream the steps' output goes to instead (e.g. :class:`pillars.pipelines.progress.StepReporter`'s).
 
     Returns:
         The tracking URI the run used.
@@ -46,9 +47,11 @@ def run_local(pipeline: Callable[..., Any], arguments: Mapping[str, Any], settin
         # kfp.local notes that resource requests do nothing locally and that the components name
         # an image it does not use: both expected for the embedded default.
         warnings.filterwarnings("ignore", module="kfp.local")
-        if log_file is not None:
+        stream = output
+        if stream is None and log_file is not None:
             log_file.parent.mkdir(parents=True, exist_ok=True)
             stream = stack.enter_context(open(log_file, "w"))
+        if stream is not None:
             stack.enter_context(contextlib.redirect_stdout(stream))
             stack.enter_context(contextlib.redirect_stderr(stream))
         pipeline(**args)

@@ -3,20 +3,36 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import httpx
+import mlflow
 import pytest
 
 from pillars.components.errors import ConfigError
+from pillars.components.prepare_data import PrepareParams, prepare
 from pillars.pipelines.cli import cron_expression, main
+from pillars.serving.demo import v2_request
+from tests.processes import ServerProcess, free_port
+
+STEPS = ("prepare-data", "train", "evaluate", "validate", "register", "promote")
 
 
-def _pillars(*args: str, tmp_path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PILLARS_HOME": str(tmp_path / ".pillars")}
-    env.pop("MLFLOW_TRACKING_URI", None)
+def _clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without anything that points Pillars or MLflow somewhere."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PILLARS_", "MLFLOW_"))}
+    return {**env, **extra}
+
+
+def _pillars(*args: str, tmp_path, env: dict[str, str] | None = None, timeout: float = 120
+             ) -> subprocess.CompletedProcess:
+    """``pillars ARGS`` in ``tmp_path`` as a newcomer runs it: no PILLARS_*/MLFLOW_* variables."""
     return subprocess.run([sys.executable, "-m", "pillars.pipelines.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=tmp_path, timeout=120)
+                          env=env or _clean_env(), cwd=tmp_path, timeout=timeout)
 
 
 @pytest.mark.parametrize("args,message", [
@@ -33,9 +49,9 @@ def _pillars(*args: str, tmp_path) -> subprocess.CompletedProcess:
     (["submit", "training", "--host", "http://127.0.0.1:9", "--param", "dropout=2"], "invalid dropout"),
     (["submit", "training", "--host", "http://127.0.0.1:9"], "cannot reach Kubeflow Pipelines at http://127.0.0.1:9"),
 ])
-def test_bad_arguments_get_one_line_and_nonzero_exit(args, message, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("PILLARS_HOME", str(tmp_path / ".pillars"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def test_bad_arguments_get_one_line_and_nonzero_exit(args, message, local_store, capsys):
+    if args[0] == "models":
+        mlflow.search_registered_models()  # an existing, empty store: the model is what is missing
     assert main(args) != 0
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -49,10 +65,79 @@ def test_the_console_script_prints_no_traceback(tmp_path):
     assert result.stderr.strip() == "pillars: error: parameter epochs must be integer, got 'ten'"
 
 
-def test_models_list_on_an_empty_store(tmp_path):
+def test_models_list_fails_fast_in_one_line_when_the_registry_is_unreachable(tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    started = time.monotonic()
+    result = _pillars("models", "list", tmp_path=tmp_path, env=_clean_env(MLFLOW_TRACKING_URI=uri))
+    assert time.monotonic() - started < 60, "MLflow's client retries for minutes; the CLI must not"
+    assert result.returncode != 0 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"pillars: error: cannot reach the MLflow registry at {uri}")
+
+
+@pytest.mark.slow
+def test_the_readme_sequence_in_a_fresh_folder_trains_lists_and_serves(tmp_path):
+    """README: ``pillars run training`` -> ``pillars models list`` -> ``pillars serve models:/NAME@champion``,
+    in an empty folder with no environment: every command finds the store the run wrote (./.pillars)."""
+    run = _pillars("run", "training", "--task", "breast_cancer", "--param", "epochs=3", tmp_path=tmp_path,
+                   timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = (run.stdout + run.stderr).splitlines()
+    assert len(lines) <= 40, "\n".join(lines)
+    for step in STEPS:  # one line as it starts, one as it ends
+        assert [line.split()[:2] for line in lines if line.split()[:1] == [step]] == [[step, "..."], [step, "ok"]]
+    assert re.search(r"^  train +ok +[\d.]+s  3/3 epoch", run.stderr, re.M), run.stderr
+    assert "model    breast_cancer v1  aliases: challenger, champion" in run.stdout
+    assert "gate     approved" in run.stdout
+    log = Path(re.search(r"^log +(\S+)$", run.stdout, re.M)[1])
+    assert log.parent == tmp_path / ".pillars" / "logs" and str(log) in run.stderr.splitlines()[0]
+    assert all(f"Executing task \x1b[96m'{step}'" in log.read_text() for step in STEPS)
+
+    listed = _pillars("models", "list", tmp_path=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(r"^breast_cancer +latest v1 +.*champion=v1", listed.stdout, re.M), listed.stdout
+
+    http_port, grpc_port = free_port(), free_port()
+    server = ServerProcess(
+        [sys.executable, "-m", "pillars.pipelines.cli", "serve", "models:/breast_cancer@champion",
+         "--http-port", str(http_port), "--grpc-port", str(grpc_port)],
+        log_path=tmp_path / "serve.log", env=_clean_env(), cwd=tmp_path)
+    try:
+        server.wait_http(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=180)
+        x_test, y_test = prepare(PrepareParams(task="breast_cancer")).splits["test"]
+        response = httpx.post(f"http://127.0.0.1:{http_port}/v2/models/breast_cancer/infer",
+                              json=v2_request(x_test[:20]), timeout=30)
+        assert response.status_code == 200, response.text
+        outputs = {o["name"]: o for o in response.json()["outputs"]}
+        assert outputs["class_index"]["shape"] == [20]
+        assert sum(int(p == y) for p, y in zip(outputs["class_index"]["data"], y_test[:20])) >= 15
+    finally:
+        server.stop()
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_a_failed_data_step_ends_the_output_with_its_own_error(tmp_path):
+    (tmp_path / "bad.csv").write_text("a,b,c\n1,2,0\n3,4,1\n")
+    result = _pillars("run", "training", "--param", "source=bad.csv", "--param", "label_column=zzz",
+                      tmp_path=tmp_path, timeout=600)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"pillars: error: step prepare-data failed: label column 'zzz' not in \S*bad\.csv; "
+                        r"columns are: a, b, c", last), result.stderr
+    assert "Traceback" not in result.stderr and "Inner task failed" not in result.stderr
+    assert re.search(r"^  prepare-data +FAILED", result.stderr, re.M)
+    log = next((tmp_path / ".pillars" / "logs").glob("run-training-*.log"))
+    assert "Traceback (most recent call last):" in log.read_text()
+
+
+def test_models_list_in_a_folder_without_a_store_says_where_it_looked_and_creates_none(tmp_path):
     result = _pillars("models", "list", tmp_path=tmp_path)
-    assert result.returncode == 0 and "no registered models" in result.stdout
-    assert (tmp_path / ".pillars" / "mlflow.db").is_file()
+    assert result.returncode != 0 and result.stdout == ""
+    store = f"sqlite:///{tmp_path / '.pillars' / 'mlflow.db'}"
+    assert result.stderr.strip().splitlines() == [
+        f"pillars: error: no MLflow registry at {store}: train a model here first (pillars run training), "
+        "or set MLFLOW_TRACKING_URI to your MLflow server"]
+    assert not (tmp_path / ".pillars" / "mlflow.db").exists() and not (tmp_path / "mlflow.db").exists()
 
 
 def test_compile_writes_yaml(tmp_path):

@@ -1,0 +1,262 @@
+"""Reporting a ``kfp.local`` run as a tool does: one line per step as it starts and ends, a step's
+own progress (the train step's epochs), every executor log line in a file, and a failed step's own
+error message instead of kfp's ``Inner task failed``.
+
+Nothing here schedules anything: kfp.local runs the pipeline and prints what it does (its
+``Executing task 'x'`` / ``Task 'x' finished with status ...`` lines, and each step's output,
+indented); :class:`StepReporter` is the stream that output is redirected to. It writes every line to
+the log file and turns kfp's lines into :class:`StepEvent` values with :func:`parse_line`.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+from pillars.components.errors import PillarsError
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+"""Colour codes kfp.local puts around task names and statuses."""
+_KFP_LINE = r"^\d\d:\d\d:\d\d\.\d{3} - (?:INFO|ERROR|WARNING) - "
+TASK_START = re.compile(_KFP_LINE + r"Executing task '(?P<step>[^']+)'")
+TASK_END = re.compile(_KFP_LINE + r"Task '(?P<step>[^']+)' finished with status (?P<status>SUCCESS|FAILURE)")
+STEP_OUTPUT_INDENT = " " * 4
+"""kfp.local prints a step's own output indented by four spaces."""
+TQDM = re.compile(r"^(?P<desc>[^:|]*):\s+\d+%\|[^|]*\|\s*(?P<done>\d+)/(?P<total>\d+)(?:\s*\[(?P<info>[^\]]*)\])?")
+"""A tqdm progress line (``train:  33%|###   | 1/3 [00:01<00:02, 1.50epoch/s, loss=0.42]``). A step reports
+progress with a tqdm bar described by the step's name (the train step's epochs); other bars (MLflow's
+downloads) stay in the log."""
+_RATE = re.compile(r"^(?:[\d.?]+(?P<unit>[A-Za-z]+)/s|[\d.]+s/(?P<per>[A-Za-z]+))$")
+TRACEBACK = "Traceback (most recent call last):"
+EXCEPTION_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*)(?::\s?(?P<message>.*))?$")
+TAIL_LINES = 400
+"""Lines of a step's output kept in memory to find its error message (the log file has them all)."""
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """Something kfp.local reported about a step."""
+
+    kind: Literal["start", "end", "progress", "output"]
+    step: str
+    status: str = ""
+    done: int = 0
+    total: int = 0
+    unit: str = ""
+    text: str = ""
+
+
+class StepFailed(PillarsError):
+    """A pipeline step failed; ``str(err)`` names the step and carries the step's own error message."""
+
+    def __init__(self, step: str, reason: str) -> None:
+        super().__init__(f"step {step} failed: {reason}")
+        self.step = step
+        self.reason = reason
+
+
+def parse_line(line: str, step: str | None) -> StepEvent | None:
+    """What one line kfp.local printed says, given the step whose output is being streamed (or None).
+
+    Returns:
+        A ``start``/``end`` event for kfp's own task lines, ``progress`` for a tqdm line of the step,
+        ``output`` for any other line of the step's output (without kfp's indent), None otherwise.
+    """
+    plain = ANSI.sub("", line.rstrip("\n"))
+    if m := TASK_START.match(plain):
+        return StepEvent("start", m["step"])
+    if m := TASK_END.match(plain):
+        return StepEvent("end", m["step"], status=m["status"])
+    if step is None or not plain.startswith(STEP_OUTPUT_INDENT):
+        return None
+    text = plain[len(STEP_OUTPUT_INDENT):]
+    if (m := TQDM.match(text.strip())) and m["desc"].strip() == step:
+        return _progress_event(step, m)
+    return StepEvent("output", step, text=text)
+
+
+def _progress_event(step: str, m: re.Match[str]) -> StepEvent:
+    """``info`` is ``elapsed<remaining, rate[, postfix...]``: the unit comes from the rate, the postfix
+    (``loss=0.26, val_loss=0.18``) is kept as the event's text."""
+    parts = [p.strip() for p in (m["info"] or "").split(",")]
+    unit = ""
+    if len(parts) > 1 and (rate := _RATE.match(parts[1])):
+        unit = rate["unit"] or rate["per"] or ""
+    return StepEvent("progress", step, done=int(m["done"]), total=int(m["total"]), unit=unit,
+                     text=", ".join(parts[2:]))
+
+
+def error_message(output: list[str]) -> str:
+    """A failed step's own error message from its output: the exception line of its last traceback.
+
+    A platform error (``pillars.*``) is its message alone, written for the user; any other exception
+    keeps its class name (``RuntimeError: CUDA out of memory``). Without a traceback (a killed
+    process), the step's last line.
+    """
+    starts = [i for i, text in enumerate(output) if text.strip() == TRACEBACK]
+    if starts:
+        for text in output[starts[-1] + 1:]:
+            if text.strip() and not text[0].isspace():
+                if m := EXCEPTION_LINE.match(text.strip()):
+                    kind, message = m["type"], (m["message"] or "").strip()
+                    if kind.startswith("pillars.") and message:
+                        return message
+                    short = kind.rsplit(".", 1)[-1]
+                    return f"{short}: {message}" if message else short
+                return text.strip()
+    last = [text.strip() for text in output if text.strip()]
+    return f"exited without a Python traceback; its last line: {last[-1]}" if last else "exited without output"
+
+
+@dataclass
+class _Step:
+    started: float
+    output: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
+    done: int = 0
+    total: int = 0
+    unit: str = ""
+    note: str = ""
+
+
+class StepReporter(io.TextIOBase):
+    """The stream kfp.local's output is redirected to while a pipeline runs.
+
+    Every line goes to ``log`` (and, ``verbose``, to ``out`` as it is); kfp's task lines become one
+    line on ``out`` when a step starts and one when it ends, with its duration and progress. On a
+    terminal, a step's progress is a bar redrawn in place.
+
+    Args:
+        log: the log file, open for writing.
+        out: where the step lines go (the terminal).
+        verbose: copy every line to ``out`` instead of the step lines.
+        clock: monotonic seconds (injected in tests).
+    """
+
+    def __init__(self, log: TextIO, out: TextIO, verbose: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.log = log
+        self.out = out
+        self.verbose = verbose
+        self.clock = clock
+        self.steps: dict[str, _Step] = {}
+        self.current: str | None = None
+        self.failed: str | None = None
+        self._partial = ""
+        self._bar_shown = False
+        self._tty = bool(getattr(out, "isatty", lambda: False)())
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        self.log.write(s)
+        if self.verbose:
+            self.out.write(s)
+        lines = (self._partial + s).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self.feed(line)
+        return len(s)
+
+    def flush(self) -> None:
+        self.log.flush()
+        self.out.flush()
+
+    def feed(self, line: str) -> None:
+        """Take one complete line kfp.local printed."""
+        event = parse_line(line, self.current)
+        if event is None:
+            return
+        if event.kind == "start":
+            self.current = event.step
+            self.steps[event.step] = _Step(self.clock())
+            self._say(f"  {event.step:<14} ...")
+        elif event.kind == "end":
+            self._end(event)
+        elif event.kind == "progress":
+            step = self.steps[event.step]
+            step.done, step.total, step.unit, step.note = event.done, event.total, event.unit, event.text
+            self._draw_bar(event.step, step)
+        else:
+            self.steps[event.step].output.append(event.text)
+
+    def failure(self) -> StepFailed | None:
+        """The failed step with its own error message, or None when no step failed."""
+        if self.failed is None:
+            return None
+        return StepFailed(self.failed, error_message(list(self.steps[self.failed].output)))
+
+    def _end(self, event: StepEvent) -> None:
+        step = self.steps.get(event.step) or _Step(self.clock())
+        seconds = self.clock() - step.started
+        progress = f"  {step.done}/{step.total} {step.unit}".rstrip() if step.total else ""
+        if step.note:
+            progress += f"  ({step.note})"
+        status = "ok" if event.status == "SUCCESS" else "FAILED"
+        if status == "FAILED":
+            self.failed = event.step
+        self.current = None
+        self._say(f"  {event.step:<14} {status:<6} {seconds:6.1f}s{progress}")
+
+    def _say(self, text: str) -> None:
+        if self.verbose:
+            return
+        self._clear_bar()
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def _draw_bar(self, name: str, step: _Step) -> None:
+        if self.verbose or not self._tty or not step.total:
+            return
+        width = 24
+        filled = width * min(step.done, step.total) // step.total
+        bar = f"[{'#' * filled}{'.' * (width - filled)}]"
+        self.out.write(f"\r\x1b[K  {name:<14} {bar} {step.done}/{step.total} {step.unit}")
+        self.out.flush()
+        self._bar_shown = True
+
+    def _clear_bar(self) -> None:
+        if self._bar_shown:
+            self.out.write("\r\x1b[K")
+            self._bar_shown = False
+
+
+def log_path(home: Path, pipeline: str, clock: Callable[[], float] = time.time) -> Path:
+    """``<home>/logs/run-<pipeline>-<YYYYmmdd-HHMMSS>.log``, a new file per run."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(clock()))
+    return home / "logs" / f"run-{pipeline}-{stamp}.log"
+
+
+def run_reported(pipeline: Callable[..., Any], arguments: Mapping[str, Any], log_file: Path,
+                 out: TextIO | None = None, verbose: bool = False, caching: bool = True) -> str:
+    """Run ``pipeline`` with kfp.local, reporting its steps on ``out`` and logging everything to ``log_file``.
+
+    Returns:
+        The tracking URI the run used.
+
+    Raises:
+        StepFailed: a step failed; the message is the step's own error (the log file has the rest).
+    """
+    from pillars.pipelines.local import run_local
+
+    out = out if out is not None else sys.stderr
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "w") as log:
+        reporter = StepReporter(log, out, verbose=verbose)
+        try:
+            return run_local(pipeline, arguments, caching=caching, output=reporter)
+        except Exception as e:
+            failed = reporter.failure()
+            if failed is None:
+                raise
+            raise failed from e
+        finally:
+            reporter.flush()
