@@ -53,7 +53,9 @@ def test_the_version_is_pinned_and_served_from_the_registry() -> None:
     assert obj["metadata"]["annotations"]["pillars.io/model-version"] == "3"
     assert obj["metadata"]["annotations"]["pillars.io/model-alias"] == "iris@champion"
     unresolved = build_inference_service(spec(version=None))
-    assert unresolved["spec"]["predictor"]["model"]["args"] == ["--model_uri=models:/iris@champion"]
+    # Served by alias: the server follows the alias, so a retrained champion reaches running pods.
+    assert unresolved["spec"]["predictor"]["model"]["args"] == ["--model_uri=models:/iris@champion",
+                                                                "--reload_interval_s=60"]
 
 
 def test_gpu_and_canary_and_modes() -> None:
@@ -305,7 +307,7 @@ def test_dry_run_without_a_reachable_registry_serves_the_alias(monkeypatch, caps
     assert main(["iris@champion", "-n", "ml", "--canary", "20", "--dry-run"]) == 0
     out, err = capsys.readouterr()
     obj = yaml.safe_load(out)
-    assert obj["spec"]["predictor"]["model"]["args"] == ["--model_uri=models:/iris@champion"]
+    assert obj["spec"]["predictor"]["model"]["args"] == ["--model_uri=models:/iris@champion", "--reload_interval_s=60"]
     assert obj["spec"]["predictor"]["canaryTrafficPercent"] == 20
     assert "registry unreachable" in err
 

@@ -75,7 +75,7 @@ def test_mlflow_with_auth_on_needs_the_admin_password_from_the_secret(render, tm
     deployment = next(d for d in render("auth.yaml") if d["kind"] == "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     env_spec = {e["name"]: e for e in container["env"]}
-    for name in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+    for name in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
         assert env_spec[name]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-admin"  # from the Secret only
     port = free_port()
     script = (container["args"][0].replace("--host 0.0.0.0 --port 5000", f"--host 127.0.0.1 --port {port}")
@@ -87,7 +87,7 @@ def test_mlflow_with_auth_on_needs_the_admin_password_from_the_secret(render, tm
            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
            "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"),
            "PILLARS_AUTH_DEFAULT_PERMISSION": env_spec["PILLARS_AUTH_DEFAULT_PERMISSION"]["value"],
-           "MLFLOW_AUTH_ADMIN_USERNAME": env_spec["MLFLOW_AUTH_ADMIN_USERNAME"]["value"],
+           "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
            "MLFLOW_AUTH_ADMIN_PASSWORD": "s3cret-from-the-secret", "MLFLOW_FLASK_SERVER_SECRET_KEY": "k" * 32}
     server = ServerProcess(["/bin/sh", "-ec", script], log_path=tmp_path / "mlflow.log", env=env)
     try:
