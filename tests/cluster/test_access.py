@@ -1,0 +1,216 @@
+"""Who may talk to what: MLflow needs credentials by default and admits only the platform's pods and
+listed peers; model servers need a token (the PodMonitor carries it); Knative routes stay in the
+cluster; compiled pipelines get the MLflow credentials from the chart's Secret."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.cluster.conftest import VALUES
+
+NAMESPACE = "pillars"
+TRIGGER = ["trigger.enabled=true", "trigger.token.existingSecret=t"]
+
+
+def _one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def _secret_ref(env: dict[str, Any]) -> tuple[str, str]:
+    ref = env["valueFrom"]["secretKeyRef"]
+    return ref["name"], ref["key"]
+
+
+# --- MLflow: credentials -------------------------------------------------------------------------
+
+def test_mlflow_auth_is_on_by_default_with_a_generated_secret(render) -> None:
+    docs = render()
+    secret = _one(docs, "Secret", "pillars-mlflow-auth")
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert data["username"] == "admin"
+    assert len(data["password"]) == 32 and len(data["flask-secret-key"]) == 48
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"  # survives uninstall/upgrade
+    container = _one(docs, "Deployment", "pillars-mlflow")["spec"]["template"]["spec"]["containers"][0]
+    assert "--app-name basic-auth" in container["args"][0]
+    env = _env(container)
+    assert _secret_ref(env["MLFLOW_AUTH_ADMIN_USERNAME"]) == ("pillars-mlflow-auth", "username")
+    assert _secret_ref(env["MLFLOW_AUTH_ADMIN_PASSWORD"]) == ("pillars-mlflow-auth", "password")
+    assert _secret_ref(env["MLFLOW_FLASK_SERVER_SECRET_KEY"]) == ("pillars-mlflow-auth", "flask-secret-key")
+
+
+def test_every_mlflow_client_of_the_chart_gets_the_credentials_from_the_secret(render) -> None:
+    docs = render(set=TRIGGER)
+    clients = {
+        "trigger": _one(docs, "Deployment", "pillars-trigger")["spec"]["template"]["spec"]["containers"][0],
+        "model servers": _one(docs, "ServingRuntime", "pillars-registry")["spec"]["containers"][0],
+    }
+    for who, container in clients.items():
+        env = _env(container)
+        assert _secret_ref(env["MLFLOW_TRACKING_USERNAME"]) == ("pillars-mlflow-auth", "username"), who
+        assert _secret_ref(env["MLFLOW_TRACKING_PASSWORD"]) == ("pillars-mlflow-auth", "password"), who
+    # The pipelines the trigger compiles name the same Secret for their steps.
+    assert _env(clients["trigger"])["PILLARS_MLFLOW_SECRET_NAME"]["value"] == "pillars-mlflow-auth"
+    # Models fetched from storage never talk to MLflow: no credentials for them.
+    storage = _one(docs, "ServingRuntime", "pillars")["spec"]["containers"][0]
+    assert "MLFLOW_TRACKING_PASSWORD" not in _env(storage)
+
+
+def test_a_named_secret_replaces_the_generated_one_and_auth_off_removes_every_credential(render) -> None:
+    named = render("auth.yaml")
+    assert not [d for d in named if d["kind"] == "Secret" and "mlflow" in d["metadata"]["name"]]
+    runtime = _one(named, "ServingRuntime", "pillars-registry")["spec"]["containers"][0]
+    assert _secret_ref(_env(runtime)["MLFLOW_TRACKING_PASSWORD"]) == ("mlflow-admin", "password")
+    off = render(set=[*TRIGGER, "mlflow.auth.enabled=false"])
+    assert not [d for d in off if d["kind"] == "Secret" and "mlflow" in d["metadata"]["name"]]
+    for doc in off:
+        assert "MLFLOW_TRACKING_PASSWORD" not in yaml.safe_dump(doc), doc["metadata"]["name"]
+    container = _one(off, "Deployment", "pillars-mlflow")["spec"]["template"]["spec"]["containers"][0]
+    assert "basic-auth" not in container["args"][0]
+
+
+def test_compiled_pipelines_give_every_step_the_mlflow_credentials(tmp_path: Path, monkeypatch) -> None:
+    from pillars.pipelines.cli import compile_pipeline
+
+    # What the trigger pod sees (the chart's env), so the retraining runs it compiles get the Secret.
+    monkeypatch.setenv("PILLARS_MLFLOW_SECRET_NAME", "pillars-mlflow-auth")
+    monkeypatch.setenv("PILLARS_RELEASE", "ml-platform")
+    path = compile_pipeline("retraining", str(tmp_path / "retraining.yaml"), deploy_namespace="mlops")
+    pipeline, platform = list(yaml.safe_load_all(Path(path).read_text()))
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    steps = [name for name in pipeline["deploymentSpec"]["executors"] if not name.startswith("exec-deploy")]
+    assert len(steps) >= 7  # resolve, prepare, train, evaluate, validate, register, promote
+    for step in steps:
+        (secret,) = executors[step]["secretAsEnv"]
+        assert secret["secretName"] == "pillars-mlflow-auth", step
+        assert {(k["secretKey"], k["envVar"]) for k in secret["keyToEnv"]} == {
+            ("username", "MLFLOW_TRACKING_USERNAME"), ("password", "MLFLOW_TRACKING_PASSWORD")}, step
+    deploy = pipeline["deploymentSpec"]["executors"]["exec-deploy-op"]["container"]
+    assert {"name": "PILLARS_RELEASE", "value": "ml-platform"} in deploy["env"]
+    monkeypatch.delenv("PILLARS_MLFLOW_SECRET_NAME")
+    plain = compile_pipeline("training", str(tmp_path / "plain.yaml"))
+    assert "secretAsEnv" not in Path(plain).read_text()
+
+
+# --- MLflow: who may connect ---------------------------------------------------------------------
+
+def _matches(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
+    return selector is not None and labels.items() >= (selector.get("matchLabels") or {}).items()
+
+
+def admits(policy: dict[str, Any], port: int, namespace: str, pod_labels: dict[str, str]) -> bool:
+    """NetworkPolicy ingress semantics for matchLabels peers: a peer with only a podSelector means
+    the policy's own namespace; with a namespaceSelector, the namespaces it selects (their
+    kubernetes.io/metadata.name label)."""
+    namespace_labels = {"kubernetes.io/metadata.name": namespace}
+    for rule in policy["spec"].get("ingress", []):
+        if port not in [p["port"] for p in rule.get("ports", [])]:
+            continue
+        for peer in rule.get("from", []):
+            in_namespace = (_matches(peer["namespaceSelector"], namespace_labels) if "namespaceSelector" in peer
+                            else namespace == NAMESPACE)
+            if in_namespace and (_matches(peer.get("podSelector"), pod_labels) if "podSelector" in peer else True):
+                return True
+    return False
+
+
+OWN = {"app.kubernetes.io/name": "pillars", "app.kubernetes.io/instance": "pillars"}
+ADMITTED = [
+    ("a model server of the release", NAMESPACE, {**OWN, "app.kubernetes.io/component": "model"}),
+    ("the trigger", NAMESPACE, {**OWN, "app.kubernetes.io/component": "trigger"}),
+    ("a KFP pipeline step", "kubeflow", {"pipelines.kubeflow.org/v2_component": "true"}),
+    ("Prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"}),
+]
+REFUSED = [
+    ("any pod of another namespace", "default", {"app": "web"}),
+    ("a pod of another release in the namespace", NAMESPACE,
+     {"app.kubernetes.io/name": "pillars", "app.kubernetes.io/instance": "other"}),
+    ("an unlabelled pod in the namespace", NAMESPACE, {}),
+    ("a KFP pod that is not a step", "kubeflow", {"app": "ml-pipeline-ui"}),
+    ("a pipeline-step-looking pod elsewhere", "team-a", {"pipelines.kubeflow.org/v2_component": "true"}),
+]
+
+
+def test_only_the_platforms_pods_and_the_listed_peers_reach_mlflow(render) -> None:
+    policy = _one(render(), "NetworkPolicy", "pillars-mlflow")
+    for who, namespace, labels in ADMITTED:
+        assert admits(policy, 5000, namespace, labels), who
+    for who, namespace, labels in REFUSED:
+        assert not admits(policy, 5000, namespace, labels), who
+    assert {} not in [peer.get("namespaceSelector") for rule in policy["spec"]["ingress"] for peer in rule["from"]]
+
+
+def test_mlflow_peers_are_values_the_ingress_controller_only_with_an_ingress(render, tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"mlflow": {"networkPolicy": {"clients": [
+        {"namespaceSelector": {"kubernetes.io/metadata.name": "team-a"},
+         "podSelector": {"pipelines.kubeflow.org/v2_component": "true"}}]}}}))
+    listed = _one(render(str(values)), "NetworkPolicy", "pillars-mlflow")
+    assert admits(listed, 5000, "team-a", {"pipelines.kubeflow.org/v2_component": "true"})
+    assert not admits(listed, 5000, "kubeflow", {"pipelines.kubeflow.org/v2_component": "true"})  # replaced
+    nginx = ("ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"})
+    assert not admits(_one(render(), "NetworkPolicy", "pillars-mlflow"), 5000, *nginx)
+    assert admits(_one(render("auth.yaml"), "NetworkPolicy", "pillars-mlflow"), 5000, *nginx)
+
+
+# --- model servers: token, scrape, routes --------------------------------------------------------
+
+def test_model_servers_need_a_token_and_the_pod_monitor_scrapes_with_it(render) -> None:
+    docs = render()
+    secret = _one(docs, "Secret", "pillars-serving-token")
+    assert len(base64.b64decode(secret["data"]["token"])) == 48
+    for runtime in ("pillars", "pillars-registry"):
+        spec = _one(docs, "ServingRuntime", runtime)["spec"]
+        container = spec["containers"][0]
+        assert "--auth_token_file=/var/run/pillars-serving/token" in container["args"]
+        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/var/run/pillars-serving")
+        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+        assert volume["secret"]["secretName"] == "pillars-serving-token" and mount["readOnly"] is True
+        assert volume["secret"]["items"] == [{"key": "token", "path": "token"}]
+    endpoint = _one(docs, "PodMonitor", "pillars-models")["spec"]["podMetricsEndpoints"][0]
+    assert endpoint["authorization"] == {"type": "Bearer", "credentials": {"name": "pillars-serving-token",
+                                                                          "key": "token"}}
+
+
+def test_an_open_model_server_is_scraped_without_a_token(render) -> None:
+    docs = render(set=["kserve.auth.enabled=false"])
+    assert "authorization" not in _one(docs, "PodMonitor", "pillars-models")["spec"]["podMetricsEndpoints"][0]
+    args = _one(docs, "ServingRuntime", "pillars")["spec"]["containers"][0]["args"]
+    assert not [a for a in args if a.startswith("--auth_token_file")]
+    assert not [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "pillars-serving-token"]
+
+
+def test_the_server_listens_on_the_pods_interfaces(render) -> None:
+    for runtime in ("pillars", "pillars-registry"):
+        assert "--host=0.0.0.0" in _one(render(), "ServingRuntime", runtime)["spec"]["containers"][0]["args"]
+
+
+@pytest.mark.parametrize("settings, visible", [
+    ([], "cluster-local"),
+    (["kserve.clusterLocal=false"], None),
+    (["models[0].clusterLocal=false"], None),
+    (["kserve.clusterLocal=false", "models[0].clusterLocal=true"], "cluster-local"),
+])
+def test_knative_inference_services_are_cluster_local_unless_values_say_otherwise(render, settings, visible) -> None:
+    docs = render(set=["models[0].name=iris", "models[0].uri=models:/iris@champion", *settings])
+    labels = _one(docs, "InferenceService", "iris")["metadata"]["labels"]
+    assert labels.get("networking.knative.dev/visibility") == visible
+
+
+def test_cluster_local_is_a_knative_setting(render, helm: str) -> None:
+    from tests.cluster.conftest import CHART, run
+
+    standard = render("keda.yaml")
+    assert not [d for d in standard if d["kind"] == "InferenceService"
+                and "networking.knative.dev/visibility" in d["metadata"]["labels"]]
+    result = run([helm, "template", "pillars", CHART, "--values", VALUES / "keda.yaml",
+                  "--set", "models[0].clusterLocal=true"], check=False)
+    assert result.returncode != 0 and "clusterLocal is a Knative setting" in result.stderr
