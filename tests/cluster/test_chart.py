@@ -214,6 +214,10 @@ def test_pipeline_runner_may_manage_inference_services_in_its_namespace_only(ren
     (["--set", "trigger.params.epochs.max=3"], "/trigger/params/epochs"),
     (["--set", "trigger.networkPolicy.kfpApi.ports[0]=http"], "/trigger/networkPolicy/kfpApi/ports/0"),
     (["--set", "trigger.token.value=abc"], "value"),
+    (["--set", "servingImage.repository=x"], "servingImage"),  # one image value: image.*
+    (["--set", "kserve.reloadIntervalSeconds=-1"], "/kserve/reloadIntervalSeconds"),
+    (["--set", "mlflow.auth.passwordKey=pw"], "passwordKey"),  # the Secret's keys are fixed
+    (["--set", "mlflow.networkPolicy.clients[0].podSelector.app=x"], "namespaceSelector"),
 ])
 def test_values_schema_rejects_wrong_types_and_unknown_keys(helm: str, arguments: list[str], message: str) -> None:
     result = run([helm, "template", "pillars", CHART, *arguments], check=False)

@@ -125,3 +125,38 @@ def test_default_mlflow_needs_the_generated_credentials_and_clients_get_them(ren
         assert refused.returncode != 0 and "401" in refused.stderr
     finally:
         server.stop()
+
+
+def test_one_image_value_sets_every_image_the_chart_and_its_pipelines_run(render) -> None:
+    from tests.cluster.test_policy import pods
+
+    repository, tag = "registry.example.com/ml/pillars", "1.2.3"
+    docs = render("gpu.yaml", set=[f"image.repository={repository}", f"image.tag={tag}", "trigger.enabled=true",
+                                   "trigger.token.existingSecret=t", "kserve.servingRuntime.create=true"])
+    images = {c["image"] for _, _, containers in pods(docs) for c in containers if "image" in c}
+    ours = {i for i in images if not i.startswith("docker.io/library/postgres:")}
+    assert ours == {f"{repository}:{tag}", f"{repository}-serving:{tag}", f"{repository}-serving:{tag}-cuda"}
+    runtime = next(d for d in docs if d["kind"] == "ServingRuntime")
+    assert runtime["spec"]["containers"][0]["image"] == f"{repository}-serving:{tag}"
+    trigger = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "pillars-trigger")
+    env = {e["name"]: e.get("value") for e in trigger["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["PILLARS_IMAGE"] == f"{repository}:{tag}"  # the image of the pipelines the trigger compiles
+
+
+def test_pipelines_compiled_with_the_charts_image_run_it_in_every_step(tmp_path: Path, monkeypatch) -> None:
+    import subprocess as sp
+
+    import yaml
+
+    image = "registry.example.com/ml/pillars:1.2.3"
+    out = tmp_path / "retraining.yaml"
+    # The trigger pod's environment (PILLARS_IMAGE from the chart), in a fresh process as the trigger is.
+    result = sp.run([sys.executable, "-m", "pillars.pipelines.cli", "compile", "retraining", "-o", str(out),
+                     "--deploy-namespace", "pillars"], capture_output=True, text=True, timeout=300,
+                    env={**os.environ, "PILLARS_IMAGE": image})
+    assert result.returncode == 0, result.stderr[-2000:]
+    pipeline = next(yaml.safe_load_all(out.read_text()))
+    images = {e["container"]["image"] for e in pipeline["deploymentSpec"]["executors"].values()}
+    assert images == {image}
+    deploy = pipeline["deploymentSpec"]["executors"]["exec-deploy-op"]["container"]
+    assert {"name": "PILLARS_IMAGE", "value": image} in deploy["env"]  # its GPU models: <repo>-serving:<tag>-cuda
