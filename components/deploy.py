@@ -466,6 +466,7 @@ def deploy(spec: DeploySpec, api_client: "ApiClient | None" = None, timeout_s: f
     """Apply the InferenceService for ``spec``, wait for Ready, and roll back on failure or timeout.
 
     Raises:
+        ConfigError: the InferenceService of that name serves another registered model (nothing applied).
         DeployError: the rollout failed; the message is the InferenceService's own condition message
             and says what was rolled back.
     """
