@@ -214,3 +214,95 @@ def test_cluster_local_is_a_knative_setting(render, helm: str) -> None:
     result = run([helm, "template", "pillars", CHART, "--values", VALUES / "keda.yaml",
                   "--set", "models[0].clusterLocal=true"], check=False)
     assert result.returncode != 0 and "clusterLocal is a Knative setting" in result.stderr
+
+
+# --- generated credentials survive upgrades --------------------------------------------------------
+
+class _InstalledRelease:
+    """A loopback API server that answers what ``helm template --dry-run=server`` asks: discovery for
+    the kinds the chart renders, and GETs of the Secrets an earlier install left (``lookup``)."""
+
+    def __init__(self, docs: list[dict[str, Any]], secrets: dict[str, dict[str, str]]) -> None:
+        self.secrets = secrets
+        self.groups: dict[str, set[str]] = {}
+        for doc in docs:
+            self.groups.setdefault(doc["apiVersion"], set()).add(doc["kind"])
+
+    def _resources(self, group_version: str) -> dict[str, Any]:
+        cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": [
+            {"name": f"{kind.lower()}s".replace("ys", "ies") if kind.endswith("y") else f"{kind.lower()}s",
+             "singularName": kind.lower(), "namespaced": kind not in cluster_scoped, "kind": kind,
+             "verbs": ["get", "list", "create", "patch"]} for kind in sorted(self.groups.get(group_version, ()))]}
+
+    def answer(self, path: str) -> tuple[int, dict[str, Any]]:
+        if path == "/version":
+            return 200, {"major": "1", "minor": "33", "gitVersion": "v1.33.0"}
+        if path == "/api":
+            return 200, {"kind": "APIVersions", "versions": ["v1"]}
+        if path == "/apis":
+            groups = [{"name": gv.split("/")[0], "versions": [{"groupVersion": gv, "version": gv.split("/")[1]}],
+                       "preferredVersion": {"groupVersion": gv, "version": gv.split("/")[1]}}
+                      for gv in sorted(self.groups) if "/" in gv]
+            return 200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+        if path == "/api/v1":
+            return 200, self._resources("v1")
+        if path.startswith("/apis/") and path.count("/") == 3:
+            return 200, self._resources(path[len("/apis/"):])
+        prefix = f"/api/v1/namespaces/{NAMESPACE}/secrets/"
+        if path.startswith(prefix) and path[len(prefix):] in self.secrets:
+            name = path[len(prefix):]
+            return 200, {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": self.secrets[name],
+                         "metadata": {"name": name, "namespace": NAMESPACE,  # as Helm left it
+                                      "labels": {"app.kubernetes.io/managed-by": "Helm"},
+                                      "annotations": {"meta.helm.sh/release-name": "pillars",
+                                                      "meta.helm.sh/release-namespace": NAMESPACE}}}
+        return 404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}
+
+
+def test_an_upgrade_keeps_the_generated_credentials_the_clients_already_hold(render, helm: str,
+                                                                             tmp_path: Path) -> None:
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tests.cluster.conftest import CHART, load_docs, run
+    from tests.processes import free_port
+
+    first = render()
+    installed = {d["metadata"]["name"]: d["data"] for d in first if d["kind"] == "Secret"}
+    assert {"pillars-mlflow-auth", "pillars-serving-token", "pillars-postgresql"} <= installed.keys()
+    api = _InstalledRelease(first, installed)
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            code, body = api.answer(self.path.split("?")[0])
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "installed",
+        "clusters": [{"name": "installed", "cluster": {"server": f"http://127.0.0.1:{server.server_address[1]}"}}],
+        "users": [{"name": "installed", "user": {"token": "x"}}],
+        "contexts": [{"name": "installed", "context": {"cluster": "installed", "user": "installed"}}]}))
+    try:
+        result = run([helm, "template", "pillars", CHART, "--namespace", NAMESPACE, "--dry-run=server",
+                      "--disable-openapi-validation", "--kubeconfig", kubeconfig], check=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 0, result.stderr[-2000:]
+    upgraded = {d["metadata"]["name"]: d["data"] for d in load_docs(result.stdout) if d["kind"] == "Secret"}
+    assert upgraded == installed  # lookup kept them
+    fresh = {d["metadata"]["name"]: d["data"] for d in render(set=["mlflow.replicas=1"]) if d["kind"] == "Secret"}
+    assert fresh["pillars-mlflow-auth"]["password"] != installed["pillars-mlflow-auth"]["password"]  # no lookup: new
