@@ -103,10 +103,17 @@ def test_default_mlflow_needs_the_generated_credentials_and_clients_get_them(ren
     server = ServerProcess(["/bin/sh", "-ec", script], log_path=tmp_path / "mlflow.log", env=env)
     try:
         url = f"http://127.0.0.1:{port}"
-        server.wait_http(f"{url}/health", timeout=120)
+        server.wait_http(f"{url}/health", timeout=240)  # the slowest start here: auth database first
         api = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
         # Generous timeouts: the first requests initialise the auth database, slow on a busy machine.
         assert httpx.get(api, timeout=30).status_code == 401
+        # /metrics is behind the same auth: the ServiceMonitor scrapes with the Secret's credentials.
+        assert httpx.get(f"{url}/metrics", timeout=30).status_code == 401
+        monitor = next(d for d in docs if d["kind"] == "ServiceMonitor" and d["metadata"]["name"] == "pillars-mlflow")
+        basic = monitor["spec"]["endpoints"][0]["basicAuth"]
+        scrape = tuple(base64.b64decode(secrets[basic[k]["name"]]["data"][basic[k]["key"]]).decode()
+                       for k in ("username", "password"))
+        assert httpx.get(f"{url}/metrics", auth=scrape, timeout=30).status_code == 200
         assert "MLFLOW_AUTH_ADMIN_PASSWORD" in server_env and server_env["MLFLOW_AUTH_ADMIN_PASSWORD"] not in (
             tmp_path / "basic_auth.ini").read_text()
         # The trigger and the model servers: MLflow's own client, credentials from their environment.
