@@ -4,7 +4,10 @@ The core is plain functions over plain dicts (the InferenceService as the API se
 
 * :func:`build_inference_service` — the object for ``models:/NAME/VERSION``, the same shape the
   Helm chart renders for ``values.models`` (runtime ``pillars-registry``, ports per mode, the
-  security context every Pillars pod has).
+  security context every Pillars pod has, the release's labels, the registered model's name in
+  the annotation ``pillars.io/registered-model`` that the runtime passes on as the model name).
+* :func:`check_overwrite` — refuses to replace an InferenceService that serves another registered
+  model (``fraud_v2`` and ``fraud-v2`` map to the same name).
 * :func:`apply_inference_service` — server-side apply with field manager ``pillars`` (idempotent:
   applying the same object twice changes nothing).
 * :func:`assess` — reads an InferenceService's status: ``ready``, ``failed`` (with KServe's own
@@ -32,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from kfp import dsl
 
 from pillars.components.errors import ConfigError, PillarsError, RegistryError
-from pillars.components.settings import Settings, package_version
+from pillars.components.settings import Settings
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -41,12 +44,34 @@ logger = logging.getLogger("pillars.components.deploy")
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 FIELD_MANAGER = "pillars"
-SERVING_REPOSITORY = "ghcr.io/pillars-mlops/pillars-serving"
+SERVING_SUFFIX, CUDA_SUFFIX = "-serving", "-cuda"
+"""The serving image is the components image's repository plus ``-serving`` (the chart's
+``image.servingSuffix``); GPU models add ``-cuda`` to the tag (``image.cudaSuffix``)."""
+REGISTERED_MODEL = "pillars.io/registered-model"
+"""Annotation (exact name) and label (label-safe form) naming the registered model an
+InferenceService serves; the serving runtime passes the annotation as ``--model_name``."""
 MODES = ("Knative", "Standard")
 _LEGACY_MODE_NAMES = {"Knative": "Serverless", "Standard": "RawDeployment"}
 IMAGE_UID = 10001
 """The non-root user the Pillars images run as (components/Dockerfile, serving/Dockerfile)."""
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+_UNSAFE_NAME = re.compile(r'["\\/\x00-\x1f\x7f]')
+"""Characters a registered model name may not have here: KServe pastes the annotation into the
+runtime container's JSON (quotes, backslashes, control characters), and MLflow names have no ``/``."""
+
+
+def serving_image(components_image: str) -> str:
+    """``repo:tag`` of the components image -> ``repo-serving:tag`` (the chart derives it the same way)."""
+    repository, sep, tag = components_image.rpartition(":")
+    if not sep or "/" in tag:
+        raise ConfigError(f"image must be REPOSITORY:TAG, got {components_image!r}")
+    return f"{repository}{SERVING_SUFFIX}:{tag}"
+
+
+def label_value(text: str) -> str:
+    """``text`` as a label value: at most 63 characters of ``[A-Za-z0-9_.-]``, alphanumeric at both
+    ends; other characters become ``_`` (the chart's ``pillars.labelValue``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:63].strip("_.-")
 
 
 class DeployError(PillarsError, RuntimeError):
@@ -67,8 +92,12 @@ class DeploySpec:
     kserve_version: str = "0.15"
     name: str = ""
     tracking_uri: str = dataclasses.field(default_factory=lambda: Settings().cluster_mlflow_uri)
-    service_account: str = "pillars-models"
-    serving_image: str = dataclasses.field(default_factory=lambda: f"{SERVING_REPOSITORY}:{package_version()}")
+    service_account: str = dataclasses.field(default_factory=lambda: Settings().models_service_account)
+    serving_image: str = dataclasses.field(default_factory=lambda: serving_image(Settings().image))
+    release: str = dataclasses.field(default_factory=lambda: Settings().release)
+    app_name: str = dataclasses.field(default_factory=lambda: Settings().app_name)
+    cluster_local: bool = True
+    reload_interval_s: int = 60
     min_replicas: int = 1
     max_replicas: int = 3
     scale_metric: str = ""
@@ -87,6 +116,9 @@ class DeploySpec:
 
 
 def _check_spec(spec: DeploySpec) -> None:
+    if not spec.model or _UNSAFE_NAME.search(spec.model):
+        raise ConfigError(f"registered model name {spec.model!r} is empty or has a quote, backslash, '/' "
+                          "or control character")
     if spec.mode not in MODES:
         raise ConfigError(f"deployment mode must be one of {', '.join(MODES)}, got {spec.mode!r}")
     if not _DNS_LABEL.match(spec.namespace):
@@ -108,6 +140,8 @@ def _check_spec(spec: DeploySpec) -> None:
         raise ConfigError(f"scale metric in {spec.mode} mode is one of {', '.join(allowed)}, got {spec.scale_metric!r}")
     if spec.mode == "Standard" and spec.min_replicas == 0:
         raise ConfigError("min replicas 0 (scale to zero) needs Knative mode")
+    if spec.reload_interval_s < 0:
+        raise ConfigError(f"reload interval must be 0 (off) or more seconds, got {spec.reload_interval_s}")
 
 
 def parse_model_ref(ref: str) -> tuple[str, str]:
@@ -140,10 +174,12 @@ def mode_annotation(mode: str, kserve_version: str) -> str:
 
 def build_inference_service(spec: DeploySpec) -> dict[str, Any]:
     """The InferenceService for ``spec`` (what the chart renders for one ``values.models`` entry)."""
-    labels = {"app.kubernetes.io/name": "pillars", "app.kubernetes.io/instance": "pillars",
+    labels = {"app.kubernetes.io/name": spec.app_name, "app.kubernetes.io/instance": spec.release,
               "app.kubernetes.io/component": "model", "app.kubernetes.io/part-of": "pillars",
-              "app.kubernetes.io/managed-by": FIELD_MANAGER, "pillars.io/model": spec.isvc_name}
+              "app.kubernetes.io/managed-by": FIELD_MANAGER, "pillars.io/model": spec.isvc_name,
+              REGISTERED_MODEL: label_value(spec.model)}
     annotations = {"serving.kserve.io/deploymentMode": mode_annotation(spec.mode, spec.kserve_version),
+                   REGISTERED_MODEL: spec.model,
                    "pillars.io/model-uri": spec.model_uri,
                    "pillars.io/model-alias": f"{spec.model}@{spec.alias}"}
     if spec.version:
@@ -154,7 +190,10 @@ def build_inference_service(spec: DeploySpec) -> dict[str, Any]:
         "minReplicas": spec.min_replicas,
         "maxReplicas": spec.max_replicas,
     }
+    metadata_labels = dict(labels)
     if spec.mode == "Knative":
+        if spec.cluster_local:
+            metadata_labels["networking.knative.dev/visibility"] = "cluster-local"
         predictor["scaleMetric"] = spec.scale_metric or "concurrency"
         predictor["scaleTarget"] = spec.scale_target or 10
         if spec.canary_percent is not None:
@@ -172,7 +211,8 @@ def build_inference_service(spec: DeploySpec) -> dict[str, Any]:
     model: dict[str, Any] = {
         "modelFormat": {"name": "pillars", "version": "1"},
         "runtime": "pillars-registry",
-        "args": [f"--model_uri={spec.model_uri}"],
+        "args": [f"--model_uri={spec.model_uri}",
+                 *([f"--reload_interval_s={spec.reload_interval_s}"] if not spec.version else [])],
         "env": [{"name": "HOME", "value": "/tmp"}, {"name": "MLFLOW_TRACKING_URI", "value": spec.tracking_uri}],
         "ports": ports,
         "resources": resources,
@@ -182,7 +222,7 @@ def build_inference_service(spec: DeploySpec) -> dict[str, Any]:
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
     if spec.gpu:
-        model["image"] = f"{spec.serving_image}-cuda"
+        model["image"] = f"{spec.serving_image}{CUDA_SUFFIX}"
         resources["limits"]["nvidia.com/gpu"] = spec.gpu
         predictor["nodeSelector"] = {"nvidia.com/gpu.present": "true"}
         predictor["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
@@ -194,9 +234,38 @@ def build_inference_service(spec: DeploySpec) -> dict[str, Any]:
         volumes=[{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
     )
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "InferenceService",
-            "metadata": {"name": spec.isvc_name, "namespace": spec.namespace, "labels": labels,
+            "metadata": {"name": spec.isvc_name, "namespace": spec.namespace, "labels": metadata_labels,
                          "annotations": annotations},
             "spec": {"predictor": predictor}}
+
+
+def served_model(isvc: dict[str, Any]) -> str | None:
+    """The registered model an existing InferenceService serves, from its annotations (older Pillars
+    objects: ``pillars.io/model-alias`` NAME@ALIAS); None when it names none (not a Pillars deployment)."""
+    annotations = isvc.get("metadata", {}).get("annotations") or {}
+    if annotations.get(REGISTERED_MODEL):
+        return annotations[REGISTERED_MODEL]
+    alias = annotations.get("pillars.io/model-alias", "")
+    return alias.rpartition("@")[0] or None
+
+
+def check_overwrite(existing: dict[str, Any] | None, spec: DeploySpec) -> None:
+    """Refuse to replace an InferenceService that serves another registered model, or one that
+    Pillars did not create (``fraud_v2`` and ``fraud-v2``, or ``Churn`` and ``churn``, share a name).
+
+    Raises:
+        ConfigError: one line naming the InferenceService and both models.
+    """
+    if existing is None:
+        return
+    where = f"{spec.namespace}/{spec.isvc_name}"
+    served = served_model(existing)
+    if served is None:
+        raise ConfigError(f"InferenceService {where} exists and is not a Pillars deployment (no {REGISTERED_MODEL} "
+                          f"annotation); not replacing it with model {spec.model!r}: pass --name")
+    if served != spec.model:
+        raise ConfigError(f"InferenceService {where} serves registered model {served!r}, not {spec.model!r}; "
+                          "not replacing it: pass --name to deploy under another name")
 
 
 # --- reading the status ------------------------------------------------------------------------
@@ -397,12 +466,14 @@ def deploy(spec: DeploySpec, api_client: "ApiClient | None" = None, timeout_s: f
     """Apply the InferenceService for ``spec``, wait for Ready, and roll back on failure or timeout.
 
     Raises:
+        ConfigError: the InferenceService of that name serves another registered model (nothing applied).
         DeployError: the rollout failed; the message is the InferenceService's own condition message
             and says what was rolled back.
     """
     api_client = api_client or kube_api_client()
     obj = build_inference_service(spec)
     previous = get_inference_service(api_client, spec.namespace, spec.isvc_name)
+    check_overwrite(previous, spec)
     applied = apply_inference_service(api_client, obj)
     logger.info("applied InferenceService %s/%s (%s), generation %s", spec.namespace, spec.isvc_name,
                 spec.model_uri, applied.get("metadata", {}).get("generation"))

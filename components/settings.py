@@ -39,6 +39,24 @@ class Settings(BaseSettings):
     cluster_mlflow_uri: str = "http://pillars-mlflow.pillars.svc.cluster.local:5000"
     """Tracking URI compiled into pipelines for the cluster (the chart's MLflow Service)."""
 
+    release: str = "pillars"
+    """Helm release of the platform chart (``PILLARS_RELEASE``; the chart sets it on its pods): deployed
+    InferenceServices carry it as ``app.kubernetes.io/instance`` so the release's NetworkPolicy and
+    PodMonitor select them."""
+
+    app_name: str = "pillars"
+    """The chart's ``app.kubernetes.io/name`` label (its ``nameOverride``, default ``pillars``)."""
+
+    namespace: str = "pillars"
+    """Namespace of the platform release: where its serving runtimes, NetworkPolicies and Secrets live."""
+
+    models_service_account: str = "pillars-models"
+    """ServiceAccount of model-server pods (``<fullname>-models`` in the chart)."""
+
+    mlflow_secret_name: str = ""
+    """Secret with the MLflow credentials (keys ``username``, ``password``) that compiled pipelines give
+    their steps as ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` (the chart's ``<fullname>-mlflow-auth``)."""
+
     checkpoint_root: Path | None = None
     """Where training checkpoints live; defaults to ``<home>/checkpoints``. On a cluster, a PVC mount."""
 

@@ -164,7 +164,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def _cluster_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"gpus": args.gpus, "accelerator": args.accelerator, "checkpoint_pvc": args.checkpoint_pvc,
             "s3_secret": args.s3_secret, "deploy_namespace": args.deploy_namespace, "canary_percent": args.canary,
-            "kserve_mode": args.kserve_mode, "serving_gpus": args.serving_gpus}
+            "kserve_mode": args.kserve_mode, "serving_gpus": args.serving_gpus,
+            **({"mlflow_secret": args.mlflow_secret} if args.mlflow_secret is not None else {})}
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -336,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--accelerator", default="nvidia.com/gpu", help="accelerator resource name")
         p.add_argument("--checkpoint-pvc", default="", help="PVC mounted at /checkpoints so retries resume")
         p.add_argument("--s3-secret", default="", help="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+        p.add_argument("--mlflow-secret", default=None,
+                       help="Secret with the MLflow username/password (the chart's <release>-mlflow-auth; "
+                            "default: PILLARS_MLFLOW_SECRET_NAME)")
         p.add_argument("--deploy-namespace", default="", help="deploy approved models there (KServe)")
         p.add_argument("--canary", type=int, default=0, metavar="PERCENT", help="canary share before full traffic")
         p.add_argument("--kserve-mode", choices=["Knative", "Standard"], default="Knative")

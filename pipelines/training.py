@@ -11,6 +11,7 @@ from typing import Any
 from kfp import dsl, kubernetes
 
 from pillars.components import ops
+from pillars.components.settings import Settings
 
 PIPELINE_NAME = "pillars-training"
 
@@ -31,6 +32,9 @@ class ClusterOptions:
         checkpoint_pvc: a PVC mounted at ``/checkpoints`` in the train step, so a retried pod resumes
             from the last epoch (``checkpoint_root`` then defaults to it); TrainJob pods mount it too.
         s3_secret: a Secret whose ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` every step gets.
+        mlflow_secret: a Secret whose ``username``/``password`` every step gets as
+            ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` (the chart's ``<fullname>-mlflow-auth``;
+            default ``PILLARS_MLFLOW_SECRET_NAME``, which the chart sets on the trigger).
         deploy_namespace: when set, an approved model is deployed there as a KServe InferenceService
             after promotion (run the pipeline as the chart's ``pillars-pipeline-runner`` service account).
         canary_percent: with ``deploy_namespace``, first send this share of traffic to the new model,
@@ -44,6 +48,7 @@ class ClusterOptions:
     cache_data: bool = True
     checkpoint_pvc: str = ""
     s3_secret: str = ""
+    mlflow_secret: str = dataclasses.field(default_factory=lambda: Settings().mlflow_secret_name)
     deploy_namespace: str = ""
     canary_percent: int = 0
     kserve_mode: str = "Knative"
@@ -108,10 +113,18 @@ def _steps(options: ClusterOptions, task: Any, args: dict[str, Any], warm_start:
         if options.deploy_namespace:
             _deploy_steps(options, registered, uri).after(promoted)
 
+    for step in (data, trained, scored, gate, registered, promoted):
+        _secret_env(options, step)
+
+
+def _secret_env(options: ClusterOptions, step: Any) -> None:
+    """The S3 and MLflow credentials a step gets from Secrets (when named)."""
     if options.s3_secret:
-        for step in (data, trained, scored, gate, registered, promoted):
-            kubernetes.use_secret_as_env(step, secret_name=options.s3_secret, secret_key_to_env={
-                "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"})
+        kubernetes.use_secret_as_env(step, secret_name=options.s3_secret, secret_key_to_env={
+            "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"})
+    if options.mlflow_secret:
+        kubernetes.use_secret_as_env(step, secret_name=options.mlflow_secret, secret_key_to_env={
+            "username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"})
 
 
 def _deploy_steps(options: ClusterOptions, registered: Any, uri: Any) -> Any:
@@ -124,6 +137,13 @@ def _deploy_steps(options: ClusterOptions, registered: Any, uri: Any) -> Any:
                          tracking_uri=uri, gpu=options.serving_gpus, canary_percent=canary, mode=options.kserve_mode)
         task.set_caching_options(False).set_display_name(name)
         _resources(task, cpu="100m", memory="256Mi")
+        # The release the model joins (labels its NetworkPolicy and PodMonitor select, ServiceAccount,
+        # serving image), as the compiling process knows it: the chart sets these on the trigger.
+        settings = Settings()
+        for env, value in (("PILLARS_RELEASE", settings.release), ("PILLARS_APP_NAME", settings.app_name),
+                           ("PILLARS_MODELS_SERVICE_ACCOUNT", settings.models_service_account),
+                           ("PILLARS_IMAGE", settings.image)):
+            task.set_env_variable(env, value)
         return task
 
     if not options.canary_percent:
@@ -208,9 +228,7 @@ def retraining_pipeline(**cluster_options: Any) -> Any:
         resolved = ops.resolve_task(model_name=model_name, task=task, tracking_uri=tracking_uri)
         resolved.set_caching_options(False).set_display_name("resolve task")
         _resources(resolved, cpu="250m", memory="256Mi")
-        if options.s3_secret:
-            kubernetes.use_secret_as_env(resolved, secret_name=options.s3_secret, secret_key_to_env={
-                "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"})
+        _secret_env(options, resolved)
         _steps(options, resolved.output, args, warm_start=warm_start)
 
     return retraining

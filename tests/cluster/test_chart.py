@@ -50,7 +50,7 @@ def test_default_install_has_mlflow_on_postgresql_reachable_through_its_service(
     assert {"readinessProbe", "livenessProbe"} <= container.keys()
     statefulset = docs[("StatefulSet", "pillars-postgresql")]
     assert statefulset["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "8Gi"
-    assert ("ClusterServingRuntime", "pillars") in docs
+    assert ("ServingRuntime", "pillars") in docs
     assert not [d for d in docs.values() if d["kind"] == "InferenceService"]
 
 
@@ -63,14 +63,15 @@ def test_cluster_mlflow_uri_setting_matches_the_chart_service(render) -> None:
 
 
 def test_serving_runtime_supports_the_pillars_format_over_http_and_grpc(render) -> None:
-    runtimes = {d["metadata"]["name"]: d for d in render() if d["kind"] == "ClusterServingRuntime"}
+    runtimes = {d["metadata"]["name"]: d for d in render() if d["kind"] == "ServingRuntime"}
     default = runtimes["pillars"]["spec"]
     assert default["supportedModelFormats"] == [{"name": "pillars", "version": "1", "autoSelect": True, "priority": 1}]
     assert runtimes["pillars-registry"]["spec"]["supportedModelFormats"][0]["autoSelect"] is False
     container = default["containers"][0]
     assert container["command"] == ["python", "-m", "pillars.serving"]
-    assert container["args"] == ["--model_name={{.Name}}", "--model_dir=/mnt/models",
-                                 "--http_port=8080", "--grpc_port=8081"]
+    assert container["args"] == ["--model_name={{or (index .Annotations `pillars.io/registered-model`) .Name}}",
+                                 "--model_dir=/mnt/models", "--host=0.0.0.0", "--http_port=8080", "--grpc_port=8081",
+                                 "--auth_token_file=/var/run/pillars-serving/token"]
     assert "--model_dir=/mnt/models" not in runtimes["pillars-registry"]["spec"]["containers"][0]["args"]
 
 
@@ -90,7 +91,7 @@ def test_gpu_model_gets_gpus_cuda_image_node_selector_tolerations_and_grpc_port(
     assert predictor["canaryTrafficPercent"] == 10
     assert (predictor["scaleMetric"], predictor["scaleTarget"]) == ("concurrency", 4)
     assert model["runtime"] == "pillars-registry"
-    assert model["args"] == ["--model_uri=models:/resnet@champion"]
+    assert model["args"] == ["--model_uri=models:/resnet@champion", "--reload_interval_s=60"]
     env = {e["name"]: e.get("value") for e in model["env"]}
     assert env["MLFLOW_TRACKING_URI"] == "http://pillars-mlflow.pillars.svc.cluster.local:5000"
     assert "storageUri" not in model
@@ -151,6 +152,7 @@ def test_auth_takes_the_admin_password_from_a_secret_and_the_ingress_host_is_all
     container = mlflow["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e for e in container["env"]}
     assert env["MLFLOW_AUTH_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "mlflow-admin", "key": "password"}
+    assert not [d for d in docs if d["kind"] == "Secret" and "mlflow" in d["metadata"]["name"]]  # the named one is used
     assert "--app-name basic-auth" in container["args"][0]
     assert "mlflow.pillars.example.org" in container["args"][0]
     ingress = next(d for d in docs if d["kind"] == "Ingress")
@@ -212,6 +214,10 @@ def test_pipeline_runner_may_manage_inference_services_in_its_namespace_only(ren
     (["--set", "trigger.params.epochs.max=3"], "/trigger/params/epochs"),
     (["--set", "trigger.networkPolicy.kfpApi.ports[0]=http"], "/trigger/networkPolicy/kfpApi/ports/0"),
     (["--set", "trigger.token.value=abc"], "value"),
+    (["--set", "servingImage.repository=x"], "servingImage"),  # one image value: image.*
+    (["--set", "kserve.reloadIntervalSeconds=-1"], "/kserve/reloadIntervalSeconds"),
+    (["--set", "mlflow.auth.passwordKey=pw"], "passwordKey"),  # the Secret's keys are fixed
+    (["--set", "mlflow.networkPolicy.clients[0].podSelector.app=x"], "namespaceSelector"),
 ])
 def test_values_schema_rejects_wrong_types_and_unknown_keys(helm: str, arguments: list[str], message: str) -> None:
     result = run([helm, "template", "pillars", CHART, *arguments], check=False)
@@ -220,7 +226,6 @@ def test_values_schema_rejects_wrong_types_and_unknown_keys(helm: str, arguments
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"mlflow": {"auth": {"enabled": True}}}, "mlflow.auth.existingSecret"),
     ({"postgresql": {"enabled": False}}, "externalDatabase.existingSecret"),
     ({"kserve": {"deploymentMode": "Standard"},
       "models": [{"name": "a", "uri": "s3://b/a", "canaryTrafficPercent": 5}]},

@@ -53,7 +53,9 @@ def test_the_version_is_pinned_and_served_from_the_registry() -> None:
     assert obj["metadata"]["annotations"]["pillars.io/model-version"] == "3"
     assert obj["metadata"]["annotations"]["pillars.io/model-alias"] == "iris@champion"
     unresolved = build_inference_service(spec(version=None))
-    assert unresolved["spec"]["predictor"]["model"]["args"] == ["--model_uri=models:/iris@champion"]
+    # Served by alias: the server follows the alias, so a retrained champion reaches running pods.
+    assert unresolved["spec"]["predictor"]["model"]["args"] == ["--model_uri=models:/iris@champion",
+                                                                "--reload_interval_s=60"]
 
 
 def test_gpu_and_canary_and_modes() -> None:
@@ -305,7 +307,7 @@ def test_dry_run_without_a_reachable_registry_serves_the_alias(monkeypatch, caps
     assert main(["iris@champion", "-n", "ml", "--canary", "20", "--dry-run"]) == 0
     out, err = capsys.readouterr()
     obj = yaml.safe_load(out)
-    assert obj["spec"]["predictor"]["model"]["args"] == ["--model_uri=models:/iris@champion"]
+    assert obj["spec"]["predictor"]["model"]["args"] == ["--model_uri=models:/iris@champion", "--reload_interval_s=60"]
     assert obj["spec"]["predictor"]["canaryTrafficPercent"] == 20
     assert "registry unreachable" in err
 
@@ -318,3 +320,81 @@ def test_bad_cli_input_is_one_line_and_exit_2(argv, message: str, capsys) -> Non
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+# --- one InferenceService name, one registered model ------------------------------------------
+
+def _serving(registered: str | None, name: str) -> dict:
+    existing = fixture("knative_ready")
+    existing["metadata"]["name"] = name
+    annotations = existing["metadata"]["annotations"]
+    annotations.pop("pillars.io/model-alias")
+    if registered is not None:
+        annotations["pillars.io/registered-model"] = registered
+    return existing
+
+
+@pytest.mark.parametrize("served, model", [("fraud_v2", "fraud-v2"), ("Churn", "churn")])
+def test_deploy_refuses_to_overwrite_the_inference_service_of_another_registered_model(kserve_api, served: str,
+                                                                                       model: str) -> None:
+    name = model.lower()
+    fake, api = kserve_api(_serving(served, name), [fixture("knative_ready")])
+    with pytest.raises(ConfigError) as error:
+        deploy(spec(model=model), api_client=api, timeout_s=5, poll_s=0.01)
+    message = str(error.value)
+    assert f"InferenceService ml/{name} serves registered model {served!r}, not {model!r}" in message
+    assert "--name" in message and len(message.splitlines()) == 1
+    assert not [r for r in fake.requests if r[0] == "PATCH"], "nothing was applied"
+
+
+def test_deploy_refuses_to_take_over_an_inference_service_pillars_did_not_create(kserve_api) -> None:
+    fake, api = kserve_api(_serving(None, "iris"), [fixture("knative_ready")])
+    with pytest.raises(ConfigError, match="is not a Pillars deployment"):
+        deploy(spec(), api_client=api, timeout_s=5, poll_s=0.01)
+    assert not [r for r in fake.requests if r[0] == "PATCH"]
+
+
+def test_deploy_replaces_its_own_model_and_writes_the_registered_name(kserve_api) -> None:
+    fake, api = kserve_api(_serving("iris", "iris"), [fixture("knative_ready")])
+    deploy(spec(version="4"), api_client=api, timeout_s=5, poll_s=0.01)
+    (body,) = [r[3] for r in fake.requests if r[0] == "PATCH"]
+    assert body["metadata"]["annotations"]["pillars.io/registered-model"] == "iris"
+
+
+def test_the_annotation_and_label_carry_the_registered_name() -> None:
+    obj = build_inference_service(spec(model="breast_cancer"))
+    assert obj["metadata"]["name"] == "breast-cancer"
+    assert obj["metadata"]["annotations"]["pillars.io/registered-model"] == "breast_cancer"
+    assert obj["metadata"]["labels"]["pillars.io/registered-model"] == "breast_cancer"
+    assert obj["spec"]["predictor"]["labels"]["pillars.io/registered-model"] == "breast_cancer"
+    spaced = build_inference_service(spec(model="Churn Model", name="churn"))
+    assert spaced["metadata"]["labels"]["pillars.io/registered-model"] == "Churn_Model"
+
+
+@pytest.mark.parametrize("bad", ['a"b', "a\\b", "a/b", "a\nb", ""])
+def test_a_registered_name_the_runtime_template_cannot_carry_is_refused(bad: str) -> None:
+    with pytest.raises(ConfigError, match="registered model name"):
+        spec(model=bad, name="m")
+
+
+def test_knative_services_are_cluster_local_unless_asked(crd_schemas: Path) -> None:
+    visibility = "networking.knative.dev/visibility"
+    assert build_inference_service(spec())["metadata"]["labels"][visibility] == "cluster-local"
+    assert visibility not in build_inference_service(spec(cluster_local=False))["metadata"]["labels"]
+    standard = build_inference_service(spec(mode="Standard"))
+    assert visibility not in standard["metadata"]["labels"]
+    assert visibility not in build_inference_service(spec())["spec"]["predictor"]["labels"]  # not a pod label
+    validate(build_inference_service(spec()), crd_schemas)
+
+
+def test_the_release_service_account_and_image_come_from_the_charts_environment(monkeypatch) -> None:
+    monkeypatch.setenv("PILLARS_RELEASE", "ml-platform")
+    monkeypatch.setenv("PILLARS_APP_NAME", "mlops")
+    monkeypatch.setenv("PILLARS_MODELS_SERVICE_ACCOUNT", "ml-platform-mlops-models")
+    monkeypatch.setenv("PILLARS_IMAGE", "registry.example.com/team/pillars:1.2.3")
+    obj = build_inference_service(spec(gpu=1))
+    labels = obj["spec"]["predictor"]["labels"]
+    assert (labels["app.kubernetes.io/instance"], labels["app.kubernetes.io/name"]) == ("ml-platform", "mlops")
+    assert obj["metadata"]["labels"]["app.kubernetes.io/instance"] == "ml-platform"
+    assert obj["spec"]["predictor"]["serviceAccountName"] == "ml-platform-mlops-models"
+    assert obj["spec"]["predictor"]["model"]["image"] == "registry.example.com/team/pillars-serving:1.2.3-cuda"

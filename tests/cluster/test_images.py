@@ -3,9 +3,11 @@ runs in them work from the venv (the MLflow server exactly as the chart starts i
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -71,32 +73,97 @@ def test_mlflow_starts_with_the_charts_command_and_rejects_unknown_hosts(render,
         server.stop()
 
 
-def test_mlflow_with_auth_on_needs_the_admin_password_from_the_secret(render, tmp_path: Path) -> None:
-    deployment = next(d for d in render("auth.yaml") if d["kind"] == "Deployment")
+def _from_secrets(env_spec: dict, secrets: dict[str, dict]) -> dict[str, str]:
+    """The values a kubelet would put in the container's environment from the rendered Secrets."""
+    env = {}
+    for name, spec in env_spec.items():
+        ref = spec.get("valueFrom", {}).get("secretKeyRef")
+        if ref and ref["name"] in secrets:
+            env[name] = base64.b64decode(secrets[ref["name"]]["data"][ref["key"]]).decode()
+        elif "value" in spec and "$(" not in spec["value"]:
+            env[name] = spec["value"]
+    return env
+
+
+def test_default_mlflow_needs_the_generated_credentials_and_clients_get_them(render, tmp_path: Path) -> None:
+    docs = render(set=["trigger.enabled=true", "trigger.token.existingSecret=t"])
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    deployment = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "pillars-mlflow")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    env_spec = {e["name"]: e for e in container["env"]}
-    for name in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
-        assert env_spec[name]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-admin"  # from the Secret only
+    server_env = _from_secrets({e["name"]: e for e in container["env"]}, secrets)
     port = free_port()
     script = (container["args"][0].replace("--host 0.0.0.0 --port 5000", f"--host 127.0.0.1 --port {port}")
               .replace("--workers 2", "--workers 1").replace("s3://mlflow/artifacts", str(tmp_path / "artifacts"))
               .replace("/tmp/", f"{tmp_path}/"))
     (tmp_path / "metrics").mkdir()
-    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HOME": str(tmp_path),
+    env = {**server_env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HOME": str(tmp_path),
            "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-           "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"),
-           "PILLARS_AUTH_DEFAULT_PERMISSION": env_spec["PILLARS_AUTH_DEFAULT_PERMISSION"]["value"],
-           "MLFLOW_AUTH_ADMIN_USERNAME": env_spec["MLFLOW_AUTH_ADMIN_USERNAME"]["value"],
-           "MLFLOW_AUTH_ADMIN_PASSWORD": "s3cret-from-the-secret", "MLFLOW_FLASK_SERVER_SECRET_KEY": "k" * 32}
+           "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini")}
     server = ServerProcess(["/bin/sh", "-ec", script], log_path=tmp_path / "mlflow.log", env=env)
     try:
         url = f"http://127.0.0.1:{port}"
-        server.wait_http(f"{url}/health", timeout=120)
+        server.wait_http(f"{url}/health", timeout=240)  # the slowest start here: auth database first
         api = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
         # Generous timeouts: the first requests initialise the auth database, slow on a busy machine.
         assert httpx.get(api, timeout=30).status_code == 401
-        assert httpx.get(api, auth=("admin", "s3cret-from-the-secret"), timeout=30).status_code == 200
-        assert "s3cret" not in (tmp_path / "basic_auth.ini").read_text()
+        # /metrics is behind the same auth: the ServiceMonitor scrapes with the Secret's credentials.
+        assert httpx.get(f"{url}/metrics", timeout=30).status_code == 401
+        monitor = next(d for d in docs if d["kind"] == "ServiceMonitor" and d["metadata"]["name"] == "pillars-mlflow")
+        basic = monitor["spec"]["endpoints"][0]["basicAuth"]
+        scrape = tuple(base64.b64decode(secrets[basic[k]["name"]]["data"][basic[k]["key"]]).decode()
+                       for k in ("username", "password"))
+        assert httpx.get(f"{url}/metrics", auth=scrape, timeout=30).status_code == 200
+        assert "MLFLOW_AUTH_ADMIN_PASSWORD" in server_env and server_env["MLFLOW_AUTH_ADMIN_PASSWORD"] not in (
+            tmp_path / "basic_auth.ini").read_text()
+        # The trigger and the model servers: MLflow's own client, credentials from their environment.
+        trigger = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "pillars-trigger")
+        runtime = next(d for d in docs if d["kind"] == "ServingRuntime" and d["metadata"]["name"] == "pillars-registry")
+        for spec in (trigger["spec"]["template"]["spec"]["containers"][0], runtime["spec"]["containers"][0]):
+            client_env = _from_secrets({e["name"]: e for e in spec["env"]}, secrets)
+            credentials = {k: client_env[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+            code = ("import mlflow; mlflow.MlflowClient().search_experiments(max_results=1); print('ok')")
+            result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                                    env={**os.environ, "MLFLOW_TRACKING_URI": url, **credentials})
+            assert result.stdout.strip() == "ok", result.stderr[-2000:]
+        refused = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                                 env={**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
+                                      "MLFLOW_TRACKING_URI": url})
+        assert refused.returncode != 0 and "401" in refused.stderr
     finally:
         server.stop()
+
+
+def test_one_image_value_sets_every_image_the_chart_and_its_pipelines_run(render) -> None:
+    from tests.cluster.test_policy import pods
+
+    repository, tag = "registry.example.com/ml/pillars", "1.2.3"
+    docs = render("gpu.yaml", set=[f"image.repository={repository}", f"image.tag={tag}", "trigger.enabled=true",
+                                   "trigger.token.existingSecret=t", "kserve.servingRuntime.create=true"])
+    images = {c["image"] for _, _, containers in pods(docs) for c in containers if "image" in c}
+    ours = {i for i in images if not i.startswith("docker.io/library/postgres:")}
+    assert ours == {f"{repository}:{tag}", f"{repository}-serving:{tag}", f"{repository}-serving:{tag}-cuda"}
+    runtime = next(d for d in docs if d["kind"] == "ServingRuntime")
+    assert runtime["spec"]["containers"][0]["image"] == f"{repository}-serving:{tag}"
+    trigger = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "pillars-trigger")
+    env = {e["name"]: e.get("value") for e in trigger["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["PILLARS_IMAGE"] == f"{repository}:{tag}"  # the image of the pipelines the trigger compiles
+
+
+def test_pipelines_compiled_with_the_charts_image_run_it_in_every_step(tmp_path: Path, monkeypatch) -> None:
+    import subprocess as sp
+
+    import yaml
+
+    image = "registry.example.com/ml/pillars:1.2.3"
+    out = tmp_path / "retraining.yaml"
+    # The trigger pod's environment (PILLARS_IMAGE from the chart), in a fresh process as the trigger is.
+    result = sp.run([sys.executable, "-m", "pillars.pipelines.cli", "compile", "retraining", "-o", str(out),
+                     "--deploy-namespace", "pillars"], capture_output=True, text=True, timeout=300,
+                    env={**os.environ, "PILLARS_IMAGE": image})
+    assert result.returncode == 0, result.stderr[-2000:]
+    pipeline = next(yaml.safe_load_all(out.read_text()))
+    images = {e["container"]["image"] for e in pipeline["deploymentSpec"]["executors"].values()}
+    assert images == {image}
+    deploy = pipeline["deploymentSpec"]["executors"]["exec-deploy-op"]["container"]
+    assert {"name": "PILLARS_IMAGE", "value": image} in deploy["env"]  # its GPU models: <repo>-serving:<tag>-cuda

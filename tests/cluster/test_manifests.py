@@ -34,10 +34,11 @@ def test_every_overlay_object_validates(overlay, crd_schemas: Path) -> None:
 def test_overlays_build_the_whole_platform_in_its_namespace(overlay) -> None:
     name, docs = overlay
     kinds = {d["kind"] for d in docs}
-    assert {"Namespace", "Deployment", "StatefulSet", "Service", "ClusterServingRuntime", "InferenceService",
-            "NetworkPolicy", "Role", "RoleBinding", "PrometheusRule", "ServiceMonitor", "PodMonitor"} <= kinds
+    assert {"Namespace", "Deployment", "StatefulSet", "Service", "InferenceService",
+            "NetworkPolicy", "Role", "RoleBinding", "PrometheusRule", "ServiceMonitor", "PodMonitor",
+            "ServingRuntime"} <= kinds
     for doc in docs:
-        if doc["kind"] not in ("Namespace", "ClusterServingRuntime"):
+        if doc["kind"] != "Namespace":
             assert doc["metadata"]["namespace"] == "pillars", doc["metadata"]["name"]
         assert "helm.sh/chart" not in doc["metadata"].get("labels", {})
     assert not [d for d in docs if d["kind"] == "Secret"], "nothing secret is committed"

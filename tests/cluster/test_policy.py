@@ -21,7 +21,7 @@ TALKS_TO_API_SERVER: set[str] = set()  # no pod of ours needs its token (pipelin
 
 def pods(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
     """(name, pod-level spec, containers) of every pod the objects create, InferenceServices and
-    ClusterServingRuntimes included."""
+    ServingRuntimes included."""
     for doc in docs:
         kind, name = doc["kind"], f"{doc['kind']}/{doc['metadata']['name']}"
         if kind in WORKLOADS:
@@ -32,7 +32,7 @@ def pods(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any], list
         elif kind == "InferenceService":
             predictor = doc["spec"]["predictor"]
             yield name, predictor, [predictor["model"]]
-        elif kind == "ClusterServingRuntime":
+        elif kind == "ServingRuntime":
             yield name, {"securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
                          "automountServiceAccountToken": False, "volumes": doc["spec"].get("volumes", [])}, \
                 doc["spec"]["containers"]
@@ -102,7 +102,7 @@ def test_network_policies_deny_by_default_and_select_every_pod(docs) -> None:
     assert "ingress" not in deny["spec"]
     assert all(rule["ports"][0]["port"] == 53 for rule in deny["spec"]["egress"])
     for name, spec, _ in pods(docs):
-        if name.startswith("ClusterServingRuntime/"):
+        if name.startswith("ServingRuntime/"):
             continue
         labels = spec["labels"] if name.startswith("InferenceService/") else None
         if labels is None:
@@ -122,6 +122,7 @@ def test_only_mlflow_reaches_postgresql(render) -> None:
         "app.kubernetes.io/component": "mlflow"}}}]
 
 
+GENERATED_SECRETS = {"pillars-postgresql", "pillars-mlflow-auth", "pillars-serving-token"}
 SECRETISH = re.compile(r"(password|secret|token|access[_-]?key|dsn)", re.I)
 
 
@@ -151,13 +152,17 @@ def test_no_secret_values_in_config_maps_or_environment(docs) -> None:
             for key, value in doc.get("data", {}).items():
                 assert not re.search(r"(password|secret_access_key)\s*[=:]\s*\S", value, re.I), key
         if doc["kind"] == "Secret":
-            # The only Secret the chart writes is the generated PostgreSQL password.
-            assert doc["metadata"]["name"] == "pillars-postgresql"
-            assert base64.b64decode(doc["data"]["password"]).isalnum()
+            # The chart writes only generated credentials: the PostgreSQL password, the MLflow
+            # admin and the model servers' token (random, alphanumeric), never a value from values.
+            assert doc["metadata"]["name"] in GENERATED_SECRETS, doc["metadata"]["name"]
+            assert doc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+            for key, value in doc["data"].items():
+                if key != "username":
+                    assert len(base64.b64decode(value)) >= 32 and base64.b64decode(value).isalnum(), key
     for name, _, containers in pods(docs):
         for container in containers:
             for env in container.get("env", []):
-                if SECRETISH.search(env["name"]) and "value" in env:
+                if SECRETISH.search(env["name"]) and "value" in env and not env["name"].endswith("_SECRET_NAME"):
                     assert "$(" in env["value"] or not env["value"], f"{name}: {env['name']} has a literal secret"
 
 

@@ -22,6 +22,13 @@
 {{- define "pillars.postgresql.fullname" -}}{{ include "pillars.fullname" . }}-postgresql{{- end }}
 {{- define "pillars.trigger.fullname" -}}{{ include "pillars.fullname" . }}-trigger{{- end }}
 {{- define "pillars.models.serviceAccount" -}}{{ include "pillars.fullname" . }}-models{{- end }}
+{{/* Secrets: MLflow credentials (keys username, password, flask-secret-key) and the model-server token. */}}
+{{- define "pillars.mlflow.authSecret" -}}
+{{- default (printf "%s-mlflow-auth" (include "pillars.fullname" .)) .Values.mlflow.auth.existingSecret }}
+{{- end }}
+{{- define "pillars.serving.tokenSecret" -}}
+{{- default (printf "%s-serving-token" (include "pillars.fullname" .)) .Values.kserve.auth.existingSecret }}
+{{- end }}
 {{- define "pillars.pipelineRunner.serviceAccount" -}}
 {{- default (printf "%s-pipeline-runner" (include "pillars.fullname" .)) .Values.pipelineRunner.name }}
 {{- end }}
@@ -63,12 +70,13 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}
 {{- end }}
 
-{{/* The serving image; include "pillars.servingImage" (list $ true) for the CUDA variant. */}}
+{{/* The serving image, derived from the one image value: `<repository><servingSuffix>:<tag>`;
+     include "pillars.servingImage" (list $ true) for the CUDA variant (`<tag><cudaSuffix>`). */}}
 {{- define "pillars.servingImage" -}}
 {{- $root := index . 0 }}
-{{- $tag := default $root.Chart.AppVersion $root.Values.servingImage.tag }}
-{{- if index . 1 }}{{ $tag = printf "%s%s" $tag $root.Values.servingImage.cudaSuffix }}{{ end }}
-{{- $root.Values.servingImage.repository }}:{{ $tag }}
+{{- $tag := default $root.Chart.AppVersion $root.Values.image.tag }}
+{{- if index . 1 }}{{ $tag = printf "%s%s" $tag $root.Values.image.cudaSuffix }}{{ end }}
+{{- $root.Values.image.repository }}{{ $root.Values.image.servingSuffix }}:{{ $tag }}
 {{- end }}
 
 {{/* Security ---------------------------------------------------------------------------------- */}}
@@ -110,6 +118,47 @@ seccompProfile:
 {{/* "0.15" -> "0.15.0" so semverCompare accepts short versions. */}}
 {{- define "pillars.semver" -}}
 {{- if regexMatch "^[0-9]+\\.[0-9]+$" . }}{{ . }}.0{{ else }}{{ . }}{{ end }}
+{{- end }}
+
+{{/* The registered model a `models` entry serves: `registeredModel`, else NAME of models:/NAME@alias
+     or models:/NAME/VERSION, else the entry's name. */}}
+{{- define "pillars.registeredModel" -}}
+{{- if .registeredModel }}{{ .registeredModel }}
+{{- else if hasPrefix "models:/" .uri }}{{ regexReplaceAll "[@/].*$" (trimPrefix "models:/" .uri) "" }}
+{{- else }}{{ .name }}
+{{- end }}
+{{- end }}
+
+{{/* A registered model name as a label value (<= 63 characters of [A-Za-z0-9_.-], alphanumeric at
+     both ends; other characters become "_"); the annotation keeps the exact name. */}}
+{{- define "pillars.labelValue" -}}
+{{- regexReplaceAll "[^A-Za-z0-9_.-]" . "_" | trunc 63 | trimAll "_.-" }}
+{{- end }}
+
+{{/* MLflow credentials as client environment variables (nothing when MLflow auth is off). */}}
+{{- define "pillars.mlflow.clientEnv" -}}
+{{- if .Values.mlflow.auth.enabled }}
+- name: MLFLOW_TRACKING_USERNAME
+  valueFrom:
+    secretKeyRef: {name: {{ include "pillars.mlflow.authSecret" . }}, key: username}
+- name: MLFLOW_TRACKING_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ include "pillars.mlflow.authSecret" . }}, key: password}
+{{- end }}
+{{- end }}
+
+{{/* Where deployed models must land to fall under this release's NetworkPolicy, PodMonitor and
+     ServiceAccount: read by `pillars deploy` and the deploy step (components/settings.py). */}}
+{{- define "pillars.platformEnv" -}}
+- {name: PILLARS_RELEASE, value: {{ .Release.Name | quote }}}
+- {name: PILLARS_APP_NAME, value: {{ include "pillars.name" . | quote }}}
+- {name: PILLARS_NAMESPACE, value: {{ .Release.Namespace | quote }}}
+- {name: PILLARS_MODELS_SERVICE_ACCOUNT, value: {{ include "pillars.models.serviceAccount" . | quote }}}
+- {name: PILLARS_CLUSTER_MLFLOW_URI, value: {{ include "pillars.mlflow.url" . | quote }}}
+- {name: PILLARS_IMAGE, value: {{ include "pillars.image" . | quote }}}
+{{- if .Values.mlflow.auth.enabled }}
+- {name: PILLARS_MLFLOW_SECRET_NAME, value: {{ include "pillars.mlflow.authSecret" . | quote }}}
+{{- end }}
 {{- end }}
 
 {{/* True ("true") when a model URI is read from the MLflow registry rather than storage. */}}
