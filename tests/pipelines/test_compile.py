@@ -9,7 +9,7 @@ import pytest
 import yaml
 from kfp import components
 
-from pillars.pipelines.cli import compile_pipeline
+from pillars.pipelines.compile import compile_pipeline
 from tests.conftest import validate
 
 def _executors(doc: dict) -> dict:
