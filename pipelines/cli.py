@@ -213,10 +213,15 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                       canary_percent=args.canary, mode=args.mode, kserve_version=args.kserve_version,
                       name=args.name, **({"tracking_uri": args.mlflow_uri} if args.mlflow_uri else {}))
     mode_annotation(spec.mode, spec.kserve_version)
-    configure_tracking(create=not args.dry_run)
-    if args.dry_run and not _registry_reachable():
-        print(f"note: MLflow registry unreachable; serving the alias {ref.uri}", file=sys.stderr)
-    else:
+    try:
+        configure_tracking(create=False)
+        reachable = True
+    except ConfigError as e:
+        if not args.dry_run:
+            raise
+        reachable = False
+        print(f"note: MLflow registry unreachable ({_one_line(e)}); serving the alias {ref.uri}", file=sys.stderr)
+    if reachable:
         spec = dataclasses.replace(spec, version=resolve_version(ref.name, ref.alias))
     if args.dry_run:
         obj = build_inference_service(spec)
@@ -229,20 +234,6 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         return 1
     print(f"{result.namespace}/{result.name} ready at {result.url} ({result.model_uri})")
     return 0
-
-
-def _registry_reachable(timeout_s: float = 2.0) -> bool:
-    """Whether the MLflow tracking URI answers (non-HTTP stores are local and always reachable)."""
-    import httpx
-    import mlflow
-
-    uri = mlflow.get_tracking_uri()
-    if not uri.startswith(("http://", "https://")):
-        return True
-    try:
-        return httpx.get(f"{uri.rstrip('/')}/health", timeout=timeout_s).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 # --- parser -------------------------------------------------------------------------------------
