@@ -24,14 +24,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from pillars.components.checkpoints import CHECKPOINT, CheckpointWriter, load_checkpoint
+from pillars.components.checkpoints import CheckpointWriter, load_checkpoint
 from pillars.components.errors import ConfigError
 from pillars.components.models import ModelConfig, PillarsNet, build_model, save_model
 
 logger = logging.getLogger("pillars.fit")
 
-__all__ = ["CHECKPOINT", "TrainParams", "TrainResult", "fit", "fingerprint", "init_model", "load_history",
-           "pick_device", "save_history", "write_model"]
+__all__ = ["TrainParams", "TrainResult", "fingerprint", "fit", "init_model", "load_history", "pick_device",
+           "save_history", "write_model"]
 
 HISTORY = "history.json"
 MIN_DELTA = 1e-4

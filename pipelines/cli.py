@@ -17,6 +17,7 @@ from pillars.components.errors import ConfigError, PillarsError
 from pillars.components.references import ModelRef, check_model_name
 from pillars.pipelines.compile import PIPELINES, compile_pipeline, parse_params, pipeline_factory
 
+
 def cron_expression(text: str) -> str:
     """A KFP cron expression (6 fields, seconds first); a standard 5-field expression gets ``0`` seconds."""
     fields = text.split()
@@ -192,7 +193,7 @@ def cmd_trigger(args: argparse.Namespace) -> int:
 def cmd_deploy(args: argparse.Namespace) -> int:
     """``pillars deploy NAME@ALIAS --namespace NS [--gpu] [--canary P] [--dry-run -o yaml]``.
 
-    With ``--dry-run`` the alias is resolved to a version when the registry answers (within 2 s);
+    With ``--dry-run`` the alias is resolved to a version when the registry answers;
     otherwise the object serves the alias itself (``models:/NAME@ALIAS``) and a note says so on
     stderr. Without ``--dry-run`` the alias must resolve. Exit codes: 0 ok, 1 rollout failed,
     2 bad input.
