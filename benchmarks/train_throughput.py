@@ -26,7 +26,8 @@ from sklearn.datasets import make_classification
 from pillars.components.prepare_data import PrepareParams, prepare, save_metadata, save_split
 from pillars.components.settings import Settings
 from pillars.components.tracking import configure_tracking
-from pillars.components.train import TrainParams, init_model, run_training
+from pillars.components.fit import TrainParams, init_model
+from pillars.components.train import run_training
 
 
 def bare_loop(x: np.ndarray, y: np.ndarray, metadata: dict, params: TrainParams) -> float:

@@ -17,33 +17,32 @@ The core is plain functions over plain dicts (the InferenceService as the API se
   mode re-apply the previous spec; on a first deployment there is nothing to go back to.
 * :func:`deploy` — the whole step: resolve, apply, wait, roll back and raise :class:`DeployError`.
 
-``deploy_op`` is the thin KFP component; :func:`main` is ``pillars deploy``.
+Its KFP component is ``deploy_op`` in :mod:`pillars.components.ops`; its CLI is ``pillars deploy``
+(:mod:`pillars.pipelines.cli`); the Kubernetes client is :mod:`pillars.components.kube`.
 """
 
-# No `from __future__ import annotations`: KFP reads deploy_op's annotations as real types.
-import argparse
+from __future__ import annotations
+
 import copy
 import dataclasses
-import json
 import logging
 import re
-import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from kfp import dsl
-
+from pillars.components import kube
 from pillars.components.errors import ConfigError, PillarsError, RegistryError
+from pillars.components.registry import alias_version
 from pillars.components.settings import Settings
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
-logger = logging.getLogger("pillars.components.deploy")
+logger = logging.getLogger("pillars.deploy")
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
-FIELD_MANAGER = "pillars"
+FIELD_MANAGER = kube.FIELD_MANAGER
 SERVING_SUFFIX, CUDA_SUFFIX = "-serving", "-cuda"
 """The serving image is the components image's repository plus ``-serving`` (the chart's
 ``image.servingSuffix``); GPU models add ``-cuda`` to the tag (``image.cudaSuffix``)."""
@@ -142,14 +141,6 @@ def _check_spec(spec: DeploySpec) -> None:
         raise ConfigError("min replicas 0 (scale to zero) needs Knative mode")
     if spec.reload_interval_s < 0:
         raise ConfigError(f"reload interval must be 0 (off) or more seconds, got {spec.reload_interval_s}")
-
-
-def parse_model_ref(ref: str) -> tuple[str, str]:
-    """``NAME@ALIAS`` -> (NAME, ALIAS); raises ConfigError naming the bad reference."""
-    name, sep, alias = ref.partition("@")
-    if not sep or not name or not alias or "/" in name:
-        raise ConfigError(f"model reference must be NAME@ALIAS (e.g. iris@champion), got {ref!r}")
-    return name, alias
 
 
 def inference_service_name(model: str) -> str:
@@ -378,61 +369,30 @@ def rollback_plan(isvc: dict[str, Any], mode: str, previous: dict[str, Any] | No
 
 # --- talking to the cluster ------------------------------------------------------------------
 
-def kube_api_client() -> "ApiClient":
-    """An API client from the pod's service account, else the local kubeconfig."""
-    from kubernetes import client, config
-
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        try:
-            config.load_kube_config()
-        except (config.ConfigException, OSError) as e:
-            raise ConfigError(f"no Kubernetes credentials (in-cluster or kubeconfig): {e}") from e
-    return client.ApiClient()
-
-
 def _path(namespace: str, name: str | None = None) -> str:
-    base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
-    return f"{base}/{name}" if name else base
+    return kube.custom_object_path(GROUP, VERSION, namespace, PLURAL, name)
 
 
-def get_inference_service(api_client: "ApiClient", namespace: str, name: str) -> dict[str, Any] | None:
+def get_inference_service(api_client: ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
     """The InferenceService, or None when it does not exist."""
     from kubernetes.client.exceptions import ApiException
 
     try:
-        data, _, _ = api_client.call_api(_path(namespace, name), "GET", response_type="object",
-                                         auth_settings=["BearerToken"], _return_http_data_only=False)
+        return kube.get_object(api_client, _path(namespace, name))
     except ApiException as e:
-        if e.status == 404:
-            return None
         raise DeployError(f"cannot read InferenceService {namespace}/{name}: {e.status} {e.reason}") from e
-    return data
 
 
-def apply_inference_service(api_client: "ApiClient", obj: dict[str, Any]) -> dict[str, Any]:
+def apply_inference_service(api_client: ApiClient, obj: dict[str, Any]) -> dict[str, Any]:
     """Server-side apply ``obj`` with field manager ``pillars`` (force: Pillars owns these fields)."""
     from kubernetes.client.exceptions import ApiException
 
     meta = obj["metadata"]
     try:
-        data, _, _ = api_client.call_api(
-            _path(meta["namespace"], meta["name"]), "PATCH",
-            query_params=[("fieldManager", FIELD_MANAGER), ("force", "true")],
-            header_params={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
-            body=obj, response_type="object", auth_settings=["BearerToken"], _return_http_data_only=False)
+        return kube.server_side_apply(api_client, _path(meta["namespace"], meta["name"]), obj)
     except ApiException as e:
         raise DeployError(f"server-side apply of InferenceService {meta['namespace']}/{meta['name']} "
-                          f"failed: {e.status} {_api_message(e)}") from e
-    return data
-
-
-def _api_message(error) -> str:
-    try:
-        return json.loads(error.body).get("message", error.reason)
-    except (TypeError, ValueError, AttributeError):
-        return str(error.reason)
+                          f"failed: {e.status} {kube.api_message(e)}") from e
 
 
 def wait_ready(read: Callable[[], dict[str, Any] | None], timeout_s: float, poll_s: float = 5.0,
@@ -461,7 +421,7 @@ class DeployResult:
     url: str
 
 
-def deploy(spec: DeploySpec, api_client: "ApiClient | None" = None, timeout_s: float = 600.0,
+def deploy(spec: DeploySpec, api_client: ApiClient | None = None, timeout_s: float = 600.0,
            poll_s: float = 5.0) -> DeployResult:
     """Apply the InferenceService for ``spec``, wait for Ready, and roll back on failure or timeout.
 
@@ -470,7 +430,7 @@ def deploy(spec: DeploySpec, api_client: "ApiClient | None" = None, timeout_s: f
         DeployError: the rollout failed; the message is the InferenceService's own condition message
             and says what was rolled back.
     """
-    api_client = api_client or kube_api_client()
+    api_client = api_client or kube.api_client()
     obj = build_inference_service(spec)
     previous = get_inference_service(api_client, spec.namespace, spec.isvc_name)
     check_overwrite(previous, spec)
@@ -493,124 +453,7 @@ def deploy(spec: DeploySpec, api_client: "ApiClient | None" = None, timeout_s: f
 
 def resolve_version(model: str, alias: str) -> str:
     """The registry version ``model@alias`` points to (current MLflow tracking URI)."""
-    from pillars.components.registry import alias_version
-
     version = alias_version(model, alias)
     if version is None:
         raise RegistryError(f"model {model!r} has no alias {alias!r} in the registry")
     return version
-
-
-def _registry_reachable(timeout_s: float = 2.0) -> bool:
-    """Whether the MLflow tracking URI answers (non-HTTP stores are local and always reachable)."""
-    import httpx
-    import mlflow
-
-    uri = mlflow.get_tracking_uri()
-    if not uri.startswith(("http://", "https://")):
-        return True
-    try:
-        return httpx.get(f"{uri.rstrip('/')}/health", timeout=timeout_s).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-# --- KFP component ---------------------------------------------------------------------------
-
-@dsl.component(base_image=Settings().image, install_kfp_package=False)
-def deploy_op(
-    model_name: str,
-    alias: str,
-    namespace: str,
-    version: str,
-    tracking_uri: str,
-    gpu: int = 0,
-    canary_percent: int = -1,
-    mode: str = "Knative",
-    kserve_version: str = "0.15",
-    timeout_s: float = 600.0,
-) -> str:
-    """Deploy ``model_name`` (version ``version``, or the alias when empty) as an InferenceService.
-
-    Args:
-        canary_percent: share of traffic for the new revision; -1 sends it all (no canary).
-        tracking_uri: the in-cluster MLflow URL the model server downloads from.
-
-    Returns:
-        The InferenceService URL.
-
-    Raises:
-        DeployError: not ready in time or failed; traffic was rolled back.
-    """
-    from pillars.components.deploy import DeploySpec, deploy
-
-    spec = DeploySpec(model=model_name, alias=alias, namespace=namespace, version=version or None,
-                      gpu=gpu, canary_percent=None if canary_percent < 0 else canary_percent, mode=mode,
-                      kserve_version=kserve_version, tracking_uri=tracking_uri)
-    return deploy(spec, timeout_s=timeout_s).url
-
-
-# --- CLI ---------------------------------------------------------------------------------------
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pillars deploy",
-        description="Deploy a registered model version as a KServe InferenceService (server-side apply), "
-                    "wait for Ready, roll back on failure.")
-    parser.add_argument("model", metavar="NAME@ALIAS", help="registered model and alias, e.g. iris@champion")
-    parser.add_argument("--namespace", "-n", required=True)
-    parser.add_argument("--gpu", nargs="?", type=int, const=1, default=0, help="GPUs per replica (flag alone: 1)")
-    parser.add_argument("--canary", type=int, metavar="PERCENT", help="traffic share for the new revision")
-    parser.add_argument("--mode", choices=MODES, default="Knative", help="KServe deployment mode")
-    parser.add_argument("--kserve-version", default="0.15", help="decides the mode annotation's spelling")
-    parser.add_argument("--name", default="", help="InferenceService name (default: from the model name)")
-    parser.add_argument("--mlflow-uri", default=None,
-                        help="MLflow URL the model server uses in the cluster (default: PILLARS_CLUSTER_MLFLOW_URI)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for Ready")
-    parser.add_argument("--dry-run", action="store_true", help="print the object; touch no cluster")
-    parser.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``pillars deploy NAME@ALIAS --namespace NS [--gpu] [--canary P] [--dry-run -o yaml]``.
-
-    With ``--dry-run`` the alias is resolved to a version when the registry answers (within 2 s);
-    otherwise the object serves the alias itself (``models:/NAME@ALIAS``) and a note says so on
-    stderr. Without ``--dry-run`` the alias must resolve. Exit codes: 0 ok, 1 rollout failed,
-    2 bad input.
-    """
-    import yaml
-
-    args = build_parser().parse_args(argv)
-    try:
-        model, alias = parse_model_ref(args.model)
-        spec = DeploySpec(model=model, alias=alias, namespace=args.namespace, gpu=args.gpu,
-                          canary_percent=args.canary, mode=args.mode, kserve_version=args.kserve_version,
-                          name=args.name, **({"tracking_uri": args.mlflow_uri} if args.mlflow_uri else {}))
-        mode_annotation(spec.mode, spec.kserve_version)
-        from pillars.components.tracking import configure_tracking
-
-        configure_tracking(create=not args.dry_run)
-        if args.dry_run and not _registry_reachable():
-            print(f"note: MLflow registry unreachable; serving the alias models:/{model}@{alias}", file=sys.stderr)
-        else:
-            spec = dataclasses.replace(spec, version=resolve_version(model, alias))
-        if args.dry_run:
-            obj = build_inference_service(spec)
-            print(yaml.safe_dump(obj, sort_keys=False) if args.output == "yaml" else json.dumps(obj, indent=2),
-                  end="")
-            return 0
-        result = deploy(spec, timeout_s=args.timeout)
-    except DeployError as e:
-        print(f"pillars: error: {e}", file=sys.stderr)
-        return 1
-    except PillarsError as e:
-        print(f"pillars: error: {e}", file=sys.stderr)
-        return 2
-    print(f"{result.namespace}/{result.name} ready at {result.url} ({result.model_uri})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,9 +17,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import torch
 
 from pillars.components.errors import PillarsError
+from pillars.components.fit import TrainParams, fit, write_model
+from pillars.components.models import load_model
+from pillars.components.prepare_data import load_metadata, load_split
+from pillars.components.tracking import EpochLogger
 
 RESULT_FILE = "train_result.json"
 ERROR_MARK = "pillars-worker-error:"
@@ -29,7 +34,7 @@ class DistributedTrainingError(PillarsError, RuntimeError):
     """The distributed job failed; the message carries the end of its output."""
 
 
-def worker_args(train: str, val: str, metadata: str, params: Any, model_dir: str, checkpoint_dir: str,
+def worker_args(train: str, val: str, metadata: str, params: TrainParams, model_dir: str, checkpoint_dir: str,
                 mlflow_run_id: str = "", tracking_uri: str = "", init_model: str = "") -> list[str]:
     """Arguments of :func:`worker_main` for one job (``init_model``: a model folder to warm-start from)."""
     return ["--train", train, "--val", val, "--metadata", metadata,
@@ -65,9 +70,6 @@ def launch_local(nproc: int, args: list[str], timeout: float | None = None) -> d
 
 def worker_main(argv: list[str] | None = None) -> int:
     """Entry point of each torchrun process: join the group, train its shard, rank 0 saves."""
-    from pillars.components.prepare_data import load_metadata, load_split
-    from pillars.components.train import EpochLogger, TrainParams, fit, write_model
-
     parser = argparse.ArgumentParser(prog="python -m pillars.components.distributed")
     for name in ("train", "val", "metadata", "params", "model-dir", "checkpoint-dir"):
         parser.add_argument(f"--{name}", required=True)
@@ -84,15 +86,11 @@ def worker_main(argv: list[str] | None = None) -> int:
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         logger = None
         if rank == 0 and args.mlflow_run_id:
-            import mlflow
-
             mlflow.set_tracking_uri(args.tracking_uri or None)
             logger = EpochLogger(args.mlflow_run_id)
         params = TrainParams(**json.loads(args.params))
         initial_state = None
         if args.init_model:
-            from pillars.components.models import load_model
-
             initial_state = load_model(args.init_model).state_dict()
         result = fit(load_split(args.train), load_split(args.val), load_metadata(args.metadata), params,
                      args.checkpoint_dir, logger, progress=False, initial_state=initial_state)

@@ -15,7 +15,10 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
+from pillars.components.fit import load_history
 from pillars.components.models import Predictor
+from pillars.components.prepare_data import load_split
+from pillars.components.tracking import configure_tracking
 
 OVERFIT_GAP = 0.05
 """Train-minus-validation accuracy (or relative RMSE) gap above which the model is flagged as overfitting."""
@@ -154,12 +157,8 @@ def mlflow_metric_name(key: str) -> str:
 def run_evaluation(model_dir: str, split_paths: dict[str, str], mlflow_run_id: str, report_path: str,
                    tracking_uri: str = "") -> Evaluation:
     """Evaluate the trained model, log metrics and plots to its MLflow run, write the HTML report."""
-    import mlflow
     import matplotlib.pyplot as plt
-
-    from pillars.components.prepare_data import load_split
-    from pillars.components.tracking import configure_tracking
-    from pillars.components.train import load_history
+    import mlflow
 
     configure_tracking(tracking_uri or None)
     predictor = Predictor.load(model_dir)

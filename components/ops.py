@@ -1,23 +1,22 @@
-"""The KFP v2 components: thin ``@dsl.component`` wrappers over each step's plain function.
+"""The KFP v2 components: thin wrappers over each step's plain function.
 
-Every component runs in the one prebuilt image (``PILLARS_IMAGE``, default
-``ghcr.io/pillars-mlops/pillars:<version>``) with ``install_kfp_package=False``: nothing is installed
-at run time, and the same component runs under ``kfp.local.SubprocessRunner`` and on a cluster.
-Bodies import inside the function because KFP ships each body as source text.
+The bodies below are plain functions; :func:`components` turns them into KFP components that run in
+one given image (the pipeline author's choice, made when the pipeline is built: ``pillars compile
+--image``) with ``install_kfp_package=False``: nothing is installed at run time, and the same
+component runs under ``kfp.local.SubprocessRunner`` and on a cluster. Importing this module reads
+no settings. Bodies import inside the function because KFP ships each body as source text.
 """
 
-
+# No `from __future__ import annotations`: KFP reads the annotations as real types.
+import dataclasses
+import functools
 from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
-
-from pillars.components.settings import Settings
-
-IMAGE = Settings().image
+from kfp.dsl.python_component import PythonComponent
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def resolve_task(model_name: str, task: str, tracking_uri: str) -> str:
     """The task to retrain: ``task`` when given, else the one the champion of ``model_name`` was trained on."""
     from pillars.components.register import task_of_champion
@@ -29,7 +28,6 @@ def resolve_task(model_name: str, task: str, tracking_uri: str) -> str:
     return task_of_champion(model_name)
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def prepare_data(
     task: str,
     source: str,
@@ -53,7 +51,6 @@ def prepare_data(
     return run_prepare(params, train_data.path, val_data.path, test_data.path, metadata.path)
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def train(
     train_data: Input[Dataset],
     val_data: Input[Dataset],
@@ -92,7 +89,6 @@ def train(
                         gpus_per_node=gpus_per_node, warm_start_from=name if warm_start else "")
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def evaluate(
     model: Input[Model],
     train_data: Input[Dataset],
@@ -120,7 +116,6 @@ def evaluate(
     return json.dumps(result.metrics)
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def validate(
     metrics_json: str,
     metadata: Input[Artifact],
@@ -150,7 +145,6 @@ def validate(
     return result.approved
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def register(
     model: Input[Model],
     metadata: Input[Artifact],
@@ -176,7 +170,6 @@ def register(
     return namedtuple("Registered", ["model_name", "version"])(name, version)
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def promote(model_name: str, version: str, decision: Input[Artifact], tracking_uri: str) -> bool:
     """Move alias ``champion`` to the approved version (recorded in the alias history)."""
     import json
@@ -188,3 +181,66 @@ def promote(model_name: str, version: str, decision: Input[Artifact], tracking_u
         reasons = "; ".join(json.load(f)["reasons"])
     configure_tracking(tracking_uri or None)
     return promote_version(model_name, version, f"gate approved: {reasons}")
+
+
+def deploy_op(
+    model_name: str,
+    alias: str,
+    namespace: str,
+    version: str,
+    tracking_uri: str,
+    gpu: int = 0,
+    canary_percent: int = -1,
+    mode: str = "Knative",
+    kserve_version: str = "0.15",
+    timeout_s: float = 600.0,
+) -> str:
+    """Deploy ``model_name`` (version ``version``, or the alias when empty) as an InferenceService.
+
+    Args:
+        canary_percent: share of traffic for the new revision; -1 sends it all (no canary).
+        tracking_uri: the in-cluster MLflow URL the model server downloads from.
+
+    Returns:
+        The InferenceService URL.
+
+    Raises:
+        DeployError: not ready in time or failed; traffic was rolled back.
+    """
+    from pillars.components.deploy import DeploySpec, deploy
+
+    spec = DeploySpec(model=model_name, alias=alias, namespace=namespace, version=version or None,
+                      gpu=gpu, canary_percent=None if canary_percent < 0 else canary_percent, mode=mode,
+                      kserve_version=kserve_version, tracking_uri=tracking_uri)
+    return deploy(spec, timeout_s=timeout_s).url
+
+
+@dataclasses.dataclass(frozen=True)
+class Components:
+    """The pipeline's components, all in one image."""
+
+    image: str
+    resolve_task: PythonComponent
+    prepare_data: PythonComponent
+    train: PythonComponent
+    evaluate: PythonComponent
+    validate: PythonComponent
+    register: PythonComponent
+    promote: PythonComponent
+    deploy_op: PythonComponent
+
+
+_BODIES = (resolve_task, prepare_data, train, evaluate, validate, register, promote, deploy_op)
+
+
+@functools.lru_cache(maxsize=8)
+def components(image: str) -> Components:
+    """Every step as a KFP component whose container runs ``image``.
+
+    Raises:
+        ValueError: ``image`` is empty.
+    """
+    if not image or not image.strip():
+        raise ValueError("the components image must be a non-empty image reference")
+    make = dsl.component(base_image=image, install_kfp_package=False)
+    return Components(image=image, **{body.__name__: make(body) for body in _BODIES})

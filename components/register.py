@@ -6,21 +6,25 @@ gate approved). Registering the same MLflow run twice returns the existing versi
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
-import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import mlflow
 import numpy as np
 
+from pillars.components.errors import RegistryError
 from pillars.components.mlflow_model import log_pillars_model
 from pillars.components.models import PROFILE_FILE
+from pillars.components.prepare_data import load_metadata, load_split
 from pillars.components.registry import CHALLENGER, CHAMPION, alias_version, client, move_alias
 from pillars.components.settings import package_version
+from pillars.components.tracking import configure_tracking
 
 logger = logging.getLogger("pillars.register")
 
@@ -58,8 +62,6 @@ def register_model(
     Returns:
         The version number (as a string); the existing one when this run was registered before.
     """
-    import json
-
     c = client()
     existing = c.search_model_versions(f"name='{model_name}' and run_id='{mlflow_run_id}'")
     if existing:
@@ -98,8 +100,6 @@ def task_of_champion(model_name: str) -> str:
     Raises:
         RegistryError: the model has no champion, or the champion has no task tag.
     """
-    from pillars.components.errors import RegistryError
-
     version = champion_version(model_name)
     if version is None:
         raise RegistryError(f"{model_name} has no champion to retrain; pass the task explicitly")
@@ -109,22 +109,16 @@ def task_of_champion(model_name: str) -> str:
     return task
 
 
-def download_version(model_name: str, version: str) -> Path:
-    """Download a registered version's MLflow model folder to a temporary directory."""
-    target = Path(tempfile.mkdtemp(prefix="pillars-model-"))
-    try:
-        return Path(mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version}", dst_path=str(target)))
-    except Exception:
-        shutil.rmtree(target, ignore_errors=True)
-        raise
+@contextlib.contextmanager
+def downloaded_version(model_name: str, version: str) -> Iterator[Path]:
+    """Download a registered version's MLflow model folder into a temporary folder, removed on exit."""
+    with tempfile.TemporaryDirectory(prefix="pillars-model-") as target:
+        yield Path(mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version}", dst_path=target))
 
 
 def run_register(model_dir: str, metadata_path: str, test_path: str, model_name: str, mlflow_run_id: str,
                  kfp_run_id: str, approved: bool, reasons: str, tracking_uri: str = "") -> str:
     """Register the trained model with its lineage and gate decision; returns the version."""
-    from pillars.components.prepare_data import load_metadata, load_split
-    from pillars.components.tracking import configure_tracking
-
     configure_tracking(tracking_uri or None)
     metadata = load_metadata(metadata_path)
     lineage = {"kfp_run_id": kfp_run_id, "data_hash": metadata["data_hash"], "task": metadata["task"],

@@ -52,11 +52,6 @@ def get_task(name: str) -> TaskSpec:
         raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(sorted(_REGISTRY))}") from None
 
 
-def task_names() -> list[str]:
-    """Registered task names, sorted."""
-    return sorted(_REGISTRY)
-
-
 register_task(TaskSpec(
     name="breast_cancer", kind="classification", architecture="mlp", builtin="breast_cancer",
     primary_metric="accuracy", thresholds=(("accuracy", 0.9),),

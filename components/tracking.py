@@ -2,13 +2,16 @@
 
 ``MLFLOW_TRACKING_URI`` when set, else the embedded store of this folder, ``<PILLARS_HOME>/mlflow.db``
 (``./.pillars/mlflow.db``): the store ``pillars run`` writes is the one ``pillars models``,
-``pillars serve``, ``pillars up``, the trigger and ``pillars deploy`` read.
+``pillars serve``, ``pillars up``, the trigger and ``pillars deploy`` read. :class:`EpochLogger`
+sends a training run's per-epoch metrics there.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import mlflow
@@ -98,3 +101,40 @@ def ensure_experiment(name: str, settings: Settings | None = None) -> str:
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+class EpochLogger:
+    """Logs per-epoch metrics to an MLflow run in batches: at most one request every ``interval``
+    seconds, so short epochs do not pay a round trip each, while a long run still shows its curve."""
+
+    def __init__(self, run_id: str, interval: float = 2.0) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient()
+        self.run_id = run_id
+        self.interval = interval
+        self.pending: list[Any] = []
+        self.last = time.monotonic()
+
+    def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now_ms = int(time.time() * 1000)
+        self.pending += [Metric(k, float(v), now_ms, epoch) for k, v in metrics.items()]
+        if time.monotonic() - self.last >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send what is buffered."""
+        if self.pending:
+            self.client.log_batch(self.run_id, metrics=self.pending)
+            self.pending = []
+        self.last = time.monotonic()
+
+    def backfill(self, history: list[dict[str, float]]) -> None:
+        """After a resume, log the checkpointed epochs a killed attempt had not sent yet."""
+        logged = {m.step for m in self.client.get_metric_history(self.run_id, "val_loss")}
+        for entry in history:
+            if entry["epoch"] not in logged:
+                self(int(entry["epoch"]), {k: v for k, v in entry.items() if k != "epoch"})
+        self.flush()

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pillars.components import kube
+from pillars.components.distributed import RESULT_FILE
 from pillars.components.errors import PillarsError
 
 GROUP = "trainer.kubeflow.org"
@@ -24,7 +26,7 @@ PLURAL = "trainjobs"
 RUNTIME = "torch-distributed"
 NODE = "node"
 """Name of the replicated job and of its container in the ``torch-distributed`` runtime."""
-FIELD_MANAGER = "pillars"
+FIELD_MANAGER = kube.FIELD_MANAGER
 
 
 class TrainJobError(PillarsError, RuntimeError):
@@ -125,22 +127,13 @@ def launch_trainjob(spec: TrainJobSpec, model_dir: str, timeout: float = 6 * 360
 
     ``model_dir`` must be on the shared volume so the job's rank 0 can write the model there.
     """
-    from kubernetes import client, config
+    from kubernetes import client
 
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    api = client.CustomObjectsApi()
-    body = build_trainjob(spec)
-    api.api_client.call_api(
-        f"/apis/{GROUP}/{VERSION}/namespaces/{spec.namespace}/{PLURAL}/{spec.name}", "PATCH",
-        query_params=[("fieldManager", FIELD_MANAGER), ("force", "true")],
-        header_params={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
-        body=body, response_type="object", auth_settings=["BearerToken"])
-    wait_for(lambda: api.get_namespaced_custom_object(GROUP, VERSION, spec.namespace, PLURAL, spec.name), timeout)
-    from pillars.components.distributed import RESULT_FILE
-
+    api = kube.api_client()
+    path = kube.custom_object_path(GROUP, VERSION, spec.namespace, PLURAL, spec.name)
+    kube.server_side_apply(api, path, build_trainjob(spec))
+    objects = client.CustomObjectsApi(api)
+    wait_for(lambda: objects.get_namespaced_custom_object(GROUP, VERSION, spec.namespace, PLURAL, spec.name), timeout)
     return json.loads(Path(model_dir, RESULT_FILE).read_text())
 
 

@@ -14,7 +14,13 @@ from collections.abc import Mapping
 import numpy as np
 
 from pillars.components.errors import ConfigError
-from pillars.components.tasks import TaskSpec
+from pillars.components.evaluate import split_metrics
+from pillars.components.models import Predictor
+from pillars.components.prepare_data import load_metadata, load_split
+from pillars.components.register import champion_version, downloaded_version
+from pillars.components.registry import client
+from pillars.components.tasks import TaskSpec, get_task
+from pillars.components.tracking import configure_tracking
 
 logger = logging.getLogger("pillars.validate")
 
@@ -93,17 +99,13 @@ def champion_score(model_name: str, task: TaskSpec, test: tuple[np.ndarray, np.n
     Returns:
         ``(version, score, how)``; ``(None, None, ...)`` when there is no champion.
     """
-    from pillars.components.evaluate import split_metrics
-    from pillars.components.models import Predictor
-    from pillars.components.register import champion_version, download_version
-    from pillars.components.registry import client
-
     version = champion_version(model_name)
     if version is None:
         return None, None, "no champion"
-    predictor = Predictor.load(download_version(model_name, version))
-    if predictor.config.feature_names == feature_names and predictor.config.kind == task.kind:
-        return version, split_metrics(predictor, *test)[task.primary_metric], "scored on the same test split"
+    with downloaded_version(model_name, version) as folder:  # removed once scored
+        predictor = Predictor.load(folder)
+        if predictor.config.feature_names == feature_names and predictor.config.kind == task.kind:
+            return version, split_metrics(predictor, *test)[task.primary_metric], "scored on the same test split"
     c = client()
     run_id = c.get_model_version(model_name, version).run_id
     logged = c.get_run(run_id).data.metrics.get(f"test_{task.primary_metric}")
@@ -113,10 +115,6 @@ def champion_score(model_name: str, task: TaskSpec, test: tuple[np.ndarray, np.n
 def run_gate(metrics_json: str, metadata_path: str, test_path: str, model_name: str, thresholds: str,
              margin: float, tracking_uri: str = "") -> GateDecision:
     """Apply :func:`gate` to the candidate's metrics against thresholds and the registry's champion."""
-    from pillars.components.prepare_data import load_metadata, load_split
-    from pillars.components.tasks import get_task
-    from pillars.components.tracking import configure_tracking
-
     configure_tracking(tracking_uri or None)
     metadata = load_metadata(metadata_path)
     task = get_task(metadata["task"])

@@ -10,56 +10,13 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pillars.components.errors import ConfigError, PillarsError
-
-PIPELINES = ("training", "retraining")
-
-
-def pipeline_factory(name: str) -> Callable[..., Any]:
-    """The builder of pipeline ``name`` (imported lazily: kfp and the components load only when needed)."""
-    if name == "training":
-        from pillars.pipelines.training import training_pipeline
-
-        return training_pipeline
-    if name == "retraining":
-        from pillars.pipelines.training import retraining_pipeline
-
-        return retraining_pipeline
-    raise ConfigError(f"unknown pipeline {name!r}; choose from: {', '.join(PIPELINES)}")
-
-
-def parse_params(pairs: Sequence[str], pipeline: Any) -> dict[str, Any]:
-    """``k=v`` strings to typed pipeline arguments, checked against the pipeline's parameters."""
-    inputs = pipeline.component_spec.inputs or {}
-    result: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--param takes key=value, got {pair!r}")
-        if key not in inputs:
-            raise ConfigError(f"unknown parameter {key!r}; parameters are: {', '.join(sorted(inputs))}")
-        result[key] = _coerce(key, raw, inputs[key].type)
-    return result
-
-
-def _coerce(key: str, raw: str, kfp_type: str) -> Any:
-    try:
-        if kfp_type == "Integer":
-            return int(raw)
-        if kfp_type == "Float":
-            return float(raw)
-        if kfp_type == "Boolean":
-            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(raw)
-            return raw.lower() in ("true", "1", "yes")
-    except ValueError:
-        raise ConfigError(f"parameter {key} must be {kfp_type.lower()}, got {raw!r}") from None
-    return raw
+from pillars.components.references import ModelRef, check_model_name
+from pillars.pipelines.compile import PIPELINES, compile_pipeline, parse_params, pipeline_factory
 
 
 def cron_expression(text: str) -> str:
@@ -112,51 +69,10 @@ def run_summary(name: str, uri: str, log: Path) -> list[str]:
     return lines
 
 
-def compile_pipeline(name: str, output: str, as_k8s: bool = False, params: Sequence[str] = (),
-                     namespace: str | None = None, **cluster_options: Any) -> str:
-    """Compile pipeline ``name`` to KFP IR YAML (or, ``as_k8s``, Pipeline/PipelineVersion resources).
-
-    ``cluster_options`` are the fields of :class:`pillars.pipelines.training.ClusterOptions` (GPUs, PVC, deploy...).
-    """
-    from kfp import compiler
-
-    from pillars.components.settings import Settings
-
-    pipeline = pipeline_factory(name)(**cluster_options)
-    defaults = {"tracking_uri": Settings().cluster_mlflow_uri, **parse_params(params, pipeline)}
-    options: dict[str, Any] = {}
-    if as_k8s:
-        from kfp.compiler.compiler_utils import KubernetesManifestOptions
-
-        options["kubernetes_manifest_format"] = True
-        options["kubernetes_manifest_options"] = KubernetesManifestOptions(
-            namespace=namespace, include_pipeline_manifest=True)
-    compiler.Compiler().compile(pipeline, output, pipeline_parameters=defaults, **options)
-    if as_k8s:
-        _drop_pipeline_display_name(output)
-    return output
-
-
-def _drop_pipeline_display_name(path: str) -> None:
-    """kfp 2.17 writes ``spec.displayName`` on the ``Pipeline`` resource, a field the v2beta1 Pipeline CRD
-    does not define (only ``PipelineVersion`` has it), so ``kubectl apply`` with strict field validation
-    rejects it. The display name stays on the PipelineVersion."""
-    import yaml
-
-    with open(path) as f:
-        docs = list(yaml.safe_load_all(f))
-    for doc in docs:
-        if doc.get("kind") == "Pipeline":
-            doc.get("spec", {}).pop("displayName", None)
-    with open(path, "w") as f:
-        yaml.safe_dump_all(docs, f, sort_keys=False)
-
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    if args.image:
-        os.environ["PILLARS_IMAGE"] = args.image
     out = compile_pipeline(args.pipeline, args.output, args.as_k8s, args.param, args.namespace,
-                           **_cluster_options(args))
+                           image=args.image, **_cluster_options(args))
     print(f"wrote {out}")
     return 0
 
@@ -206,6 +122,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     from pillars.components.register import promote
     from pillars.components.tracking import configure_tracking
 
+    if getattr(args, "name", None) is not None:
+        check_model_name(args.name)
     configure_tracking(create=False)
     if args.action == "list":
         rows = registry.list_models()
@@ -274,6 +192,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from pillars.components.tracking import configure_tracking
     from pillars.pipelines.stack import Stack, Timing, parse_ports
 
+    check_model_name(args.model)
     configure_tracking(create=False)
     if alias_version(args.model, CHAMPION) is None:
         raise ConfigError(f"{args.model} has no champion to serve; train one first: pillars run training --task ...")
@@ -312,9 +231,52 @@ def cmd_trigger(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from pillars.components.deploy import main as deploy_main
+    """``pillars deploy NAME@ALIAS --namespace NS [--gpu] [--canary P] [--dry-run -o yaml]``.
 
-    return deploy_main(args.rest)
+    With ``--dry-run`` the alias is resolved to a version when the registry answers;
+    otherwise the object serves the alias itself (``models:/NAME@ALIAS``) and a note says so on
+    stderr. Without ``--dry-run`` the alias must resolve. Exit codes: 0 ok, 1 rollout failed,
+    2 bad input.
+    """
+    import dataclasses
+    import json
+
+    import yaml
+
+    from pillars.components.deploy import DeployError, DeploySpec, build_inference_service, deploy, \
+        mode_annotation, resolve_version
+    from pillars.components.tracking import configure_tracking
+
+    ref = ModelRef.parse(args.model)
+    if not ref.is_alias:
+        raise ConfigError(f"pillars deploy takes NAME@ALIAS (e.g. iris@champion), got {args.model!r}")
+    from pillars.components.settings import Settings
+
+    spec = DeploySpec(model=ref.name, alias=ref.alias, namespace=args.namespace or Settings().namespace, gpu=args.gpu,
+                      canary_percent=args.canary, mode=args.mode, kserve_version=args.kserve_version,
+                      name=args.name, **({"tracking_uri": args.mlflow_uri} if args.mlflow_uri else {}))
+    mode_annotation(spec.mode, spec.kserve_version)
+    try:
+        configure_tracking(create=False)
+        reachable = True
+    except ConfigError as e:
+        if not args.dry_run:
+            raise
+        reachable = False
+        print(f"note: MLflow registry unreachable ({_one_line(e)}); serving the alias {ref.uri}", file=sys.stderr)
+    if reachable:
+        spec = dataclasses.replace(spec, version=resolve_version(ref.name, ref.alias))
+    if args.dry_run:
+        obj = build_inference_service(spec)
+        print(yaml.safe_dump(obj, sort_keys=False) if args.output == "yaml" else json.dumps(obj, indent=2), end="")
+        return 0
+    try:
+        result = deploy(spec, timeout_s=args.timeout)
+    except DeployError as e:
+        print(f"pillars: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    print(f"{result.namespace}/{result.name} ready at {result.url} ({result.model_uri})")
+    return 0
 
 
 # --- parser -------------------------------------------------------------------------------------
@@ -429,8 +391,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_trigger)
 
-    p = sub.add_parser("deploy", help="deploy a registered model as a KServe InferenceService", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = sub.add_parser("deploy", help="deploy a registered model as a KServe InferenceService",
+                       description="Deploy a registered model version as a KServe InferenceService (server-side "
+                                   "apply), wait for Ready, roll back on failure.")
+    p.add_argument("model", metavar="NAME@ALIAS", help="registered model and alias, e.g. iris@champion")
+    p.add_argument("--namespace", "-n", default=None,
+                   help="namespace of the platform release (default: PILLARS_NAMESPACE, else pillars)")
+    p.add_argument("--gpu", nargs="?", type=int, const=1, default=0, help="GPUs per replica (flag alone: 1)")
+    p.add_argument("--canary", type=int, metavar="PERCENT", help="traffic share for the new revision")
+    p.add_argument("--mode", choices=["Knative", "Standard"], default="Knative", help="KServe deployment mode")
+    p.add_argument("--kserve-version", default="0.15", help="decides the mode annotation's spelling")
+    p.add_argument("--name", default="", help="InferenceService name (default: from the model name)")
+    p.add_argument("--mlflow-uri", default=None,
+                   help="MLflow URL the model server uses in the cluster (default: PILLARS_CLUSTER_MLFLOW_URI)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for Ready")
+    p.add_argument("--dry-run", action="store_true", help="print the object; touch no cluster")
+    p.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     p.set_defaults(func=cmd_deploy)
     return parser
 
@@ -439,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pillars`` console script."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if hasattr(args, "rest"):  # serve, trigger, deploy: their own parsers read the rest
+    if hasattr(args, "rest"):  # serve, trigger: their own parsers read the rest
         args.rest = [*extra, *args.rest]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -1,7 +1,7 @@
 """The training pipeline, the spine of the loop: prepare -> train -> evaluate -> validate -> register -> promote.
 
-:func:`training_pipeline` builds the pipeline for given compile-time options (GPUs); the pipeline's
-own parameters are what users set per run (``--param k=v`` or the KFP UI).
+:func:`training_pipeline` builds the pipeline for given compile-time options (the components image,
+GPUs); the pipeline's own parameters are what users set per run (``--param k=v`` or the KFP UI).
 """
 
 
@@ -10,8 +10,14 @@ from typing import Any
 
 from kfp import dsl, kubernetes
 
-from pillars.components import ops
+from pillars.components.errors import ConfigError
+from pillars.components.fit import TrainParams
+from pillars.components.ops import Components, components
+from pillars.components.prepare_data import PrepareParams
+from pillars.components.references import check_model_name
 from pillars.components.settings import Settings
+from pillars.components.tasks import get_task
+from pillars.components.validate import parse_thresholds
 
 PIPELINE_NAME = "pillars-training"
 
@@ -61,7 +67,7 @@ class ClusterOptions:
             raise ValueError(f"canary percent must be in [0, 100), got {self.canary_percent}")
 
 
-def _steps(options: ClusterOptions, task: Any, args: dict[str, Any], warm_start: Any = False) -> None:
+def _steps(ops: Components, options: ClusterOptions, task: Any, args: dict[str, Any], warm_start: Any = False) -> None:
     """prepare -> train -> evaluate -> validate -> register -> (if approved) promote, wired in a pipeline body."""
     uri = args["tracking_uri"]
     data = ops.prepare_data(task=task, source=args["source"], label_column=args["label_column"], seed=args["seed"],
@@ -111,7 +117,7 @@ def _steps(options: ClusterOptions, task: Any, args: dict[str, Any], warm_start:
         promoted.set_caching_options(False).set_display_name("promote to champion")
         _resources(promoted, cpu="250m", memory="256Mi")
         if options.deploy_namespace:
-            _deploy_steps(options, registered, uri).after(promoted)
+            _deploy_steps(ops, options, registered, uri).after(promoted)
 
     for step in (data, trained, scored, gate, registered, promoted):
         _secret_env(options, step)
@@ -127,12 +133,11 @@ def _secret_env(options: ClusterOptions, step: Any) -> None:
             "username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"})
 
 
-def _deploy_steps(options: ClusterOptions, registered: Any, uri: Any) -> Any:
+def _deploy_steps(ops: Components, options: ClusterOptions, registered: Any, uri: Any) -> Any:
     """Roll the new champion out: a canary share first (when asked), then all traffic. Returns the first step."""
-    from pillars.components.deploy import deploy_op
 
     def step(canary: int, name: str) -> Any:
-        task = deploy_op(model_name=registered.outputs["model_name"], alias="champion",
+        task = ops.deploy_op(model_name=registered.outputs["model_name"], alias="champion",
                          namespace=options.deploy_namespace, version=registered.outputs["version"],
                          tracking_uri=uri, gpu=options.serving_gpus, canary_percent=canary, mode=options.kserve_mode)
         task.set_caching_options(False).set_display_name(name)
@@ -142,7 +147,7 @@ def _deploy_steps(options: ClusterOptions, registered: Any, uri: Any) -> Any:
         settings = Settings()
         for env, value in (("PILLARS_RELEASE", settings.release), ("PILLARS_APP_NAME", settings.app_name),
                            ("PILLARS_MODELS_SERVICE_ACCOUNT", settings.models_service_account),
-                           ("PILLARS_IMAGE", settings.image)):
+                           ("PILLARS_IMAGE", ops.image)):
             task.set_env_variable(env, value)
         return task
 
@@ -153,9 +158,11 @@ def _deploy_steps(options: ClusterOptions, registered: Any, uri: Any) -> Any:
     return canary
 
 
-def training_pipeline(**cluster_options: Any) -> Any:
-    """Build the training pipeline (keyword arguments: the fields of :class:`ClusterOptions`)."""
+def training_pipeline(image: str | None = None, **cluster_options: Any) -> Any:
+    """Build the training pipeline whose steps run in ``image`` (default: the ``PILLARS_IMAGE``
+    setting, read now). Keyword arguments: the fields of :class:`ClusterOptions`."""
     options = ClusterOptions(**cluster_options)
+    ops = components(image or Settings().image)
 
     @dsl.pipeline(name=PIPELINE_NAME,
                   description="Prepare data, train a PyTorch model, evaluate, gate against the champion, "
@@ -185,16 +192,17 @@ def training_pipeline(**cluster_options: Any) -> Any:
         tracking_uri: str = "",
         checkpoint_root: str = CHECKPOINT_MOUNT if options.checkpoint_pvc else "",
     ) -> None:
-        _steps(options, task, locals())
+        _steps(ops, options, task, locals())
 
     return training
 
 
-def retraining_pipeline(**cluster_options: Any) -> Any:
+def retraining_pipeline(image: str | None = None, **cluster_options: Any) -> Any:
     """Build the retraining pipeline: the training steps for an existing model, on the newest data,
     optionally warm-started from its champion. The data step is never cached: the source is a path
-    or prefix whose newest file changes. Keyword arguments: the fields of :class:`ClusterOptions`."""
+    or prefix whose newest file changes. ``image`` and keyword arguments: as :func:`training_pipeline`."""
     options = ClusterOptions(**{**cluster_options, "cache_data": False})
+    ops = components(image or Settings().image)
 
     @dsl.pipeline(name=RETRAINING_NAME,
                   description="Retrain a registered model on the newest data; promote only if better than its champion.")
@@ -229,7 +237,7 @@ def retraining_pipeline(**cluster_options: Any) -> Any:
         resolved.set_caching_options(False).set_display_name("resolve task")
         _resources(resolved, cpu="250m", memory="256Mi")
         _secret_env(options, resolved)
-        _steps(options, resolved.output, args, warm_start=warm_start)
+        _steps(ops, options, resolved.output, args, warm_start=warm_start)
 
     return retraining
 
@@ -242,12 +250,6 @@ def check_arguments(pipeline: Any, arguments: dict[str, Any]) -> None:
     Raises:
         ConfigError: naming the bad argument.
     """
-    from pillars.components.errors import ConfigError
-    from pillars.components.prepare_data import PrepareParams
-    from pillars.components.tasks import get_task
-    from pillars.components.train import TrainParams
-    from pillars.components.validate import parse_thresholds
-
     inputs = pipeline.component_spec.inputs or {}
     merged = {name: spec.default for name, spec in inputs.items() if spec.default is not None}
     merged.update(arguments)
@@ -259,6 +261,8 @@ def check_arguments(pipeline: Any, arguments: dict[str, Any]) -> None:
         return {k: v for k, v in merged.items() if k in cls.__dataclass_fields__}
 
     TrainParams(**pick(TrainParams))
+    if merged.get("model_name"):
+        check_model_name(str(merged["model_name"]))
     if merged.get("launcher", "local") not in ("local", "trainjob"):
         raise ConfigError(f"launcher must be 'local' or 'trainjob', got {merged['launcher']!r}")
     if int(merged.get("nodes", 1)) > 1 and merged.get("launcher", "local") != "trainjob":

@@ -30,6 +30,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
+from pillars.components.settings import Settings
+from pillars.pipelines.compile import compile_pipeline, parse_params, pipeline_factory
+
 logger = logging.getLogger("pillars.trigger")
 
 ACTION_LABEL = "pillars_action"
@@ -137,8 +140,6 @@ def kfp_starter(host: str, experiment: str, params: Sequence[str], namespace: st
 
         import kfp
 
-        from pillars.pipelines.cli import compile_pipeline, parse_params, pipeline_factory
-
         arguments = {**parse_params(params, pipeline_factory("retraining")()), "model_name": model}
         with tempfile.TemporaryDirectory() as tmp:
             package = compile_pipeline("retraining", f"{tmp}/retraining.yaml")
@@ -216,8 +217,6 @@ def read_token(token_file: str | None) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """``pillars trigger``: serve the webhook receiver until stopped."""
     import uvicorn
-
-    from pillars.components.settings import Settings
 
     parser = argparse.ArgumentParser(prog="pillars trigger", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__all__ = ["Batcher", "DriftMonitor", "PillarsModel", "PillarsModelServer", "ServingSettings", "main", "query_once", "serve_argv"]
+__all__ = ["Batcher", "DriftMonitor", "PillarsModel", "PillarsModelServer", "ServingSettings", "main", "query_once"]
 
 _WHERE = {
     "Batcher": "pillars.serving.batching",
@@ -18,7 +18,6 @@ _WHERE = {
     "ServingSettings": "pillars.serving.settings",
     "main": "pillars.serving.__main__",
     "query_once": "pillars.serving.demo",
-    "serve_argv": "pillars.serving.cli",
 }
 
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 
 from pillars.components.errors import PillarsError
+from pillars.components.references import SCHEME, ModelRef
 
 logger = logging.getLogger("serving")
 
@@ -82,9 +83,7 @@ def normalize_flags(argv: Sequence[str], parser: argparse.ArgumentParser) -> lis
 
 def default_model_name(model_uri: str) -> str:
     """``NAME`` of ``models:/NAME@alias`` or ``models:/NAME/3``, else ``model`` (KServe's default)."""
-    if model_uri.startswith("models:/"):
-        return model_uri[len("models:/"):].strip("/").split("@")[0].split("/")[0] or "model"
-    return "model"
+    return ModelRef.parse(model_uri).name if model_uri.startswith(SCHEME) else "model"
 
 
 def main(argv: list[str] | None = None) -> int:

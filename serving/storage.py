@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 from pillars.components.errors import ConfigError
 from pillars.components.models import locate_model_dir
+from pillars.components.references import SCHEME, ModelRef
 
 logger = logging.getLogger("serving")
 
@@ -32,7 +33,7 @@ class ModelSource:
 
 def is_alias_uri(model_uri: str) -> bool:
     """``models:/NAME@ALIAS``: a registry alias, which can move to another version while we serve."""
-    return model_uri.startswith("models:/") and "@" in model_uri
+    return model_uri.startswith(SCHEME) and ModelRef.parse(model_uri).is_alias
 
 
 def discard(source: ModelSource) -> None:
@@ -82,10 +83,10 @@ def _from_mlflow(model_uri: str) -> ModelSource:
 
     version = "1"
     download_uri = model_uri
-    if model_uri.startswith("models:/"):
-        version = registry_version(model_uri)
-        name = model_uri[len("models:/"):].strip("/").split("@")[0].split("/")[0]
-        download_uri = f"models:/{name}/{version}"  # the alias cannot move under us mid-download
+    if model_uri.startswith(SCHEME):
+        ref = ModelRef.parse(model_uri)
+        version = registry_version(ref)
+        download_uri = ref.pinned(version).uri  # the alias cannot move under us mid-download
     target = tempfile.mkdtemp(prefix="pillars-model-")
     try:
         local = mlflow.artifacts.download_artifacts(artifact_uri=download_uri, dst_path=target)
@@ -95,22 +96,18 @@ def _from_mlflow(model_uri: str) -> ModelSource:
     return ModelSource(locate_model_dir(local), version, model_uri, Path(target))
 
 
-def registry_version(model_uri: str) -> str:
+def registry_version(model_uri: str | ModelRef) -> str:
     """The version number a ``models:/NAME@alias`` or ``models:/NAME/VERSION`` URI points to."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    ref = model_uri[len("models:/"):].strip("/")
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        try:
-            return str(MlflowClient().get_model_version_by_alias(name, alias).version)
-        except MlflowException as e:
-            raise ConfigError(f"no version of model {name!r} has alias {alias!r}: {e.message}") from e
-    parts = ref.split("/")
-    if len(parts) == 2 and parts[1].isdigit():
-        return parts[1]
-    raise ConfigError(f"{model_uri} names no version: use models:/NAME/VERSION or models:/NAME@ALIAS")
+    ref = model_uri if isinstance(model_uri, ModelRef) else ModelRef.parse(model_uri)
+    if ref.version is not None:
+        return ref.version
+    try:
+        return str(MlflowClient().get_model_version_by_alias(ref.name, ref.alias).version)
+    except MlflowException as e:
+        raise ConfigError(f"no version of model {ref.name!r} has alias {ref.alias!r}: {e.message}") from e
 
 
 def _from_s3(uri: str) -> Path:

@@ -13,12 +13,20 @@ from typing import Any
 
 import pytest
 
-from pillars.components.deploy import (DeployError, DeploySpec, assess, build_inference_service, deploy, deploy_op, main,
-                               mode_annotation, parse_model_ref, rollback_plan, wait_ready)
+from pillars.components.deploy import (DeployError, DeploySpec, assess, build_inference_service, deploy,
+                                       mode_annotation, rollback_plan, wait_ready)
 from pillars.components.errors import ConfigError
+from pillars.components.ops import components
+from pillars.components.references import ModelRef
 from pillars.components.settings import Settings, package_version
+from pillars.pipelines.cli import main as cli_main
 from tests.cluster.conftest import FIXTURES, validate
 from tests.processes import free_port
+
+
+def main(argv: list[str]) -> int:
+    """``pillars deploy ARGV``."""
+    return cli_main(["deploy", *argv])
 
 
 def fixture(name: str) -> dict[str, Any]:
@@ -98,10 +106,11 @@ def test_bad_deploy_settings_are_refused_with_the_reason(overrides, message: str
 
 
 def test_model_references_are_name_at_alias() -> None:
-    assert parse_model_ref("iris@champion") == ("iris", "champion")
-    for bad in ("iris", "@champion", "iris@", "models:/iris@x"):
-        with pytest.raises(ConfigError, match="NAME@ALIAS"):
-            parse_model_ref(bad)
+    assert ModelRef.parse("iris@champion") == ModelRef("iris", alias="champion")
+    assert ModelRef.parse("models:/iris@champion").uri == "models:/iris@champion"
+    for bad in ("iris", "@champion", "iris@", "../../x@champion"):
+        with pytest.raises(ConfigError, match="bad model reference"):
+            ModelRef.parse(bad)
 
 
 # --- reading the status and deciding ----------------------------------------------------------
@@ -279,8 +288,8 @@ def test_a_failed_standard_rollout_restores_the_previous_version(kserve_api) -> 
 # --- the component and the CLI ------------------------------------------------------------------
 
 def test_the_component_runs_in_the_components_image_without_installing_anything() -> None:
-    container = deploy_op.component_spec.implementation.container
-    assert container.image == Settings().image
+    container = components("registry.example/pillars:7").deploy_op.component_spec.implementation.container
+    assert container.image == "registry.example/pillars:7"
     assert "pip install" not in " ".join(container.command)
     assert "from pillars.components.deploy import" in " ".join(container.command)
 
@@ -314,6 +323,8 @@ def test_dry_run_without_a_reachable_registry_serves_the_alias(monkeypatch, caps
 
 @pytest.mark.parametrize("argv, message", [
     (["iris", "-n", "ml", "--dry-run"], "NAME@ALIAS"),
+    (["models:/iris/3", "-n", "ml", "--dry-run"], "pillars deploy takes NAME@ALIAS"),
+    (["../../x@champion", "-n", "ml", "--dry-run"], "invalid model name '../../x'"),
     (["iris@champion", "-n", "ml", "--mode", "Standard", "--canary", "5", "--dry-run"], "--canary needs Knative"),
 ])
 def test_bad_cli_input_is_one_line_and_exit_2(argv, message: str, capsys) -> None:

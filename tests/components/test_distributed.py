@@ -11,7 +11,8 @@ from mlflow.tracking import MlflowClient
 from pillars.components.distributed import DistributedTrainingError, launch_local, worker_args
 from pillars.components.models import load_model
 from pillars.components.prepare_data import PrepareParams, load_metadata, load_split, run_prepare
-from pillars.components.train import TrainParams, fit, run_training
+from pillars.components.fit import TrainParams, fit
+from pillars.components.train import run_training
 
 
 @pytest.fixture(scope="module")

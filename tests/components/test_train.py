@@ -12,7 +12,8 @@ import torch
 
 from pillars.components.errors import ConfigError
 from pillars.components.prepare_data import PrepareParams, prepare
-from pillars.components.train import CHECKPOINT, TrainParams, fit
+from pillars.components.checkpoints import CHECKPOINT
+from pillars.components.fit import TrainParams, fit
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ EPOCHS = 100  # each about 10 ms: the kill, within 20 ms of the first checkpoint
 _KILLABLE = textwrap.dedent(f"""
     import sys
     from pillars.components.prepare_data import PrepareParams, prepare
-    from pillars.components.train import TrainParams, fit
+    from pillars.components.fit import TrainParams, fit
     data = prepare(PrepareParams(task="breast_cancer"))
     fit(data.splits["train"], data.splits["val"], data.metadata,
         TrainParams(epochs={EPOCHS}, patience={EPOCHS}), checkpoint_dir=sys.argv[1], progress=False)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pillars.components.distributed import worker_args
-from pillars.components.train import TrainParams
+from pillars.components.fit import TrainParams
 from pillars.components.trainjob import TrainJobError, TrainJobSpec, build_trainjob, job_state, wait_for
 from tests.conftest import validate
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from kfp import components
 
-from pillars.pipelines.cli import compile_pipeline
+from pillars.pipelines.compile import compile_pipeline
 from tests.conftest import validate
 
 def _executors(doc: dict) -> dict:
@@ -94,3 +94,33 @@ def test_retraining_pipeline_resolves_the_task_and_never_caches_data(tmp_path):
     tasks = yaml.safe_load(Path(path).read_text())["root"]["dag"]["tasks"]
     assert tasks["prepare-data"]["cachingOptions"].get("enableCache", False) is False
     assert tasks["prepare-data"]["inputs"]["parameters"]["task"]["taskOutputParameter"]["producerTask"] == "resolve-task"
+
+
+def test_compile_image_puts_that_image_on_every_executor(tmp_path):
+    import os
+
+    from pillars.pipelines.cli import main
+
+    image = "registry.example/team/pillars:test"
+    path = tmp_path / "i.yaml"
+    assert main(["compile", "training", "-o", str(path), "--image", image, "--deploy-namespace", "ml"]) == 0
+    executors = _executors(yaml.safe_load(path.read_text()))
+    assert "exec-deploy-op" in executors
+    assert {e["container"]["image"] for e in executors.values()} == {image}
+    assert os.environ.get("PILLARS_IMAGE") != image, "no environment variable set to steer an import"
+    default = compile_pipeline("training", str(tmp_path / "d.yaml"))
+    assert {e["container"]["image"] for e in _executors(yaml.safe_load(Path(default).read_text())).values()} != {image}
+
+
+def test_importing_the_components_and_pipelines_reads_no_settings():
+    import subprocess
+    import sys
+
+    code = ("from pillars.components import settings\n"
+            "def refuse(*args, **kwargs):\n"
+            "    raise RuntimeError('Settings() read at import')\n"
+            "settings.Settings.__init__ = refuse\n"
+            "import pillars.components.ops, pillars.components.deploy, pillars.pipelines.training\n"
+            "import pillars.pipelines.compile, pillars.pipelines.cli\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

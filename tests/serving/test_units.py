@@ -152,16 +152,6 @@ def test_bad_configuration_exits_2_with_one_line(tmp_path):
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_serve_argv_is_what_the_server_parses():
-    from pillars.serving import serve_argv
-
-    parser = build_parser()
-    args = parser.parse_args(serve_argv("models:/iris@champion", 9000, 9001, max_batch_size=16,
-                                        max_latency_ms=1.5, auth_token_file="/run/token"))
-    assert (args.model_uri, args.http_port, args.grpc_port, args.max_batch_size, args.max_latency_ms,
-            args.auth_token_file) == ("models:/iris@champion", 9000, 9001, 16, 1.5, "/run/token")
-
-
 def test_model_resolution_from_the_mlflow_registry_and_runs(local_store, tmp_path):
     import mlflow
     from mlflow.tracking import MlflowClient
