@@ -102,7 +102,9 @@ def _steps(options: ClusterOptions, task: Any, args: dict[str, Any], warm_start:
 
     with dsl.If(gate.outputs["Output"] == True, name="approved"):  # noqa: E712 (KFP condition syntax)
         promoted = ops.promote(model_name=registered.outputs["model_name"], version=registered.outputs["version"],
-                               decision=gate.outputs["decision"], tracking_uri=uri)
+                               decision=gate.outputs["decision"], metrics_json=scored.outputs["Output"],
+                               metadata=data.outputs["metadata"], test_data=data.outputs["test_data"],
+                               thresholds=args["thresholds"], margin=args["margin"], tracking_uri=uri)
         promoted.set_caching_options(False).set_display_name("promote to champion")
         _resources(promoted, cpu="250m", memory="256Mi")
         if options.deploy_namespace:
