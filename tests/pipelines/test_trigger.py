@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import json
 import shlex
+import statistics
 import sys
+import threading
 import time
 
 import httpx
 import pytest
+import uvicorn
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from pillars.pipelines.trigger import Decider
+from pillars.pipelines.trigger import Decider, cluster_options, compile_retraining, create_app, parse_args
 from tests.processes import ServerProcess, free_port
 
 
@@ -108,3 +114,129 @@ def test_malformed_payloads_get_400_and_the_trigger_keeps_serving(trigger):
                       headers={"Authorization": "Bearer s3cret"})
     assert huge.status_code == 413
     assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+
+
+def test_an_alert_answered_cooldown_starts_a_run_when_resent_after_the_cooldown():
+    now = [1000.0]
+    decider = Decider(cooldown=600, clock=lambda: now[0])
+    assert decider.decide(_alert(fingerprint="a")).action == "started"
+    assert decider.decide(_alert(fingerprint="b")).action == "cooldown"
+    now[0] += 601
+    assert decider.decide(_alert(fingerprint="b")).action == "started"  # not "duplicate"
+    assert decider.decide(_alert(fingerprint="b")).action == "duplicate"
+
+
+def test_the_trigger_remembers_a_bounded_number_of_alerts_and_models():
+    now = [0.0]
+    decider = Decider(cooldown=10, clock=lambda: now[0], memory=50)
+    for i in range(1000):
+        now[0] += 1
+        assert decider.decide(_alert(model=f"m{i}", fingerprint=f"f{i}")).action == "started"
+    seen, models = decider.sizes()
+    assert seen == 50 and models <= 10  # models past their cool-down are forgotten
+
+
+class _Starter:
+    """Starts nothing; fails the first ``failures`` calls; takes ``delay`` seconds per start."""
+
+    def __init__(self, failures=0, delay=0.0):
+        self.failures, self.delay, self.started = failures, delay, []
+
+    def __call__(self, model):
+        time.sleep(self.delay)
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("KFP API unreachable")
+        self.started.append(model)
+        return f"run {len(self.started)}"
+
+
+@pytest.fixture
+def serve():
+    """Serves a trigger app in-process on a real loopback socket; yields a function of the app giving its URL."""
+    servers = []
+
+    def run(app):
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{port}"
+
+    yield run
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(10)
+        assert not thread.is_alive()
+
+
+def test_a_failed_start_is_answered_503_and_the_resent_alert_starts_a_run(serve):
+    starter = _Starter(failures=1)
+    url = serve(create_app("s3cret", Decider(cooldown=3600), starter))
+    first = _post(url, {"alerts": [_alert()]})
+    assert first.status_code == 503  # Alertmanager retries 5xx
+    assert first.json()["decisions"][0]["decision"] == "failed"
+    again = _post(url, {"alerts": [_alert()]})  # the same alert, re-sent
+    assert again.status_code == 200 and again.json()["decisions"][0]["decision"] == "started"
+    assert starter.started == ["digits"]
+
+
+def test_runs_per_call_are_capped_and_the_rest_answered_503(serve):
+    starter = _Starter()
+    url = serve(create_app("s3cret", Decider(cooldown=3600), starter, max_runs_per_call=2))
+    payload = {"alerts": [_alert(model=m, fingerprint=m) for m in ("a", "b", "c")]}
+    first = _post(url, payload)
+    assert first.status_code == 503
+    assert [d["decision"] for d in first.json()["decisions"]] == ["started", "started", "limited"]
+    again = _post(url, payload)
+    assert again.status_code == 200
+    assert [d["decision"] for d in again.json()["decisions"]] == ["duplicate", "duplicate", "started"]
+    assert starter.started == ["a", "b", "c"]
+
+
+def test_healthz_answers_fast_while_a_slow_start_runs(serve):
+    starter = _Starter(delay=3.0)
+    url = serve(create_app("s3cret", Decider(cooldown=3600), starter))
+
+    def probe(client):
+        began = time.perf_counter()
+        assert client.get(f"{url}/healthz").status_code == 200
+        return time.perf_counter() - began
+
+    with httpx.Client(timeout=10) as client, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        idle = statistics.median(probe(client) for _ in range(10))  # this machine's latency with nothing running
+        webhook = pool.submit(_post, url, {"alerts": [_alert()]})
+        time.sleep(0.5)  # the start is under way
+        latencies = []
+        while not webhook.done():
+            latencies.append(probe(client))
+            time.sleep(0.1)
+        assert webhook.result().json()["decisions"][0]["decision"] == "started"
+    assert len(latencies) >= 5, latencies  # probed all through the 3 s start
+    # Blocking the event loop would hold every probe until the start ends (up to 2.5 s); a loaded
+    # CI machine gets slack over its idle latency, but never the start's duration.
+    assert statistics.median(latencies) < max(0.1, 3 * idle) and max(latencies) < 1.0, (idle, latencies)
+
+
+def test_the_kfp_starter_compiles_retraining_with_the_cluster_options(tmp_path):
+    args = parse_args(["--kfp-host", "http://127.0.0.1:9", "--s3-secret", "pillars-s3", "--checkpoint-pvc",
+                       "pillars-ckpt", "--deploy-namespace", "models", "--canary", "10", "--gpus", "1",
+                       "--param", "epochs=3"])
+    package, arguments = compile_retraining(str(tmp_path / "retraining.yaml"), args.param, "digits",
+                                            cluster_options(args))
+    assert arguments == {"epochs": 3, "model_name": "digits"}
+    docs = list(yaml.safe_load_all(open(package)))
+    text = json.dumps(docs)
+    platform = next(d for d in docs if "platforms" in d)["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert any(e.get("pvcMount", [{}])[0].get("constant") == "pillars-ckpt"
+               or e.get("pvcMount", [{}])[0].get("pvcNameParameter") for e in platform.values()), platform
+    assert "pillars-s3" in text and "pillars-ckpt" in text
+    secrets = [e for e in platform.values() if "secretAsEnv" in e]
+    assert len(secrets) >= 6  # every step reads the S3 credentials
+    assert "deploy: canary 10%" in text and "nvidia.com/gpu" in text
+    with pytest.raises(ValueError, match="canary percent"):
+        parse_args(["--canary", "100"])
