@@ -179,7 +179,7 @@ def test_a_retried_registration_still_sets_the_challenger(name, model_dir):
     # the first try registered the version and died before moving the alias
     c = registry.client()
     c.create_registered_model(name)
-    c.create_model_version(name, f"mlflow-artifacts:/{name}/first-try", run_id=run.info.run_id)
+    c.create_model_version(name, f"{run.info.artifact_uri}/first-try", run_id=run.info.run_id)
     assert registry.alias_version(name, registry.CHALLENGER) is None
     assert register_model(model_dir, None, name, run.info.run_id, {}) == "1"
     assert registry.alias_version(name, registry.CHALLENGER) == "1"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import http.server
 import json
 import shlex
 import statistics
@@ -13,10 +14,9 @@ import time
 import httpx
 import pytest
 import uvicorn
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from pillars.pipelines.trigger import Decider, cluster_options, compile_retraining, create_app, parse_args
+from pillars.pipelines.trigger import Decider, cluster_options, create_app, kfp_starter, parse_args
 from tests.processes import ServerProcess, free_port
 
 
@@ -222,21 +222,60 @@ def test_healthz_answers_fast_while_a_slow_start_runs(serve):
     assert statistics.median(latencies) < max(0.1, 3 * idle) and max(latencies) < 1.0, (idle, latencies)
 
 
-def test_the_kfp_starter_compiles_retraining_with_the_cluster_options(tmp_path):
-    args = parse_args(["--kfp-host", "http://127.0.0.1:9", "--s3-secret", "pillars-s3", "--checkpoint-pvc",
-                       "pillars-ckpt", "--deploy-namespace", "models", "--canary", "10", "--gpus", "1",
-                       "--param", "epochs=3"])
-    package, arguments = compile_retraining(str(tmp_path / "retraining.yaml"), args.param, "digits",
-                                            cluster_options(args))
-    assert arguments == {"epochs": 3, "model_name": "digits"}
-    docs = list(yaml.safe_load_all(open(package)))
-    text = json.dumps(docs)
-    platform = next(d for d in docs if "platforms" in d)["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert any(e.get("pvcMount", [{}])[0].get("constant") == "pillars-ckpt"
-               or e.get("pvcMount", [{}])[0].get("pvcNameParameter") for e in platform.values()), platform
-    assert "pillars-s3" in text and "pillars-ckpt" in text
-    secrets = [e for e in platform.values() if "secretAsEnv" in e]
-    assert len(secrets) >= 6  # every step reads the S3 credentials
+class _KfpApi(http.server.BaseHTTPRequestHandler):
+    """The few KFP v2beta1 API calls a run submission makes; keeps every run request it receives."""
+
+    runs: list = []
+
+    def _answer(self, body):
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        experiment = {"experiment_id": "e1", "display_name": "pillars-retraining"}
+        self._answer({"experiments": [experiment], "total_size": 1} if "/experiments" in self.path else {})
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+        if self.path.startswith("/apis/v2beta1/runs"):
+            type(self).runs.append(body)
+            self._answer({"run_id": f"r{len(self.runs)}", "display_name": body.get("display_name", ""),
+                          "experiment_id": "e1"})
+        else:
+            self._answer({"experiment_id": "e1", "display_name": body.get("display_name", "")})
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def kfp_api():
+    _KfpApi.runs = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _KfpApi)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _KfpApi.runs
+    server.shutdown()
+    server.server_close()
+    thread.join(10)
+
+
+def test_the_run_the_trigger_submits_carries_the_cluster_options(kfp_api):
+    url, runs = kfp_api
+    args = parse_args(["--kfp-host", url, "--s3-secret", "pillars-s3", "--checkpoint-pvc", "pillars-ckpt",
+                       "--deploy-namespace", "models", "--canary", "10", "--gpus", "1", "--param", "epochs=3"])
+    start = kfp_starter(args.kfp_host, args.experiment, args.param, cluster_options=cluster_options(args))
+    assert start("digits") == "kfp run r1"
+    (run,) = runs
+    assert run["runtime_config"]["parameters"] == {"epochs": 3, "model_name": "digits"}
+    executors = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert sum("secretAsEnv" in e for e in executors.values()) >= 6  # every step reads the S3 credentials
+    assert "pillars-s3" in json.dumps(executors) and "pillars-ckpt" in json.dumps(executors)
+    text = json.dumps(run["pipeline_spec"])
     assert "deploy: canary 10%" in text and "nvidia.com/gpu" in text
     with pytest.raises(ValueError, match="canary percent"):
         parse_args(["--canary", "100"])
