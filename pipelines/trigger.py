@@ -294,11 +294,15 @@ def _cluster_flags(parser: argparse.ArgumentParser) -> None:
     for field in dataclasses.fields(ClusterOptions):
         if field.name == "cache_data":
             continue  # retraining never caches its data step
-        kind = type(field.default)
-        env = os.environ.get(f"PILLARS_TRIGGER_{field.name.upper()}")
+        kind, variable = type(field.default), f"PILLARS_TRIGGER_{field.name.upper()}"
+        env = os.environ.get(variable)
+        try:
+            default = kind(env) if env else field.default
+        except ValueError as e:
+            raise ValueError(f"{variable} must be {kind.__name__}, got {env!r}") from e
         flags = [f"--{field.name.replace('_', '-')}"] + (["--canary"] if field.name == "canary_percent" else [])
-        group.add_argument(*flags, dest=field.name, type=kind, default=kind(env) if env else field.default,
-                           help=f"as for `pillars compile` (env PILLARS_TRIGGER_{field.name.upper()})")
+        group.add_argument(*flags, dest=field.name, type=kind, default=default,
+                           help=f"as for `pillars compile` (env {variable})")
 
 
 def cluster_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -279,3 +279,14 @@ def test_the_run_the_trigger_submits_carries_the_cluster_options(kfp_api):
     assert "deploy: canary 10%" in text and "nvidia.com/gpu" in text
     with pytest.raises(ValueError, match="canary percent"):
         parse_args(["--canary", "100"])
+
+
+def test_cluster_options_come_from_flags_or_the_environment(monkeypatch):
+    monkeypatch.setenv("PILLARS_TRIGGER_S3_SECRET", "from-env")
+    monkeypatch.setenv("PILLARS_TRIGGER_GPUS", "2")
+    options = cluster_options(parse_args(["--checkpoint-pvc", "ckpt"]))
+    assert (options["s3_secret"], options["gpus"], options["checkpoint_pvc"]) == ("from-env", 2, "ckpt")
+    assert cluster_options(parse_args(["--s3-secret", "flag"]))["s3_secret"] == "flag"
+    monkeypatch.setenv("PILLARS_TRIGGER_GPUS", "two")
+    with pytest.raises(ValueError, match="PILLARS_TRIGGER_GPUS must be int, got 'two'"):
+        parse_args([])
