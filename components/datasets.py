@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -65,6 +66,9 @@ def load_table(source: str, label_column: str) -> RawData:
         raise DataError(f"{source} is empty") from e
     except (pd.errors.ParserError, OSError, ValueError) as e:
         raise DataError(f"cannot read {source}: {e}") from e
+    finally:
+        if source.startswith("s3://"):
+            shutil.rmtree(path.parent, ignore_errors=True)  # the download's own temporary folder
     if frame.empty:
         raise DataError(f"{source} has no rows")
     if label_column not in frame.columns:
@@ -97,18 +101,22 @@ def _fetch_s3(uri: str) -> Path:
     bucket, _, key = uri[len("s3://"):].partition("/")
     endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or None
     s3 = boto3.client("s3", endpoint_url=endpoint)
+    target: Path | None = None
     try:
-        if not key or key.endswith("/"):
-            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
+        if not key.endswith(SUFFIXES):  # a folder, with or without its trailing slash: its newest table
+            prefix = f"{key.rstrip('/')}/" if key.strip("/") else ""
+            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
             objects = [o for page in pages for o in page.get("Contents", []) if o["Key"].endswith(SUFFIXES)]
             if not objects:
+                if Path(key).suffix:
+                    raise DataError(f"{uri}: unsupported file type {Path(key).suffix!r}; use .csv or .parquet")
                 raise DataError(f"no CSV or Parquet object under {uri}")
             key = max(objects, key=lambda o: o["LastModified"])["Key"]
-        if not key.endswith(SUFFIXES):
-            raise DataError(f"{uri}: unsupported file type; use .csv or .parquet")
         target = Path(tempfile.mkdtemp(prefix="pillars-s3-")) / Path(key).name
         s3.download_file(bucket, key, str(target))
     except (BotoCoreError, ClientError) as e:
+        if target is not None:
+            shutil.rmtree(target.parent, ignore_errors=True)
         raise DataError(f"cannot read s3://{bucket}/{key}: {e}") from e
     return target
 

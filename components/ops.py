@@ -170,17 +170,35 @@ def register(
     return namedtuple("Registered", ["model_name", "version"])(name, version)
 
 
-def promote(model_name: str, version: str, decision: Input[Artifact], tracking_uri: str) -> bool:
-    """Move alias ``champion`` to the approved version (recorded in the alias history)."""
+def promote(
+    model_name: str,
+    version: str,
+    decision: Input[Artifact],
+    metrics_json: str,
+    metadata: Input[Artifact],
+    test_data: Input[Dataset],
+    thresholds: str,
+    margin: float,
+    tracking_uri: str,
+) -> bool:
+    """Move alias ``champion`` to the approved version (recorded in the alias history), only while the
+    champion is still the one the gate compared against; else gate again against the new champion.
+    Returns whether the version became champion."""
     import json
 
-    from pillars.components.register import promote as promote_version
+    from pillars.components.register import promote_gated
     from pillars.components.tracking import configure_tracking
+    from pillars.components.validate import run_gate
 
     with open(decision.path) as f:
-        reasons = "; ".join(json.load(f)["reasons"])
+        gate = json.load(f)
     configure_tracking(tracking_uri or None)
-    return promote_version(model_name, version, f"gate approved: {reasons}")
+
+    def regate() -> tuple:
+        again = run_gate(metrics_json, metadata.path, test_data.path, model_name, thresholds, margin, tracking_uri)
+        return again.approved, again.champion_version, "; ".join(again.reasons)
+
+    return promote_gated(model_name, version, "; ".join(gate["reasons"]), gate["champion_version"], regate)
 
 
 def deploy_op(

@@ -1,7 +1,8 @@
 """Step 5, registration: log the model to MLflow with its lineage, register a version, move the aliases.
 
 Every registered version gets alias ``challenger``; :func:`promote` moves ``champion`` (only when the
-gate approved). Registering the same MLflow run twice returns the existing version.
+gate approved), compare-and-set against the champion the gate compared with. Registering the same
+MLflow run twice returns the existing version, and still completes what the first try left undone.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import mlflow
@@ -22,7 +23,8 @@ from pillars.components.errors import RegistryError
 from pillars.components.mlflow_model import log_pillars_model
 from pillars.components.models import PROFILE_FILE
 from pillars.components.prepare_data import load_metadata, load_split
-from pillars.components.registry import CHALLENGER, CHAMPION, alias_version, client, move_alias
+from pillars.components.registry import (ANY, CHALLENGER, CHAMPION, AnyVersion, ChampionMoved, LockTiming,
+                                         RegistryUnavailable, alias_version, client, move_alias)
 from pillars.components.settings import package_version
 from pillars.components.tracking import configure_tracking
 
@@ -60,13 +62,17 @@ def register_model(
         example_rows: a few raw input rows for the input example.
 
     Returns:
-        The version number (as a string); the existing one when this run was registered before.
+        The version number (as a string); the existing one when this run was registered before (a
+        retried step), which then also gets ``challenger`` unless a newer version holds it.
     """
     c = client()
     existing = c.search_model_versions(f"name='{model_name}' and run_id='{mlflow_run_id}'")
     if existing:
         version = str(existing[0].version)
         logger.info("run %s is already registered as %s version %s", mlflow_run_id, model_name, version)
+        challenger = alias_version(model_name, CHALLENGER, c)
+        if challenger is None or int(challenger) < int(version):
+            move_alias(model_name, CHALLENGER, version, f"registered from run {mlflow_run_id} (retried)", c)
         return version
     with tempfile.TemporaryDirectory() as tmp:
         profile_path = None
@@ -81,12 +87,50 @@ def register_model(
     return str(version.version)
 
 
-def promote(model_name: str, version: str, why: str) -> bool:
-    """Make ``version`` the champion (recording the move); False when it already was."""
-    event = move_alias(model_name, CHAMPION, version, why)
+def promote(model_name: str, version: str, why: str, expected: str | None | AnyVersion = ANY,
+            timing: LockTiming = LockTiming()) -> bool:
+    """Make ``version`` the champion (recording the move); False when it already was.
+
+    Args:
+        expected: the champion the decision was made against (None: there was none); the move
+            happens only if it still is. ``ANY`` (a manual promotion) moves it from wherever it is.
+
+    Raises:
+        ChampionMoved: the champion is no longer ``expected``; nothing moved.
+    """
+    event = move_alias(model_name, CHAMPION, version, why, expected=expected, timing=timing)
     if event is not None:
         logger.info("%s: champion %s -> %s (%s)", model_name, event.from_version, event.to_version, why)
     return event is not None
+
+
+Regate = Callable[[], tuple[bool, "str | None", str]]
+"""Re-runs the gate against the current champion: ``(approved, champion_version, reasons)``."""
+
+
+def promote_gated(model_name: str, version: str, reasons: str, gated_against: str | None, regate: Regate,
+                  attempts: int = 3, timing: LockTiming = LockTiming()) -> bool:
+    """Promote a gate-approved ``version`` only while the champion is still the one it was gated
+    against; when another run moved the champion meanwhile, gate again against the new one.
+
+    Returns:
+        True when ``version`` became champion; False when the re-gate rejected it (nothing moved).
+
+    Raises:
+        RegistryUnavailable: the champion kept moving for ``attempts`` gates, or the registry failed.
+    """
+    for _ in range(attempts):
+        try:
+            promote(model_name, version, f"gate approved: {reasons}", expected=gated_against, timing=timing)
+            return True
+        except ChampionMoved as moved:
+            logger.warning("%s: champion moved from v%s to v%s since the gate; gating v%s again",
+                           model_name, gated_against, moved.actual, version)
+            approved, gated_against, reasons = regate()
+            if not approved:
+                logger.warning("%s: v%s not promoted: %s", model_name, version, reasons)
+                return False
+    raise RegistryUnavailable(f"{model_name}: champion kept moving during {attempts} gates of v{version}; retry")
 
 
 def champion_version(model_name: str) -> str | None:

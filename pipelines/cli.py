@@ -144,8 +144,10 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(f"{args.name}: no alias moves recorded")
         for e in events:
             print(f"{e.at}  {e.alias:<10} v{e.from_version or '-'} -> v{e.to_version}  {e.why}")
+        for version, mark in sorted(registry.rolled_back(args.name).items(), key=lambda kv: int(kv[0])):
+            print(f"{mark['at']}  v{version} rolled back (to v{mark['to']}): {mark['why']}")
     elif args.action == "rollback":
-        event = registry.rollback(args.name, args.why)
+        event = registry.rollback(args.name, args.why, to=args.to)
         print(f"{args.name}: champion v{event.from_version} -> v{event.to_version} (rolled back)")
     elif args.action == "upgrade":
         _upgrade(args.name, args.version)
@@ -352,8 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--why", default="manual promotion")
     a = actions.add_parser("history", help="recorded alias moves")
     a.add_argument("name")
-    a = actions.add_parser("rollback", help="restore the previous champion")
+    a = actions.add_parser("rollback", help="restore the previous champion (never one rolled back from)")
     a.add_argument("name")
+    a.add_argument("--to", metavar="VERSION", help="roll back to this version instead")
     a.add_argument("--why", default="manual rollback")
     a = actions.add_parser("upgrade", help="re-register versions logged by Pillars 0.1 so MLflow's pyfunc loads them")
     a.add_argument("name")

@@ -85,6 +85,16 @@ def prometheus_config(ports: Ports, timing: Timing) -> dict[str, Any]:
     }
 
 
+def write_secret(path: Path, text: str) -> Path:
+    """Write ``text`` to a new file readable by its owner only: created 0600 (never world-readable, not
+    even for a moment); a file left there by an earlier stack is replaced."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path
+
+
 def alertmanager_config(ports: Ports, timing: Timing, token_file: Path) -> dict[str, Any]:
     """Alertmanager routing ``pillars_action="retrain"`` alerts to the trigger (bearer token from a file)."""
     return {
@@ -134,9 +144,7 @@ class Stack:
         tools = {"prometheus": _tool("prometheus"), "alertmanager": _tool("prometheus-alertmanager", "alertmanager"),
                  "mlflow": _tool("mlflow")}
         (self.dir / "logs").mkdir(parents=True, exist_ok=True)
-        token_file = self.dir / "trigger.token"
-        token_file.write_text(secrets.token_urlsafe(32))
-        token_file.chmod(0o600)
+        token_file = write_secret(self.dir / "trigger.token", secrets.token_urlsafe(32))
         (self.dir / "rules.yml").write_text(rules_file(timing.alerts))
         (self.dir / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(ports, timing), sort_keys=False))
         (self.dir / "alertmanager.yml").write_text(

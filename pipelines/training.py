@@ -101,7 +101,7 @@ def _steps(ops: Components, options: ClusterOptions, task: Any, args: dict[str, 
     gate = ops.validate(metrics_json=scored.outputs["Output"], metadata=data.outputs["metadata"],
                         test_data=data.outputs["test_data"], model_name=args["model_name"],
                         thresholds=args["thresholds"], margin=args["margin"], tracking_uri=uri)
-    gate.set_caching_options(False).set_display_name("validate (gate)")
+    gate.set_caching_options(False).set_retry(num_retries=2, backoff_duration="10s").set_display_name("validate (gate)")
     _resources(gate, cpu="500m", memory="1Gi")
 
     registered = ops.register(model=trained.outputs["model"], metadata=data.outputs["metadata"],
@@ -113,7 +113,9 @@ def _steps(ops: Components, options: ClusterOptions, task: Any, args: dict[str, 
 
     with dsl.If(gate.outputs["Output"] == True, name="approved"):  # noqa: E712 (KFP condition syntax)
         promoted = ops.promote(model_name=registered.outputs["model_name"], version=registered.outputs["version"],
-                               decision=gate.outputs["decision"], tracking_uri=uri)
+                               decision=gate.outputs["decision"], metrics_json=scored.outputs["Output"],
+                               metadata=data.outputs["metadata"], test_data=data.outputs["test_data"],
+                               thresholds=args["thresholds"], margin=args["margin"], tracking_uri=uri)
         promoted.set_caching_options(False).set_display_name("promote to champion")
         _resources(promoted, cpu="250m", memory="256Mi")
         if options.deploy_namespace:

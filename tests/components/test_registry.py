@@ -60,7 +60,8 @@ def test_alias_moves_are_recorded_and_rollback_restores_the_previous_champion(lo
     event = registry.rollback("toy", "bad canary")
     assert (event.from_version, event.to_version) == ("2", "1")
     assert registry.alias_version("toy", registry.CHAMPION) == "1"
-    assert registry.history("toy")[-1].why == "bad canary"
+    assert registry.history("toy")[-1].why == "rollback from v2: bad canary"
+    assert registry.rolled_back("toy")["2"]["why"] == "bad canary"
 
 
 def test_rollback_without_a_previous_champion_is_refused(local_store, model_dir):
@@ -70,5 +71,5 @@ def test_rollback_without_a_previous_champion_is_refused(local_store, model_dir)
     with pytest.raises(RegistryError, match="no champion"):
         registry.rollback("toy")
     promote("toy", v1, "first")
-    with pytest.raises(RegistryError, match="first champion"):
+    with pytest.raises(RegistryError, match="no earlier champion"):
         registry.rollback("toy")

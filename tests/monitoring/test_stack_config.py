@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 
 import pytest
 import yaml
 
 from pillars.components.errors import ConfigError
-from pillars.pipelines.stack import Ports, Timing, alertmanager_config, parse_ports, prometheus_config
+from pillars.pipelines.stack import Ports, Timing, alertmanager_config, parse_ports, prometheus_config, write_secret
 from pillars.serving.alerts import rules_file
 from tests.conftest import require_tool
 
@@ -46,3 +48,21 @@ def test_port_overrides():
     assert parse_ports("mlflow=5001, prometheus=9191").prometheus == 9191
     with pytest.raises(ConfigError, match="name=port"):
         parse_ports("grafana=3000")
+
+
+def test_the_trigger_token_file_is_created_owner_only_and_never_reused(tmp_path):
+    path = tmp_path / "trigger.token"
+    path.write_text("old token")
+    path.chmod(0o644)
+    old = os.open(path, os.O_RDONLY)  # someone who opened the old, readable file
+    umask = os.umask(0)  # the most permissive umask: the mode must come from the create itself
+    try:
+        write_secret(path, "new token")
+    finally:
+        os.umask(umask)
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert path.read_text() == "new token"
+        assert os.read(old, 100) == b"old token"  # a new file: the old descriptor never sees the secret
+    finally:
+        os.close(old)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import http.server
+import json
 import shlex
+import statistics
 import sys
+import threading
 import time
 
 import httpx
 import pytest
+import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
-from pillars.pipelines.trigger import Decider
+from pillars.pipelines.trigger import Decider, cluster_options, create_app, kfp_starter, parse_args
 from tests.processes import ServerProcess, free_port
 
 
@@ -108,3 +114,179 @@ def test_malformed_payloads_get_400_and_the_trigger_keeps_serving(trigger):
                       headers={"Authorization": "Bearer s3cret"})
     assert huge.status_code == 413
     assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+
+
+def test_an_alert_answered_cooldown_starts_a_run_when_resent_after_the_cooldown():
+    now = [1000.0]
+    decider = Decider(cooldown=600, clock=lambda: now[0])
+    assert decider.decide(_alert(fingerprint="a")).action == "started"
+    assert decider.decide(_alert(fingerprint="b")).action == "cooldown"
+    now[0] += 601
+    assert decider.decide(_alert(fingerprint="b")).action == "started"  # not "duplicate"
+    assert decider.decide(_alert(fingerprint="b")).action == "duplicate"
+
+
+def test_the_trigger_remembers_a_bounded_number_of_alerts_and_models():
+    now = [0.0]
+    decider = Decider(cooldown=10, clock=lambda: now[0], memory=50)
+    for i in range(1000):
+        now[0] += 1
+        assert decider.decide(_alert(model=f"m{i}", fingerprint=f"f{i}")).action == "started"
+    seen, models = decider.sizes()
+    assert seen == 50 and models <= 10  # models past their cool-down are forgotten
+
+
+class _Starter:
+    """Starts nothing; fails the first ``failures`` calls; takes ``delay`` seconds per start."""
+
+    def __init__(self, failures=0, delay=0.0):
+        self.failures, self.delay, self.started = failures, delay, []
+
+    def __call__(self, model):
+        time.sleep(self.delay)
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("KFP API unreachable")
+        self.started.append(model)
+        return f"run {len(self.started)}"
+
+
+@pytest.fixture
+def serve():
+    """Serves a trigger app in-process on a real loopback socket; yields a function of the app giving its URL."""
+    servers = []
+
+    def run(app):
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{port}"
+
+    yield run
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(10)
+        assert not thread.is_alive()
+
+
+def test_a_failed_start_is_answered_503_and_the_resent_alert_starts_a_run(serve):
+    starter = _Starter(failures=1)
+    url = serve(create_app("s3cret", Decider(cooldown=3600), starter))
+    first = _post(url, {"alerts": [_alert()]})
+    assert first.status_code == 503  # Alertmanager retries 5xx
+    assert first.json()["decisions"][0]["decision"] == "failed"
+    again = _post(url, {"alerts": [_alert()]})  # the same alert, re-sent
+    assert again.status_code == 200 and again.json()["decisions"][0]["decision"] == "started"
+    assert starter.started == ["digits"]
+
+
+def test_runs_per_call_are_capped_and_the_rest_answered_503(serve):
+    starter = _Starter()
+    url = serve(create_app("s3cret", Decider(cooldown=3600), starter, max_runs_per_call=2))
+    payload = {"alerts": [_alert(model=m, fingerprint=m) for m in ("a", "b", "c")]}
+    first = _post(url, payload)
+    assert first.status_code == 503
+    assert [d["decision"] for d in first.json()["decisions"]] == ["started", "started", "limited"]
+    again = _post(url, payload)
+    assert again.status_code == 200
+    assert [d["decision"] for d in again.json()["decisions"]] == ["duplicate", "duplicate", "started"]
+    assert starter.started == ["a", "b", "c"]
+
+
+def test_healthz_answers_fast_while_a_slow_start_runs(serve):
+    starter = _Starter(delay=3.0)
+    url = serve(create_app("s3cret", Decider(cooldown=3600), starter))
+
+    def probe(client):
+        began = time.perf_counter()
+        assert client.get(f"{url}/healthz").status_code == 200
+        return time.perf_counter() - began
+
+    with httpx.Client(timeout=10) as client, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        idle = statistics.median(probe(client) for _ in range(10))  # this machine's latency with nothing running
+        webhook = pool.submit(_post, url, {"alerts": [_alert()]})
+        time.sleep(0.5)  # the start is under way
+        latencies = []
+        while not webhook.done():
+            latencies.append(probe(client))
+            time.sleep(0.1)
+        assert webhook.result().json()["decisions"][0]["decision"] == "started"
+    assert len(latencies) >= 5, latencies  # probed all through the 3 s start
+    # Blocking the event loop would hold every probe until the start ends (up to 2.5 s); a loaded
+    # CI machine gets slack over its idle latency, but never the start's duration.
+    assert statistics.median(latencies) < max(0.1, 3 * idle) and max(latencies) < 1.0, (idle, latencies)
+
+
+class _KfpApi(http.server.BaseHTTPRequestHandler):
+    """The few KFP v2beta1 API calls a run submission makes; keeps every run request it receives."""
+
+    runs: list = []
+
+    def _answer(self, body):
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        experiment = {"experiment_id": "e1", "display_name": "pillars-retraining"}
+        self._answer({"experiments": [experiment], "total_size": 1} if "/experiments" in self.path else {})
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+        if self.path.startswith("/apis/v2beta1/runs"):
+            type(self).runs.append(body)
+            self._answer({"run_id": f"r{len(self.runs)}", "display_name": body.get("display_name", ""),
+                          "experiment_id": "e1"})
+        else:
+            self._answer({"experiment_id": "e1", "display_name": body.get("display_name", "")})
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def kfp_api():
+    _KfpApi.runs = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _KfpApi)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _KfpApi.runs
+    server.shutdown()
+    server.server_close()
+    thread.join(10)
+
+
+def test_the_run_the_trigger_submits_carries_the_cluster_options(kfp_api):
+    url, runs = kfp_api
+    args = parse_args(["--kfp-host", url, "--s3-secret", "pillars-s3", "--checkpoint-pvc", "pillars-ckpt",
+                       "--deploy-namespace", "models", "--canary", "10", "--gpus", "1", "--param", "epochs=3"])
+    start = kfp_starter(args.kfp_host, args.experiment, args.param, cluster_options=cluster_options(args))
+    assert start("digits") == "kfp run r1"
+    (run,) = runs
+    assert run["runtime_config"]["parameters"] == {"epochs": 3, "model_name": "digits"}
+    executors = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert sum("secretAsEnv" in e for e in executors.values()) >= 6  # every step reads the S3 credentials
+    assert "pillars-s3" in json.dumps(executors) and "pillars-ckpt" in json.dumps(executors)
+    text = json.dumps(run["pipeline_spec"])
+    assert "deploy: canary 10%" in text and "nvidia.com/gpu" in text
+    with pytest.raises(ValueError, match="canary percent"):
+        parse_args(["--canary", "100"])
+
+
+def test_cluster_options_come_from_flags_or_the_environment(monkeypatch):
+    monkeypatch.setenv("PILLARS_TRIGGER_S3_SECRET", "from-env")
+    monkeypatch.setenv("PILLARS_TRIGGER_GPUS", "2")
+    options = cluster_options(parse_args(["--checkpoint-pvc", "ckpt"]))
+    assert (options["s3_secret"], options["gpus"], options["checkpoint_pvc"]) == ("from-env", 2, "ckpt")
+    assert cluster_options(parse_args(["--s3-secret", "flag"]))["s3_secret"] == "flag"
+    monkeypatch.setenv("PILLARS_TRIGGER_GPUS", "two")
+    with pytest.raises(ValueError, match="PILLARS_TRIGGER_GPUS must be int, got 'two'"):
+        parse_args([])
