@@ -23,7 +23,7 @@ from kserve.protocol.grpc.servicer import InferenceServicer
 from pillars.serving import metrics
 from pillars.serving.auth import TokenAuth, grpc_method_is_open
 
-logger = logging.getLogger("serving")
+logger = logging.getLogger("pillars.serving")
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 

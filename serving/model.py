@@ -40,7 +40,7 @@ from pillars.serving.drift import DriftConfig, DriftMonitor
 from pillars.serving.settings import ServingSettings
 from pillars.serving.storage import ModelSource, discard, is_alias_uri, registry_version, resolve_model
 
-logger = logging.getLogger("serving")
+logger = logging.getLogger("pillars.serving")
 
 
 @dataclass(frozen=True)

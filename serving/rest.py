@@ -19,7 +19,7 @@ import orjson
 from pillars.serving import metrics
 from pillars.serving.auth import TokenAuth, http_path_is_open
 
-logger = logging.getLogger("serving")
+logger = logging.getLogger("pillars.serving")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -13,7 +13,7 @@ from pillars.serving.grpc_server import PillarsGRPCServer
 from pillars.serving.model import PillarsModel
 from pillars.serving.rest import ServingMiddleware
 
-logger = logging.getLogger("serving")
+logger = logging.getLogger("pillars.serving")
 
 
 class PillarsModelServer(ModelServer):

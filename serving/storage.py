@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 from pillars.components.errors import ConfigError
 from pillars.components.models import locate_model_dir
 
-logger = logging.getLogger("serving")
+logger = logging.getLogger("pillars.serving")
 
 
 @dataclass(frozen=True)
