@@ -58,6 +58,7 @@ class Batch:
             gRPC: when the inputs came as raw bytes).
         output_parameters: per requested output, the parameters it came with (REST ``binary_data``).
         from_grpc: the request came over gRPC.
+        input_name: the input tensor's name (``instances`` for V1), for error messages.
     """
 
     rows: np.ndarray
@@ -67,6 +68,7 @@ class Batch:
     binary_outputs: bool = False
     output_parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
     from_grpc: bool = False
+    input_name: str = INPUT_NAME
 
 
 def input_metadata(config: ModelConfig) -> list[dict[str, Any]]:
@@ -127,29 +129,51 @@ def check_tensor(name: Any, datatype: Any, shape: Any, config: ModelConfig, max_
     return checked, np.dtype(NUMERIC_DATATYPES[datatype.upper()])
 
 
-def decode_rest_v2(body: bytes, header_length: str | None, config: ModelConfig, max_rows: int) -> Batch:
-    """A V2 REST body: JSON, or (with ``inference-header-content-length``) a JSON header and binary tensors.
+@dataclass(frozen=True)
+class V2Header:
+    """A V2 REST request checked up to its tensor data (what the JSON part declares)."""
 
-    A body without the header is JSON whatever its ``Content-Type`` says (Triton's rule; tritonclient sends
-    plain JSON without one). Only the JSON header is parsed before the declared tensor is checked.
+    tensor: dict[str, Any]
+    name: str
+    shape: list[int]
+    dtype: np.dtype
+    binary_size: int | None  # None: the data is JSON, in ``tensor["data"]``
+    request_id: str | None
+    outputs: list[str]
+    output_parameters: dict[str, dict[str, Any]]
+    binary_outputs: bool
+
+
+def json_part_length(header_length: str | None, content_length: str | None, config: ModelConfig,
+                     max_rows: int) -> int | None:
+    """Before any of the body is read: the length of its JSON part for the binary extension (None: all JSON).
+
+    Raises:
+        TooManyRows: the JSON part is longer than any request within ``max_rows`` can need.
+        InvalidInput: ``inference-header-content-length`` is not a length within the body.
     """
+    limit = json_body_limit(config, max_rows)
+    body_length = int(content_length) if content_length is not None and content_length.isdigit() else None
     if header_length is None:
-        if len(body) > json_body_limit(config, max_rows):
-            raise TooManyRows(f"a JSON request body of {len(body)} bytes holds more than {max_rows} rows of "
-                              f"{config.n_features} values (--max_rows); send fewer rows or binary tensors")
-        json_part, binary = body, memoryview(b"")
-    else:
-        if not header_length.isdigit() or int(header_length) > len(body):
-            raise InvalidInput(f"inference-header-content-length {header_length!r} is not a length within the "
-                               f"{len(body)}-byte body")
-        if int(header_length) > json_body_limit(config, max_rows):
-            raise TooManyRows(f"a JSON header of {header_length} bytes is longer than any request within "
-                              f"{max_rows} rows (--max_rows)")
-        json_part, binary = body[:int(header_length)], memoryview(body)[int(header_length):]
-    try:
-        request = orjson.loads(json_part)
-    except orjson.JSONDecodeError as e:
-        raise InvalidInput(f"the request is not valid JSON: {e}") from e
+        if body_length is not None and body_length > limit:
+            raise TooManyRows(f"a JSON request body of {body_length} bytes holds more than {max_rows} rows of "
+                              f"{config.n_features} values (--max_rows); send fewer rows, or binary tensors")
+        return None
+    if not header_length.isdigit() or (body_length is not None and int(header_length) > body_length):
+        raise InvalidInput(f"inference-header-content-length {header_length!r} is not a length within the "
+                           f"{body_length}-byte body")
+    if int(header_length) > limit:
+        raise TooManyRows(f"a JSON header of {header_length} bytes is longer than any request within "
+                          f"{max_rows} rows (--max_rows)")
+    return int(header_length)
+
+
+def check_v2_header(request: Any, config: ModelConfig, max_rows: int) -> V2Header:
+    """Check the JSON part of a V2 REST request (the whole body, or the binary extension's header): one
+    input tensor whose declared datatype, shape and rows fit the model, the requested outputs, the id.
+
+    Nothing of the tensor data is converted here.
+    """
     if not isinstance(request, dict):
         raise InvalidInput('expected a JSON object with an "inputs" list')
     tensor = _only_input(request.get("inputs"))
@@ -158,18 +182,15 @@ def decode_rest_v2(body: bytes, header_length: str | None, config: ModelConfig, 
     if params is not None and not isinstance(params, dict):
         raise InvalidInput(f"input {name!r}: parameters must be an object")
     size = (params or {}).get("binary_data_size")
-    if "data" in tensor:
-        if size is not None or len(binary):
-            raise InvalidInput(f"input {name!r} has both JSON data and binary data")
-        array = _from_json(name, tensor["data"], shape)
-    else:
+    if "data" in tensor and size is not None:
+        raise InvalidInput(f"input {name!r} has both data and parameters.binary_data_size")
+    if "data" not in tensor:
+        expected = math.prod(shape) * dtype.itemsize
         if size is None:
             raise InvalidInput(f"input {name!r} has neither data nor parameters.binary_data_size")
-        expected = math.prod(shape) * dtype.itemsize
-        if size != expected or isinstance(size, bool) or len(binary) != expected:
-            raise InvalidInput(f"input {name!r}: binary_data_size {size!r} and {len(binary)} bytes after the "
-                               f"header do not fit shape {shape} of {tensor['datatype'].upper()} ({expected} bytes)")
-        array = np.frombuffer(binary, dtype=dtype).reshape(shape)
+        if size != expected or isinstance(size, bool):
+            raise InvalidInput(f"input {name!r}: binary_data_size {size!r} does not fit shape {shape} of "
+                               f"{tensor['datatype'].upper()} ({expected} bytes)")
     outputs, output_parameters = _requested_rest_outputs(request.get("outputs"), config)
     parameters = request.get("parameters")
     if parameters is not None and not isinstance(parameters, dict):
@@ -177,8 +198,45 @@ def decode_rest_v2(body: bytes, header_length: str | None, config: ModelConfig, 
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput(f"id must be a string, got {request_id!r}")
-    binary_outputs = bool((parameters or {}).get("binary_data_output", False))
-    return Batch(_as_rows(name, array, config), "v2", request_id, outputs, binary_outputs, output_parameters)
+    return V2Header(tensor, name, shape, dtype, size, request_id, outputs, output_parameters,
+                    bool((parameters or {}).get("binary_data_output", False)))
+
+
+def decode_v2_data(header: V2Header, binary: bytes, config: ModelConfig) -> Batch:
+    """The checked batch: JSON data converted by numpy, or the binary bytes viewed with ``np.frombuffer``."""
+    if header.binary_size is None:
+        if binary:
+            raise InvalidInput(f"input {header.name!r}: {len(binary)} bytes follow the JSON header, but no "
+                               "input declares binary_data_size")
+        array = _from_json(header.name, header.tensor["data"], header.shape)
+    else:
+        if len(binary) != header.binary_size:
+            raise InvalidInput(f"input {header.name!r}: {len(binary)} bytes follow the JSON header; "
+                               f"binary_data_size is {header.binary_size}")
+        array = np.frombuffer(binary, dtype=header.dtype).reshape(header.shape)
+    return Batch(_as_rows(header.name, array, config), "v2", header.request_id, header.outputs,
+                 header.binary_outputs, header.output_parameters, input_name=header.name)
+
+
+def parse_json(body: bytes, config: ModelConfig, max_rows: int) -> Any:
+    """A JSON body, refused unparsed when it is longer than any request within ``max_rows`` can be.
+
+    Raises:
+        TooManyRows: the body is longer than :func:`json_body_limit`.
+        InvalidInput: it is not JSON.
+    """
+    if len(body) > json_body_limit(config, max_rows):
+        raise TooManyRows(f"a JSON request body of {len(body)} bytes holds more than {max_rows} rows of "
+                          f"{config.n_features} values (--max_rows); send fewer rows, or binary tensors")
+    return loads(body)
+
+
+def loads(text: bytes) -> Any:
+    """JSON, or :class:`InvalidInput` saying why not."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as e:
+        raise InvalidInput(f"the request is not valid JSON: {e}") from e
 
 
 def decode_grpc(request: pb.ModelInferRequest, config: ModelConfig, max_rows: int) -> Batch:
@@ -208,7 +266,7 @@ def decode_grpc(request: pb.ModelInferRequest, config: ModelConfig, max_rows: in
     outputs = [o.name for o in request.outputs] or known
     _check_output_names(outputs, known)
     return Batch(_as_rows(tensor.name, array, config), "v2", request.id or None, outputs,
-                 binary_outputs=bool(request.raw_input_contents), from_grpc=True)
+                 binary_outputs=bool(request.raw_input_contents), from_grpc=True, input_name=tensor.name)
 
 
 def decode_v1(payload: Any, config: ModelConfig, max_rows: int) -> Batch:
@@ -238,7 +296,7 @@ def decode_v1(payload: Any, config: ModelConfig, max_rows: int) -> Batch:
                           and list(array.shape[1:]) != list(config.input_shape)):
         raise InvalidInput(f"each instance must have {config.n_features} features"
                            f"{'' if array.ndim < 2 else f', got shape {list(array.shape[1:])}'}")
-    return Batch(_as_rows("instances", array, config), "v1")
+    return Batch(_as_rows("instances", array, config), "v1", input_name="instances")
 
 
 def encode_v2(batch: Batch, outputs: dict[str, np.ndarray], model_name: str, version: str) -> InferResponse:

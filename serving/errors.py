@@ -45,3 +45,10 @@ class VersionNotFound(ServingError):
 
     status = HTTPStatus.NOT_FOUND
     grpc_code = StatusCode.NOT_FOUND
+
+
+class NotServed(ServingError):
+    """A call this server deliberately does not serve (KServe's model-repository extension)."""
+
+    status = HTTPStatus.NOT_FOUND
+    grpc_code = StatusCode.UNIMPLEMENTED
