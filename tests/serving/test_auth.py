@@ -1,4 +1,5 @@
-"""Bearer-token auth: inference and metadata need the token (REST 401, gRPC UNAUTHENTICATED); health is open."""
+"""Bearer-token auth: inference, metadata and /metrics need the token (REST 401, gRPC UNAUTHENTICATED);
+health is open."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from tests.serving.conftest import TOKEN
 
 BODY = {"inputs": [{"name": "input-0", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
 PROTECTED = [("POST", "/v2/models/reg/infer"), ("POST", "/v1/models/reg:predict"), ("GET", "/v2/models/reg"),
-             ("GET", "/v2"), ("GET", "/v2/models"), ("POST", "/v2/repository/models/reg/unload")]
-OPEN = ["/v2/health/live", "/v2/health/ready", "/v2/models/reg/ready", "/v1/models/reg", "/metrics"]
+             ("GET", "/v2"), ("GET", "/v2/models"), ("POST", "/v2/repository/models/reg/unload"),
+             ("GET", "/metrics")]
+OPEN = ["/v2/health/live", "/v2/health/ready", "/v2/models/reg/ready", "/v1/models/reg"]
 
 
 @pytest.mark.parametrize("method,path", PROTECTED)
@@ -27,9 +29,14 @@ def test_protected_rest_calls_need_the_token(served_with_auth, method, path, aut
     assert response.headers["www-authenticate"].startswith("Bearer")
 
 
-def test_health_and_metrics_stay_open(served_with_auth):
+def test_health_stays_open(served_with_auth):
     for path in OPEN:
         assert httpx.get(f"{served_with_auth.http}{path}").status_code == 200, path
+
+
+def test_metrics_with_the_token_are_served(served_with_auth):
+    response = httpx.get(f"{served_with_auth.http}/metrics", headers=served_with_auth.headers)
+    assert response.status_code == 200 and "pillars_serving_requests_total" in response.text
 
 
 def test_valid_token_is_served(served_with_auth):
