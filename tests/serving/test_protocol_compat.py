@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 
@@ -57,9 +58,25 @@ def test_grpc_model_version_is_answered_for_the_served_one_and_not_found_otherwi
     assert error.value.code() == grpc.StatusCode.NOT_FOUND and "serves version 1" in error.value.details()
 
 
+TRITON_GRPC = """
+import sys
+import numpy as np
+import tritonclient.grpc as triton
+rows = np.asarray(eval(sys.argv[2]), dtype=np.float32)
+client = triton.InferenceServerClient(sys.argv[1])
+tensor = triton.InferInput("input-0", list(rows.shape), "FP32")
+tensor.set_data_from_numpy(rows)
+print([v.decode() for v in client.infer("toy", [tensor], model_version="1").as_numpy("label").tolist()])
+try:
+    client.infer("toy", [tensor], model_version="2")
+except triton.InferenceServerException as e:
+    print(e.status(), e.message())
+client.close()
+"""
+
+
 def test_tritonclient_http_json_and_binary_and_grpc_with_a_version(served):
     tritonclient_http = pytest.importorskip("tritonclient.http")
-    tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
     rows = toy_rows(3, seed=5)
     expected = httpx.post(f"{served.http}/v2/models/toy/infer", json=v2_request(rows)).json()
     expected_labels = next(o for o in expected["outputs"] if o["name"] == "label")["data"]
@@ -79,25 +96,23 @@ def test_tritonclient_http_json_and_binary_and_grpc_with_a_version(served):
     finally:
         http.close()
 
-    client = tritonclient_grpc.InferenceServerClient(served.grpc)
-    try:
-        tensor = tritonclient_grpc.InferInput("input-0", list(rows.shape), "FP32")
-        tensor.set_data_from_numpy(rows)
-        result = client.infer("toy", [tensor], model_version="1")
-        assert [v.decode() for v in result.as_numpy("label").tolist()] == expected_labels
-        with pytest.raises(Exception, match="serves version 1"):
-            client.infer("toy", [tensor], model_version="2")
-    finally:
-        client.close()
+    # tritonclient.grpc registers its own grpc_service.proto, which clashes with KServe's in one process.
+    result = subprocess.run([sys.executable, "-c", TRITON_GRPC, served.grpc, repr(rows.tolist())],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    labels, refused = result.stdout.strip().splitlines()
+    assert eval(labels) == expected_labels
+    assert "NOT_FOUND" in refused and "serves version 1" in refused
 
 
 def test_schemathesis_finds_no_server_error(served, tmp_path):
     """Every operation of the server's own /openapi.json, fuzzed from its schema: no 5xx."""
     command = [sys.executable, "-m", "schemathesis.cli", "run", f"{served.http}/openapi.json",
-               "--checks", "not_a_server_error", "--max-examples", "15", "--seed", "1",
+               "--checks", "not_a_server_error", "--max-examples", "10", "--seed", "1",
                "--request-timeout", "20", "--workers", "1"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "not_a_server_error" in result.stdout
+    sent = re.search(r"(\d+) generated, (\d+) passed", result.stdout)
+    assert sent and int(sent.group(2)) >= 100 and int(sent.group(1)) == int(sent.group(2)), result.stdout[-2000:]
     ok = httpx.post(f"{served.http}/v2/models/toy/infer", json=v2_request(np.ones((1, 4))))
     assert ok.status_code == 200 and served.process.proc.poll() is None
