@@ -87,7 +87,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         log_path=root / "server.log",
     )
     try:
-        server.wait_http(f"{url}/health", timeout=120)
+        server.wait_http(f"{url}/health", timeout=300)  # minutes on a loaded 2-core machine
         yield url
     finally:
         server.stop()
