@@ -84,3 +84,26 @@ def test_debug_log_has_one_line_per_request_without_payload_or_token(served_with
 
 def test_without_a_token_configured_no_auth_is_needed(served):
     assert httpx.get(f"{served.http}/v2/models/toy").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def metrics_opened(tmp_path_factory):
+    """Auth on, with /metrics opened explicitly for a scraper that carries no token."""
+    from tests.serving.conftest import start_server
+    from tests.serving.toy import make_regressor
+
+    root = tmp_path_factory.mktemp("metrics-open")
+    token_file = root / "token"
+    token_file.write_text(TOKEN)
+    server = start_server(["--model_dir", str(make_regressor(root / "model")), "--model_name", "reg",
+                           "--auth_token_file", str(token_file), "--metrics_open", "--no_drift"],
+                          root / "server.log", model="reg", token=TOKEN)
+    yield server
+    server.process.stop()
+
+
+def test_metrics_can_be_opened_for_a_scraper_while_inference_keeps_needing_the_token(metrics_opened):
+    assert httpx.get(f"{metrics_opened.http}/metrics").status_code == 200
+    assert httpx.post(f"{metrics_opened.http}/v2/models/reg/infer", json=BODY).status_code == 401
+    assert httpx.post(f"{metrics_opened.http}/v2/models/reg/infer", json=BODY,
+                      headers=metrics_opened.headers).status_code == 200
