@@ -43,6 +43,8 @@ JSON_BYTES_PER_VALUE = 64
 than ``JSON_BYTES_PER_VALUE x max_rows x values per row`` (plus :data:`JSON_OVERHEAD_BYTES`) cannot be a
 request the server would accept, and is refused before it is parsed."""
 JSON_OVERHEAD_BYTES = 64 * 1024
+GRPC_BYTES_PER_VALUE = 10
+"""Most bytes one value takes in a gRPC request (an INT64 varint in ``int64_contents``; raw FP64 is 8)."""
 
 
 @dataclass
@@ -97,6 +99,12 @@ def value_shape(config: ModelConfig) -> list[int]:
 def json_body_limit(config: ModelConfig, max_rows: int) -> int:
     """Longest JSON body (V1, or V2 without the binary extension) a request within ``max_rows`` can need."""
     return JSON_BYTES_PER_VALUE * max_rows * config.n_features + JSON_OVERHEAD_BYTES
+
+
+def grpc_message_limit(config: ModelConfig, max_rows: int) -> int:
+    """Largest gRPC request a request within ``max_rows`` can be: larger messages are refused by gRPC
+    itself (RESOURCE_EXHAUSTED) before they are parsed."""
+    return GRPC_BYTES_PER_VALUE * max_rows * config.n_features + JSON_OVERHEAD_BYTES
 
 
 def check_tensor(name: Any, datatype: Any, shape: Any, config: ModelConfig, max_rows: int) -> tuple[list[int], np.dtype]:

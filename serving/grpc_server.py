@@ -2,7 +2,8 @@
 
 KServe's ``GRPCServer`` fixes its interceptors when it builds the server, so :class:`PillarsGRPCServer`
 builds the same server with ours in front, listens on ``--host`` (loopback by default), and caps message
-size at the configured body limit (larger messages get RESOURCE_EXHAUSTED).
+size at the largest request ``--max_rows`` allows, never above the body limit (larger messages get
+RESOURCE_EXHAUSTED from gRPC itself, before they are parsed).
 
 :class:`PillarsServicer` differs from KServe's in the same ways as the REST routes: the repository
 methods (``RepositoryModelLoad``/``Unload``/``Index``) are UNIMPLEMENTED, ``ModelInfer`` checks the declared

@@ -10,6 +10,7 @@ from kserve import ModelServer
 from kserve import model_server as kserve_model_server
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
 
+from pillars.serving import codec
 from pillars.serving.auth import TokenAuth
 from pillars.serving.grpc_server import PillarsGRPCServer
 from pillars.serving.middleware import ServingMiddleware
@@ -62,10 +63,13 @@ class PillarsModelServer(ModelServer):
             ssl_keyfile=self.ssl_keyfile)
         self.servers.append(self._rest_server.start())
         if self._serve_grpc:
+            # No request within max_rows is larger: gRPC refuses bigger messages before parsing them.
+            message_limit = min(self._max_body_bytes,
+                                max(codec.grpc_message_limit(m.config, m.settings.max_rows) for m in models))
             self._grpc_server = PillarsGRPCServer(
                 self.grpc_port, self.dataplane, self.model_repository_extension,
                 kwargs=vars(kserve_model_server.args), grace_period=self.grace_period, host=self._host,
-                versions=versions, max_message_bytes=self._max_body_bytes, auth=self._auth)
+                versions=versions, max_message_bytes=message_limit, auth=self._auth)
             self.servers.append(self._grpc_server.start(self.max_threads))
         logger.info("serving %s on http://%s:%d%s (auth %s, /metrics %s)", ", ".join(versions), self._host,
                     self.http_port, f" and gRPC port {self.grpc_port}" if self._serve_grpc else "",
