@@ -107,7 +107,8 @@ def grpc_message_limit(config: ModelConfig, max_rows: int) -> int:
     return GRPC_BYTES_PER_VALUE * max_rows * config.n_features + JSON_OVERHEAD_BYTES
 
 
-def check_tensor(name: Any, datatype: Any, shape: Any, config: ModelConfig, max_rows: int) -> tuple[list[int], np.dtype]:
+def check_tensor(name: Any, datatype: Any, shape: Any, config: ModelConfig,
+                 max_rows: int) -> tuple[list[int], np.dtype]:
     """Check a declared tensor against the model before its data is touched.
 
     Returns:

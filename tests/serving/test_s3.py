@@ -51,7 +51,8 @@ def test_a_missing_s3_folder_is_one_error_and_leaves_nothing_behind(bucket, tmp_
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
-    for uri, message in ((f"s3://{BUCKET}/models/dig", "no objects"), (f"s3://{BUCKET}/models/digits-old", "no Pillars model"),
+    for uri, message in ((f"s3://{BUCKET}/models/dig", "no objects"),
+                         (f"s3://{BUCKET}/models/digits-old", "no Pillars model"),
                          ("s3://no-such-bucket/m", "cannot download")):
         with pytest.raises(ConfigError, match=message):
             resolve_model(uri)
