@@ -261,8 +261,13 @@ class Predictor:
         Raises:
             InputError: the batch does not fit the model.
         """
-        batch = torch.from_numpy(self.check_input(x)).to(self.device)
-        out = self.model.decode(self.model(batch)).cpu().numpy()
+        return self.predict_checked(self.check_input(x))
+
+    @torch.inference_mode()
+    def predict_checked(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`predict` for a float32 ``[N, n_features]`` batch that :meth:`check_input` (or a caller
+        checking the same way, such as the model server at its edge) has already accepted."""
+        out = self.model.decode(self.model(torch.from_numpy(batch).to(self.device))).cpu().numpy()
         if self.config.kind == "classification":
             index = out.argmax(axis=1).astype(np.int64)
             labels = np.asarray(self.config.classes, dtype=object)[index]

@@ -23,5 +23,5 @@ _WHERE = {
 
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:
-        raise AttributeError(f"module 'serving' has no attribute {name!r}")
+        raise AttributeError(f"module 'pillars.serving' has no attribute {name!r}")
     return getattr(import_module(_WHERE[name]), name)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pillars.components.errors import PillarsError
 from pillars.components.references import SCHEME, ModelRef
 
-logger = logging.getLogger("serving")
+logger = logging.getLogger("pillars.serving")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="models:/NAME@alias, models:/NAME/VERSION, runs:/..., s3://... or a folder")
     parser.add_argument("--model_dir", default=env.model_dir,
                         help="local model folder (KServe storage initializer: /mnt/models)")
+    parser.add_argument("--host", default=env.host,
+                        help="address the HTTP and gRPC servers listen on (default 127.0.0.1; "
+                             "0.0.0.0 for every interface, as in the container image)")
+    parser.add_argument("--max_rows", type=int, default=env.max_rows,
+                        help="most rows one request may carry (checked on the declared shape, before decoding)")
+    parser.add_argument("--max_queued_rows", type=int, default=env.max_queued_rows,
+                        help="most rows waiting for a forward pass; more are answered 503 / RESOURCE_EXHAUSTED")
+    parser.add_argument("--metrics_open", action="store_true", default=env.metrics_open,
+                        help="serve /metrics without the bearer token even when auth is on")
     parser.add_argument("--max_batch_size", type=int, default=env.max_batch_size,
                         help="most rows merged into one forward pass")
     parser.add_argument("--max_latency_ms", type=float, default=env.max_latency_ms,
@@ -104,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             raise PillarsError("--workers must be 1: micro-batching works within one process; "
                                "scale with replicas instead")
         settings = ServingSettings(
-            model_uri=args.model_uri or "", model_dir=args.model_dir, max_batch_size=args.max_batch_size,
+            model_uri=args.model_uri or "", model_dir=args.model_dir, host=args.host, max_rows=args.max_rows,
+            max_queued_rows=args.max_queued_rows, metrics_open=args.metrics_open, max_batch_size=args.max_batch_size,
             max_latency_ms=args.max_latency_ms, auth_token_file=args.auth_token_file,
             cpu_threads=args.cpu_threads, max_body_bytes=args.max_body_bytes, device=args.device,
             drift=args.drift, drift_method=args.drift_method, drift_threshold=args.drift_threshold,
@@ -120,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logger.info("model ready %.3f seconds after the imports", time.perf_counter() - imported)
     server = PillarsModelServer(
-        max_body_bytes=settings.max_body_bytes, auth=auth, enable_grpc=args.enable_grpc,
+        host=settings.host, max_body_bytes=settings.max_body_bytes, auth=auth, metrics_open=settings.metrics_open,
+        enable_grpc=args.enable_grpc,
         http_port=args.http_port, grpc_port=args.grpc_port, max_threads=args.max_threads,
         max_asyncio_workers=args.max_asyncio_workers, enable_docs_url=args.enable_docs_url,
         enable_latency_logging=args.enable_latency_logging, access_log_format=args.access_log_format,

@@ -2,7 +2,8 @@
 
 The token comes from a file (``--auth_token_file``, e.g. a mounted Secret) or the
 ``PILLARS_SERVING_AUTH_TOKEN`` environment variable; it is never logged. Health calls stay open
-for probes; inference, metadata and the repository calls need ``Authorization: Bearer <token>``.
+for probes; inference, metadata and ``/metrics`` need ``Authorization: Bearer <token>`` (``/metrics``
+can be opened for a scraper that cannot carry one, with ``--metrics_open``).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from pathlib import Path
 from pillars.components.errors import ConfigError
 
 OPEN_HTTP_PATHS = re.compile(
-    r"^/($|metrics$|v2/health/(live|ready)$|v2/models/[^/]+(/versions/[^/]+)?/ready$|v1/models/[^/:]+$)"
+    r"^/($|v2/health/(live|ready)$|v2/models/[^/]+(/versions/[^/]+)?/ready$|v1/models/[^/:]+$)"
 )
-"""REST paths open without a token: liveness, readiness (server and model), V1 model health, metrics."""
+"""REST paths open without a token: liveness, readiness (server and model), V1 model health."""
+METRICS_PATH = "/metrics"
 
 OPEN_GRPC_METHODS = frozenset({"ServerLive", "ServerReady", "ModelReady"})
 """gRPC methods of ``inference.GRPCInferenceService`` open without a token."""
@@ -58,9 +60,9 @@ def load_auth(token_file: str | Path | None, token: str = "") -> TokenAuth | Non
     return TokenAuth(token.strip()) if token.strip() else None
 
 
-def http_path_is_open(path: str) -> bool:
-    """Whether a REST path is served without a token."""
-    return OPEN_HTTP_PATHS.match(path) is not None
+def http_path_is_open(path: str, metrics_open: bool = False) -> bool:
+    """Whether a REST path is served without a token (``/metrics`` only when ``metrics_open``)."""
+    return OPEN_HTTP_PATHS.match(path) is not None or (metrics_open and path == METRICS_PATH)
 
 
 def grpc_method_is_open(full_method: str) -> bool:

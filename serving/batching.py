@@ -4,6 +4,10 @@ Requests put their (already validated) rows on an asyncio queue. One collector t
 queued, up to ``max_batch_size`` rows, and runs one forward pass in a single worker thread, so the
 event loop keeps accepting requests meanwhile; results are split back by row ranges.
 
+Bounded: rows submitted and not yet answered are capped (``max_queued_rows``); past that, ``submit``
+raises :class:`pillars.serving.errors.Overloaded` (503 / RESOURCE_EXHAUSTED) at once instead of queueing
+work the server cannot finish in time.
+
 Adaptive: while the previous forward pass served one request, a new batch starts at once (no added
 latency for a lone client). Under load, the collector waits up to ``max_latency_ms`` for more rows,
 and requests that arrive during a forward pass are merged into the next one anyway.
@@ -20,7 +24,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-logger = logging.getLogger("serving")
+from pillars.serving.errors import Overloaded
+
+logger = logging.getLogger("pillars.serving")
 
 Outputs = dict[str, np.ndarray]
 ForwardFn = Callable[[np.ndarray], Outputs]
@@ -41,33 +47,61 @@ class Batcher:
         max_batch_size: most rows per forward pass (a single larger request still runs, alone).
         max_latency_ms: most time a batch waits for more rows once the server is under load.
         on_batch: called in the worker thread after each pass with (inputs, outputs, requests, seconds).
+        max_queued_rows: most rows waiting or running at once; more are refused (a lone request of any
+            size is always taken).
     """
 
     def __init__(self, forward: ForwardFn, max_batch_size: int = 64, max_latency_ms: float = 2.0,
-                 on_batch: BatchHook | None = None) -> None:
+                 on_batch: BatchHook | None = None, max_queued_rows: int = 4096) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        if max_queued_rows < 1:
+            raise ValueError(f"max_queued_rows must be at least 1, got {max_queued_rows}")
         if max_latency_ms < 0:
             raise ValueError(f"max_latency_ms must be >= 0, got {max_latency_ms}")
         self.forward = forward
         self.max_batch_size = max_batch_size
         self.max_latency = max_latency_ms / 1000.0
         self.on_batch = on_batch
+        self.max_queued_rows = max_queued_rows
+        self._pending_rows = 0
+        self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pillars-forward")
         self._queue: asyncio.Queue[_Item] | None = None
         self._task: asyncio.Task[None] | None = None
         self._carry: _Item | None = None
         self._last_requests = 1
 
+    @property
+    def pending_rows(self) -> int:
+        """Rows submitted and not answered yet."""
+        return self._pending_rows
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran: nothing is answered any more."""
+        return self._closed
+
     async def submit(self, rows: np.ndarray) -> Outputs:
-        """Predict ``rows`` as part of the next batch; returns this request's slice of the outputs."""
+        """Predict ``rows`` as part of the next batch; returns this request's slice of the outputs.
+
+        Raises:
+            Overloaded: ``max_queued_rows`` rows are already waiting or running.
+        """
+        if self._pending_rows and self._pending_rows + len(rows) > self.max_queued_rows:
+            raise Overloaded(f"the server is busy: {self._pending_rows} rows are queued (limit "
+                             f"{self.max_queued_rows}, --max_queued_rows); retry later")
         if self._task is None or self._task.done():
             self._queue = asyncio.Queue()
             self._task = asyncio.get_running_loop().create_task(self._run(), name="pillars-batcher")
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         assert self._queue is not None
-        self._queue.put_nowait(_Item(rows, future))
-        return await future
+        self._pending_rows += len(rows)
+        try:
+            self._queue.put_nowait(_Item(rows, future))
+            return await future
+        finally:
+            self._pending_rows -= len(rows)
 
     def run_sync(self, rows: np.ndarray) -> Outputs:
         """One unbatched forward pass in the caller's thread (warm-up, in-process benchmarks)."""
@@ -75,6 +109,7 @@ class Batcher:
 
     def close(self) -> None:
         """Stop the collector and the worker thread."""
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -47,13 +47,12 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-logger = logging.getLogger("serving")
+logger = logging.getLogger("pillars.serving")
 
-DriftMethod = Literal["jsd", "psi", "ks"]
 METHODS: tuple[str, ...] = ("jsd", "psi", "ks")
 DEFAULT_THRESHOLDS: dict[str, float] = {"jsd": 0.1, "psi": 0.25, "ks": 0.05}
 PSI_EPSILON = 1e-4

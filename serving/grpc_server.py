@@ -1,8 +1,14 @@
-"""KServe's Open Inference Protocol gRPC server, with our auth and request-metrics interceptors.
+"""KServe's Open Inference Protocol gRPC server, with our servicer, auth and request-metrics interceptors.
 
 KServe's ``GRPCServer`` fixes its interceptors when it builds the server, so :class:`PillarsGRPCServer`
-builds the same server (same servicer, KServe's exception-to-status mapping) with ours in front, and
-caps message size at the configured body limit (larger messages get RESOURCE_EXHAUSTED).
+builds the same server with ours in front, listens on ``--host`` (loopback by default), and caps message
+size at the largest request ``--max_rows`` allows, never above the body limit (larger messages get
+RESOURCE_EXHAUSTED from gRPC itself, before they are parsed).
+
+:class:`PillarsServicer` differs from KServe's in the same ways as the REST routes: the repository
+methods (``RepositoryModelLoad``/``Unload``/``Index``) are UNIMPLEMENTED, ``ModelInfer`` checks the declared
+tensor against the model and ``--max_rows`` before decoding it with numpy, a request naming another
+version than the one served is NOT_FOUND, and readiness is true only while the model is answering.
 """
 
 from __future__ import annotations
@@ -15,15 +21,21 @@ from typing import Any
 
 from grpc import StatusCode, aio
 from grpc_interceptor import AsyncServerInterceptor
+from kserve.errors import ModelNotReady
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.grpc.servicer import InferenceServicer
+from kserve.protocol.infer_type import InferResponse
+from kserve.utils.utils import to_headers
 
-from pillars.serving import metrics
+from pillars.serving import codec, metrics
 from pillars.serving.auth import TokenAuth, grpc_method_is_open
+from pillars.serving.errors import NotServed, ServingError
+from pillars.serving.model import served_model
 
-logger = logging.getLogger("serving")
+logger = logging.getLogger("pillars.serving")
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -73,12 +85,58 @@ class MetricsInterceptor(AsyncServerInterceptor):
                              model, version, status, seconds)
 
 
-class PillarsGRPCServer(GRPCServer):
-    """KServe's gRPC server with auth, request metrics and a message-size limit."""
+class StatusInterceptor(ExceptionToStatusInterceptor):
+    """KServe's exception-to-status mapping, plus our :class:`ServingError` codes (no traceback logged)."""
 
-    def __init__(self, *args: Any, versions: dict[str, str], max_message_bytes: int,
+    async def handle_exception(self, ex: Exception, request_or_iterator: Any, context: aio.ServicerContext,
+                               method_name: str) -> None:
+        if isinstance(ex, ServingError):
+            await context.abort(ex.grpc_code, str(ex))
+        await super().handle_exception(ex, request_or_iterator, context, method_name)
+
+
+class PillarsServicer(InferenceServicer):
+    """KServe's servicer without the repository methods, with edge checks, versions and real readiness."""
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        models = self._data_plane.model_registry.get_models().values()
+        return pb.ServerReadyResponse(ready=bool(models) and all([await m.healthy() for m in models]))
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        model = served_model(self._data_plane, request.name, request.version or None)
+        return pb.ModelReadyResponse(ready=await model.healthy())
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        model = served_model(self._data_plane, request.name, request.version or None)
+        metadata = await self._data_plane.model_metadata(model_name=model.name)
+        return pb.ModelMetadataResponse(name=metadata["name"], versions=[model.version],
+                                        platform=metadata["platform"], inputs=metadata["inputs"],
+                                        outputs=metadata["outputs"])
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        model = served_model(self._data_plane, request.model_name, request.model_version or None)
+        if not await model.healthy():
+            raise ModelNotReady(model.name)
+        batch = codec.decode_grpc(request, model.config, model.settings.max_rows)
+        response, _ = await self._data_plane.infer(model_name=model.name, request=batch,
+                                                   headers=to_headers(context))
+        assert isinstance(response, InferResponse)
+        return response.to_grpc()
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        raise NotServed("the model repository extension (load, unload) is not served")
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        raise NotServed("the model repository extension (load, unload) is not served")
+
+
+class PillarsGRPCServer(GRPCServer):
+    """KServe's gRPC server with our servicer, auth, request metrics, a message-size limit and a host."""
+
+    def __init__(self, *args: Any, host: str, versions: dict[str, str], max_message_bytes: int,
                  auth: TokenAuth | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._host = host
         self._versions = versions
         self._max_message_bytes = max_message_bytes
         self._auth = auth
@@ -87,7 +145,7 @@ class PillarsGRPCServer(GRPCServer):
         interceptors: list[aio.ServerInterceptor] = [MetricsInterceptor(self._versions)]
         if self._auth is not None:
             interceptors.append(AuthInterceptor(self._auth))
-        interceptors.append(ExceptionToStatusInterceptor())
+        interceptors.append(StatusInterceptor())
         self._server = aio.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
             interceptors=interceptors,
@@ -97,8 +155,9 @@ class PillarsGRPCServer(GRPCServer):
             ],
         )
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self._data_plane, self._model_repository_extension), self._server)
-        self._server.add_insecure_port(f"[::]:{self._port}")
-        logger.info("gRPC server listening on port %d", self._port)
+            PillarsServicer(self._data_plane, None), self._server)
+        address = f"[{self._host}]:{self._port}" if ":" in self._host else f"{self._host}:{self._port}"
+        self._server.add_insecure_port(address)
+        logger.info("gRPC server listening on %s", address)
         await self._server.start()
         await self._server.wait_for_termination()

@@ -2,17 +2,20 @@
 
 They live in prometheus-client's default registry, which KServe already serves on ``/metrics``
 next to its own ``request_*_seconds`` histograms.
+
+Nothing here lets a scrape reconstruct a request: no running sums of input values, no per-class
+prediction counters (two scrapes around one request would give back its feature vector and its
+prediction). Drift is published as per-feature drift scores over a window of many rows.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import numpy as np
 from prometheus_client import REGISTRY, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -50,59 +53,12 @@ INFERENCE_SECONDS = Histogram(
     ["model"],
     buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0),
 )
-PREDICTIONS = Counter(
-    "pillars_serving_predictions",
-    "Predicted classes (classifiers) or predictions made (regressors, class=\"value\").",
-    ["model", "class"],
+RELOAD_FAILURES = Counter(
+    "pillars_model_reload_failures",
+    "Hot reloads refused or failed, by model and reason (download, load, warm_up, schema); the served "
+    "version keeps serving.",
+    ["model", "reason"],
 )
-
-
-class FeatureStats(Collector):
-    """Per-feature count, sum and sum of squares of served inputs: the live side of drift monitoring.
-
-    Updated once per batch with vectorised sums (cheap), exposed as a summary
-    ``pillars_serving_input_feature`` (``_count``, ``_sum``) and a gauge
-    ``pillars_serving_input_feature_sum_squares``, labelled by model and feature name.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._stats: dict[str, tuple[list[str], np.ndarray, np.ndarray, int]] = {}
-
-    def register_model(self, model: str, feature_names: Sequence[str]) -> None:
-        """Start tracking ``model`` (features beyond :data:`MAX_FEATURE_LABELS` are pooled as ``all``)."""
-        names = list(feature_names) if len(feature_names) <= MAX_FEATURE_LABELS else ["all"]
-        with self._lock:
-            self._stats[model] = (names, np.zeros(len(names)), np.zeros(len(names)), 0)
-
-    def observe(self, model: str, batch: np.ndarray) -> None:
-        """Add a ``[N, n_features]`` batch of inputs."""
-        with self._lock:
-            if model not in self._stats:
-                return
-            names, sums, squares, count = self._stats[model]
-            values = batch.astype(np.float64)
-            if len(names) == 1 and batch.shape[1] != 1:
-                values = values.reshape(-1, 1)
-            sums += values.sum(axis=0)
-            squares += np.square(values).sum(axis=0)
-            self._stats[model] = (names, sums, squares, count + values.shape[0])
-
-    def collect(self) -> Iterator[Metric]:
-        summary = SummaryMetricFamily(
-            "pillars_serving_input_feature", "Served input values per feature (count and sum).",
-            labels=["model", "feature"])
-        squares_family = GaugeMetricFamily(
-            "pillars_serving_input_feature_sum_squares",
-            "Sum of squared served input values per feature (with the summary: mean and variance).",
-            labels=["model", "feature"])
-        with self._lock:
-            for model, (names, sums, squares, count) in self._stats.items():
-                for i, name in enumerate(names):
-                    summary.add_metric([model, name], count_value=count, sum_value=float(sums[i]))
-                    squares_family.add_metric([model, name], float(squares[i]))
-        yield summary
-        yield squares_family
 
 
 class DriftStats(Collector):
@@ -191,17 +147,5 @@ class DriftStats(Collector):
         yield from (jsd, psi, ks, drifted, share, detected, prediction, rows, outside)
 
 
-FEATURES = FeatureStats()
-REGISTRY.register(FEATURES)
 DRIFT = DriftStats()
 REGISTRY.register(DRIFT)
-
-
-def observe_predictions(model: str, outputs: dict[str, np.ndarray]) -> None:
-    """Count predicted classes (or regression predictions)."""
-    if "label" in outputs:
-        labels, counts = np.unique(outputs["label"].astype(str), return_counts=True)
-        for label, n in zip(labels, counts, strict=True):
-            PREDICTIONS.labels(model, label).inc(int(n))
-    else:
-        PREDICTIONS.labels(model, "value").inc(len(outputs["value"]))

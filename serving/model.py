@@ -6,16 +6,20 @@ in an InferenceService pod and on a laptop. The hooks:
 - ``load``: resolve the model (:mod:`pillars.serving.storage`), build the :class:`pillars.components.models.Predictor`,
   run one warm-up batch, start drift monitoring against the model's data profile (:mod:`pillars.serving.drift`),
   and only then set ``ready``.
-- ``preprocess``: decode the protocol payload into a checked float32 batch (:mod:`pillars.serving.codec`).
-- ``predict``: submit the batch to the micro-batcher (:mod:`pillars.serving.batching`).
+- ``preprocess``: V2 requests (REST and gRPC) arrive already decoded and checked at the edge
+  (:mod:`pillars.serving.rest`, :mod:`pillars.serving.grpc_server`, both through :mod:`pillars.serving.codec`);
+  a V1 body is decoded and checked here, by the same codec. Each request is checked once.
+- ``predict``: submit the batch to the micro-batcher (:mod:`pillars.serving.batching`), which runs the
+  forward pass without checking again; outputs that are not finite are refused (422 naming the rows).
 - ``postprocess``: encode outputs as the protocol the request came in.
 
 With ``reload_interval_s`` and a ``models:/NAME@ALIAS`` URI, a background thread follows the alias:
 when it moves, the new version is downloaded, loaded and warmed up off the request path, then swapped
 in with one attribute assignment (batches already running finish on the old weights; no request fails),
 with a fresh drift window against the new version's profile. The new version must take the same inputs
-(a champion's successor does): a request checked against the old schema while the swap happens would
-otherwise be answered 400.
+(a champion's successor does): one whose input schema differs is refused, not swapped in. A version that
+failed to load or was refused is not tried again until the alias moves; whatever a failed attempt
+downloaded is removed at once. Each refusal counts in ``pillars_model_reload_failures_total{reason}``.
 """
 
 from __future__ import annotations
@@ -30,17 +34,20 @@ from typing import Any
 import numpy as np
 import torch
 from kserve import Model
-from kserve.errors import InferenceError, InvalidInput
-from kserve.protocol.infer_type import InferRequest, InferResponse
+from kserve.errors import InferenceError, ModelNotFound
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.infer_type import InferResponse
 
-from pillars.components.models import InputError, ModelConfig, Predictor, load_profile
+from pillars.components.errors import ConfigError
+from pillars.components.models import ModelConfig, Predictor, load_profile
 from pillars.serving import codec, metrics
 from pillars.serving.batching import Batcher, Outputs
 from pillars.serving.drift import DriftConfig, DriftMonitor
+from pillars.serving.errors import NonFiniteOutput, VersionNotFound
 from pillars.serving.settings import ServingSettings
 from pillars.serving.storage import ModelSource, discard, is_alias_uri, registry_version, resolve_model
 
-logger = logging.getLogger("serving")
+logger = logging.getLogger("pillars.serving")
 
 
 @dataclass(frozen=True)
@@ -49,15 +56,6 @@ class _Active:
 
     predictor: Predictor
     drift: DriftMonitor | None
-
-
-@dataclass
-class _Decoded:
-    """What ``preprocess`` hands to ``predict``: the checked batch and how to answer."""
-
-    rows: np.ndarray
-    request: InferRequest | None  # None for V1
-    outputs: list[str]
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -93,6 +91,8 @@ class PillarsModel(Model):
         """Called with (model name, new version) after a hot reload (the server's metric labels)."""
         self._active: _Active | None = None
         self._stop_reloading = threading.Event()
+        self._refused_version: str | None = None
+        """A version that failed to load or was refused: not tried again until the alias moves."""
 
     @property
     def drift(self) -> DriftMonitor | None:
@@ -120,9 +120,8 @@ class PillarsModel(Model):
         self.version = self.source.version
         self.predictor = Predictor.load(self.source.directory, device=device)
         self._active = _Active(self.predictor, None)
-        self.batcher = Batcher(self._forward, self.settings.max_batch_size,
-                               self.settings.max_latency_ms, on_batch=self._observe_batch)
-        metrics.FEATURES.register_model(self.name, self.config.feature_names)
+        self.batcher = Batcher(self._forward, self.settings.max_batch_size, self.settings.max_latency_ms,
+                               on_batch=self._observe_batch, max_queued_rows=self.settings.max_queued_rows)
         self._warm_up()  # before the drift monitor exists: zeros are not traffic
         self._active = _Active(self.predictor, self._drift_monitor(self.source, self.predictor.config))
         metrics.DRIFT.register_model(self.name, self.version, self.drift)
@@ -134,7 +133,12 @@ class PillarsModel(Model):
         self._follow_alias()
         return self.ready
 
+    async def healthy(self) -> bool:
+        """Loaded and answering: ready, with a batcher that has not been closed (KServe's readiness hook)."""
+        return bool(self.ready) and self.batcher is not None and not self.batcher.closed
+
     def stop(self) -> None:
+        self.ready = False
         self._stop_reloading.set()
         if self.drift is not None:
             self.drift.stop()
@@ -146,34 +150,42 @@ class PillarsModel(Model):
         """Load and swap in the version the alias points to now, if it is not the one served.
 
         Everything slow (registry lookup, download, load, warm-up) happens before the swap, in the
-        caller's thread; the swap itself is one assignment read once per forward pass.
+        caller's thread; the swap itself is one assignment read once per forward pass. A failed attempt
+        removes what it downloaded; a version that cannot be loaded, or whose input schema differs from
+        the served one, is refused and not tried again until the alias moves.
 
         Returns:
             True when a new version was swapped in.
 
         Raises:
-            pillars.components.errors.ConfigError: the registry or the new version cannot be read (the old
-                version keeps serving).
+            pillars.components.errors.ConfigError: the registry or the new version cannot be read, or the
+                new version was refused (the old version keeps serving).
         """
         assert self.predictor is not None and self.source is not None
-        if registry_version(self.settings.model_uri) == self.version:
+        try:
+            version = registry_version(self.settings.model_uri)
+        except ConfigError:
+            metrics.RELOAD_FAILURES.labels(self.name, "registry").inc()
+            raise
+        if version in (self.version, self._refused_version):
             return False
         started = time.perf_counter()
-        source = resolve_model(self.settings.model_uri)
         try:
-            predictor = Predictor.load(source.directory, device=self.predictor.device)
-            predictor.predict(np.zeros((min(self.settings.max_batch_size, 8), predictor.config.n_features),
-                                       dtype=np.float32))
-        except Exception:
+            source = resolve_model(self.settings.model_uri)  # removes its download itself when it fails
+        except ConfigError:
+            metrics.RELOAD_FAILURES.labels(self.name, "download").inc()
+            raise
+        try:
+            predictor = self._load_candidate(source)
+        except ConfigError:
             discard(source)
+            self._refused_version = source.version
             raise
         drift = self._drift_monitor(source, predictor.config)
         old_source, old_version, old_drift = self.source, self.version, self.drift
-        old_features = self.predictor.config.feature_names
         self._active = _Active(predictor, drift)  # the swap: the next forward pass uses the new version
         self.predictor, self.source, self.version = predictor, source, source.version
-        if predictor.config.feature_names != old_features:  # else keep the running sums going
-            metrics.FEATURES.register_model(self.name, predictor.config.feature_names)
+        self._refused_version = None
         metrics.DRIFT.register_model(self.name, self.version, drift)
         for listener in self.version_listeners:
             listener(self.name, self.version)
@@ -184,61 +196,82 @@ class PillarsModel(Model):
                     self.name, self.settings.model_uri, self.version, old_version, time.perf_counter() - started)
         return True
 
+    def _load_candidate(self, source: ModelSource) -> Predictor:
+        """Load and warm up a new version; refuse one whose input schema differs from the served one.
+
+        Raises:
+            ConfigError: the version cannot be loaded or run, or takes other inputs (counted by reason).
+        """
+        assert self.predictor is not None
+        reason = "load"
+        try:
+            predictor = Predictor.load(source.directory, device=self.predictor.device)
+            reason = "schema"
+            _check_same_inputs(self.predictor.config, predictor.config, source.version)
+            reason = "warm_up"
+            predictor.predict(np.zeros((min(self.settings.max_batch_size, 8), predictor.config.n_features),
+                                       dtype=np.float32))
+        except Exception as e:  # any failure of the candidate: the served version stays
+            metrics.RELOAD_FAILURES.labels(self.name, reason).inc()
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"version {source.version} cannot be served ({reason}): "
+                              f"{type(e).__name__}: {e}") from e
+        return predictor
+
     def get_input_types(self) -> list[dict[str, Any]]:
         return codec.input_metadata(self.config)
 
     def get_output_types(self) -> list[dict[str, Any]]:
         return codec.output_metadata(self.config)
 
-    async def preprocess(self, payload: dict[str, Any] | InferRequest,
-                         headers: dict[str, str] | None = None) -> _Decoded:
-        """Decode a V1 body (dict) or V2 request (REST or gRPC) into a checked ``[N, n_features]`` batch.
+    async def preprocess(self, payload: dict[str, Any] | codec.Batch,
+                         headers: dict[str, str] | None = None) -> codec.Batch:
+        """A V2 request arrives as a :class:`codec.Batch` checked at the edge; a V1 body is checked here.
 
         Raises:
-            InvalidInput: wrong shape, feature count, datatype, NaN/Inf, empty batch, unknown output.
+            InvalidInput: the V1 body has the wrong shape, feature count or non-numbers, NaN/Inf, no rows.
+            TooManyRows: more than ``max_rows`` instances.
         """
-        if isinstance(payload, InferRequest):
-            rows = codec.decode_v2(payload)
-            return _Decoded(self._check(rows), payload, codec.requested_names(payload, self.config))
-        return _Decoded(self._check(codec.decode_v1(payload, self.config)), None, [])
+        if isinstance(payload, codec.Batch):
+            return payload
+        if isinstance(payload, bytes):  # KServe leaves a body whose Content-Type is not JSON undecoded
+            payload = codec.parse_json(payload, self.config, self.settings.max_rows)
+        return codec.decode_v1(payload, self.config, self.settings.max_rows)
 
     def validate(self, payload: Any) -> Any:
-        return payload  # preprocess has checked everything
+        return payload  # checked once, at the edge
 
-    async def predict(self, payload: _Decoded, headers: dict[str, str] | None = None,
-                      response_headers: dict[str, str] | None = None) -> tuple[dict[str, np.ndarray], _Decoded]:
+    async def predict(self, payload: codec.Batch, headers: dict[str, str] | None = None,
+                      response_headers: dict[str, str] | None = None) -> tuple[Outputs, codec.Batch]:
         """Run the batch through the micro-batcher; returns the outputs and what ``postprocess`` needs.
 
         Raises:
+            Overloaded: the batcher's queue is full (503 / RESOURCE_EXHAUSTED).
+            NonFiniteOutput: finite inputs gave NaN or Inf outputs (422 naming the rows).
             InferenceError: the forward pass failed (a server error, 500 / INTERNAL).
         """
         assert self.batcher is not None
         try:
-            return await self.batcher.submit(payload.rows), payload
-        except InputError as e:
-            raise InvalidInput(str(e)) from e
+            outputs = await self.batcher.submit(payload.rows)
         except (RuntimeError, ValueError) as e:  # a model failure is ours, not the client's
             logger.exception("forward pass failed")
             raise InferenceError(f"inference failed: {type(e).__name__}") from e
+        _check_finite_outputs(outputs, payload.input_name)
+        return outputs, payload
 
     async def postprocess(self, result: Any, headers: dict[str, str] | None = None,
                           response_headers: dict[str, str] | None = None) -> dict[str, Any] | InferResponse:
         """Encode the outputs in the protocol of the request (V1 dict, or V2 ``InferResponse``)."""
-        outputs, decoded = result
-        if decoded.request is None:
+        outputs, batch = result
+        if batch.protocol == "v1":
             return codec.encode_v1(outputs)
-        return codec.encode_v2(decoded.request, outputs, decoded.outputs, self.name, self.version)
-
-    def _check(self, rows: np.ndarray) -> np.ndarray:
-        try:
-            return self.predictor.check_input(rows) if self.predictor else rows
-        except InputError as e:
-            raise InvalidInput(str(e)) from e
+        return codec.encode_v2(batch, outputs, self.name, self.version)
 
     def _forward(self, rows: np.ndarray) -> Outputs:
         active = self._active  # read once: a swap between these lines cannot mix two versions
         assert active is not None
-        outputs = active.predictor.predict(rows)
+        outputs = active.predictor.predict_checked(rows)  # checked at the edge
         if active.drift is not None:
             active.drift.observe(rows, outputs)
         return outputs
@@ -289,6 +322,39 @@ class PillarsModel(Model):
         metrics.BATCH_SIZE.labels(self.name).observe(len(rows))
         metrics.BATCH_REQUESTS.labels(self.name).observe(n_requests)
         metrics.INFERENCE_SECONDS.labels(self.name).observe(seconds)
-        metrics.FEATURES.observe(self.name, rows)
-        metrics.observe_predictions(self.name, outputs)
 
+
+def _check_same_inputs(served: ModelConfig, candidate: ModelConfig, version: str) -> None:
+    """Refuse a new version that takes other inputs than the served one (clients send the old schema)."""
+    old = (served.n_features, list(served.input_shape), list(served.feature_names))
+    new = (candidate.n_features, list(candidate.input_shape), list(candidate.feature_names))
+    if old != new:
+        raise ConfigError(f"version {version} takes other inputs (shape {new[1]}, features {new[2][:5]}) than "
+                          f"the served one (shape {old[1]}, features {old[2][:5]}); refused")
+
+
+def _check_finite_outputs(outputs: Outputs, input_name: str) -> None:
+    """Raise :class:`NonFiniteOutput` naming the rows whose outputs are NaN or Inf."""
+    bad = np.zeros(len(next(iter(outputs.values()))), dtype=bool)
+    for array in outputs.values():
+        if array.dtype.kind == "f":
+            bad |= ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise NonFiniteOutput(f"input {input_name!r}: row(s) {rows[:5].tolist()} give NaN or Inf outputs: "
+                              "their values are too large for the model")
+
+
+def served_model(dataplane: DataPlane, name: str, version: str | None = None) -> PillarsModel:
+    """The model served as ``name``, checked to be the named ``version`` when one is given.
+
+    Raises:
+        ModelNotFound: no model of that name (404).
+        VersionNotFound: the model serves another version (404).
+    """
+    model = dataplane.model_registry.get_model(name)
+    if not isinstance(model, PillarsModel):
+        raise ModelNotFound(name)
+    if version is not None and version != model.version:
+        raise VersionNotFound(f"model {name!r} serves version {model.version}, not version {version!r}")
+    return model

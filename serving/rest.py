@@ -1,160 +1,171 @@
-"""ASGI middleware in front of KServe's REST app: auth, body-size limit, request metrics and log lines.
+"""The REST app: KServe's V1 routes, our V2 routes and ``/metrics``, served by uvicorn on ``--host``.
 
-Also the last guard that keeps client mistakes 4xx: an error that KServe's request decoding raises
-for a malformed body (``ValueError``, ``KeyError`` ... which it would answer with 500) becomes 400.
-Our own model code raises ``InvalidInput`` for bad input and ``InferenceError`` for its own failures,
-so anything else reaching this point on an inference path came from decoding the client's body.
+Compared with KServe's own REST server:
+
+- no model-repository extension (``/v2/repository/...`` load, unload, index): one request must not be
+  able to take the model down, and nothing administrative is reachable; those paths are 404;
+- V2 inference decodes the body itself (:func:`pillars.serving.codec.decode_rest_v2`): the declared
+  shape, datatype and row count are checked before any tensor data is decoded, binary tensors are
+  viewed with numpy, and a body without ``inference-header-content-length`` is JSON whatever its
+  ``Content-Type`` (Triton's rule);
+- a request naming a version (``/v2/models/NAME/versions/N/...``) is answered for the registry version
+  served and is 404 for any other (KServe answers 501);
+- readiness (``/v2/health/ready``, ``/v2/models/NAME/ready``) is true only while the model is loaded and
+  its batcher answering.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import fastapi
 import orjson
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
+from kserve.errors import InvalidInput, ModelNotReady, ServerNotReady
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.rest.server import RESTServer, metrics_handler
+from kserve.protocol.rest.v1_endpoints import register_v1_endpoints
+from kserve.protocol.rest.v2_endpoints import V2Endpoints
 
-from pillars.serving import metrics
-from pillars.serving.auth import TokenAuth, http_path_is_open
+from pillars.components.models import ModelConfig
+from pillars.serving import codec
+from pillars.serving.errors import Overloaded, ServingError
+from pillars.serving.model import PillarsModel, served_model
 
-logger = logging.getLogger("serving")
+logger = logging.getLogger("pillars.serving")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-_V1_PREDICT = re.compile(r"^/v1/models/([^/:]+):predict$")
-_V2_INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$")
-CLIENT_DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
-                        UnicodeError)
-
-
-def inference_route(path: str) -> tuple[str, str] | None:
-    """``(protocol, model name)`` of an inference path (``v1`` or ``v2``), else None."""
-    for protocol, pattern in (("v1", _V1_PREDICT), ("v2", _V2_INFER)):
-        match = pattern.match(path)
-        if match:
-            return protocol, match.group(1)
-    return None
+_TENSOR = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
+    "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
+    "datatype": {"type": "string"}, "parameters": {"type": "object"}, "data": {"type": "array"}}}
+INFER_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["inputs"], "properties": {
+        "id": {"type": "string"}, "parameters": {"type": "object"},
+        "inputs": {"type": "array", "items": _TENSOR},
+        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+            "name": {"type": "string"}, "parameters": {"type": "object"}}}}}}
+"""The Open Inference Protocol's inference request, for the OpenAPI document (the body is parsed by
+:mod:`pillars.serving.codec`, not by FastAPI, so it can be checked before its tensors are decoded)."""
 
 
-class ServingMiddleware:
-    """Pure ASGI middleware (no response buffering, so it costs microseconds per request).
+async def serving_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    """A :class:`ServingError` as its HTTP status and ``{"error": message}`` (no traceback logged)."""
+    assert isinstance(exc, ServingError)
+    headers = {"retry-after": "1"} if isinstance(exc, Overloaded) else None
+    return JSONResponse(status_code=exc.status, content={"error": str(exc)}, headers=headers)
+
+
+class V2Routes:
+    """The Open Inference Protocol REST routes, on top of KServe's data plane."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+        self.kserve = V2Endpoints(dataplane)
+
+    async def server_ready(self) -> dict[str, bool]:
+        """200 while every served model is loaded and answering, else 503."""
+        models = self.dataplane.model_registry.get_models().values()
+        if not models or not all([isinstance(m, PillarsModel) and await m.healthy() for m in models]):
+            raise ServerNotReady()
+        return {"ready": True}
+
+    async def model_ready(self, model_name: str, model_version: str | None = None) -> dict[str, Any]:
+        if not await served_model(self.dataplane, model_name, model_version).healthy():
+            raise ModelNotReady(model_name)
+        return {"name": model_name, "ready": True}
+
+    async def model_metadata(self, model_name: str, model_version: str | None = None) -> dict[str, Any]:
+        model = served_model(self.dataplane, model_name, model_version)
+        return await self.dataplane.model_metadata(model.name) | {"versions": [model.version]}
+
+    async def infer(self, request: Request, model_name: str, model_version: str | None = None) -> Response:
+        """Check and decode the body at the edge, run it, answer JSON or the binary extension."""
+        model = served_model(self.dataplane, model_name, model_version)
+        if not await model.healthy():
+            raise ModelNotReady(model_name)
+        config, max_rows = model.config, model.settings.max_rows
+        json_length = codec.json_part_length(request.headers.get(INFERENCE_CONTENT_LENGTH_HEADER),
+                                             request.headers.get("content-length"), config, max_rows)
+        if json_length is None:  # all JSON, whatever the Content-Type says (Triton's rule)
+            header = codec.check_v2_header(codec.parse_json(await request.body(), config, max_rows), config,
+                                           max_rows)
+            binary = b""
+        else:
+            header, binary = await _read_binary_request(request, json_length, config, max_rows)
+        batch = codec.decode_v2_data(header, binary, config)
+        headers = dict(request.headers)
+        result, response_headers = await self.dataplane.infer(model_name, batch, headers)
+        body, encoded_headers = self.dataplane.encode(model_name, result, headers, req_attributes={})
+        response_headers = {**response_headers, **encoded_headers}
+        response_headers.pop("content-length", None)
+        if isinstance(body, bytes):
+            response_headers.pop("content-type", None)
+            return Response(content=body, headers=response_headers, media_type="application/octet-stream")
+        response_headers.pop("content-type", None)
+        return Response(content=orjson.dumps(body), headers=response_headers, media_type="application/json")
+
+    def router(self) -> APIRouter:
+        router = APIRouter(prefix="/v2", tags=["V2"])
+        router.add_api_route("", self.kserve.metadata, methods=["GET"])
+        router.add_api_route("/health/live", self.kserve.live, methods=["GET"])
+        router.add_api_route("/health/ready", self.server_ready, methods=["GET"])
+        router.add_api_route("/models", self.kserve.models, methods=["GET"])
+        infer_body = {"requestBody": {"required": True,
+                                      "content": {"application/json": {"schema": INFER_REQUEST_SCHEMA}}}}
+        for prefix in ("/models/{model_name}", "/models/{model_name}/versions/{model_version}"):
+            router.add_api_route(prefix, self.model_metadata, methods=["GET"])
+            router.add_api_route(f"{prefix}/ready", self.model_ready, methods=["GET"])
+            router.add_api_route(f"{prefix}/infer", self.infer, methods=["POST"], response_model=None,
+                                 openapi_extra=infer_body)
+        return router
+
+
+async def _read_binary_request(request: Request, json_length: int, config: ModelConfig,
+                               max_rows: int) -> tuple[codec.V2Header, bytes]:
+    """Read the JSON header at the front of the body and check it; only then read the tensor bytes.
+
+    A request declaring too many rows or the wrong shape is refused before the rest of its body is read.
+    """
+    stream = request.stream()
+    chunks, size = [], 0
+    async for chunk in stream:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= json_length:
+            break
+    head = b"".join(chunks)
+    if len(head) < json_length:
+        raise InvalidInput(f"the body ends before the {json_length}-byte JSON header does")
+    header = codec.check_v2_header(codec.loads(head[:json_length]), config, max_rows)
+    rest = [head[json_length:]]
+    async for chunk in stream:
+        rest.append(chunk)
+    return header, b"".join(rest)
+
+
+class PillarsRESTServer(RESTServer):
+    """KServe's REST server with our routes, bound to ``host``.
 
     Args:
-        app: the ASGI app to wrap.
-        versions: served model name -> version (other names are counted as ``unknown``).
-        max_body_bytes: larger request bodies are answered 413 before the app reads them.
-        auth: the token check, or None when auth is off.
+        host: the address to listen on (``127.0.0.1`` by default, ``0.0.0.0`` in the container image).
+        **kwargs: passed to :class:`kserve.protocol.rest.server.RESTServer`.
     """
 
-    def __init__(self, app: ASGIApp, versions: dict[str, str], max_body_bytes: int,
-                 auth: TokenAuth | None = None) -> None:
-        self.app = app
-        self.versions = versions
-        self.max_body_bytes = max_body_bytes
-        self.auth = auth
+    def __init__(self, *args: Any, host: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.config.host = host
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path: str = scope["path"]
-        route = inference_route(path)
-        started = time.perf_counter()
-        state = {"status": 0, "bytes": 0}
+    def _register_endpoints(self, app: fastapi.FastAPI) -> None:
+        root = APIRouter()
+        root.add_api_route("/", self.dataplane.live, methods=["GET"])
+        root.add_api_route("/metrics", metrics_handler, methods=["GET"])
+        app.include_router(root)
+        register_v1_endpoints(app, self.dataplane, None)
+        app.include_router(V2Routes(self.dataplane).router())
 
-        async def send_tracked(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                state["status"] = message["status"]
-            await send(message)
+    def _add_exception_handlers(self, app: fastapi.FastAPI) -> None:
+        super()._add_exception_handlers(app)
+        app.add_exception_handler(ServingError, serving_error_handler)
 
-        try:
-            headers = _headers(scope)
-            if self.auth is not None and not http_path_is_open(path) \
-                    and not self.auth.accepts(headers.get(b"authorization")):
-                await _error(send_tracked, 401, "missing or invalid bearer token",
-                             [(b"www-authenticate", b'Bearer realm="pillars"')])
-                return
-            length = headers.get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-                status = 413 if length.isdigit() else 400
-                await _error(send_tracked, status, _too_large(self.max_body_bytes) if status == 413
-                             else "invalid Content-Length header")
-                return
-            if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
-                # A chunked body: read it here, within the limit, and replay it to the app.
-                body = await self._read_limited(receive)
-                if body is None:
-                    await _error(send_tracked, 413, _too_large(self.max_body_bytes))
-                    return
-                state["bytes"] = len(body)
-                receive = _replay(body, receive)
-            else:
-                state["bytes"] = int(length or 0)
-            await self.app(scope, receive, send_tracked)
-        except CLIENT_DECODE_ERRORS as e:
-            if route is None or state["status"]:
-                raise
-            await _error(send_tracked, 400, f"malformed request: {type(e).__name__}: {e}")
-        finally:
-            if route is not None:
-                self._record(route, state["status"] or 500, time.perf_counter() - started, state["bytes"])
-
-    async def _read_limited(self, receive: Receive) -> bytes | None:
-        """The whole request body, or None as soon as it exceeds the limit."""
-        parts, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return b"".join(parts)
-            parts.append(message.get("body", b""))
-            size += len(parts[-1])
-            if size > self.max_body_bytes:
-                return None
-            if not message.get("more_body", False):
-                return b"".join(parts)
-
-    def _record(self, route: tuple[str, str], status: int, seconds: float, n_bytes: int) -> None:
-        protocol, name = route
-        model = name if name in self.versions else "unknown"
-        version = self.versions.get(name, "")
-        metrics.REQUESTS.labels(model, version, protocol, str(status)).inc()
-        metrics.REQUEST_SECONDS.labels(model, protocol).observe(seconds)
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("request protocol=%s model=%s version=%s status=%d seconds=%.6f body_bytes=%d",
-                         protocol, model, version, status, seconds, n_bytes)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive()  # the disconnect, when it comes
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replay
-
-
-def _headers(scope: Scope) -> dict[bytes, bytes]:
-    return {k.lower(): v for k, v in scope.get("headers", [])}
-
-
-def _too_large(limit: int) -> str:
-    return f"request body is larger than the limit of {limit} bytes"
-
-
-async def _error(send: Send, status: int, message: str,
-                 extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    body = orjson.dumps({"error": message})
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()), *(extra_headers or [])]})
-    await send({"type": "http.response.body", "body": body})

@@ -1,19 +1,24 @@
-"""KServe's ``ModelServer`` with our REST middleware and gRPC server plugged in."""
+"""KServe's ``ModelServer`` with our REST app, middleware and gRPC server plugged in, bound to ``--host``."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 from kserve import ModelServer
 from kserve import model_server as kserve_model_server
+from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
 
+from pillars.serving import codec
 from pillars.serving.auth import TokenAuth
 from pillars.serving.grpc_server import PillarsGRPCServer
+from pillars.serving.middleware import ServingMiddleware
 from pillars.serving.model import PillarsModel
-from pillars.serving.rest import ServingMiddleware
+from pillars.serving.rest import PillarsRESTServer
+from pillars.serving.settings import LOOPBACK
 
-logger = logging.getLogger("serving")
+logger = logging.getLogger("pillars.serving")
 
 
 class PillarsModelServer(ModelServer):
@@ -21,32 +26,55 @@ class PillarsModelServer(ModelServer):
 
     Args:
         max_body_bytes: largest REST body / gRPC message accepted.
+        host: the address both servers listen on (loopback unless told otherwise).
         auth: bearer-token check, or None for no auth.
+        metrics_open: serve ``/metrics`` without the token even when auth is on.
         enable_grpc: start the gRPC server on ``grpc_port``.
-        **kwargs: passed to :class:`kserve.ModelServer` (ports, threads, logging flags).
+        **kwargs: passed to :class:`kserve.ModelServer` (ports, threads, logging flags); one worker only.
     """
 
-    def __init__(self, max_body_bytes: int, auth: TokenAuth | None = None, enable_grpc: bool = True,
-                 **kwargs: Any) -> None:
+    def __init__(self, max_body_bytes: int, host: str = LOOPBACK, auth: TokenAuth | None = None,
+                 metrics_open: bool = False, enable_grpc: bool = True, **kwargs: Any) -> None:
         super().__init__(enable_grpc=False, **kwargs)  # we start our own gRPC server instead
         self._serve_grpc = enable_grpc
+        self._host = host
         self._max_body_bytes = max_body_bytes
         self._auth = auth
+        self._metrics_open = metrics_open
 
     def start(self, models: list[PillarsModel]) -> None:  # type: ignore[override]
-        """Serve ``models`` (already loaded and ready) until SIGTERM/SIGINT."""
+        """Serve ``models`` (already loaded and ready) until SIGTERM/SIGINT.
+
+        KServe's ``start`` builds its own REST server (every interface, the repository routes); this one
+        builds ours and otherwise does the same.
+        """
+        self._register_and_check_atleast_one_model_is_ready(models)
         versions = {m.name: m.version for m in models}  # shared with the middleware and the interceptor
         for model in models:  # a hot reload changes the version label of every later request
             model.version_listeners.append(versions.__setitem__)
         kserve_model_server.app.add_middleware(
-            ServingMiddleware, versions=versions, max_body_bytes=self._max_body_bytes, auth=self._auth)
+            ServingMiddleware, versions=versions, max_body_bytes=self._max_body_bytes, auth=self._auth,
+            metrics_open=self._metrics_open)
+        self._rest_server = PillarsRESTServer(
+            FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension, self.http_port,
+            host=self._host, access_log_format=self.access_log_format, workers=1,
+            grace_period=self.grace_period, event_loop=self.event_loop,
+            timeout_keep_alive=self.timeout_keep_alive, ssl_certfile=self.ssl_certfile,
+            ssl_keyfile=self.ssl_keyfile)
+        self.servers.append(self._rest_server.start())
         if self._serve_grpc:
+            # No request within max_rows is larger: gRPC refuses bigger messages before parsing them.
+            message_limit = min(self._max_body_bytes,
+                                max(codec.grpc_message_limit(m.config, m.settings.max_rows) for m in models))
             self._grpc_server = PillarsGRPCServer(
                 self.grpc_port, self.dataplane, self.model_repository_extension,
-                kwargs=vars(kserve_model_server.args), grace_period=self.grace_period,
-                versions=versions, max_message_bytes=self._max_body_bytes, auth=self._auth)
+                kwargs=vars(kserve_model_server.args), grace_period=self.grace_period, host=self._host,
+                versions=versions, max_message_bytes=message_limit, auth=self._auth)
             self.servers.append(self._grpc_server.start(self.max_threads))
-        logger.info("serving %s on HTTP port %d%s (auth %s)", ", ".join(versions), self.http_port,
-                    f" and gRPC port {self.grpc_port}" if self._serve_grpc else "",
-                    "on" if self._auth else "off")
-        super().start(models)
+        logger.info("serving %s on http://%s:%d%s (auth %s, /metrics %s)", ", ".join(versions), self._host,
+                    self.http_port, f" and gRPC port {self.grpc_port}" if self._serve_grpc else "",
+                    "on" if self._auth else "off",
+                    "open" if self._metrics_open or not self._auth else "behind the token")
+        self.setup_event_loop()
+        self.register_signal_handler()
+        asyncio.run(self._serve())

@@ -9,6 +9,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+LOOPBACK = "127.0.0.1"
 
 
 class ServingSettings(BaseSettings):
@@ -22,6 +23,22 @@ class ServingSettings(BaseSettings):
 
     model_dir: Path | None = None
     """A local folder holding the model (what KServe's storage initializer leaves at ``/mnt/models``)."""
+
+    host: str = LOOPBACK
+    """Address the HTTP and gRPC servers listen on. Loopback by default, so a server started on a laptop is
+    not reachable from the network; the container image passes ``--host 0.0.0.0``."""
+
+    max_rows: int = Field(default=1024, ge=1)
+    """Most rows (instances) one request may carry. Checked on the declared shape before any tensor data
+    is decoded; larger requests get 413 / RESOURCE_EXHAUSTED."""
+
+    max_queued_rows: int = Field(default=4096, ge=1)
+    """Most rows waiting for or in a forward pass at once; past that, requests get 503 /
+    RESOURCE_EXHAUSTED at once (retry, or scale out) instead of queueing without bound."""
+
+    metrics_open: bool = False
+    """Serve ``/metrics`` without the bearer token even when auth is on (for a scraper that cannot carry
+    one). Off: with auth on, ``/metrics`` needs the token like inference does."""
 
     max_batch_size: int = Field(default=64, ge=1)
     """Most rows merged into one forward pass."""

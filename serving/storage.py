@@ -12,13 +12,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from pillars.components.errors import ConfigError
 from pillars.components.models import locate_model_dir
 from pillars.components.references import SCHEME, ModelRef
 
-logger = logging.getLogger("serving")
+logger = logging.getLogger("pillars.serving")
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,11 @@ def resolve_model(model_uri: str = "", model_dir: str | Path | None = None) -> M
         return _from_mlflow(model_uri)
     if scheme == "s3":
         download = _from_s3(model_uri)
-        return ModelSource(locate_model_dir(download), "1", model_uri, download)
+        try:
+            return ModelSource(locate_model_dir(download), "1", model_uri, download)
+        except BaseException:
+            shutil.rmtree(download, ignore_errors=True)
+            raise
     if scheme == "file":
         return ModelSource(locate_model_dir(urlparse(model_uri).path), "1", model_uri)
     if scheme == "" and Path(model_uri).exists():
@@ -90,10 +95,13 @@ def _from_mlflow(model_uri: str) -> ModelSource:
     target = tempfile.mkdtemp(prefix="pillars-model-")
     try:
         local = mlflow.artifacts.download_artifacts(artifact_uri=download_uri, dst_path=target)
+        return ModelSource(locate_model_dir(local), version, model_uri, Path(target))
     except (MlflowException, OSError) as e:
         shutil.rmtree(target, ignore_errors=True)
         raise ConfigError(f"cannot download {model_uri} from {mlflow.get_tracking_uri()}: {e}") from e
-    return ModelSource(locate_model_dir(local), version, model_uri, Path(target))
+    except BaseException:  # not a model folder, or interrupted: nothing downloaded stays behind
+        shutil.rmtree(target, ignore_errors=True)
+        raise
 
 
 def registry_version(model_uri: str | ModelRef) -> str:
@@ -111,29 +119,52 @@ def registry_version(model_uri: str | ModelRef) -> str:
 
 
 def _from_s3(uri: str) -> Path:
-    """Download every object under an ``s3://bucket/prefix`` (MinIO via ``MLFLOW_S3_ENDPOINT_URL``)."""
+    """Download every object under the folder ``s3://bucket/prefix/`` (MinIO via ``MLFLOW_S3_ENDPOINT_URL``).
+
+    The prefix is a folder: ``s3://b/models/digits`` takes ``models/digits/...``, never
+    ``models/digitsartifacts/...``. On any failure the partial download is removed.
+    """
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
     parsed = urlparse(uri)
-    bucket, prefix = parsed.netloc, parsed.path.lstrip("/")
+    bucket, prefix = parsed.netloc, s3_folder(parsed.path)
+    if not bucket:
+        raise ConfigError(f"{uri} names no bucket: use s3://BUCKET/FOLDER")
     endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or None
     target = Path(tempfile.mkdtemp(prefix="pillars-model-"))
     try:
-        s3 = boto3.client("s3", endpoint_url=endpoint)
-        found = 0
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                relative = obj["Key"][len(prefix):].lstrip("/") or Path(obj["Key"]).name
-                destination = (target / relative).resolve()
-                if not destination.is_relative_to(target.resolve()):
-                    raise ConfigError(f"refusing S3 key {obj['Key']!r} that escapes the download folder")
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                s3.download_file(bucket, obj["Key"], str(destination))
-                found += 1
+        found = _download_folder(boto3.client("s3", endpoint_url=endpoint), bucket, prefix, target)
+        if not found:
+            raise ConfigError(f"no objects under {uri}")
     except (BotoCoreError, ClientError) as e:
+        shutil.rmtree(target, ignore_errors=True)
         raise ConfigError(f"cannot download {uri}: {e}") from e
-    if not found:
-        raise ConfigError(f"no objects under {uri}")
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
     logger.info("downloaded %d objects from %s", found, uri)
     return target
+
+
+def s3_folder(path: str) -> str:
+    """The key prefix of the folder ``path`` names: no leading slash, one trailing slash (``""``: the bucket)."""
+    stripped = path.strip("/")
+    return f"{stripped}/" if stripped else ""
+
+
+def _download_folder(s3: Any, bucket: str, prefix: str, target: Path) -> int:
+    """Download the objects under ``prefix`` (a folder prefix) into ``target``; returns how many."""
+    found = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            relative = obj["Key"][len(prefix):]
+            if not relative or relative.endswith("/"):
+                continue  # a folder marker
+            destination = (target / relative).resolve()
+            if not destination.is_relative_to(target.resolve()):
+                raise ConfigError(f"refusing S3 key {obj['Key']!r} that escapes the download folder")
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, obj["Key"], str(destination))
+            found += 1
+    return found

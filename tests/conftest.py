@@ -1,4 +1,5 @@
-"""Shared fixtures: a real MLflow tracking server, and a per-test embedded store."""
+"""Shared fixtures: a real MLflow tracking server, a real S3 API (moto's standalone server), and a per-test
+embedded store."""
 
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         log_path=root / "server.log",
     )
     try:
-        server.wait_http(f"{url}/health", timeout=240)
+        server.wait_http(f"{url}/health", timeout=300)  # minutes on a loaded 2-core machine
         yield url
     finally:
         server.stop()
@@ -111,3 +112,35 @@ def local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
     uri = configure_tracking()
     yield uri
     mlflow.set_tracking_uri(None)
+
+
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "pillars-test", "AWS_SECRET_ACCESS_KEY": "pillars-test-secret",
+                  "AWS_DEFAULT_REGION": "us-east-1"}
+"""Fake credentials the S3 fixture sets (moto accepts any)."""
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3 API on loopback: ``moto_server`` as a process (stopped with its group); yields its URL.
+
+    The fixture only starts the server. Clients reach it with ``endpoint_url=`` or the environment
+    (``AWS_ENDPOINT_URL``, ``MLFLOW_S3_ENDPOINT_URL``) and :data:`S3_CREDENTIALS`; see :func:`s3_env`.
+    """
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = ServerProcess([require_tool("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                           log_path=tmp_path_factory.mktemp("moto") / "server.log", env=S3_CREDENTIALS)
+    try:
+        server.wait_http(f"{url}/moto-api/", timeout=60)
+        yield url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Points boto3 and MLflow (this process and subprocesses given the returned env) at ``s3_server``."""
+    env = {**S3_CREDENTIALS, "AWS_ENDPOINT_URL": s3_server, "MLFLOW_S3_ENDPOINT_URL": s3_server}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env

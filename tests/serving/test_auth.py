@@ -1,4 +1,5 @@
-"""Bearer-token auth: inference and metadata need the token (REST 401, gRPC UNAUTHENTICATED); health is open."""
+"""Bearer-token auth: inference, metadata and /metrics need the token (REST 401, gRPC UNAUTHENTICATED);
+health is open."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from tests.serving.conftest import TOKEN
 
 BODY = {"inputs": [{"name": "input-0", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
 PROTECTED = [("POST", "/v2/models/reg/infer"), ("POST", "/v1/models/reg:predict"), ("GET", "/v2/models/reg"),
-             ("GET", "/v2"), ("GET", "/v2/models"), ("POST", "/v2/repository/models/reg/unload")]
-OPEN = ["/v2/health/live", "/v2/health/ready", "/v2/models/reg/ready", "/v1/models/reg", "/metrics"]
+             ("GET", "/v2"), ("GET", "/v2/models"), ("POST", "/v2/repository/models/reg/unload"),
+             ("GET", "/metrics")]
+OPEN = ["/v2/health/live", "/v2/health/ready", "/v2/models/reg/ready", "/v1/models/reg"]
 
 
 @pytest.mark.parametrize("method,path", PROTECTED)
@@ -27,9 +29,14 @@ def test_protected_rest_calls_need_the_token(served_with_auth, method, path, aut
     assert response.headers["www-authenticate"].startswith("Bearer")
 
 
-def test_health_and_metrics_stay_open(served_with_auth):
+def test_health_stays_open(served_with_auth):
     for path in OPEN:
         assert httpx.get(f"{served_with_auth.http}{path}").status_code == 200, path
+
+
+def test_metrics_with_the_token_are_served(served_with_auth):
+    response = httpx.get(f"{served_with_auth.http}/metrics", headers=served_with_auth.headers)
+    assert response.status_code == 200 and "pillars_serving_requests_total" in response.text
 
 
 def test_valid_token_is_served(served_with_auth):
@@ -77,3 +84,26 @@ def test_debug_log_has_one_line_per_request_without_payload_or_token(served_with
 
 def test_without_a_token_configured_no_auth_is_needed(served):
     assert httpx.get(f"{served.http}/v2/models/toy").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def metrics_opened(tmp_path_factory):
+    """Auth on, with /metrics opened explicitly for a scraper that carries no token."""
+    from tests.serving.conftest import start_server
+    from tests.serving.toy import make_regressor
+
+    root = tmp_path_factory.mktemp("metrics-open")
+    token_file = root / "token"
+    token_file.write_text(TOKEN)
+    server = start_server(["--model_dir", str(make_regressor(root / "model")), "--model_name", "reg",
+                           "--auth_token_file", str(token_file), "--metrics_open", "--no_drift"],
+                          root / "server.log", model="reg", token=TOKEN)
+    yield server
+    server.process.stop()
+
+
+def test_metrics_can_be_opened_for_a_scraper_while_inference_keeps_needing_the_token(metrics_opened):
+    assert httpx.get(f"{metrics_opened.http}/metrics").status_code == 200
+    assert httpx.post(f"{metrics_opened.http}/v2/models/reg/infer", json=BODY).status_code == 401
+    assert httpx.post(f"{metrics_opened.http}/v2/models/reg/infer", json=BODY,
+                      headers=metrics_opened.headers).status_code == 200

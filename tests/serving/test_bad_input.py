@@ -32,7 +32,9 @@ V2_CASES = [
     ("two input tensors", {"inputs": [_v2([1, 4], [1, 2, 3, 4])["inputs"][0]] * 2}, 400, "exactly one"),
     ("no inputs", {"inputs": []}, 400, "exactly one"),
     ("unknown requested output", _v2([1, 4], [1, 2, 3, 4]) | {"outputs": [{"name": "nope"}]}, 400, "nope"),
-    ("inputs not a list", {"inputs": 3}, 422, ""),
+    ("inputs not a list", {"inputs": 3}, 400, "exactly one"),
+    ("JSON strings as numbers", _v2([1, 4], [1, "2.5", 3, 4]), 400, "'2.5'"),
+    ("too many declared rows", _v2([5000, 4], [1, 2, 3, 4]), 413, "5000 rows"),
 ]
 
 
@@ -52,6 +54,8 @@ V1_CASES = [
     ("instances not a list", {"instances": 5}, "list"),
     ("missing named feature", {"instances": [{"f0": 1, "f1": 2, "f2": 3}]}, "f3"),
     ("strings", {"instances": [["a", "b", "c", "d"]]}, "numbers"),
+    ("numbers as strings", {"instances": [[1, "1.5", 2, 3]]}, "'1.5'"),
+    ("numbers as strings by name", {"instances": [{"f0": 1, "f1": "1.5", "f2": 2, "f3": 3}]}, "'1.5'"),
 ]
 
 

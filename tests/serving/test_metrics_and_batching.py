@@ -42,13 +42,27 @@ def test_metrics_count_requests_by_model_version_protocol_status(served):
     assert delta(total, model="toy", version="1", protocol="v2", status="400") == 1
     assert delta(total, model="toy", version="1", protocol="v1", status="200") == 1
     assert delta(total, model="unknown", protocol="v2", status="404") == 1  # names never become labels
-    assert delta("pillars_serving_predictions_total", model="toy") == 5
-    assert delta("pillars_serving_input_feature_count", model="toy", feature="f0") == 5
-    expected_sum = float(toy_rows(3)[:, 0].sum() + toy_rows(2)[:, 0].sum())
-    assert abs(delta("pillars_serving_input_feature_sum", model="toy", feature="f0") - expected_sum) < 1e-3
     assert delta("pillars_serving_inference_seconds_count", model="toy") >= 2
-    assert delta("request_preprocess_seconds_count", model_name="toy") >= 3  # KServe's own histograms
+    # KServe's own histograms: the bad V2 request was refused at the edge and never reached the model
+    assert delta("request_preprocess_seconds_count", model_name="toy") == 2
     assert delta("request_predict_seconds_count", model_name="toy") >= 2
+
+
+def test_a_scrape_diff_does_not_give_back_a_requests_inputs_or_prediction(served):
+    row = np.array([[6.125, 7.375, 3.0625, 9.4375]], dtype=np.float32)  # values no counter would hit by chance
+    before = scrape(served)
+    answer = httpx.post(f"{served.http}/v2/models/toy/infer", json=v2_request(row)).json()
+    after = scrape(served)
+    label = next(o for o in answer["outputs"] if o["name"] == "label")["data"][0]
+    deltas = {(name, labels): value - before.get(name, {}).get(labels, 0.0)
+              for name, series in after.items() for labels, value in series.items()}
+    changed = {key: d for key, d in deltas.items() if d}
+    assert changed, "the scrape shows no request at all"
+    for value in row[0]:
+        leaks = [key for key, d in changed.items() if abs(d - float(value)) < 1e-3]
+        assert not leaks, f"feature value {value} readable from {leaks}"
+    assert not [key for key in changed if label in dict(key[1]).values()], f"the label {label} is a metric label"
+    assert not [name for name in after if "input_feature" in name or name.startswith("pillars_serving_predictions")]
 
 
 def test_concurrent_requests_are_batched_with_results_identical_to_unbatched(served):

@@ -108,13 +108,14 @@ def test_token_comes_from_file_and_is_compared_exactly(tmp_path):
 
 
 @pytest.mark.parametrize("path,is_open", [
-    ("/v2/health/live", True), ("/v2/health/ready", True), ("/v2/models/m/ready", True), ("/metrics", True),
+    ("/v2/health/live", True), ("/v2/health/ready", True), ("/v2/models/m/ready", True), ("/metrics", False),
     ("/v1/models/m", True), ("/", True), ("/v2/models/m", False), ("/v2/models/m/infer", False),
     ("/v1/models/m:predict", False), ("/v2", False), ("/v2/repository/models/m/unload", False),
     ("/v2/health/ready/../../models/m", False),
 ])
 def test_only_health_paths_are_open(path, is_open):
     assert http_path_is_open(path) is is_open
+    assert http_path_is_open(path, metrics_open=True) is (is_open or path == "/metrics")
 
 
 def test_only_health_rpcs_are_open():
@@ -174,3 +175,30 @@ def test_model_resolution_from_the_mlflow_registry_and_runs(local_store, tmp_pat
         resolve_model("models:/units@nope")
     with pytest.raises(ConfigError, match="cannot download"):
         resolve_model("models:/units/9")
+
+
+def test_batcher_refuses_rows_beyond_its_queue_at_once_and_takes_them_again_when_it_drains(predictor):
+    from pillars.serving.errors import Overloaded
+
+    gate = threading.Event()
+
+    def forward(rows):
+        gate.wait(5)
+        return predictor.predict(rows)
+
+    async def run():
+        batcher = Batcher(forward, max_batch_size=4, max_queued_rows=6)
+        first = asyncio.create_task(batcher.submit(toy_rows(4)))
+        await asyncio.sleep(0.05)
+        with pytest.raises(Overloaded, match="4 rows are queued"):
+            await batcher.submit(toy_rows(3))
+        second = asyncio.create_task(batcher.submit(toy_rows(2)))  # 4 + 2 fits
+        await asyncio.sleep(0.05)
+        gate.set()
+        results = await asyncio.gather(first, second)
+        after = await batcher.submit(toy_rows(5))
+        batcher.close()
+        return results, after, batcher.pending_rows
+
+    results, after, pending = asyncio.run(run())
+    assert [len(r["label"]) for r in results] == [4, 2] and len(after["label"]) == 5 and pending == 0

@@ -1,0 +1,162 @@
+"""ASGI middleware in front of KServe's REST app: auth, body-size limit, request metrics and log lines.
+
+Also the last guard that keeps client mistakes 4xx: an error that KServe's request decoding raises
+for a malformed body (``ValueError``, ``KeyError`` ... which it would answer with 500) becomes 400.
+Our own model code raises ``InvalidInput`` for bad input and ``InferenceError`` for its own failures,
+so anything else reaching this point on an inference path came from decoding the client's body.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from pillars.serving import metrics
+from pillars.serving.auth import TokenAuth, http_path_is_open
+
+logger = logging.getLogger("pillars.serving")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_V1_PREDICT = re.compile(r"^/v1/models/([^/:]+):predict$")
+_V2_INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$")
+CLIENT_DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
+                        UnicodeError)
+
+
+def inference_route(path: str) -> tuple[str, str] | None:
+    """``(protocol, model name)`` of an inference path (``v1`` or ``v2``), else None."""
+    for protocol, pattern in (("v1", _V1_PREDICT), ("v2", _V2_INFER)):
+        match = pattern.match(path)
+        if match:
+            return protocol, match.group(1)
+    return None
+
+
+class ServingMiddleware:
+    """Pure ASGI middleware (no response buffering, so it costs microseconds per request).
+
+    Args:
+        app: the ASGI app to wrap.
+        versions: served model name -> version (other names are counted as ``unknown``).
+        max_body_bytes: larger request bodies are answered 413 before the app reads them.
+        auth: the token check, or None when auth is off.
+        metrics_open: serve ``/metrics`` without the token even when auth is on.
+    """
+
+    def __init__(self, app: ASGIApp, versions: dict[str, str], max_body_bytes: int,
+                 auth: TokenAuth | None = None, metrics_open: bool = False) -> None:
+        self.app = app
+        self.versions = versions
+        self.max_body_bytes = max_body_bytes
+        self.auth = auth
+        self.metrics_open = metrics_open
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        route = inference_route(path)
+        started = time.perf_counter()
+        state = {"status": 0, "bytes": 0}
+
+        async def send_tracked(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+            await send(message)
+
+        try:
+            headers = _headers(scope)
+            if self.auth is not None and not http_path_is_open(path, self.metrics_open) \
+                    and not self.auth.accepts(headers.get(b"authorization")):
+                await _error(send_tracked, 401, "missing or invalid bearer token",
+                             [(b"www-authenticate", b'Bearer realm="pillars"')])
+                return
+            length = headers.get(b"content-length")
+            if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+                status = 413 if length.isdigit() else 400
+                await _error(send_tracked, status, _too_large(self.max_body_bytes) if status == 413
+                             else "invalid Content-Length header")
+                return
+            if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
+                # A chunked body: read it here, within the limit, and replay it to the app.
+                body = await self._read_limited(receive)
+                if body is None:
+                    await _error(send_tracked, 413, _too_large(self.max_body_bytes))
+                    return
+                state["bytes"] = len(body)
+                receive = _replay(body, receive)
+            else:
+                state["bytes"] = int(length or 0)
+            await self.app(scope, receive, send_tracked)
+        except CLIENT_DECODE_ERRORS as e:
+            if route is None or state["status"]:
+                raise
+            await _error(send_tracked, 400, f"malformed request: {type(e).__name__}: {e}")
+        finally:
+            if route is not None:
+                self._record(route, state["status"] or 500, time.perf_counter() - started, state["bytes"])
+
+    async def _read_limited(self, receive: Receive) -> bytes | None:
+        """The whole request body, or None as soon as it exceeds the limit."""
+        parts, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b"".join(parts)
+            parts.append(message.get("body", b""))
+            size += len(parts[-1])
+            if size > self.max_body_bytes:
+                return None
+            if not message.get("more_body", False):
+                return b"".join(parts)
+
+    def _record(self, route: tuple[str, str], status: int, seconds: float, n_bytes: int) -> None:
+        protocol, name = route
+        model = name if name in self.versions else "unknown"
+        version = self.versions.get(name, "")
+        metrics.REQUESTS.labels(model, version, protocol, str(status)).inc()
+        metrics.REQUEST_SECONDS.labels(model, protocol).observe(seconds)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("request protocol=%s model=%s version=%s status=%d seconds=%.6f body_bytes=%d",
+                         protocol, model, version, status, seconds, n_bytes)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()  # the disconnect, when it comes
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+def _headers(scope: Scope) -> dict[bytes, bytes]:
+    return {k.lower(): v for k, v in scope.get("headers", [])}
+
+
+def _too_large(limit: int) -> str:
+    return f"request body is larger than the limit of {limit} bytes"
+
+
+async def _error(send: Send, status: int, message: str,
+                 extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = orjson.dumps({"error": message})
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), *(extra_headers or [])]})
+    await send({"type": "http.response.body", "body": body})
