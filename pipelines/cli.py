@@ -35,11 +35,13 @@ def cron_expression(text: str) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from pillars.components.settings import Settings
     from pillars.pipelines.progress import log_path, run_reported
+    from pillars.pipelines.training import check_arguments
 
     pipeline = pipeline_factory(args.pipeline)(cache_data=not args.no_cache)
     arguments = parse_params(args.param, pipeline)
     if args.task:
         arguments["task"] = args.task
+    check_arguments(pipeline, dict(arguments))  # bad arguments: one line, before any step or log file
     log = log_path(Settings().resolved_home(), args.pipeline)
     print(f"pillars run {args.pipeline}: steps run with kfp.local; full log: {log}", file=sys.stderr, flush=True)
     uri = run_reported(pipeline, arguments, log, verbose=args.verbose or args.show_logs, caching=not args.no_cache)
