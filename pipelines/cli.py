@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from pillars.components.errors import ConfigError, PillarsError
@@ -246,6 +247,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    from pillars.console.server import serve
+
+    serve(args.host, args.port, args.token_file)
+    return 0
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     from pillars.pipelines.stack import Stack
 
@@ -369,6 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help="react in seconds (scrape 1s, drift alert after 5s)")
     param_arg(p)
     p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("console", help="the web console: pipelines, runs, models, endpoints")
+    p.add_argument("--host", default=None, help="interface (default 127.0.0.1; others need --token-file)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8700)")
+    p.add_argument("--token-file", type=Path, default=None, help="file holding the access token")
+    p.set_defaults(func=cmd_console)
 
     p = sub.add_parser("down", help="stop the local stack")
     p.set_defaults(func=cmd_down)
