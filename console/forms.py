@@ -64,7 +64,7 @@ def check_form(pipeline: Any, form: Mapping[str, str]) -> tuple[dict[str, Any], 
     """The typed arguments a submitted form asks for, and the errors by field name.
 
     Only values that differ from a field's default become arguments (as if typed with ``--param``);
-    an unchecked checkbox is ``false``.
+    a field not in the form keeps its default; an unchecked checkbox (absent, as browsers send it) is ``false``.
 
     Returns:
         ``(arguments, errors)``: errors is empty when the run may start; an error naming no field is
@@ -75,15 +75,17 @@ def check_form(pipeline: Any, form: Mapping[str, str]) -> tuple[dict[str, Any], 
     for field in fields(pipeline):
         if field.kind == "Boolean":
             raw = "true" if form.get(field.name) in ("true", "on") else "false"
+        elif field.name not in form:
+            continue
         else:
-            raw = str(form.get(field.name, "")).strip()
+            raw = str(form[field.name]).strip()
         if len(raw) > MAX_VALUE_CHARS:
             errors[field.name] = f"{field.name} is longer than {MAX_VALUE_CHARS} characters"
             continue
-        if raw == field.default_text or (raw == "" and field.default is not None and field.kind != "String"):
-            continue
         if raw == "" and field.required:
             errors[field.name] = f"{field.name} is required"
+            continue
+        if raw == field.default_text or (raw == "" and field.kind != "String"):
             continue
         try:
             arguments.update(parse_params([f"{field.name}={raw}"], pipeline))
