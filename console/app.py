@@ -73,7 +73,7 @@ def create_app(settings: ConsoleSettings, token: str | None = None, home: Settin
 
     app = FastAPI(title="Pillars console", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-    app.state.store, app.state.runs = store, runs
+    app.state.store, app.state.runs, app.state.sampler = store, runs, sampler
 
     def _endpoints() -> list[endpoints.Endpoint]:
         return endpoints.discover(stack.state(), settings.endpoint_urls(), settings.prometheus_url)
