@@ -26,7 +26,7 @@ from pillars.console import charts, endpoints, forms, steplog
 from pillars.console.runs import RunQueue, RunStore, kfp_status, submit_to_kfp
 from pillars.console.security import AUTH_COOKIE, CSRF_FIELD, SESSION_COOKIE, Guard, is_loopback
 from pillars.console.settings import ConsoleSettings
-from pillars.console.versions import ARTIFACTS, ArtifactCache, compare, promote_version, rollback, version_detail
+from pillars.console.versions import ArtifactCache, compare, promote_version, rollback, version_detail
 from pillars.pipelines.cli import PIPELINES, pipeline_factory
 from pillars.pipelines.stack import Stack
 
@@ -61,6 +61,8 @@ def create_app(settings: ConsoleSettings, token: str | None = None, home: Settin
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals.update(format_value=charts.format_value, line_chart=charts.line_chart)
     planned: dict[str, list[tuple[str, str]]] = {}
+    built: dict[str, Any] = {}
+    trained_by: dict[str, str | None] = {}  # finished run -> the MLflow run its train step made
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -79,9 +81,12 @@ def create_app(settings: ConsoleSettings, token: str | None = None, home: Settin
         return endpoints.discover(stack.state(), settings.endpoint_urls(), settings.prometheus_url)
 
     def _pipeline(name: str) -> Any:
+        """The pipeline ``name`` as ``pillars run`` builds it (built once: building compiles it)."""
         if name not in PIPELINES:
             raise ConsoleError(f"no pipeline named {name!r}", 404)
-        return pipeline_factory(name)()
+        if name not in built:
+            built[name] = pipeline_factory(name)()
+        return built[name]
 
     def _planned(name: str) -> list[tuple[str, str]]:
         if name not in planned:
@@ -295,15 +300,17 @@ def create_app(settings: ConsoleSettings, token: str | None = None, home: Settin
     @app.get("/models/{name}/versions/{version}", response_class=HTMLResponse)
     def version_page(request: Request, name: str, version: str, done: str = "") -> Response:
         detail = version_detail(name, version)
-        runs_by_job = {r.id: r for r in store.list()}
         return page(request, "version.html", title=f"{name} v{version}", nav="Models", v=detail,
-                    done=done, console_run=_console_run(detail, runs_by_job), artifact_labels=ARTIFACTS)
+                    done=done, console_run=_console_run(detail, store.list()))
 
-    def _console_run(detail: Any, runs_by_job: dict[str, Any]) -> str | None:
-        for record in runs_by_job.values():
+    def _console_run(detail: Any, records: list[Any]) -> str | None:
+        """The console run that trained ``detail`` (matched on the MLflow run id its train step output)."""
+        for record in records:
             if record.backend == "local" and record.done:
-                train = _progress(record).step("train")
-                if train and train.outputs.get("Output") == detail.run_id:
+                if record.id not in trained_by:
+                    train = _progress(record).step("train")
+                    trained_by[record.id] = train.outputs.get("Output") if train else None
+                if trained_by[record.id] == detail.run_id:
                     return record.id
         return None
 

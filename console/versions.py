@@ -100,10 +100,20 @@ def _artifact_paths(c: Any, run_id: str) -> set[str]:
 
 
 def compare(name: str, a: str, b: str) -> tuple[list[str], dict[str, float], dict[str, float]]:
-    """Metric names of both versions and each version's values (for a side-by-side table)."""
-    first, second = version_detail(name, a), version_detail(name, b)
-    keys = sorted(set(first.metrics) | set(second.metrics))
-    return keys, first.metrics, second.metrics
+    """Metric names of both versions and each version's values (for a side-by-side table).
+
+    Raises:
+        RegistryError: no such model or version.
+    """
+    c = registry.client()
+    metrics = []
+    for version in (a, b):
+        try:
+            run_id = c.get_model_version(name, str(version)).run_id
+        except MlflowException as e:
+            raise RegistryError(f"{name} has no version {version!r}") from e
+        metrics.append(dict(c.get_run(run_id).data.metrics) if run_id else {})
+    return sorted(set(metrics[0]) | set(metrics[1])), metrics[0], metrics[1]
 
 
 def promote_version(name: str, version: str, expected_champion: str | None, why: str) -> bool:
