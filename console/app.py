@@ -135,17 +135,11 @@ def create_app(settings: ConsoleSettings, token: str | None = None, home: Settin
         response.headers.setdefault("Cache-Control", "no-store")
         return response
 
-    @app.exception_handler(ConsoleError)
-    async def console_error(request: Request, e: ConsoleError) -> Response:
-        return page(request, "error.html", e.status, title="Error", message=str(e))
-
-    @app.exception_handler(RegistryError)
-    async def registry_error(request: Request, e: RegistryError) -> Response:
-        return page(request, "error.html", 404, title="Not found", message=str(e))
-
     @app.exception_handler(PillarsError)
     async def pillars_error(request: Request, e: PillarsError) -> Response:
-        return page(request, "error.html", 400, title="Error", message=str(e))
+        """One page for every user-facing error: its status, its one-line message."""
+        status = e.status if isinstance(e, ConsoleError) else 404 if isinstance(e, RegistryError) else 400
+        return page(request, "error.html", status, title="Not found" if status == 404 else "Error", message=str(e))
 
     # --- access ---------------------------------------------------------------------------------
 
@@ -197,7 +191,9 @@ def create_app(settings: ConsoleSettings, token: str | None = None, home: Settin
                 return _start(name, arguments)
             except ConfigError as e:
                 errors = {forms.FORM_ERROR: str(e)}
-        return page(request, "pipeline.html", 400, title=f"Pipeline {name}", nav="Pipelines", name=name,
+        # The form again, with each error at its field: a page like any other (200, as server-rendered
+        # forms answer), so the browser logs no failed load; nothing was queued.
+        return page(request, "pipeline.html", title=f"Pipeline {name}", nav="Pipelines", name=name,
                     description=pipeline.component_spec.description or "", fields=forms.fields(pipeline),
                     values=form, errors=errors, form_error=forms.FORM_ERROR, target=settings.kfp_host)
 

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -214,13 +213,3 @@ def kfp_status(host: str, namespace: str | None, kfp_run_id: str) -> str | None:
         return None
     return str(run.state)
 
-
-def wait_for(store: RunStore, run_id: str, timeout: float) -> RunRecord:
-    """Poll until the run is done (for scripts and tests)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        record = store.get(run_id)
-        if record.done:
-            return record
-        time.sleep(0.5)
-    raise TimeoutError(f"run {run_id} not done after {timeout}s")

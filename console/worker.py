@@ -10,9 +10,9 @@ import json
 import sys
 from pathlib import Path
 
+from pillars.console.runs import ERROR_FILE, LOG_FILE, RECORD_FILE
 from pillars.pipelines.cli import _one_line, pipeline_factory
 from pillars.pipelines.local import run_local
-from pillars.console.runs import ERROR_FILE, LOG_FILE, RECORD_FILE
 
 
 def main(argv: list[str]) -> int:
