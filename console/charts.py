@@ -60,6 +60,7 @@ def line_chart(series: dict[str, Series], title: str, unit: str = "", width: int
     latest = [s[-1][1] for s in series.values() if s]
     summary = format_value(latest[0], unit) if len(latest) == 1 else f"max {format_value(max(latest), unit)}"
     parts.append(f'<text x="{width - pad_r}" y="12" class="chart-value" text-anchor="end">{escape(summary)}</text>')
-    parts.append(f'<text x="{pad_l}" y="{height - 2}" class="chart-axis">{escape(format_value(v1, unit))} max</text>')
+    top = max(p[1] for p in points)
+    parts.append(f'<text x="{pad_l}" y="{height - 2}" class="chart-axis">{escape(format_value(top, unit))} max</text>')
     parts.append("</svg>")
     return "".join(parts)

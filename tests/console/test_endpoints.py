@@ -10,13 +10,10 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
-from fastapi.testclient import TestClient
 
-from pillars.components.settings import Settings
 from pillars.console import endpoints
-from pillars.console.app import create_app
-from pillars.console.settings import ConsoleSettings
 from pillars.serving.demo import v2_request
+from tests.console.conftest import BrowserWatch, artifacts_dir, start_console
 from tests.conftest import require_tool
 from tests.processes import ServerProcess, free_port
 from tests.serving.conftest import start_server
@@ -50,27 +47,49 @@ def _until(check, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_without_prometheus_the_console_samples_the_servers_metrics(server, local_store, tmp_path):
-    mlflow.search_experiments()  # the embedded registry the console reads exists
-    mlflow_home = Settings(home=tmp_path / ".pillars")
-    app = create_app(ConsoleSettings(endpoints=f"toy={server.http}", sample_interval_s=0.5), None, mlflow_home)
-    with TestClient(app, base_url="http://127.0.0.1:8700") as client:
+def test_without_prometheus_the_console_samples_the_servers_metrics(server, local_store, browser, tmp_path):
+    sampler = endpoints.Sampler(0.5)
+    sampler.watch([endpoints.Endpoint("toy", server.http)])
+    try:
         _send(server.http, toy_rows(10), 3)
-        sampler_has = lambda n: len(app.state.sampler.samples(server.http)) >= n  # noqa: E731
-        _until(lambda: sampler_has(2), 20, "two samples")
+        _until(lambda: len(sampler.samples(server.http)) >= 2, 20, "two samples")
         _send(server.http, toy_rows(10, seed=1) * 3.0, 5)  # shifted inputs: drift
-        seen = len(app.state.sampler.samples(server.http))
-        _until(lambda: sampler_has(seen + 2) and app.state.sampler.samples(server.http)[-1].drift, 30,
-               "samples with drift")
-        view = endpoints.view(endpoints.Endpoint("toy", server.http, None), app.state.sampler)
-        assert view.ready and view.health == "ready" and view.source == "/metrics"
-        assert max(v for _, v in view.rate["requests/s"]) > 0
-        assert all(0 < v < 5 for _, v in view.p99["p99"] if np.isfinite(v))
-        assert view.error_ratio["errors"] and max(v for _, v in view.error_ratio["errors"]) == 0
-        assert set(view.drift) == {"f0", "f1", "f2", "f3"}
-        page = client.get("/endpoints")
-        assert page.status_code == 200
-        assert "ready" in page.text and page.text.count("<polyline") >= 5 and "Drift per feature" in page.text
+        seen = len(sampler.samples(server.http))
+        _until(lambda: len(sampler.samples(server.http)) >= seen + 2 and sampler.samples(server.http)[-1].drift,
+               30, "samples with drift")
+        view = endpoints.view(endpoints.Endpoint("toy", server.http), sampler)
+    finally:
+        sampler.stop()
+    assert view.ready and view.health == "ready" and view.source == "/metrics" and view.version == "1"
+    assert max(v for _, v in view.rate["requests/s"]) > 0
+    assert all(0 < v < 5 for _, v in view.p99["p99"] if np.isfinite(v))
+    assert view.error_ratio["errors"] and max(v for _, v in view.error_ratio["errors"]) == 0
+    assert set(view.drift) == {"f0", "f1", "f2", "f3"}
+
+    # The same, as a person sees it: the console process, its page, charts drawn, refreshed in place.
+    mlflow.search_experiments()  # the embedded registry the console reads exists
+    console = start_console(tmp_path / ".pillars", {"PILLARS_CONSOLE_ENDPOINTS": f"toy={server.http}",
+                                                     "PILLARS_CONSOLE_SAMPLE_INTERVAL_S": "0.5"})
+    watch = BrowserWatch()
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    watch.attach(page)
+    try:
+        page.goto(f"{console.url}/endpoints")
+        _send(server.http, toy_rows(10, seed=2) * 3.0, 5)
+        page.wait_for_timeout(11_000)  # one refresh of the charts (every 10 s), after new traffic
+        _send(server.http, toy_rows(10, seed=3) * 3.0, 5)
+        page.reload()
+        assert page.get_by_text("ready").first.is_visible()
+        for feature in ("f0", "f1", "f2", "f3"):
+            assert page.get_by_role("img", name=feature).is_visible()
+        assert page.locator("svg.chart polyline").count() >= 5
+        page.screenshot(path=str(artifacts_dir(tmp_path) / "endpoints-with-server.png"), full_page=True)
+    finally:
+        context.close()
+        console.process.stop()
+    assert watch.errors == []
+    assert all(url.startswith(console.url + "/") for url in watch.requests)
 
 
 def test_with_prometheus_the_charts_come_from_its_query_api(server, tmp_path):
@@ -87,7 +106,8 @@ def test_with_prometheus_the_charts_come_from_its_query_api(server, tmp_path):
         prometheus.wait_http(f"{url}/-/ready", timeout=60)
         deadline = time.monotonic() + 60
         series: dict = {}
-        while time.monotonic() < deadline and not (series.get("rate") and series.get("drift")):
+        while time.monotonic() < deadline and not (
+                any(v > 0 for _, v in series.get("rate", [])) and series.get("drift") and series.get("p99")):
             _send(server.http, toy_rows(10, seed=2), 2)
             time.sleep(1)
             series = endpoints.prometheus_series(url, "toy")
