@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from pillars.components.errors import ConfigError
 from pillars.console import charts, endpoints, forms, steplog
 from pillars.console.security import Guard, check_bind, is_loopback, read_token
-from pillars.pipelines.cli import pipeline_factory
+from pillars.pipelines.cli import main, pipeline_factory
 
 RECORDED = Path(__file__).parent / "fixtures" / "kfp_local_training.log"
 """A real kfp.local log of the training pipeline (breast_cancer, 2 epochs; executor inputs elided)."""
@@ -190,3 +190,11 @@ def test_csrf_tokens_belong_to_their_session_and_auth_to_the_token():
     assert not guard.authenticated("Bearer wrong", None) and not guard.authenticated(None, "forged")
     assert guard.authenticated(None, guard.auth_cookie())
     assert Guard(None, loopback=True).authenticated(None, None)
+
+
+def test_pillars_console_refuses_a_public_host_without_a_token(capsys, tmp_path):
+    assert main(["console", "--host", "0.0.0.0", "--port", "1"]) == 2
+    assert "refusing to serve the console on 0.0.0.0 without a token" in capsys.readouterr().err
+    (tmp_path / "token").write_text("short")
+    assert main(["console", "--host", "0.0.0.0", "--token-file", str(tmp_path / "token")]) == 2
+    assert "shorter than 16 characters" in capsys.readouterr().err
