@@ -9,7 +9,8 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 # Debian packages the tests use, as COMMAND=PACKAGE (installed only when COMMAND is missing).
 SYSTEM_PACKAGES ?= promtool=prometheus prometheus=prometheus prometheus-alertmanager=prometheus-alertmanager \
-                   amtool=prometheus-alertmanager
+                   amtool=prometheus-alertmanager \
+                   chromium=chromium
 
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.pillars-installed

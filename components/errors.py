@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class PillarsError(Exception):
     """Base class of the platform's user-facing errors; ``str(err)`` is the one-line message."""
@@ -17,3 +19,11 @@ class ConfigError(PillarsError, ValueError):
 
 class RegistryError(PillarsError, LookupError):
     """A model, version or alias is missing from the MLflow registry."""
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of an error's message (colour codes removed, at most 300 characters): what a
+    command prints after ``error:``."""
+    message = re.sub(r"\x1b\[[0-9;]*m", "", str(getattr(error, "message", None) or error)).strip()
+    first = message.splitlines()[0] if message else type(error).__name__
+    return first if len(first) < 300 else first[:300] + "..."

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pillars.components.errors import ConfigError, PillarsError
+from pillars.components.errors import ConfigError, PillarsError, one_line
 from pillars.components.references import ModelRef, check_model_name
 from pillars.pipelines.compile import PIPELINES, compile_pipeline, parse_params, pipeline_factory
 
@@ -208,6 +208,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    from pillars.console.server import serve
+
+    serve(args.host, args.port, args.token_file)
+    return 0
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     from pillars.pipelines.stack import Stack
 
@@ -267,7 +274,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         if not args.dry_run:
             raise
         reachable = False
-        print(f"note: MLflow registry unreachable ({_one_line(e)}); serving the alias {ref.uri}", file=sys.stderr)
+        print(f"note: MLflow registry unreachable ({one_line(e)}); serving the alias {ref.uri}", file=sys.stderr)
     if reachable:
         spec = dataclasses.replace(spec, version=resolve_version(ref.name, ref.alias))
     if args.dry_run:
@@ -277,7 +284,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     try:
         result = deploy(spec, timeout_s=args.timeout)
     except DeployError as e:
-        print(f"pillars: error: {_one_line(e)}", file=sys.stderr)
+        print(f"pillars: error: {one_line(e)}", file=sys.stderr)
         return 1
     print(f"{result.namespace}/{result.name} ready at {result.url} ({result.model_uri})")
     return 0
@@ -384,6 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     param_arg(p)
     p.set_defaults(func=cmd_up)
 
+    p = sub.add_parser("console", help="the web console: pipelines, runs, models, endpoints")
+    p.add_argument("--host", default=None, help="interface (default 127.0.0.1; others need --token-file)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8700)")
+    p.add_argument("--token-file", type=Path, default=None, help="file holding the access token")
+    p.set_defaults(func=cmd_console)
+
     p = sub.add_parser("down", help="stop the local stack")
     p.set_defaults(func=cmd_down)
 
@@ -434,16 +447,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the CLI's one place that turns errors into one line
         if os.environ.get("PILLARS_DEBUG"):
             raise
-        print(f"pillars: error: {_one_line(e)}", file=sys.stderr)
+        print(f"pillars: error: {one_line(e)}", file=sys.stderr)
         return 2 if isinstance(e, (PillarsError, ValueError)) else 1
 
-
-def _one_line(e: BaseException) -> str:
-    import re
-
-    message = re.sub(r"\x1b\[[0-9;]*m", "", str(getattr(e, "message", None) or e)).strip()
-    first = message.splitlines()[0] if message else type(e).__name__
-    return first if len(first) < 300 else first[:300] + "..."
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
 2. the model server for ``models:/NAME@champion``, reloading when the champion moves;
 3. the retraining trigger (``pillars trigger``), with a fresh bearer token;
 4. Alertmanager, routing alerts labelled ``pillars_action="retrain"`` to the trigger;
-5. Prometheus, scraping the model server and the trigger, with the alert rules of ``pillars.serving.alerts``.
+5. Prometheus, scraping the model server and the trigger, with the alert rules of ``pillars.serving.alerts``;
+6. the console (``pillars console``, loopback), showing the runs, the registry and the model server.
 
 ``down`` stops every process group ``up`` started. Ports and state live in ``<home>/stack/state.json``.
 """
@@ -48,6 +49,7 @@ class Ports:
     trigger: int = 9095
     alertmanager: int = 9093
     prometheus: int = 9090
+    console: int = 8700
 
 
 @dataclasses.dataclass
@@ -154,7 +156,7 @@ class Stack:
         state: dict[str, Any] = {"model": model, "processes": {}, "urls": {
             "mlflow": mlflow_url, "model_http": f"http://127.0.0.1:{ports.http}", "model_grpc": f"127.0.0.1:{ports.grpc}",
             "trigger": f"http://127.0.0.1:{ports.trigger}", "alertmanager": f"http://127.0.0.1:{ports.alertmanager}",
-            "prometheus": f"http://127.0.0.1:{ports.prometheus}"}}
+            "prometheus": f"http://127.0.0.1:{ports.prometheus}", "console": f"http://127.0.0.1:{ports.console}"}}
         urls = state["urls"]
         plan = [
             ("mlflow", [tools["mlflow"], "server", "--host", "127.0.0.1", "--port", str(ports.mlflow),
@@ -179,6 +181,8 @@ class Stack:
                             f"--storage.tsdb.path={self.dir / 'prometheus-data'}",
                             f"--web.listen-address=127.0.0.1:{ports.prometheus}"],
              f"{urls['prometheus']}/-/ready"),
+            ("console", [sys.executable, "-m", "pillars.pipelines.cli", "console", "--port", str(ports.console)],
+             f"{urls['console']}/healthz"),
         ]
         try:
             for name, cmd, ready in plan:

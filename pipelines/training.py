@@ -26,6 +26,42 @@ CHECKPOINT_MOUNT = "/checkpoints"
 RETRAINING_NAME = "pillars-retraining"
 
 
+PARAMETER_HELP = """Pipeline parameters (KFP shows these as the parameters' descriptions, the console as field help).
+
+Args:
+    task: Built-in task (breast_cancer, digits, diabetes) or tabular_classification / tabular_regression for your data.
+    source: Your data: a CSV or Parquet file, local or s3://; empty for a built-in task.
+    label_column: The label column of your data (tabular tasks).
+    model_name: Registered model name; empty: the task name.
+    warm_start: Start from the champion's weights when its inputs match.
+    epochs: Maximum training epochs (early stopping may end sooner).
+    batch_size: Rows per batch (per process with nproc > 1).
+    learning_rate: AdamW learning rate.
+    weight_decay: AdamW weight decay.
+    dropout: Dropout probability in [0, 1).
+    seed: Random seed of the split and the initial weights.
+    patience: Epochs without validation improvement before stopping.
+    nproc: Data-parallel processes per node (DDP).
+    nodes: Nodes of a Kubeflow Trainer TrainJob (launcher=trainjob).
+    launcher: local (this pod or machine) or trainjob (Kubeflow Trainer).
+    gpus_per_node: GPUs per TrainJob node.
+    val_fraction: Share of rows for validation, in (0, 0.5).
+    test_fraction: Share of rows for the test split, in (0, 0.5).
+    missing_policy: How missing values are filled: median, mean, zero or drop.
+    balance: Oversample minority classes in the training split.
+    thresholds: JSON minimums for the gate, e.g. {"accuracy": 0.95}; empty: the task's defaults.
+    margin: How much worse than the champion the candidate may be and still be approved.
+    tracking_uri: MLflow tracking URI; empty: MLFLOW_TRACKING_URI or the local store.
+    checkpoint_root: Where training checkpoints go so a retry resumes.
+"""
+
+
+def _documented(func: Any) -> Any:
+    """Give a pipeline function :data:`PARAMETER_HELP` as its docstring (KFP reads parameter descriptions there)."""
+    func.__doc__ = PARAMETER_HELP
+    return func
+
+
 @dataclasses.dataclass(frozen=True)
 class ClusterOptions:
     """Compile-time choices of how the steps run on a cluster (they do nothing under kfp.local).
@@ -169,6 +205,7 @@ def training_pipeline(image: str | None = None, **cluster_options: Any) -> Any:
     @dsl.pipeline(name=PIPELINE_NAME,
                   description="Prepare data, train a PyTorch model, evaluate, gate against the champion, "
                               "register in MLflow and promote when better.")
+    @_documented
     def training(
         task: str = "breast_cancer",
         source: str = "",
@@ -208,6 +245,7 @@ def retraining_pipeline(image: str | None = None, **cluster_options: Any) -> Any
 
     @dsl.pipeline(name=RETRAINING_NAME,
                   description="Retrain a registered model on the newest data; promote only if better than its champion.")
+    @_documented
     def retraining(
         model_name: str,
         task: str = "",

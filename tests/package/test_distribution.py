@@ -13,7 +13,7 @@ import pytest
 from pillars.components.settings import DISTRIBUTION, package_version
 
 ROOT = Path(__file__).resolve().parents[2]
-FOLDERS = ("components", "pipelines", "serving")
+FOLDERS = ("components", "console", "pipelines", "serving")
 SOURCES = [p for d in (*FOLDERS, "tests", "benchmarks", "manifests") for p in (ROOT / d).rglob("*.py")]
 
 

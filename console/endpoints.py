@@ -1,0 +1,267 @@
+"""Model servers the console knows of, and how they behave over time.
+
+Endpoints come from ``pillars up``'s state file and from configured URLs. Their health comes from the
+server (``/v2/health/ready``); request rate, p50/p99 latency, error ratio and per-feature drift come
+from Prometheus' HTTP API (``query_range``) when there is a Prometheus, else from the console's own
+samples of each server's ``/metrics`` (parsed with ``prometheus_client.parser``), kept in memory.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+logger = logging.getLogger("pillars.console.endpoints")
+
+ERROR_STATUS = ("5", "INTERNAL", "UNAVAILABLE")
+"""Request statuses counted as errors (HTTP 5xx, gRPC INTERNAL/UNAVAILABLE), as the alert rules count them."""
+
+WINDOW_S = 30 * 60
+"""How far back the charts go."""
+
+MAX_FEATURES = 12
+"""Drift charts show at most this many features (the most drifted ones)."""
+
+TIMEOUT_S = 3.0
+_RATE = "1m"
+
+
+@dataclasses.dataclass
+class Endpoint:
+    """A model server: a name, its base URL, the model it serves, where its metrics are."""
+
+    name: str
+    url: str
+    model: str | None = None
+    prometheus: str | None = None
+
+
+@dataclasses.dataclass
+class Sample:
+    """What one scrape of ``/metrics`` said, reduced to the numbers the charts need."""
+
+    at: float
+    requests: float
+    errors: float
+    buckets: dict[float, float]
+    drift: dict[str, float]
+    version: str | None
+
+
+@dataclasses.dataclass
+class EndpointView:
+    """One endpoint as the page shows it."""
+
+    endpoint: Endpoint
+    ready: bool
+    health: str
+    version: str | None
+    source: str  # "prometheus" or "/metrics"
+    rate: dict[str, list[tuple[float, float]]]
+    p50: dict[str, list[tuple[float, float]]]
+    p99: dict[str, list[tuple[float, float]]]
+    error_ratio: dict[str, list[tuple[float, float]]]
+    drift: dict[str, list[tuple[float, float]]]
+
+
+def discover(stack_state: dict[str, Any] | None, configured: dict[str, str], prometheus_url: str) -> list[Endpoint]:
+    """The local stack's model server (with its Prometheus) and the configured URLs."""
+    found = []
+    if stack_state and stack_state.get("urls", {}).get("model_http"):
+        urls = stack_state["urls"]
+        found.append(Endpoint("local stack", urls["model_http"], stack_state.get("model"),
+                              prometheus_url or urls.get("prometheus")))
+    for name, url in configured.items():
+        found.append(Endpoint(name, url, None, prometheus_url or None))
+    return found
+
+
+# --- reading /metrics ---------------------------------------------------------------------------
+
+
+def parse_metrics(text: str, model: str | None) -> Sample:
+    """Reduce a ``/metrics`` page to a :class:`Sample` for ``model`` (every model when None)."""
+    requests = errors = 0.0
+    buckets: dict[float, float] = collections.defaultdict(float)
+    drift: dict[str, float] = {}
+    version = None
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if model is not None and s.labels.get("model") not in (model, None):
+                continue
+            if s.name == "pillars_serving_requests_total":
+                requests += s.value
+                if s.labels.get("status", "").startswith(ERROR_STATUS):
+                    errors += s.value
+                version = version or s.labels.get("version") or None
+            elif s.name == "pillars_serving_request_seconds_bucket":
+                buckets[float(s.labels["le"])] += s.value
+            elif s.name == "pillars_drift_feature_jsd":
+                drift[s.labels.get("feature", "?")] = s.value
+            elif s.name == "pillars_drift_window_rows":
+                version = s.labels.get("version") or version
+    return Sample(time.time(), requests, errors, dict(buckets), drift, version)
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float:
+    """The ``q`` quantile of cumulative ``{upper bound: count}`` buckets, interpolated as Prometheus does."""
+    bounds = sorted(buckets)
+    if not bounds or buckets[bounds[-1]] <= 0:
+        return math.nan
+    total = buckets[bounds[-1]]
+    rank = q * total
+    previous_bound, previous_count = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if math.isinf(bound):
+                return previous_bound
+            if count == previous_count:
+                return bound
+            return previous_bound + (bound - previous_bound) * (rank - previous_count) / (count - previous_count)
+        previous_bound, previous_count = bound, count
+    return bounds[-1]
+
+
+def series_from_samples(samples: Iterable[Sample]) -> dict[str, Any]:
+    """Rate, p50, p99, error ratio (from consecutive samples' differences) and drift per feature."""
+    rate, p50, p99, ratio = [], [], [], []
+    drift: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
+    previous = None
+    for s in samples:
+        for feature, value in s.drift.items():
+            drift[feature].append((s.at, value))
+        if previous is not None and s.at > previous.at and s.requests >= previous.requests:
+            dt, dn = s.at - previous.at, s.requests - previous.requests
+            rate.append((s.at, dn / dt))
+            ratio.append((s.at, (s.errors - previous.errors) / dn if dn else 0.0))
+            delta = {b: s.buckets.get(b, 0.0) - previous.buckets.get(b, 0.0) for b in s.buckets}
+            p50.append((s.at, histogram_quantile(0.5, delta)))
+            p99.append((s.at, histogram_quantile(0.99, delta)))
+        previous = s
+    return {"rate": rate, "p50": p50, "p99": p99, "error_ratio": ratio, "drift": dict(drift)}
+
+
+class Sampler:
+    """Scrapes each endpoint's ``/metrics`` every ``interval`` seconds (only endpoints without Prometheus)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._samples: dict[str, collections.deque[Sample]] = {}
+        self._endpoints: dict[str, Endpoint] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, endpoints: Iterable[Endpoint]) -> None:
+        with self._lock:
+            self._endpoints = {e.url: e for e in endpoints if not e.prometheus}
+        if self._endpoints and self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="pillars-console-metrics", daemon=True)
+            self._thread.start()
+
+    def samples(self, url: str) -> list[Sample]:
+        with self._lock:
+            return list(self._samples.get(url, ()))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def scrape(self, endpoint: Endpoint) -> Sample | None:
+        try:
+            response = httpx.get(f"{endpoint.url}/metrics", timeout=TIMEOUT_S)
+            response.raise_for_status()
+        except httpx.HTTPError:
+            return None
+        sample = parse_metrics(response.text, endpoint.model)
+        with self._lock:
+            keep = int(WINDOW_S / self.interval) + 1
+            self._samples.setdefault(endpoint.url, collections.deque(maxlen=keep)).append(sample)
+        return sample
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                endpoints = list(self._endpoints.values())
+            for endpoint in endpoints:
+                self.scrape(endpoint)
+            self._stop.wait(self.interval)
+
+
+# --- reading Prometheus -------------------------------------------------------------------------
+
+
+def prometheus_series(base: str, model: str | None, end: float | None = None) -> dict[str, Any]:
+    """The same series as :func:`series_from_samples`, from Prometheus' ``query_range``.
+
+    Raises:
+        httpx.HTTPError: Prometheus did not answer.
+    """
+    end = end or time.time()
+    start = end - WINDOW_S
+    step = max(5, WINDOW_S // 240)
+    sel = f'model="{model}"' if model else ""
+    errors = f'{sel}{"," if sel else ""}status=~"5..|INTERNAL|UNAVAILABLE"'
+    queries = {
+        "rate": f"sum(rate(pillars_serving_requests_total{{{sel}}}[{_RATE}]))",
+        "p50": f"histogram_quantile(0.5, sum by (le) (rate(pillars_serving_request_seconds_bucket{{{sel}}}[{_RATE}])))",
+        "p99": f"histogram_quantile(0.99, sum by (le) (rate(pillars_serving_request_seconds_bucket{{{sel}}}[{_RATE}])))",
+        "error_ratio": f"sum(rate(pillars_serving_requests_total{{{errors}}}[{_RATE}])) "
+                       f"/ sum(rate(pillars_serving_requests_total{{{sel}}}[{_RATE}]))",
+        "drift": f"max by (feature) (pillars_drift_feature_jsd{{{sel}}})",
+    }
+    result: dict[str, Any] = {}
+    with httpx.Client(base_url=base.rstrip("/"), timeout=TIMEOUT_S) as client:
+        for key, query in queries.items():
+            response = client.get("/api/v1/query_range", params={"query": query, "start": start, "end": end,
+                                                                  "step": step})
+            response.raise_for_status()
+            series = {r["metric"].get("feature", key): [(float(t), float(v)) for t, v in r["values"]]
+                      for r in response.json()["data"]["result"]}
+            result[key] = series if key == "drift" else next(iter(series.values()), [])
+    return result
+
+
+# --- one endpoint's view ------------------------------------------------------------------------
+
+
+def health(endpoint: Endpoint) -> tuple[bool, str]:
+    """``(ready, words)`` from the server's V2 readiness endpoint."""
+    try:
+        response = httpx.get(f"{endpoint.url}/v2/health/ready", timeout=TIMEOUT_S)
+    except httpx.HTTPError as e:
+        return False, f"unreachable ({type(e).__name__})"
+    return (True, "ready") if response.status_code == 200 else (False, f"not ready (HTTP {response.status_code})")
+
+
+def view(endpoint: Endpoint, sampler: Sampler) -> EndpointView:
+    """Health, served version and the charts' series of ``endpoint``."""
+    ready, words = health(endpoint)
+    sample = sampler.scrape(endpoint) if ready and endpoint.prometheus else None
+    series: dict[str, Any] | None = None
+    source = "/metrics"
+    if endpoint.prometheus:
+        try:
+            series, source = prometheus_series(endpoint.prometheus, endpoint.model), "prometheus"
+        except (httpx.HTTPError, KeyError, ValueError):
+            logger.warning("Prometheus at %s did not answer; using %s/metrics", endpoint.prometheus, endpoint.url)
+    samples = sampler.samples(endpoint.url)
+    if series is None:
+        series = series_from_samples(samples)
+    latest = sample or (samples[-1] if samples else None)
+    drift = series["drift"]
+    top = sorted(drift, key=lambda f: -max((v for _, v in drift[f] if math.isfinite(v)), default=0.0))
+    return EndpointView(endpoint, ready, words, latest.version if latest else None, source,
+                        {"requests/s": series["rate"]}, {"p50": series["p50"]}, {"p99": series["p99"]},
+                        {"errors": series["error_ratio"]}, {f: drift[f] for f in top[:MAX_FEATURES]})

@@ -1,0 +1,51 @@
+"""The console's configuration, read from ``PILLARS_CONSOLE_*`` environment variables (or CLI flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConsoleSettings(BaseSettings):
+    """Where the console listens, who may use it, and what it talks to."""
+
+    model_config = SettingsConfigDict(env_prefix="PILLARS_CONSOLE_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    """Interface to bind. Anything but loopback requires a token (``token_file``)."""
+
+    port: int = Field(default=8700, ge=1, le=65535)
+    """TCP port."""
+
+    token_file: Path | None = None
+    """File holding the access token (a bearer token, or typed once into the login form). Required off loopback."""
+
+    kfp_host: str = ""
+    """Kubeflow Pipelines API URL: when set, "Submit run" goes to the cluster (``kfp.Client``) instead of kfp.local."""
+
+    kfp_namespace: str | None = None
+    """Kubeflow namespace of submitted runs (multi-user installs)."""
+
+    prometheus_url: str = ""
+    """Prometheus HTTP API to read endpoint metrics from; empty: the local stack's, else the servers' ``/metrics``."""
+
+    endpoints: str = ""
+    """Model server base URLs, comma-separated (``name=url`` or ``url``); added to the local stack's."""
+
+    mlflow_ui_url: str = ""
+    """Where people open MLflow runs; empty: the tracking URI when it is a server."""
+
+    sample_interval_s: float = Field(default=5.0, gt=0)
+    """Without Prometheus: how often the console scrapes each server's ``/metrics``."""
+
+    def endpoint_urls(self) -> dict[str, str]:
+        """The configured endpoints as ``{name: base URL}``."""
+        result: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in self.endpoints.split(","))):
+            name, sep, url = item.partition("=")
+            if not sep:
+                name, url = item, item
+            result[name.strip()] = url.strip().rstrip("/")
+        return result

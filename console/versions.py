@@ -1,0 +1,166 @@
+"""What the console shows of registered versions: metrics, lineage, the gate's decision, alias history.
+
+Reads through :mod:`pillars.components.registry` (the CLI's registry code) and MLflow's client; moves
+aliases only through :func:`pillars.components.register.promote` and
+:func:`pillars.components.registry.rollback`, so the console follows the CLI's compare-and-set and
+history rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from pillars.components import registry
+from pillars.components.errors import RegistryError
+from pillars.components.register import promote
+
+ARTIFACTS = {
+    "report.html": "evaluation report",
+    "plots/learning_curve.png": "learning curve",
+    "plots/confusion_matrix.png": "confusion matrix",
+}
+"""Run artifacts the console links to (and serves); nothing else is read from the artifact store."""
+
+PARENT_TAGS = ("pillars.warm_started_from", "pillars.parent_version", "parent_version", "optimized_from")
+"""Tags (version or run) that name the version a model was derived from: retraining, optimisation."""
+
+
+@dataclasses.dataclass
+class VersionDetail:
+    """One registered version as the version page shows it."""
+
+    name: str
+    version: str
+    aliases: list[str]
+    created: str
+    run_id: str | None
+    experiment_id: str | None
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    params: dict[str, str]
+    gate_approved: bool | None
+    gate_reasons: list[str]
+    parent: str | None
+    artifacts: list[tuple[str, str]]
+    champion: str | None
+    history: list[registry.AliasEvent]
+
+
+def version_detail(name: str, version: str) -> VersionDetail:
+    """Everything the version page shows about ``name`` version ``version``.
+
+    Raises:
+        RegistryError: no such model or version.
+    """
+    c = registry.client()
+    model = registry.get_model(name, c)
+    try:
+        v = c.get_model_version(name, str(version))
+    except MlflowException as e:
+        raise RegistryError(f"{name} has no version {version!r}") from e
+    aliases = sorted(a for a, target in (model.aliases or {}).items() if str(target) == str(v.version))
+    run = c.get_run(v.run_id) if v.run_id else None
+    tags = dict(v.tags)
+    run_tags = dict(run.data.tags) if run else {}
+    approved = tags.get("gate_approved")
+    reasons = [r for r in tags.get("gate_reasons", "").split("; ") if r]
+    parent = next((tags.get(t) or run_tags.get(t) for t in PARENT_TAGS if tags.get(t) or run_tags.get(t)), None)
+    artifacts = []
+    if run is not None:
+        present = _artifact_paths(c, v.run_id)
+        artifacts = [(path, label) for path, label in ARTIFACTS.items() if path in present]
+    return VersionDetail(
+        name=name, version=str(v.version), aliases=aliases,
+        created=datetime.fromtimestamp(v.creation_timestamp / 1000, timezone.utc).isoformat(timespec="seconds"),
+        run_id=v.run_id, experiment_id=run.info.experiment_id if run else None, tags=tags,
+        metrics=dict(sorted((run.data.metrics if run else {}).items())),
+        params=dict(sorted((run.data.params if run else {}).items())),
+        gate_approved=None if approved is None else approved == "true", gate_reasons=reasons, parent=parent,
+        artifacts=artifacts, champion=registry.alias_version(name, registry.CHAMPION, c),
+        history=registry.history(name, mlflow_client=c))
+
+
+def _artifact_paths(c: Any, run_id: str) -> set[str]:
+    found: set[str] = set()
+    try:
+        for item in c.list_artifacts(run_id):
+            found.add(item.path)
+            if item.is_dir and item.path == "plots":
+                found.update(child.path for child in c.list_artifacts(run_id, "plots"))
+    except MlflowException:
+        return set()
+    return found
+
+
+def compare(name: str, a: str, b: str) -> tuple[list[str], dict[str, float], dict[str, float]]:
+    """Metric names of both versions and each version's values (for a side-by-side table).
+
+    Raises:
+        RegistryError: no such model or version.
+    """
+    c = registry.client()
+    metrics = []
+    for version in (a, b):
+        try:
+            run_id = c.get_model_version(name, str(version)).run_id
+        except MlflowException as e:
+            raise RegistryError(f"{name} has no version {version!r}") from e
+        metrics.append(dict(c.get_run(run_id).data.metrics) if run_id else {})
+    return sorted(set(metrics[0]) | set(metrics[1])), metrics[0], metrics[1]
+
+
+def promote_version(name: str, version: str, expected_champion: str | None, why: str) -> bool:
+    """Make ``version`` champion if the champion is still ``expected_champion`` (what the person saw).
+
+    Raises:
+        RegistryError: the champion moved since the confirmation page was shown.
+    """
+    _check_unchanged(name, expected_champion)
+    registry.get_model(name)
+    return promote(name, version, why)
+
+
+def rollback(name: str, expected_champion: str | None, why: str) -> registry.AliasEvent:
+    """Restore the previous champion if the champion is still ``expected_champion``."""
+    _check_unchanged(name, expected_champion)
+    return registry.rollback(name, why)
+
+
+def _check_unchanged(name: str, expected: str | None) -> None:
+    current = registry.alias_version(name, registry.CHAMPION)
+    if (current or "") != (expected or ""):
+        raise RegistryError(f"{name}: the champion moved to v{current} since you confirmed (you saw "
+                            f"v{expected or '-'}); look again before moving it")
+
+
+class ArtifactCache:
+    """Run artifacts of :data:`ARTIFACTS`, downloaded once (they never change) into a folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._lock = threading.Lock()
+
+    def get(self, run_id: str, path: str) -> Path:
+        """The local copy of artifact ``path`` of run ``run_id``.
+
+        Raises:
+            KeyError: ``path`` is not one the console serves, or the run has no such artifact.
+        """
+        if path not in ARTIFACTS or not run_id.isalnum():
+            raise KeyError(path)
+        target = self.folder / run_id / path
+        with self._lock:
+            if not target.is_file():
+                try:
+                    mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path,
+                                                        dst_path=str(self.folder / run_id))
+                except (MlflowException, OSError) as e:
+                    raise KeyError(path) from e
+        return target

@@ -1,0 +1,155 @@
+"""The console app in-process over an embedded registry: CSRF on every state-changing POST, the Host and
+token rules, field errors instead of 500s, and promote/rollback through the registry code."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+from fastapi.testclient import TestClient
+
+from pillars.components import registry
+from pillars.components.models import ModelConfig, build_model, save_model
+from pillars.components.register import promote, register_model
+from pillars.components.settings import Settings
+from pillars.components.tracking import configure_tracking, ensure_experiment
+from pillars.console.app import create_app
+from pillars.console.settings import ConsoleSettings
+
+TOKEN = "console-token-for-the-tests-0123"
+BASE = "http://127.0.0.1:8700"
+
+
+@pytest.fixture(scope="module")
+def toy_versions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """An embedded store (for the whole module) with model ``toy``: v1 then v2 promoted, so v2 is champion."""
+    home = tmp_path_factory.mktemp("console-app")
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        env.setenv("PILLARS_HOME", str(home / ".pillars"))
+        configure_tracking()
+        mlflow.search_experiments()  # creates the embedded store's tables, as a first command would
+        config = ModelConfig(task="toy", kind="classification", architecture="mlp", input_shape=[3],
+                             feature_names=["a", "b", "c"], classes=["no", "yes"], hidden_sizes=[4])
+        model_dir = save_model(build_model(config), home / "model")
+        versions = []
+        for accuracy in (0.8, 0.9):
+            with mlflow.start_run(experiment_id=ensure_experiment("toy")) as run:
+                mlflow.log_metric("test_accuracy", accuracy)
+            version = register_model(model_dir, None, "toy", run.info.run_id,
+                                     {"gate_approved": "true", "gate_reasons": "accuracy=0.9 >= 0.5 passed"})
+            promote("toy", version, "test setup")
+            versions.append(version)
+        yield versions[0], versions[1]
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def champion_restored(toy_versions):
+    """Puts v2 back as champion after a test that moves it."""
+    yield
+    promote("toy", toy_versions[1], "test clean-up")
+
+
+def _client(tmp_path: Path, host: str = "127.0.0.1", token: str | None = None) -> TestClient:
+    app = create_app(ConsoleSettings(host=host), token, Settings(home=tmp_path / ".pillars"))
+    return TestClient(app, base_url=BASE)
+
+
+def _csrf(client: TestClient, path: str) -> str:
+    page = client.get(path, headers={"Accept": "text/html"})
+    assert page.status_code == 200, page.text[:300]
+    return re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+
+
+def test_a_post_without_its_csrf_token_is_refused_and_changes_nothing(toy_versions, tmp_path):
+    v1, v2 = toy_versions
+    with _client(tmp_path) as client:
+        _csrf(client, f"/models/toy/versions/{v2}/rollback")
+        for form in ({}, {"csrf_token": "forged", "expected_champion": v2}):
+            answer = client.post(f"/models/toy/versions/{v2}/rollback", data=form)
+            assert answer.status_code == 403 and "CSRF token" in answer.text
+        other = TestClient(client.app, base_url=BASE)  # another browser: its own session, so the token is not valid
+        token = _csrf(client, "/pipelines/training")
+        answer = other.post("/pipelines/training", data={"csrf_token": token, "epochs": "2"})
+        assert answer.status_code == 403
+        assert client.app.state.store.list() == []
+    assert registry.alias_version("toy", registry.CHAMPION) == v2
+
+
+def test_bad_form_input_is_a_field_error_and_queues_nothing(toy_versions, tmp_path):
+    with _client(tmp_path) as client:
+        token = _csrf(client, "/pipelines/training")
+        answer = client.post("/pipelines/training", data={"csrf_token": token, "epochs": "-1", "task": "nope"})
+        assert answer.status_code == 200  # the form again, errors at their fields
+        assert 'id="e-epochs"' in answer.text and "invalid epochs=-1" in answer.text
+        assert 'value="nope"' in answer.text  # what was typed is kept
+        assert client.app.state.store.list() == []
+        assert client.post("/pipelines/unknown", data={"csrf_token": token}).status_code == 404
+
+
+def test_promote_and_rollback_go_through_the_registry_with_compare_and_set(toy_versions, champion_restored, tmp_path):
+    v1, v2 = toy_versions
+    with _client(tmp_path) as client:
+        token = _csrf(client, f"/models/toy/versions/{v1}/promote")
+        # The person saw a champion that is no longer there: nothing moves.
+        stale = client.post(f"/models/toy/versions/{v1}/promote",
+                            data={"csrf_token": token, "expected_champion": "99", "why": "stale"})
+        assert stale.status_code == 409 and "moved" in stale.text
+        assert registry.alias_version("toy", registry.CHAMPION) == v2
+        answer = client.post(f"/models/toy/versions/{v2}/rollback",
+                             data={"csrf_token": token, "expected_champion": v2, "why": "bad canary"},
+                             follow_redirects=False)
+        assert answer.status_code == 303 and answer.headers["location"] == f"/models/toy/versions/{v1}?done=rolled-back"
+        assert registry.alias_version("toy", registry.CHAMPION) == v1
+        last = registry.history("toy", registry.CHAMPION)[-1]
+        assert (last.from_version, last.to_version, last.why) == (v2, v1, "bad canary")
+        page = client.get(f"/models/toy/versions/{v1}?done=rolled-back")
+        assert "bad canary" in page.text and "Rolled back" in page.text
+
+
+def test_missing_things_are_404_pages_not_500s(toy_versions, tmp_path):
+    with _client(tmp_path) as client:
+        for path in ("/models/nope", "/models/toy/versions/42", "/runs/nope", "/runs/abc123/progress.json",
+                     "/pipelines/nope", "/artifacts/abc/etc/passwd", "/models/toy?a=1&b=42"):
+            answer = client.get(path)
+            assert answer.status_code == 404, path
+            assert "<nav" in answer.text
+
+
+def test_on_loopback_only_loopback_host_names_are_served(toy_versions, tmp_path):
+    with _client(tmp_path) as client:
+        assert client.get("/models").status_code == 200
+        assert client.get("/models", headers={"Host": "localhost:8700"}).status_code == 200
+        rebound = client.get("/models", headers={"Host": "attacker.example:8700"})
+        assert rebound.status_code == 421  # a DNS-rebinding page cannot read or post to the console
+
+
+def test_off_loopback_every_page_needs_the_token(toy_versions, tmp_path):
+    with _client(tmp_path, host="0.0.0.0", token=TOKEN) as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/models").status_code == 401
+        assert client.get("/models", headers={"Accept": "text/html"}, follow_redirects=False).headers[
+            "location"] == "/login?next=/models"
+        assert client.get("/models", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+        assert client.get("/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        token = _csrf(client, "/login")
+        wrong = client.post("/login", data={"csrf_token": token, "token": "wrong", "next": "/models"})
+        assert wrong.status_code == 401
+        ok = client.post("/login", data={"csrf_token": token, "token": TOKEN, "next": "//evil.example/x"},
+                         follow_redirects=False)
+        assert ok.headers["location"] == "/"  # no open redirect
+        cookie = ok.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and TOKEN not in cookie
+        assert client.get("/models").status_code == 200  # the login cookie
+
+
+def test_pages_forbid_outside_scripts_and_framing(toy_versions, tmp_path):
+    with _client(tmp_path) as client:
+        answer = client.get("/models")
+        policy = answer.headers["content-security-policy"]
+        assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+        assert "SameSite=strict" in answer.headers["set-cookie"]

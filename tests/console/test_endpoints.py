@@ -1,0 +1,120 @@
+"""The Endpoints page against a real model server: its health and served version, and rate, latency,
+errors and per-feature drift over time, read from its ``/metrics`` and from a real Prometheus."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from pillars.console import endpoints
+from pillars.serving.demo import v2_request
+from tests.console.conftest import BrowserWatch, artifacts_dir, start_console
+from tests.conftest import require_tool
+from tests.processes import ServerProcess, free_port
+from tests.serving.conftest import start_server
+from tests.serving.toy import make_profiled_classifier, toy_rows
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The toy classifier (with its drift profile) served from a folder; drift reported after 20 rows."""
+    folder = make_profiled_classifier(tmp_path_factory.mktemp("endpoint") / "model")
+    served = start_server(["--model_dir", str(folder), "--model_name", "toy", "--drift_window", "50",
+                           "--drift_min_rows", "20", "--drift_interval_s", "0.5"],
+                          log_path=folder.parent / "server.log")
+    yield served
+    served.process.stop()
+
+
+def _send(url: str, rows: np.ndarray, times: int) -> None:
+    for _ in range(times):
+        httpx.post(f"{url}/v2/models/toy/infer", json=v2_request(rows), timeout=10).raise_for_status()
+
+
+def _until(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_without_prometheus_the_console_samples_the_servers_metrics(server, local_store, browser, tmp_path):
+    sampler = endpoints.Sampler(0.5)
+    sampler.watch([endpoints.Endpoint("toy", server.http)])
+    try:
+        _send(server.http, toy_rows(10), 3)
+        _until(lambda: len(sampler.samples(server.http)) >= 2, 20, "two samples")
+        _send(server.http, toy_rows(10, seed=1) * 3.0, 5)  # shifted inputs: drift
+        seen = len(sampler.samples(server.http))
+        _until(lambda: len(sampler.samples(server.http)) >= seen + 2 and sampler.samples(server.http)[-1].drift,
+               30, "samples with drift")
+        view = endpoints.view(endpoints.Endpoint("toy", server.http), sampler)
+    finally:
+        sampler.stop()
+    assert view.ready and view.health == "ready" and view.source == "/metrics" and view.version == "1"
+    assert max(v for _, v in view.rate["requests/s"]) > 0
+    assert all(0 < v < 5 for _, v in view.p99["p99"] if np.isfinite(v))
+    assert view.error_ratio["errors"] and max(v for _, v in view.error_ratio["errors"]) == 0
+    assert set(view.drift) == {"f0", "f1", "f2", "f3"}
+
+    # The same, as a person sees it: the console process, its page, charts drawn, refreshed in place.
+    mlflow.search_experiments()  # the embedded registry the console reads exists
+    console = start_console(tmp_path / ".pillars", {"PILLARS_CONSOLE_ENDPOINTS": f"toy={server.http}",
+                                                     "PILLARS_CONSOLE_SAMPLE_INTERVAL_S": "0.5"})
+    watch = BrowserWatch()
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    watch.attach(page)
+    try:
+        page.goto(f"{console.url}/endpoints")
+        _send(server.http, toy_rows(10, seed=2) * 3.0, 5)
+        page.wait_for_timeout(11_000)  # one refresh of the charts (every 10 s), after new traffic
+        _send(server.http, toy_rows(10, seed=3) * 3.0, 5)
+        page.reload()
+        assert page.get_by_text("ready").first.is_visible()
+        for feature in ("f0", "f1", "f2", "f3"):
+            assert page.get_by_role("img", name=feature).is_visible()
+        assert page.locator("svg.chart polyline").count() >= 5
+        page.screenshot(path=str(artifacts_dir(tmp_path) / "endpoints-with-server.png"), full_page=True)
+    finally:
+        context.close()
+        console.process.stop()
+    assert watch.errors == []
+    assert all(url.startswith(console.url + "/") for url in watch.requests)
+
+
+def test_with_prometheus_the_charts_come_from_its_query_api(server, tmp_path):
+    port = free_port()
+    config = {"global": {"scrape_interval": "1s"},
+              "scrape_configs": [{"job_name": "pillars-model-server",
+                                  "static_configs": [{"targets": [server.http.removeprefix("http://")]}]}]}
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    prometheus = ServerProcess([require_tool("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
+                                f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                               log_path=tmp_path / "prometheus.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        prometheus.wait_http(f"{url}/-/ready", timeout=60)
+        deadline = time.monotonic() + 60
+        series: dict = {}
+        while time.monotonic() < deadline and not (
+                any(v > 0 for _, v in series.get("rate", [])) and series.get("drift") and series.get("p99")):
+            _send(server.http, toy_rows(10, seed=2), 2)
+            time.sleep(1)
+            series = endpoints.prometheus_series(url, "toy")
+        assert series["rate"] and max(v for _, v in series["rate"]) > 0
+        assert series["p99"] and set(series["drift"]) == {"f0", "f1", "f2", "f3"}
+        sampler = endpoints.Sampler(60)
+        view = endpoints.view(endpoints.Endpoint("toy", server.http, "toy", url), sampler)
+        assert view.source == "prometheus" and view.ready and view.version
+    finally:
+        prometheus.stop()
