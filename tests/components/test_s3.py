@@ -16,7 +16,7 @@ from pillars.components import registry
 from pillars.components.errors import DataError
 from pillars.components.models import ModelConfig, build_model, save_model
 from pillars.components.prepare_data import PrepareParams, load_metadata, prepare, run_prepare
-from pillars.components.register import download_version, run_register
+from pillars.components.register import downloaded_version, run_register
 from pillars.components.tracking import ensure_experiment
 from tests.conftest import require_tool
 from tests.processes import ServerProcess, free_port
@@ -110,7 +110,7 @@ def test_a_model_registered_by_the_register_step_goes_to_s3_and_comes_back(moto_
 
     keys = [o["Key"] for o in moto_s3.client().list_objects_v2(Bucket=bucket, Prefix="mlflow/")["Contents"]]
     assert any(k.endswith("model.safetensors") for k in keys), keys
-    local = download_version(name, version)
-    stored = next(local.rglob("model.safetensors"))
-    assert filecmp.cmp(stored, model_dir / "model.safetensors", shallow=False)
-    assert (next(local.rglob("data_profile.json"))).stat().st_size > 0
+    with downloaded_version(name, version) as local:
+        stored = next(local.rglob("model.safetensors"))
+        assert filecmp.cmp(stored, model_dir / "model.safetensors", shallow=False)
+        assert (next(local.rglob("data_profile.json"))).stat().st_size > 0
