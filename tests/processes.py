@@ -18,12 +18,13 @@ class ServerProcess:
     """A subprocess in its own process group, stopped with every child it started."""
 
     def __init__(self, cmd: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
-                 cwd: str | Path | None = None) -> None:
+                 cwd: str | Path | None = None, inherit_env: bool = True) -> None:
         self.cmd = list(cmd)
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            self.cmd, stdout=self._log, stderr=subprocess.STDOUT,
+            env={**(os.environ if inherit_env else {}), **(env or {})},
             cwd=cwd, start_new_session=True,
         )
 

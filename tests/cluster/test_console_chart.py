@@ -38,14 +38,14 @@ def test_the_console_renders_valid_objects_with_its_token_kfp_and_prometheus(ren
     assert token["secret"]["secretName"] == "console-token"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["automountServiceAccountToken"] is False
+    credentials = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e}
+    assert credentials["MLFLOW_TRACKING_USERNAME"] == credentials["MLFLOW_TRACKING_PASSWORD"] == "pillars-mlflow-auth"
     egress_ports = {p["port"] for rule in console["NetworkPolicy"]["spec"]["egress"] for p in rule["ports"]}
     assert {5000, 8888, 9090, 8080} <= egress_ports
 
 
 @pytest.mark.parametrize(("values", "says"), [
     (("console.enabled=true",), "console.enabled needs console.token.existingSecret"),
-    ((*ON, "mlflow.auth.enabled=true", "mlflow.auth.existingSecret=mlflow-admin"),
-     "needs console.mlflowAuth.existingSecret"),
     ((*ON, "console.port=0"), "/console/port"),
     ((*ON, "console.kfpHost=ml-pipeline:8888"), "/console/kfpHost"),
     ((*ON, "console.endpoints={not a url}"), "/console/endpoints"),

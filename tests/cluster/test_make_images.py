@@ -70,7 +70,7 @@ def test_make_images_without_docker_or_podman_stops_with_one_line(tmp_path):
 @pytest.mark.slow
 def test_what_the_dockerfiles_copy_builds_the_whole_package(tmp_path):
     """The images run ``pip install .`` on what their COPY lines bring in (and their .dockerignore lets
-    through): that must be the complete package-dir layout, every module of the three folders."""
+    through): that must be the complete package-dir layout, every module of the four folders."""
     sources: set[str] = set()
     for dockerfile in DOCKERFILES:
         copies = [line.split()[1:-1] for line in dockerfile.read_text().splitlines()
@@ -91,6 +91,6 @@ def test_what_the_dockerfiles_copy_builds_the_whole_package(tmp_path):
                     "-w", str(tmp_path / "dist"), str(context)], check=True, capture_output=True, timeout=300)
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     built = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py")}
-    expected = {f"pillars/{p.relative_to(ROOT)}" for folder in ("components", "pipelines", "serving")
+    expected = {f"pillars/{p.relative_to(ROOT)}" for folder in ("components", "pipelines", "serving", "console")
                 for p in (ROOT / folder).rglob("*.py") if "__pycache__" not in p.parts}
     assert built == expected

@@ -59,9 +59,12 @@ class BrowserWatch:
         page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Headless Debian chromium driven by Playwright (never ``playwright install``)."""
+    """Headless Debian chromium driven by Playwright (never ``playwright install``).
+
+    Module scope: Playwright's sync API runs an asyncio loop in this thread while it is open, and
+    ``asyncio.run`` in later tests refuses to start beside a running loop."""
     if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
         message = "chromium is not installed (make test installs it: apt-get install chromium)"
         if os.environ.get("CI"):

@@ -106,7 +106,7 @@ def test_promote_and_rollback_go_through_the_registry_with_compare_and_set(toy_v
         assert answer.status_code == 303 and answer.headers["location"] == f"/models/toy/versions/{v1}?done=rolled-back"
         assert registry.alias_version("toy", registry.CHAMPION) == v1
         last = registry.history("toy", registry.CHAMPION)[-1]
-        assert (last.from_version, last.to_version, last.why) == (v2, v1, "bad canary")
+        assert (last.from_version, last.to_version, last.why) == (v2, v1, f"rollback from v{v2}: bad canary")
         page = client.get(f"/models/toy/versions/{v1}?done=rolled-back")
         assert "bad canary" in page.text and "Rolled back" in page.text
 

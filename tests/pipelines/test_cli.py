@@ -101,7 +101,7 @@ def test_the_readme_sequence_in_a_fresh_folder_trains_lists_and_serves(tmp_path)
     server = ServerProcess(
         [sys.executable, "-m", "pillars.pipelines.cli", "serve", "models:/breast_cancer@champion",
          "--http-port", str(http_port), "--grpc-port", str(grpc_port)],
-        log_path=tmp_path / "serve.log", env=_clean_env(), cwd=tmp_path)
+        log_path=tmp_path / "serve.log", env=_clean_env(), cwd=tmp_path, inherit_env=False)
     try:
         server.wait_http(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=180)
         x_test, y_test = prepare(PrepareParams(task="breast_cancer")).splits["test"]

@@ -35,13 +35,14 @@ def _pillars(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
                           env={**os.environ, **env}, timeout=120)
 
 
+# A model name of its own: the session's MLflow server is shared with other tests.
 def test_pipeline_trains_registers_and_promotes_then_weak_run_is_kept_out(tracking_uri, home):
-    run_local(training_pipeline(), {"task": "breast_cancer", "epochs": 30})
-    champion = registry.alias_version("breast_cancer", registry.CHAMPION)
+    run_local(training_pipeline(), {"task": "breast_cancer", "model_name": "spine", "epochs": 30})
+    champion = registry.alias_version("spine", registry.CHAMPION)
     assert champion == "1"
-    metrics = _test_metrics("breast_cancer", champion)
+    metrics = _test_metrics("spine", champion)
     assert metrics["test_accuracy"] >= 0.93 and metrics["test_roc_auc"] > 0.95
-    version = registry.client().get_model_version("breast_cancer", champion)
+    version = registry.client().get_model_version("spine", champion)
     assert version.tags["gate_approved"] == "true" and len(version.tags["data_hash"]) == 16
     assert version.tags["kfp_run_id"] and version.tags["mlflow_run_id"] == version.run_id
     run = registry.client().get_run(version.run_id)
@@ -50,30 +51,30 @@ def test_pipeline_trains_registers_and_promotes_then_weak_run_is_kept_out(tracki
     artifacts = {a.path for a in registry.client().list_artifacts(version.run_id, "plots")}
     assert {"plots/learning_curve.png", "plots/confusion_matrix.png"} <= artifacts
 
-    model = mlflow.pyfunc.load_model("models:/breast_cancer@champion")
+    model = mlflow.pyfunc.load_model("models:/spine@champion")
     data = prepare(PrepareParams(task="breast_cancer"))
     x_test, y_test = data.splits["test"]
     out = model.predict(pd.DataFrame(x_test, columns=data.metadata["feature_names"]))
     assert (out["class_index"].to_numpy() == y_test).mean() >= 0.93
 
     # A deliberately weak run: registered as a version (challenger), but champion stays.
-    run_local(training_pipeline(), {"task": "breast_cancer", "epochs": 1, "learning_rate": 1e-6})
-    weak = registry.client().get_model_version("breast_cancer", "2")
+    run_local(training_pipeline(), {"task": "breast_cancer", "model_name": "spine", "epochs": 1, "learning_rate": 1e-6})
+    weak = registry.client().get_model_version("spine", "2")
     assert weak.tags["gate_approved"] == "false" and "FAILED" in weak.tags["gate_reasons"]
-    assert registry.alias_version("breast_cancer", registry.CHAMPION) == "1"
-    assert registry.alias_version("breast_cancer", registry.CHALLENGER) == "2"
+    assert registry.alias_version("spine", registry.CHAMPION) == "1"
+    assert registry.alias_version("spine", registry.CHALLENGER) == "2"
 
     env = {"MLFLOW_TRACKING_URI": tracking_uri, "PILLARS_HOME": str(home)}
-    history = _pillars("models", "history", "breast_cancer", env=env)
+    history = _pillars("models", "history", "spine", env=env)
     assert history.returncode == 0, history.stderr
     assert "champion   v- -> v1" in history.stdout and "challenger v1 -> v2" in history.stdout
-    shown = _pillars("models", "show", "breast_cancer", env=env)
-    assert "breast_cancer v1 [champion]" in shown.stdout and "gate=false" in shown.stdout
-    promoted = _pillars("models", "promote", "breast_cancer", "2", "--why", "test", env=env)
-    assert promoted.returncode == 0 and registry.alias_version("breast_cancer", registry.CHAMPION) == "2"
-    rolled = _pillars("models", "rollback", "breast_cancer", env=env)
+    shown = _pillars("models", "show", "spine", env=env)
+    assert "spine v1 [champion]" in shown.stdout and "gate=false" in shown.stdout
+    promoted = _pillars("models", "promote", "spine", "2", "--why", "test", env=env)
+    assert promoted.returncode == 0 and registry.alias_version("spine", registry.CHAMPION) == "2"
+    rolled = _pillars("models", "rollback", "spine", env=env)
     assert rolled.returncode == 0, rolled.stderr
-    assert registry.alias_version("breast_cancer", registry.CHAMPION) == "1"
+    assert registry.alias_version("spine", registry.CHAMPION) == "1"
 
 
 def test_digits_cnn_through_the_pipeline_with_two_ddp_processes(tracking_uri, home):
