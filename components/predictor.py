@@ -1,0 +1,259 @@
+"""The saved-model format of the task API and the one inference path (pyfunc, gate, evaluation, server).
+
+A saved model is a folder, loadable without unpickling anything:
+
+- ``config.json``: ``{"format": "pillars.v2", "api_version": 1, "task": "package.module:attribute",
+  "task_args": {...}, "signature": {...}, "framework": "torch"}``;
+- ``model.safetensors``: the module's weights (``framework == "torch"``);
+- ``preprocessing.json``: what preprocessing learned from the train split (vocabulary, scalers, id maps);
+- ``data_profile.json`` (optional): the drift baseline.
+
+The task code is imported from installed packages (:func:`pillars.components.task.load_task`), never from
+the folder; a model whose task is not installed fails with one line naming the package to install.
+The MLflow pyfunc keeps the same files under ``artifacts/``; :func:`locate_model_dir` finds them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pillars.components.errors import ConfigError
+from pillars.components.task import (
+    API_VERSION,
+    Examples,
+    InputError,
+    Outputs,
+    Preprocessing,
+    Signature,
+    Task,
+    TensorSpec,
+    load_task,
+)
+
+FORMAT = "pillars.v2"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+PREPROCESSING_FILE = "preprocessing.json"
+PROFILE_FILE = "data_profile.json"
+
+NUMERIC_KINDS = {"BOOL": "b", "FP16": "f", "FP32": "f", "FP64": "f"} | {
+    t: "iu" for t in ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")}
+
+
+@dataclasses.dataclass
+class SavedConfig:
+    """``config.json`` of a saved model."""
+
+    task: str
+    task_args: dict[str, Any]
+    signature: dict[str, Any]
+    framework: str = "torch"
+    api_version: int = API_VERSION
+    format: str = FORMAT
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Free-form facts about this model (e.g. an optimised variant's kind and parent)."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SavedConfig:
+        if data.get("format") != FORMAT:
+            raise ConfigError(f"unsupported model format {data.get('format')!r}; expected {FORMAT!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown keys in model config: {', '.join(unknown)}")
+        return cls(**data)
+
+
+def save_model(task: Task, reference: str, prep: Preprocessing, model: nn.Module, directory: str | Path,
+               extra: Mapping[str, Any] | None = None) -> Path:
+    """Write ``config.json``, ``model.safetensors`` and ``preprocessing.json`` into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
+    (directory / PREPROCESSING_FILE).write_text(json.dumps(prep))
+    config = SavedConfig(reference, task.task_args(), task.signature(prep).to_dict(), extra=dict(extra or {}))
+    (directory / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    return directory
+
+
+def locate_model_dir(path: str | Path) -> Path:
+    """The folder holding ``config.json``: ``path`` itself, or its MLflow ``artifacts/`` subfolder."""
+    path = Path(path)
+    for candidate in (path, path / "artifacts"):
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+    raise ConfigError(f"no Pillars model in {path}: expected {CONFIG_FILE}")
+
+
+def read_config(directory: Path) -> SavedConfig:
+    try:
+        return SavedConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ConfigError(f"{directory / CONFIG_FILE} is not a valid model config: {e}") from e
+
+
+def load_profile(path: str | Path) -> dict[str, Any] | None:
+    """The training data profile stored beside the model, or None when there is none."""
+    profile = locate_model_dir(path) / PROFILE_FILE
+    return json.loads(profile.read_text()) if profile.is_file() else None
+
+
+class Predictor:
+    """A loaded model with its task: checks inputs, encodes, runs the network, decodes.
+
+    Subclasses differ only in :meth:`forward` (PyTorch here; ONNX Runtime for optimised variants).
+    """
+
+    def __init__(self, task: Task, prep: Preprocessing, config: SavedConfig) -> None:
+        self.task = task
+        self.prep = prep
+        self.config = config
+        self.signature = Signature.from_dict(config.signature)
+
+    def forward(self, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def check(self, inputs: Mapping[str, Any]) -> Examples:
+        """``inputs`` as arrays that fit the signature, or :class:`InputError` naming the input."""
+        return check_inputs(self.signature, inputs)
+
+    def predict(self, inputs: Mapping[str, Any]) -> Outputs:
+        """Check, encode, run and decode a batch."""
+        return self.predict_checked(self.check(inputs))
+
+    @torch.inference_mode()
+    def predict_checked(self, inputs: Examples) -> Outputs:
+        """:meth:`predict` for inputs already checked (by :meth:`check` or the server's edge)."""
+        encoded = self.task.encode(inputs, self.prep)
+        return self.task.decode(self.forward(encoded), inputs, self.prep)
+
+    def drift_rows(self, inputs: Examples) -> tuple[list[str], np.ndarray]:
+        """The task's drift features of a batch: names and a float64 ``[N, F]`` matrix."""
+        features = self.task.drift_features(inputs, self.prep)
+        names = list(features)
+        n = len(next(iter(inputs.values()))) if inputs else 0
+        matrix = (np.stack([np.asarray(features[k], dtype=np.float64) for k in names], axis=1) if names
+                  else np.zeros((n, 0)))
+        return names, matrix
+
+
+class TorchPredictor(Predictor):
+    """A PyTorch model on a device."""
+
+    def __init__(self, task: Task, prep: Preprocessing, config: SavedConfig, model: nn.Module,
+                 device: torch.device) -> None:
+        super().__init__(task, prep, config)
+        self.model = model
+        self.device = device
+
+    def forward(self, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(**{k: v.to(self.device) for k, v in encoded.items()})
+
+
+def load_predictor(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
+    """Load a saved model (plain folder or MLflow model folder) for inference, without unpickling.
+
+    Raises:
+        ConfigError: no model there, an unknown format, or its task is not installed (one line naming it).
+    """
+    directory = locate_model_dir(path)
+    config = read_config(directory)
+    task = load_task(config.task, config.task_args)
+    prep_file = directory / PREPROCESSING_FILE
+    prep = json.loads(prep_file.read_text()) if prep_file.is_file() else {}
+    if config.framework != "torch":
+        raise ConfigError(f"{directory}: unknown model framework {config.framework!r}")
+    device = torch.device(device)
+    model = task.build_model(prep)
+    model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+    return TorchPredictor(task, prep, config, model.to(device).eval(), device)
+
+
+def check_inputs(signature: Signature, inputs: Mapping[str, Any], max_rows: int | None = None) -> Examples:
+    """Every required input present, of its datatype's kind and its shape; float values finite.
+
+    Numeric inputs become numpy arrays of their spec's dtype family; ``BYTES`` inputs become numpy unicode
+    arrays (bytes decoded as UTF-8). A fixed-shape input may also come flat (``[N, prod(shape)]``).
+
+    Raises:
+        InputError: naming the input and what is wrong.
+    """
+    known = {s.name for s in signature.inputs}
+    extra = sorted(set(inputs) - known)
+    if extra:
+        raise InputError(f"unknown input(s) {extra}; this model takes {sorted(known)}")
+    result: Examples = {}
+    rows: int | None = None
+    for spec in signature.inputs:
+        if spec.name not in inputs or inputs[spec.name] is None:
+            if spec.optional:
+                continue
+            raise InputError(f"input {spec.name!r} is missing; this model takes {sorted(known)}")
+        array = _as_array(spec, inputs[spec.name])
+        if rows is None:
+            rows = len(array)
+        elif len(array) != rows and not spec.optional:
+            raise InputError(f"input {spec.name!r} has {len(array)} rows; other inputs have {rows}")
+        result[spec.name] = array
+    if rows == 0:
+        raise InputError("empty batch: at least one instance is needed")
+    if max_rows is not None and rows is not None and rows > max_rows:
+        raise InputError(f"{rows} rows; at most {max_rows} rows per request are accepted")
+    return result
+
+
+def _as_array(spec: TensorSpec, value: Any) -> np.ndarray:
+    if spec.datatype == "BYTES":
+        array = np.asarray(value, dtype=object)
+        if array.ndim == 0 or array.size == 0 and array.shape[0] == 0:
+            raise InputError(f"input {spec.name!r}: expected a batch of strings, got {'a scalar' if array.ndim == 0 else 'none'}")
+        flat = array.reshape(-1)
+        for i, item in enumerate(flat):
+            if isinstance(item, bytes):
+                try:
+                    flat[i] = item.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise InputError(f"input {spec.name!r}: element {i} is not UTF-8") from None
+            elif not isinstance(item, str):
+                raise InputError(f"input {spec.name!r}: element {i} is a {type(item).__name__}, not a string")
+            if len(flat[i].encode()) > spec.max_bytes:
+                raise InputError(f"input {spec.name!r}: element {i} is longer than {spec.max_bytes} bytes")
+        array = flat.astype(str).reshape(array.shape)
+    else:
+        try:
+            array = np.asarray(value)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"input {spec.name!r}: not a rectangular array of numbers: {e}") from e
+        if array.dtype.kind not in NUMERIC_KINDS[spec.datatype] and not (
+                array.dtype.kind in "iub" and NUMERIC_KINDS[spec.datatype] == "f"):
+            raise InputError(f"input {spec.name!r}: expected {spec.datatype} values, got {array.dtype.name}")
+        if array.ndim == 0:
+            raise InputError(f"input {spec.name!r}: expected a batch, got a scalar")
+    array = _check_shape(spec, array)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))
+        raise InputError(f"input {spec.name!r}: NaN or Inf in row(s) {bad[:5].tolist()}")
+    return array
+
+
+def _check_shape(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+    """``array`` in its declared per-instance shape (a fixed shape may come flat and is reshaped)."""
+    shape = list(array.shape[1:])
+    if len(shape) == len(spec.shape) and all(
+            d == s or (s == -1 and 1 <= d <= spec.max_length) for d, s in zip(shape, spec.shape)):
+        return array
+    if -1 not in spec.shape and spec.shape and shape == [int(np.prod(spec.shape))]:
+        return array.reshape(len(array), *spec.shape)  # a fixed shape, sent flat
+    expected = ["N", *["1..%d" % spec.max_length if s == -1 else s for s in spec.shape]]
+    raise InputError(f"input {spec.name!r}: expected shape [{', '.join(map(str, expected))}], "
+                     f"got {list(array.shape)}")
