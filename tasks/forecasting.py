@@ -68,6 +68,8 @@ class SeriesSource:
     frequency: str
     season: int
     description: str
+    requirement: str = "statsmodels>=0.14"
+    """What to ``pip install`` when the distribution is missing."""
 
 
 SERIES: Mapping[str, SeriesSource] = {
@@ -287,7 +289,8 @@ def read_series(source: SeriesSource) -> tuple[np.ndarray, int]:
     Raises:
         DataError: the distribution or its file is missing, or the file holds no numbers.
     """
-    install = f"the forecasting task reads {source.distribution}'s {Path(source.path).name}: pip install 'statsmodels>=0.14'"
+    install = (f"the forecasting task reads {source.distribution}'s {Path(source.path).name}: "
+               f"pip install '{source.requirement}'")
     try:
         path = Path(str(importlib.metadata.distribution(source.distribution).locate_file(source.path)))
     except importlib.metadata.PackageNotFoundError as e:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
 import pytest
 import torch
 
-from pillars.components.errors import ConfigError
+from pillars.components.errors import ConfigError, DataError
 from pillars.components.predictor import load_predictor, save_model
 from pillars.components.task import DataParams, InputError, load_task
 from pillars.tasks.forecasting import SERIES, Forecasting, read_series
@@ -46,6 +47,15 @@ def test_co2_missing_weeks_are_interpolated_linearly():
     assert np.isfinite(values).all()
     assert values[5] == pytest.approx(316.9) and values[7] == pytest.approx(317.5)
     assert values[6] == pytest.approx(317.2)  # 1958-05-10 is missing in the CSV
+
+
+def test_a_missing_data_package_is_one_line_naming_what_to_install():
+    gone = dataclasses.replace(SERIES["co2"], distribution="no-such-distribution", requirement="no-such-distribution")
+    with pytest.raises(DataError, match="pip install 'no-such-distribution'"):
+        read_series(gone)
+    moved = dataclasses.replace(SERIES["co2"], path="statsmodels/datasets/co2/gone.csv")
+    with pytest.raises(DataError, match="pip install 'statsmodels>=0.14'.*gone.csv"):
+        read_series(moved)
 
 
 def test_split_is_chronological_and_no_target_leaks_into_an_earlier_split():
