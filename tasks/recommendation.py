@@ -12,7 +12,8 @@ val/test, the train history ``[U, longest]`` oldest first and padded with ``-1``
 Model: a two-tower model. The user tower is the mean embedding of the user's ``history_length`` most
 recent train movies; the item tower an embedding and a bias (started at the log popularity, so the
 untrained model ranks like the popularity baseline); the score is their dot product over ``temperature``
-plus the bias. Movies with fewer than ``min_item_count`` train interactions are not in the catalogue.
+plus the bias. Movies with fewer than ``min_item_count`` train interactions are not in the catalogue;
+a user none of whose train movies is in it gets the bias alone, i.e. the most popular unseen movies.
 
 Loss: a full softmax over every catalogue movie, the cross-entropy of each of the user's train movies
 (the exact form of sampled softmax: every other movie is a negative, so there is no negative sampling
