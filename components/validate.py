@@ -37,10 +37,10 @@ class GateDecision:
     champion_score: float | None = None
 
 
-def parse_thresholds(text: str, task: Task) -> dict[str, float]:
+def parse_thresholds(text: str, task: Task | None) -> dict[str, float]:
     """Thresholds from a JSON object string (``{"accuracy": 0.9}``); the task's defaults when empty."""
     if not text.strip():
-        return dict(task.thresholds)
+        return dict(task.thresholds) if task is not None else {}
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

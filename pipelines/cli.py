@@ -96,7 +96,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     schedule = cron_expression(args.schedule) if args.schedule else None
     pipeline = pipeline_factory(args.pipeline)()
     arguments = parse_params([*args.param, *task_params(args.task, args.task_arg, args.param)], pipeline)
-    check_arguments(pipeline, arguments)
+    check_arguments(pipeline, arguments, load=False)  # the task's package is in the image, maybe not here
     caching = False if args.no_cache else None
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(args.pipeline, os.path.join(tmp, "pipeline.yaml"), **_cluster_options(args))

@@ -286,10 +286,12 @@ def retraining_pipeline(image: str | None = None, **cluster_options: Any) -> Any
     return retraining
 
 
-def check_arguments(pipeline: Any, arguments: dict[str, Any]) -> None:
+def check_arguments(pipeline: Any, arguments: dict[str, Any], load: bool = True) -> None:
     """Fail fast, before any step runs, on arguments a step would reject (task, hyperparameters, thresholds).
 
     Arguments not given take the pipeline's defaults; an empty ``task`` (retraining) is resolved at run time.
+    ``load=False`` (a run for a cluster, whose image holds the task's package) checks the task's arguments
+    and thresholds as JSON without importing the task here.
 
     Raises:
         ConfigError: naming the bad argument.
@@ -314,8 +316,11 @@ def check_arguments(pipeline: Any, arguments: dict[str, Any]) -> None:
     if not merged.get("task"):
         return
     prepare = PrepareParams(**pick(PrepareParams))
-    task = prepare.load()  # an unknown task, a missing package or bad task_args: one line naming it
-    parse_thresholds(str(merged.get("thresholds", "")), task)
+    if load:
+        task = prepare.load()  # an unknown task, a missing package or bad task_args: one line naming it
+        parse_thresholds(str(merged.get("thresholds", "")), task)
+    elif str(merged.get("thresholds", "")).strip():
+        parse_thresholds(str(merged["thresholds"]), None)
     if not merged.get("model_name"):
         check_model_name(default_model_name(prepare.task))
 

@@ -53,3 +53,26 @@ def predictor_of(task: Task, prep: dict, model: torch.nn.Module, reference: str 
 
 def rows(n: int, features: int = 3, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, features)).astype(np.float32)
+
+
+def save_legacy_classifier(directory: str | Path, feature_names: Sequence[str] = ("a", "b", "c"),
+                           classes: Sequence[str] = ("no", "yes"), seed: int = 0) -> Path:
+    """A model folder exactly as Pillars 0.1 saved one: ``config.json`` a serialised ``ModelConfig``
+    (``format: pillars.v1``) and ``model.safetensors`` with the standardisation as buffers, nothing else."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from pillars.components.models import ModelConfig, build_model
+
+    config = ModelConfig(task="toy", kind="classification", architecture="mlp", input_shape=[len(feature_names)],
+                         feature_names=list(feature_names), classes=list(classes), hidden_sizes=[8])
+    torch.manual_seed(seed)
+    model = build_model(config)
+    model.standardize.fit(np.linspace(-0.5, 0.5, len(feature_names)), np.linspace(0.5, 2.0, len(feature_names)))
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / "model.safetensors"),
+              metadata={"format": "pillars.v1"})
+    (directory / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    return directory

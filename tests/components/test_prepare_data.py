@@ -238,6 +238,6 @@ def test_invalid_parameters_are_rejected():
     with pytest.raises(ConfigError, match="task_args must be a JSON object"):
         PrepareParams(task_args="[1, 2]")
     with pytest.raises(ConfigError, match="missing_policy"):
-        prepare(PrepareParams(missing_policy="guess"))
+        PrepareParams(missing_policy="guess")
     with pytest.raises(ConfigError, match="test_fraction"):
         PrepareParams(test_fraction=0.7)
