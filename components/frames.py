@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pillars.components.task import Examples, InputError, Outputs, Preprocessing, Signature, TensorSpec
+from pillars.components.task import InputError, Outputs, Preprocessing, Signature, TensorSpec
 
 
 def feature_input(signature: Signature) -> TensorSpec | None:

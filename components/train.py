@@ -53,7 +53,8 @@ def warm_start(model_name: str, metadata: dict[str, Any]) -> Iterator[tuple[str 
         champion = load_predictor(folder)
         task = task_of(metadata)
         signature = Signature.from_dict(json.loads(json.dumps(task.signature(metadata["prep"]).to_dict())))
-        same = (champion.config.task == metadata["task"] and champion.config.task_args == json.loads(json.dumps(task.task_args()))
+        args = json.loads(json.dumps(task.task_args()))
+        same = (champion.config.task == metadata["task"] and champion.config.task_args == args
                 and champion.signature == signature
                 and champion.prep.get("classes") == metadata["prep"].get("classes"))
         if not same:

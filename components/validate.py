@@ -91,7 +91,8 @@ def gate(
         reasons.append(f"{name}={value:.4f} {'<=' if lower else '>='} {limit} {'passed' if passed else 'FAILED'}")
     primary = task.primary_metric
     if primary not in metrics:
-        raise ConfigError(f"the task's primary metric {primary!r} is not among the metrics: {', '.join(sorted(metrics))}")
+        raise ConfigError(f"the task's primary metric {primary!r} is not among the metrics: "
+                          f"{', '.join(sorted(metrics))}")
     candidate = metrics[primary]
     if champion_score is None or not np.isfinite(champion_score):
         reasons.append("no champion to compare with")

@@ -67,8 +67,10 @@ def _pyfunc_predict(uri: str, rows: np.ndarray, cwd: Path) -> subprocess.Complet
                           text=True, cwd=cwd, timeout=300)
 
 
-@pytest.mark.slow
-def test_a_0_1_version_is_served_and_upgraded_for_pyfunc_loading(local_store, tmp_path, capsys):
+@pytest.fixture
+def legacy(local_store, tmp_path):
+    """``legacy`` v1, registered as Pillars 0.1 left it, champion; yields the rows, the expected class
+    indices and a working folder outside the repository."""
     model_dir = save_legacy_classifier(tmp_path / "model")
     rows = toy_rows(8, seed=3)
     expected = load_predictor(model_dir).predict({"input-0": rows})["class_index"].tolist()
@@ -77,10 +79,12 @@ def test_a_0_1_version_is_served_and_upgraded_for_pyfunc_loading(local_store, tm
     _make_legacy(model_id, model_dir)
     work = tmp_path / "work"
     work.mkdir()
+    return rows, expected, work
 
-    broken = _pyfunc_predict("models:/legacy/1", rows, work)
-    assert broken.returncode != 0 and "No module named 'components'" in broken.stderr, broken.stderr[-2000:]
 
+@pytest.mark.slow
+def test_a_0_1_version_is_still_served(legacy, tmp_path):
+    rows, expected, work = legacy
     http_port, grpc_port = free_port(), free_port()
     server = ServerProcess(
         [sys.executable, "-m", "pillars.pipelines.cli", "serve", "models:/legacy@champion",
@@ -93,6 +97,13 @@ def test_a_0_1_version_is_served_and_upgraded_for_pyfunc_loading(local_store, tm
         assert served["class_index"] == expected
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_a_0_1_version_is_upgraded_for_pyfunc_loading(legacy, capsys):
+    rows, expected, work = legacy
+    broken = _pyfunc_predict("models:/legacy/1", rows, work)
+    assert broken.returncode != 0 and "No module named 'components'" in broken.stderr, broken.stderr[-2000:]
 
     assert main(["models", "upgrade", "legacy"]) == 0
     assert "legacy: v1 re-registered as v2" in capsys.readouterr().out
