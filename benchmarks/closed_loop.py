@@ -40,7 +40,7 @@ def main() -> None:
                                     "learning_rate": 3e-4, "thresholds": '{"accuracy": 0.5}'},
               log_file=Path(os.environ["PILLARS_HOME"]) / "logs" / "initial.log")
     data = prepare(PrepareParams(task="breast_cancer"))
-    shifted = np.concatenate([data.splits["val"][0], data.splits["test"][0]] * 6) * 3
+    shifted = np.concatenate([data.splits["val"]["input-0"], data.splits["test"]["input-0"]] * 6) * 3
     names = ("mlflow", "http", "grpc", "trigger", "alertmanager", "prometheus")
     stack = Stack()
     state = stack.up(model, Ports(**{n: free_port() for n in names}), Timing.fast(), params=[f"epochs={args.epochs}"])

@@ -23,7 +23,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from sklearn.datasets import make_classification
 
-from pillars.components.prepare_data import PrepareParams, prepare, save_metadata, save_split
+from pillars.components.prepare_data import PrepareParams, prepare, save_metadata, save_split, task_of
 from pillars.components.settings import Settings
 from pillars.components.tracking import configure_tracking
 from pillars.components.fit import TrainParams, init_model
@@ -32,7 +32,7 @@ from pillars.components.train import run_training
 
 def bare_loop(x: np.ndarray, y: np.ndarray, metadata: dict, params: TrainParams) -> float:
     """The textbook loop: same model, optimiser, batches and epochs; nothing else. Returns seconds."""
-    model = init_model(metadata, params)
+    model = init_model(task_of(metadata), metadata["prep"], params)
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
     loss_fn = torch.nn.CrossEntropyLoss()
     xt, yt = torch.as_tensor(x), torch.as_tensor(y, dtype=torch.long)
@@ -64,12 +64,12 @@ def main() -> None:
     data = prepare(PrepareParams(task="tabular_classification", source=str(work / "data.parquet"), label_column="label"))
     paths = {name: str(work / f"{name}.npz") for name in data.splits}
     for name, split in data.splits.items():
-        save_split(paths[name], *split)
+        save_split(paths[name], split)
     save_metadata(work / "meta.json", data.metadata)
     params = TrainParams(epochs=args.epochs, patience=args.epochs + 1, batch_size=64)
     settings = Settings(home=work / ".pillars")
     uri = configure_tracking(f"sqlite:///{work / 'mlflow.db'}", settings)
-    x_train, y_train = data.splits["train"]
+    x_train, y_train = data.splits["train"]["input-0"], data.splits["train"]["label"]
     samples = len(x_train) * args.epochs
 
     from pillars.components.tracking import ensure_experiment

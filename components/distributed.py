@@ -22,7 +22,7 @@ import torch
 
 from pillars.components.errors import PillarsError
 from pillars.components.fit import TrainParams, fit, write_model
-from pillars.components.models import load_model
+from pillars.components.predictor import load_predictor
 from pillars.components.prepare_data import load_metadata, load_split
 from pillars.components.tracking import EpochLogger
 
@@ -91,7 +91,7 @@ def worker_main(argv: list[str] | None = None) -> int:
         params = TrainParams(**json.loads(args.params))
         initial_state = None
         if args.init_model:
-            initial_state = load_model(args.init_model).state_dict()
+            initial_state = load_predictor(args.init_model).model.state_dict()
         result = fit(load_split(args.train), load_split(args.val), load_metadata(args.metadata), params,
                      args.checkpoint_dir, logger, progress=False, initial_state=initial_state)
         if logger is not None:

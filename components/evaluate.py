@@ -1,7 +1,8 @@
 """Step 3, evaluation: test-split metrics, an overfitting signal, and the plots and report people read.
 
-:func:`evaluate` is the core; :func:`report_html` and the figure helpers make the outputs that KFP
-(``Metrics``, ``ClassificationMetrics``, ``HTML``) and MLflow (artifacts) show.
+:func:`evaluate` is the core: the task's own ``evaluate`` over the served path (the saved model loaded
+with :func:`pillars.components.predictor.load_predictor`); :func:`report_html` and the figure helpers
+make the outputs that KFP (``Metrics``, ``ClassificationMetrics``, ``HTML``) and MLflow (artifacts) show.
 """
 
 from __future__ import annotations
@@ -10,18 +11,23 @@ import base64
 import dataclasses
 import html
 import io
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from sklearn import metrics as skm
 
 from pillars.components.fit import load_history
-from pillars.components.models import Predictor
+from pillars.components.predictor import Predictor, load_predictor
 from pillars.components.prepare_data import load_split
+from pillars.components.task import Examples, Outputs
 from pillars.components.tracking import configure_tracking
 
 OVERFIT_GAP = 0.05
-"""Train-minus-validation accuracy (or relative RMSE) gap above which the model is flagged as overfitting."""
+"""Train-minus-validation gap of the primary metric (relative for lower-is-better metrics) above which the
+model is flagged as overfitting."""
+PREDICT_BATCH = 1024
+"""Rows per forward pass while evaluating."""
 
 
 @dataclasses.dataclass
@@ -36,47 +42,62 @@ class Evaluation:
     overfitting: bool = False
 
 
-def split_metrics(predictor: Predictor, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Metrics of ``predictor`` on one split (classification: accuracy, macro F1, ROC-AUC if binary;
-    regression: RMSE, MAE, R²)."""
-    out = predictor.predict(x)
-    if predictor.config.kind == "classification":
-        pred = out["class_index"]
-        result = {"accuracy": skm.accuracy_score(y, pred),
-                  "f1_macro": skm.f1_score(y, pred, average="macro", labels=range(predictor.config.n_outputs),
-                                           zero_division=0)}
-        if predictor.config.n_outputs == 2 and len(np.unique(y)) == 2:
-            result["roc_auc"] = skm.roc_auc_score(y, out["probabilities"][:, 1])
-        return {k: float(v) for k, v in result.items()}
-    value = out["value"]
-    return {"rmse": float(np.sqrt(skm.mean_squared_error(y, value))),
-            "mae": float(skm.mean_absolute_error(y, value)),
-            "r2": float(skm.r2_score(y, value))}
+def batched_predict(predictor: Predictor, batch: int = PREDICT_BATCH) -> Callable[[Examples], Outputs]:
+    """The served path (encode, model, decode) over a split's input columns, ``batch`` rows at a time."""
+    names = [s.name for s in predictor.signature.inputs]
+
+    def predict(examples: Examples) -> Outputs:
+        inputs = {n: examples[n] for n in names if n in examples}
+        rows = len(next(iter(inputs.values())))
+        parts = [predictor.predict_checked({k: v[i:i + batch] for k, v in inputs.items()})
+                 for i in range(0, rows, batch)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    return predict
 
 
-def evaluate(predictor: Predictor, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Evaluation:
-    """Test metrics (unprefixed), ``train_*``/``val_*`` metrics, and the overfitting gap.
+def split_metrics(predictor: Predictor, examples: Examples) -> dict[str, float]:
+    """The task's metrics of ``predictor`` on one split (named arrays with inputs and targets)."""
+    return predictor.task.evaluate(batched_predict(predictor), examples, predictor.prep)
+
+
+def overfit_gap(metrics: dict[str, float], primary: str, lower_is_better: bool) -> float:
+    """Train-minus-validation gap of ``primary`` (for lower-is-better metrics, relative validation excess)."""
+    train, val = metrics[f"train_{primary}"], metrics[f"val_{primary}"]
+    if lower_is_better:
+        return float((val - train) / max(abs(train), 1e-12))
+    return float(train - val)
+
+
+def evaluate(predictor: Predictor, splits: dict[str, Examples]) -> Evaluation:
+    """Test metrics (unprefixed), ``train_*``/``val_*`` metrics, and the overfitting gap on the primary metric.
+
+    A classifier (outputs ``class_index`` and ``probabilities``) also gets the test confusion matrix, and
+    a binary one the ROC curve.
 
     Args:
-        predictor: the trained model.
-        splits: ``train``, ``val`` and ``test`` as ``(x, y)``.
+        predictor: the trained model, loaded with its task.
+        splits: ``train``, ``val`` and ``test`` as named arrays.
     """
-    config = predictor.config
-    metrics = split_metrics(predictor, *splits["test"])
+    task, prep = predictor.task, predictor.prep
+    metrics = split_metrics(predictor, splits["test"])
     for name in ("train", "val"):
-        metrics.update({f"{name}_{k}": v for k, v in split_metrics(predictor, *splits[name]).items()})
-    if config.kind == "classification":
-        gap = metrics["train_accuracy"] - metrics["val_accuracy"]
-    else:
-        gap = (metrics["val_rmse"] - metrics["train_rmse"]) / max(metrics["train_rmse"], 1e-12)
-    metrics["overfit_gap"] = float(gap)
-    result = Evaluation(metrics, config.kind, config.classes, overfitting=gap > OVERFIT_GAP)
-    if config.kind == "classification":
-        x_test, y_test = splits["test"]
-        out = predictor.predict(x_test)
-        result.confusion = skm.confusion_matrix(y_test, out["class_index"],
-                                                labels=range(config.n_outputs)).tolist()
-        if "roc_auc" in metrics:
+        metrics.update({f"{name}_{k}": v for k, v in split_metrics(predictor, splits[name]).items()})
+    primary = task.primary_metric
+    gap = 0.0
+    if f"train_{primary}" in metrics and f"val_{primary}" in metrics:
+        gap = overfit_gap(metrics, primary, task.lower_is_better)
+    metrics["overfit_gap"] = gap
+    classes = list(prep["classes"]) if prep.get("classes") else None
+    result = Evaluation(metrics, task.kind, classes, overfitting=gap > OVERFIT_GAP)
+    outputs = {s.name for s in predictor.signature.outputs}
+    target = getattr(task, "target_column", "label")
+    if (task.kind == "classification" and classes and {"class_index", "probabilities"} <= outputs
+            and target in splits["test"]):
+        y_test = np.asarray(splits["test"][target], dtype=np.int64)
+        out = batched_predict(predictor)(splits["test"])
+        result.confusion = skm.confusion_matrix(y_test, out["class_index"], labels=range(len(classes))).tolist()
+        if len(classes) == 2 and len(np.unique(y_test)) == 2:
             fpr, tpr, thresholds = skm.roc_curve(y_test, out["probabilities"][:, 1])
             result.roc = {"fpr": fpr.tolist(), "tpr": tpr.tolist(),
                           "thresholds": np.clip(thresholds, 0.0, 1.0).tolist()}
@@ -161,7 +182,7 @@ def run_evaluation(model_dir: str, split_paths: dict[str, str], mlflow_run_id: s
     import mlflow
 
     configure_tracking(tracking_uri or None)
-    predictor = Predictor.load(model_dir)
+    predictor = load_predictor(model_dir)
     result = evaluate(predictor, {name: load_split(path) for name, path in split_paths.items()})
     history = load_history(model_dir)
     with mlflow.start_run(run_id=mlflow_run_id):

@@ -1,9 +1,11 @@
-"""The training core: hyperparameters, the model to train, and :func:`fit`, the epoch loop.
+"""The training core: hyperparameters, the task's model, and :func:`fit`, the epoch loop.
 
 Framework-free (no MLflow, no KFP): the train step (:mod:`pillars.components.train`) and every
-distributed worker (:mod:`pillars.components.distributed`) call :func:`fit`. It trains with early
-stopping on validation loss, mixed precision on GPU, DDP under ``torchrun``, and a checkpoint per
-epoch (:mod:`pillars.components.checkpoints`) that a restarted process resumes from.
+distributed worker (:mod:`pillars.components.distributed`) call :func:`fit`. It trains any task of the
+task API (:mod:`pillars.components.task`): ``task.build_model(prep)``, each split encoded once with
+``task.encode``, batches of every encoded tensor and the targets, ``task.loss``; with early stopping on
+validation loss, mixed precision on GPU, DDP under ``torchrun``, and a checkpoint per epoch
+(:mod:`pillars.components.checkpoints`) that a restarted process resumes from.
 """
 
 from __future__ import annotations
@@ -20,18 +22,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from pillars.components.checkpoints import CheckpointWriter, load_checkpoint
 from pillars.components.errors import ConfigError
-from pillars.components.models import ModelConfig, PillarsNet, build_model, save_model
+from pillars.components.predictor import save_model
+from pillars.components.prepare_data import inputs_of, task_of
+from pillars.components.task import Examples, Preprocessing, Task
 
 logger = logging.getLogger("pillars.fit")
 
 __all__ = ["TrainParams", "TrainResult", "fingerprint", "fit", "init_model", "load_history", "pick_device",
            "save_history", "write_model"]
+
+EVAL_BATCH = 1024
+"""Rows per forward pass when scoring the validation split."""
 
 HISTORY = "history.json"
 MIN_DELTA = 1e-4
@@ -45,7 +51,8 @@ class TrainParams:
     batch_size: int = 64
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
-    dropout: float = 0.1
+    dropout: float = -1.0
+    """Probability of every ``nn.Dropout`` in the task's model; -1 keeps the model's own."""
     seed: int = 0
     patience: int = 5
     device: str = "auto"
@@ -60,7 +67,7 @@ class TrainParams:
             "batch_size": self.batch_size >= 1,
             "learning_rate": self.learning_rate > 0,
             "weight_decay": self.weight_decay >= 0,
-            "dropout": 0 <= self.dropout < 1,
+            "dropout": self.dropout == -1 or 0 <= self.dropout < 1,
             "patience": self.patience >= 1,
             "nproc": 1 <= self.nproc <= 64,
             "nodes": 1 <= self.nodes <= 512,
@@ -75,7 +82,7 @@ class TrainParams:
 class TrainResult:
     """What :func:`fit` did: the best model, where it started (after a resume) and its curve."""
 
-    model: PillarsNet
+    model: nn.Module
     history: list[dict[str, float]]
     start_epoch: int
     best_epoch: int
@@ -84,6 +91,9 @@ class TrainResult:
     device: str
     seconds: float = 0.0
     """Wall time of the epoch loop (training, validation, checkpoints, callbacks) in this call."""
+    task: Task | None = None
+    reference: str = ""
+    prep: Preprocessing = dataclasses.field(default_factory=dict)
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -95,37 +105,28 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-def model_config(metadata: dict[str, Any], params: TrainParams) -> ModelConfig:
-    """The architecture the task calls for, sized by the prepared data."""
-    return ModelConfig(
-        task=metadata["task"], kind=metadata["kind"], architecture=metadata["architecture"],
-        input_shape=list(metadata["input_shape"]), feature_names=list(metadata["feature_names"]),
-        classes=metadata["classes"], dropout=params.dropout,
-    )
-
-
-def init_model(metadata: dict[str, Any], params: TrainParams) -> PillarsNet:
-    """A fresh model with the train-split standardisation (and target scale) from ``metadata``."""
+def init_model(task: Task, prep: Preprocessing, params: TrainParams) -> nn.Module:
+    """A fresh model of the task (seeded), with every dropout at ``params.dropout`` unless that is -1."""
     torch.manual_seed(params.seed)
-    model = build_model(model_config(metadata, params))
-    norm = metadata["normalization"]
-    model.standardize.fit(np.asarray(norm["mean"]), np.asarray(norm["std"]))
-    if metadata.get("target"):
-        model.target_mean.fill_(metadata["target"]["mean"])
-        model.target_std.fill_(metadata["target"]["std"])
+    model = task.build_model(prep)
+    if params.dropout != -1:
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = params.dropout
     return model
 
 
 def fingerprint(metadata: dict[str, Any], params: TrainParams, warm: bool = False) -> str:
-    """Identity of a training job: a checkpoint is resumed only by the same data and hyperparameters."""
-    blob = json.dumps({"data": metadata["data_hash"], "task": metadata["task"], "warm": warm,
+    """Identity of a training job: a checkpoint is resumed only by the same task, data and hyperparameters."""
+    blob = json.dumps({"data": metadata["data_hash"], "task": metadata["task"],
+                       "task_args": metadata.get("task_args") or {}, "warm": warm,
                        "params": dataclasses.asdict(params)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def fit(
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
+    train: Examples,
+    val: Examples,
     metadata: dict[str, Any],
     params: TrainParams,
     checkpoint_dir: str | Path | None = None,
@@ -136,16 +137,17 @@ def fit(
     """Train with early stopping on validation loss, checkpointing every epoch.
 
     Args:
-        train: ``(x, y)`` of the train split, raw features.
-        val: ``(x, y)`` of the validation split.
-        metadata: what :func:`pillars.components.prepare_data.prepare` wrote (task, kind, shapes, normalisation).
+        train: the train split's named arrays (the task's inputs and targets).
+        val: the validation split's.
+        metadata: what :func:`pillars.components.prepare_data.prepare` wrote (task reference and arguments,
+            preprocessing, data hash).
         params: hyperparameters.
         checkpoint_dir: where a checkpoint is written after each epoch and read at start
             (:mod:`pillars.components.checkpoints`); one with the same :func:`fingerprint` is resumed
             from its next epoch.
         on_epoch: called with ``(epoch, metrics)`` after each epoch (epochs count from 1).
         progress: show a progress bar; default: when stderr is a terminal.
-        initial_state: weights to start from (warm start from the champion), standardisation included.
+        initial_state: weights to start from (warm start from the champion of the same task and signature).
 
     Returns:
         The best model (lowest validation loss) and the run's history.
@@ -154,7 +156,9 @@ def fit(
     device = pick_device(params.device)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    model = init_model(metadata, params)
+    task = task_of(metadata)
+    prep = metadata["prep"]
+    model = init_model(task, prep, params)
     if initial_state is not None:
         model.load_state_dict(initial_state)
     model = model.to(device)
@@ -163,16 +167,13 @@ def fit(
     if world > 1:
         step_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.index is not None else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
-    classification = metadata["kind"] == "classification"
-    loss_fn: nn.Module = nn.CrossEntropyLoss() if classification else nn.MSELoss()
     amp_dtype = _amp_dtype(device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
 
-    x_train, y_train = _tensors(train, classification, device)
-    x_val, y_val = _tensors(val, classification, device)
-    if not classification:
-        y_train, y_val = model.encode_target(y_train), model.encode_target(y_val)
+    x_train, y_train = _encoded(task, prep, train, device, "train")
+    x_val, y_val = _encoded(task, prep, val, device, "val")
+    n_train = len(y_train)
 
     state = {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0,
              "history": [], "best_model": None}
@@ -196,14 +197,14 @@ def fit(
             break
         torch.manual_seed(params.seed + epoch)
         model.train()
-        order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(params.seed + epoch))
+        order = torch.randperm(n_train, generator=torch.Generator().manual_seed(params.seed + epoch))
         order = order[rank::world]  # the same permutation on every process, a disjoint shard each
         total = torch.zeros((), device=device)
         for start in range(0, len(order), params.batch_size):
             idx = order[start:start + params.batch_size].to(device)
             with autocast:
-                head = step_model(x_train[idx])
-                loss = loss_fn(head if classification else head.squeeze(-1), y_train[idx])
+                head = step_model(**{k: v[idx] for k, v in x_train.items()})
+                loss = task.loss(head, y_train[idx])
             optimizer.zero_grad(set_to_none=True)
             if scaler.is_enabled():
                 scaler.scale(loss).backward()
@@ -215,8 +216,7 @@ def fit(
             total.add_(loss.detach(), alpha=len(idx))
         if world > 1:
             torch.distributed.all_reduce(total)
-        metrics = {"train_loss": float(total) / len(x_train), **_validate(model, x_val, y_val, loss_fn,
-                                                                          classification, amp_dtype)}
+        metrics = {"train_loss": float(total) / n_train, **_validate(task, model, x_val, y_val, amp_dtype)}
         state["history"].append({"epoch": epoch, **metrics})
         state["epoch"] = epoch
         if metrics["val_loss"] < state["best_val_loss"] - MIN_DELTA:
@@ -239,7 +239,8 @@ def fit(
         model.load_state_dict(state["best_model"])
     seconds = time.perf_counter() - started
     return TrainResult(model.cpu().eval(), state["history"], start_epoch, state["best_epoch"],
-                       state["best_val_loss"], done and state["epoch"] < params.epochs, str(device), seconds)
+                       state["best_val_loss"], done and state["epoch"] < params.epochs, str(device), seconds,
+                       task, metadata["task"], prep)
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -250,11 +251,20 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _tensors(split: tuple[np.ndarray, np.ndarray], classification: bool, device: torch.device
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = split
-    return (torch.as_tensor(x, dtype=torch.float32, device=device),
-            torch.as_tensor(y, dtype=torch.long if classification else torch.float32, device=device))
+def _encoded(task: Task, prep: Preprocessing, split: Examples, device: torch.device, name: str
+             ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """A split encoded once: the model's keyword tensors and the targets, on ``device``.
+
+    Raises:
+        ConfigError: an encoded tensor or the targets do not have one row per example.
+    """
+    encoded = task.encode(inputs_of(task, prep, split), prep)
+    targets = task.targets(split, prep)
+    rows = {k: len(v) for k, v in encoded.items()} | {"targets": len(targets)}
+    if len(set(rows.values())) > 1:
+        raise ConfigError(f"the {name} split encodes to tensors of different lengths {rows}: task.encode and "
+                          "task.targets must give one row per example")
+    return {k: v.to(device) for k, v in encoded.items()}, targets.to(device)
 
 
 def _amp_dtype(device: torch.device) -> torch.dtype | None:
@@ -265,16 +275,19 @@ def _amp_dtype(device: torch.device) -> torch.dtype | None:
 
 
 @torch.no_grad()
-def _validate(model: PillarsNet, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, classification: bool,
+def _validate(task: Task, model: nn.Module, x: dict[str, torch.Tensor], y: torch.Tensor,
               amp_dtype: torch.dtype | None) -> dict[str, float]:
+    """``val_loss`` and the task's ``batch_metrics`` (as ``val_<name>``) over the whole validation split."""
     model.eval()
-    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        head = model(x).float()
-    if classification:
-        return {"val_loss": float(loss_fn(head, y)), "val_accuracy": float((head.argmax(1) == y).float().mean())}
-    head = head.squeeze(-1)
-    rmse = torch.sqrt(torch.mean((model.decode(head) - model.decode(y)) ** 2))
-    return {"val_loss": float(loss_fn(head, y)), "val_rmse": float(rmse)}
+    device = y.device
+    heads = []
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        for start in range(0, len(y), EVAL_BATCH):
+            heads.append(model(**{k: v[start:start + EVAL_BATCH] for k, v in x.items()}).float())
+    head = torch.cat(heads)
+    metrics = {"val_loss": float(task.loss(head, y))}
+    metrics.update({f"val_{k}": float(v) for k, v in task.batch_metrics(head, y).items()})
+    return metrics
 
 
 def _progress(epochs: range, progress: bool | None) -> Any:
@@ -299,7 +312,9 @@ def load_history(directory: str | Path) -> list[dict[str, float]]:
 
 
 def write_model(result: TrainResult, output_dir: str | Path) -> Path:
-    """Save the trained model and its history into ``output_dir``."""
-    save_model(result.model, output_dir)
+    """Save the trained model (the task API's saved-model format) and its history into ``output_dir``."""
+    if result.task is None:
+        raise ConfigError("a training result without its task cannot be saved")
+    save_model(result.task, result.reference, result.prep, result.model, output_dir)
     save_history(output_dir, result.history)
     return Path(output_dir)

@@ -1,45 +1,32 @@
-"""Model architectures, the saved-model format, and the predictor used by MLflow pyfunc and the server.
+"""The network of the built-in tabular tasks (:mod:`pillars.tasks.tabular`): an MLP over a table's
+features, or a small CNN over 1xHxW images, with the train split's standardisation (and a regressor's
+target scale) held as buffers so the model takes raw features.
 
-A saved model is a folder with two files, loadable without unpickling anything:
-
-- ``config.json``: a :class:`ModelConfig` (task, kind, architecture, input shape, feature and class names).
-- ``model.safetensors``: the weights, including the input standardisation fitted on the train split
-  (and, for regression, the target scale), so the model takes raw features.
-
-The MLflow pyfunc model keeps these files (and ``data_profile.json``) under ``artifacts/``;
-:func:`locate_model_dir` finds them in either layout.
+Saving, loading and predicting go through the task API (:mod:`pillars.components.predictor`); the
+weights' names here are those Pillars 0.1 saved, so its models load into this network unchanged.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pillars.components.errors import ConfigError, PillarsError
+from pillars.components.errors import ConfigError
 
 FORMAT = "pillars.v1"
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-PROFILE_FILE = "data_profile.json"
+"""The ``format`` of a Pillars 0.1 ``config.json`` (a serialised :class:`ModelConfig`)."""
 ARCHITECTURES = ("mlp", "cnn")
 KINDS = ("classification", "regression")
 
 
-class InputError(PillarsError, ValueError):
-    """A prediction request's input does not fit the model (shape, type, NaN/Inf, empty batch)."""
-
-
 @dataclasses.dataclass
 class ModelConfig:
-    """Everything needed to rebuild a model and to check its inputs."""
+    """The shape of a tabular network (as Pillars 0.1 saved it in ``config.json``)."""
 
     task: str
     kind: str
@@ -176,100 +163,3 @@ class PillarsNet(nn.Module):
 def build_model(config: ModelConfig) -> PillarsNet:
     """A fresh, untrained network for ``config``."""
     return PillarsNet(config)
-
-
-def save_model(model: PillarsNet, directory: str | Path) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if missing)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
-    (directory / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2))
-    return directory
-
-
-def locate_model_dir(path: str | Path) -> Path:
-    """The folder holding ``config.json``: ``path`` itself, or its MLflow ``artifacts/`` subfolder."""
-    path = Path(path)
-    for candidate in (path, path / "artifacts"):
-        if (candidate / CONFIG_FILE).is_file() and (candidate / WEIGHTS_FILE).is_file():
-            return candidate
-    raise ConfigError(f"no Pillars model in {path}: expected {CONFIG_FILE} and {WEIGHTS_FILE}")
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> PillarsNet:
-    """Load a saved model (plain folder or MLflow model folder) for inference, without unpickling."""
-    directory = locate_model_dir(path)
-    try:
-        config = ModelConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
-    except (json.JSONDecodeError, TypeError) as e:
-        raise ConfigError(f"{directory / CONFIG_FILE} is not a valid model config: {e}") from e
-    model = build_model(config)
-    model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
-    return model.to(device).eval()
-
-
-def load_profile(path: str | Path) -> dict[str, Any] | None:
-    """The training data profile stored beside the model, or None when there is none."""
-    directory = locate_model_dir(path)
-    profile = directory / PROFILE_FILE
-    return json.loads(profile.read_text()) if profile.is_file() else None
-
-
-class Predictor:
-    """Checks inputs and runs a loaded model; the one inference path for pyfunc and the server."""
-
-    def __init__(self, model: PillarsNet) -> None:
-        self.model = model
-        self.config = model.config
-        self.device = next(model.parameters()).device
-
-    @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Predictor:
-        """Load from a model folder (plain or MLflow layout)."""
-        return cls(load_model(path, device))
-
-    def check_input(self, x: Any) -> np.ndarray:
-        """Return ``x`` as a float32 batch of shape ``[N, n_features]``, or raise :class:`InputError`."""
-        try:
-            arr = np.asarray(x, dtype=np.float32)
-        except (TypeError, ValueError) as e:
-            raise InputError(f"inputs must be numbers: {e}") from e
-        n = self.config.n_features
-        if arr.ndim == 0:
-            raise InputError("inputs must be a batch, got a scalar")
-        if arr.shape[0] == 0:
-            raise InputError("empty batch: at least one instance is needed")
-        per_example = int(np.prod(arr.shape[1:])) if arr.ndim > 1 else 1
-        if arr.ndim == 1 or per_example != n or (arr.ndim > 2 and list(arr.shape[1:]) != self.config.input_shape):
-            expected = [n] if len(self.config.input_shape) == 1 else f"[{n}] or {self.config.input_shape}"
-            raise InputError(
-                f"each instance must have shape {expected} ({n} features), got {list(arr.shape[1:])}"
-            )
-        if not np.isfinite(arr).all():
-            raise InputError("inputs contain NaN or Inf")
-        return arr.reshape(arr.shape[0], n)
-
-    @torch.inference_mode()
-    def predict(self, x: Any) -> dict[str, np.ndarray]:
-        """Predict a batch.
-
-        Returns:
-            For a classifier ``probabilities`` ``[N, K]`` float32, ``class_index`` ``[N]`` int64 and
-            ``label`` ``[N]`` class names; for a regressor ``value`` ``[N]`` float32.
-
-        Raises:
-            InputError: the batch does not fit the model.
-        """
-        return self.predict_checked(self.check_input(x))
-
-    @torch.inference_mode()
-    def predict_checked(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """:meth:`predict` for a float32 ``[N, n_features]`` batch that :meth:`check_input` (or a caller
-        checking the same way, such as the model server at its edge) has already accepted."""
-        out = self.model.decode(self.model(torch.from_numpy(batch).to(self.device))).cpu().numpy()
-        if self.config.kind == "classification":
-            index = out.argmax(axis=1).astype(np.int64)
-            labels = np.asarray(self.config.classes, dtype=object)[index]
-            return {"probabilities": out.astype(np.float32), "class_index": index, "label": labels}
-        return {"value": out.astype(np.float32)}

@@ -17,19 +17,26 @@ from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metri
 from kfp.dsl.python_component import PythonComponent
 
 
-def resolve_task(model_name: str, task: str, tracking_uri: str) -> str:
-    """The task to retrain: ``task`` when given, else the one the champion of ``model_name`` was trained on."""
+def resolve_task(model_name: str, task: str, task_args: str, tracking_uri: str
+                 ) -> NamedTuple("Resolved", task=str, task_args=str):
+    """The task to retrain and its arguments: ``task``/``task_args`` when given, else the ones the champion
+    of ``model_name`` was trained with."""
+    from collections import namedtuple
+
     from pillars.components.register import task_of_champion
     from pillars.components.tracking import configure_tracking
 
+    resolved = namedtuple("Resolved", ["task", "task_args"])
     if task:
-        return task
+        return resolved(task, task_args)
     configure_tracking(tracking_uri or None)
-    return task_of_champion(model_name)
+    champion_task, champion_args = task_of_champion(model_name)
+    return resolved(champion_task, task_args or champion_args)
 
 
 def prepare_data(
     task: str,
+    task_args: str,
     source: str,
     label_column: str,
     seed: int,
@@ -42,10 +49,11 @@ def prepare_data(
     test_data: Output[Dataset],
     metadata: Output[Artifact],
 ) -> str:
-    """Load, clean and split the data; write ``.npz`` splits and the metadata/profile JSON. Returns the data hash."""
+    """Load and split the task's data, fit its preprocessing; write ``.npz`` splits and the metadata/profile
+    JSON. Returns the data hash."""
     from pillars.components.prepare_data import PrepareParams, run_prepare
 
-    params = PrepareParams(task=task, source=source, label_column=label_column, seed=seed,
+    params = PrepareParams(task=task, task_args=task_args, source=source, label_column=label_column, seed=seed,
                            val_fraction=val_fraction, test_fraction=test_fraction,
                            missing_policy=missing_policy, balance=balance)
     return run_prepare(params, train_data.path, val_data.path, test_data.path, metadata.path)
@@ -81,7 +89,7 @@ def train(
     from pillars.components.train import TrainParams, run_training
 
     with open(metadata.path) as f:
-        name = model_name or json.load(f)["task"]
+        name = model_name or json.load(f)["task_name"]
     params = TrainParams(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                          weight_decay=weight_decay, dropout=dropout, seed=seed, patience=patience, nproc=nproc, nodes=nodes)
     return run_training(train_data.path, val_data.path, metadata.path, params, model.path, name,
@@ -136,7 +144,7 @@ def validate(
     from pillars.components.validate import run_gate
 
     with open(metadata.path) as f:
-        name = model_name or json.load(f)["task"]
+        name = model_name or json.load(f)["task_name"]
     result = run_gate(metrics_json, metadata.path, test_data.path, name, thresholds, margin, tracking_uri)
     with open(decision.path, "w") as f:
         json.dump({"approved": result.approved, "reasons": result.reasons,
@@ -162,7 +170,7 @@ def register(
     from pillars.components.register import run_register
 
     with open(metadata.path) as f:
-        name = model_name or json.load(f)["task"]
+        name = model_name or json.load(f)["task_name"]
     with open(decision.path) as f:
         gate = json.load(f)
     version = run_register(model.path, metadata.path, test_data.path, name, mlflow_run_id, kfp_run_id,

@@ -144,6 +144,17 @@ def load_profile(path: str | Path) -> dict[str, Any] | None:
     return json.loads(profile.read_text()) if profile.is_file() else None
 
 
+def drift_matrix(task: Task, inputs: Examples, prep: Preprocessing) -> tuple[list[str], np.ndarray]:
+    """``task.drift_features`` of a batch as names and a float64 ``[N, F]`` matrix: what the server
+    computes per request and what the training profile (``data_profile.json``) describes."""
+    features = task.drift_features(inputs, prep)
+    names = list(features)
+    n = len(next(iter(inputs.values()))) if inputs else 0
+    matrix = (np.stack([np.asarray(features[k], dtype=np.float64).reshape(-1) for k in names], axis=1) if names
+              else np.zeros((n, 0)))
+    return names, matrix
+
+
 class Predictor:
     """A loaded model with its task: checks inputs, encodes, runs the network, decodes.
 
@@ -175,12 +186,7 @@ class Predictor:
 
     def drift_rows(self, inputs: Examples) -> tuple[list[str], np.ndarray]:
         """The task's drift features of a batch: names and a float64 ``[N, F]`` matrix."""
-        features = self.task.drift_features(inputs, self.prep)
-        names = list(features)
-        n = len(next(iter(inputs.values()))) if inputs else 0
-        matrix = (np.stack([np.asarray(features[k], dtype=np.float64) for k in names], axis=1) if names
-                  else np.zeros((n, 0)))
-        return names, matrix
+        return drift_matrix(self.task, inputs, self.prep)
 
 
 class TorchPredictor(Predictor):

@@ -1,8 +1,10 @@
-"""Step 1, data preparation: load, clean, split (stratified, seeded), fit normalisation on train, profile.
+"""Step 1, data preparation, through the task API: load and split the task's data, fit its preprocessing
+on the train split, profile the train split's drift features.
 
-The splits are written raw (cleaned, imputed, not standardised) as ``.npz`` files with ``x`` and ``y``;
-the train-split mean and standard deviation go into the metadata and become the model's input
-standardisation layer, so the served model takes raw features and the profile describes raw inputs.
+The splits are written as ``.npz`` files of the task's named arrays (``allow_pickle=False``: strings are
+numpy unicode arrays); the metadata JSON names the task (``package.module:attribute`` and its arguments)
+and carries what preprocessing learned, the data hash, the split sizes and the drift profile that every
+registered model keeps as ``data_profile.json``.
 """
 
 from __future__ import annotations
@@ -10,26 +12,37 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
-from sklearn.model_selection import train_test_split
 
-from pillars.components.datasets import RawData, as_float_matrix, load_builtin, load_table
 from pillars.components.errors import ConfigError, DataError
-from pillars.components.profile import build_profile
-from pillars.components.tasks import TaskSpec, get_task
-
-MISSING_POLICIES = ("median", "mean", "zero", "drop")
+from pillars.components.predictor import drift_matrix
+from pillars.components.profile import drift_profile
+from pillars.components.references import default_model_name
+from pillars.components.task import (
+    DataParams,
+    Examples,
+    Preprocessing,
+    Task,
+    check_examples,
+    load_task,
+    task_reference,
+)
 
 
 @dataclasses.dataclass
 class PrepareParams:
-    """How to prepare the data (all are pipeline parameters)."""
+    """How to prepare the data (all are pipeline parameters).
+
+    ``task`` is an installed task's name (``breast_cancer``) or ``package.module:attribute``;
+    ``task_args`` its constructor arguments as a JSON object (empty: none).
+    """
 
     task: str = "breast_cancer"
+    task_args: str = ""
     source: str = ""
     label_column: str = ""
     seed: int = 0
@@ -39,168 +52,152 @@ class PrepareParams:
     balance: bool = False
 
     def __post_init__(self) -> None:
-        if self.missing_policy not in MISSING_POLICIES:
-            raise ConfigError(f"missing_policy must be one of {MISSING_POLICIES}, got {self.missing_policy!r}")
-        for name in ("val_fraction", "test_fraction"):
-            value = getattr(self, name)
-            if not 0.0 < value < 0.5:
-                raise ConfigError(f"{name} must be in (0, 0.5), got {value}")
+        parse_task_args(self.task_args)
+        self.data_params()  # checks the fractions
+
+    def data_params(self) -> DataParams:
+        return DataParams(source=self.source, label_column=self.label_column, seed=self.seed,
+                          val_fraction=self.val_fraction, test_fraction=self.test_fraction,
+                          missing_policy=self.missing_policy, balance=self.balance)
+
+    def load(self) -> Task:
+        """The task, built with its arguments (one line naming an unknown task or a missing package)."""
+        return load_task(self.task, parse_task_args(self.task_args))
+
+
+def parse_task_args(text: str | Mapping[str, Any]) -> dict[str, Any]:
+    """A task's arguments from a JSON object string (``'{"epochs_hint": 3}'``); empty means none.
+
+    Raises:
+        ConfigError: not a JSON object.
+    """
+    if isinstance(text, Mapping):
+        return dict(text)
+    if not str(text).strip():
+        return {}
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"task_args must be a JSON object like '{{\"hidden\": 64}}': {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"task_args must be a JSON object, got {text!r}")
+    return data
 
 
 @dataclasses.dataclass
 class PreparedData:
-    """The three splits plus the metadata every later step reads (``metadata`` holds the profile)."""
+    """The three splits (named arrays) plus the metadata every later step reads (with the profile)."""
 
-    splits: dict[str, tuple[np.ndarray, np.ndarray]]
+    splits: dict[str, Examples]
     metadata: dict[str, Any]
+    task: Task
 
 
-def load_raw(task: TaskSpec, params: PrepareParams) -> RawData:
-    """The task's built-in data set, or the user's table when a source is given."""
-    if params.source:
-        return load_table(params.source, params.label_column or "label")
-    if task.builtin is None:
-        raise DataError(f"task {task.name!r} needs your data: pass --param source=PATH and label_column=NAME")
-    return load_builtin(task.builtin)
+def input_names(task: Task, prep: Preprocessing) -> list[str]:
+    """The task's request input names, as its signature lists them."""
+    return [s.name for s in task.signature(prep).inputs]
+
+
+def inputs_of(task: Task, prep: Preprocessing, examples: Examples) -> Examples:
+    """The columns of ``examples`` that are the task's inputs (optional ones only when present)."""
+    return {n: examples[n] for n in input_names(task, prep) if n in examples}
+
+
+def task_profile(task: Task, train: Examples, prep: Preprocessing, seed: int = 0) -> dict[str, Any]:
+    """The drift profile of the train split: the task's drift features of its inputs, its label profile."""
+    names, matrix = drift_matrix(task, inputs_of(task, prep, train), prep)
+    return drift_profile(names, matrix, task.label_profile(train, prep), task.kind, seed)
 
 
 def prepare(params: PrepareParams) -> PreparedData:
-    """Load, clean, split, impute, optionally balance, and profile the data.
+    """Load and split the task's data, fit preprocessing on the train split, and profile it.
 
     Raises:
-        DataError: empty data, missing label column, non-numeric features, one class only,
-            a split too small to train on.
-        ConfigError: an unknown task or invalid parameter.
+        DataError: the task's data is missing or malformed, or a split lacks one of the task's inputs.
+        ConfigError: an unknown task (one line naming the installed ones), a missing package, bad arguments.
     """
-    task = get_task(params.task)
-    raw = load_raw(task, params)
-    frame = raw.frame
-    report: dict[str, Any] = {"rows_in": int(len(frame)), "missing_policy": params.missing_policy}
-
-    missing_label = frame[raw.label_column].isna()
-    frame = frame.loc[~missing_label]
-    report["dropped_missing_label"] = int(missing_label.sum())
-    before = len(frame)
-    frame = frame.drop_duplicates()
-    report["dropped_duplicates"] = int(before - len(frame))
-    if frame.empty:
-        raise DataError(f"{raw.origin} has no usable rows after removing missing labels and duplicates")
-
-    features = frame.drop(columns=[raw.label_column])
-    if features.shape[1] == 0:
-        raise DataError(f"{raw.origin} has no feature columns besides the label {raw.label_column!r}")
-    feature_names = [str(c) for c in features.columns]
-    x = as_float_matrix(features, raw.origin)
-    report["missing_values"] = {n: int(c) for n, c in zip(feature_names, np.isnan(x).sum(axis=0)) if c}
-    if params.missing_policy == "drop":
-        keep = ~np.isnan(x).any(axis=1)
-        report["dropped_missing_features"] = int((~keep).sum())
-        x, frame = x[keep], frame.loc[keep]
-        if len(x) == 0:
-            raise DataError(f"every row of {raw.origin} has a missing feature value (missing_policy=drop)")
-
-    y, classes = _encode_labels(frame[raw.label_column], task, raw)
-    data_hash = _hash(x, y)
-    splits, stratified = _split(x, y, task, params)
-    report["stratified"] = stratified
-    fill = _fill_values(splits["train"][0], params.missing_policy)
-    splits = {name: (_impute(xs, fill), ys) for name, (xs, ys) in splits.items()}
-    if params.balance and task.kind == "classification":
-        splits["train"] = _oversample(*splits["train"], seed=params.seed)
-        report["balanced"] = True
-
-    x_train, y_train = splits["train"]
+    task = params.load()
+    reference = task_reference(params.task)
+    data = task.load_data(params.data_params())
+    prep = task.fit_preprocessing(data.train, data.info)
+    signature = task.signature(prep)
+    required = [s.name for s in signature.inputs if not s.optional]
+    for name, split in data.splits().items():
+        if check_examples(split, required, f"{reference} {name} split") == 0:
+            raise DataError(f"{reference}: the {name} split is empty")
+    splits = {name: _storable(split, f"{reference} {name} split") for name, split in data.splits().items()}
+    info = _json_ready(data.info)
     metadata = {
-        "task": task.name,
+        "task": reference,
+        "task_name": default_model_name(params.task),
+        "task_args": parse_task_args(params.task_args),
         "kind": task.kind,
-        "architecture": task.architecture,
-        "source": raw.origin,
-        "feature_names": feature_names,
-        "input_shape": raw.input_shape or [len(feature_names)],
-        "classes": classes,
-        "normalization": {"mean": x_train.mean(axis=0).tolist(), "std": x_train.std(axis=0).tolist()},
-        "target": None if task.kind == "classification" else
-        {"mean": float(y_train.mean()), "std": float(y_train.std() or 1.0)},
-        "data_hash": data_hash,
+        "info": info,
+        "prep": _json_ready(prep),
+        "signature": _json_ready(signature.to_dict()),
+        "data_hash": str(info.get("data_hash") or hash_examples(splits)),
+        "split_rows": {name: _rows(split) for name, split in splits.items()},
         "seed": params.seed,
-        "split_rows": {name: int(len(s[1])) for name, s in splits.items()},
-        "cleaning": report,
-        "profile": build_profile(x_train, y_train, feature_names, task.kind, classes, params.seed),
+        "source": str(info.get("source") or params.source or reference),
+        "profile": task_profile(task, splits["train"], prep, params.seed),
     }
-    return PreparedData(splits, metadata)
+    return PreparedData(splits, metadata, task)
 
 
-def _encode_labels(labels: pd.Series, task: TaskSpec, raw: RawData) -> tuple[np.ndarray, list[str] | None]:
-    if task.kind == "regression":
-        values = pd.to_numeric(labels, errors="coerce")
-        if values.isna().any():
-            raise DataError(f"label column {raw.label_column!r} of {raw.origin} must be numeric for regression")
-        return values.to_numpy(dtype=np.float32), None
-    values = sorted(labels.unique(), key=lambda v: (str(type(v)), v))
-    if len(values) < 2:
-        raise DataError(
-            f"label column {raw.label_column!r} of {raw.origin} has only one class ({values[0]!r}); "
-            "a classifier needs at least two"
-        )
-    index = {v: i for i, v in enumerate(values)}
-    names = [raw.class_names.get(v, str(v)) if raw.class_names else str(v) for v in values]
-    return labels.map(index).to_numpy(dtype=np.int64), names
+def _rows(split: Examples) -> int:
+    return int(len(next(iter(split.values())))) if split else 0
 
 
-def _split(x: np.ndarray, y: np.ndarray, task: TaskSpec, params: PrepareParams
-           ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], bool]:
-    n_holdout = params.val_fraction + params.test_fraction
-    stratify = task.kind == "classification" and np.bincount(y).min() >= 3
-    if len(y) * min(params.val_fraction, params.test_fraction) < 1 or len(y) < 10:
-        raise DataError(f"only {len(y)} usable rows: at least 10 are needed to split train/val/test")
-    x_train, x_rest, y_train, y_rest = train_test_split(
-        x, y, test_size=n_holdout, random_state=params.seed, stratify=y if stratify else None)
-    rest_stratify = stratify and np.bincount(y_rest).min() >= 2
-    x_val, x_test, y_val, y_test = train_test_split(
-        x_rest, y_rest, test_size=params.test_fraction / n_holdout, random_state=params.seed,
-        stratify=y_rest if rest_stratify else None)
-    return {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}, bool(stratify)
+def _storable(split: Examples, where: str) -> Examples:
+    """Every column as an array ``np.savez`` writes without pickle (strings as numpy unicode)."""
+    result = {}
+    for name, value in split.items():
+        array = np.asarray(value)
+        if array.dtype.kind == "O":
+            try:
+                array = array.astype(str) if all(isinstance(v, str) for v in array.reshape(-1)) else array
+            except (TypeError, ValueError):
+                pass
+        if array.dtype.kind == "O":
+            raise DataError(f"{where}: column {name!r} holds Python objects; give numbers or strings")
+        result[name] = array
+    return result
 
 
-def _fill_values(x_train: np.ndarray, policy: str) -> np.ndarray:
-    if policy == "zero" or policy == "drop" or not np.isnan(x_train).any():
-        return np.zeros(x_train.shape[1], dtype=np.float32)
-    with np.errstate(all="ignore"):
-        fill = np.nanmedian(x_train, axis=0) if policy == "median" else np.nanmean(x_train, axis=0)
-    return np.nan_to_num(fill).astype(np.float32)
-
-
-def _impute(x: np.ndarray, fill: np.ndarray) -> np.ndarray:
-    missing = np.isnan(x)
-    return np.where(missing, fill, x).astype(np.float32) if missing.any() else x
-
-
-def _oversample(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Random oversampling of minority classes (train split only) up to the majority count."""
-    rng = np.random.default_rng(seed)
-    counts = np.bincount(y)
-    index = [np.flatnonzero(y == c) for c in range(len(counts)) if counts[c]]
-    chosen = np.concatenate([np.concatenate([i, rng.choice(i, counts.max() - len(i))]) for i in index])
-    rng.shuffle(chosen)
-    return x[chosen], y[chosen]
-
-
-def _hash(x: np.ndarray, y: np.ndarray) -> str:
-    digest = hashlib.sha256(np.ascontiguousarray(x).tobytes())
-    digest.update(np.ascontiguousarray(y).tobytes())
+def hash_examples(splits: Mapping[str, Examples]) -> str:
+    """A short hash of every split's named arrays (names, dtypes, shapes and bytes)."""
+    digest = hashlib.sha256()
+    for split in sorted(splits):
+        for name in sorted(splits[split]):
+            array = np.ascontiguousarray(splits[split][name])
+            digest.update(f"{split}/{name}/{array.dtype.str}/{array.shape}".encode())
+            digest.update(array.tobytes())
     return digest.hexdigest()[:16]
 
 
-def save_split(path: str | Path, x: np.ndarray, y: np.ndarray) -> None:
-    """Write one split as ``.npz`` (``x`` float32 ``[N, F]``, ``y``); ``path`` is used as given."""
+def _json_ready(value: Any) -> Any:
+    """``value`` with numpy scalars and arrays as plain JSON values."""
+    return json.loads(json.dumps(value, default=_plain))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON-ready")
+
+
+def save_split(path: str | Path, examples: Examples) -> None:
+    """Write one split as ``.npz`` of its named arrays; ``path`` is used as given."""
     with open(path, "wb") as f:
-        np.savez(f, x=x, y=y)
+        np.savez(f, **_storable(examples, str(path)))
 
 
-def load_split(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read a split written by :func:`save_split`."""
+def load_split(path: str | Path) -> Examples:
+    """Read a split written by :func:`save_split` (no pickle)."""
     with np.load(path, allow_pickle=False) as data:
-        return data["x"], data["y"]
+        return {name: data[name] for name in data.files}
 
 
 def save_metadata(path: str | Path, metadata: dict[str, Any]) -> None:
@@ -213,10 +210,15 @@ def load_metadata(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
+def task_of(metadata: Mapping[str, Any]) -> Task:
+    """The task a prepared data set was made by (its reference and arguments, from the metadata)."""
+    return load_task(metadata["task"], metadata.get("task_args") or {})
+
+
 def run_prepare(params: PrepareParams, train_path: str, val_path: str, test_path: str, metadata_path: str) -> str:
     """Prepare and write the three splits and the metadata; returns the data hash."""
     data = prepare(params)
     for name, path in (("train", train_path), ("val", val_path), ("test", test_path)):
-        save_split(path, *data.splits[name])
+        save_split(path, data.splits[name])
     save_metadata(metadata_path, data.metadata)
     return str(data.metadata["data_hash"])

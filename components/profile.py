@@ -1,4 +1,4 @@
-"""The data profile: schema, per-feature statistics and histograms of the train split.
+"""The data profile: schema, per-feature statistics and histograms of the train split's drift features.
 
 It is stored with every registered model and is the baseline the model server measures drift against.
 """
@@ -33,6 +33,37 @@ def feature_profile(values: np.ndarray, bins: int = HISTOGRAM_BINS) -> dict[str,
     }
 
 
+def drift_profile(
+    names: Sequence[str],
+    matrix: np.ndarray,
+    label: dict[str, Any] | None,
+    kind: str,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Profile of the train split's drift features: per-feature profiles, the label distribution and a small
+    reference sample (rows of ``matrix``).
+
+    Args:
+        names: the ``F`` drift feature names (a task's :meth:`~pillars.components.task.Task.drift_features`).
+        matrix: ``[N, F]`` float values of those features on the train split.
+        label: the training targets' distribution (``Task.label_profile``), None when the task has none.
+        kind: the task's kind (``classification``, ``regression``, ...).
+        seed: for drawing the reference sample.
+    """
+    matrix = np.asarray(matrix, dtype=np.float64).reshape(len(matrix), len(names))
+    features = {name: feature_profile(matrix[:, i]) for i, name in enumerate(names)}
+    rng = np.random.default_rng(seed)
+    take = rng.choice(len(matrix), size=min(REFERENCE_ROWS, len(matrix)), replace=False)
+    return {
+        "rows": int(len(matrix)),
+        "kind": kind,
+        "schema": [{"name": name, "type": "float32"} for name in names],
+        "features": features,
+        "label": label,
+        "reference_sample": np.round(matrix[take], 6).tolist(),
+    }
+
+
 def build_profile(
     x_train: np.ndarray,
     y_train: np.ndarray,
@@ -41,29 +72,12 @@ def build_profile(
     classes: Sequence[str] | None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Profile of the train split: per-feature profiles, the label distribution and a small reference sample.
-
-    Args:
-        x_train: ``[N, F]`` raw (unstandardised) features.
-        y_train: class indices for a classifier, values for a regressor.
-        feature_names: the ``F`` column names.
-        kind: ``classification`` or ``regression``.
-        classes: class names for a classifier.
-        seed: for drawing the reference sample.
-    """
-    features = {name: feature_profile(x_train[:, i]) for i, name in enumerate(feature_names)}
+    """:func:`drift_profile` of a feature table ``x_train`` ``[N, F]`` with class indices (``classes`` given) or
+    values ``y_train`` as the label (what the tabular tasks' drift features and label profile are)."""
     if kind == "classification":
-        counts = np.bincount(y_train.astype(np.int64), minlength=len(classes or []))
-        label = {"classes": list(classes or []), "counts": counts.tolist(),
-                 "shares": (counts / max(counts.sum(), 1)).tolist()}
+        counts = np.bincount(np.asarray(y_train, dtype=np.int64), minlength=len(classes or []))
+        label: dict[str, Any] | None = {"classes": list(classes or []), "counts": counts.tolist(),
+                                        "shares": (counts / max(counts.sum(), 1)).tolist()}
     else:
-        label = feature_profile(y_train.astype(np.float64))
-    rng = np.random.default_rng(seed)
-    take = rng.choice(len(x_train), size=min(REFERENCE_ROWS, len(x_train)), replace=False)
-    return {
-        "rows": int(len(x_train)),
-        "schema": [{"name": name, "type": "float32"} for name in feature_names],
-        "features": features,
-        "label": label,
-        "reference_sample": np.round(x_train[take], 6).tolist(),
-    }
+        label = feature_profile(np.asarray(y_train, dtype=np.float64))
+    return drift_profile(feature_names, np.asarray(x_train).reshape(len(x_train), -1), label, kind, seed)

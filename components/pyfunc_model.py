@@ -1,13 +1,15 @@
 """MLflow pyfunc flavour of a Pillars model, logged as "models from code" (nothing is pickled).
 
-``mlflow.pyfunc.load_model("models:/NAME@champion").predict(df)`` takes a DataFrame whose columns
-are the model's feature names (or any ``n_features`` numeric columns in order) and returns a
-DataFrame: ``label``, ``class_index`` and ``prob_<class>`` columns for a classifier, ``value``
-for a regressor.
+``mlflow.pyfunc.load_model("models:/NAME@champion").predict(df)`` loads the saved model from the
+artifacts (:func:`pillars.components.predictor.load_predictor`: its task comes from the installed
+packages) and takes a DataFrame whose columns are the model's input names (a single table input: its
+feature names); it returns a DataFrame of the outputs (:mod:`pillars.components.frames`): ``label``,
+``class_index`` and ``prob_<class>`` for a classifier, ``value`` for a regressor, lists for ``[N, k]`` outputs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,30 +17,27 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pillars.components.models import Predictor
+from pillars.components.frames import frame_to_inputs, outputs_to_frame
+from pillars.components.predictor import Predictor, load_predictor
 
 
 class PillarsPyfunc(mlflow.pyfunc.PythonModel):
-    """Loads the safetensors weights and config from the model's artifacts and predicts."""
+    """Loads the saved model from the model's artifacts and predicts."""
+
+    predictor: Predictor
 
     def load_context(self, context: Any) -> None:
-        self.predictor = Predictor.load(Path(context.artifacts["config"]).parent)
+        self.predictor = load_predictor(Path(context.artifacts["config"]).parent)
 
     def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        config = self.predictor.config
+        signature = self.predictor.signature
         if isinstance(model_input, pd.DataFrame):
-            columns = [c for c in config.feature_names if c in model_input.columns]
-            frame = model_input[columns] if len(columns) == config.n_features else model_input
-            values = frame.to_numpy(dtype=np.float32)
+            inputs = frame_to_inputs(signature, model_input)
+        elif isinstance(model_input, Mapping):
+            inputs = dict(model_input)
         else:
-            values = np.asarray(model_input, dtype=np.float32)
-        out = self.predictor.predict(values)
-        if config.kind == "regression":
-            return pd.DataFrame({"value": out["value"]})
-        frame = pd.DataFrame({"label": out["label"].astype(str), "class_index": out["class_index"]})
-        for i, name in enumerate(config.classes or []):
-            frame[f"prob_{name}"] = out["probabilities"][:, i]
-        return frame
+            inputs = {signature.inputs[0].name: np.asarray(model_input)}
+        return outputs_to_frame(self.predictor.predict(inputs), self.predictor.prep)
 
 
 mlflow.models.set_model(PillarsPyfunc())

@@ -19,6 +19,13 @@ MAX_NAME_BYTES = 200
 _UNSAFE = re.compile(r"[\\@%\x00-\x1f\x7f]")
 
 
+def default_model_name(task: str) -> str:
+    """The registered-model name a run of ``task`` gets when none is given: the task's name for an
+    installed task (``breast_cancer``), the attribute's name for ``package.module:attribute``
+    (``my_package.tasks:churn`` -> ``churn``)."""
+    return task.rpartition(":")[2].rpartition(".")[2] if ":" in task else task
+
+
 def check_model_name(name: str) -> str:
     """``name`` when it is a valid registered-model name that is also safe as one folder name.
 

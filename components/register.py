@@ -17,12 +17,12 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import mlflow
-import numpy as np
 
 from pillars.components.errors import RegistryError
-from pillars.components.mlflow_model import log_pillars_model
-from pillars.components.models import PROFILE_FILE
+from pillars.components.mlflow_model import EXAMPLE_ROWS, log_pillars_model
+from pillars.components.predictor import PROFILE_FILE
 from pillars.components.prepare_data import load_metadata, load_split
+from pillars.components.task import Examples
 from pillars.components.registry import (ANY, CHALLENGER, CHAMPION, AnyVersion, ChampionMoved, LockTiming,
                                          RegistryUnavailable, alias_version, client, move_alias)
 from pillars.components.settings import package_version
@@ -49,17 +49,17 @@ def register_model(
     model_name: str,
     mlflow_run_id: str,
     lineage: Mapping[str, str],
-    example_rows: np.ndarray | None = None,
+    example_inputs: Examples | None = None,
 ) -> str:
     """Log the model in the given MLflow run and register it as a new version of ``model_name``.
 
     Args:
-        model_dir: folder with ``config.json`` and ``model.safetensors``.
+        model_dir: a saved model folder (:func:`pillars.components.predictor.save_model`).
         profile: the training data profile, stored as ``data_profile.json`` beside the weights.
         model_name: registered model name.
         mlflow_run_id: the run the model belongs to (training's run).
         lineage: tags for the version (KFP run id, data hash, gate decision, ...).
-        example_rows: a few raw input rows for the input example.
+        example_inputs: a few rows of the model's inputs (named arrays) for the input example.
 
     Returns:
         The version number (as a string); the existing one when this run was registered before (a
@@ -80,7 +80,7 @@ def register_model(
             profile_path = Path(tmp) / PROFILE_FILE
             profile_path.write_text(json.dumps(profile))
         with mlflow.start_run(run_id=mlflow_run_id):
-            info = log_pillars_model(model_dir, profile_path, example_rows)
+            info = log_pillars_model(model_dir, profile_path, example_inputs)
     tags = {"mlflow_run_id": mlflow_run_id, "code_version": code_version(), **lineage}
     version = mlflow.register_model(info.model_uri, model_name, tags={k: str(v) for k, v in tags.items()})
     move_alias(model_name, CHALLENGER, version.version, f"registered from run {mlflow_run_id}", c)
@@ -138,8 +138,9 @@ def champion_version(model_name: str) -> str | None:
     return alias_version(model_name, CHAMPION)
 
 
-def task_of_champion(model_name: str) -> str:
-    """The task the champion of ``model_name`` was trained on (its ``task`` tag).
+def task_of_champion(model_name: str) -> tuple[str, str]:
+    """The task the champion of ``model_name`` was trained on: its ``task`` tag (a task name or
+    ``package.module:attribute``) and its ``task_args`` tag (JSON; ``{}`` when untagged).
 
     Raises:
         RegistryError: the model has no champion, or the champion has no task tag.
@@ -147,10 +148,10 @@ def task_of_champion(model_name: str) -> str:
     version = champion_version(model_name)
     if version is None:
         raise RegistryError(f"{model_name} has no champion to retrain; pass the task explicitly")
-    task = client().get_model_version(model_name, version).tags.get("task")
-    if not task:
+    tags = client().get_model_version(model_name, version).tags
+    if not tags.get("task"):
         raise RegistryError(f"{model_name} v{version} has no task tag; pass the task explicitly")
-    return task
+    return tags["task"], tags.get("task_args") or "{}"
 
 
 @contextlib.contextmanager
@@ -166,6 +167,8 @@ def run_register(model_dir: str, metadata_path: str, test_path: str, model_name:
     configure_tracking(tracking_uri or None)
     metadata = load_metadata(metadata_path)
     lineage = {"kfp_run_id": kfp_run_id, "data_hash": metadata["data_hash"], "task": metadata["task"],
+               "task_args": json.dumps(metadata.get("task_args") or {}, sort_keys=True),
                "source": metadata["source"], "gate_approved": str(approved).lower(), "gate_reasons": reasons[:4000]}
-    x_test, _ = load_split(test_path)
-    return register_model(model_dir, metadata["profile"], model_name, mlflow_run_id, lineage, x_test[:3])
+    test = load_split(test_path)
+    examples = {k: v[:EXAMPLE_ROWS] for k, v in test.items()}
+    return register_model(model_dir, metadata["profile"], model_name, mlflow_run_id, lineage, examples)

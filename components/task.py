@@ -145,6 +145,10 @@ class Signature:
         return cls(specs(data["inputs"]), specs(data["outputs"]))
 
 
+MISSING_POLICIES = ("median", "mean", "zero", "drop")
+"""How a task that reads a table fills missing feature values (:attr:`DataParams.missing_policy`)."""
+
+
 @dataclasses.dataclass
 class DataParams:
     """Data parameters of a pipeline run; a task uses those that apply to it and ignores the rest.
@@ -161,6 +165,8 @@ class DataParams:
     balance: bool = False
 
     def __post_init__(self) -> None:
+        if self.missing_policy not in MISSING_POLICIES:
+            raise ConfigError(f"missing_policy must be one of {MISSING_POLICIES}, got {self.missing_policy!r}")
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0.0 < value < 0.5:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -25,8 +26,9 @@ from pillars.components.distributed import launch_local, worker_args
 from pillars.components.errors import ConfigError
 from pillars.components.evaluate import learning_curve_figure
 from pillars.components.fit import TrainParams, fingerprint, fit, load_history, write_model
-from pillars.components.models import Predictor, load_model
-from pillars.components.prepare_data import load_metadata, load_split
+from pillars.components.predictor import load_predictor
+from pillars.components.prepare_data import load_metadata, load_split, task_of
+from pillars.components.task import Signature
 from pillars.components.references import check_model_name
 from pillars.components.register import champion_version, downloaded_version
 from pillars.components.settings import Settings
@@ -40,21 +42,24 @@ LAUNCHERS = ("local", "trainjob")
 
 @contextlib.contextmanager
 def warm_start(model_name: str, metadata: dict[str, Any]) -> Iterator[tuple[str | None, Path | None]]:
-    """The champion of ``model_name`` as a starting point: ``(version, model folder)`` when its inputs,
-    outputs and architecture match the prepared data, else ``(None, None)``. The downloaded folder
-    is removed when the block ends."""
+    """The champion of ``model_name`` as a starting point: ``(version, model folder)`` when it is a model of
+    the same task (reference and arguments) with the same signature and classes as the prepared data, else
+    ``(None, None)``. The downloaded folder is removed when the block ends."""
     version = champion_version(model_name)
     if version is None:
         yield None, None
         return
     with downloaded_version(model_name, version) as folder:
-        config = Predictor.load(folder).config
-        same = (config.feature_names == metadata["feature_names"] and config.classes == metadata["classes"]
-                and config.architecture == metadata["architecture"]
-                and config.input_shape == metadata["input_shape"])
+        champion = load_predictor(folder)
+        task = task_of(metadata)
+        signature = Signature.from_dict(json.loads(json.dumps(task.signature(metadata["prep"]).to_dict())))
+        args = json.loads(json.dumps(task.task_args()))
+        same = (champion.config.task == metadata["task"] and champion.config.task_args == args
+                and champion.signature == signature
+                and champion.prep.get("classes") == metadata["prep"].get("classes"))
         if not same:
-            logger.warning("not warm-starting from %s v%s: its inputs or outputs differ from the data",
-                           model_name, version)
+            logger.warning("not warm-starting from %s v%s: another task, or its inputs or outputs differ from "
+                           "the data", model_name, version)
             yield None, None
         else:
             yield version, folder
@@ -125,7 +130,7 @@ def _train_in_run(train_path: str, val_path: str, metadata_path: str, metadata: 
                   params: TrainParams, model_dir: str, experiment: str, kfp_run_id: str, checkpoint_root: str,
                   progress: bool | None, launcher: str, gpus_per_node: int, warm_start_from: str,
                   warm_version: str | None, warm_dir: Path | None) -> str:
-    initial_state = load_model(warm_dir).state_dict() if warm_dir is not None else None
+    initial_state = load_predictor(warm_dir).model.state_dict() if warm_dir is not None else None
     root = checkpoint_root or str(Settings().resolved_checkpoint_root())
     ckpt = checkpoint_dir_for(root, experiment, kfp_run_id, metadata, params, warm=initial_state is not None)
     ckpt.mkdir(parents=True, exist_ok=True)
@@ -139,7 +144,8 @@ def _train_in_run(train_path: str, val_path: str, metadata_path: str, metadata: 
             run_file.write_text(run.info.run_id)
             if warm_version is not None:
                 mlflow.set_tag("pillars.warm_started_from", f"{warm_start_from}/{warm_version}")
-            mlflow.log_params({"task": metadata["task"], "data_hash": metadata["data_hash"],
+            mlflow.log_params({"task": metadata["task"], "task_args": json.dumps(metadata.get("task_args") or {}),
+                               "data_hash": metadata["data_hash"],
                                "source": metadata["source"], **dataclasses.asdict(params),
                                **{f"rows_{k}": v for k, v in metadata["split_rows"].items()}})
 
@@ -163,7 +169,7 @@ def _train_in_run(train_path: str, val_path: str, metadata_path: str, metadata: 
                        "stopped_early": result.stopped_early, "device": result.device, "world_size": 1}
         if summary["start_epoch"] > 1:
             log_epoch.backfill(history)
-        trained = len(load_split(train_path)[1]) * (len(history) - summary["start_epoch"] + 1)
+        trained = metadata["split_rows"]["train"] * (len(history) - summary["start_epoch"] + 1)
         mlflow.log_metrics({"train_seconds": summary["seconds"],
                             "train_samples_per_second": trained / max(summary["seconds"], 1e-9)})
         mlflow.set_tags({"pillars.device": summary["device"], "pillars.world_size": summary["world_size"],

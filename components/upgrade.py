@@ -1,16 +1,20 @@
 """Re-registering model versions that an older Pillars logged, so ``mlflow.pyfunc.load_model`` loads them.
 
 Pillars 0.1 installed the bare ``components`` package, and the pyfunc code it logged with each model
-says ``from components.models import Predictor``; that module no longer exists, so MLflow cannot load
-those versions as pyfuncs (the model server still serves them: it reads ``config.json`` and
-``model.safetensors`` directly). :func:`upgrade_version` logs the same weights, config and data
-profile with the current pyfunc code into the version's own MLflow run (same params and metrics) and
-registers the result as a new version with the old one's tags, plus ``upgraded_from``. Aliases do not
-move: promoting the new version is a separate, recorded decision (``pillars models promote``).
+says ``from components.models import Predictor``; that module no longer exists, and neither does the
+single-tensor predictor that later versions' pyfunc code imported (``pillars.components.models``), so
+MLflow cannot load those versions as pyfuncs (the model server still serves them: their ``pillars.v1``
+config is translated into the tabular task's on load, :mod:`pillars.components.predictor`).
+:func:`upgrade_version` logs the same weights, translated into the current saved-model format (task
+reference, preprocessing) with the data profile and the current pyfunc code, into the version's own MLflow
+run (same params and metrics) and registers the result as a new version with the old one's tags, plus
+``upgraded_from``. Aliases do not move: promoting the new version is a separate, recorded decision
+(``pillars models promote``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import tempfile
@@ -24,8 +28,9 @@ from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
 from pillars.components.errors import RegistryError
+from pillars.components.frames import frame_to_inputs
 from pillars.components.mlflow_model import log_pillars_model
-from pillars.components.models import PROFILE_FILE, locate_model_dir
+from pillars.components.predictor import CONFIG_FILE, FORMAT, PROFILE_FILE, load_predictor, locate_model_dir
 from pillars.components.register import code_version
 from pillars.components.registry import client, get_model
 from pillars.components.tracking import ensure_experiment
@@ -58,8 +63,12 @@ def pyfunc_code(model_folder: Path) -> str:
 
 
 def is_legacy(model_folder: Path) -> bool:
-    """Whether the model's pyfunc code imports the bare 0.1 package names (``components.models``)."""
-    return bool(LEGACY_IMPORT.search(pyfunc_code(model_folder)))
+    """Whether the model's pyfunc code imports the bare 0.1 package names (``components.models``), or its
+    saved config is of an older format than the task API's (``pillars.v1``)."""
+    if LEGACY_IMPORT.search(pyfunc_code(model_folder)):
+        return True
+    config = json.loads((locate_model_dir(model_folder) / CONFIG_FILE).read_text())
+    return config.get("format") != FORMAT
 
 
 def upgrade_version(name: str, version: str, mlflow_client: MlflowClient | None = None) -> Upgrade | None:
@@ -83,7 +92,9 @@ def upgrade_version(name: str, version: str, mlflow_client: MlflowClient | None 
         model_dir = locate_model_dir(folder)
         profile = model_dir / PROFILE_FILE
         example = Model.load(folder).load_input_example(str(folder))
-        rows = example.to_numpy() if example is not None else None
+        rows = None
+        if example is not None:
+            rows = frame_to_inputs(load_predictor(model_dir).signature, example)
         run = (dict(run_id=old.run_id) if old.run_id
                else dict(experiment_id=ensure_experiment(name), run_name=f"upgrade-{name}-v{version}"))
         with mlflow.start_run(**run):

@@ -1,7 +1,9 @@
 """Step 4, the gate: a candidate passes only if it clears the thresholds AND is not worse than the champion.
 
-The champion is scored on the candidate's own test split when its inputs match (a fair comparison
-after the data changed); otherwise its logged test metric is used.
+The primary metric, its direction and the default thresholds come from the task. The champion is scored
+on the candidate's own test split when it is a model of the same task with the same signature (a fair
+comparison after the data changed); otherwise its logged test metric is used. An error while asking the
+registry stops the gate (fail closed).
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ import numpy as np
 
 from pillars.components.errors import ConfigError
 from pillars.components.evaluate import split_metrics
-from pillars.components.models import Predictor
-from pillars.components.prepare_data import load_metadata, load_split
+from pillars.components.predictor import Predictor, load_predictor
+from pillars.components.prepare_data import load_metadata, load_split, task_of
 from pillars.components.register import champion_version, downloaded_version
 from pillars.components.registry import client
-from pillars.components.tasks import TaskSpec, get_task
+from pillars.components.task import Examples, Preprocessing, Signature, Task
 from pillars.components.tracking import configure_tracking
 
 logger = logging.getLogger("pillars.validate")
@@ -35,10 +37,10 @@ class GateDecision:
     champion_score: float | None = None
 
 
-def parse_thresholds(text: str, task: TaskSpec) -> dict[str, float]:
+def parse_thresholds(text: str, task: Task | None) -> dict[str, float]:
     """Thresholds from a JSON object string (``{"accuracy": 0.9}``); the task's defaults when empty."""
     if not text.strip():
-        return dict(task.thresholds)
+        return dict(task.thresholds) if task is not None else {}
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -48,12 +50,17 @@ def parse_thresholds(text: str, task: TaskSpec) -> dict[str, float]:
     return {str(k): float(v) for k, v in data.items()}
 
 
-LOWER_IS_BETTER = {"rmse", "mae", "overfit_gap"}
+def lower_is_better(task: Task) -> frozenset[str]:
+    """The metric names where lower is better for ``task`` (its primary metric when it says so)."""
+    names = set(task.lower_is_better_metrics) | {"overfit_gap"}
+    if task.lower_is_better:
+        names.add(task.primary_metric)
+    return frozenset(names)
 
 
 def gate(
     metrics: Mapping[str, float],
-    task: TaskSpec,
+    task: Task,
     thresholds: Mapping[str, float],
     margin: float = 0.0,
     champion_score: float | None = None,
@@ -63,8 +70,9 @@ def gate(
 
     Args:
         metrics: the candidate's test metrics (``accuracy``, ``rmse``, ...).
-        task: gives the primary metric and its direction.
-        thresholds: minimum values (maximum for ``rmse``, ``mae``, ``overfit_gap``) the candidate must meet.
+        task: gives the primary metric and the metrics' directions.
+        thresholds: minimum values (maximum for lower-is-better metrics such as ``rmse`` and ``overfit_gap``)
+            the candidate must meet.
         margin: how much worse than the champion on the primary metric the candidate may be (>= 0).
         champion_score: the champion's primary metric on the same test data, None when there is no champion.
         champion_version: for the reasons.
@@ -72,15 +80,19 @@ def gate(
     if margin < 0:
         raise ConfigError(f"margin must be >= 0, got {margin}")
     reasons, ok = [], True
+    lower_names = lower_is_better(task)
     for name, limit in thresholds.items():
         if name not in metrics:
             raise ConfigError(f"threshold on unknown metric {name!r}; metrics are: {', '.join(sorted(metrics))}")
         value = metrics[name]
-        lower = name in LOWER_IS_BETTER
+        lower = name in lower_names
         passed = value <= limit if lower else value >= limit
         ok &= passed
         reasons.append(f"{name}={value:.4f} {'<=' if lower else '>='} {limit} {'passed' if passed else 'FAILED'}")
     primary = task.primary_metric
+    if primary not in metrics:
+        raise ConfigError(f"the task's primary metric {primary!r} is not among the metrics: "
+                          f"{', '.join(sorted(metrics))}")
     candidate = metrics[primary]
     if champion_score is None or not np.isfinite(champion_score):
         reasons.append("no champion to compare with")
@@ -92,9 +104,17 @@ def gate(
     return GateDecision(bool(ok), reasons, champion_version, champion_score)
 
 
-def champion_score(model_name: str, task: TaskSpec, test: tuple[np.ndarray, np.ndarray],
-                   feature_names: list[str]) -> tuple[str | None, float | None, str]:
-    """The champion's primary metric: scored on ``test`` when its inputs match, else its logged value.
+def comparable(predictor: Predictor, reference: str, signature: Signature, prep: Preprocessing) -> bool:
+    """Whether a loaded model answers the same task with the same signature (and class names) as the
+    candidate, so that scoring it on the candidate's test split is fair."""
+    return (predictor.config.task == reference and predictor.signature == signature
+            and predictor.prep.get("classes") == prep.get("classes"))
+
+
+def champion_score(model_name: str, task: Task, reference: str, prep: Preprocessing, test: Examples
+                   ) -> tuple[str | None, float | None, str]:
+    """The champion's primary metric: scored on ``test`` when it is comparable (:func:`comparable`),
+    else its logged value.
 
     Returns:
         ``(version, score, how)``; ``(None, None, ...)`` when there is no champion.
@@ -102,14 +122,15 @@ def champion_score(model_name: str, task: TaskSpec, test: tuple[np.ndarray, np.n
     version = champion_version(model_name)
     if version is None:
         return None, None, "no champion"
+    signature = Signature.from_dict(json.loads(json.dumps(task.signature(prep).to_dict())))
     with downloaded_version(model_name, version) as folder:  # removed once scored
-        predictor = Predictor.load(folder)
-        if predictor.config.feature_names == feature_names and predictor.config.kind == task.kind:
-            return version, split_metrics(predictor, *test)[task.primary_metric], "scored on the same test split"
+        predictor = load_predictor(folder)
+        if comparable(predictor, reference, signature, prep):
+            return version, split_metrics(predictor, test)[task.primary_metric], "scored on the same test split"
     c = client()
     run_id = c.get_model_version(model_name, version).run_id
     logged = c.get_run(run_id).data.metrics.get(f"test_{task.primary_metric}")
-    return version, logged, "inputs differ: its logged test metric"
+    return version, logged, "another task or signature: its logged test metric"
 
 
 def run_gate(metrics_json: str, metadata_path: str, test_path: str, model_name: str, thresholds: str,
@@ -117,8 +138,8 @@ def run_gate(metrics_json: str, metadata_path: str, test_path: str, model_name: 
     """Apply :func:`gate` to the candidate's metrics against thresholds and the registry's champion."""
     configure_tracking(tracking_uri or None)
     metadata = load_metadata(metadata_path)
-    task = get_task(metadata["task"])
-    version, score, how = champion_score(model_name, task, load_split(test_path), metadata["feature_names"])
+    task = task_of(metadata)
+    version, score, how = champion_score(model_name, task, metadata["task"], metadata["prep"], load_split(test_path))
     decision = gate(json.loads(metrics_json), task, parse_thresholds(thresholds, task), margin, score, version)
     if version is not None:
         decision.reasons.append(f"champion {how}")

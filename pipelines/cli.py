@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from pillars.components.errors import ConfigError, PillarsError, one_line
-from pillars.components.references import ModelRef, check_model_name
-from pillars.pipelines.compile import PIPELINES, compile_pipeline, parse_params, pipeline_factory
+from pillars.components.references import ModelRef, check_model_name, default_model_name
+from pillars.pipelines.compile import PIPELINES, compile_pipeline, parse_params, pipeline_factory, task_params
 
 
 def cron_expression(text: str) -> str:
@@ -38,14 +38,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pillars.pipelines.training import check_arguments
 
     pipeline = pipeline_factory(args.pipeline)(cache_data=not args.no_cache)
-    arguments = parse_params(args.param, pipeline)
-    if args.task:
-        arguments["task"] = args.task
+    arguments = parse_params([*args.param, *task_params(args.task, args.task_arg, args.param)], pipeline)
     check_arguments(pipeline, dict(arguments))  # bad arguments: one line, before any step or log file
     log = log_path(Settings().resolved_home(), args.pipeline)
     print(f"pillars run {args.pipeline}: steps run with kfp.local; full log: {log}", file=sys.stderr, flush=True)
     uri = run_reported(pipeline, arguments, log, verbose=args.verbose or args.show_logs, caching=not args.no_cache)
-    name = arguments.get("model_name") or arguments.get("task") or pipeline.component_spec.inputs["task"].default
+    name = arguments.get("model_name") or default_model_name(
+        arguments.get("task") or pipeline.component_spec.inputs["task"].default)
     for line in run_summary(name, uri, log):
         print(line)
     return 0
@@ -73,7 +72,8 @@ def run_summary(name: str, uri: str, log: Path) -> list[str]:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    out = compile_pipeline(args.pipeline, args.output, args.as_k8s, args.param, args.namespace,
+    params = [*args.param, *task_params(args.task, args.task_arg, args.param)]
+    out = compile_pipeline(args.pipeline, args.output, args.as_k8s, params, args.namespace,
                            image=args.image, **_cluster_options(args))
     print(f"wrote {out}")
     return 0
@@ -95,8 +95,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     schedule = cron_expression(args.schedule) if args.schedule else None
     pipeline = pipeline_factory(args.pipeline)()
-    arguments = parse_params(args.param, pipeline)
-    check_arguments(pipeline, arguments)
+    arguments = parse_params([*args.param, *task_params(args.task, args.task_arg, args.param)], pipeline)
+    check_arguments(pipeline, arguments, load=False)  # the task's package is in the image, maybe not here
     caching = False if args.no_cache else None
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(args.pipeline, os.path.join(tmp, "pipeline.yaml"), **_cluster_options(args))
@@ -182,7 +182,27 @@ def _print_versions(name: str, limit: int = 10) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pillars.pipelines.demo import run_demo
 
-    return run_demo(task=args.task, epochs=args.epochs, serve=not args.no_serve)
+    flags = task_params(None, args.task_arg, [])  # [] or ["task_args={...}"]
+    return run_demo(task=args.task, epochs=args.epochs, serve=not args.no_serve,
+                    task_args=flags[0].partition("=")[2] if flags else "")
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    """Installed tasks (entry points in the group ``pillars.tasks``) with their description."""
+    from pillars.components.task import known_tasks, load_task
+
+    tasks = known_tasks()
+    if not tasks:
+        print("no tasks installed")
+    width = max((len(name) for name in tasks), default=0)
+    for name, reference in sorted(tasks.items()):
+        try:
+            about = load_task(name).description or reference
+        except Exception as e:  # noqa: BLE001 - one broken task must not hide the others
+            about = f"(cannot load {reference}: {one_line(e)})"
+        print(f"{name:<{width}}  {about}")
+    print("your own: --task package.module:attribute (see README, Bring your own model)")
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -305,6 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--param", action="append", default=[], metavar="K=V",
                        help="pipeline parameter (repeatable), e.g. --param epochs=10")
 
+    def task_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--task", help="an installed task's name (pillars tasks) or package.module:attribute "
+                                      "(same as --param task=...)")
+        p.add_argument("--task-arg", action="append", default=[], metavar="K=V",
+                       help="a task constructor argument (repeatable), V as JSON else a string; merged into "
+                            "--param task_args='{...}' (the flag wins)")
+
     def cluster_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--gpus", type=int, default=0, help="GPUs for the train step (default 0)")
         p.add_argument("--accelerator", default="nvidia.com/gpu", help="accelerator resource name")
@@ -320,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a pipeline on this machine (kfp.local)")
     pipeline_arg(p)
-    p.add_argument("--task", help="task name (same as --param task=...)")
+    task_args(p)
     param_arg(p)
     p.add_argument("--no-cache", action="store_true", help="run every step, even the data step")
     p.add_argument("-v", "--verbose", dest="show_logs", action="store_true",
@@ -334,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", default=None, help="namespace of the --as-k8s resources")
     p.add_argument("--image", help="components image (default: PILLARS_IMAGE or the release image)")
     cluster_args(p)
+    task_args(p)
     param_arg(p)
     p.set_defaults(func=cmd_compile)
 
@@ -348,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="service account of the run (the chart's pillars-pipeline-runner to deploy)")
     p.add_argument("--no-cache", action="store_true")
     cluster_args(p)
+    task_args(p)
     param_arg(p)
     p.set_defaults(func=cmd_submit)
 
@@ -373,10 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("demo", help="train, register and serve a model on this machine")
-    p.add_argument("--task", default="breast_cancer")
+    p.add_argument("--task", default="breast_cancer", help="an installed task's name or package.module:attribute")
+    p.add_argument("--task-arg", action="append", default=[], metavar="K=V",
+                   help="a task constructor argument (repeatable); V is JSON, else a string")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--no-serve", action="store_true", help="stop after training and registration")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("tasks", help="list the installed tasks (entry points pillars.tasks)")
+    p.set_defaults(func=cmd_tasks)
 
     p = sub.add_parser("serve", help="serve a model with the KServe model server (HTTP + gRPC)",
                        add_help=False)

@@ -7,6 +7,7 @@ cluster. Nothing here reads settings at import; the image is an argument (defaul
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,6 +38,38 @@ def parse_params(pairs: Sequence[str], pipeline: Any) -> dict[str, Any]:
             raise ConfigError(f"unknown parameter {key!r}; parameters are: {', '.join(sorted(inputs))}")
         result[key] = _coerce(key, raw, inputs[key].type)
     return result
+
+
+def task_params(task: str | None, task_args: Sequence[str], params: Sequence[str]) -> list[str]:
+    """``--task NAME`` and ``--task-arg K=V`` flags as ``k=v`` pipeline parameters (appended after
+    ``params``, so they win). The ``--task-arg`` values (JSON, else strings) are merged into the
+    ``task_args`` JSON object that ``params`` may already give.
+
+    Raises:
+        ConfigError: a flag without ``=``, or a ``task_args`` parameter that is not a JSON object.
+    """
+    result = [f"task={task}"] if task else []
+    if not task_args:
+        return result
+    merged: dict[str, Any] = {}
+    for pair in params:
+        key, _, raw = pair.partition("=")
+        if key.strip() == "task_args" and raw.strip():
+            try:
+                merged = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"task_args must be a JSON object: {e}") from e
+            if not isinstance(merged, dict):
+                raise ConfigError(f"task_args must be a JSON object, got {raw!r}")
+    for pair in task_args:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--task-arg takes key=value, got {pair!r}")
+        try:
+            merged[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            merged[key.strip()] = raw
+    return [*result, f"task_args={json.dumps(merged)}"]
 
 
 def _coerce(key: str, raw: str, kfp_type: str) -> Any:

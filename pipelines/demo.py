@@ -8,42 +8,48 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 from pillars.components import registry
+from pillars.components.references import default_model_name
 from pillars.components.settings import Settings
 
 
-def run_demo(task: str = "breast_cancer", epochs: int = 30, serve: bool = True) -> int:
-    """Run the training pipeline locally, show the registry, then serve the champion and query it."""
+def run_demo(task: str = "breast_cancer", epochs: int = 30, serve: bool = True, task_args: str = "") -> int:
+    """Run the training pipeline locally on any task (an installed task's name or
+    ``package.module:attribute``), show the registry, then serve the champion and query it."""
     from pillars.pipelines.progress import log_path, run_reported
     from pillars.pipelines.training import training_pipeline
 
     started = time.monotonic()
     log = log_path(Settings().resolved_home(), "demo")
+    name = default_model_name(task)
     print(f"[1/3] training pipeline on {task!r} (kfp.local; full log: {log})", flush=True)
-    uri = run_reported(training_pipeline(), {"task": task, "epochs": epochs}, log, out=sys.stdout)
+    uri = run_reported(training_pipeline(), {"task": task, "task_args": task_args, "epochs": epochs}, log,
+                       out=sys.stdout)
     print(f"      done in {time.monotonic() - started:.0f}s; MLflow store: {uri}")
     print("[2/3] registry:")
-    for row in registry.list_versions(task)[:3]:
+    for row in registry.list_versions(name)[:3]:
         aliases = f" [{', '.join(row['aliases'])}]" if row["aliases"] else ""
         metrics = "  ".join(f"{k[5:]}={v:.3f}" for k, v in row["metrics"].items())
-        print(f"      {task} v{row['version']}{aliases}  {metrics}")
-    if registry.alias_version(task, registry.CHAMPION) is None:
+        print(f"      {name} v{row['version']}{aliases}  {metrics}")
+    if registry.alias_version(name, registry.CHAMPION) is None:
         print("      no champion yet (the gate rejected this run)")
         return 0
     if not serve:
         return 0
-    print(f"[3/3] serving models:/{task}@champion (KServe model server, HTTP + gRPC) ...", flush=True)
-    http_answer, grpc_answer = serve_and_query(task, uri)
+    print(f"[3/3] serving models:/{name}@champion (KServe model server, HTTP + gRPC) ...", flush=True)
+    http_answer, grpc_answer = serve_and_query(name, uri)
     print(f"      HTTP  V2 infer -> {json.dumps(http_answer)}")
     print(f"      gRPC  ModelInfer -> {json.dumps(grpc_answer)}")
     print(f"demo finished in {time.monotonic() - started:.0f}s. Browse the registry: "
-          f"mlflow ui --backend-store-uri {uri}   or   pillars models show {task}")
+          f"mlflow ui --backend-store-uri {uri}   or   pillars models show {name}")
     return 0
 
 
 def serve_and_query(name: str, tracking_uri: str) -> tuple[dict, dict]:
-    """Start the model server for ``models:/name@champion``, send one V2 HTTP and one gRPC request, stop it."""
-    from pillars.components.prepare_data import PrepareParams, prepare
+    """Start the model server for ``models:/name@champion``, send one V2 HTTP and one gRPC request (the
+    registered version's input example: one row of its test split), stop it."""
     from pillars.serving.demo import query_once
 
     from pillars.pipelines.stack import free_port, stop_group, wait_ready
@@ -59,7 +65,22 @@ def serve_and_query(name: str, tracking_uri: str) -> tuple[dict, dict]:
     log.close()
     try:
         wait_ready("model server", server, f"http://127.0.0.1:{http_port}/v2/health/ready", log_path, timeout=60)
-        x_test, _ = prepare(PrepareParams(task=name)).splits["test"]
-        return query_once(f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", name, x_test[:1])
+        return query_once(f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", name, example_inputs(name))
     finally:
         stop_group(server.pid)
+
+
+def example_inputs(name: str) -> dict[str, np.ndarray]:
+    """One row of the champion's inputs, from the input example logged with it (its test split's rows)."""
+    from mlflow.models import Model
+
+    from pillars.components.frames import frame_to_inputs
+    from pillars.components.predictor import check_inputs, load_predictor
+    from pillars.components.register import downloaded_version
+
+    version = registry.alias_version(name, registry.CHAMPION)
+    with downloaded_version(name, str(version)) as folder:
+        signature = load_predictor(folder).signature
+        example = Model.load(folder).load_input_example(str(folder))
+    inputs = check_inputs(signature, frame_to_inputs(signature, example))
+    return {k: v[:1] for k, v in inputs.items()}

@@ -14,9 +14,8 @@ from pillars.components.errors import ConfigError
 from pillars.components.fit import TrainParams
 from pillars.components.ops import Components, components
 from pillars.components.prepare_data import PrepareParams
-from pillars.components.references import check_model_name
+from pillars.components.references import check_model_name, default_model_name
 from pillars.components.settings import Settings
-from pillars.components.tasks import get_task
 from pillars.components.validate import parse_thresholds
 
 PIPELINE_NAME = "pillars-training"
@@ -29,16 +28,17 @@ RETRAINING_NAME = "pillars-retraining"
 PARAMETER_HELP = """Pipeline parameters (KFP shows these as the parameters' descriptions, the console as field help).
 
 Args:
-    task: Built-in task (breast_cancer, digits, diabetes) or tabular_classification / tabular_regression for your data.
+    task: An installed task's name (pillars tasks lists them: breast_cancer, digits, diabetes, tabular_classification, ...) or your own as package.module:attribute.
+    task_args: The task's constructor arguments as a JSON object, e.g. {"hidden_sizes": [64]}; empty: none.
     source: Your data: a CSV or Parquet file, local or s3://; empty for a built-in task.
-    label_column: The label column of your data (tabular tasks).
-    model_name: Registered model name; empty: the task name.
+    label_column: The label column of your data (tasks that read your table).
+    model_name: Registered model name; empty: the task's name (the attribute's name for package.module:attribute).
     warm_start: Start from the champion's weights when its inputs match.
     epochs: Maximum training epochs (early stopping may end sooner).
     batch_size: Rows per batch (per process with nproc > 1).
     learning_rate: AdamW learning rate.
     weight_decay: AdamW weight decay.
-    dropout: Dropout probability in [0, 1).
+    dropout: Probability of every dropout layer of the model, in [0, 1); -1 keeps the task's own.
     seed: Random seed of the split and the initial weights.
     patience: Epochs without validation improvement before stopping.
     nproc: Data-parallel processes per node (DDP).
@@ -103,10 +103,12 @@ class ClusterOptions:
             raise ValueError(f"canary percent must be in [0, 100), got {self.canary_percent}")
 
 
-def _steps(ops: Components, options: ClusterOptions, task: Any, args: dict[str, Any], warm_start: Any = False) -> None:
+def _steps(ops: Components, options: ClusterOptions, task: Any, task_args: Any, args: dict[str, Any],
+           warm_start: Any = False) -> None:
     """prepare -> train -> evaluate -> validate -> register -> (if approved) promote, wired in a pipeline body."""
     uri = args["tracking_uri"]
-    data = ops.prepare_data(task=task, source=args["source"], label_column=args["label_column"], seed=args["seed"],
+    data = ops.prepare_data(task=task, task_args=task_args, source=args["source"],
+                            label_column=args["label_column"], seed=args["seed"],
                             val_fraction=args["val_fraction"], test_fraction=args["test_fraction"],
                             missing_policy=args["missing_policy"], balance=args["balance"])
     data.set_caching_options(options.cache_data).set_display_name("prepare data")
@@ -208,6 +210,7 @@ def training_pipeline(image: str | None = None, **cluster_options: Any) -> Any:
     @_documented
     def training(
         task: str = "breast_cancer",
+        task_args: str = "",
         source: str = "",
         label_column: str = "",
         model_name: str = "",
@@ -215,7 +218,7 @@ def training_pipeline(image: str | None = None, **cluster_options: Any) -> Any:
         batch_size: int = 64,
         learning_rate: float = 1e-3,
         weight_decay: float = 1e-4,
-        dropout: float = 0.1,
+        dropout: float = -1.0,
         seed: int = 0,
         patience: int = 5,
         nproc: int = 1,
@@ -231,7 +234,7 @@ def training_pipeline(image: str | None = None, **cluster_options: Any) -> Any:
         tracking_uri: str = "",
         checkpoint_root: str = CHECKPOINT_MOUNT if options.checkpoint_pvc else "",
     ) -> None:
-        _steps(ops, options, task, locals())
+        _steps(ops, options, task, task_args, locals())
 
     return training
 
@@ -249,6 +252,7 @@ def retraining_pipeline(image: str | None = None, **cluster_options: Any) -> Any
     def retraining(
         model_name: str,
         task: str = "",
+        task_args: str = "",
         source: str = "",
         label_column: str = "",
         warm_start: bool = True,
@@ -256,7 +260,7 @@ def retraining_pipeline(image: str | None = None, **cluster_options: Any) -> Any
         batch_size: int = 64,
         learning_rate: float = 1e-3,
         weight_decay: float = 1e-4,
-        dropout: float = 0.1,
+        dropout: float = -1.0,
         seed: int = 0,
         patience: int = 5,
         nproc: int = 1,
@@ -273,19 +277,21 @@ def retraining_pipeline(image: str | None = None, **cluster_options: Any) -> Any
         checkpoint_root: str = CHECKPOINT_MOUNT if options.checkpoint_pvc else "",
     ) -> None:
         args = dict(locals())
-        resolved = ops.resolve_task(model_name=model_name, task=task, tracking_uri=tracking_uri)
+        resolved = ops.resolve_task(model_name=model_name, task=task, task_args=task_args, tracking_uri=tracking_uri)
         resolved.set_caching_options(False).set_display_name("resolve task")
         _resources(resolved, cpu="250m", memory="256Mi")
         _secret_env(options, resolved)
-        _steps(ops, options, resolved.output, args, warm_start=warm_start)
+        _steps(ops, options, resolved.outputs["task"], resolved.outputs["task_args"], args, warm_start=warm_start)
 
     return retraining
 
 
-def check_arguments(pipeline: Any, arguments: dict[str, Any]) -> None:
+def check_arguments(pipeline: Any, arguments: dict[str, Any], load: bool = True) -> None:
     """Fail fast, before any step runs, on arguments a step would reject (task, hyperparameters, thresholds).
 
     Arguments not given take the pipeline's defaults; an empty ``task`` (retraining) is resolved at run time.
+    ``load=False`` (a run for a cluster, whose image holds the task's package) checks the task's arguments
+    and thresholds as JSON without importing the task here.
 
     Raises:
         ConfigError: naming the bad argument.
@@ -310,10 +316,13 @@ def check_arguments(pipeline: Any, arguments: dict[str, Any]) -> None:
     if not merged.get("task"):
         return
     prepare = PrepareParams(**pick(PrepareParams))
-    task = get_task(prepare.task)
-    parse_thresholds(str(merged.get("thresholds", "")), task)
-    if task.builtin is None and not prepare.source:
-        raise ConfigError(f"task {task.name!r} needs your data: pass --param source=PATH and label_column=NAME")
+    if load:
+        task = prepare.load()  # an unknown task, a missing package or bad task_args: one line naming it
+        parse_thresholds(str(merged.get("thresholds", "")), task)
+    elif str(merged.get("thresholds", "")).strip():
+        parse_thresholds(str(merged["thresholds"]), None)
+    if not merged.get("model_name"):
+        check_model_name(default_model_name(prepare.task))
 
 
 def _resources(task: Any, cpu: str, memory: str) -> None:

@@ -9,7 +9,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pillars.components.distributed import DistributedTrainingError, launch_local, worker_args
-from pillars.components.models import load_model
+from pillars.components.predictor import load_predictor
 from pillars.components.prepare_data import PrepareParams, load_metadata, load_split, run_prepare
 from pillars.components.fit import TrainParams, fit
 from pillars.components.train import run_training
@@ -32,7 +32,7 @@ def test_two_process_ddp_equals_one_process_with_the_global_batch(prepared, tmp_
     assert summary["world_size"] == 2 and summary["backend"] == "gloo"
     single = fit(load_split(prepared["train"]), load_split(prepared["val"]), load_metadata(prepared["meta.json"]),
                  TrainParams(epochs=3, batch_size=64, dropout=0.0), progress=False)
-    ddp_state = load_model(tmp_path / "ddp").state_dict()
+    ddp_state = load_predictor(tmp_path / "ddp").model.state_dict()
     for name, value in single.model.state_dict().items():
         torch.testing.assert_close(ddp_state[name], value, rtol=1e-4, atol=1e-5, msg=name)
 

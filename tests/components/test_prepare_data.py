@@ -1,13 +1,29 @@
-"""Data preparation: built-in data sets, cleaning, splits, normalisation and the bad-data errors."""
+"""Data preparation through the task API: built-in data sets, cleaning, splits, normalisation, the
+metadata and profile contract, and the bad-data errors."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from pillars.components.errors import ConfigError, DataError
-from pillars.components.prepare_data import PrepareParams, load_split, prepare, run_prepare, load_metadata
+from pillars.components.predictor import drift_matrix
+from pillars.components.prepare_data import PrepareParams, load_metadata, load_split, prepare, run_prepare
+from pillars.components.profile import build_profile
+from pillars.components.task import TaskNotFound
+
+
+def _xy(split):
+    """A tabular split as ``(x [N, F], y)``."""
+    x = split["input-0"]
+    return x.reshape(len(x), -1), split["label"]
+
+
+def _xys(data):
+    return {name: _xy(split) for name, split in data.splits.items()}
 
 
 @pytest.mark.parametrize("task,n_features,shape,kind", [
@@ -18,11 +34,13 @@ from pillars.components.prepare_data import PrepareParams, load_split, prepare, 
 def test_builtin_tasks_split_into_disjoint_train_val_test(task, n_features, shape, kind):
     data = prepare(PrepareParams(task=task))
     meta = data.metadata
-    assert meta["kind"] == kind and meta["input_shape"] == shape and len(meta["feature_names"]) == n_features
-    sizes = {name: len(y) for name, (_, y) in data.splits.items()}
+    assert meta["kind"] == kind and meta["info"]["input_shape"] == shape
+    assert len(meta["info"]["feature_names"]) == n_features
+    assert meta["task"] == f"pillars.tasks.tabular:{task}" and meta["task_name"] == task
+    sizes = {name: len(y) for name, (_, y) in _xys(data).items()}
     total = sum(sizes.values())
     assert sizes["test"] == pytest.approx(0.15 * total, abs=2) and sizes["val"] == pytest.approx(0.15 * total, abs=2)
-    rows = {name: {x.tobytes() for x in xs} for name, (xs, _) in data.splits.items()}
+    rows = {name: {x.tobytes() for x in xs} for name, (xs, _) in _xys(data).items()}
     assert not rows["train"] & rows["test"] and not rows["train"] & rows["val"]
 
 
@@ -30,18 +48,18 @@ def test_split_is_stratified_and_seeded():
     a = prepare(PrepareParams(task="breast_cancer", seed=1))
     b = prepare(PrepareParams(task="breast_cancer", seed=1))
     c = prepare(PrepareParams(task="breast_cancer", seed=2))
-    assert np.array_equal(a.splits["test"][0], b.splits["test"][0])
-    assert not np.array_equal(a.splits["test"][0], c.splits["test"][0])
-    shares = [np.bincount(y).astype(float)[1] / len(y) for _, y in a.splits.values()]
+    assert np.array_equal(a.splits["test"]["input-0"], b.splits["test"]["input-0"])
+    assert not np.array_equal(a.splits["test"]["input-0"], c.splits["test"]["input-0"])
+    shares = [np.bincount(y).astype(float)[1] / len(y) for _, y in _xys(a).values()]
     assert max(shares) - min(shares) < 0.03
-    assert a.metadata["cleaning"]["stratified"] is True
+    assert a.metadata["info"]["cleaning"]["stratified"] is True
 
 
 def test_normalisation_is_fitted_on_the_train_split_only():
     data = prepare(PrepareParams(task="breast_cancer"))
-    x_train = data.splits["train"][0]
-    all_x = np.concatenate([x for x, _ in data.splits.values()])
-    mean = np.asarray(data.metadata["normalization"]["mean"])
+    x_train = _xy(data.splits["train"])[0]
+    all_x = np.concatenate([x for x, _ in _xys(data).values()])
+    mean = np.asarray(data.metadata["prep"]["mean"])
     np.testing.assert_allclose(mean, x_train.mean(axis=0), rtol=1e-5)
     assert not np.allclose(mean, all_x.mean(axis=0), rtol=1e-6)
 
@@ -65,7 +83,7 @@ def _table(n=60, seed=0):
 def test_own_table_from_csv_or_parquet(tmp_path, name):
     source = _write(tmp_path, _table(), name)
     data = prepare(PrepareParams(task="tabular_classification", source=source, label_column="y"))
-    assert data.metadata["feature_names"] == ["a", "b", "c"] and data.metadata["classes"] == ["0", "1"]
+    assert data.metadata["info"]["feature_names"] == ["a", "b", "c"] and data.metadata["prep"]["classes"] == ["0", "1"]
 
 
 def test_duplicates_dropped_and_missing_values_imputed_with_train_median(tmp_path):
@@ -73,9 +91,9 @@ def test_duplicates_dropped_and_missing_values_imputed_with_train_median(tmp_pat
     frame = pd.concat([frame, frame.iloc[:5]])
     frame.loc[frame.index[10:14], "b"] = np.nan
     data = prepare(PrepareParams(task="tabular_classification", source=_write(tmp_path, frame), label_column="y"))
-    report = data.metadata["cleaning"]
+    report = data.metadata["info"]["cleaning"]
     assert report["dropped_duplicates"] == 5 and report["missing_values"] == {"b": 4}
-    assert all(np.isfinite(x).all() for x, _ in data.splits.values())
+    assert all(np.isfinite(x).all() for x, _ in _xys(data).values())
 
 
 def test_missing_policy_drop_removes_rows(tmp_path):
@@ -83,8 +101,8 @@ def test_missing_policy_drop_removes_rows(tmp_path):
     frame.loc[frame.index[:6], "a"] = np.nan
     data = prepare(PrepareParams(task="tabular_classification", source=_write(tmp_path, frame), label_column="y",
                                  missing_policy="drop"))
-    assert data.metadata["cleaning"]["dropped_missing_features"] == 6
-    assert sum(len(y) for _, y in data.splits.values()) == 74
+    assert data.metadata["info"]["cleaning"]["dropped_missing_features"] == 6
+    assert sum(len(y) for _, y in _xys(data).values()) == 74
 
 
 def test_balance_oversamples_the_minority_class_in_train_only(tmp_path):
@@ -92,19 +110,54 @@ def test_balance_oversamples_the_minority_class_in_train_only(tmp_path):
     frame["y"] = (frame["a"] > 0.8).astype(int)  # about 20 % positives
     source = _write(tmp_path, frame)
     data = prepare(PrepareParams(task="tabular_classification", source=source, label_column="y", balance=True))
-    counts = np.bincount(data.splits["train"][1])
+    counts = np.bincount(data.splits["train"]["label"])
     assert counts[0] == counts[1]
-    assert np.bincount(data.splits["test"][1])[1] < np.bincount(data.splits["test"][1])[0]
+    assert np.bincount(data.splits["test"]["label"])[1] < np.bincount(data.splits["test"]["label"])[0]
 
 
 def test_run_prepare_writes_npz_splits_and_metadata(tmp_path):
     paths = [str(tmp_path / n) for n in ("train", "val", "test", "meta.json")]
     data_hash = run_prepare(PrepareParams(task="diabetes"), *paths)
-    x, y = load_split(paths[0])
+    x, y = _xy(load_split(paths[0]))
     meta = load_metadata(paths[3])
     assert x.dtype == np.float32 and x.shape[1] == 10 and len(x) == len(y)
-    assert meta["data_hash"] == data_hash and meta["target"]["std"] > 0
-    assert set(meta["profile"]["features"]) == set(meta["feature_names"])
+    assert meta["data_hash"] == data_hash and meta["prep"]["target_std"] > 0
+    assert set(meta["profile"]["features"]) == set(meta["info"]["feature_names"])
+
+
+def test_the_metadata_names_the_task_and_carries_preprocessing_and_the_split_sizes():
+    data = prepare(PrepareParams(task="breast_cancer", task_args=json.dumps({"hidden_sizes": [32]}), seed=3))
+    meta = json.loads(json.dumps(data.metadata))  # JSON as written
+    assert {"task", "task_name", "task_args", "kind", "info", "prep", "signature", "data_hash", "split_rows",
+            "seed", "source", "profile"} <= set(meta)
+    assert meta["task"] == "pillars.tasks.tabular:breast_cancer" and meta["task_args"] == {"hidden_sizes": [32]}
+    assert data.task.hidden_sizes == [32] and meta["seed"] == 3 and meta["source"] == "sklearn:breast_cancer"
+    assert meta["split_rows"] == {name: len(split["label"]) for name, split in data.splits.items()}
+    assert meta["signature"]["inputs"][0]["name"] == "input-0" and len(meta["prep"]["mean"]) == 30
+
+
+def test_the_profile_describes_the_train_splits_drift_features():
+    data = prepare(PrepareParams(task="breast_cancer"))
+    profile, prep = data.metadata["profile"], data.metadata["prep"]
+    train = data.splits["train"]
+    names, matrix = drift_matrix(data.task, {"input-0": train["input-0"]}, prep)
+    assert [s["name"] for s in profile["schema"]] == names == prep["feature_names"]
+    assert profile["rows"] == len(matrix) and profile["kind"] == "classification"
+    assert np.asarray(profile["reference_sample"]).shape == (200, len(names))
+    assert profile["features"][names[0]]["mean"] == pytest.approx(matrix[:, 0].mean())
+    assert profile["label"] == data.task.label_profile(train, prep)
+    # For a table the drift features are its raw features: the profile Pillars always wrote.
+    x, y = _xy(train)
+    assert profile == {**build_profile(x, y, prep["feature_names"], "classification", prep["classes"]),
+                       "kind": "classification"}
+
+
+def test_strings_are_saved_as_numpy_unicode_and_read_without_pickle(tmp_path):
+    from pillars.components.prepare_data import save_split
+
+    save_split(tmp_path / "s.npz", {"text": np.asarray(["ok", "naïve"], dtype=object), "y": np.arange(2)})
+    split = load_split(tmp_path / "s.npz")
+    assert split["text"].dtype.kind == "U" and split["text"].tolist() == ["ok", "naïve"]
 
 
 # --- bad data: each fails with a message naming the problem ------------------------------------
@@ -172,12 +225,18 @@ def test_folder_source_takes_the_newest_table(tmp_path):
     path = _write(tmp_path, new, "new.csv")
     os.utime(path, (2e9, 2e9))
     data = prepare(PrepareParams(task="tabular_classification", source=str(tmp_path), label_column="y"))
-    assert data.metadata["cleaning"]["rows_in"] == 70
+    assert data.metadata["info"]["cleaning"]["rows_in"] == 70
 
 
 def test_invalid_parameters_are_rejected():
-    with pytest.raises(ConfigError, match="unknown task 'nope'"):
+    with pytest.raises(TaskNotFound, match="unknown task 'nope'; installed tasks: .*breast_cancer"):
         prepare(PrepareParams(task="nope"))
+    with pytest.raises(TaskNotFound, match="install 'no_such_package'"):
+        prepare(PrepareParams(task="no_such_package.tasks:churn"))
+    with pytest.raises(ConfigError, match="does not take these arguments"):
+        prepare(PrepareParams(task="breast_cancer", task_args='{"no_such_field": 1}'))
+    with pytest.raises(ConfigError, match="task_args must be a JSON object"):
+        PrepareParams(task_args="[1, 2]")
     with pytest.raises(ConfigError, match="missing_policy"):
         PrepareParams(missing_policy="guess")
     with pytest.raises(ConfigError, match="test_fraction"):

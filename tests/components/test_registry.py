@@ -9,16 +9,14 @@ import pytest
 
 from pillars.components import registry
 from pillars.components.errors import RegistryError
-from pillars.components.models import ModelConfig, build_model, save_model
 from pillars.components.register import promote, register_model
 from pillars.components.tracking import ensure_experiment
+from tests.models import save_classifier
 
 
 @pytest.fixture
 def model_dir(tmp_path):
-    config = ModelConfig(task="toy", kind="classification", architecture="mlp", input_shape=[3],
-                         feature_names=["a", "b", "c"], classes=["no", "yes"], hidden_sizes=[4])
-    return save_model(build_model(config), tmp_path / "model")
+    return save_classifier(tmp_path / "model", hidden_sizes=[4])
 
 
 def _run() -> str:

@@ -14,13 +14,13 @@ import pytest
 
 from pillars.components import registry
 from pillars.components.errors import RegistryError
-from pillars.components.models import ModelConfig, build_model, save_model
 from pillars.components.register import promote, promote_gated, register_model
 from pillars.components.registry import ChampionMoved, LockTiming, RegistryUnavailable
-from pillars.components.tasks import get_task
+from pillars.components.task import load_task
 from pillars.components.tracking import ensure_experiment
 from pillars.components.validate import champion_score, gate
 from pillars.pipelines.cli import main
+from tests.models import TABULAR, save_classifier, tabular_prep
 from tests.processes import free_port
 
 FAST = LockTiming(lease=60.0, wait=120.0)
@@ -28,9 +28,7 @@ FAST = LockTiming(lease=60.0, wait=120.0)
 
 @pytest.fixture
 def model_dir(tmp_path):
-    config = ModelConfig(task="breast_cancer", kind="classification", architecture="mlp", input_shape=[3],
-                         feature_names=["a", "b", "c"], classes=["no", "yes"], hidden_sizes=[4])
-    return save_model(build_model(config), tmp_path / "model")
+    return save_classifier(tmp_path / "model", hidden_sizes=[4])
 
 
 @pytest.fixture
@@ -64,10 +62,10 @@ def test_the_gate_fails_closed_when_the_registry_is_unreachable(name, model_dir,
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     down = f"http://127.0.0.1:{free_port()}"  # nothing listens there: the registry is down
     mlflow.set_tracking_uri(down)
-    task = get_task("breast_cancer")
-    test = (np.ones((4, 3), dtype=np.float32), np.array([0, 1, 0, 1]))
+    task = load_task("breast_cancer")
+    test = {"input-0": np.ones((4, 3), dtype=np.float32), "label": np.array([0, 1, 0, 1])}
     with pytest.raises(RegistryUnavailable, match="cannot read alias 'champion'"):
-        champion_score(name, task, test, ["a", "b", "c"])
+        champion_score(name, task, TABULAR, tabular_prep(["a", "b", "c"]), test)
     with pytest.raises(RegistryUnavailable):
         promote(name, "2", "must not move", expected=None, timing=FAST)
     mlflow.set_tracking_uri(tracking_uri)
@@ -118,7 +116,7 @@ def test_the_worse_candidate_never_replaces_a_better_champion(name, model_dir):
     for score in (0.90, 0.97, 0.93):  # v1 champion, v2 the best, v3 better than v1 only
         scores[_register(model_dir, name)] = score
     promote(name, "1", "first", timing=FAST)
-    task = get_task("breast_cancer")
+    task = load_task("breast_cancer")
 
     def regate_for(version: str):
         def regate():

@@ -14,9 +14,10 @@ from sklearn.datasets import load_breast_cancer
 
 from pillars.components import registry
 from pillars.components.errors import DataError
-from pillars.components.models import ModelConfig, build_model, save_model
+from pillars.components.predictor import save_model
 from pillars.components.prepare_data import PrepareParams, load_metadata, prepare, run_prepare
 from pillars.components.register import downloaded_version, run_register
+from pillars.components.task import load_task
 from pillars.components.tracking import ensure_experiment
 from tests.conftest import require_tool
 from tests.processes import ServerProcess, free_port
@@ -40,8 +41,8 @@ def test_an_s3_csv_is_a_data_source(moto_s3, bucket):
     moto_s3.client().put_object(Bucket=bucket, Key="data.csv", Body=_table().to_csv(index=False).encode())
     data = prepare(PrepareParams(task="tabular_classification", source=f"s3://{bucket}/data.csv",
                                  label_column="label"))
-    assert sum(len(y) for _, y in data.splits.values()) == 120
-    assert data.metadata["feature_names"] == list(_table().columns[:5])
+    assert sum(len(split["label"]) for split in data.splits.values()) == 120
+    assert data.metadata["info"]["feature_names"] == list(_table().columns[:5])
     assert data.metadata["source"] == f"s3://{bucket}/data.csv"
 
 
@@ -54,7 +55,7 @@ def test_an_s3_prefix_reads_its_newest_table_and_only_under_that_folder(moto_s3,
     s3.put_object(Bucket=bucket, Key="incoming-other/newest.csv", Body=_table(80).to_csv(index=False).encode())
     for source in (f"s3://{bucket}/incoming/", f"s3://{bucket}/incoming"):
         data = prepare(PrepareParams(task="tabular_classification", source=source, label_column="label"))
-        assert sum(len(y) for _, y in data.splits.values()) == 100, source
+        assert sum(len(split["label"]) for split in data.splits.values()) == 100, source
 
 
 def test_a_missing_s3_object_or_bucket_is_one_clear_error(moto_s3, bucket):
@@ -94,10 +95,9 @@ def test_a_model_registered_by_the_register_step_goes_to_s3_and_comes_back(moto_
     run_prepare(PrepareParams(task="tabular_classification", source=f"s3://{bucket}/data/table.csv",
                               label_column="label"), paths["train"], paths["val"], paths["test"], metadata_path)
     metadata = load_metadata(metadata_path)
-    config = ModelConfig(task="tabular_classification", kind="classification", architecture="mlp",
-                         input_shape=[5], feature_names=metadata["feature_names"], classes=metadata["classes"],
-                         hidden_sizes=[4])
-    model_dir = save_model(build_model(config), tmp_path / "model")
+    task = load_task(metadata["task"], {"hidden_sizes": [4]})
+    model_dir = save_model(task, metadata["task"], metadata["prep"], task.build_model(metadata["prep"]),
+                           tmp_path / "model")
     # the client holds no S3 credentials: artifacts go through the MLflow server, as on the cluster
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL"):
         monkeypatch.delenv(key)

@@ -1,5 +1,6 @@
-"""Versions registered by Pillars 0.1 (pyfunc code ``from components.models import Predictor``): the model
-server still serves them, and ``pillars models upgrade`` re-registers them so MLflow's pyfunc loads them."""
+"""Versions registered by Pillars 0.1 (pyfunc code ``from components.models import Predictor``, a
+``pillars.v1`` config): the model server still serves them, and ``pillars models upgrade`` re-registers them,
+translated into the task API's saved-model format, so MLflow's pyfunc loads them."""
 
 from __future__ import annotations
 
@@ -16,15 +17,17 @@ import pytest
 
 from pillars.components import registry
 from pillars.components.mlflow_model import log_pillars_model
-from pillars.components.models import Predictor
+from pillars.components.register import downloaded_version
+from pillars.components.predictor import load_predictor
 from pillars.components.tracking import ensure_experiment
 from pillars.components.upgrade import UPGRADED_FROM, is_legacy
 from pillars.pipelines.cli import main
 from pillars.serving.demo import v2_request
 from tests.processes import ServerProcess, free_port
-from tests.serving.toy import make_classifier, toy_rows
+from tests.models import rows as toy_rows
+from tests.models import save_legacy_classifier
 
-CURRENT_IMPORT = "from pillars.components.models import Predictor"
+CURRENT_IMPORT = "from pillars.components.predictor import Predictor, load_predictor"
 LEGACY_IMPORT = "from components.models import Predictor"
 
 
@@ -32,17 +35,20 @@ def _register(model_dir: Path, name: str) -> tuple[str, str]:
     """Log and register the model as a champion; returns the version and the logged model's id."""
     with mlflow.start_run(experiment_id=ensure_experiment(name)) as run:
         mlflow.log_metric("test_accuracy", 0.875)
-        info = log_pillars_model(model_dir, example_rows=toy_rows(2))
+        info = log_pillars_model(model_dir, example_inputs={"input-0": toy_rows(2)})
     version = mlflow.register_model(info.model_uri, name, tags={
         "task": "toy", "gate_approved": "true", "mlflow_run_id": run.info.run_id, "code_version": "0.1.0"}).version
     registry.client().set_registered_model_alias(name, registry.CHAMPION, version)
     return str(version), info.model_id
 
 
-def _make_legacy(model_id: str) -> None:
+def _make_legacy(model_id: str, legacy_dir: Path) -> None:
     """Rewrite the stored model as Pillars 0.1 wrote it: its pyfunc code imports the bare ``components``
-    package and its requirements name the old distribution."""
+    package, its requirements name the old distribution, its artifacts are the 0.1 config and weights."""
     folder = Path(urlparse(registry.client().get_logged_model(model_id).artifact_location).path)
+    for name in ("config.json", "model.safetensors"):
+        (folder / "artifacts" / name).write_bytes((legacy_dir / name).read_bytes())
+    (folder / "artifacts" / "preprocessing.json").unlink()
     code = folder / "pyfunc_model.py"
     assert CURRENT_IMPORT in code.read_text()
     code.write_text(code.read_text().replace(CURRENT_IMPORT, LEGACY_IMPORT))
@@ -61,20 +67,24 @@ def _pyfunc_predict(uri: str, rows: np.ndarray, cwd: Path) -> subprocess.Complet
                           text=True, cwd=cwd, timeout=300)
 
 
-@pytest.mark.slow
-def test_a_0_1_version_is_served_and_upgraded_for_pyfunc_loading(local_store, tmp_path, capsys):
-    model_dir = make_classifier(tmp_path / "model")
+@pytest.fixture
+def legacy(local_store, tmp_path):
+    """``legacy`` v1, registered as Pillars 0.1 left it, champion; yields the rows, the expected class
+    indices and a working folder outside the repository."""
+    model_dir = save_legacy_classifier(tmp_path / "model")
     rows = toy_rows(8, seed=3)
-    expected = Predictor.load(model_dir).predict(rows)["class_index"].tolist()
+    expected = load_predictor(model_dir).predict({"input-0": rows})["class_index"].tolist()
     v1, model_id = _register(model_dir, "legacy")
     assert v1 == "1"
-    _make_legacy(model_id)
+    _make_legacy(model_id, model_dir)
     work = tmp_path / "work"
     work.mkdir()
+    return rows, expected, work
 
-    broken = _pyfunc_predict("models:/legacy/1", rows, work)
-    assert broken.returncode != 0 and "No module named 'components'" in broken.stderr, broken.stderr[-2000:]
 
+@pytest.mark.slow
+def test_a_0_1_version_is_still_served(legacy, tmp_path):
+    rows, expected, work = legacy
     http_port, grpc_port = free_port(), free_port()
     server = ServerProcess(
         [sys.executable, "-m", "pillars.pipelines.cli", "serve", "models:/legacy@champion",
@@ -88,6 +98,13 @@ def test_a_0_1_version_is_served_and_upgraded_for_pyfunc_loading(local_store, tm
     finally:
         server.stop()
 
+
+@pytest.mark.slow
+def test_a_0_1_version_is_upgraded_for_pyfunc_loading(legacy, capsys):
+    rows, expected, work = legacy
+    broken = _pyfunc_predict("models:/legacy/1", rows, work)
+    assert broken.returncode != 0 and "No module named 'components'" in broken.stderr, broken.stderr[-2000:]
+
     assert main(["models", "upgrade", "legacy"]) == 0
     assert "legacy: v1 re-registered as v2" in capsys.readouterr().out
     old, new = (registry.client().get_model_version("legacy", v) for v in ("1", "2"))
@@ -100,6 +117,11 @@ def test_a_0_1_version_is_served_and_upgraded_for_pyfunc_loading(local_store, tm
     loaded = _pyfunc_predict("models:/legacy/2", rows, work)
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     assert json.loads(loaded.stdout.strip().splitlines()[-1]) == expected
+    with downloaded_version("legacy", "2") as folder:
+        config = json.loads((folder / "artifacts" / "config.json").read_text())
+        assert (folder / "artifacts" / "preprocessing.json").is_file()
+    assert config["format"] == "pillars.v2" and config["task"] == "pillars.tasks.tabular:TabularClassification"
+    assert config["extra"] == {"upgraded_from": "pillars.v1"}
 
     assert main(["models", "upgrade", "legacy"]) == 0  # nothing left to do: no third version
     assert "already loads with this Pillars" in capsys.readouterr().out

@@ -12,12 +12,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pillars.components import registry
-from pillars.components.models import ModelConfig, build_model, save_model
 from pillars.components.register import promote, register_model
 from pillars.components.settings import Settings
 from pillars.components.tracking import configure_tracking, ensure_experiment
 from pillars.console.app import create_app
 from pillars.console.settings import ConsoleSettings
+from tests.models import save_classifier
 
 TOKEN = "console-token-for-the-tests-0123"
 BASE = "http://127.0.0.1:8700"
@@ -32,9 +32,7 @@ def toy_versions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
         env.setenv("PILLARS_HOME", str(home / ".pillars"))
         configure_tracking()
         mlflow.search_experiments()  # creates the embedded store's tables, as a first command would
-        config = ModelConfig(task="toy", kind="classification", architecture="mlp", input_shape=[3],
-                             feature_names=["a", "b", "c"], classes=["no", "yes"], hidden_sizes=[4])
-        model_dir = save_model(build_model(config), home / "model")
+        model_dir = save_classifier(home / "model", hidden_sizes=[4])
         versions = []
         for accuracy in (0.8, 0.9):
             with mlflow.start_run(experiment_id=ensure_experiment("toy")) as run:

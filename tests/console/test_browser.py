@@ -17,10 +17,10 @@ import pytest
 from playwright.sync_api import expect
 
 from pillars.components import registry
-from pillars.components.models import ModelConfig, build_model, save_model
 from pillars.components.register import promote, register_model
 from pillars.components.tracking import ensure_experiment
 from tests.console.conftest import BrowserWatch, artifacts_dir, start_console
+from tests.models import save_classifier
 
 pytestmark = pytest.mark.slow
 
@@ -31,9 +31,7 @@ RUN_TIMEOUT_MS = 420_000  # a 2-epoch training run through kfp.local, on a loade
 def register_first_champion(tmp_path: Path) -> str:
     """v1 of ``breast_cancer``, registered through the registry API and promoted: an untrained model whose
     logged test accuracy (0.5) any trained candidate beats, so the form's run becomes champion."""
-    config = ModelConfig(task=MODEL, kind="classification", architecture="mlp", input_shape=[3],
-                         feature_names=["a", "b", "c"], classes=["malignant", "benign"], hidden_sizes=[4])
-    model_dir = save_model(build_model(config), tmp_path / "v1")
+    model_dir = save_classifier(tmp_path / "v1", classes=["malignant", "benign"], hidden_sizes=[4])
     with mlflow.start_run(experiment_id=ensure_experiment(MODEL)) as run:
         mlflow.log_metric("test_accuracy", 0.5)
     version = register_model(model_dir, None, MODEL, run.info.run_id,

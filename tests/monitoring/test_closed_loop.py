@@ -60,7 +60,7 @@ def test_drift_triggers_retraining_and_the_better_model_is_promoted_and_served(t
     data = prepare(PrepareParams(task="breast_cancer"))
     # Every row of the data set once per pass (569 distinct rows): a window of that size measures the
     # training distribution without the sampling noise a few hundred repeated rows would add.
-    normal = np.random.default_rng(0).permutation(np.concatenate([x for x, _ in data.splits.values()]))
+    normal = np.random.default_rng(0).permutation(np.concatenate([s["input-0"] for s in data.splits.values()]))
     ports = Ports(**{name: free_port() for name in ("mlflow", "http", "grpc", "trigger", "alertmanager", "prometheus", "console")})
     stack = Stack()
     state = stack.up(MODEL, ports, Timing.fast(), params=["epochs=20"])

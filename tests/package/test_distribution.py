@@ -63,12 +63,10 @@ def test_a_logged_model_requires_this_distribution_at_this_version(local_store, 
     import mlflow
 
     from pillars.components.mlflow_model import log_pillars_model
-    from pillars.components.models import ModelConfig, build_model, save_model
     from pillars.components.tracking import ensure_experiment
+    from tests.models import save_classifier
 
-    config = ModelConfig(task="toy", kind="classification", architecture="mlp", input_shape=[2],
-                         feature_names=["a", "b"], classes=["no", "yes"], hidden_sizes=[4])
-    model_dir = save_model(build_model(config), tmp_path / "model")
+    model_dir = save_classifier(tmp_path / "model", ["a", "b"], hidden_sizes=[4])
     with mlflow.start_run(experiment_id=ensure_experiment("toy")):
         info = log_pillars_model(model_dir)
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=str(tmp_path / "dl")))

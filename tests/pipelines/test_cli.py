@@ -39,7 +39,12 @@ def _pillars(*args: str, tmp_path, env: dict[str, str] | None = None, timeout: f
     (["run", "training", "--param", "nope=1"], "unknown parameter 'nope'"),
     (["run", "training", "--param", "epochs=ten"], "parameter epochs must be integer"),
     (["run", "training", "--param", "epochs"], "--param takes key=value"),
-    (["run", "training", "--task", "nope"], "unknown task 'nope'"),
+    (["run", "training", "--task", "nope"], "unknown task 'nope'; installed tasks: breast_cancer, "),
+    (["run", "training", "--task", "no_such_package.tasks:churn"], "install 'no_such_package'"),
+    (["run", "training", "--task", "pillars.tasks.tabular:nothing"], "has no attribute 'nothing'"),
+    (["run", "training", "--task-arg", "hidden_sizes"], "--task-arg takes key=value"),
+    (["run", "training", "--task-arg", "no_such_field=1"], "does not take these arguments"),
+    (["run", "training", "--param", "task_args=[1]"], "task_args must be a JSON object"),
     (["run", "training", "--param", "balance=maybe"], "parameter balance must be boolean"),
     (["run", "training", "--param", "nodes=2"], "nodes > 1 needs launcher=trainjob"),
     (["run", "training", "--param", "launcher=slurm"], "launcher must be 'local' or 'trainjob'"),
@@ -104,7 +109,8 @@ def test_the_readme_sequence_in_a_fresh_folder_trains_lists_and_serves(tmp_path)
         log_path=tmp_path / "serve.log", env=_clean_env(), cwd=tmp_path, inherit_env=False)
     try:
         server.wait_http(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=180)
-        x_test, y_test = prepare(PrepareParams(task="breast_cancer")).splits["test"]
+        test = prepare(PrepareParams(task="breast_cancer")).splits["test"]
+        x_test, y_test = test["input-0"], test["label"]
         response = httpx.post(f"http://127.0.0.1:{http_port}/v2/models/breast_cancer/infer",
                               json=v2_request(x_test[:20]), timeout=30)
         assert response.status_code == 200, response.text
@@ -151,3 +157,19 @@ def test_cron_expressions_take_five_or_six_fields():
     assert cron_expression("30 0 3 * * 1") == "30 0 3 * * 1"
     with pytest.raises(ConfigError):
         cron_expression("daily")
+
+
+def test_tasks_lists_the_installed_tasks_with_their_description(capsys):
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^breast_cancer +Tabular binary classification", out, re.M), out
+    assert re.search(r"^digits +Image classification of 1x8x8", out, re.M), out
+    assert "package.module:attribute" in out.splitlines()[-1]
+
+
+def test_task_flags_become_the_task_and_task_args_parameters():
+    from pillars.pipelines.compile import task_params
+
+    assert task_params("acme.tasks:churn", [], []) == ["task=acme.tasks:churn"]
+    merged = task_params(None, ["hidden=32", "name=big", "layers=[1, 2]"], ['task_args={"hidden": 8, "rows": 5}'])
+    assert merged == ['task_args={"hidden": 32, "rows": 5, "name": "big", "layers": [1, 2]}']

@@ -93,7 +93,10 @@ def test_retraining_pipeline_resolves_the_task_and_never_caches_data(tmp_path):
     assert inputs["model_name"].default is None and inputs["task"].default == "" and inputs["warm_start"].default
     tasks = yaml.safe_load(Path(path).read_text())["root"]["dag"]["tasks"]
     assert tasks["prepare-data"]["cachingOptions"].get("enableCache", False) is False
-    assert tasks["prepare-data"]["inputs"]["parameters"]["task"]["taskOutputParameter"]["producerTask"] == "resolve-task"
+    parameters = tasks["prepare-data"]["inputs"]["parameters"]
+    assert parameters["task"]["taskOutputParameter"]["producerTask"] == "resolve-task"
+    assert parameters["task_args"]["taskOutputParameter"]["producerTask"] == "resolve-task"
+    assert inputs["task_args"].default == ""
 
 
 def test_compile_image_puts_that_image_on_every_executor(tmp_path):

@@ -53,8 +53,8 @@ def test_pipeline_trains_registers_and_promotes_then_weak_run_is_kept_out(tracki
 
     model = mlflow.pyfunc.load_model("models:/spine@champion")
     data = prepare(PrepareParams(task="breast_cancer"))
-    x_test, y_test = data.splits["test"]
-    out = model.predict(pd.DataFrame(x_test, columns=data.metadata["feature_names"]))
+    x_test, y_test = data.splits["test"]["input-0"], data.splits["test"]["label"]
+    out = model.predict(pd.DataFrame(x_test, columns=data.metadata["info"]["feature_names"]))
     assert (out["class_index"].to_numpy() == y_test).mean() >= 0.93
 
     # A deliberately weak run: registered as a version (challenger), but champion stays.
@@ -100,7 +100,7 @@ def test_retraining_resolves_the_task_warm_starts_and_promotes_only_if_better(tr
     retrained = registry.client().get_model_version("cancer", "2")
     run = registry.client().get_run(retrained.run_id)
     assert run.data.tags["pillars.warm_started_from"] == "cancer/1"
-    assert retrained.tags["task"] == "breast_cancer"
+    assert retrained.tags["task"] == "pillars.tasks.tabular:breast_cancer" and retrained.tags["task_args"] == "{}"
     approved = retrained.tags["gate_approved"] == "true"
     second = _test_metrics("cancer", "2")["test_accuracy"]
     assert approved == (second >= first and second >= 0.9), retrained.tags["gate_reasons"]
