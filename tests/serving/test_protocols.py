@@ -10,7 +10,7 @@ import pytest
 from kserve import InferenceGRPCClient, InferInput, InferRequest
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
-from pillars.components.models import Predictor, locate_model_dir
+from pillars.components.predictor import load_predictor
 from pillars.serving.demo import query_once, v2_request
 from tests.serving.toy import CLASSES, N_FEATURES, toy_rows
 
@@ -105,7 +105,7 @@ def test_rest_and_grpc_give_the_same_answer_as_the_model_in_process(served, regi
         local = mlflow.artifacts.download_artifacts(artifact_uri="models:/toy/1", dst_path=str(tmp_path))
     finally:
         mlflow.set_tracking_uri(None)
-    expected = Predictor.load(locate_model_dir(local)).predict(toy_rows(1, seed=4))
+    expected = load_predictor(local).predict({"input-0": toy_rows(1, seed=4)})
     http_answer, grpc_answer = query_once(served.http, served.grpc, "toy", toy_rows(1, seed=4))
     assert http_answer["label"] == grpc_answer["label"] == expected["label"].tolist()
     np.testing.assert_allclose(http_answer["probabilities"], expected["probabilities"], rtol=1e-5, atol=1e-7)
