@@ -27,10 +27,10 @@ def test_v2_model_metadata_lists_the_real_tensors(served):
     meta = httpx.get(f"{served.http}/v2/models/toy").json()
     assert meta["name"] == "toy"
     assert meta["inputs"] == [{"name": "input-0", "datatype": "FP32", "shape": [-1, N_FEATURES]}]
-    assert meta["outputs"] == [
-        {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(CLASSES)]},
+    assert meta["outputs"] == [  # in the order of the task's signature
         {"name": "label", "datatype": "BYTES", "shape": [-1]},
         {"name": "class_index", "datatype": "INT64", "shape": [-1]},
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(CLASSES)]},
     ]
 
 
@@ -90,7 +90,7 @@ def test_grpc_all_six_rpcs_with_kserve_client(served):
     assert live and ready and model_ready
     assert server_meta.name
     assert [t.name for t in model_meta.inputs] == ["input-0"]
-    assert [t.name for t in model_meta.outputs] == ["probabilities", "label", "class_index"]
+    assert [t.name for t in model_meta.outputs] == ["label", "class_index", "probabilities"]
     outputs = {o.name: o.as_numpy() for o in result.outputs}
     assert outputs["probabilities"].shape == (4, 3)
     assert outputs["class_index"].tolist() == outputs["probabilities"].argmax(axis=1).tolist()
