@@ -350,3 +350,37 @@ def test_drift_is_measured_on_the_tasks_drift_features(multi):
     assert set(jsd) == {"words", "history_mean", "history_length"}, series.get("pillars_drift_window_rows")
     rows = {dict(k)["model"]: v for k, v in series["pillars_drift_window_rows"].items()}
     assert rows[NAME] >= 50
+
+
+def test_fuzzed_multi_input_requests_never_get_a_5xx(multi):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    leaves = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=80)
+              | st.binary(max_size=8).map(lambda b: b.decode("latin-1")))
+    values = st.recursive(leaves, lambda c: st.lists(c, max_size=6), max_leaves=30)
+    tensor = st.fixed_dictionaries(
+        {"name": st.sampled_from(["text", "user_id", "history", "k", "x"]),
+         "datatype": st.sampled_from(["BYTES", "INT64", "FP32", "FP16", "UINT8", "BOOL", "bytes"]),
+         "shape": st.lists(st.integers(0, 10) | st.sampled_from([-1, 2**40]), min_size=0, max_size=3)},
+        optional={"data": values, "parameters": st.fixed_dictionaries(
+            {"binary_data_size": st.integers(-1, 200) | values})})
+    statuses: list[int] = []
+    client = httpx.Client(timeout=30)
+
+    @settings(max_examples=400, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(inputs=st.lists(tensor, max_size=5), tail=st.binary(max_size=40), binary=st.booleans())
+    def send(inputs, tail, binary):
+        header = json.dumps({"inputs": inputs}).encode()
+        headers = {"inference-header-content-length": str(len(header))} if binary else {}
+        response = client.post(_url(multi), content=header + (tail if binary else b""), headers=headers)
+        statuses.append(response.status_code)
+        assert response.status_code < 500, (response.status_code, response.text, inputs)
+
+    try:
+        send()
+    finally:
+        client.close()
+    assert sum(400 <= s < 500 for s in statuses) > 0.9 * len(statuses)
+    assert httpx.post(_url(multi), json=v2_request(toy_inputs(2))).status_code == 200
