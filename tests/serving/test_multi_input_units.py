@@ -137,3 +137,30 @@ def test_placeholders_fit_every_required_input(predictor):
     assert sorted(inputs) == ["history", "text", "user_id"]
     assert inputs["history"].shape == (3, MAX_HISTORY) and inputs["text"].dtype.kind == "U"
     assert predictor.predict(inputs)["item_ids"].shape == (3, 2)
+
+
+TEXT = Signature((TensorSpec("text", "BYTES", (), max_bytes=8),),
+                 (TensorSpec("label", "BYTES"), TensorSpec("probabilities", "FP32", (2,))))
+
+
+def test_v1_takes_plain_strings_for_one_bytes_input_and_objects_by_name():
+    batch = codec.decode_v1({"instances": ["good", "bad \u00e9"]}, TEXT, 10)
+    assert batch.inputs["text"].tolist() == ["good", "bad \u00e9"] and batch.inputs["text"].dtype.kind == "U"
+    assert codec.decode_v1({"instances": [{"text": "ok"}]}, TEXT, 10).inputs["text"].tolist() == ["ok"]
+    for instances, fragment in (([1, 2], "not a string"), (["x" * 9], "longer than 8 bytes"),
+                                ([["a", "b"]], "each instance must have shape []"),
+                                ([{"txt": "a"}], "unknown input"), ([], "empty batch")):
+        with pytest.raises(InvalidInput, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+            codec.decode_v1({"instances": instances}, TEXT, 10)
+    with pytest.raises(TooManyRows):
+        codec.decode_v1({"instances": ["a"] * 11}, TEXT, 10)
+
+
+def test_v1_answers_one_output_as_values_and_several_as_objects_per_row():
+    outputs = {"label": np.asarray(["pos", "neg"], dtype=object),
+               "probabilities": np.asarray([[0.25, 0.75], [0.5, 0.5]], dtype=np.float32)}
+    assert codec.encode_v1(outputs, TEXT) == {"predictions": [
+        {"label": "pos", "probabilities": [0.25, 0.75]}, {"label": "neg", "probabilities": [0.5, 0.5]}]}
+    single = Signature(TEXT.inputs, (TensorSpec("forecast", "FP32", (2,)),))
+    assert codec.encode_v1({"forecast": outputs["probabilities"]}, single) == {
+        "predictions": [[0.25, 0.75], [0.5, 0.5]]}
