@@ -459,8 +459,8 @@ def decode_v1(payload: Any, signature: Signature, max_rows: int) -> Batch:
             continue
         if present < len(instances):
             first = next(i for i, row in enumerate(instances) if spec.name not in row)
-            raise InvalidInput(f"input {spec.name!r} is missing in instance {first}"
-                               f"{'; an optional input is given in every instance or in none' if spec.optional else ''}")
+            rule = "; an optional input is given in every instance or in none" if spec.optional else ""
+            raise InvalidInput(f"input {spec.name!r} is missing in instance {first}{rule}")
         inputs[spec.name] = _v1_input(spec, [row[spec.name] for row in instances])
     return Batch(inputs, "v1")
 

@@ -144,7 +144,8 @@ def _k(inputs: Examples) -> int:
         return DEFAULT_K
     values = np.unique(np.asarray(inputs["k"]))
     if len(values) != 1:
-        raise InputError(f"input 'k': every row of a request asks for the same number of items, got {values[:5].tolist()}")
+        raise InputError(f"input 'k': every row of a request asks for the same number of items, "
+                         f"got {values[:5].tolist()}")
     if not 1 <= int(values[0]) <= MAX_K:
         raise InputError(f"input 'k': must be 1 to {MAX_K}, got {int(values[0])}")
     return int(values[0])
