@@ -1,5 +1,8 @@
 """Turning protocol payloads into checked named inputs, and model outputs into protocol responses.
 
+The framing of V1, V2 REST (JSON and the binary extension) and V2 gRPC; what is checked against the
+signature, and how tensor data is read, lives in :mod:`pillars.serving.tensors`.
+
 Everything here is driven by the model's :class:`pillars.components.task.Signature`: its named inputs
 (Open Inference Protocol datatypes, per-instance shapes with ``-1`` dimensions up to ``max_length``,
 ``BYTES`` elements up to ``max_bytes``, optional inputs) and its outputs.
@@ -29,8 +32,6 @@ and what is wrong; too many rows, or a body larger than any request within ``max
 
 from __future__ import annotations
 
-import math
-import struct
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,12 +45,21 @@ from kserve.protocol.infer_type import InferOutput, InferResponse, RequestedOutp
 
 from pillars.components.task import Signature, TensorSpec
 from pillars.serving.errors import TooManyRows
+from pillars.serving.tensors import (
+    BYTES_PREFIX,
+    FLOATS,
+    INTEGERS,
+    WIRE_DTYPES,
+    Declared,
+    as_input,
+    check_declared,
+    first_non_number,
+    from_json,
+    instance_shape,
+    split_bytes,
+    strings,
+)
 
-WIRE_DTYPES = {"BOOL": "|b1", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8", "INT8": "i1", "INT16": "<i2",
-               "INT32": "<i4", "INT64": "<i8", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8"}
-"""Numeric V2 datatypes and their little-endian numpy dtypes (the binary wire format)."""
-FLOATS = ("FP16", "FP32", "FP64")
-INTEGERS = ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
 GRPC_CONTENTS = {"BOOL": "bool_contents", "FP32": "fp32_contents", "FP64": "fp64_contents",
                  "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
                  "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
@@ -62,18 +72,6 @@ JSON_BYTES_PER_STRING_BYTE = 6
 JSON_OVERHEAD_BYTES = 64 * 1024
 GRPC_BYTES_PER_VALUE = 10
 """Most bytes one value takes in a gRPC request (an INT64 varint in ``int64_contents``; raw FP64 is 8)."""
-BYTES_PREFIX = 4
-"""The length prefix of one ``BYTES`` element in the binary extension and in raw gRPC contents."""
-
-
-def accepted_datatypes(spec: TensorSpec) -> tuple[str, ...]:
-    """The request datatypes an input takes: floats and integers for a float input, integers for an
-    integer input, only ``BOOL`` or only ``BYTES`` for those."""
-    if spec.datatype in FLOATS:
-        return FLOATS + INTEGERS
-    if spec.datatype in INTEGERS:
-        return INTEGERS
-    return (spec.datatype,)
 
 
 @dataclass
@@ -105,29 +103,6 @@ class Batch:
         return len(next(iter(self.inputs.values())))
 
 
-@dataclass(frozen=True)
-class Declared:
-    """One input tensor as the request declares it, checked against its spec (no data touched yet)."""
-
-    name: str
-    """The name the request used (a single-input model takes any)."""
-    spec: TensorSpec
-    shape: list[int]
-    """The declared shape, batch axis first."""
-    instance: tuple[int, ...]
-    """The shape of one instance as the model takes it (a flat fixed shape is reshaped to this)."""
-    datatype: str
-
-    @property
-    def count(self) -> int:
-        """Values (or strings) the tensor holds."""
-        return math.prod(self.shape)
-
-    @property
-    def wire_dtype(self) -> np.dtype:
-        return np.dtype(WIRE_DTYPES[self.datatype])
-
-
 # ---- size limits ------------------------------------------------------------------------------------
 
 def json_body_limit(signature: Signature, max_rows: int) -> int:
@@ -143,94 +118,6 @@ def grpc_message_limit(signature: Signature, max_rows: int) -> int:
     per_row = sum(spec.max_values * (spec.max_bytes + GRPC_BYTES_PER_VALUE if spec.datatype == "BYTES"
                                      else GRPC_BYTES_PER_VALUE) for spec in signature.inputs)
     return per_row * max_rows + JSON_OVERHEAD_BYTES
-
-
-# ---- declared tensors -------------------------------------------------------------------------------
-
-def check_declared(tensors: Sequence[tuple[Any, Any, Any]], signature: Signature,
-                   max_rows: int) -> list[Declared]:
-    """Check the declared ``(name, datatype, shape)`` of every tensor of a request against the signature.
-
-    Raises:
-        InvalidInput: an unknown, repeated or missing input, a datatype the input does not take, a shape
-            that is not a batch of its instances, an empty batch, inputs with different row counts.
-        TooManyRows: more than ``max_rows`` rows.
-    """
-    specs = {s.name: s for s in signature.inputs}
-    if not tensors:
-        raise InvalidInput(f'"inputs" must hold exactly one tensor per input of the model ({sorted(specs)}), '
-                           "got none")
-    single = len(signature.inputs) == 1 and len(tensors) == 1
-    checked: list[Declared] = []
-    for name, datatype, shape in tensors:
-        if not isinstance(name, str):
-            raise InvalidInput(f"input name must be a string, got {name!r}")
-        spec = signature.inputs[0] if single else specs.get(name)
-        if spec is None:
-            raise InvalidInput(f"unknown input {name!r}; this model takes {sorted(specs)}")
-        if any(d.spec.name == spec.name for d in checked):
-            raise InvalidInput(f"input {name!r} is given twice: send exactly one tensor per input")
-        checked.append(_check_tensor(name, spec, datatype, shape, max_rows))
-    given = {d.spec.name for d in checked}
-    missing = [s.name for s in signature.inputs if not s.optional and s.name not in given]
-    if missing:
-        optional = sorted(s.name for s in signature.inputs if s.optional)
-        raise InvalidInput(f"input {missing[0]!r} is missing; this model takes {sorted(specs)}"
-                           f"{f' (optional: {optional})' if optional else ''}")
-    rows = checked[0].shape[0]
-    for declared in checked[1:]:
-        if declared.shape[0] != rows:
-            raise InvalidInput(f"input {declared.name!r} has {declared.shape[0]} rows; input {checked[0].name!r} "
-                               f"has {rows}: every input needs one row per instance")
-    return checked
-
-
-def _check_tensor(name: str, spec: TensorSpec, datatype: Any, shape: Any, max_rows: int) -> Declared:
-    accepted = accepted_datatypes(spec)
-    if not isinstance(datatype, str) or datatype.upper() not in accepted:
-        shown = datatype.upper() if isinstance(datatype, str) else repr(datatype)
-        other = " (or another numeric type)" if len(accepted) > 1 else ""
-        raise InvalidInput(f"input {name!r} has datatype {shown}; expected {spec.datatype}{other}")
-    if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) and not isinstance(d, bool)
-                                                        for d in shape):
-        raise InvalidInput(f"input {name!r}: shape must be a list of integers, got {shape!r}")
-    shape = list(shape)
-    if any(d < 0 for d in shape):
-        raise InvalidInput(f"input {name!r}: shape {shape} has a negative dimension")
-    if not shape or (len(shape) == len(spec.shape) and spec.shape):
-        raise InvalidInput(f"input {name!r}: shape {shape} is not a batch; expected {_expected(spec)}")
-    instance = instance_shape(name, spec, shape[1:], shape)
-    if shape[0] == 0:
-        raise InvalidInput(f"input {name!r}: empty batch: at least one instance is needed")
-    if shape[0] > max_rows:
-        raise TooManyRows(f"input {name!r} declares {shape[0]} rows; at most {max_rows} rows per request "
-                          "are accepted (--max_rows)")
-    return Declared(name, spec, shape, instance, datatype.upper())
-
-
-def instance_shape(name: str, spec: TensorSpec, dims: Sequence[int], shape: Sequence[int]) -> tuple[int, ...]:
-    """The model's shape of one instance for declared instance dimensions ``dims`` (of ``shape``).
-
-    ``-1`` dimensions take 1 to ``max_length``; a fixed shape may also come flat (``[N, prod(shape)]``).
-
-    Raises:
-        InvalidInput: naming the input, the expected and the declared shape.
-    """
-    dims = list(dims)
-    if len(dims) == len(spec.shape) and all(d == s or (s == -1 and 1 <= d <= spec.max_length)
-                                            for d, s in zip(dims, spec.shape)):
-        return tuple(dims)
-    if -1 not in spec.shape and dims == [math.prod(spec.shape)]:
-        return spec.shape  # a fixed shape, sent flat
-    features = f" ({len(spec.labels)} features)" if spec.labels else ""
-    instance = [f"1..{spec.max_length}" if s == -1 else s for s in spec.shape]
-    raise InvalidInput(f"input {name!r}: each instance must have shape [{', '.join(map(str, instance))}]"
-                       f"{features}; expected {_expected(spec)}, got shape {list(shape)}")
-
-
-def _expected(spec: TensorSpec) -> str:
-    dims = ["N", *(f"1..{spec.max_length}" if s == -1 else str(s) for s in spec.shape)]
-    return f"[{', '.join(dims)}]"
 
 
 # ---- V2 REST ----------------------------------------------------------------------------------------
@@ -351,11 +238,11 @@ def decode_v2_data(header: V2Header, binary: bytes) -> Batch:
     for tensor in header.tensors:
         declared = tensor.declared
         if tensor.binary_size is None:
-            array = _from_json(declared, tensor.data)
+            array = from_json(declared, tensor.data)
         else:
             chunk = binary[offset:offset + tensor.binary_size]
             offset += tensor.binary_size
-            array = (_split_bytes(declared, chunk) if declared.datatype == "BYTES"
+            array = (split_bytes(declared, chunk) if declared.datatype == "BYTES"
                      else np.frombuffer(chunk, dtype=declared.wire_dtype))
         inputs[declared.spec.name] = as_input(declared.name, declared.spec, array, declared.shape[0],
                                               declared.instance)
@@ -395,7 +282,7 @@ def decode_grpc(request: pb.ModelInferRequest, signature: Signature, max_rows: i
     for i, (tensor, d) in enumerate(zip(request.inputs, declared, strict=True)):
         if raw:
             if d.datatype == "BYTES":
-                array = _split_bytes(d, raw[i])
+                array = split_bytes(d, raw[i])
             else:
                 expected = d.count * d.wire_dtype.itemsize
                 if len(raw[i]) != expected:
@@ -409,7 +296,7 @@ def decode_grpc(request: pb.ModelInferRequest, signature: Signature, max_rows: i
             if len(values) != d.count:
                 raise InvalidInput(f"input {d.name!r}: {len(values)} values do not fit shape {d.shape}")
             if d.datatype == "BYTES":
-                array = _strings(d, list(values))
+                array = strings(d, list(values))
             else:
                 array = np.asarray(values, dtype=d.wire_dtype)  # bounded: the shape passed max_rows
         inputs[d.spec.name] = as_input(d.name, d.spec, array, d.shape[0], d.instance)
@@ -474,7 +361,7 @@ def _v1_input(spec: TensorSpec, values: list[Any]) -> np.ndarray:
             raise InvalidInput(f"input {name!r}: instances must be a rectangular list of strings: {e}") from e
         dims = list(array.shape[1:])
         instance = instance_shape(name, spec, dims, array.shape)
-        return as_input(name, spec, _strings(_declared(name, spec, array.shape, instance, "BYTES"),
+        return as_input(name, spec, strings(_declared(name, spec, array.shape, instance, "BYTES"),
                                              array.reshape(-1).tolist()), len(array), instance)
     try:
         array = np.asarray(values)
@@ -484,7 +371,7 @@ def _v1_input(spec: TensorSpec, values: list[Any]) -> np.ndarray:
     if array.dtype.kind not in kinds:
         what = "integers" if kinds == "iu" else "booleans" if kinds == "b" else "numbers"
         raise InvalidInput(f"input {name!r}: instances must be a rectangular list of {what}"
-                           f"{_first_non_number(values) if kinds != 'b' else ''}")
+                           f"{first_non_number(values) if kinds != 'b' else ''}")
     if array.ndim < 1:
         raise InvalidInput(f"input {name!r}: instances must be a list")
     instance = instance_shape(name, spec, array.shape[1:], array.shape)
@@ -504,136 +391,6 @@ def _row_from_mapping(row: dict[str, Any], labels: Sequence[str], index: int) ->
     if extra:
         raise InvalidInput(f"instance {index} has unknown feature(s) {extra[:5]}")
     return [row[f] for f in labels]
-
-
-# ---- data -------------------------------------------------------------------------------------------
-
-def as_input(name: str, spec: TensorSpec, array: np.ndarray, rows: int, instance: tuple[int, ...]) -> np.ndarray:
-    """``array`` as the model takes it: ``[rows, *instance]`` of the spec's dtype, floats finite, integers
-    within the spec's range.
-
-    Raises:
-        InvalidInput: NaN or Inf (or values beyond the type), integers out of range; naming the rows.
-    """
-    array = array.reshape(rows, *instance)
-    if spec.datatype == "BYTES":
-        return array
-    target = np.dtype(WIRE_DTYPES[spec.datatype]).newbyteorder("=")
-    if target.kind == "f":
-        with np.errstate(over="ignore", invalid="ignore"):
-            converted = array.astype(target)
-        finite = np.isfinite(converted.reshape(rows, -1)).all(axis=1)
-        if not finite.all():
-            raise InvalidInput(f"input {name!r}: inputs contain NaN or Inf (or values beyond {spec.datatype}) in "
-                               f"row(s) {np.flatnonzero(~finite)[:5].tolist()}")
-        return converted
-    if target.kind in "iu" and array.size:
-        info = np.iinfo(target)
-        low, high = int(array.min()), int(array.max())
-        if low < info.min or high > info.max:
-            raise InvalidInput(f"input {name!r}: values out of range for {spec.datatype} ({low} to {high})")
-    return array.astype(target)
-
-
-def _from_json(declared: Declared, data: Any) -> np.ndarray:
-    """JSON ``data`` (flat or nested) of a declared tensor; numbers for numeric inputs, strings for BYTES."""
-    name = declared.name
-    if declared.datatype == "BYTES":
-        return _strings(declared, _flatten(name, data, declared.count))
-    try:
-        array = np.asarray(data)
-    except (ValueError, TypeError, OverflowError) as e:
-        raise InvalidInput(f"input {name!r}: data must be a flat or rectangular list of numbers: {e}") from e
-    kinds = "b" if declared.datatype == "BOOL" else "iu" if declared.spec.datatype in INTEGERS else "iuf"
-    if array.dtype.kind not in kinds:
-        what = "JSON booleans" if kinds == "b" else "JSON integers" if kinds == "iu" else "JSON numbers"
-        raise InvalidInput(f"input {name!r}: data must be {what}{_first_non_number(data) if kinds != 'b' else ''}")
-    if array.size != declared.count:
-        raise InvalidInput(f"input {name!r}: {array.size} values do not fit the declared shape {declared.shape}")
-    return array
-
-
-def _flatten(name: str, data: Any, count: int) -> list[Any]:
-    """The leaves of a flat or nested JSON list, refused as soon as there are more than ``count``."""
-    if not isinstance(data, list):
-        raise InvalidInput(f"input {name!r}: data must be a list of strings, got {type(data).__name__}")
-    leaves: list[Any] = []
-    stack = [iter(data)]
-    while stack:
-        for value in stack[-1]:
-            if isinstance(value, list):
-                stack.append(iter(value))
-                break
-            leaves.append(value)
-            if len(leaves) > count:
-                raise InvalidInput(f"input {name!r}: more than {count} strings for the declared shape")
-        else:
-            stack.pop()
-    if len(leaves) != count:
-        raise InvalidInput(f"input {name!r}: {len(leaves)} strings do not fit the declared shape")
-    return leaves
-
-
-def _strings(declared: Declared, values: list[Any]) -> np.ndarray:
-    """Strings (``str``, or ``bytes`` as UTF-8) as a numpy unicode array, each at most ``max_bytes`` long."""
-    name, limit = declared.name, declared.spec.max_bytes
-    out: list[str] = []
-    for i, value in enumerate(values):
-        if isinstance(value, bytes):
-            if len(value) > limit:
-                raise InvalidInput(f"input {name!r}: element {i} is longer than {limit} bytes")
-            try:
-                value = value.decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidInput(f"input {name!r}: element {i} is not UTF-8") from None
-        elif isinstance(value, str):
-            try:
-                too_long = len(value) > limit or len(value.encode("utf-8")) > limit
-            except UnicodeEncodeError:
-                raise InvalidInput(f"input {name!r}: element {i} is not valid Unicode") from None
-            if too_long:
-                raise InvalidInput(f"input {name!r}: element {i} is longer than {limit} bytes")
-        else:
-            raise InvalidInput(f"input {name!r}: element {i} is a {type(value).__name__}, not a string")
-        out.append(value)
-    return np.asarray(out, dtype=str) if out else np.zeros(0, dtype="<U1")
-
-
-def _split_bytes(declared: Declared, chunk: bytes) -> np.ndarray:
-    """The binary extension's (and raw gRPC's) ``BYTES``: each element a 4-byte little-endian length, then
-    that many bytes; exactly ``count`` elements."""
-    name, limit = declared.name, declared.spec.max_bytes
-    values: list[bytes] = []
-    offset = 0
-    for i in range(declared.count):
-        if offset + BYTES_PREFIX > len(chunk):
-            raise InvalidInput(f"input {name!r}: the binary data ends before element {i} of {declared.count}")
-        (length,) = struct.unpack_from("<I", chunk, offset)
-        offset += BYTES_PREFIX
-        if length > limit:
-            raise InvalidInput(f"input {name!r}: element {i} is longer than {limit} bytes")
-        if offset + length > len(chunk):
-            raise InvalidInput(f"input {name!r}: the binary data ends inside element {i}")
-        values.append(chunk[offset:offset + length])
-        offset += length
-    if offset != len(chunk):
-        raise InvalidInput(f"input {name!r}: {len(chunk) - offset} bytes left after {declared.count} elements")
-    return _strings(declared, values)
-
-
-def _first_non_number(data: Any, limit: int = 100_000) -> str:
-    """``, found str 'NaN'`` for the first value that is no JSON number (for the error message only)."""
-    stack, seen = [data], 0
-    while stack and seen < limit:
-        value = stack.pop()
-        seen += 1
-        if isinstance(value, list):
-            stack.extend(reversed(value))
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f", found {type(value).__name__} {str(value)[:20]!r}"
-        elif isinstance(value, int) and not -2**63 <= value < 2**64:
-            return f", found an integer out of range ({str(value)[:20]})"
-    return ""
 
 
 # ---- outputs ----------------------------------------------------------------------------------------

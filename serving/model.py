@@ -52,6 +52,7 @@ from pillars.serving.drift import DriftConfig, DriftMonitor
 from pillars.serving.errors import NonFiniteOutput, ServingError, VersionNotFound
 from pillars.serving.settings import ServingSettings
 from pillars.serving.storage import ModelSource, discard, is_alias_uri, registry_version, resolve_model
+from pillars.serving.tensors import WIRE_DTYPES
 
 logger = logging.getLogger("pillars.serving")
 
@@ -354,7 +355,7 @@ def placeholder_inputs(signature: Signature, rows: int) -> dict[str, np.ndarray]
             continue
         shape = (rows, *(min(spec.max_length, 16) if d == -1 else d for d in spec.shape))
         inputs[spec.name] = (np.full(shape, "warm-up") if spec.datatype == "BYTES"
-                             else np.zeros(shape, dtype=np.dtype(codec.WIRE_DTYPES[spec.datatype])))
+                             else np.zeros(shape, dtype=np.dtype(WIRE_DTYPES[spec.datatype])))
     return inputs
 
 

@@ -13,7 +13,7 @@ from kserve.errors import InvalidInput
 from pillars.components.errors import ConfigError
 from pillars.components.predictor import Predictor, load_predictor
 from pillars.components.task import InputError, Signature, TensorSpec
-from pillars.serving import codec
+from pillars.serving import codec, tensors
 from pillars.serving.batching import Batcher, merge_key
 from pillars.serving.drift import DriftConfig, DriftMonitor
 from pillars.serving.errors import TooManyRows
@@ -85,7 +85,7 @@ def test_size_limits_follow_the_signature(predictor):
         codec.parse_json(b" " * (codec.json_body_limit(signature, 2) + 1), signature, 2)
 
 
-@pytest.mark.parametrize("tensors,fragment", [
+@pytest.mark.parametrize("declared_tensors,fragment", [
     ([("text", "BYTES", [2]), ("user_id", "INT64", [2])], "'history' is missing"),
     ([("text", "BYTES", [2]), ("user_id", "UINT8", [2]), ("history", "INT32", [2, 3])], None),
     ([("text", "BYTES", [2, 1]), ("user_id", "INT64", [2]), ("history", "FP32", [2, 3])], None),
@@ -96,13 +96,13 @@ def test_size_limits_follow_the_signature(predictor):
     ([("text", "BYTES", [2]), ("user_id", "INT64", [2]), ("history", "FP32", [2, 9])], "1..8"),
     ([("text", "BYTES", [2]), ("user_id", "INT64", [2, 2]), ("history", "FP32", [2, 1])], "'user_id'"),
 ])
-def test_declared_tensors_are_checked_against_the_signature(predictor, tensors, fragment):
+def test_declared_tensors_are_checked_against_the_signature(predictor, declared_tensors, fragment):
     if fragment is None:
-        declared = codec.check_declared(tensors, predictor.signature, 10)
-        assert [d.spec.name for d in declared] == [t[0] for t in tensors]
+        declared = tensors.check_declared(declared_tensors, predictor.signature, 10)
+        assert [d.spec.name for d in declared] == [t[0] for t in declared_tensors]
         return
     with pytest.raises(InvalidInput, match=fragment):
-        codec.check_declared(tensors, predictor.signature, 10)
+        tensors.check_declared(declared_tensors, predictor.signature, 10)
 
 
 def test_drift_features_are_matched_by_name_and_a_missing_one_turns_drift_off(predictor):
