@@ -63,19 +63,20 @@ def build_and_register(root: Path) -> tuple[str, Path]:
 
 
 def in_process_ceiling(model_dir: Path, seconds: float = 3.0, batch: int = 64) -> float:
-    """Samples/s of ``Predictor.predict`` on full batches in this process: the ceiling."""
+    """Samples/s of the server's forward path (``predict_checked``: encode, forward, decode) on full
+    batches in this process: the ceiling."""
     import torch
 
-    from pillars.components.models import Predictor
+    from pillars.components.predictor import load_predictor
 
     torch.set_num_threads(1)  # as the server runs it (--cpu_threads 1, the default)
-    predictor = Predictor.load(model_dir)
-    rows = np.random.default_rng(0).normal(5, 2, size=(batch, N_FEATURES)).astype(np.float32)
+    predictor = load_predictor(model_dir)
+    rows = {"input-0": np.random.default_rng(0).normal(5, 2, size=(batch, N_FEATURES)).astype(np.float32)}
     for _ in range(20):
-        predictor.predict(rows)
+        predictor.predict_checked(rows)
     n, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        predictor.predict(rows)
+        predictor.predict_checked(rows)
         n += batch
     return n / (time.perf_counter() - started)
 

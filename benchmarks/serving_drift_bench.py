@@ -63,22 +63,24 @@ def build_profiled_model(root: Path) -> tuple[Path, np.ndarray]:
 
 
 def in_process_costs(model_dir: Path, x: np.ndarray) -> dict:
-    """Median seconds of ``observe`` (a 64-row batch) and of one ``compute`` over a full 1000-row window."""
-    from pillars.components.models import Predictor, load_profile
+    """Median seconds of the drift features and ``observe`` of a 64-row batch (what the request path pays),
+    and of one ``compute`` over a full 1000-row window."""
+    from pillars.components.predictor import load_predictor, load_profile
     from pillars.serving.drift import DriftConfig, DriftMonitor
 
-    predictor = Predictor.load(model_dir)
-    config = predictor.config
-    monitor = DriftMonitor(load_profile(model_dir), config.feature_names, config.kind, config.classes, DriftConfig())
-    batch = x[:BULK_ROWS]
-    outputs = predictor.predict(batch)
+    predictor = load_predictor(model_dir)
+    profile = load_profile(model_dir)
+    monitor = DriftMonitor(profile, list(profile["features"]), predictor.task.kind, predictor.prep.get("classes"),
+                           DriftConfig())
+    batch = {"input-0": x[:BULK_ROWS]}
+    outputs = predictor.predict_checked(batch)
     observe, forward = [], []
     for _ in range(2000):
         started = time.perf_counter()
-        monitor.observe(batch, outputs)
+        monitor.observe_named(*predictor.drift_rows(batch), outputs)
         observe.append(time.perf_counter() - started)
         started = time.perf_counter()
-        predictor.predict(batch)
+        predictor.predict_checked(batch)
         forward.append(time.perf_counter() - started)
     compute = []
     for _ in range(20):

@@ -1,8 +1,15 @@
 """Adaptive micro-batching: concurrent requests merged into one forward pass.
 
-Requests put their (already validated) rows on an asyncio queue. One collector task takes what is
-queued, up to ``max_batch_size`` rows, and runs one forward pass in a single worker thread, so the
-event loop keeps accepting requests meanwhile; results are split back by row ranges.
+Requests put their (already validated) inputs on an asyncio queue: one array, or named arrays (one per
+model input) with the same number of rows. One collector task takes what is queued, up to
+``max_batch_size`` rows, and runs one forward pass in a single worker thread, so the event loop keeps
+accepting requests meanwhile; results are split back by row ranges.
+
+Only requests that can be concatenated are merged: the same inputs given, each with the same
+per-instance shape (a ``-1`` dimension of the same length) and kind of dtype. A request that cannot
+join the batch being collected waits, in order, for a batch of its own kind. When a merged pass fails
+with one of the ``isolate`` errors (bad input found while encoding, such as an unknown id), its
+requests are run again one by one, so only the request at fault gets the error.
 
 Bounded: rows submitted and not yet answered are capped (``max_queued_rows``); past that, ``submit``
 raises :class:`pillars.serving.errors.Overloaded` (503 / RESOURCE_EXHAUSTED) at once instead of queueing
@@ -18,9 +25,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -29,30 +38,59 @@ from pillars.serving.errors import Overloaded
 logger = logging.getLogger("pillars.serving")
 
 Outputs = dict[str, np.ndarray]
-ForwardFn = Callable[[np.ndarray], Outputs]
-BatchHook = Callable[[np.ndarray, Outputs, int, float], None]
+Inputs = np.ndarray | Mapping[str, np.ndarray]
+ForwardFn = Callable[[Any], Outputs]
+BatchHook = Callable[[int, Outputs, int, float], None]
+"""Called with (rows, outputs, requests merged, seconds) after each forward pass."""
+
+
+def rows_of(inputs: Inputs) -> int:
+    """Rows (instances) of one request's inputs."""
+    return len(inputs) if isinstance(inputs, np.ndarray) else len(next(iter(inputs.values())))
+
+
+def merge_key(inputs: Inputs) -> tuple[Any, ...]:
+    """Requests with equal keys can be concatenated row-wise: the same names, instance shapes, dtype kinds."""
+    if isinstance(inputs, np.ndarray):
+        return (("", inputs.shape[1:], inputs.dtype.kind),)
+    return tuple(sorted((name, a.shape[1:], a.dtype.kind) for name, a in inputs.items()))
+
+
+def concatenate(parts: list[Inputs]) -> Inputs:
+    """One batch of several requests' inputs (all with the same :func:`merge_key`)."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    if isinstance(first, np.ndarray):
+        return np.concatenate([np.asarray(p) for p in parts])
+    return {name: np.concatenate([p[name] for p in parts if not isinstance(p, np.ndarray)]) for name in first}
 
 
 @dataclass
 class _Item:
-    rows: np.ndarray
+    inputs: Inputs
     future: asyncio.Future[Outputs] = field(repr=False)
+    rows: int = 0
+    key: tuple[Any, ...] = ()
 
 
 class Batcher:
     """Merges concurrent ``submit`` calls into batched calls of ``forward``.
 
     Args:
-        forward: runs the model on a ``[N, ...]`` batch and returns arrays whose first axis is ``N``.
+        forward: runs the model on a batch (an ``[N, ...]`` array, or named ``[N, ...]`` arrays) and returns
+            arrays whose first axis is ``N``.
         max_batch_size: most rows per forward pass (a single larger request still runs, alone).
         max_latency_ms: most time a batch waits for more rows once the server is under load.
         on_batch: called in the worker thread after each pass with (inputs, outputs, requests, seconds).
         max_queued_rows: most rows waiting or running at once; more are refused (a lone request of any
             size is always taken).
+        isolate: errors after which the requests of a merged pass are run again one by one.
     """
 
     def __init__(self, forward: ForwardFn, max_batch_size: int = 64, max_latency_ms: float = 2.0,
-                 on_batch: BatchHook | None = None, max_queued_rows: int = 4096) -> None:
+                 on_batch: BatchHook | None = None, max_queued_rows: int = 4096,
+                 isolate: tuple[type[BaseException], ...] = ()) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         if max_queued_rows < 1:
@@ -64,12 +102,14 @@ class Batcher:
         self.max_latency = max_latency_ms / 1000.0
         self.on_batch = on_batch
         self.max_queued_rows = max_queued_rows
+        self.isolate = isolate
         self._pending_rows = 0
         self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pillars-forward")
         self._queue: asyncio.Queue[_Item] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._carry: _Item | None = None
+        self._waiting: deque[_Item] = deque()
+        """Taken from the queue but not yet run: the next batch's first item, or items of another kind."""
         self._last_requests = 1
 
     @property
@@ -82,13 +122,14 @@ class Batcher:
         """True once :meth:`close` ran: nothing is answered any more."""
         return self._closed
 
-    async def submit(self, rows: np.ndarray) -> Outputs:
-        """Predict ``rows`` as part of the next batch; returns this request's slice of the outputs.
+    async def submit(self, inputs: Inputs) -> Outputs:
+        """Predict ``inputs`` as part of the next batch; returns this request's slice of the outputs.
 
         Raises:
             Overloaded: ``max_queued_rows`` rows are already waiting or running.
         """
-        if self._pending_rows and self._pending_rows + len(rows) > self.max_queued_rows:
+        rows = rows_of(inputs)
+        if self._pending_rows and self._pending_rows + rows > self.max_queued_rows:
             raise Overloaded(f"the server is busy: {self._pending_rows} rows are queued (limit "
                              f"{self.max_queued_rows}, --max_queued_rows); retry later")
         if self._task is None or self._task.done():
@@ -96,16 +137,16 @@ class Batcher:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="pillars-batcher")
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         assert self._queue is not None
-        self._pending_rows += len(rows)
+        self._pending_rows += rows
         try:
-            self._queue.put_nowait(_Item(rows, future))
+            self._queue.put_nowait(_Item(inputs, future, rows, merge_key(inputs)))
             return await future
         finally:
-            self._pending_rows -= len(rows)
+            self._pending_rows -= rows
 
-    def run_sync(self, rows: np.ndarray) -> Outputs:
+    def run_sync(self, inputs: Inputs) -> Outputs:
         """One unbatched forward pass in the caller's thread (warm-up, in-process benchmarks)."""
-        return self.forward(rows)
+        return self.forward(inputs)
 
     def close(self) -> None:
         """Stop the collector and the worker thread."""
@@ -116,9 +157,17 @@ class Batcher:
 
     async def _collect(self) -> list[_Item]:
         assert self._queue is not None
-        first = self._carry or await self._queue.get()
-        self._carry = None
-        items, rows = [first], len(first.rows)
+        first = self._waiting.popleft() if self._waiting else await self._queue.get()
+        items, rows = [first], first.rows
+        held: deque[_Item] = deque()  # stays waiting, in order of arrival
+        while self._waiting and rows < self.max_batch_size:  # those that waited come first
+            item = self._waiting.popleft()
+            if item.key == first.key and rows + item.rows <= self.max_batch_size:
+                items.append(item)
+                rows += item.rows
+            else:
+                held.append(item)
+        held.extend(self._waiting)
         deadline = time.monotonic() + self.max_latency
         while rows < self.max_batch_size:
             if not self._queue.empty():
@@ -133,41 +182,56 @@ class Batcher:
                     break
             else:
                 break
-            if rows + len(item.rows) > self.max_batch_size:
-                self._carry = item  # first of the next batch
+            if item.key != first.key:
+                held.append(item)  # another kind of request: it waits for a batch of its own
+                continue
+            if rows + item.rows > self.max_batch_size:
+                held.append(item)  # first of the next batch
                 break
             items.append(item)
-            rows += len(item.rows)
+            rows += item.rows
+        self._waiting = held
         return items
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             items = await self._collect()
             items = [item for item in items if not item.future.done()]  # cancelled by a gone client
             if not items:
                 continue
             self._last_requests = len(items)
-            batch = items[0].rows if len(items) == 1 else np.concatenate([i.rows for i in items])
             try:
-                outputs = await loop.run_in_executor(self._executor, self._forward, batch, len(items))
-            except Exception as e:  # delivered to every waiting request, which maps it to a status
+                await self._answer(items)
+            except self.isolate:  # bad input in a merged pass: run each request alone
                 for item in items:
-                    if not item.future.done():
-                        item.future.set_exception(e)
-                continue
-            start = 0
-            for item in items:
-                stop = start + len(item.rows)
-                if not item.future.done():
-                    item.future.set_result({k: v[start:stop] for k, v in outputs.items()})
-                start = stop
+                    await self._answer([item])
 
-    def _forward(self, batch: np.ndarray, n_requests: int) -> Outputs:
+    async def _answer(self, items: list[_Item]) -> None:
+        """Run ``items`` as one pass and answer each; an ``isolate`` error of a merged pass is re-raised."""
+        loop = asyncio.get_running_loop()
+        batch = concatenate([i.inputs for i in items])
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._forward, batch, len(items))
+        except Exception as e:  # delivered to every waiting request, which maps it to a status
+            if len(items) > 1 and isinstance(e, self.isolate):
+                raise
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(e)
+            return
+        start = 0
+        for item in items:
+            stop = start + item.rows
+            if not item.future.done():
+                item.future.set_result({k: v[start:stop] for k, v in outputs.items()})
+            start = stop
+
+    def _forward(self, batch: Inputs, n_requests: int) -> Outputs:
         started = time.perf_counter()
         outputs = self.forward(batch)
         seconds = time.perf_counter() - started
+        rows = rows_of(batch)
         if self.on_batch is not None:
-            self.on_batch(batch, outputs, n_requests, seconds)
-        logger.debug("batch rows=%d requests=%d seconds=%.6f", len(batch), n_requests, seconds)
+            self.on_batch(rows, outputs, n_requests, seconds)
+        logger.debug("batch rows=%d requests=%d seconds=%.6f", rows, n_requests, seconds)
         return outputs

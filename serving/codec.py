@@ -1,22 +1,39 @@
-"""Turning protocol payloads into a checked numeric batch, and model outputs into protocol responses.
+"""Turning protocol payloads into checked named inputs, and model outputs into protocol responses.
 
-One input tensor (V2 REST and gRPC; any name, ``input-0`` in the metadata) of shape
-``[N, n_features]`` (or ``[N, *input_shape]`` for images) and a numeric datatype; or V1
-``{"instances": [...]}`` with rows as lists or as objects keyed by feature name.
+The framing of V1, V2 REST (JSON and the binary extension) and V2 gRPC; what is checked against the
+signature, and how tensor data is read, lives in :mod:`pillars.serving.tensors`.
 
-This is the edge, and the only place a request is checked: the declared datatype, shape and row count
-are checked against the model and ``max_rows`` before any tensor data is decoded (for the REST binary
-extension the JSON header at the front of the body is all that is parsed first); binary tensors are
-then viewed with :func:`numpy.frombuffer` and JSON data converted by numpy in one call, never element by
-element in Python. What comes out is a float32 ``[N, n_features]`` batch the model runs unchecked.
-Bad input is a :class:`kserve.errors.InvalidInput` (HTTP 400, gRPC INVALID_ARGUMENT) naming what is
-wrong; too many rows is :class:`pillars.serving.errors.TooManyRows` (413, RESOURCE_EXHAUSTED).
+Everything here is driven by the model's :class:`pillars.components.task.Signature`: its named inputs
+(Open Inference Protocol datatypes, per-instance shapes with ``-1`` dimensions up to ``max_length``,
+``BYTES`` elements up to ``max_bytes``, optional inputs) and its outputs.
+
+This is the edge, and the only place a request is checked. The declared names, datatypes, shapes and
+row counts of every tensor are checked against the signature and ``max_rows`` before any tensor data is
+decoded (for the REST binary extension the JSON header at the front of the body is all that is parsed
+first): every required input present, no unknown one, a datatype the input accepts (a numeric input
+takes any numeric datatype that converts without surprise: a float input takes floats and integers, an
+integer input takes integers; ``BYTES`` only ``BYTES``), the instance shape (a fixed shape may also
+come flat), the same number of rows in every input. Binary numeric tensors are then viewed with
+:func:`numpy.frombuffer` and JSON numbers converted by numpy in one call; ``BYTES`` elements (JSON
+strings, the binary extension's 4-byte little-endian length-prefixed elements, gRPC ``bytes_contents``
+or raw) are read one by one, at most ``rows x values`` of them, each at most ``max_bytes`` long and
+UTF-8. What comes out is one array per input, in the spec's shape and dtype family (strings as numpy
+unicode arrays), that the task encodes unchecked.
+
+A model with a single input takes one tensor under any name (as KServe's own runtimes do); a model with
+several inputs takes them by name. V1 ``{"instances": [...]}``: a single-input model takes rows (lists
+of numbers, objects keyed by the input's ``labels`` for a table, or plain strings for one ``BYTES``
+input); a model with several inputs takes objects keyed by input name.
+
+Bad input is a :class:`kserve.errors.InvalidInput` (HTTP 400, gRPC INVALID_ARGUMENT) naming the input
+and what is wrong; too many rows, or a body larger than any request within ``max_rows`` can be, is
+:class:`pillars.serving.errors.TooManyRows` (413, RESOURCE_EXHAUSTED).
 """
 
 from __future__ import annotations
 
-import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,22 +43,32 @@ from kserve.errors import InvalidInput
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.infer_type import InferOutput, InferResponse, RequestedOutput
 
-from pillars.components.models import ModelConfig
+from pillars.components.task import Signature, TensorSpec
 from pillars.serving.errors import TooManyRows
+from pillars.serving.tensors import (
+    BYTES_PREFIX,
+    FLOATS,
+    INTEGERS,
+    WIRE_DTYPES,
+    Declared,
+    as_input,
+    check_declared,
+    first_non_number,
+    from_json,
+    instance_shape,
+    split_bytes,
+    strings,
+)
 
-INPUT_NAME = "input-0"
-NUMERIC_DATATYPES = {"FP16": "<f2", "FP32": "<f4", "FP64": "<f8", "INT8": "i1", "INT16": "<i2", "INT32": "<i4",
-                     "INT64": "<i8", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8"}
-"""V2 datatypes a model input accepts, and their little-endian numpy dtypes (the binary wire format)."""
-GRPC_CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT8": "int_contents",
-                 "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
-                 "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
-                 "UINT64": "uint64_contents"}
+GRPC_CONTENTS = {"BOOL": "bool_contents", "FP32": "fp32_contents", "FP64": "fp64_contents",
+                 "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+                 "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
+                 "UINT32": "uint_contents", "UINT64": "uint64_contents", "BYTES": "bytes_contents"}
 """The ``InferTensorContents`` field that carries each datatype (FP16 travels only as raw bytes)."""
 JSON_BYTES_PER_VALUE = 64
-"""Most bytes one number may take in a JSON body, separators and indentation included: a JSON body longer
-than ``JSON_BYTES_PER_VALUE x max_rows x values per row`` (plus :data:`JSON_OVERHEAD_BYTES`) cannot be a
-request the server would accept, and is refused before it is parsed."""
+"""Most bytes one number may take in a JSON body, separators and indentation included."""
+JSON_BYTES_PER_STRING_BYTE = 6
+"""Most bytes one byte of a string may take in JSON (a control character escaped as ``\\u0000``)."""
 JSON_OVERHEAD_BYTES = 64 * 1024
 GRPC_BYTES_PER_VALUE = 10
 """Most bytes one value takes in a gRPC request (an INT64 varint in ``int64_contents``; raw FP64 is 8)."""
@@ -52,7 +79,8 @@ class Batch:
     """A request checked at the edge: what the model runs, and how to answer.
 
     Attributes:
-        rows: float32 ``[N, n_features]``, finite, ``1 <= N <= max_rows``.
+        inputs: one array per input the request carries (named as the signature), ``N`` rows each,
+            ``1 <= N <= max_rows``, in the spec's instance shape; floats finite; strings as numpy unicode.
         protocol: ``v1`` or ``v2`` (REST or gRPC).
         request_id: the V2 request id, echoed in the response.
         outputs: the V2 output names to return, checked against the model's outputs.
@@ -60,100 +88,61 @@ class Batch:
             gRPC: when the inputs came as raw bytes).
         output_parameters: per requested output, the parameters it came with (REST ``binary_data``).
         from_grpc: the request came over gRPC.
-        input_name: the input tensor's name (``instances`` for V1), for error messages.
     """
 
-    rows: np.ndarray
+    inputs: dict[str, np.ndarray]
     protocol: str = "v2"
     request_id: str | None = None
     outputs: list[str] = field(default_factory=list)
     binary_outputs: bool = False
     output_parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
     from_grpc: bool = False
-    input_name: str = INPUT_NAME
+
+    @property
+    def rows(self) -> int:
+        return len(next(iter(self.inputs.values())))
 
 
-def input_metadata(config: ModelConfig) -> list[dict[str, Any]]:
-    """The model's input tensor as V2 model metadata lists it."""
-    shape = config.input_shape if config.architecture == "cnn" else [config.n_features]
-    return [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *shape]}]
+# ---- size limits ------------------------------------------------------------------------------------
 
-
-def output_metadata(config: ModelConfig) -> list[dict[str, Any]]:
-    """The model's output tensors as V2 model metadata lists them."""
-    if config.kind == "classification":
-        return [
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(config.classes or [])]},
-            {"name": "label", "datatype": "BYTES", "shape": [-1]},
-            {"name": "class_index", "datatype": "INT64", "shape": [-1]},
-        ]
-    return [{"name": "value", "datatype": "FP32", "shape": [-1]}]
-
-
-
-def value_shape(config: ModelConfig) -> list[int]:
-    """The shape of one instance: ``[n_features]``, or ``input_shape`` for a CNN (either is accepted)."""
-    return list(config.input_shape) if config.architecture == "cnn" else [config.n_features]
-
-
-def json_body_limit(config: ModelConfig, max_rows: int) -> int:
+def json_body_limit(signature: Signature, max_rows: int) -> int:
     """Longest JSON body (V1, or V2 without the binary extension) a request within ``max_rows`` can need."""
-    return JSON_BYTES_PER_VALUE * max_rows * config.n_features + JSON_OVERHEAD_BYTES
+    per_row = sum(spec.max_values * (JSON_BYTES_PER_STRING_BYTE * spec.max_bytes + 16 if spec.datatype == "BYTES"
+                                     else JSON_BYTES_PER_VALUE) for spec in signature.inputs)
+    return per_row * max_rows + JSON_OVERHEAD_BYTES
 
 
-def grpc_message_limit(config: ModelConfig, max_rows: int) -> int:
+def grpc_message_limit(signature: Signature, max_rows: int) -> int:
     """Largest gRPC request a request within ``max_rows`` can be: larger messages are refused by gRPC
     itself (RESOURCE_EXHAUSTED) before they are parsed."""
-    return GRPC_BYTES_PER_VALUE * max_rows * config.n_features + JSON_OVERHEAD_BYTES
+    per_row = sum(spec.max_values * (spec.max_bytes + GRPC_BYTES_PER_VALUE if spec.datatype == "BYTES"
+                                     else GRPC_BYTES_PER_VALUE) for spec in signature.inputs)
+    return per_row * max_rows + JSON_OVERHEAD_BYTES
 
 
-def check_tensor(name: Any, datatype: Any, shape: Any, config: ModelConfig,
-                 max_rows: int) -> tuple[list[int], np.dtype]:
-    """Check a declared tensor against the model before its data is touched.
+# ---- V2 REST ----------------------------------------------------------------------------------------
 
-    Returns:
-        The shape and the numpy dtype of the tensor's data.
+@dataclass(frozen=True)
+class RestTensor:
+    """One V2 REST input: its declaration and where its data is (JSON ``data``, or binary bytes)."""
 
-    Raises:
-        InvalidInput: not a numeric datatype, not a batch of instances of the model's shape, empty.
-        TooManyRows: more than ``max_rows`` rows.
-    """
-    if not isinstance(name, str):
-        raise InvalidInput(f"input name must be a string, got {name!r}")
-    if not isinstance(datatype, str) or datatype.upper() not in NUMERIC_DATATYPES:
-        shown = datatype.upper() if isinstance(datatype, str) else repr(datatype)
-        raise InvalidInput(f"input {name!r} has datatype {shown}; expected FP32 (or another numeric type)")
-    checked = _check_shape(name, shape)
-    instance = checked[1:]
-    n = config.n_features
-    if instance != [n] and instance != list(config.input_shape):
-        expected = [n] if instance == [] or len(config.input_shape) == 1 else f"[{n}] or {config.input_shape}"
-        raise InvalidInput(f"input {name!r}: each instance must have shape {expected} ({n} features), "
-                           f"declared shape {checked}")
-    if checked[0] == 0:
-        raise InvalidInput(f"input {name!r}: empty batch: at least one instance is needed")
-    if checked[0] > max_rows:
-        raise TooManyRows(f"input {name!r} declares {checked[0]} rows; at most {max_rows} rows per request "
-                          "are accepted (--max_rows)")
-    return checked, np.dtype(NUMERIC_DATATYPES[datatype.upper()])
+    declared: Declared
+    data: Any
+    binary_size: int | None
 
 
 @dataclass(frozen=True)
 class V2Header:
     """A V2 REST request checked up to its tensor data (what the JSON part declares)."""
 
-    tensor: dict[str, Any]
-    name: str
-    shape: list[int]
-    dtype: np.dtype
-    binary_size: int | None  # None: the data is JSON, in ``tensor["data"]``
+    tensors: list[RestTensor]
     request_id: str | None
     outputs: list[str]
     output_parameters: dict[str, dict[str, Any]]
     binary_outputs: bool
 
 
-def json_part_length(header_length: str | None, content_length: str | None, config: ModelConfig,
+def json_part_length(header_length: str | None, content_length: str | None, signature: Signature,
                      max_rows: int) -> int | None:
     """Before any of the body is read: the length of its JSON part for the binary extension (None: all JSON).
 
@@ -161,12 +150,11 @@ def json_part_length(header_length: str | None, content_length: str | None, conf
         TooManyRows: the JSON part is longer than any request within ``max_rows`` can need.
         InvalidInput: ``inference-header-content-length`` is not a length within the body.
     """
-    limit = json_body_limit(config, max_rows)
+    limit = json_body_limit(signature, max_rows)
     body_length = int(content_length) if content_length is not None and content_length.isdigit() else None
     if header_length is None:
         if body_length is not None and body_length > limit:
-            raise TooManyRows(f"a JSON request body of {body_length} bytes holds more than {max_rows} rows of "
-                              f"{config.n_features} values (--max_rows); send fewer rows, or binary tensors")
+            raise TooManyRows(_json_too_long(body_length, max_rows))
         return None
     if not header_length.isdigit() or (body_length is not None and int(header_length) > body_length):
         raise InvalidInput(f"inference-header-content-length {header_length!r} is not a length within the "
@@ -177,66 +165,99 @@ def json_part_length(header_length: str | None, content_length: str | None, conf
     return int(header_length)
 
 
-def check_v2_header(request: Any, config: ModelConfig, max_rows: int) -> V2Header:
-    """Check the JSON part of a V2 REST request (the whole body, or the binary extension's header): one
-    input tensor whose declared datatype, shape and rows fit the model, the requested outputs, the id.
+def _json_too_long(length: int, max_rows: int) -> str:
+    return (f"a JSON request body of {length} bytes is longer than any request of at most {max_rows} rows "
+            "can be (--max_rows); send fewer rows, or binary tensors")
+
+
+def check_v2_header(request: Any, signature: Signature, max_rows: int) -> V2Header:
+    """Check the JSON part of a V2 REST request (the whole body, or the binary extension's header): the
+    declared inputs against the signature, their data or binary sizes, the requested outputs, the id.
 
     Nothing of the tensor data is converted here.
     """
     if not isinstance(request, dict):
         raise InvalidInput('expected a JSON object with an "inputs" list')
-    tensor = _only_input(request.get("inputs"))
-    name, params = tensor.get("name"), tensor.get("parameters")
-    shape, dtype = check_tensor(name, tensor.get("datatype"), tensor.get("shape"), config, max_rows)
-    if params is not None and not isinstance(params, dict):
-        raise InvalidInput(f"input {name!r}: parameters must be an object")
-    size = (params or {}).get("binary_data_size")
-    if "data" in tensor and size is not None:
-        raise InvalidInput(f"input {name!r} has both data and parameters.binary_data_size")
-    if "data" not in tensor:
-        expected = math.prod(shape) * dtype.itemsize
-        if size is None:
-            raise InvalidInput(f"input {name!r} has neither data nor parameters.binary_data_size")
-        if size != expected or isinstance(size, bool):
-            raise InvalidInput(f"input {name!r}: binary_data_size {size!r} does not fit shape {shape} of "
-                               f"{tensor['datatype'].upper()} ({expected} bytes)")
-    outputs, output_parameters = _requested_rest_outputs(request.get("outputs"), config)
+    inputs = request.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidInput(f'"inputs" must be a list holding exactly one tensor per input of the model '
+                           f"({sorted(s.name for s in signature.inputs)}), got "
+                           f"{'none' if isinstance(inputs, list) else type(inputs).__name__}")
+    if not all(isinstance(t, dict) for t in inputs):
+        raise InvalidInput("an input tensor must be a JSON object with name, shape, datatype and data")
+    declared = check_declared([(t.get("name"), t.get("datatype"), t.get("shape")) for t in inputs], signature,
+                              max_rows)
+    tensors = [_rest_tensor(t, d) for t, d in zip(inputs, declared, strict=True)]
+    outputs, output_parameters = _requested_rest_outputs(request.get("outputs"), signature)
     parameters = request.get("parameters")
     if parameters is not None and not isinstance(parameters, dict):
         raise InvalidInput("parameters must be an object")
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput(f"id must be a string, got {request_id!r}")
-    return V2Header(tensor, name, shape, dtype, size, request_id, outputs, output_parameters,
+    return V2Header(tensors, request_id, outputs, output_parameters,
                     bool((parameters or {}).get("binary_data_output", False)))
 
 
-def decode_v2_data(header: V2Header, binary: bytes, config: ModelConfig) -> Batch:
-    """The checked batch: JSON data converted by numpy, or the binary bytes viewed with ``np.frombuffer``."""
-    if header.binary_size is None:
-        if binary:
-            raise InvalidInput(f"input {header.name!r}: {len(binary)} bytes follow the JSON header, but no "
-                               "input declares binary_data_size")
-        array = _from_json(header.name, header.tensor["data"], header.shape)
+def _rest_tensor(tensor: dict[str, Any], declared: Declared) -> RestTensor:
+    name, params = declared.name, tensor.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise InvalidInput(f"input {name!r}: parameters must be an object")
+    size = (params or {}).get("binary_data_size")
+    if "data" in tensor and size is not None:
+        raise InvalidInput(f"input {name!r} has both data and parameters.binary_data_size")
+    if "data" in tensor:
+        return RestTensor(declared, tensor["data"], None)
+    if size is None:
+        raise InvalidInput(f"input {name!r} has neither data nor parameters.binary_data_size")
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise InvalidInput(f"input {name!r}: binary_data_size must be an integer, got {size!r}")
+    if declared.datatype == "BYTES":
+        low, high = BYTES_PREFIX * declared.count, (BYTES_PREFIX + declared.spec.max_bytes) * declared.count
+        if not low <= size <= high:
+            raise InvalidInput(f"input {name!r}: binary_data_size {size} does not fit {declared.count} strings "
+                               f"of at most {declared.spec.max_bytes} bytes ({low} to {high} bytes)")
     else:
-        if len(binary) != header.binary_size:
-            raise InvalidInput(f"input {header.name!r}: {len(binary)} bytes follow the JSON header; "
-                               f"binary_data_size is {header.binary_size}")
-        array = np.frombuffer(binary, dtype=header.dtype).reshape(header.shape)
-    return Batch(_as_rows(header.name, array, config), "v2", header.request_id, header.outputs,
-                 header.binary_outputs, header.output_parameters, input_name=header.name)
+        expected = declared.count * declared.wire_dtype.itemsize
+        if size != expected:
+            raise InvalidInput(f"input {name!r}: binary_data_size {size!r} does not fit shape {declared.shape} of "
+                               f"{declared.datatype} ({expected} bytes)")
+    return RestTensor(declared, None, size)
 
 
-def parse_json(body: bytes, config: ModelConfig, max_rows: int) -> Any:
+def decode_v2_data(header: V2Header, binary: bytes) -> Batch:
+    """The checked batch: JSON data converted by numpy, binary numbers viewed with ``np.frombuffer``,
+    strings read element by element."""
+    declared_size = sum(t.binary_size or 0 for t in header.tensors)
+    if len(binary) != declared_size:
+        names = [t.declared.name for t in header.tensors if t.binary_size is not None]
+        raise InvalidInput(f"{len(binary)} bytes follow the JSON header; the binary_data_size of "
+                           f"{names or 'no input'} add up to {declared_size}")
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for tensor in header.tensors:
+        declared = tensor.declared
+        if tensor.binary_size is None:
+            array = from_json(declared, tensor.data)
+        else:
+            chunk = binary[offset:offset + tensor.binary_size]
+            offset += tensor.binary_size
+            array = (split_bytes(declared, chunk) if declared.datatype == "BYTES"
+                     else np.frombuffer(chunk, dtype=declared.wire_dtype))
+        inputs[declared.spec.name] = as_input(declared.name, declared.spec, array, declared.shape[0],
+                                              declared.instance)
+    return Batch(inputs, "v2", header.request_id, header.outputs, header.binary_outputs, header.output_parameters)
+
+
+def parse_json(body: bytes, signature: Signature, max_rows: int) -> Any:
     """A JSON body, refused unparsed when it is longer than any request within ``max_rows`` can be.
 
     Raises:
         TooManyRows: the body is longer than :func:`json_body_limit`.
         InvalidInput: it is not JSON.
     """
-    if len(body) > json_body_limit(config, max_rows):
-        raise TooManyRows(f"a JSON request body of {len(body)} bytes holds more than {max_rows} rows of "
-                          f"{config.n_features} values (--max_rows); send fewer rows, or binary tensors")
+    if len(body) > json_body_limit(signature, max_rows):
+        raise TooManyRows(_json_too_long(len(body), max_rows))
     return loads(body)
 
 
@@ -248,40 +269,51 @@ def loads(text: bytes) -> Any:
         raise InvalidInput(f"the request is not valid JSON: {e}") from e
 
 
-def decode_grpc(request: pb.ModelInferRequest, config: ModelConfig, max_rows: int) -> Batch:
-    """A gRPC ``ModelInferRequest`` (``raw_input_contents`` or typed ``contents``)."""
-    if len(request.inputs) != 1:
-        raise InvalidInput(f"expected exactly one input tensor ({INPUT_NAME!r}), got {len(request.inputs)}")
-    tensor = request.inputs[0]
-    shape, dtype = check_tensor(tensor.name, tensor.datatype, list(tensor.shape), config, max_rows)
-    datatype = tensor.datatype.upper()
-    if request.raw_input_contents:
-        if len(request.raw_input_contents) != 1 or tensor.HasField("contents"):
-            raise InvalidInput(f"input {tensor.name!r}: give either one raw_input_contents or contents, not both")
-        raw = request.raw_input_contents[0]
-        expected = math.prod(shape) * dtype.itemsize
-        if len(raw) != expected:
-            raise InvalidInput(f"input {tensor.name!r}: {len(raw)} raw bytes do not fit shape {shape} of "
-                               f"{datatype} ({expected} bytes)")
-        array = np.frombuffer(raw, dtype=dtype).reshape(shape)
-    else:
-        if datatype not in GRPC_CONTENTS:
-            raise InvalidInput(f"input {tensor.name!r}: {datatype} travels only as raw_input_contents")
-        values = getattr(tensor.contents, GRPC_CONTENTS[datatype])
-        if len(values) != math.prod(shape):
-            raise InvalidInput(f"input {tensor.name!r}: {len(values)} values do not fit shape {shape}")
-        array = np.asarray(values, dtype=dtype).reshape(shape)  # bounded: the shape passed max_rows
-    known = [o["name"] for o in output_metadata(config)]
+# ---- V2 gRPC ----------------------------------------------------------------------------------------
+
+def decode_grpc(request: pb.ModelInferRequest, signature: Signature, max_rows: int) -> Batch:
+    """A gRPC ``ModelInferRequest``: ``raw_input_contents`` (one per input, in order) or typed ``contents``."""
+    declared = check_declared([(t.name, t.datatype, list(t.shape)) for t in request.inputs], signature, max_rows)
+    raw = request.raw_input_contents
+    if raw and (len(raw) != len(request.inputs) or any(t.HasField("contents") for t in request.inputs)):
+        raise InvalidInput(f"give raw_input_contents for every input ({len(request.inputs)}, got {len(raw)}) "
+                           "or contents for every input, not both")
+    inputs: dict[str, np.ndarray] = {}
+    for i, (tensor, d) in enumerate(zip(request.inputs, declared, strict=True)):
+        if raw:
+            if d.datatype == "BYTES":
+                array = split_bytes(d, raw[i])
+            else:
+                expected = d.count * d.wire_dtype.itemsize
+                if len(raw[i]) != expected:
+                    raise InvalidInput(f"input {d.name!r}: {len(raw[i])} raw bytes do not fit shape {d.shape} of "
+                                       f"{d.datatype} ({expected} bytes)")
+                array = np.frombuffer(raw[i], dtype=d.wire_dtype)
+        else:
+            if d.datatype not in GRPC_CONTENTS:
+                raise InvalidInput(f"input {d.name!r}: {d.datatype} travels only as raw_input_contents")
+            values = getattr(tensor.contents, GRPC_CONTENTS[d.datatype])
+            if len(values) != d.count:
+                raise InvalidInput(f"input {d.name!r}: {len(values)} values do not fit shape {d.shape}")
+            if d.datatype == "BYTES":
+                array = strings(d, list(values))
+            else:
+                array = np.asarray(values, dtype=d.wire_dtype)  # bounded: the shape passed max_rows
+        inputs[d.spec.name] = as_input(d.name, d.spec, array, d.shape[0], d.instance)
+    known = [o.name for o in signature.outputs]
     outputs = [o.name for o in request.outputs] or known
     _check_output_names(outputs, known)
-    return Batch(_as_rows(tensor.name, array, config), "v2", request.id or None, outputs,
-                 binary_outputs=bool(request.raw_input_contents), from_grpc=True, input_name=tensor.name)
+    return Batch(inputs, "v2", request.id or None, outputs, binary_outputs=bool(raw), from_grpc=True)
 
 
-def decode_v1(payload: Any, config: ModelConfig, max_rows: int) -> Batch:
-    """The batch carried by a V1 ``{"instances": [...]}`` body (rows as lists or feature-keyed objects).
+# ---- V1 ---------------------------------------------------------------------------------------------
 
-    Values must be JSON numbers: strings such as ``"1.5"`` are refused, not converted.
+def decode_v1(payload: Any, signature: Signature, max_rows: int) -> Batch:
+    """The batch carried by a V1 ``{"instances": [...]}`` body.
+
+    A single-input model takes rows: lists of numbers, objects keyed by the input's ``labels`` (a table's
+    feature names), or strings for one ``BYTES`` input. A model with several inputs (or a single input
+    without labels) takes objects keyed by input name. Numbers must be JSON numbers: ``"1.5"`` is refused.
     """
     if not isinstance(payload, dict) or "instances" not in payload:
         raise InvalidInput('expected a JSON object with an "instances" list')
@@ -293,29 +325,91 @@ def decode_v1(payload: Any, config: ModelConfig, max_rows: int) -> Batch:
     if len(instances) > max_rows:
         raise TooManyRows(f'"instances" has {len(instances)} rows; at most {max_rows} rows per request '
                           "are accepted (--max_rows)")
-    if all(isinstance(row, dict) for row in instances):
-        instances = [_row_from_mapping(row, config, i) for i, row in enumerate(instances)]
+    specs = signature.inputs
+    by_name = all(isinstance(row, dict) for row in instances)
+    if len(specs) == 1 and not (by_name and not specs[0].labels):
+        spec = specs[0]
+        if by_name:
+            instances = [_row_from_mapping(row, spec.labels, i) for i, row in enumerate(instances)]
+        return Batch({spec.name: _v1_input(spec, instances)}, "v1")
+    if not by_name:
+        raise InvalidInput(f"each instance must be an object keyed by input name ({[s.name for s in specs]})")
+    known = {s.name for s in specs}
+    for i, row in enumerate(instances):
+        unknown = sorted(set(row) - known)
+        if unknown:
+            raise InvalidInput(f"instance {i} has unknown input(s) {unknown[:5]}; this model takes {sorted(known)}")
+    inputs: dict[str, np.ndarray] = {}
+    for spec in specs:
+        present = sum(spec.name in row for row in instances)
+        if present == 0 and spec.optional:
+            continue
+        if present < len(instances):
+            first = next(i for i, row in enumerate(instances) if spec.name not in row)
+            rule = "; an optional input is given in every instance or in none" if spec.optional else ""
+            raise InvalidInput(f"input {spec.name!r} is missing in instance {first}{rule}")
+        inputs[spec.name] = _v1_input(spec, [row[spec.name] for row in instances])
+    return Batch(inputs, "v1")
+
+
+def _v1_input(spec: TensorSpec, values: list[Any]) -> np.ndarray:
+    name = spec.name
+    if spec.datatype == "BYTES":
+        try:
+            array = np.asarray(values, dtype=object)
+        except ValueError as e:
+            raise InvalidInput(f"input {name!r}: instances must be a rectangular list of strings: {e}") from e
+        dims = list(array.shape[1:])
+        instance = instance_shape(name, spec, dims, array.shape)
+        return as_input(name, spec, strings(_declared(name, spec, array.shape, instance, "BYTES"),
+                                             array.reshape(-1).tolist()), len(array), instance)
     try:
-        array = np.asarray(instances)
+        array = np.asarray(values)
     except (ValueError, TypeError, OverflowError) as e:
-        raise InvalidInput(f'"instances" must be a rectangular list of numbers: {e}') from e
-    if array.dtype.kind not in "iuf":
-        raise InvalidInput(f'"instances" must be a rectangular list of numbers{_first_non_number(instances)}')
-    if array.ndim < 2 or (list(array.shape[1:]) != [config.n_features]
-                          and list(array.shape[1:]) != list(config.input_shape)):
-        raise InvalidInput(f"each instance must have {config.n_features} features"
-                           f"{'' if array.ndim < 2 else f', got shape {list(array.shape[1:])}'}")
-    return Batch(_as_rows("instances", array, config), "v1", input_name="instances")
+        raise InvalidInput(f"input {name!r}: instances must be a rectangular list of numbers: {e}") from e
+    kinds = "iuf" if spec.datatype in FLOATS else "iu" if spec.datatype in INTEGERS else "b"
+    if array.dtype.kind not in kinds:
+        what = "integers" if kinds == "iu" else "booleans" if kinds == "b" else "numbers"
+        raise InvalidInput(f"input {name!r}: instances must be a rectangular list of {what}"
+                           f"{first_non_number(values) if kinds != 'b' else ''}")
+    if array.ndim < 1:
+        raise InvalidInput(f"input {name!r}: instances must be a list")
+    instance = instance_shape(name, spec, array.shape[1:], array.shape)
+    return as_input(name, spec, array, len(array), instance)
 
 
-def encode_v2(batch: Batch, outputs: dict[str, np.ndarray], model_name: str, version: str) -> InferResponse:
-    """A V2 response with the requested outputs, typed as the metadata says."""
+def _declared(name: str, spec: TensorSpec, shape: Sequence[int], instance: tuple[int, ...],
+              datatype: str) -> Declared:
+    return Declared(name, spec, list(shape), instance, datatype)
+
+
+def _row_from_mapping(row: dict[str, Any], labels: Sequence[str], index: int) -> list[Any]:
+    missing = [f for f in labels if f not in row]
+    if missing:
+        raise InvalidInput(f"instance {index} lacks feature(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    extra = sorted(set(row) - set(labels))
+    if extra:
+        raise InvalidInput(f"instance {index} has unknown feature(s) {extra[:5]}")
+    return [row[f] for f in labels]
+
+
+# ---- outputs ----------------------------------------------------------------------------------------
+
+def tensor_metadata(specs: Sequence[TensorSpec]) -> list[dict[str, Any]]:
+    """Tensors as V2 model metadata lists them (``shape`` with the batch axis ``-1`` in front)."""
+    return [spec.to_dict() for spec in specs]
+
+
+def encode_v2(batch: Batch, outputs: dict[str, np.ndarray], signature: Signature, model_name: str,
+              version: str) -> InferResponse:
+    """A V2 response with the requested outputs, typed as the signature says."""
+    specs = {s.name: s for s in signature.outputs}
     tensors = []
     for name in batch.outputs:
-        data = outputs[name]
-        datatype = "BYTES" if name == "label" else ("INT64" if name == "class_index" else "FP32")
+        datatype = specs[name].datatype
+        data = _wire_output(outputs[name], datatype)
         tensor = InferOutput(name=name, shape=list(data.shape), datatype=datatype)
-        tensor.set_data_from_numpy(data.astype(object) if datatype == "BYTES" else data, binary_data=False)
+        tensor.set_data_from_numpy(data, binary_data=False)
         tensors.append(tensor)
     requested = None if batch.from_grpc or not batch.output_parameters else [
         RequestedOutput(name, batch.output_parameters.get(name) or {}) for name in batch.outputs]
@@ -326,78 +420,34 @@ def encode_v2(batch: Batch, outputs: dict[str, np.ndarray], model_name: str, ver
     )
 
 
-def encode_v1(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
-    """A V1 ``{"predictions": [...]}``: label, class index and probabilities per row, or values."""
-    if "value" in outputs:
-        return {"predictions": outputs["value"].tolist()}
-    return {"predictions": [
-        {"label": str(label), "class_index": int(index), "probabilities": probs}
-        for label, index, probs in zip(outputs["label"], outputs["class_index"],
-                                       outputs["probabilities"].tolist(), strict=True)
-    ]}
+def _wire_output(data: np.ndarray, datatype: str) -> np.ndarray:
+    if datatype == "BYTES":
+        return np.asarray(_plain_strings(np.asarray(data)), dtype=object).reshape(np.shape(data))
+    return np.ascontiguousarray(data, dtype=np.dtype(WIRE_DTYPES[datatype]).newbyteorder("="))
 
 
-def _check_shape(name: str, shape: Any) -> list[int]:
-    if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) and not isinstance(d, bool)
-                                                        for d in shape):
-        raise InvalidInput(f"input {name!r}: shape must be a list of integers, got {shape!r}")
-    if any(d < 0 for d in shape):
-        raise InvalidInput(f"input {name!r}: shape {list(shape)} has a negative dimension")
-    if len(shape) < 2:
-        raise InvalidInput(f"input {name!r}: shape {list(shape)} is not a batch; expected [N, features]")
-    return list(shape)
+def _plain_strings(data: np.ndarray) -> list[str]:
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in data.reshape(-1).tolist()]
 
 
-def _only_input(inputs: Any) -> dict[str, Any]:
-    if not isinstance(inputs, list) or len(inputs) != 1:
-        count = len(inputs) if isinstance(inputs, list) else "no list"
-        raise InvalidInput(f'"inputs" must hold exactly one input tensor ({INPUT_NAME!r}), got {count}')
-    if not isinstance(inputs[0], dict):
-        raise InvalidInput("an input tensor must be a JSON object with name, shape, datatype and data")
-    return inputs[0]
+def encode_v1(outputs: dict[str, np.ndarray], signature: Signature) -> dict[str, Any]:
+    """A V1 ``{"predictions": [...]}``: the one output's value per row, or per row an object of outputs."""
+    plain = {}
+    for spec in signature.outputs:
+        data = np.asarray(outputs[spec.name])
+        if spec.datatype == "BYTES":
+            plain[spec.name] = np.asarray(_plain_strings(data), dtype=object).reshape(data.shape).tolist()
+        else:
+            plain[spec.name] = data.tolist()
+    if len(plain) == 1:
+        return {"predictions": next(iter(plain.values()))}
+    names = list(plain)
+    return {"predictions": [dict(zip(names, row, strict=True))
+                            for row in zip(*(plain[n] for n in names), strict=True)]}
 
 
-def _from_json(name: str, data: Any, shape: list[int]) -> np.ndarray:
-    """JSON ``data`` (flat or nested) as an array of ``shape``; only numbers are accepted."""
-    try:
-        array = np.asarray(data)
-    except (ValueError, TypeError, OverflowError) as e:
-        raise InvalidInput(f"input {name!r}: data must be a flat or rectangular list of numbers: {e}") from e
-    if array.dtype.kind not in "iuf":
-        raise InvalidInput(f"input {name!r}: data must be JSON numbers{_first_non_number(data)}")
-    if array.size != math.prod(shape):
-        raise InvalidInput(f"input {name!r}: {array.size} values do not fit the declared shape {shape}")
-    return array.reshape(shape)  # cast once, to float32, by _as_rows
-
-
-def _first_non_number(data: Any, limit: int = 100_000) -> str:
-    """``, found str 'NaN'`` for the first value that is no JSON number (for the error message only)."""
-    stack, seen = [data], 0
-    while stack and seen < limit:
-        value = stack.pop()
-        seen += 1
-        if isinstance(value, list):
-            stack.extend(reversed(value))
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f", found {type(value).__name__} {str(value)[:20]!r}"
-        elif isinstance(value, int) and not -2**63 <= value < 2**64:
-            return f", found an integer out of range ({str(value)[:20]})"
-    return ""
-
-
-def _as_rows(name: str, array: np.ndarray, config: ModelConfig) -> np.ndarray:
-    """``[N, n_features]`` float32, with every value finite."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        rows = array.astype(np.float32).reshape(array.shape[0], config.n_features)
-    if not np.isfinite(rows).all():
-        bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
-        raise InvalidInput(f"input {name!r}: inputs contain NaN or Inf (or values beyond float32) in row(s) "
-                           f"{bad[:5].tolist()}")
-    return rows
-
-
-def _requested_rest_outputs(outputs: Any, config: ModelConfig) -> tuple[list[str], dict[str, dict[str, Any]]]:
-    known = [o["name"] for o in output_metadata(config)]
+def _requested_rest_outputs(outputs: Any, signature: Signature) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    known = [o.name for o in signature.outputs]
     if outputs is None:
         return known, {}
     if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str)
@@ -414,14 +464,3 @@ def _check_output_names(names: list[str], known: list[str]) -> None:
     unknown = [n for n in names if n not in known]
     if unknown:
         raise InvalidInput(f"unknown output(s) {unknown[:5]}; this model has {known}")
-
-
-def _row_from_mapping(row: dict[str, Any], config: ModelConfig, index: int) -> list[Any]:
-    missing = [f for f in config.feature_names if f not in row]
-    if missing:
-        raise InvalidInput(f"instance {index} lacks feature(s) {missing[:5]}"
-                           f"{' ...' if len(missing) > 5 else ''}")
-    extra = sorted(set(row) - set(config.feature_names))
-    if extra:
-        raise InvalidInput(f"instance {index} has unknown feature(s) {extra[:5]}")
-    return [row[f] for f in config.feature_names]

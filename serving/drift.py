@@ -35,6 +35,13 @@ Defaults and why:
 - ``interval_s=5``: well inside a 15-30 s Prometheus scrape interval, and the computation (a few ms
   for tabular models) runs at most once per interval.
 
+What is compared is the task's *drift features* (:meth:`pillars.components.predictor.Predictor.drift_rows`:
+a table's columns, a text's token count and out-of-vocabulary share, ...), against the model's
+``data_profile.json``: ``{"rows", "schema": [{"name", "type"}], "features": {name: {count, mean, std, min,
+max, quantiles, histogram}}, "label": label profile or null, "reference_sample": rows of the features,
+"kind": task kind}``. Prediction drift is measured for classification (``class_index``) and regression
+(``value``) only.
+
 Models with more than :data:`pillars.serving.metrics.MAX_FEATURE_LABELS` inputs (images) are measured per
 input value, but exported as one series ``feature="all"``: the mean JS distance and PSI over all
 values, the smallest KS p-value, and the model's drift flag.
@@ -56,6 +63,8 @@ logger = logging.getLogger("pillars.serving")
 METHODS: tuple[str, ...] = ("jsd", "psi", "ks")
 DEFAULT_THRESHOLDS: dict[str, float] = {"jsd": 0.1, "psi": 0.25, "ks": 0.05}
 PSI_EPSILON = 1e-4
+PREDICTED = {"classification": "class_index", "regression": "value"}
+"""The output whose distribution is compared with the training labels, by task kind."""
 
 
 @dataclass(frozen=True)
@@ -212,8 +221,8 @@ class DriftMonitor:
 
     Args:
         profile: the data profile (:func:`pillars.components.profile.build_profile`).
-        feature_names: the model's input names, in column order (all must be in the profile).
-        kind: ``classification`` or ``regression``.
+        feature_names: the drift features' names, in column order (all must be in the profile).
+        kind: the task's kind; predictions are compared for ``classification`` and ``regression``.
         classes: class names of a classifier (index order of ``class_index``).
         config: method, thresholds, window and interval.
 
@@ -260,9 +269,13 @@ class DriftMonitor:
         self.failed = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._names_seen: tuple[str, ...] | None = None
+        self._columns: list[int] | None = None
 
     def _prediction_reference(self, label: dict[str, Any], classes: Sequence[str] | None
                               ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if self.kind not in PREDICTED:
+            return None, None
         if self.kind == "classification":
             counts = label.get("counts") or label.get("shares")
             if counts is None or len(counts) != len(classes or []):
@@ -275,8 +288,34 @@ class DriftMonitor:
 
     # -- hot path -------------------------------------------------------------------------------------
 
+    def observe_named(self, names: Sequence[str], rows: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
+        """:meth:`observe` for the task's drift features of a batch, named (columns in any order).
+
+        A batch that lacks one of the monitor's features turns monitoring off (logged once).
+        """
+        if self.failed:
+            return
+        names = tuple(names)
+        if names != self._names_seen:
+            position = {name: i for i, name in enumerate(names)}
+            missing = [n for n in self.feature_names if n not in position]
+            if missing:
+                self.failed = True
+                logger.error("drift tracking is off: the task's drift features lack %s of the profile's "
+                             "(first: %r)", len(missing), missing[0])
+                return
+            order = [position[n] for n in self.feature_names]
+            self._names_seen, self._columns = names, (None if order == list(range(len(names))) else order)
+        self.observe(rows if self._columns is None else rows[:, self._columns], outputs)
+
+    def fail(self, reason: str) -> None:
+        """Turn monitoring off, logging why once (for a failure outside :meth:`observe`)."""
+        if not self.failed:
+            self.failed = True
+            logger.error("drift tracking failed on the request path and is now off: %s", reason)
+
     def observe(self, rows: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
-        """Add one forward pass: ``[N, n_features]`` inputs and the model's outputs. Cheap: copies only.
+        """Add one forward pass: ``[N, n_features]`` drift features and the model's outputs. Cheap: copies only.
 
         Never raises: monitoring must not fail a request. A failure is logged once and turns the
         monitor off.
@@ -290,7 +329,7 @@ class DriftMonitor:
             logger.exception("drift tracking failed on the request path and is now off")
 
     def _observe(self, rows: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
-        predicted = outputs["class_index"] if "class_index" in outputs else outputs.get("value")
+        predicted = outputs.get(PREDICTED[self.kind]) if self.kind in PREDICTED else None
         outside = rows < self.low
         outside |= rows > self.high
         outside_counts = outside.sum(axis=0) if outside.any() else None  # in range: skip the per-feature sum

@@ -7,7 +7,7 @@ RESOURCE_EXHAUSTED from gRPC itself, before they are parsed).
 
 :class:`PillarsServicer` differs from KServe's in the same ways as the REST routes: the repository
 methods (``RepositoryModelLoad``/``Unload``/``Index``) are UNIMPLEMENTED, ``ModelInfer`` checks the declared
-tensor against the model and ``--max_rows`` before decoding it with numpy, a request naming another
+tensors against the model's signature and ``--max_rows`` before decoding them, a request naming another
 version than the one served is NOT_FOUND, and readiness is true only while the model is answering.
 """
 
@@ -117,7 +117,7 @@ class PillarsServicer(InferenceServicer):
         model = served_model(self._data_plane, request.model_name, request.model_version or None)
         if not await model.healthy():
             raise ModelNotReady(model.name)
-        batch = codec.decode_grpc(request, model.config, model.settings.max_rows)
+        batch = codec.decode_grpc(request, model.signature, model.settings.max_rows)
         response, _ = await self._data_plane.infer(model_name=model.name, request=batch,
                                                    headers=to_headers(context))
         assert isinstance(response, InferResponse)

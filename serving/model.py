@@ -3,27 +3,32 @@
 ``PillarsModel`` is a :class:`kserve.Model`; KServe's ``ModelServer`` runs it, so the same code runs
 in an InferenceService pod and on a laptop. The hooks:
 
-- ``load``: resolve the model (:mod:`pillars.serving.storage`), build the :class:`pillars.components.models.Predictor`,
-  run one warm-up batch, start drift monitoring against the model's data profile (:mod:`pillars.serving.drift`),
-  and only then set ``ready``.
+- ``load``: resolve the model (:mod:`pillars.serving.storage`), load it with its task
+  (:func:`pillars.components.predictor.load_predictor`; a 0.1 model is translated), run one warm-up batch,
+  start drift monitoring of the task's drift features against the model's data profile
+  (:mod:`pillars.serving.drift`), and only then set ``ready``. Everything the server checks and answers
+  follows the model's :class:`pillars.components.task.Signature`.
 - ``preprocess``: V2 requests (REST and gRPC) arrive already decoded and checked at the edge
   (:mod:`pillars.serving.rest`, :mod:`pillars.serving.grpc_server`, both through :mod:`pillars.serving.codec`);
   a V1 body is decoded and checked here, by the same codec. Each request is checked once.
-- ``predict``: submit the batch to the micro-batcher (:mod:`pillars.serving.batching`), which runs the
-  forward pass without checking again; outputs that are not finite are refused (422 naming the rows).
+- ``predict``: submit the inputs to the micro-batcher (:mod:`pillars.serving.batching`), which runs the
+  task's encode, the forward pass and decode without checking again; an :class:`InputError` from the
+  task's encode (an unknown id, a too-short history) is 400 naming the input; outputs that are not finite
+  are refused (422 naming the rows).
 - ``postprocess``: encode outputs as the protocol the request came in.
 
 With ``reload_interval_s`` and a ``models:/NAME@ALIAS`` URI, a background thread follows the alias:
 when it moves, the new version is downloaded, loaded and warmed up off the request path, then swapped
 in with one attribute assignment (batches already running finish on the old weights; no request fails),
 with a fresh drift window against the new version's profile. The new version must take the same inputs
-(a champion's successor does): one whose input schema differs is refused, not swapped in. A version that
+(a champion's successor does): one whose input signature differs is refused, not swapped in. A version that
 failed to load or was refused is not tried again until the alias moves; whatever a failed attempt
 downloaded is removed at once. Each refusal counts in ``pillars_model_reload_failures_total{reason}``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -34,18 +39,20 @@ from typing import Any
 import numpy as np
 import torch
 from kserve import Model
-from kserve.errors import InferenceError, ModelNotFound
+from kserve.errors import InferenceError, InvalidInput, ModelNotFound
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferResponse
 
 from pillars.components.errors import ConfigError
-from pillars.components.models import ModelConfig, Predictor, load_profile
+from pillars.components.predictor import Predictor, load_predictor, load_profile
+from pillars.components.task import InputError, Signature, TensorSpec
 from pillars.serving import codec, metrics
 from pillars.serving.batching import Batcher, Outputs
 from pillars.serving.drift import DriftConfig, DriftMonitor
-from pillars.serving.errors import NonFiniteOutput, VersionNotFound
+from pillars.serving.errors import NonFiniteOutput, ServingError, VersionNotFound
 from pillars.serving.settings import ServingSettings
 from pillars.serving.storage import ModelSource, discard, is_alias_uri, registry_version, resolve_model
+from pillars.serving.tensors import WIRE_DTYPES
 
 logger = logging.getLogger("pillars.serving")
 
@@ -82,6 +89,7 @@ class PillarsModel(Model):
         self.version = "1"
         self.source: ModelSource | None = None
         self.predictor: Predictor | None = None
+        self.device = torch.device("cpu")
         self.batcher: Batcher | None = None
         self.drift_config = DriftConfig(
             method=settings.drift_method, threshold=settings.drift_threshold, share=settings.drift_share,
@@ -100,10 +108,11 @@ class PillarsModel(Model):
         return self._active.drift if self._active else None
 
     @property
-    def config(self) -> ModelConfig:
+    def signature(self) -> Signature:
+        """The served version's inputs and outputs."""
         if self.predictor is None:
             raise InferenceError(f"model {self.name} is not loaded")
-        return self.predictor.config
+        return self.predictor.signature
 
     def load(self) -> bool:
         """Download and load the model, run a warm-up batch, then mark the model ready.
@@ -112,23 +121,24 @@ class PillarsModel(Model):
             pillars.components.errors.ConfigError: the model cannot be found or read.
         """
         started = time.perf_counter()
-        device = pick_device(self.settings.device)
+        device = self.device = pick_device(self.settings.device)
         if self.settings.cpu_threads and device.type == "cpu":
             torch.set_num_threads(self.settings.cpu_threads)
         model_dir = str(self.settings.model_dir) if self.settings.model_dir else None
         self.source = resolve_model(self.settings.model_uri, model_dir)
         self.version = self.source.version
-        self.predictor = Predictor.load(self.source.directory, device=device)
+        self.predictor = load_predictor(self.source.directory, device=device)
         self._active = _Active(self.predictor, None)
         self.batcher = Batcher(self._forward, self.settings.max_batch_size, self.settings.max_latency_ms,
-                               on_batch=self._observe_batch, max_queued_rows=self.settings.max_queued_rows)
-        self._warm_up()  # before the drift monitor exists: zeros are not traffic
-        self._active = _Active(self.predictor, self._drift_monitor(self.source, self.predictor.config))
+                               on_batch=self._observe_batch, max_queued_rows=self.settings.max_queued_rows,
+                               isolate=(InputError,))
+        self._warm_up(self.predictor, self.batcher.run_sync)  # before the drift monitor exists: not traffic
+        self._active = _Active(self.predictor, self._drift_monitor(self.source, self.predictor))
         metrics.DRIFT.register_model(self.name, self.version, self.drift)
         self.ready = True
-        logger.info("model %s version %s loaded from %s on %s in %.2fs (kind=%s, features=%d, drift %s)",
+        logger.info("model %s version %s loaded from %s on %s in %.2fs (task %s, kind %s, inputs %s, drift %s)",
                     self.name, self.version, self.source.uri, device, time.perf_counter() - started,
-                    self.config.kind, self.config.n_features,
+                    self.predictor.config.task, self.predictor.task.kind, describe_inputs(self.signature.inputs),
                     f"by {self.drift.method}" if self.drift else "off")
         self._follow_alias()
         return self.ready
@@ -181,7 +191,7 @@ class PillarsModel(Model):
             discard(source)
             self._refused_version = source.version
             raise
-        drift = self._drift_monitor(source, predictor.config)
+        drift = self._drift_monitor(source, predictor)
         old_source, old_version, old_drift = self.source, self.version, self.drift
         self._active = _Active(predictor, drift)  # the swap: the next forward pass uses the new version
         self.predictor, self.source, self.version = predictor, source, source.version
@@ -205,12 +215,11 @@ class PillarsModel(Model):
         assert self.predictor is not None
         reason = "load"
         try:
-            predictor = Predictor.load(source.directory, device=self.predictor.device)
+            predictor = load_predictor(source.directory, device=self.device)
             reason = "schema"
-            _check_same_inputs(self.predictor.config, predictor.config, source.version)
+            _check_same_inputs(self.predictor.signature, predictor.signature, source.version)
             reason = "warm_up"
-            predictor.predict(np.zeros((min(self.settings.max_batch_size, 8), predictor.config.n_features),
-                                       dtype=np.float32))
+            self._warm_up(predictor, predictor.predict_checked)
         except Exception as e:  # any failure of the candidate: the served version stays
             metrics.RELOAD_FAILURES.labels(self.name, reason).inc()
             if isinstance(e, ConfigError):
@@ -220,24 +229,24 @@ class PillarsModel(Model):
         return predictor
 
     def get_input_types(self) -> list[dict[str, Any]]:
-        return codec.input_metadata(self.config)
+        return codec.tensor_metadata(self.signature.inputs)
 
     def get_output_types(self) -> list[dict[str, Any]]:
-        return codec.output_metadata(self.config)
+        return codec.tensor_metadata(self.signature.outputs)
 
     async def preprocess(self, payload: dict[str, Any] | codec.Batch,
                          headers: dict[str, str] | None = None) -> codec.Batch:
         """A V2 request arrives as a :class:`codec.Batch` checked at the edge; a V1 body is checked here.
 
         Raises:
-            InvalidInput: the V1 body has the wrong shape, feature count or non-numbers, NaN/Inf, no rows.
+            InvalidInput: the V1 body does not fit the signature (names, types, shapes, NaN/Inf, no rows).
             TooManyRows: more than ``max_rows`` instances.
         """
         if isinstance(payload, codec.Batch):
             return payload
         if isinstance(payload, bytes):  # KServe leaves a body whose Content-Type is not JSON undecoded
-            payload = codec.parse_json(payload, self.config, self.settings.max_rows)
-        return codec.decode_v1(payload, self.config, self.settings.max_rows)
+            payload = codec.parse_json(payload, self.signature, self.settings.max_rows)
+        return codec.decode_v1(payload, self.signature, self.settings.max_rows)
 
     def validate(self, payload: Any) -> Any:
         return payload  # checked once, at the edge
@@ -248,16 +257,21 @@ class PillarsModel(Model):
 
         Raises:
             Overloaded: the batcher's queue is full (503 / RESOURCE_EXHAUSTED).
+            InvalidInput: the task's encode refused an input (400 / INVALID_ARGUMENT, naming it).
             NonFiniteOutput: finite inputs gave NaN or Inf outputs (422 naming the rows).
             InferenceError: the forward pass failed (a server error, 500 / INTERNAL).
         """
         assert self.batcher is not None
         try:
-            outputs = await self.batcher.submit(payload.rows)
-        except (RuntimeError, ValueError) as e:  # a model failure is ours, not the client's
+            outputs = await self.batcher.submit(payload.inputs)
+        except ServingError:
+            raise
+        except InputError as e:  # the client's: an unknown id, a too-short history ...
+            raise InvalidInput(str(e)) from e
+        except Exception as e:  # a model failure is ours, not the client's
             logger.exception("forward pass failed")
             raise InferenceError(f"inference failed: {type(e).__name__}") from e
-        _check_finite_outputs(outputs, payload.input_name)
+        _check_outputs(outputs, self.signature, payload.rows)
         return outputs, payload
 
     async def postprocess(self, result: Any, headers: dict[str, str] | None = None,
@@ -265,18 +279,23 @@ class PillarsModel(Model):
         """Encode the outputs in the protocol of the request (V1 dict, or V2 ``InferResponse``)."""
         outputs, batch = result
         if batch.protocol == "v1":
-            return codec.encode_v1(outputs)
-        return codec.encode_v2(batch, outputs, self.name, self.version)
+            return codec.encode_v1(outputs, self.signature)
+        return codec.encode_v2(batch, outputs, self.signature, self.name, self.version)
 
-    def _forward(self, rows: np.ndarray) -> Outputs:
+    def _forward(self, inputs: dict[str, np.ndarray]) -> Outputs:
         active = self._active  # read once: a swap between these lines cannot mix two versions
         assert active is not None
-        outputs = active.predictor.predict_checked(rows)  # checked at the edge
-        if active.drift is not None:
-            active.drift.observe(rows, outputs)
+        outputs = active.predictor.predict_checked(inputs)  # checked at the edge
+        if active.drift is not None and not active.drift.failed:
+            try:
+                names, rows = active.predictor.drift_rows(inputs)
+            except Exception as e:  # monitoring must not fail a request
+                active.drift.fail(f"the task's drift features failed: {type(e).__name__}: {e}")
+            else:
+                active.drift.observe_named(names, rows, outputs)
         return outputs
 
-    def _drift_monitor(self, source: ModelSource, config: ModelConfig) -> DriftMonitor | None:
+    def _drift_monitor(self, source: ModelSource, predictor: Predictor) -> DriftMonitor | None:
         if not self.settings.drift:
             return None
         profile = load_profile(source.directory)
@@ -285,7 +304,8 @@ class PillarsModel(Model):
                            source.version)
             return None
         try:
-            monitor = DriftMonitor(profile, config.feature_names, config.kind, config.classes, self.drift_config)
+            monitor = DriftMonitor(profile, list(profile["features"]), predictor.task.kind,
+                                   predictor.prep.get("classes"), self.drift_config)
         except (ValueError, KeyError, TypeError) as e:
             logger.warning("model %s version %s: drift is not measured, unusable data profile: %s",
                            self.name, source.version, e)
@@ -312,36 +332,69 @@ class PillarsModel(Model):
                 logger.error("model %s: reloading %s failed, still serving version %s: %s",
                              self.name, self.settings.model_uri, self.version, e)
 
-    def _warm_up(self) -> None:
-        assert self.predictor is not None and self.batcher is not None
-        rows = np.zeros((min(self.settings.max_batch_size, 8), self.config.n_features), dtype=np.float32)
-        self.batcher.run_sync(rows)
+    def _warm_up(self, predictor: Predictor, forward: Callable[[dict[str, np.ndarray]], Outputs]) -> None:
+        """One small batch through ``forward``: placeholder values of every required input (zeros, short
+        strings). A task that refuses placeholders (an unknown id) is not warmed up; nothing else fails."""
+        inputs = placeholder_inputs(predictor.signature, min(self.settings.max_batch_size, 8))
+        try:
+            forward(inputs)
+        except InputError as e:
+            logger.info("model %s: no warm-up, the task refuses placeholder inputs: %s", self.name, e)
 
-    def _observe_batch(self, rows: np.ndarray, outputs: dict[str, np.ndarray], n_requests: int,
-                       seconds: float) -> None:
-        metrics.BATCH_SIZE.labels(self.name).observe(len(rows))
+    def _observe_batch(self, rows: int, outputs: dict[str, np.ndarray], n_requests: int, seconds: float) -> None:
+        metrics.BATCH_SIZE.labels(self.name).observe(rows)
         metrics.BATCH_REQUESTS.labels(self.name).observe(n_requests)
         metrics.INFERENCE_SECONDS.labels(self.name).observe(seconds)
 
 
-def _check_same_inputs(served: ModelConfig, candidate: ModelConfig, version: str) -> None:
+def placeholder_inputs(signature: Signature, rows: int) -> dict[str, np.ndarray]:
+    """Zeros (numbers) or ``"warm-up"`` (strings) for every required input; ``-1`` dimensions 16 long."""
+    inputs = {}
+    for spec in signature.inputs:
+        if spec.optional:
+            continue
+        shape = (rows, *(min(spec.max_length, 16) if d == -1 else d for d in spec.shape))
+        inputs[spec.name] = (np.full(shape, "warm-up") if spec.datatype == "BYTES"
+                             else np.zeros(shape, dtype=np.dtype(WIRE_DTYPES[spec.datatype])))
+    return inputs
+
+
+def describe_inputs(specs: tuple[TensorSpec, ...]) -> str:
+    """``text BYTES [N], k INT64 [N] (optional)``: inputs for a log line or an error message."""
+    return ", ".join(f"{s.name} {s.datatype} [{', '.join(['N', *map(str, s.shape)])}]"
+                     f"{' (optional)' if s.optional else ''}" for s in specs)
+
+
+def _input_contract(spec: TensorSpec) -> dict[str, Any]:
+    """What a client relies on in an input: everything but its description."""
+    return {k: v for k, v in dataclasses.asdict(spec).items() if k != "description"}
+
+
+def _check_same_inputs(served: Signature, candidate: Signature, version: str) -> None:
     """Refuse a new version that takes other inputs than the served one (clients send the old schema)."""
-    old = (served.n_features, list(served.input_shape), list(served.feature_names))
-    new = (candidate.n_features, list(candidate.input_shape), list(candidate.feature_names))
-    if old != new:
-        raise ConfigError(f"version {version} takes other inputs (shape {new[1]}, features {new[2][:5]}) than "
-                          f"the served one (shape {old[1]}, features {old[2][:5]}); refused")
+    if [_input_contract(s) for s in served.inputs] != [_input_contract(s) for s in candidate.inputs]:
+        raise ConfigError(f"version {version} takes other inputs ({describe_inputs(candidate.inputs)}; "
+                          f"features {list(candidate.inputs[0].labels[:5])}) than the served one "
+                          f"({describe_inputs(served.inputs)}; features {list(served.inputs[0].labels[:5])}); "
+                          "refused")
 
 
-def _check_finite_outputs(outputs: Outputs, input_name: str) -> None:
-    """Raise :class:`NonFiniteOutput` naming the rows whose outputs are NaN or Inf."""
-    bad = np.zeros(len(next(iter(outputs.values()))), dtype=bool)
+def _check_outputs(outputs: Outputs, signature: Signature, rows: int) -> None:
+    """Every output of the signature with one row per instance, and finite.
+
+    Raises:
+        InferenceError: the task's decode returned other outputs (the model's fault: 500).
+        NonFiniteOutput: finite inputs gave NaN or Inf outputs, naming the rows (422).
+    """
+    wrong = [s.name for s in signature.outputs if s.name not in outputs or len(outputs[s.name]) != rows]
+    if wrong:
+        raise InferenceError(f"the model's outputs {wrong} are missing or have the wrong number of rows")
+    bad = np.zeros(rows, dtype=bool)
     for array in outputs.values():
         if array.dtype.kind == "f":
             bad |= ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
     if bad.any():
-        rows = np.flatnonzero(bad)
-        raise NonFiniteOutput(f"input {input_name!r}: row(s) {rows[:5].tolist()} give NaN or Inf outputs: "
+        raise NonFiniteOutput(f"row(s) {np.flatnonzero(bad)[:5].tolist()} give NaN or Inf outputs: "
                               "their values are too large for the model")
 
 

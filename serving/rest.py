@@ -4,9 +4,9 @@ Compared with KServe's own REST server:
 
 - no model-repository extension (``/v2/repository/...`` load, unload, index): one request must not be
   able to take the model down, and nothing administrative is reachable; those paths are 404;
-- V2 inference decodes the body itself (:func:`pillars.serving.codec.decode_rest_v2`): the declared
-  shape, datatype and row count are checked before any tensor data is decoded, binary tensors are
-  viewed with numpy, and a body without ``inference-header-content-length`` is JSON whatever its
+- V2 inference decodes the body itself (:mod:`pillars.serving.codec`): the declared names, shapes,
+  datatypes and row counts are checked against the model's signature before any tensor data is decoded,
+  binary tensors are viewed with numpy, and a body without ``inference-header-content-length`` is JSON whatever its
   ``Content-Type`` (Triton's rule);
 - a request naming a version (``/v2/models/NAME/versions/N/...``) is answered for the registry version
   served and is 404 for any other (KServe answers 501);
@@ -30,7 +30,7 @@ from kserve.protocol.rest.server import RESTServer, metrics_handler
 from kserve.protocol.rest.v1_endpoints import register_v1_endpoints
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
 
-from pillars.components.models import ModelConfig
+from pillars.components.task import Signature
 from pillars.serving import codec
 from pillars.serving.errors import Overloaded, ServingError
 from pillars.serving.model import PillarsModel, served_model
@@ -85,16 +85,16 @@ class V2Routes:
         model = served_model(self.dataplane, model_name, model_version)
         if not await model.healthy():
             raise ModelNotReady(model_name)
-        config, max_rows = model.config, model.settings.max_rows
+        signature, max_rows = model.signature, model.settings.max_rows
         json_length = codec.json_part_length(request.headers.get(INFERENCE_CONTENT_LENGTH_HEADER),
-                                             request.headers.get("content-length"), config, max_rows)
+                                             request.headers.get("content-length"), signature, max_rows)
         if json_length is None:  # all JSON, whatever the Content-Type says (Triton's rule)
-            header = codec.check_v2_header(codec.parse_json(await request.body(), config, max_rows), config,
+            header = codec.check_v2_header(codec.parse_json(await request.body(), signature, max_rows), signature,
                                            max_rows)
             binary = b""
         else:
-            header, binary = await _read_binary_request(request, json_length, config, max_rows)
-        batch = codec.decode_v2_data(header, binary, config)
+            header, binary = await _read_binary_request(request, json_length, signature, max_rows)
+        batch = codec.decode_v2_data(header, binary)
         headers = dict(request.headers)
         result, response_headers = await self.dataplane.infer(model_name, batch, headers)
         body, encoded_headers = self.dataplane.encode(model_name, result, headers, req_attributes={})
@@ -122,7 +122,7 @@ class V2Routes:
         return router
 
 
-async def _read_binary_request(request: Request, json_length: int, config: ModelConfig,
+async def _read_binary_request(request: Request, json_length: int, signature: Signature,
                                max_rows: int) -> tuple[codec.V2Header, bytes]:
     """Read the JSON header at the front of the body and check it; only then read the tensor bytes.
 
@@ -138,7 +138,7 @@ async def _read_binary_request(request: Request, json_length: int, config: Model
     head = b"".join(chunks)
     if len(head) < json_length:
         raise InvalidInput(f"the body ends before the {json_length}-byte JSON header does")
-    header = codec.check_v2_header(codec.loads(head[:json_length]), config, max_rows)
+    header = codec.check_v2_header(codec.loads(head[:json_length]), signature, max_rows)
     rest = [head[json_length:]]
     async for chunk in stream:
         rest.append(chunk)

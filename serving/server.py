@@ -65,7 +65,7 @@ class PillarsModelServer(ModelServer):
         if self._serve_grpc:
             # No request within max_rows is larger: gRPC refuses bigger messages before parsing them.
             message_limit = min(self._max_body_bytes,
-                                max(codec.grpc_message_limit(m.config, m.settings.max_rows) for m in models))
+                                max(codec.grpc_message_limit(m.signature, m.settings.max_rows) for m in models))
             self._grpc_server = PillarsGRPCServer(
                 self.grpc_port, self.dataplane, self.model_repository_extension,
                 kwargs=vars(kserve_model_server.args), grace_period=self.grace_period, host=self._host,

@@ -1,7 +1,7 @@
 """Resolving where a model lives (MLflow registry, run, S3 or a folder) to a local folder.
 
-Nothing here unpickles: we only download files; :func:`pillars.components.models.load_model` then reads
-``config.json`` and ``model.safetensors``.
+Nothing here unpickles: we only download files; :func:`pillars.components.predictor.load_predictor` then reads
+``config.json``, ``model.safetensors`` and ``preprocessing.json``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from pillars.components.errors import ConfigError
-from pillars.components.models import locate_model_dir
+from pillars.components.predictor import locate_model_dir
 from pillars.components.references import SCHEME, ModelRef
 
 logger = logging.getLogger("pillars.serving")

@@ -15,7 +15,7 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import ks_2samp
 
 from pillars.components.mlflow_model import log_pillars_model
-from pillars.components.models import Predictor
+from pillars.components.predictor import load_predictor
 from pillars.components.profile import build_profile
 from pillars.serving.demo import v2_request
 from pillars.serving.drift import (DriftConfig, DriftMonitor, js_distance, js_distances, ks_pvalue, ks_pvalues,
@@ -325,7 +325,7 @@ def test_moving_the_champion_alias_swaps_the_served_version_without_a_failed_req
     switch = versions.index("2")
     assert switch > 0 and set(versions[:switch]) == {"1"} and set(versions[switch:]) == {"2"}
     for model_dir, answer in ((v1_dir, answers[0]), (v2_dir, answers[-1])):
-        expected = Predictor.load(model_dir).predict(rows)["probabilities"]
+        expected = load_predictor(model_dir).predict({"input-0": rows})["probabilities"]
         np.testing.assert_allclose(np.asarray(answer[2]).reshape(expected.shape), expected, rtol=1e-5, atol=1e-6)
     requests = metrics["pillars_serving_requests_total"]
     assert {dict(k)["version"] for k in requests if dict(k)["model"] == name} == {"1", "2"}

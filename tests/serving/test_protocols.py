@@ -10,7 +10,7 @@ import pytest
 from kserve import InferenceGRPCClient, InferInput, InferRequest
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
-from pillars.components.models import Predictor, locate_model_dir
+from pillars.components.predictor import load_predictor
 from pillars.serving.demo import query_once, v2_request
 from tests.serving.toy import CLASSES, N_FEATURES, toy_rows
 
@@ -27,10 +27,10 @@ def test_v2_model_metadata_lists_the_real_tensors(served):
     meta = httpx.get(f"{served.http}/v2/models/toy").json()
     assert meta["name"] == "toy"
     assert meta["inputs"] == [{"name": "input-0", "datatype": "FP32", "shape": [-1, N_FEATURES]}]
-    assert meta["outputs"] == [
-        {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(CLASSES)]},
+    assert meta["outputs"] == [  # in the order of the task's signature
         {"name": "label", "datatype": "BYTES", "shape": [-1]},
         {"name": "class_index", "datatype": "INT64", "shape": [-1]},
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(CLASSES)]},
     ]
 
 
@@ -90,7 +90,7 @@ def test_grpc_all_six_rpcs_with_kserve_client(served):
     assert live and ready and model_ready
     assert server_meta.name
     assert [t.name for t in model_meta.inputs] == ["input-0"]
-    assert [t.name for t in model_meta.outputs] == ["probabilities", "label", "class_index"]
+    assert [t.name for t in model_meta.outputs] == ["label", "class_index", "probabilities"]
     outputs = {o.name: o.as_numpy() for o in result.outputs}
     assert outputs["probabilities"].shape == (4, 3)
     assert outputs["class_index"].tolist() == outputs["probabilities"].argmax(axis=1).tolist()
@@ -105,7 +105,7 @@ def test_rest_and_grpc_give_the_same_answer_as_the_model_in_process(served, regi
         local = mlflow.artifacts.download_artifacts(artifact_uri="models:/toy/1", dst_path=str(tmp_path))
     finally:
         mlflow.set_tracking_uri(None)
-    expected = Predictor.load(locate_model_dir(local)).predict(toy_rows(1, seed=4))
+    expected = load_predictor(local).predict({"input-0": toy_rows(1, seed=4)})
     http_answer, grpc_answer = query_once(served.http, served.grpc, "toy", toy_rows(1, seed=4))
     assert http_answer["label"] == grpc_answer["label"] == expected["label"].tolist()
     np.testing.assert_allclose(http_answer["probabilities"], expected["probabilities"], rtol=1e-5, atol=1e-7)

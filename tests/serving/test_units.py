@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pillars.components.errors import ConfigError
-from pillars.components.models import Predictor
+from pillars.components.predictor import Predictor, load_predictor
 from pillars.serving.__main__ import build_parser, default_model_name, normalize_flags
 from pillars.serving.auth import grpc_method_is_open, http_path_is_open, load_auth
 from pillars.serving.batching import Batcher
@@ -21,7 +21,11 @@ from tests.serving.toy import make_classifier, toy_rows
 
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory) -> Predictor:
-    return Predictor.load(make_classifier(tmp_path_factory.mktemp("toy")))
+    return load_predictor(make_classifier(tmp_path_factory.mktemp("toy")))
+
+
+def _predict(predictor: Predictor, rows):
+    return predictor.predict({"input-0": rows})
 
 
 def test_batcher_merges_concurrent_requests_and_splits_results_back(predictor):
@@ -31,7 +35,7 @@ def test_batcher_merges_concurrent_requests_and_splits_results_back(predictor):
     def forward(rows):
         gate.wait(5)  # hold the first pass so the others queue up behind it
         seen.append(len(rows))
-        return predictor.predict(rows)
+        return _predict(predictor, rows)
 
     rows = toy_rows(20, seed=1)
 
@@ -46,7 +50,7 @@ def test_batcher_merges_concurrent_requests_and_splits_results_back(predictor):
 
     results = asyncio.run(run())
     assert sum(seen) == 20 and max(seen) == 8 and len(seen) < 20
-    expected = predictor.predict(rows)
+    expected = _predict(predictor, rows)
     assert [r["label"][0] for r in results] == expected["label"].tolist()
     np.testing.assert_allclose(np.concatenate([r["probabilities"] for r in results]), expected["probabilities"],
                                rtol=1e-5, atol=1e-7)
@@ -54,7 +58,7 @@ def test_batcher_merges_concurrent_requests_and_splits_results_back(predictor):
 
 def test_batcher_runs_a_lone_request_without_waiting(predictor):
     async def run():
-        batcher = Batcher(predictor.predict, max_batch_size=64, max_latency_ms=500)
+        batcher = Batcher(lambda rows: _predict(predictor, rows), max_batch_size=64, max_latency_ms=500)
         loop = asyncio.get_running_loop()
         started = loop.time()
         await batcher.submit(toy_rows(1))
@@ -71,7 +75,7 @@ def test_batcher_delivers_a_failed_pass_to_every_request_and_keeps_going(predict
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("boom")
-        return predictor.predict(rows)
+        return _predict(predictor, rows)
 
     async def run():
         batcher = Batcher(forward, max_batch_size=4)
@@ -184,7 +188,7 @@ def test_batcher_refuses_rows_beyond_its_queue_at_once_and_takes_them_again_when
 
     def forward(rows):
         gate.wait(5)
-        return predictor.predict(rows)
+        return _predict(predictor, rows)
 
     async def run():
         batcher = Batcher(forward, max_batch_size=4, max_queued_rows=6)
