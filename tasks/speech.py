@@ -1,0 +1,482 @@
+"""Keyword spotting: spoken words synthesised with espeak-ng, log-mel features inside the module, a small CNN.
+
+Data: every word of :attr:`KeywordSpotting.words` spoken by espeak-ng voice variants at several speeds
+(``espeak-ng --stdout -v en-us+VARIANT -s SPEED WORD``: same command, same bytes), generated when the data
+is loaded and cached under ``$XDG_CACHE_HOME/pillars/keyword_spotting`` (``~/.cache`` by default) in a file
+named by a hash of the commands and the espeak-ng version: the result is the same with or without it.
+The splits are by VOICE: validation and test voices are never heard in training.
+
+Audio is mono FP32 at :attr:`KeywordSpotting.sample_rate` (16 kHz by default). ``encode`` trims leading and
+trailing silence (frames 40 dB below the loudest) and fits the speech into a fixed window of
+``window_seconds`` (cropped or zero-padded at the end); the module computes log-mel features (a DFT as a
+1-D convolution and a mel filterbank, both buffers, normalised per clip so the input gain does not matter)
+and a small CNN classifies them.
+
+Inputs (exactly one per request): ``audio`` FP32 ``[N, samples]`` at the sample rate, or ``wav`` BYTES
+``[N]``, each a base64-encoded PCM WAV file (8/16/24/32-bit, any channels, 8-48 kHz; resampled).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import concurrent.futures
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import wave
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from scipy.signal import resample_poly
+from torch import nn
+
+from pillars.components.errors import ConfigError, DataError
+from pillars.components.task import (
+    ClassificationTask,
+    Dataset,
+    DataParams,
+    Examples,
+    InputError,
+    Preprocessing,
+    Signature,
+    TensorSpec,
+)
+
+logger = logging.getLogger("pillars.tasks.speech")
+
+DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+INSTALL_HINT = "apt-get install espeak-ng"
+CACHE_VERSION = 1
+FRAME_SECONDS = 0.010
+"""Frame of the silence trimmer (and the hop of the log-mel features)."""
+SILENCE_DB = 40.0
+"""Frames this far below the loudest frame of a clip count as silence."""
+MIN_SECONDS = 0.1
+"""Shortest audio accepted."""
+WAV_RATES = (8000, 48000)
+"""Sample rates accepted in a WAV file (resampled to the model's rate)."""
+WAV_MAX_FRAME_BYTES = 8
+"""Largest WAV frame a request is sized for (stereo, 32-bit)."""
+
+
+@dataclasses.dataclass
+class KeywordSpotting(ClassificationTask):
+    """Which word was spoken, from a short clip; test voices are never heard in training.
+
+    Attributes:
+        words: the keywords (the classes), spoken one per clip.
+        voices: how many espeak-ng voice variants to use, spread evenly over the installed ones sorted
+            by name (0: all of them, 101 with Debian's espeak-ng 1.51); 32 keeps training within minutes.
+        speeds: speaking rates, words per minute (``espeak-ng -s``).
+        language: the espeak-ng voice the variants are applied to (``-v LANGUAGE+VARIANT``).
+        sample_rate: of the ``audio`` input, Hz.
+        window_seconds: the fixed length the speech is fitted into.
+        max_seconds: the longest audio a request may send.
+        n_mels: mel bands of the features.
+        channels: width of the CNN's first convolution.
+    """
+
+    words: tuple[str, ...] = DIGITS
+    voices: int = 32
+    speeds: tuple[int, ...] = (120, 160, 200)
+    language: str = "en-us"
+    sample_rate: int = 16000
+    window_seconds: float = 1.0
+    max_seconds: float = 2.0
+    n_mels: int = 40
+    channels: int = 32
+
+    description: ClassVar[str] = ("keyword spotting: spoken words synthesised with espeak-ng, log-mel + CNN, "
+                                  "tested on unseen voices")
+    thresholds: ClassVar[Mapping[str, float]] = {"accuracy": 0.90}
+
+    def __post_init__(self) -> None:
+        self.words = tuple(str(w) for w in self.words)
+        self.speeds = tuple(int(s) for s in self.speeds)
+        if len(self.words) < 2 or len(set(self.words)) != len(self.words):
+            raise ConfigError(f"words: at least two distinct words are needed, got {list(self.words)}")
+        bad = [w for w in self.words if not w.replace("'", "").isalpha()]
+        if bad:
+            raise ConfigError(f"words: each is one word of letters, got {bad}")
+        if not self.speeds or any(not 80 <= s <= 450 for s in self.speeds):
+            raise ConfigError(f"speeds: words per minute in 80..450, got {list(self.speeds)}")
+        if self.voices < 0:
+            raise ConfigError(f"voices must be 0 (all) or a positive count, got {self.voices}")
+        if not 8000 <= self.sample_rate <= 48000:
+            raise ConfigError(f"sample_rate must be in 8000..48000 Hz, got {self.sample_rate}")
+        if not 0.2 <= self.window_seconds <= self.max_seconds <= 30:
+            raise ConfigError(f"need 0.2 <= window_seconds <= max_seconds <= 30, got {self.window_seconds} "
+                              f"and {self.max_seconds}")
+        if not 8 <= self.n_mels <= 128 or self.channels < 1:
+            raise ConfigError(f"n_mels must be in 8..128 and channels positive, got {self.n_mels}, {self.channels}")
+
+    # ---- sizes ----------------------------------------------------------------------------------------------
+    @property
+    def window_samples(self) -> int:
+        return round(self.window_seconds * self.sample_rate)
+
+    @property
+    def max_samples(self) -> int:
+        return round(self.max_seconds * self.sample_rate)
+
+    # ---- data -----------------------------------------------------------------------------------------------
+    def load_data(self, params: DataParams) -> Dataset:
+        """Synthesise every (voice, word, speed) clip and split by voice (seeded by ``params.seed``).
+
+        Raises:
+            DataError: espeak-ng is not installed or fails, or too few voices for three splits.
+        """
+        espeak = shutil.which("espeak-ng")
+        if espeak is None:
+            raise DataError(f"the keyword_spotting task synthesises its data with espeak-ng, which is not "
+                            f"installed: {INSTALL_HINT}")
+        installed = installed_variants(espeak)
+        voices = _spread(installed, self.voices)
+        n_test = max(1, round(len(voices) * params.test_fraction))
+        n_val = max(1, round(len(voices) * params.val_fraction))
+        if len(voices) - n_test - n_val < 1:
+            raise DataError(f"keyword_spotting needs at least 3 voices for train/val/test, got {len(voices)} "
+                            f"(voices={self.voices}, {len(installed)} installed)")
+        order = [voices[i] for i in np.random.default_rng(params.seed).permutation(len(voices))]
+        split_voices = {"test": sorted(order[:n_test]), "val": sorted(order[n_test:n_test + n_val]),
+                        "train": sorted(order[n_test + n_val:])}
+        clips = [(voice, word, speed) for voice in voices for word in self.words for speed in self.speeds]
+        commands = [[espeak, "--stdout", "-v", f"{self.language}+{voice}", "-s", str(speed), word]
+                    for voice, word, speed in clips]
+        waves = synthesize(commands)
+        audio = np.zeros((len(clips), self.window_samples), dtype=np.float32)
+        for i, (samples, rate) in enumerate(waves):
+            audio[i] = self._fit_window(_resample(samples, rate, self.sample_rate))[0]
+        voice_of = np.array([c[0] for c in clips])
+        columns: Examples = {"audio": audio,
+                             "label": np.array([self.words.index(c[1]) for c in clips], dtype=np.int64),
+                             "voice": voice_of, "speed": np.array([c[2] for c in clips], dtype=np.int64)}
+        splits = {name: {k: v[np.isin(voice_of, names)] for k, v in columns.items()}
+                  for name, names in split_voices.items()}
+        info = {"source": f"espeak-ng ({_espeak_version(espeak)}), {len(voices)} voice variants of "
+                          f"{self.language}, speeds {list(self.speeds)}",
+                "classes": list(self.words), "sample_rate": self.sample_rate, "voices": split_voices}
+        return Dataset(splits["train"], splits["val"], splits["test"], info)
+
+    # ---- model ----------------------------------------------------------------------------------------------
+    def build_model(self, prep: Preprocessing) -> nn.Module:
+        return KeywordNet(self.sample_rate, self.n_mels, self.channels, len(prep["classes"]))
+
+    def signature(self, prep: Preprocessing) -> Signature:
+        wav_bytes = math.ceil((self.max_seconds * WAV_RATES[1] * WAV_MAX_FRAME_BYTES + 1024) * 4 / 3)
+        return Signature(
+            inputs=(TensorSpec("audio", "FP32", (-1,), optional=True, max_length=self.max_samples,
+                               description=f"mono waveform at {self.sample_rate} Hz, samples in [-1, 1] "
+                                           f"({MIN_SECONDS}..{self.max_seconds} s); give audio or wav"),
+                    TensorSpec("wav", "BYTES", (), optional=True, max_bytes=wav_bytes,
+                               description=f"base64 of a PCM WAV file ({WAV_RATES[0]}..{WAV_RATES[1]} Hz, "
+                                           f"resampled to {self.sample_rate} Hz); give audio or wav")),
+            outputs=self.outputs(prep))
+
+    def encode(self, inputs: Examples, prep: Preprocessing) -> dict[str, torch.Tensor]:
+        """The speech of each clip trimmed of silence and fitted into the window: ``audio`` ``[N, window]``.
+
+        Raises:
+            InputError: neither or both of audio/wav, a bad WAV, non-finite, too short, too long or silent audio.
+        """
+        name, waves = self._waveforms(inputs)
+        window = np.zeros((len(waves), self.window_samples), dtype=np.float32)
+        for i, samples in enumerate(waves):
+            fitted, span = self._fit_window(samples)
+            if span[1] <= span[0]:
+                raise InputError(f"input {name!r}: row {i} is silent (no signal)")
+            window[i] = fitted
+        return {"audio": torch.from_numpy(window)}
+
+    # ---- monitoring -----------------------------------------------------------------------------------------
+    def drift_features(self, inputs: Examples, prep: Preprocessing) -> dict[str, np.ndarray]:
+        """``duration_s``: seconds of speech (silence trimmed); ``rms_db``: its energy, dB full scale."""
+        _, waves = self._waveforms(inputs)
+        duration = np.zeros(len(waves))
+        rms_db = np.zeros(len(waves))
+        for i, samples in enumerate(waves):
+            start, end = _speech_span(samples, self.sample_rate)
+            speech = samples[start:end].astype(np.float64)
+            duration[i] = (end - start) / self.sample_rate
+            rms = float(np.sqrt(np.mean(speech ** 2))) if speech.size else 0.0
+            rms_db[i] = 20 * math.log10(max(rms, 1e-5))
+        return {"duration_s": duration, "rms_db": rms_db}
+
+    # ---- helpers --------------------------------------------------------------------------------------------
+    def _waveforms(self, inputs: Examples) -> tuple[str, list[np.ndarray]]:
+        """The name of the input given and its clips as float32 waveforms at the sample rate."""
+        given = [n for n in ("audio", "wav") if inputs.get(n) is not None]
+        if len(given) != 1:
+            raise InputError(f"give exactly one of the inputs 'audio' or 'wav'; got {given or 'neither'}")
+        if given == ["wav"]:
+            return "wav", [self._decode(item, i) for i, item in enumerate(np.asarray(inputs["wav"]).reshape(-1))]
+        audio = np.asarray(inputs["audio"])
+        if audio.ndim != 2 or audio.dtype.kind not in "fiu" or audio.shape[0] == 0:
+            raise InputError(f"input 'audio': expected a float waveform batch [N, samples], got "
+                             f"{audio.dtype.name} {list(audio.shape)}")
+        audio = audio.astype(np.float32, copy=False)
+        self._check_length("audio", audio.shape[1], self.sample_rate)
+        if not np.isfinite(audio).all():
+            bad = np.flatnonzero(~np.isfinite(audio).all(axis=1))
+            raise InputError(f"input 'audio': NaN or Inf in row(s) {bad[:5].tolist()}")
+        return "audio", list(audio)
+
+    def _decode(self, item: Any, index: int) -> np.ndarray:
+        try:
+            data = base64.b64decode(item, validate=True)
+        except (binascii.Error, ValueError, TypeError) as e:
+            raise InputError(f"input 'wav': element {index} is not base64: {e}") from e
+        try:
+            samples, rate = decode_wav(data)
+        except ValueError as e:
+            raise InputError(f"input 'wav': element {index}: {e}") from e
+        self._check_length("wav", len(samples), rate, index)
+        return _resample(samples, rate, self.sample_rate)
+
+    def _check_length(self, name: str, samples: int, rate: int, index: int | None = None) -> None:
+        where = f"input {name!r}" + (f": element {index}" if index is not None else "")
+        seconds = samples / rate
+        if seconds < MIN_SECONDS:
+            raise InputError(f"{where}: {seconds:.3f} s of audio is too short; at least {MIN_SECONDS} s is needed")
+        if seconds > self.max_seconds + 1e-9:
+            raise InputError(f"{where}: {seconds:.3f} s of audio is too long; at most {self.max_seconds} s")
+
+    def _fit_window(self, samples: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        """The speech span of ``samples`` cropped or zero-padded to the window, and the span."""
+        start, end = _speech_span(samples, self.sample_rate)
+        speech = samples[start:end][:self.window_samples]
+        window = np.zeros(self.window_samples, dtype=np.float32)
+        window[:len(speech)] = speech
+        return window, (start, end)
+
+
+class LogMel(nn.Module):
+    """Log-mel spectrogram of a waveform batch: a windowed DFT as a strided 1-D convolution, a triangular
+    mel filterbank, log, then normalised by the clip's loudest bin (so the input gain does not matter)."""
+
+    def __init__(self, sample_rate: int, n_mels: int, frame_seconds: float = 0.025,
+                 hop_seconds: float = FRAME_SECONDS) -> None:
+        super().__init__()
+        n_fft = round(frame_seconds * sample_rate)
+        self.hop = round(hop_seconds * sample_rate)
+        n = np.arange(n_fft)
+        k = np.arange(n_fft // 2 + 1)[:, None]
+        window = 0.5 - 0.5 * np.cos(2 * np.pi * n / n_fft)
+        angle = 2 * np.pi * k * n / n_fft
+        dft = np.concatenate([np.cos(angle), -np.sin(angle)]) * window
+        self.register_buffer("dft", torch.tensor(dft[:, None, :], dtype=torch.float32))
+        self.register_buffer("mel", torch.tensor(mel_filterbank(sample_rate, n_fft, n_mels), dtype=torch.float32))
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        spectrum = nn.functional.conv1d(audio.unsqueeze(1), self.dft, stride=self.hop)  # [N, 2F, T]
+        real, imag = spectrum.chunk(2, dim=1)
+        power = torch.matmul(self.mel, real * real + imag * imag)  # [N, M, T]
+        peak = power.amax(dim=(1, 2), keepdim=True).clamp_min(1e-20)
+        return torch.log(power / peak + 1e-6)
+
+
+class KeywordNet(nn.Module):
+    """Log-mel features, three conv blocks, global average pooling, a linear layer."""
+
+    def __init__(self, sample_rate: int, n_mels: int, channels: int, classes: int) -> None:
+        super().__init__()
+        self.features = LogMel(sample_rate, n_mels)
+        c = channels
+
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)]
+
+        self.cnn = nn.Sequential(nn.BatchNorm2d(1), *block(1, c), *block(c, 2 * c), *block(2 * c, 2 * c),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(2 * c, classes))
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.cnn(self.features(audio).unsqueeze(1))
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 20.0) -> np.ndarray:
+    """Triangular filters ``[n_mels, n_fft // 2 + 1]`` equally spaced on the HTK mel scale up to Nyquist."""
+    def mel(f: np.ndarray) -> np.ndarray:
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+
+    def hz(m: np.ndarray) -> np.ndarray:
+        return 700.0 * (10 ** (m / 2595.0) - 1.0)
+
+    edges = hz(np.linspace(mel(np.array(f_min)), mel(np.array(sample_rate / 2)), n_mels + 2))
+    bins = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    lower, center, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (bins - lower) / (center - lower)
+    falling = (upper - bins) / (upper - center)
+    return np.maximum(0.0, np.minimum(rising, falling))
+
+
+# ---- audio helpers --------------------------------------------------------------------------------------------
+
+def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
+    """A PCM WAV file as a mono float32 waveform in [-1, 1] and its sample rate (channels averaged).
+
+    Raises:
+        ValueError: not a PCM WAV file, an unsupported sample width or rate, or no samples.
+    """
+    try:
+        with wave.open(io.BytesIO(data)) as f:
+            channels, width, rate = f.getnchannels(), f.getsampwidth(), f.getframerate()
+            frames = f.readframes(f.getnframes())
+    except (wave.Error, EOFError, OSError) as e:
+        raise ValueError(f"not a PCM WAV file ({e or type(e).__name__})") from e
+    if not WAV_RATES[0] <= rate <= WAV_RATES[1]:
+        raise ValueError(f"sample rate {rate} Hz is outside {WAV_RATES[0]}..{WAV_RATES[1]} Hz")
+    if width not in (1, 2, 3, 4) or channels < 1:
+        raise ValueError(f"unsupported WAV layout: {channels} channel(s) of {width} byte(s)")
+    frames = frames[:len(frames) - len(frames) % (width * channels)]
+    if not frames:
+        raise ValueError("the WAV file holds no samples")
+    raw = np.frombuffer(frames, dtype=np.uint8)
+    if width == 1:
+        samples = (raw.astype(np.float32) - 128.0) / 128.0
+    elif width == 3:
+        triples = raw.reshape(-1, 3).astype(np.int32)
+        value = triples[:, 0] | (triples[:, 1] << 8) | (triples[:, 2] << 16)
+        samples = (np.where(value >= 1 << 23, value - (1 << 24), value) / float(1 << 23)).astype(np.float32)
+    else:
+        dtype = np.dtype("<i2") if width == 2 else np.dtype("<i4")
+        samples = (np.frombuffer(frames, dtype=dtype) / float(1 << (8 * width - 1))).astype(np.float32)
+    return samples.reshape(-1, channels).mean(axis=1, dtype=np.float32), rate
+
+
+def encode_wav(samples: np.ndarray, rate: int) -> bytes:
+    """A mono waveform in [-1, 1] as a 16-bit PCM WAV file (for clients and tests)."""
+    pcm = np.round(np.clip(samples, -1.0, 1.0) * 32767).astype("<i2")
+    out = io.BytesIO()
+    with wave.open(out, "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(rate)
+        f.writeframes(pcm.tobytes())
+    return out.getvalue()
+
+
+def _resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
+    if rate == target:
+        return np.asarray(samples, dtype=np.float32)
+    g = math.gcd(rate, target)
+    return resample_poly(np.asarray(samples, dtype=np.float64), target // g, rate // g).astype(np.float32)
+
+
+def _speech_span(samples: np.ndarray, sample_rate: int) -> tuple[int, int]:
+    """First and last sample (exclusive) of the frames within :data:`SILENCE_DB` of the loudest, with one
+    frame of margin each side; ``(0, 0)`` for a silent clip."""
+    hop = round(FRAME_SECONDS * sample_rate)
+    frames = len(samples) // hop + (len(samples) % hop > 0)
+    padded = np.zeros(frames * hop, dtype=np.float64)
+    padded[:len(samples)] = samples
+    energy = (padded.reshape(frames, hop) ** 2).mean(axis=1)
+    peak = energy.max(initial=0.0)
+    if peak <= 0.0:
+        return 0, 0
+    loud = np.flatnonzero(energy >= peak * 10 ** (-SILENCE_DB / 10))
+    start = max(int(loud[0]) - 1, 0) * hop
+    end = min((int(loud[-1]) + 2) * hop, len(samples))
+    return start, end
+
+
+def _spread(names: Sequence[str], count: int) -> list[str]:
+    """``count`` of ``names`` spread evenly over the sorted list (all of them for 0 or more than there are)."""
+    if count == 0 or count >= len(names):
+        return list(names)
+    return [names[i] for i in np.unique(np.linspace(0, len(names) - 1, count).round().astype(int))]
+
+
+# ---- espeak-ng --------------------------------------------------------------------------------------------------
+
+def installed_variants(espeak: str) -> list[str]:
+    """The voice variants espeak-ng lists (``espeak-ng --voices=variant``), sorted by file name."""
+    listing = _run([espeak, "--voices=variant"]).decode()
+    names = {line.split()[4].rsplit("/", 1)[-1] for line in listing.splitlines()[1:] if len(line.split()) >= 5}
+    return sorted(names)
+
+
+def synthesize(commands: Sequence[Sequence[str]]) -> list[tuple[np.ndarray, int]]:
+    """Run every espeak-ng command (in parallel) and return each clip (16-bit mono, trailing silence removed)
+    with its rate; cached on disk under a name derived from the commands and the espeak-ng version."""
+    key = hashlib.sha256(json.dumps({"version": CACHE_VERSION, "espeak": _espeak_version(commands[0][0]),
+                                     "commands": [list(c[1:]) for c in commands]}).encode()).hexdigest()[:24]
+    path = _cache_dir() / f"{key}.npz"
+    cached = _read_cache(path, len(commands))
+    if cached is not None:
+        return cached
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, 2 * (os.cpu_count() or 1))) as pool:
+        clips = list(pool.map(_synthesize_one, commands))
+    _write_cache(path, clips)
+    return clips
+
+
+def _synthesize_one(command: Sequence[str]) -> tuple[np.ndarray, int]:
+    try:
+        samples, rate = decode_wav(_run(command))
+    except ValueError as e:
+        raise DataError(f"espeak-ng wrote no usable WAV for {' '.join(command[1:])}: {e}") from e
+    pcm = np.round(samples * 32768).astype(np.int16)
+    nonzero = np.flatnonzero(pcm)
+    if nonzero.size == 0:
+        raise DataError(f"espeak-ng wrote silence for {' '.join(command[1:])}")
+    return pcm[:nonzero[-1] + 1].astype(np.float32) / 32768, rate
+
+
+def _run(command: Sequence[str]) -> bytes:
+    try:
+        return subprocess.run(list(command), capture_output=True, check=True, timeout=60).stdout
+    except FileNotFoundError as e:
+        raise DataError(f"espeak-ng is not installed: {INSTALL_HINT}") from e
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        stderr = (getattr(e, "stderr", b"") or b"").decode(errors="replace").strip()
+        raise DataError(f"espeak-ng failed for {' '.join(command[1:])}: {stderr or e}") from e
+
+
+def _espeak_version(espeak: str) -> str:
+    return _run([espeak, "--version"]).decode().split("Data at")[0].strip()
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pillars" / "keyword_spotting"
+
+
+def _read_cache(path: Path, count: int) -> list[tuple[np.ndarray, int]] | None:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            pcm, lengths, rates = data["pcm"], data["lengths"], data["rates"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        logger.warning("ignoring the unreadable speech cache %s: %s", path, e)
+        return None
+    if len(lengths) != count or int(lengths.sum()) != len(pcm):
+        logger.warning("ignoring the speech cache %s: it does not match the commands", path)
+        return None
+    ends = np.cumsum(lengths)
+    return [(pcm[end - n:end].astype(np.float32) / 32768, int(rate)) for end, n, rate in zip(ends, lengths, rates)]
+
+
+def _write_cache(path: Path, clips: list[tuple[np.ndarray, int]]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.savez(f, pcm=np.concatenate([np.round(s * 32768).astype(np.int16) for s, _ in clips]),
+                     lengths=np.array([len(s) for s, _ in clips], dtype=np.int64),
+                     rates=np.array([r for _, r in clips], dtype=np.int64))
+        os.replace(tmp, path)
+    except OSError as e:
+        logger.warning("could not cache the synthesised speech in %s: %s", path, e)
+        tmp.unlink(missing_ok=True)
