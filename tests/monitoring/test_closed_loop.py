@@ -62,7 +62,8 @@ def test_drift_triggers_retraining_and_the_better_model_is_promoted_and_served(t
     # training distribution without the sampling noise a few hundred repeated rows would add.
     normal = np.random.default_rng(0).permutation(np.concatenate([x for x, _ in data.splits.values()]))
     ports = Ports(**{name: free_port() for name in ("mlflow", "http", "grpc", "trigger", "alertmanager", "prometheus")})
-    monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", MLFLOW_SERVER_ENV["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"])
+    for key, value in MLFLOW_SERVER_ENV.items():  # the stack's own mlflow server inherits this environment
+        monkeypatch.setenv(key, value)
     stack = Stack()
     # The loop's servers only: the console has tests of its own (tests/console).
     state = stack.up(MODEL, ports, Timing.fast(), params=["epochs=20"], console=False)
