@@ -134,8 +134,11 @@ class Stack:
         return json.loads(self.state_file.read_text()) if self.state_file.is_file() else None
 
     def up(self, model: str, ports: Ports = Ports(), timing: Timing = Timing(), params: list[str] | None = None,
-           server_args: list[str] | None = None) -> dict[str, Any]:
+           server_args: list[str] | None = None, console: bool = True) -> dict[str, Any]:
         """Start the stack for registered model ``model`` (its champion is served).
+
+        Args:
+            console: also start the console (False: the loop's servers only, e.g. for tests of the loop).
 
         Raises:
             StackError: the stack is already up, a tool is missing, or a server did not become ready
@@ -184,6 +187,9 @@ class Stack:
             ("console", [sys.executable, "-m", "pillars.pipelines.cli", "console", "--port", str(ports.console)],
              f"{urls['console']}/healthz"),
         ]
+        if not console:
+            plan = [step for step in plan if step[0] != "console"]
+            del urls["console"]
         try:
             for name, cmd, ready in plan:
                 log = self.dir / "logs" / f"{name}.log"

@@ -16,6 +16,7 @@ import pytest
 
 from pillars.components.deploy import IMAGE_UID
 from tests.cluster.conftest import ROOT
+from tests.conftest import MLFLOW_SERVER_ENV
 from tests.processes import ServerProcess, free_port
 
 DOCKERFILES = [ROOT / "components" / "Dockerfile", ROOT / "components" / "Dockerfile.cuda"]
@@ -57,7 +58,7 @@ def test_mlflow_starts_with_the_charts_command_and_rejects_unknown_hosts(render,
     bin_dir = str(Path(sys.executable).parent)
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path),
            "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), **MLFLOW_SERVER_ENV}
     server = ServerProcess([shutil.which("sh") or "/bin/sh", "-ec", script], log_path=tmp_path / "mlflow.log", env=env)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -99,7 +100,7 @@ def test_default_mlflow_needs_the_generated_credentials_and_clients_get_them(ren
     env = {**server_env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HOME": str(tmp_path),
            "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-           "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini")}
+           "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"), **MLFLOW_SERVER_ENV}
     server = ServerProcess(["/bin/sh", "-ec", script], log_path=tmp_path / "mlflow.log", env=env)
     try:
         url = f"http://127.0.0.1:{port}"

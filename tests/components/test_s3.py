@@ -19,7 +19,7 @@ from pillars.components.prepare_data import PrepareParams, load_metadata, prepar
 from pillars.components.register import downloaded_version, run_register
 from pillars.components.task import load_task
 from pillars.components.tracking import ensure_experiment
-from tests.conftest import require_tool
+from tests.conftest import MLFLOW_SERVER_ENV, require_tool
 from tests.processes import ServerProcess, free_port
 
 
@@ -76,7 +76,7 @@ def mlflow_on_s3(moto_s3, bucket, tmp_path, monkeypatch):
         [require_tool("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--serve-artifacts",
          "--artifacts-destination", f"s3://{bucket}/mlflow", "--workers", "1"],
-        log_path=tmp_path / "mlflow.log", env=moto_s3.env)
+        log_path=tmp_path / "mlflow.log", env={**moto_s3.env, **MLFLOW_SERVER_ENV})
     try:
         server.wait_http(f"{url}/health", timeout=180)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)

@@ -15,7 +15,7 @@ from pillars.components.tracking import configure_tracking
 from pillars.pipelines.local import run_local
 from pillars.pipelines.stack import Ports, Stack, Timing
 from pillars.pipelines.training import training_pipeline
-from tests.conftest import require_tool
+from tests.conftest import MLFLOW_SERVER_ENV, require_tool
 from tests.processes import free_port, group_alive
 
 pytestmark = pytest.mark.slow
@@ -61,9 +61,12 @@ def test_drift_triggers_retraining_and_the_better_model_is_promoted_and_served(t
     # Every row of the data set once per pass (569 distinct rows): a window of that size measures the
     # training distribution without the sampling noise a few hundred repeated rows would add.
     normal = np.random.default_rng(0).permutation(np.concatenate([s["input-0"] for s in data.splits.values()]))
-    ports = Ports(**{name: free_port() for name in ("mlflow", "http", "grpc", "trigger", "alertmanager", "prometheus", "console")})
+    ports = Ports(**{name: free_port() for name in ("mlflow", "http", "grpc", "trigger", "alertmanager", "prometheus")})
+    for key, value in MLFLOW_SERVER_ENV.items():  # the stack's own mlflow server inherits this environment
+        monkeypatch.setenv(key, value)
     stack = Stack()
-    state = stack.up(MODEL, ports, Timing.fast(), params=["epochs=20"])
+    # The loop's servers only: the console has tests of its own (tests/console).
+    state = stack.up(MODEL, ports, Timing.fast(), params=["epochs=20"], console=False)
     pids = list(state["processes"].values())
     urls = state["urls"]
     try:
