@@ -70,7 +70,7 @@ def test_a_graph_that_computes_something_else_is_refused(line, tmp_path):
     graph = export_onnx(predictor, line.trained.inputs("test"), tmp_path / "model.onnx")
     changed = copy.deepcopy(predictor.model)
     with torch.no_grad():
-        changed[0].weight.add_(0.01)
+        changed.hidden.weight.add_(0.01)
     other = TorchPredictor(predictor.task, predictor.prep, predictor.config, changed, torch.device("cpu"))
     with pytest.raises(ExportError, match="differs from PyTorch by up to"):
         check_onnx(other, graph, line.trained.inputs("test"))

@@ -74,6 +74,16 @@ class Blobs(ClassificationTask):
         return dataclasses.replace(self, channels=max(self.channels // 4, 1), hidden=max(self.hidden // 4, 1))
 
 
+class LineNet(nn.Module):
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(6, hidden)
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.hidden(features)))
+
+
 @dataclasses.dataclass
 class Line(RegressionTask):
     """y = w.x + noise, 6 features, standardised by the train split's mean and scale."""
@@ -92,7 +102,7 @@ class Line(RegressionTask):
         return {**super().fit_preprocessing(train, info), "mean": x.mean(0).tolist(), "std": x.std(0).tolist()}
 
     def build_model(self, prep: Preprocessing) -> nn.Module:
-        return nn.Sequential(nn.Linear(6, self.hidden), nn.ReLU(), nn.Linear(self.hidden, 1))
+        return LineNet(self.hidden)
 
     def signature(self, prep: Preprocessing) -> Signature:
         return Signature((TensorSpec("features", "FP32", (6,)),), self.outputs(prep))
