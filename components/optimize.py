@@ -1,7 +1,9 @@
 """Inference optimisation of a saved model: ONNX export, int8 quantization, pruning and distillation,
 each variant proved against the original on the same test split before anyone may register it.
 
-Plain functions on the task API: any :class:`~pillars.components.task.Task` whose model loads as a
+The variants are made by :mod:`pillars.components.onnx_export` (export, int8) and
+:mod:`pillars.components.shrink` (pruning, distillation); this module judges them. Plain functions on
+the task API: any :class:`~pillars.components.task.Task` whose model loads as a
 :class:`~pillars.components.predictor.TorchPredictor`. Every variant is saved in the v2 format
 (``config.json`` names its framework; ``extra`` says which variant and which parent) and evaluated
 through :func:`~pillars.components.predictor.load_predictor`, the path the server runs, with the task's
@@ -31,36 +33,34 @@ lower-is-better metric (RMSE, MASE), at most ``max_relative_worsening`` above it
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import re
 import shutil
 import statistics
 import time
-import warnings
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-import torch
 from onnx import numpy_helper
-from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                      quantize_dynamic, quantize_static)
-from onnxruntime.quantization.shape_inference import quant_pre_process
 from safetensors.numpy import load_file
-from torch import nn
-from torch.nn.utils import prune
 
-from pillars.components.errors import ConfigError, DataError, PillarsError
-from pillars.components.predictor import (ONNX_FILE, ORT_ERRORS, PROFILE_FILE, WEIGHTS_FILE, OnnxPredictor,
-                                          Predictor, TorchPredictor, load_predictor, locate_model_dir,
-                                          onnx_session, save_model, save_onnx_model)
-from pillars.components.task import Dataset, Examples, Outputs, Signature, Task
+from pillars.components.errors import ConfigError, DataError
+from pillars.components.examples import input_columns, row_count, take
+from pillars.components.onnx_export import (ExportError, Tolerance, export_onnx, has_convolutions,
+                                            quantize_int8_dynamic, quantize_int8_static)
+from pillars.components.predictor import (ONNX_FILE, PROFILE_FILE, WEIGHTS_FILE, Predictor, TorchPredictor,
+                                          load_predictor, locate_model_dir, save_model, save_onnx_model)
+from pillars.components.shrink import FitParams, count_parameters, distill, prune_model
+from pillars.components.task import Dataset, Examples, Outputs
 from pillars.components.triton import write_repository
+
+__all__ = ["ExportError", "FitParams", "Footprint", "Guard", "OptimizeParams", "OptimizeReport", "Speed",
+           "Tolerance", "VARIANTS", "VariantResult", "footprint", "measure_speeds", "optimize_model"]
 
 logger = logging.getLogger("pillars.optimize")
 
@@ -68,15 +68,8 @@ ORIGINAL = "original"
 VARIANTS = ("onnx", "onnx-int8", "onnx-int8-static", "pruned", "distilled")
 """Every variant :func:`optimize_model` can make, in the order it makes them."""
 ONNX_VARIANTS = frozenset({"onnx", "onnx-int8", "onnx-int8-static"})
-PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-EXPORT_ROWS = 8
 TRITON_FOLDER = "triton"
 """Subfolder of an ONNX variant holding its Triton model repository (:mod:`pillars.components.triton`)."""
-"""Test rows whose encoding is the exporter's example input (and shows which axes vary)."""
-
-
-class ExportError(PillarsError, RuntimeError):
-    """A model cannot be exported to ONNX, or its graph does not compute what the module computes."""
 
 
 # ---- the guard ---------------------------------------------------------------------------------------------
@@ -180,7 +173,7 @@ def measure_speeds(predictors: Mapping[str, Predictor], inputs: Examples, repeat
     The predictors take turns, one request each per round, so a load spike on a shared machine hits
     them all alike instead of whichever was being timed; each gets the median of ``repeats`` rounds.
     """
-    n = _rows(inputs)
+    n = row_count(inputs)
     if n == 0:
         raise DataError("no rows to time the model on")
     batches = {size: {k: v[np.arange(size) % n] for k, v in inputs.items()} for size in (1, 64)}
@@ -197,293 +190,6 @@ def measure_speeds(predictors: Mapping[str, Predictor], inputs: Examples, repeat
         b1, b64 = (statistics.median(times[(name, size)]) * 1000 for size in (1, 64))
         result[name] = Speed(latency_ms_b1=b1, latency_ms_b64=b64, throughput_b64=64_000.0 / b64)
     return result
-
-
-# ---- ONNX export -----------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Tolerance:
-    """How close the exported graph's output must be to PyTorch's: ``|onnx - torch| <= atol + rtol*|torch|``."""
-
-    atol: float = 1e-4
-    rtol: float = 1e-3
-
-
-def input_columns(signature: Signature, examples: Examples) -> Examples:
-    """The columns of ``examples`` that are the model's inputs (a split also holds its targets)."""
-    return {s.name: examples[s.name] for s in signature.inputs if s.name in examples}
-
-
-def _rows(examples: Examples) -> int:
-    return len(next(iter(examples.values()))) if examples else 0
-
-
-def _take(examples: Examples, index: np.ndarray | slice) -> Examples:
-    return {k: v[index] for k, v in examples.items()}
-
-
-def _varying_axes(task: Task, prep: Mapping[str, Any], inputs: Examples) -> dict[str, set[int]]:
-    """Per encoded tensor, the axes whose length changes between encodings of different rows and batch
-    sizes (the batch axis, padded sequence lengths): those stay dynamic in the exported graph."""
-    n = _rows(inputs)
-    encodings = [task.encode(inputs, prep)] + [task.encode(_take(inputs, slice(i, i + 1)), prep)
-                                               for i in range(min(n, EXPORT_ROWS))]
-    axes: dict[str, set[int]] = {}
-    for name, tensor in encodings[0].items():
-        shapes = {tuple(e[name].shape) for e in encodings if name in e}
-        axes[name] = {d for d in range(tensor.dim()) if len({s[d] for s in shapes if len(s) > d}) > 1}
-    return axes
-
-
-def _exporter_reason(error: BaseException) -> str:
-    """The exporter's own one-line reason (its messages are pages long, the cause under a summary)."""
-    text = str(error)
-    if "## Exception summary" in text:
-        after = text.split("## Exception summary", 1)[1]
-        lines = [line.strip() for line in after.splitlines() if line.strip()]
-        if lines:
-            return lines[0][:300]
-    first = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
-    return first[:300]
-
-
-def export_onnx(predictor: TorchPredictor, inputs: Examples, path: str | Path,
-                tolerance: Tolerance = Tolerance()) -> Path:
-    """Export the predictor's module to ONNX at ``path`` and prove it computes the same head.
-
-    The example input is ``task.encode`` of the first :data:`EXPORT_ROWS` rows of ``inputs``; the graph
-    takes the encoded tensors by name. Afterwards the graph runs on every row of ``inputs``, one by one
-    and as one batch, and must match PyTorch within ``tolerance``.
-
-    Raises:
-        ExportError: the exporter cannot trace the module (naming the task, the module and the
-            exporter's reason), or the graph's output differs from PyTorch's beyond ``tolerance``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    task, prep = predictor.task, predictor.prep
-    what = f"{predictor.config.task} ({type(predictor.model).__name__})"
-    if _rows(inputs) < 2:
-        raise DataError(f"exporting {what} needs at least 2 example rows, got {_rows(inputs)}")
-    example = _take(inputs, slice(0, EXPORT_ROWS))
-    encoded = {k: v.cpu() for k, v in task.encode(example, prep).items()}
-    axes = _varying_axes(task, prep, example)
-    dynamic = {name: {d: torch.export.Dim.DYNAMIC for d in sorted(axes.get(name, ()))} or None
-               for name in encoded}
-    model = copy.deepcopy(predictor.model).cpu().eval()
-    try:
-        with warnings.catch_warnings():
-            # torch.export and onnxscript warn about their own internals (FutureWarning/DeprecationWarning):
-            # not our code's, and they must not break a `-W error` run.
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", UserWarning)
-            torch.onnx.export(model, (), str(path), kwargs=encoded, dynamo=True, dynamic_shapes=dynamic,
-                              input_names=list(encoded), output_names=["head"], optimize=True,
-                              external_data=False, verbose=False)
-    except Exception as e:  # the exporter raises many types (ConversionError, dynamo's UserError, TypeError...)
-        raise ExportError(f"cannot export {what} to ONNX: {_exporter_reason(e)}") from e
-    check_onnx(predictor, path, inputs, tolerance)
-    return path
-
-
-def check_onnx(predictor: TorchPredictor, path: str | Path, inputs: Examples,
-               tolerance: Tolerance = Tolerance()) -> float:
-    """Run the graph at ``path`` on ``inputs`` (row by row, up to 16 rows, and as one batch) beside the
-    module; returns the largest absolute difference of their heads.
-
-    Raises:
-        ExportError: a head differs beyond ``tolerance``, or the graph does not run on a batch size
-            other than the export's.
-    """
-    session = onnx_session(path, threads=torch.get_num_threads())
-    onnx_predictor = OnnxPredictor(predictor.task, predictor.prep, predictor.config, session)
-    worst = 0.0
-    batches = [inputs] + [_take(inputs, slice(i, i + 1)) for i in range(min(_rows(inputs), 16))]
-    for rows in batches:
-        encoded = predictor.task.encode(rows, predictor.prep)
-        with torch.inference_mode():
-            expected = predictor.forward(encoded).float().cpu().numpy()
-        try:
-            got = onnx_predictor.forward(encoded).float().numpy()
-        except ORT_ERRORS as e:
-            raise ExportError(f"the ONNX graph of {predictor.config.task} fails on a batch of {_rows(rows)}: "
-                              f"{_exporter_reason(e)}") from e
-        if got.shape != expected.shape:
-            raise ExportError(f"the ONNX graph of {predictor.config.task} returns shape {list(got.shape)}, "
-                              f"PyTorch {list(expected.shape)}")
-        diff = np.abs(got - expected)
-        worst = max(worst, float(diff.max(initial=0.0)))
-        if not np.all(diff <= tolerance.atol + tolerance.rtol * np.abs(expected)):
-            raise ExportError(f"the ONNX graph of {predictor.config.task} differs from PyTorch by up to "
-                              f"{float(diff.max()):.3g} (tolerance: atol {tolerance.atol:g}, rtol "
-                              f"{tolerance.rtol:g})")
-    return worst
-
-
-# ---- int8 --------------------------------------------------------------------------------------------------------
-
-def has_convolutions(path: str | Path) -> bool:
-    """Whether the graph at ``path`` has a ``Conv`` node (where static quantization pays)."""
-    return any(node.op_type == "Conv" for node in onnx.load(str(path)).graph.node)
-
-
-def _preprocessed(source: Path, work: Path) -> Path:
-    """The graph with shapes inferred and folded, as onnxruntime's quantizer wants it."""
-    target = work / "preprocessed.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        quant_pre_process(str(source), str(target), skip_symbolic_shape=False)
-    return target
-
-
-def quantize_int8_dynamic(source: str | Path, target: str | Path) -> Path:
-    """int8 weights (per tensor), activations quantized at run time: ``quantize_dynamic``."""
-    source, target = Path(source), Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = target.parent / ".work"
-    work.mkdir(exist_ok=True)
-    try:
-        quantize_dynamic(_preprocessed(source, work), target, weight_type=QuantType.QInt8)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return target
-
-
-class EncodedReader(CalibrationDataReader):
-    """Feeds the quantizer's calibration the task's encoded tensors of some rows, batch by batch."""
-
-    def __init__(self, task: Task, prep: Mapping[str, Any], rows: Examples, names: Sequence[str],
-                 batch_size: int = 32) -> None:
-        self.batches: Iterator[dict[str, np.ndarray]] = iter([
-            {k: v.cpu().numpy() for k, v in task.encode(_take(rows, slice(i, i + batch_size)), prep).items()
-             if k in names}
-            for i in range(0, _rows(rows), batch_size)])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self.batches, None)
-
-
-def quantize_int8_static(source: str | Path, target: str | Path, task: Task, prep: Mapping[str, Any],
-                         calibration: Examples) -> Path:
-    """QDQ int8 with per-channel weights and activation ranges calibrated (min/max) on ``calibration``.
-
-    Raises:
-        DataError: the calibration set is empty.
-    """
-    if _rows(calibration) == 0:
-        raise DataError("the calibration set for static int8 quantization is empty (no train rows)")
-    source, target = Path(source), Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = target.parent / ".work"
-    work.mkdir(exist_ok=True)
-    try:
-        model = _preprocessed(source, work)
-        names = [i.name for i in onnx.load(str(model)).graph.input]
-        quantize_static(model, target, EncodedReader(task, prep, calibration, names),
-                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return target
-
-
-# ---- pruning and distillation -------------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class FitParams:
-    """The short training pruning's fine-tune and distillation run."""
-
-    epochs: int = 2
-    learning_rate: float = 1e-3
-    batch_size: int = 64
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.epochs < 0 or self.batch_size < 1 or self.learning_rate <= 0:
-            raise ConfigError(f"fine-tune needs epochs >= 0, batch_size >= 1, learning_rate > 0; got {self}")
-
-
-def _fit(task: Task, prep: Mapping[str, Any], model: nn.Module, train: Examples, params: FitParams,
-         loss: Callable[[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]) -> nn.Module:
-    """AdamW on ``loss(head, targets, encoded)`` over the train split, batches encoded as training does."""
-    if _rows(train) == 0:
-        raise DataError("the train split is empty: nothing to fine-tune on")
-    inputs, targets = input_columns(task.signature(prep), train), task.targets(train, prep)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=params.learning_rate)
-    n = _rows(inputs)
-    model.train()
-    for epoch in range(params.epochs):
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(params.seed + epoch)).numpy()
-        for start in range(0, n, params.batch_size):
-            index = order[start:start + params.batch_size]
-            encoded = task.encode(_take(inputs, index), prep)
-            value = loss(model(**encoded), targets[torch.as_tensor(index)], encoded)
-            optimizer.zero_grad()
-            value.backward()
-            optimizer.step()
-    return model.eval()
-
-
-def prunable(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    """The ``weight`` of every Linear and Conv layer: what global magnitude pruning ranks together."""
-    return [(m, "weight") for m in model.modules() if isinstance(m, PRUNABLE)]
-
-
-def prune_model(task: Task, prep: Mapping[str, Any], model: nn.Module, train: Examples, sparsity: float,
-                params: FitParams = FitParams()) -> nn.Module:
-    """A copy of ``model`` with the ``sparsity`` share of its Linear/Conv weights of smallest magnitude
-    (ranked globally) set to zero, fine-tuned with the zeros held, the masks then made permanent.
-
-    Raises:
-        ConfigError: ``sparsity`` is not in (0, 1), or the model has no Linear/Conv layer.
-    """
-    if not 0.0 < sparsity < 1.0:
-        raise ConfigError(f"sparsity must be in (0, 1), got {sparsity}")
-    pruned = copy.deepcopy(model).cpu()
-    targets = prunable(pruned)
-    if not targets:
-        raise ConfigError(f"{type(model).__name__} has no Linear or Conv layer to prune")
-    prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=sparsity)
-    _fit(task, prep, pruned, train, params, lambda head, y, _: task.loss(head, y))
-    for module, name in targets:
-        prune.remove(module, name)
-    return pruned
-
-
-def distill(task: Task, student_task: Task, prep: Mapping[str, Any], teacher: nn.Module, train: Examples,
-            temperature: float = 2.0, alpha: float = 0.5, params: FitParams = FitParams(epochs=10)) -> nn.Module:
-    """Train ``student_task``'s model on ``teacher``'s soft targets and the labels.
-
-    The loss is ``alpha * soft + (1 - alpha) * task.loss``: ``soft`` is the KL divergence between the
-    student's and teacher's distributions at ``temperature``, times ``temperature**2`` (classification),
-    else the MSE between their heads.
-
-    Raises:
-        ConfigError: ``temperature`` <= 0 or ``alpha`` outside [0, 1].
-    """
-    if temperature <= 0 or not 0.0 <= alpha <= 1.0:
-        raise ConfigError(f"distillation needs temperature > 0 and alpha in [0, 1]; got {temperature}, {alpha}")
-    torch.manual_seed(params.seed)
-    student = student_task.build_model(dict(prep))
-    teacher = teacher.cpu().eval()
-
-    def loss(head: torch.Tensor, y: torch.Tensor, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
-        with torch.no_grad():
-            soft_target = teacher(**encoded).float()
-        if task.kind == "classification":
-            soft = nn.functional.kl_div(torch.log_softmax(head.float() / temperature, dim=-1),
-                                        torch.softmax(soft_target / temperature, dim=-1),
-                                        reduction="batchmean") * temperature ** 2
-        else:
-            soft = nn.functional.mse_loss(head.float(), soft_target)
-        return alpha * soft + (1 - alpha) * student_task.loss(head, y)
-
-    return _fit(student_task, prep, student, train, params, loss)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # ---- the whole step ----------------------------------------------------------------------------------------------
@@ -603,6 +309,17 @@ def _copy_profile(source: Path, target: Path) -> None:
         shutil.copyfile(profile, target / PROFILE_FILE)
 
 
+def _quantized(variant: str, task: str, quantize: Callable[[], Path]) -> Path:
+    """Run ``quantize``; a failure of onnxruntime's quantizer is an :class:`ExportError` naming the variant."""
+    try:
+        return quantize()
+    except DataError:
+        raise
+    except Exception as e:  # the quantizer raises ValueError, KeyError, onnx and onnxruntime errors alike
+        raise ExportError(f"cannot make {variant} of {task}: onnxruntime's quantizer failed: "
+                          f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
+
+
 def triton_name(parent: str) -> str:
     """The model's name in a Triton repository: the registered name of ``NAME/VERSION`` made folder-safe."""
     name = re.sub(r"[^A-Za-z0-9_.-]", "-", parent.rpartition("/")[0] or parent).strip("-.")
@@ -638,7 +355,7 @@ def optimize_model(model_dir: str | Path, data: Dataset, out_dir: str | Path, pa
                           f"{predictor.config.extra.get('variant', '?')!r}); optimise its PyTorch parent instead")
     task, prep, config = predictor.task, predictor.prep, predictor.config
     test_inputs = input_columns(predictor.signature, data.test)
-    if _rows(test_inputs) == 0:
+    if row_count(test_inputs) == 0:
         raise DataError("the test split is empty: the variants cannot be judged")
     metric = task.primary_metric
     loaded_predictors: dict[str, Predictor] = {}
@@ -676,7 +393,7 @@ def optimize_model(model_dir: str | Path, data: Dataset, out_dir: str | Path, pa
             results.append(save_onnx(variant, onnx_file, tolerance=dataclasses.asdict(params.tolerance)))
         elif variant == "onnx-int8":
             assert onnx_file is not None
-            graph = quantize_int8_dynamic(onnx_file, out_dir / ".int8" / ONNX_FILE)
+            graph = _quantized(variant, config.task, lambda: quantize_int8_dynamic(onnx_file, out_dir / ".int8" / ONNX_FILE))
             results.append(save_onnx(variant, graph, quantization="dynamic int8 weights (onnxruntime)"))
         elif variant == "onnx-int8-static":
             assert onnx_file is not None
@@ -684,11 +401,12 @@ def optimize_model(model_dir: str | Path, data: Dataset, out_dir: str | Path, pa
                 results.append(VariantResult(variant, skipped=True, reason="the graph has no convolution; "
                                              "dynamic int8 (onnx-int8) covers its MatMul/Gemm layers"))
                 continue
-            calibration = _take(input_columns(predictor.signature, data.train),
+            calibration = take(input_columns(predictor.signature, data.train),
                                 slice(0, params.calibration_rows))
-            graph = quantize_int8_static(onnx_file, out_dir / ".int8-static" / ONNX_FILE, task, prep, calibration)
+            graph = _quantized(variant, config.task, lambda: quantize_int8_static(
+                onnx_file, out_dir / ".int8-static" / ONNX_FILE, task, prep, calibration))
             results.append(save_onnx(variant, graph, quantization="static QDQ int8, per-channel weights, "
-                                     f"MinMax calibration on {_rows(calibration)} train rows"))
+                                     f"MinMax calibration on {row_count(calibration)} train rows"))
         elif variant == "pruned":
             model = prune_model(task, prep, predictor.model, data.train, params.sparsity, params.prune_fit)
             target = save_model(task, config.task, prep, model, out_dir / variant,

@@ -30,7 +30,7 @@ def optimize(
     import json
 
     from pillars.components.errors import ConfigError
-    from pillars.components.optimize import FitParams, Guard, OptimizeParams
+    from pillars.components.optimize import Guard, OptimizeParams
     from pillars.components.register_variants import report_json, run_optimize
     from pillars.components.tracking import configure_tracking
 

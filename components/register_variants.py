@@ -46,16 +46,16 @@ TAGS = ("pillars.variant", "pillars.parent_version", "pillars.size_bytes", "pill
 """Tags of every registered variant (plus ``pillars.metric`` and ``pillars.optimize_run``)."""
 
 LogModel = Callable[[Path, str], str]
-"""Logs a variant folder under an artifact path of the active MLflow run; returns its model URI."""
+"""Logs a variant folder under an artifact path of the active MLflow run; returns what to register: a
+logged model's URI (``runs:/`` or ``models:/``, registered with ``mlflow.register_model``) or a plain
+artifact URI (registered as the version's source)."""
 
 
 def log_variant_artifacts(directory: Path, artifact_path: str) -> str:
-    """The minimal logger: the folder as plain artifacts (no pyfunc wrapper)."""
+    """The minimal logger: the folder as plain artifacts of the active run (no pyfunc wrapper); returns
+    their artifact URI, which becomes the version's source."""
     mlflow.log_artifacts(str(directory), artifact_path)
-    run = mlflow.active_run()
-    if run is None:
-        raise RegistryUnavailable("no active MLflow run to log the variant in")
-    return f"runs:/{run.info.run_id}/{artifact_path}"
+    return mlflow.get_artifact_uri(artifact_path)
 
 
 def variant_tags(result: VariantResult, parent_version: str, run_id: str) -> dict[str, str]:
@@ -146,8 +146,11 @@ def register_variants(report: OptimizeReport, model_name: str, parent_version: s
     versions: dict[str, str] = {}
     try:
         for result in passing:
-            version = mlflow.register_model(uris[result.variant], model_name,
-                                            tags=variant_tags(result, parent_version, run_id))
+            source, tags = uris[result.variant], variant_tags(result, parent_version, run_id)
+            if source.startswith(("runs:/", "models:/")):
+                version = mlflow.register_model(source, model_name, tags=tags)
+            else:
+                version = c.create_model_version(model_name, source, run_id=run_id, tags=tags)
             versions[result.variant] = str(version.version)
     except MlflowException as e:
         _delete(model_name, versions)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from pillars.components.errors import ConfigError, DataError
-from pillars.components.optimize import (ExportError, FitParams, Guard, OptimizeParams, check_onnx, export_onnx,
-                                         optimize_model, quantize_int8_static)
+from pillars.components.onnx_export import ExportError, check_onnx, export_onnx, quantize_int8_static
+from pillars.components.optimize import FitParams, Guard, OptimizeParams, optimize_model
 from pillars.components.predictor import TorchPredictor, load_predictor, save_model
 from tests.optimize.toy import REFERENCE, Branchy
 

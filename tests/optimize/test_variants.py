@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from pillars.components.optimize import ORIGINAL, VARIANTS, count_parameters
+from pillars.components.optimize import ORIGINAL, VARIANTS
+from pillars.components.shrink import count_parameters
 from pillars.components.predictor import OnnxPredictor, TorchPredictor, load_predictor
 
 
@@ -58,8 +60,7 @@ def test_pruning_zeroes_the_stated_share_and_reports_size_not_only_sparsity(blob
     pruned = _by_name(blobs_report)["pruned"]
     original = blobs_report.original.footprint
     model = load_predictor(pruned.directory).model
-    weights = [m.weight for m in model.modules() if isinstance(m, (__import__("torch").nn.Linear,
-                                                                   __import__("torch").nn.Conv2d))]
+    weights = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
     zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
     assert zeros == pytest.approx(0.5, abs=0.01)  # global magnitude pruning to sparsity 0.5, kept by the fine-tune
     assert pruned.footprint.parameters == original.parameters
