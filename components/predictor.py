@@ -101,7 +101,7 @@ def save_onnx_model(task: Task, reference: str, prep: Preprocessing, onnx_file: 
     ``preprocessing.json`` into ``directory``: a model :func:`load_predictor` runs with ONNX Runtime.
 
     The graph's inputs are named as the keyword arguments ``task.encode`` returns, its first output is
-    the head ``task.decode`` takes (what :func:`pillars.components.optimize.export_onnx` writes).
+    the head ``task.decode`` takes (what :func:`pillars.components.onnx_export.export_onnx` writes).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -127,11 +127,47 @@ def locate_model_dir(path: str | Path) -> Path:
     raise ConfigError(f"no Pillars model in {path}: expected {CONFIG_FILE}")
 
 
-def read_config(directory: Path) -> SavedConfig:
+def read_config(directory: Path) -> tuple[SavedConfig, Preprocessing]:
+    """The saved config and preprocessing of the model in ``directory`` (a 0.1 model is translated)."""
     try:
-        return SavedConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
-    except (json.JSONDecodeError, TypeError) as e:
+        data = json.loads((directory / CONFIG_FILE).read_text())
+        if data.get("format") == LEGACY_FORMAT:
+            return _from_legacy(data, directory)
+        config = SavedConfig.from_dict(data)
+    except (json.JSONDecodeError, TypeError, KeyError) as e:
         raise ConfigError(f"{directory / CONFIG_FILE} is not a valid model config: {e}") from e
+    prep_file = directory / PREPROCESSING_FILE
+    return config, (json.loads(prep_file.read_text()) if prep_file.is_file() else {})
+
+
+LEGACY_FORMAT = "pillars.v1"
+LEGACY_BUILTINS = ("breast_cancer", "digits", "diabetes")
+
+
+def _from_legacy(data: Mapping[str, Any], directory: Path) -> tuple[SavedConfig, Preprocessing]:
+    """A ``pillars.v1`` model (Pillars 0.1: an MLP or CNN over a table) as the tabular task's v2 config.
+
+    The 0.1 weights hold the input standardisation (and a regressor's target scale) as buffers; they
+    become the preprocessing the tabular task rebuilds its network from.
+    """
+    weights = load_file(str(directory / WEIGHTS_FILE))
+    kind = data["kind"]
+    prep: Preprocessing = {"feature_names": list(data["feature_names"]), "input_shape": list(data["input_shape"]),
+                           "mean": weights["standardize.mean"].reshape(-1).tolist(),
+                           "std": weights["standardize.std"].reshape(-1).tolist()}
+    if kind == "classification":
+        prep["classes"] = list(data["classes"])
+    else:
+        prep["target_mean"] = float(weights["target_mean"][0])
+        prep["target_std"] = float(weights["target_std"][0])
+    cls = "TabularClassification" if kind == "classification" else "TabularRegression"
+    args = {"builtin": data["task"] if data["task"] in LEGACY_BUILTINS else "",
+            "architecture": data["architecture"], "hidden_sizes": list(data.get("hidden_sizes", [128, 64])),
+            "dropout": float(data.get("dropout", 0.1))}
+    reference = f"pillars.tasks.tabular:{cls}"
+    task = load_task(reference, args)
+    return SavedConfig(reference, task.task_args(), task.signature(prep).to_dict(),
+                       extra={"upgraded_from": LEGACY_FORMAT}), prep
 
 
 def load_profile(path: str | Path) -> dict[str, Any] | None:
@@ -248,13 +284,11 @@ def load_predictor(path: str | Path, device: str | torch.device = "cpu", onnx_th
             line naming it).
     """
     directory = locate_model_dir(path)
-    config = read_config(directory)
+    config, prep = read_config(directory)
     if config.framework not in FRAMEWORKS:
         raise ConfigError(f"{directory}: unknown model framework {config.framework!r}; "
                           f"known: {', '.join(FRAMEWORKS)}")
     task = load_task(config.task, config.task_args)
-    prep_file = directory / PREPROCESSING_FILE
-    prep = json.loads(prep_file.read_text()) if prep_file.is_file() else {}
     if config.framework == "onnx":
         threads = Settings().onnx_threads if onnx_threads is None else onnx_threads
         return OnnxPredictor(task, prep, config, onnx_session(directory / ONNX_FILE, threads, device))

@@ -204,7 +204,7 @@ def run_optimize(reference: str, params: OptimizeParams = OptimizeParams(),
     run_params = client().get_run(mv.run_id).data.params if mv.run_id else {}
     with downloaded_version(name, version) as folder, tempfile.TemporaryDirectory(
             prefix="pillars-optimize-", dir=work_dir) as out:
-        config = read_config(locate_model_dir(folder))
+        config, _ = read_config(locate_model_dir(folder))
         task = load_task(config.task, config.task_args)
         data = task.load_data(data_params(run_params, data_overrides))
         report = optimize_model(folder, data, out, params, parent=f"{name}/{version}")

@@ -81,6 +81,8 @@ class TensorSpec:
         optional: an input a request may leave out (the task's ``encode`` supplies the default).
         max_length: the longest a ``-1`` dimension may be (requests are refused by size before decoding).
         max_bytes: for ``BYTES`` inputs, the longest one element may be, in bytes.
+        labels: names of the values along the last axis (a table's feature names): a V1 instance may be an
+            object keyed by them, and MLflow pyfunc takes them as DataFrame columns.
         description: for people reading the model metadata.
     """
 
@@ -90,6 +92,7 @@ class TensorSpec:
     optional: bool = False
     max_length: int = 0
     max_bytes: int = 4096
+    labels: tuple[str, ...] = ()
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -137,7 +140,8 @@ class Signature:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Signature:
         def specs(items: Sequence[Mapping[str, Any]]) -> tuple[TensorSpec, ...]:
-            return tuple(TensorSpec(**{**item, "shape": tuple(item.get("shape", ()))}) for item in items)
+            return tuple(TensorSpec(**{**item, "shape": tuple(item.get("shape", ())),
+                                       "labels": tuple(item.get("labels", ()))}) for item in items)
         return cls(specs(data["inputs"]), specs(data["outputs"]))
 
 

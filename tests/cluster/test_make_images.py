@@ -91,6 +91,6 @@ def test_what_the_dockerfiles_copy_builds_the_whole_package(tmp_path):
                     "-w", str(tmp_path / "dist"), str(context)], check=True, capture_output=True, timeout=300)
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     built = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py")}
-    expected = {f"pillars/{p.relative_to(ROOT)}" for folder in ("components", "pipelines", "serving", "console")
+    expected = {f"pillars/{p.relative_to(ROOT)}" for folder in ("components", "pipelines", "serving", "console", "tasks")
                 for p in (ROOT / folder).rglob("*.py") if "__pycache__" not in p.parts}
     assert built == expected

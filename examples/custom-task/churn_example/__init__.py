@@ -1,0 +1,1 @@
+"""An example of bringing your own model to Pillars: see ``churn_example.tasks``."""
