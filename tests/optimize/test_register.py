@@ -10,26 +10,32 @@ import pytest
 
 from pillars.components import registry
 from pillars.components.errors import RegistryError
-from pillars.components.optimize import OptimizeParams
+from pillars.components.optimize import FitParams, OptimizeParams, evaluate_predictor, optimize_model
 from pillars.components.predictor import load_predictor
 from pillars.components.register import downloaded_version
 from pillars.components.register_variants import EDGE, TAGS, register_variants, run_optimize
 
 
 def _register_parent(name: str, directory) -> str:
+    """The saved folder as a registered version (plain artifacts, as the variants are) and the champion."""
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(directory), "model")
         mlflow.log_params({"seed": 0})
-    version = mlflow.register_model(f"runs:/{run.info.run_id}/model", name).version
+        source = mlflow.get_artifact_uri("model")
+    registry.client().create_registered_model(name)
+    version = registry.client().create_model_version(name, source, run_id=run.info.run_id).version
     registry.move_alias(name, registry.CHAMPION, str(version), "test parent")
     return str(version)
 
 
-def test_passing_variants_become_tagged_versions_and_edge_goes_to_the_fastest(tracking_uri, blobs, blobs_report):
-    name = "opt-blobs"
-    parent = _register_parent(name, blobs.directory)
-    done = register_variants(blobs_report, name, parent)
-    passing = {v.variant: v for v in blobs_report.passing()}
+def test_passing_variants_become_tagged_versions_and_edge_goes_to_the_fastest(tracking_uri, line, tmp_path):
+    name = "opt-line-variants"
+    parent = _register_parent(name, line.directory)
+    report = optimize_model(line.directory, line.trained.data, tmp_path, OptimizeParams(
+        variants=("onnx", "onnx-int8", "pruned"), prune_fit=FitParams(epochs=1, learning_rate=1e-4),
+        timing_repeats=3), parent=f"{name}/{parent}")
+    done = register_variants(report, name, parent)
+    passing = {v.variant: v for v in report.passing()}
     assert set(done.versions) == set(passing) and passing
     for variant, version in done.versions.items():
         tags = registry.client().get_model_version(name, version).tags
@@ -37,7 +43,7 @@ def test_passing_variants_become_tagged_versions_and_edge_goes_to_the_fastest(tr
         assert tags["pillars.variant"] == variant and tags["pillars.parent_version"] == parent
         assert int(tags["pillars.size_bytes"]) == passing[variant].footprint.size_bytes
         assert float(tags["pillars.metric_delta"]) == pytest.approx(passing[variant].metric_delta, abs=1e-5)
-    edge = blobs_report.edge()
+    edge = report.edge()
     assert done.edge == done.versions[edge.variant] == registry.alias_version(name, EDGE)
     assert registry.alias_version(name, registry.CHAMPION) == parent  # never moved by optimisation
     assert registry.alias_version(name, registry.CHALLENGER) is None
@@ -46,10 +52,9 @@ def test_passing_variants_become_tagged_versions_and_edge_goes_to_the_fastest(tr
     with downloaded_version(name, done.edge) as folder:  # what `pillars serve models:/NAME@edge` loads
         served = load_predictor(folder)
         assert served.config.extra["variant"] == edge.variant
-        rows = blobs.trained.inputs("test")
-        assert (served.predict(rows)["class_index"] == blobs.trained.predict(rows)["class_index"]).mean() >= 0.98
+        assert evaluate_predictor(served, line.trained.data.test)["rmse"] == pytest.approx(edge.metrics["rmse"])
 
-    failing = copy.deepcopy(blobs_report)
+    failing = copy.deepcopy(report)
     for variant in failing.variants:
         variant.passed = False
     again = register_variants(failing, name, parent)
