@@ -260,6 +260,8 @@ def onnx_session(path: str | Path, threads: int = 0, device: str | torch.device 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = max(int(threads), 0)
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # No busy-waiting between runs: the server's event loop, batcher and drift thread share these cores.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
