@@ -37,6 +37,8 @@ class ModelConfig:
     hidden_sizes: list[int] = dataclasses.field(default_factory=lambda: [128, 64])
     dropout: float = 0.1
     format: str = FORMAT
+    cnn_channels: list[int] = dataclasses.field(default_factory=lambda: [32, 64])
+    """Output channels of the CNN's two convolutions (its distilled student uses fewer)."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -54,6 +56,8 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if len(self.cnn_channels) != 2 or min(self.cnn_channels) < 1:
+            raise ConfigError(f"cnn_channels must be two positive widths, got {self.cnn_channels}")
 
     @property
     def n_features(self) -> int:
@@ -66,8 +70,11 @@ class ModelConfig:
         return len(self.classes) if self.kind == "classification" and self.classes else 1
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return dataclasses.asdict(self)
+        """A JSON-ready dict (``cnn_channels`` only when not the default, so 0.1 readers still read it)."""
+        data = dataclasses.asdict(self)
+        if data["cnn_channels"] == [32, 64]:
+            del data["cnn_channels"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -109,16 +116,17 @@ def _mlp(n_in: int, hidden: Sequence[int], n_out: int, dropout: float) -> nn.Seq
     return nn.Sequential(*layers)
 
 
-def _small_cnn(channels: int, n_out: int, dropout: float) -> nn.Sequential:
+def _small_cnn(channels: int, n_out: int, dropout: float, widths: Sequence[int] = (32, 64)) -> nn.Sequential:
+    first, second = widths
     return nn.Sequential(
-        nn.Conv2d(channels, 32, kernel_size=3, padding=1),
+        nn.Conv2d(channels, first, kernel_size=3, padding=1),
         nn.ReLU(),
-        nn.Conv2d(32, 64, kernel_size=3, padding=1),
+        nn.Conv2d(first, second, kernel_size=3, padding=1),
         nn.ReLU(),
         nn.AdaptiveAvgPool2d((4, 4)),
         nn.Flatten(),
         nn.Dropout(dropout),
-        nn.Linear(64 * 16, 128),
+        nn.Linear(second * 16, 128),
         nn.ReLU(),
         nn.Dropout(dropout),
         nn.Linear(128, n_out),
@@ -139,7 +147,7 @@ class PillarsNet(nn.Module):
         self.input_shape = list(shape)
         self.standardize = Standardize(shape)
         if config.architecture == "cnn":
-            self.body = _small_cnn(shape[0], config.n_outputs, config.dropout)
+            self.body = _small_cnn(shape[0], config.n_outputs, config.dropout, config.cnn_channels)
         else:
             self.body = _mlp(config.n_features, config.hidden_sizes, config.n_outputs, config.dropout)
         self.register_buffer("target_mean", torch.zeros(1))

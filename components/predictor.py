@@ -4,7 +4,9 @@ A saved model is a folder, loadable without unpickling anything:
 
 - ``config.json``: ``{"format": "pillars.v2", "api_version": 1, "task": "package.module:attribute",
   "task_args": {...}, "signature": {...}, "framework": "torch"}``;
-- ``model.safetensors``: the module's weights (``framework == "torch"``);
+- ``model.safetensors``: the module's weights (``framework == "torch"``), or ``model.onnx``: the
+  exported graph (``framework == "onnx"``, an optimised variant run by ONNX Runtime, see
+  :mod:`pillars.components.optimize`); :func:`load_predictor` picks the runtime from ``framework``;
 - ``preprocessing.json``: what preprocessing learned from the train split (vocabulary, scalers, id maps);
 - ``data_profile.json`` (optional): the drift baseline.
 
@@ -17,16 +19,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime
 import torch
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pillars.components.errors import ConfigError
+from pillars.components.settings import Settings
 from pillars.components.task import (
     API_VERSION,
     Examples,
@@ -42,6 +48,11 @@ from pillars.components.task import (
 FORMAT = "pillars.v2"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+ONNX_FILE = "model.onnx"
+FRAMEWORKS = ("torch", "onnx")
+ORT_ERRORS = (ort_state.Fail, ort_state.InvalidArgument, ort_state.NoSuchFile, ort_state.InvalidGraph,
+              ort_state.InvalidProtobuf, ort_state.RuntimeException, ort_state.NotImplemented)
+"""What ONNX Runtime raises for a graph it cannot load or run (its own types, not RuntimeError)."""
 PREPROCESSING_FILE = "preprocessing.json"
 PROFILE_FILE = "data_profile.json"
 
@@ -80,10 +91,31 @@ def save_model(task: Task, reference: str, prep: Preprocessing, model: nn.Module
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
-    (directory / PREPROCESSING_FILE).write_text(json.dumps(prep))
-    config = SavedConfig(reference, task.task_args(), task.signature(prep).to_dict(), extra=dict(extra or {}))
-    (directory / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    _write_config(task, reference, prep, directory, "torch", extra)
     return directory
+
+
+def save_onnx_model(task: Task, reference: str, prep: Preprocessing, onnx_file: str | Path,
+                    directory: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
+    """Write ``config.json`` (framework ``onnx``), ``model.onnx`` (a copy of ``onnx_file``) and
+    ``preprocessing.json`` into ``directory``: a model :func:`load_predictor` runs with ONNX Runtime.
+
+    The graph's inputs are named as the keyword arguments ``task.encode`` returns, its first output is
+    the head ``task.decode`` takes (what :func:`pillars.components.onnx_export.export_onnx` writes).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(onnx_file, directory / ONNX_FILE)
+    _write_config(task, reference, prep, directory, "onnx", extra)
+    return directory
+
+
+def _write_config(task: Task, reference: str, prep: Preprocessing, directory: Path, framework: str,
+                  extra: Mapping[str, Any] | None) -> None:
+    (directory / PREPROCESSING_FILE).write_text(json.dumps(prep))
+    config = SavedConfig(reference, task.task_args(), task.signature(prep).to_dict(), framework=framework,
+                         extra=dict(extra or {}))
+    (directory / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2))
 
 
 def locate_model_dir(path: str | Path) -> Path:
@@ -202,17 +234,72 @@ class TorchPredictor(Predictor):
         return self.model(**{k: v.to(self.device) for k, v in encoded.items()})
 
 
-def load_predictor(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
+class OnnxPredictor(Predictor):
+    """An exported ONNX graph run by ONNX Runtime (an optimised variant: ``framework == "onnx"``).
+
+    :meth:`forward` feeds the session the task's encoded tensors by name and returns its first output
+    as a CPU tensor, so ``task.decode`` (and everything around it: checks, batching, drift) is unchanged.
+    """
+
+    def __init__(self, task: Task, prep: Preprocessing, config: SavedConfig,
+                 session: onnxruntime.InferenceSession) -> None:
+        super().__init__(task, prep, config)
+        self.session = session
+        self.input_names = [i.name for i in session.get_inputs()]
+        self.output_name = session.get_outputs()[0].name
+        self.device = torch.device("cpu")
+
+    def forward(self, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
+        missing = [n for n in self.input_names if n not in encoded]
+        if missing:
+            raise ConfigError(f"the ONNX graph takes {missing}, which the task's encode does not produce "
+                              f"(it produces {sorted(encoded)}); export the model again")
+        feeds = {n: encoded[n].detach().cpu().contiguous().numpy() for n in self.input_names}
+        (head,) = self.session.run([self.output_name], feeds)
+        return torch.from_numpy(head)
+
+
+def onnx_session(path: str | Path, threads: int = 0, device: str | torch.device = "cpu"
+                 ) -> onnxruntime.InferenceSession:
+    """An ONNX Runtime session of ``path``: ``threads`` intra-op threads (0: ONNX Runtime's default, one
+    per core), on CUDA when ``device`` is a GPU and this onnxruntime build has the CUDA provider."""
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = max(int(threads), 0)
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # No busy-waiting between runs: the server's event loop, batcher and drift thread share these cores.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers = ["CPUExecutionProvider"]
+    if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    try:
+        return onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
+    except ORT_ERRORS as e:
+        raise ConfigError(f"{path}: ONNX Runtime cannot load this graph: {e}") from e
+
+
+def load_predictor(path: str | Path, device: str | torch.device = "cpu", onnx_threads: int | None = None
+                   ) -> Predictor:
     """Load a saved model (plain folder or MLflow model folder) for inference, without unpickling.
 
+    The runtime follows the saved ``framework``: PyTorch (``torch``) or ONNX Runtime (``onnx``).
+
+    Args:
+        device: where a PyTorch model runs (ONNX graphs run on CPU unless onnxruntime has CUDA).
+        onnx_threads: intra-op threads of an ONNX session; None: the ``PILLARS_ONNX_THREADS`` setting.
+
     Raises:
-        ConfigError: no model there, an unknown format, or its task is not installed (one line naming it).
+        ConfigError: no model there, an unknown format or framework, or its task is not installed (one
+            line naming it).
     """
     directory = locate_model_dir(path)
     config, prep = read_config(directory)
+    if config.framework not in FRAMEWORKS:
+        raise ConfigError(f"{directory}: unknown model framework {config.framework!r}; "
+                          f"known: {', '.join(FRAMEWORKS)}")
     task = load_task(config.task, config.task_args)
-    if config.framework != "torch":
-        raise ConfigError(f"{directory}: unknown model framework {config.framework!r}")
+    if config.framework == "onnx":
+        threads = Settings().onnx_threads if onnx_threads is None else onnx_threads
+        return OnnxPredictor(task, prep, config, onnx_session(directory / ONNX_FILE, threads, device))
     device = torch.device(device)
     model = task.build_model(prep)
     model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     checkpoint_root: Path | None = None
     """Where training checkpoints live; defaults to ``<home>/checkpoints``. On a cluster, a PVC mount."""
 
+    onnx_threads: int = Field(default=0, ge=0)
+    """Intra-op threads of each ONNX Runtime session serving an ONNX variant (0: one per core). On a
+    pod with a CPU limit, set it to the limit so threads do not contend."""
+
     def resolved_home(self) -> Path:
         """The home folder as an absolute path (not created)."""
         return self.home.expanduser().resolve()

@@ -284,6 +284,17 @@ class Task(abc.ABC):
             return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
         return {}
 
+    # ---- optimisation (optional) ------------------------------------------------------------------------
+    def student(self) -> Task | None:
+        """A smaller model of the same task, for distillation (:mod:`pillars.components.optimize`).
+
+        Return the same task with smaller constructor arguments (e.g. ``dataclasses.replace(self,
+        hidden=16)``): same data, preprocessing, ``encode`` and outputs, fewer parameters. It is saved
+        with those arguments, so the distilled model loads like any other. Default None: this task
+        cannot be distilled, and the optimize step says so instead of producing a student.
+        """
+        return None
+
 
 class ClassificationTask(Task):
     """A classifier: the head is logits ``[N, classes]``; outputs ``label``, ``class_index``, ``probabilities``.

@@ -43,11 +43,59 @@ def cmd_run(args: argparse.Namespace) -> int:
     log = log_path(Settings().resolved_home(), args.pipeline)
     print(f"pillars run {args.pipeline}: steps run with kfp.local; full log: {log}", file=sys.stderr, flush=True)
     uri = run_reported(pipeline, arguments, log, verbose=args.verbose or args.show_logs, caching=not args.no_cache)
+    if args.pipeline == "optimize":
+        for line in optimize_summary(ModelRef.parse(str(arguments["model"])).name, log):
+            print(line)
+        return 0
     name = arguments.get("model_name") or default_model_name(
         arguments.get("task") or pipeline.component_spec.inputs["task"].default)
     for line in run_summary(name, uri, log):
         print(line)
     return 0
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    """``pillars optimize models:/NAME@champion``: the optimize pipeline with kfp.local; the model must be
+    registered (checked before any step runs)."""
+    from pillars.components.register_variants import resolve_version
+    from pillars.components.settings import Settings
+    from pillars.components.tracking import configure_tracking
+    from pillars.pipelines.progress import log_path, run_reported
+
+    ModelRef.parse(args.model)
+    configure_tracking(create=False)
+    name, version = resolve_version(args.model)
+    pipeline = pipeline_factory("optimize")()
+    arguments = {**parse_params(args.param, pipeline), "model": f"models:/{name}/{version}"}
+    if args.variants:
+        arguments["variants"] = args.variants
+    log = log_path(Settings().resolved_home(), "optimize")
+    print(f"pillars optimize {name} v{version}: steps run with kfp.local; full log: {log}", file=sys.stderr,
+          flush=True)
+    run_reported(pipeline, arguments, log, verbose=args.verbose or args.show_logs, caching=False)
+    for line in optimize_summary(name, log):
+        print(line)
+    return 0
+
+
+def optimize_summary(name: str, log: Path) -> list[str]:
+    """The variants of ``name`` in the registry (newest first) and where ``edge`` points."""
+    from pillars.components import registry
+    from pillars.components.register_variants import EDGE
+
+    lines = []
+    for row in registry.list_versions(name):
+        tags = row["tags"]
+        if "pillars.variant" in tags:
+            lines.append(f"{name} v{row['version']} {tags['pillars.variant']} of v{tags['pillars.parent_version']}: "
+                         f"{tags['pillars.metric']} delta {tags['pillars.metric_delta']}, "
+                         f"{tags['pillars.size_bytes']} bytes, {tags['pillars.latency_ms_b1']} ms at batch 1"
+                         + (f" [{', '.join(row['aliases'])}]" if row["aliases"] else ""))
+    edge = registry.alias_version(name, EDGE)
+    lines.append(f"edge: v{edge} (serve it: pillars serve models:/{name}@edge)" if edge
+                 else "edge: none (no variant within the guard)")
+    lines.append(f"log: {log}")
+    return lines
 
 
 def run_summary(name: str, uri: str, log: Path) -> list[str]:
@@ -353,6 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", dest="show_logs", action="store_true",
                    help="print every step's full output (it always goes to the log file)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("optimize", help="make ONNX/int8/pruned/distilled variants of a registered model (kfp.local)")
+    p.add_argument("model", help="models:/NAME@champion or models:/NAME/VERSION")
+    p.add_argument("--variants", default="", help="comma-separated subset (default: all)")
+    param_arg(p)
+    p.add_argument("-v", "--verbose", dest="show_logs", action="store_true", help="print every step's full output")
+    p.set_defaults(func=cmd_optimize)
 
     p = sub.add_parser("compile", help="compile a pipeline to KFP YAML")
     pipeline_arg(p)

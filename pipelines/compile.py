@@ -13,13 +13,17 @@ from typing import Any
 
 from pillars.components.errors import ConfigError
 
-PIPELINES = ("training", "retraining")
+PIPELINES = ("training", "retraining", "optimize")
 
 
 def pipeline_factory(name: str) -> Callable[..., Any]:
     """The builder of pipeline ``name`` (imported lazily: kfp and the components load only when needed)."""
     if name not in PIPELINES:
         raise ConfigError(f"unknown pipeline {name!r}; choose from: {', '.join(PIPELINES)}")
+    if name == "optimize":
+        from pillars.pipelines import optimize
+
+        return optimize.optimize_pipeline
     from pillars.pipelines import training
 
     return training.training_pipeline if name == "training" else training.retraining_pipeline

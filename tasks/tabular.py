@@ -58,6 +58,8 @@ class _Tabular:
     dropout: float = 0.1
     thresholds: dict[str, float] = dataclasses.field(default_factory=dict)
     description: str = ""
+    cnn_channels: list[int] = dataclasses.field(default_factory=lambda: [32, 64])
+    """Widths of the CNN's two convolutions (``architecture="cnn"``)."""
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -134,13 +136,21 @@ class _Tabular:
     def _net(self, prep: Preprocessing, kind: str) -> PillarsNet:
         config = ModelConfig(task=self.builtin or kind, kind=kind, architecture=self.architecture,
                              input_shape=list(prep["input_shape"]), feature_names=list(prep["feature_names"]),
-                             classes=prep.get("classes"), hidden_sizes=list(self.hidden_sizes), dropout=self.dropout)
+                             classes=prep.get("classes"), hidden_sizes=list(self.hidden_sizes), dropout=self.dropout,
+                             cnn_channels=list(self.cnn_channels))
         net = PillarsNet(config)
         net.standardize.fit(np.asarray(prep["mean"]), np.asarray(prep["std"]))
         if kind == "regression":
             net.target_mean.fill_(prep["target_mean"])
             net.target_std.fill_(prep["target_std"])
         return net
+
+    def student(self) -> Task | None:
+        """The distillation student: a quarter of the widths (MLP hidden sizes, or CNN channels), same
+        data, inputs and outputs."""
+        if self.architecture == "cnn":
+            return dataclasses.replace(self, cnn_channels=[max(c // 4, 1) for c in self.cnn_channels])
+        return dataclasses.replace(self, hidden_sizes=[max(h // 4, 1) for h in self.hidden_sizes])
 
     def encode(self, inputs: Examples, prep: Preprocessing) -> dict[str, torch.Tensor]:
         x = np.asarray(inputs[INPUT], dtype=np.float32)

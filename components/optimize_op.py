@@ -1,0 +1,68 @@
+"""The KFP v2 component of the optimize step: a thin wrapper over
+:func:`pillars.components.register_variants.run_optimize` (the pattern of :mod:`pillars.components.ops`:
+the body imports inside because KFP ships it as source text; one image, nothing installed at run time)."""
+
+# No `from __future__ import annotations`: KFP reads the annotations as real types.
+import functools
+
+from kfp import dsl
+from kfp.dsl import Artifact, Output
+from kfp.dsl.python_component import PythonComponent
+
+
+def optimize(
+    model: str,
+    variants: str,
+    max_drop_points: float,
+    max_relative_worsening: float,
+    sparsity: float,
+    prune_epochs: int,
+    distill_epochs: int,
+    temperature: float,
+    data_args: str,
+    tracking_uri: str,
+    report: Output[Artifact],
+) -> str:
+    """Optimise the registered version ``model`` (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``),
+    register the variants within the guard and move alias ``edge``. Returns the report as JSON (also the
+    ``report`` artifact); a variant that cannot be made fails the step before anything is registered."""
+    import dataclasses
+    import json
+
+    from pillars.components.errors import ConfigError
+    from pillars.components.optimize import Guard, OptimizeParams
+    from pillars.components.register_variants import report_json, run_optimize
+    from pillars.components.tracking import configure_tracking
+
+    configure_tracking(tracking_uri or None)
+    defaults = OptimizeParams()
+    try:
+        overrides = json.loads(data_args) if data_args.strip() else {}
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"data_args must be a JSON object of data parameters, got {data_args!r}") from e
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"data_args must be a JSON object of data parameters, got {data_args!r}")
+    params = OptimizeParams(
+        variants=tuple(v.strip() for v in variants.split(",") if v.strip()),
+        guard=Guard(max_drop_points=max_drop_points, max_relative_worsening=max_relative_worsening),
+        sparsity=sparsity, prune_fit=dataclasses.replace(defaults.prune_fit, epochs=prune_epochs),
+        distill_fit=dataclasses.replace(defaults.distill_fit, epochs=distill_epochs), temperature=temperature)
+    result, registered = run_optimize(model, params, overrides)
+    text = report_json(result, registered)
+    with open(report.path, "w") as f:
+        f.write(text)
+    report.metadata["edge_version"] = registered.edge or ""
+    print(result.summary())
+    return text
+
+
+@functools.lru_cache(maxsize=8)
+def optimize_component(image: str) -> PythonComponent:
+    """The optimize step as a KFP component whose container runs ``image``.
+
+    Raises:
+        ValueError: ``image`` is empty.
+    """
+    if not image or not image.strip():
+        raise ValueError("the components image must be a non-empty image reference")
+    return dsl.component(base_image=image, install_kfp_package=False)(optimize)

@@ -1,0 +1,219 @@
+"""The optimize step: optimise a registered version, register the variants that pass, move alias ``edge``.
+
+Each variant within the guard becomes a new version of the *same* registered model, tagged with what
+it is (:data:`TAGS`); alias ``edge`` moves, compare-and-set, to the fastest of them (the report's
+:meth:`~pillars.components.optimize.OptimizeReport.edge` rule: lowest batch-1 latency, then smallest
+file). ``champion`` and ``challenger`` are never touched here.
+
+Nothing is registered half-way: every variant is made and judged before the first registration, any
+error before then (a model that is not registered, an export that fails, an empty calibration set)
+registers nothing, and a registry failure while registering deletes the versions this run created.
+
+Logging: a variant's folder (``config.json`` naming its framework, ``model.onnx`` or
+``model.safetensors``, ``preprocessing.json``, ``data_profile.json``, ``triton/``) is logged as plain
+artifacts under ``variants/<variant>`` of one MLflow run per optimisation, which
+:func:`~pillars.components.predictor.load_predictor` (and so the model server) reads from
+``models:/NAME/VERSION``. The MLflow pyfunc wrapper of the v2 format plugs in through ``log_model``:
+pass a function that logs the folder as a pyfunc model in the active run and returns its model URI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from pillars.components.errors import RegistryError
+from pillars.components.optimize import OptimizeParams, OptimizeReport, VariantResult, optimize_model
+from pillars.components.predictor import locate_model_dir, read_config
+from pillars.components.references import ModelRef
+from pillars.components.register import downloaded_version
+from pillars.components.registry import RegistryUnavailable, alias_version, client, get_model, move_alias
+from pillars.components.task import DataParams, load_task
+
+logger = logging.getLogger("pillars.optimize")
+
+EDGE = "edge"
+TAGS = ("pillars.variant", "pillars.parent_version", "pillars.size_bytes", "pillars.metric_delta",
+        "pillars.latency_ms_b1", "pillars.throughput_b64")
+"""Tags of every registered variant (plus ``pillars.metric`` and ``pillars.optimize_run``)."""
+
+LogModel = Callable[[Path, str], str]
+"""Logs a variant folder under an artifact path of the active MLflow run; returns what to register: a
+logged model's URI (``runs:/`` or ``models:/``, registered with ``mlflow.register_model``) or a plain
+artifact URI (registered as the version's source)."""
+
+
+def log_variant_artifacts(directory: Path, artifact_path: str) -> str:
+    """The minimal logger: the folder as plain artifacts of the active run (no pyfunc wrapper); returns
+    their artifact URI, which becomes the version's source."""
+    mlflow.log_artifacts(str(directory), artifact_path)
+    return mlflow.get_artifact_uri(artifact_path)
+
+
+def variant_tags(result: VariantResult, parent_version: str, run_id: str) -> dict[str, str]:
+    """The registry tags of a judged variant."""
+    if result.footprint is None or result.speed is None:
+        raise ValueError(f"variant {result.variant} was not judged")
+    return {"pillars.variant": result.variant, "pillars.parent_version": parent_version,
+            "pillars.size_bytes": str(result.footprint.size_bytes), "pillars.metric": result.metric,
+            "pillars.metric_delta": f"{result.metric_delta:.6g}",
+            "pillars.latency_ms_b1": f"{result.speed.latency_ms_b1:.4g}",
+            "pillars.throughput_b64": f"{result.speed.throughput_b64:.4g}", "pillars.optimize_run": run_id}
+
+
+@dataclasses.dataclass
+class Registered:
+    """What :func:`register_variants` did: variant -> version, and where ``edge`` points now."""
+
+    versions: dict[str, str]
+    edge: str | None
+    run_id: str
+
+
+def resolve_version(reference: str) -> tuple[str, str]:
+    """``(name, version)`` of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` (an alias resolved once).
+
+    Raises:
+        ConfigError: not a model reference.
+        RegistryError: no such model, alias or version (one line naming it).
+        RegistryUnavailable: the registry cannot be read.
+    """
+    ref = ModelRef.parse(reference)
+    c = client()
+    get_model(ref.name, c)
+    if ref.alias is not None:
+        version = alias_version(ref.name, ref.alias, c)
+        if version is None:
+            raise RegistryError(f"{ref.name} has no version with alias {ref.alias!r}")
+        return ref.name, version
+    try:
+        c.get_model_version(ref.name, str(ref.version))
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise RegistryError(f"{ref.name} has no version {ref.version}") from e
+        raise RegistryUnavailable(f"cannot read {ref.name} v{ref.version}: {e.message}") from e
+    return ref.name, str(ref.version)
+
+
+def register_variants(report: OptimizeReport, model_name: str, parent_version: str,
+                      log_model: LogModel = log_variant_artifacts, experiment_id: str | None = None) -> Registered:
+    """Register every passing variant of ``report`` as a version of ``model_name`` and move ``edge``.
+
+    Args:
+        parent_version: the version the variants were made from.
+        log_model: how a variant folder is logged (see the module docstring).
+        experiment_id: the MLflow experiment of the optimisation run (default: the parent's run's).
+
+    Returns:
+        The versions registered and the ``edge`` version (unchanged when no variant passed).
+
+    Raises:
+        RegistryError: the model or the parent version is not registered (nothing registered).
+        RegistryUnavailable: the registry failed (versions created by this call are deleted again).
+        ChampionMoved: ``edge`` moved while this ran (the versions stay registered; edge unchanged).
+    """
+    c = client()
+    get_model(model_name, c)
+    try:
+        parent = c.get_model_version(model_name, parent_version)
+    except MlflowException as e:
+        raise RegistryError(f"{model_name} has no version {parent_version}") from e
+    edge_before = alias_version(model_name, EDGE, c)
+    if experiment_id is None and parent.run_id:
+        experiment_id = c.get_run(parent.run_id).info.experiment_id
+    passing = report.passing()
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"optimize {model_name} v{parent_version}",
+                          tags={"pillars.parent": f"{model_name}/{parent_version}"}) as run:
+        run_id = run.info.run_id
+        for result in [report.original, *report.variants]:
+            if result.skipped:
+                continue
+            mlflow.log_metrics({f"{result.variant}.{k}": v for k, v in result.metrics.items()})
+            if result.footprint and result.speed:
+                mlflow.log_metrics({f"{result.variant}.size_bytes": result.footprint.size_bytes,
+                                    f"{result.variant}.latency_ms_b1": result.speed.latency_ms_b1,
+                                    f"{result.variant}.throughput_b64": result.speed.throughput_b64})
+        mlflow.log_dict(report.to_dict(), "optimize_report.json")
+        uris = {r.variant: log_model(locate_model_dir(r.directory), f"variants/{r.variant}") for r in passing}
+    versions: dict[str, str] = {}
+    try:
+        for result in passing:
+            source, tags = uris[result.variant], variant_tags(result, parent_version, run_id)
+            if source.startswith(("runs:/", "models:/")):
+                version = mlflow.register_model(source, model_name, tags=tags)
+            else:
+                version = c.create_model_version(model_name, source, run_id=run_id, tags=tags)
+            versions[result.variant] = str(version.version)
+    except MlflowException as e:
+        _delete(model_name, versions)
+        raise RegistryUnavailable(f"registering the variants of {model_name} v{parent_version} failed "
+                                  f"(none kept): {e.message}") from e
+    best = report.edge()
+    edge = edge_before
+    if best is not None:
+        event = move_alias(model_name, EDGE, versions[best.variant],
+                           f"fastest variant within the guard: {best.variant} of v{parent_version} ({best.reason})",
+                           c, expected=edge_before)
+        edge = event.to_version if event else versions[best.variant]
+    for result in report.variants:
+        state = f"v{versions[result.variant]}" if result.variant in versions else (
+            "skipped" if result.skipped else "not registered")
+        logger.info("%s v%s: %s %s: %s", model_name, parent_version, result.variant, state, result.reason)
+    return Registered(versions, edge, run_id)
+
+
+def _delete(model_name: str, versions: Mapping[str, str]) -> None:
+    for version in versions.values():
+        try:
+            client().delete_model_version(model_name, version)
+        except MlflowException as e:
+            logger.error("%s: could not delete half-registered v%s: %s", model_name, version, e.message)
+
+
+def data_params(run_params: Mapping[str, str], overrides: Mapping[str, Any] | None = None) -> DataParams:
+    """The data parameters the parent was trained with (its run's logged parameters where they name
+    :class:`DataParams` fields), with ``overrides`` on top: so the variants are judged on its test split."""
+    values: dict[str, Any] = {}
+    for name, default in dataclasses.asdict(DataParams()).items():
+        if name in run_params:
+            raw = run_params[name]
+            values[name] = raw.lower() in ("true", "1") if isinstance(default, bool) else type(default)(raw)
+    return DataParams(**{**values, **dict(overrides or {})})
+
+
+def run_optimize(reference: str, params: OptimizeParams = OptimizeParams(),
+                 data_overrides: Mapping[str, Any] | None = None, log_model: LogModel = log_variant_artifacts,
+                 work_dir: str | Path | None = None) -> tuple[OptimizeReport, Registered]:
+    """Optimise the registered version ``reference`` (``models:/NAME@champion`` by default in callers)
+    on its own data split, register the variants that pass and move ``edge``.
+
+    Raises:
+        ConfigError, RegistryError: a bad reference or a model that is not registered (nothing made).
+        ExportError, DataError: a variant cannot be made (nothing registered).
+    """
+    name, version = resolve_version(reference)
+    mv = client().get_model_version(name, version)
+    run_params = client().get_run(mv.run_id).data.params if mv.run_id else {}
+    with downloaded_version(name, version) as folder, tempfile.TemporaryDirectory(
+            prefix="pillars-optimize-", dir=work_dir) as out:
+        config, _ = read_config(locate_model_dir(folder))
+        task = load_task(config.task, config.task_args)
+        data = task.load_data(data_params(run_params, data_overrides))
+        report = optimize_model(folder, data, out, params, parent=f"{name}/{version}")
+        registered = register_variants(report, name, version, log_model)
+    logger.info("%s v%s optimised:\n%s", name, version, report.summary())
+    return report, registered
+
+
+def report_json(report: OptimizeReport, registered: Registered) -> str:
+    """The step's output: the report with the registered versions and ``edge``."""
+    return json.dumps({**report.to_dict(), "registered": registered.versions, "edge_version": registered.edge,
+                       "run_id": registered.run_id})
