@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 import mlflow  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from pillars.components.models import ModelConfig, build_model, save_model  # noqa: E402
+from pillars.components.predictor import save_model  # noqa: E402
+from pillars.tasks.tabular import classifier_of  # noqa: E402
 from pillars.components.register import promote, register_model  # noqa: E402
 from pillars.components.tracking import configure_tracking, ensure_experiment  # noqa: E402
 from pillars.console.runs import LOG_FILE, SUCCEEDED, RunStore  # noqa: E402
@@ -57,9 +58,8 @@ def set_up(home: Path) -> str:
     os.environ["PILLARS_HOME"] = str(home)
     configure_tracking()
     mlflow.search_experiments()
-    config = ModelConfig(task="toy", kind="classification", architecture="mlp", input_shape=[30],
-                         feature_names=[f"f{i}" for i in range(30)], classes=["no", "yes"], hidden_sizes=[64, 32])
-    model_dir = save_model(build_model(config), home / "model")
+    model_dir = save_model(*classifier_of([f"f{i}" for i in range(30)], ["no", "yes"], hidden_sizes=[64, 32]),
+                           home / "model")
     for accuracy in (0.93, 0.95):
         with mlflow.start_run(experiment_id=ensure_experiment("toy")) as run:
             mlflow.log_metrics({"test_accuracy": accuracy, "test_f1_macro": accuracy - 0.01, "val_loss": 0.2})

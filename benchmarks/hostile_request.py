@@ -49,14 +49,11 @@ TARGET = {"seconds": 0.100, "rss_mib": 50.0, "health_seconds": 0.050}
 
 
 def build_model(root: Path) -> Path:
-    import torch
 
-    from pillars.components.models import ModelConfig, build_model, save_model
+    from pillars.components.predictor import save_model
+    from pillars.tasks.tabular import classifier_of
 
-    torch.manual_seed(0)
-    config = ModelConfig(task="hostile", kind="classification", architecture="mlp", input_shape=[N_FEATURES],
-                         feature_names=[f"x{i}" for i in range(N_FEATURES)], classes=["benign", "malignant"])
-    return save_model(build_model(config).eval(), root / "model")
+    return save_model(*classifier_of([f"x{i}" for i in range(N_FEATURES)], ["benign", "malignant"]), root / "model")
 
 
 def rss_mib(pid: int) -> float:

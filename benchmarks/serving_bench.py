@@ -42,17 +42,13 @@ CLIENT = "raw"
 def build_and_register(root: Path) -> tuple[str, Path]:
     """Save a breast-cancer-sized classifier, register it as ``bench`` v1; return tracking URI and folder."""
     import mlflow
-    import torch
 
     from pillars.components.mlflow_model import log_pillars_model
-    from pillars.components.models import ModelConfig, build_model, save_model
+    from pillars.components.predictor import save_model
+    from pillars.tasks.tabular import classifier_of
 
-    torch.manual_seed(0)
-    config = ModelConfig(task=NAME, kind="classification", architecture="mlp", input_shape=[N_FEATURES],
-                         feature_names=[f"x{i}" for i in range(N_FEATURES)], classes=["benign", "malignant"])
-    model = build_model(config)
-    model.standardize.fit(np.full(N_FEATURES, 5.0), np.full(N_FEATURES, 2.0))
-    model_dir = save_model(model.eval(), root / "model")
+    model_dir = save_model(*classifier_of([f"x{i}" for i in range(N_FEATURES)], ["benign", "malignant"],
+                                          mean=5.0, std=2.0), root / "model")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.create_experiment("bench", artifact_location=(root / "artifacts").as_uri())

@@ -43,21 +43,17 @@ BULK_ROWS = 64
 
 def build_profiled_model(root: Path) -> tuple[Path, np.ndarray]:
     """Save the breast-cancer-sized classifier with ``data_profile.json``; return the folder and its train split."""
-    import torch
 
-    from pillars.components.models import ModelConfig, build_model, save_model
+    from pillars.components.predictor import save_model
     from pillars.components.profile import build_profile
+    from pillars.tasks.tabular import classifier_of
 
-    torch.manual_seed(0)
     names = [f"x{i}" for i in range(N_FEATURES)]
-    config = ModelConfig(task=NAME, kind="classification", architecture="mlp", input_shape=[N_FEATURES],
-                         feature_names=names, classes=["benign", "malignant"])
-    model = build_model(config)
     x = np.random.default_rng(0).normal(5, 2, size=(5000, N_FEATURES)).astype(np.float32)
     y = (x[:, 0] > 5).astype(np.int64)
-    model.standardize.fit(x.mean(axis=0), x.std(axis=0))
-    model_dir = save_model(model.eval(), root / "model")
-    profile = build_profile(x, y, names, "classification", config.classes)
+    model_dir = save_model(*classifier_of(names, ["benign", "malignant"], x.mean(axis=0), x.std(axis=0)),
+                           root / "model")
+    profile = build_profile(x, y, names, "classification", ["benign", "malignant"])
     (model_dir / "data_profile.json").write_text(json.dumps(profile))
     return model_dir, x
 

@@ -267,3 +267,19 @@ tabular_classification: Task = TabularClassification(
     description="Your own CSV/Parquet (local or s3://) with a label column; MLP classifier.")
 tabular_regression: Task = TabularRegression(
     description="Your own CSV/Parquet (local or s3://) with a numeric target column; MLP regressor.")
+
+
+def classifier_of(feature_names: list[str], classes: list[str], mean: Any = 0.0, std: Any = 1.0,
+                  hidden_sizes: list[int] | None = None, seed: int = 0
+                  ) -> tuple[Task, str, Preprocessing, nn.Module]:
+    """``(task, reference, prep, model)``: a (seeded, untrained) MLP classifier over named features with the
+    given standardisation; ``pillars.components.predictor.save_model(*classifier_of(...), dir)`` saves it.
+    For benchmarks and examples that need a served model without training one."""
+    n = len(feature_names)
+    reference = "pillars.tasks.tabular:TabularClassification"
+    task = TabularClassification(hidden_sizes=list(hidden_sizes or [128, 64]))
+    prep = {"feature_names": list(feature_names), "input_shape": [n], "classes": list(classes),
+            "mean": np.broadcast_to(np.asarray(mean, dtype=np.float64), (n,)).tolist(),
+            "std": np.broadcast_to(np.asarray(std, dtype=np.float64), (n,)).tolist()}
+    torch.manual_seed(seed)
+    return task, reference, prep, task.build_model(prep).eval()

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from pillars.components.errors import ConfigError
-from pillars.components.models import Predictor
+from pillars.components.predictor import load_predictor
 from pillars.serving.demo import v2_request
 from pillars.serving.storage import discard, resolve_model, s3_folder
 from tests.serving.conftest import start_server
@@ -38,7 +38,7 @@ def test_the_s3_prefix_is_a_folder(bucket):
     try:
         files = sorted(p.relative_to(source.download).as_posix() for p in source.download.rglob("*") if p.is_file())
         assert files == sorted(f"artifacts/{p.name}" for p in bucket.iterdir())
-        assert Predictor.load(source.directory).predict(toy_rows(2))["label"].shape == (2,)
+        assert load_predictor(source.directory).predict({"input-0": toy_rows(2)})["label"].shape == (2,)
     finally:
         discard(source)
     assert not source.download.exists()
@@ -63,7 +63,7 @@ def test_the_server_serves_a_model_from_s3_end_to_end(bucket, s3_env, tmp_path):
     server = start_server(["--model_uri", f"s3://{BUCKET}/models/digits", "--model_name", "digits", "--no_drift"],
                           tmp_path / "server.log", env=s3_env, model="digits")
     try:
-        expected = Predictor.load(bucket).predict(toy_rows(3, seed=4))["label"].tolist()
+        expected = load_predictor(bucket).predict({"input-0": toy_rows(3, seed=4)})["label"].tolist()
         answer = httpx.post(f"{server.http}/v2/models/digits/infer", json=v2_request(toy_rows(3, seed=4)))
         assert answer.status_code == 200, answer.text
         assert next(o for o in answer.json()["outputs"] if o["name"] == "label")["data"] == expected

@@ -1,4 +1,5 @@
-"""Tiny real Pillars models for serving tests: built, fitted a few steps, saved in the real format."""
+"""Tiny real Pillars models for serving tests: the built-in tabular task's network, fitted a few steps,
+saved in the task API's format (``pillars.components.predictor.save_model``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pillars.components.models import ModelConfig, PillarsNet, build_model, save_model
+from pillars.components.predictor import save_model
+from pillars.components.task import load_task
 
 N_FEATURES = 4
 CLASSES = ["setosa", "versicolor", "virginica"]
@@ -22,26 +24,28 @@ def toy_rows(n: int, seed: int = 0) -> np.ndarray:
 def make_classifier(directory: Path, steps: int = 30, seed: int = 0) -> Path:
     """A 4-feature, 3-class MLP fitted for a few steps on separable synthetic data; saved to ``directory``."""
     torch.manual_seed(seed)
-    config = ModelConfig(task="toy", kind="classification", architecture="mlp", input_shape=[N_FEATURES],
-                         feature_names=[f"f{i}" for i in range(N_FEATURES)], classes=CLASSES,
-                         hidden_sizes=[16], dropout=0.0)
-    model = build_model(config)
+    reference = "pillars.tasks.tabular:TabularClassification"
+    task = load_task(reference, {"hidden_sizes": [16], "dropout": 0.0})
     x = toy_rows(256)
     y = (x[:, 0] > 5.0).astype(np.int64) + (x[:, 1] > 6.0).astype(np.int64)
-    model.standardize.fit(x.mean(axis=0), x.std(axis=0))
+    prep = {"feature_names": [f"f{i}" for i in range(N_FEATURES)], "input_shape": [N_FEATURES],
+            "mean": x.mean(axis=0).tolist(), "std": x.std(axis=0).tolist(), "classes": CLASSES}
+    model = task.build_model(prep)
     _fit(model, torch.from_numpy(x), torch.from_numpy(y), steps)
-    return save_model(model, directory)
+    return save_model(task, reference, prep, model, directory)
 
 
 def make_regressor(directory: Path) -> Path:
     """A 3-feature regressor (untrained is enough to check the output contract); saved to ``directory``."""
     torch.manual_seed(0)
-    config = ModelConfig(task="toy-reg", kind="regression", architecture="mlp", input_shape=[3],
-                         feature_names=["a", "b", "c"], hidden_sizes=[8], dropout=0.0)
-    return save_model(build_model(config), directory)
+    reference = "pillars.tasks.tabular:TabularRegression"
+    task = load_task(reference, {"hidden_sizes": [8], "dropout": 0.0})
+    prep = {"feature_names": ["a", "b", "c"], "input_shape": [3], "mean": [0.0] * 3, "std": [1.0] * 3,
+            "target_mean": 0.0, "target_std": 1.0}
+    return save_model(task, reference, prep, task.build_model(prep).eval(), directory)
 
 
-def _fit(model: PillarsNet, x: torch.Tensor, y: torch.Tensor, steps: int) -> None:
+def _fit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     model.train()
     for _ in range(steps):
