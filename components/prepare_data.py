@@ -123,7 +123,11 @@ def prepare(params: PrepareParams) -> PreparedData:
     signature = task.signature(prep)
     required = [s.name for s in signature.inputs if not s.optional]
     for name, split in data.splits().items():
-        if check_examples(split, required, f"{reference} {name} split") == 0:
+        present = [s.name for s in signature.inputs if s.name in split]
+        if not present:  # every input optional (one of several forms, as audio or wav), none given
+            raise DataError(f"{reference}: the {name} split holds none of the inputs "
+                            f"{[s.name for s in signature.inputs]}")
+        if check_examples(split, list(dict.fromkeys(required + present)), f"{reference} {name} split") == 0:
             raise DataError(f"{reference}: the {name} split is empty")
     splits = {name: _storable(split, f"{reference} {name} split") for name, split in data.splits().items()}
     info = _json_ready(data.info)
