@@ -435,3 +435,13 @@ def optimize_model(model_dir: str | Path, data: Dataset, out_dir: str | Path, pa
     for result in [original, *results]:
         result.speed = speeds.get(result.variant)
     return OptimizeReport(original, results)
+
+
+def step_defaults() -> dict[str, Any]:
+    """The optimize step's parameters at their defaults (all but the model and the tracking URI), for a
+    pipeline that runs the step with no settings of its own (training's ``optimize=True``)."""
+    params = OptimizeParams()
+    return {"variants": ",".join(params.variants), "max_drop_points": params.guard.max_drop_points,
+            "max_relative_worsening": params.guard.max_relative_worsening, "sparsity": params.sparsity,
+            "prune_epochs": params.prune_fit.epochs, "distill_epochs": params.distill_fit.epochs,
+            "temperature": params.temperature, "data_args": ""}

@@ -22,9 +22,11 @@ def optimize(
     data_args: str,
     tracking_uri: str,
     report: Output[Artifact],
+    model_version: str = "",
 ) -> str:
-    """Optimise the registered version ``model`` (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``),
-    register the variants within the guard and move alias ``edge``. Returns the report as JSON (also the
+    """Optimise the registered version ``model`` (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``; or a
+    bare model name with ``model_version``, as the training pipeline passes its new champion), register
+    the variants within the guard and move alias ``edge``. Returns the report as JSON (also the
     ``report`` artifact); a variant that cannot be made fails the step before anything is registered."""
     import dataclasses
     import json
@@ -35,6 +37,8 @@ def optimize(
     from pillars.components.tracking import configure_tracking
 
     configure_tracking(tracking_uri or None)
+    if model_version:
+        model = f"models:/{model}/{model_version}"
     defaults = OptimizeParams()
     try:
         overrides = json.loads(data_args) if data_args.strip() else {}

@@ -13,6 +13,8 @@ from kfp import dsl, kubernetes
 from pillars.components.errors import ConfigError
 from pillars.components.fit import TrainParams
 from pillars.components.ops import Components, components
+from pillars.components.optimize import step_defaults
+from pillars.components.optimize_op import optimize_component
 from pillars.components.prepare_data import PrepareParams
 from pillars.components.references import check_model_name, default_model_name
 from pillars.components.settings import Settings
@@ -53,6 +55,8 @@ Args:
     margin: How much worse than the champion the candidate may be and still be approved.
     tracking_uri: MLflow tracking URI; empty: MLFLOW_TRACKING_URI or the local store.
     checkpoint_root: Where training checkpoints go so a retry resumes.
+    optimize: After a promotion, run the optimize step on the new champion (ONNX, int8, pruned and
+        distilled variants within the accuracy guard; alias edge); off by default.
 """
 
 
@@ -158,6 +162,14 @@ def _steps(ops: Components, options: ClusterOptions, task: Any, task_args: Any, 
         _resources(promoted, cpu="250m", memory="256Mi")
         if options.deploy_namespace:
             _deploy_steps(ops, options, registered, uri).after(promoted)
+        with dsl.If(args["optimize"] == True, name="optimize"):  # noqa: E712 (KFP condition syntax)
+            variants = optimize_component(ops.image)(
+                model=registered.outputs["model_name"], model_version=registered.outputs["version"],
+                **step_defaults(), tracking_uri=uri)
+            variants.after(promoted)
+            variants.set_caching_options(False).set_display_name("optimize (variants, edge)")
+            _resources(variants, cpu="1", memory="2Gi")
+            _secret_env(options, variants)
 
     for step in (data, trained, scored, gate, registered, promoted):
         _secret_env(options, step)
@@ -233,6 +245,7 @@ def training_pipeline(image: str | None = None, **cluster_options: Any) -> Any:
         margin: float = 0.0,
         tracking_uri: str = "",
         checkpoint_root: str = CHECKPOINT_MOUNT if options.checkpoint_pvc else "",
+        optimize: bool = False,
     ) -> None:
         _steps(ops, options, task, task_args, locals())
 
@@ -275,6 +288,7 @@ def retraining_pipeline(image: str | None = None, **cluster_options: Any) -> Any
         margin: float = 0.0,
         tracking_uri: str = "",
         checkpoint_root: str = CHECKPOINT_MOUNT if options.checkpoint_pvc else "",
+        optimize: bool = False,
     ) -> None:
         args = dict(locals())
         resolved = ops.resolve_task(model_name=model_name, task=task, task_args=task_args, tracking_uri=tracking_uri)

@@ -34,3 +34,19 @@ def test_optimize_compiles_with_its_parameters_one_step_and_the_mlflow_secret(tm
 def test_running_optimize_without_a_model_names_the_missing_parameter():
     with pytest.raises(ConfigError, match="missing required parameter\\(s\\): model"):
         check_arguments(optimize_pipeline(image="x/y:1"), {})
+
+
+@pytest.mark.parametrize("name", ["training", "retraining"])
+def test_training_pipelines_can_optimize_the_new_champion_off_by_default(tmp_path, name):
+    out = compile_pipeline(name, str(tmp_path / f"{name}.yaml"), image="registry.example/pillars:1")
+    spec = next(yaml.safe_load_all(Path(out).read_text()))
+    assert spec["root"]["inputDefinitions"]["parameters"]["optimize"]["defaultValue"] is False
+    approved = spec["root"]["dag"]["tasks"]["condition-1"]
+    inner = spec["components"][approved["componentRef"]["name"]]["dag"]["tasks"]
+    optimize = spec["components"][inner["condition-2"]["componentRef"]["name"]]["dag"]["tasks"]["optimize"]
+    assert inner["condition-2"]["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--optimize'] == true"
+    assert inner["condition-2"]["dependentTasks"] == ["promote"]  # only once the champion moved
+    arguments = optimize["inputs"]["parameters"]
+    # the version this run registered (and promoted), not whatever the alias points to later
+    assert arguments["model"]["componentInputParameter"] == "pipelinechannel--register-model_name"
+    assert arguments["model_version"]["componentInputParameter"] == "pipelinechannel--register-version"

@@ -3,16 +3,30 @@ schema (tritonclient's protobuf) and checked against the ONNX graph it serves.""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import onnx
 import pytest
+import tritonclient
 from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2
 
 from pillars.components.errors import ConfigError
 from pillars.components.triton import model_config, write_repository
 
+
+def _triton_model_config() -> object:
+    """Triton's ``model_config_pb2`` alone: importing ``tritonclient.grpc`` would also register Triton's
+    service protos, whose ``inference.*`` names clash with KServe's in one process's descriptor pool."""
+    path = Path(tritonclient.__file__).parent / "grpc" / "model_config_pb2.py"
+    spec = importlib.util.spec_from_file_location("triton_model_config_pb2", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+model_config_pb2 = _triton_model_config()
 ELEMENT = {onnx.TensorProto.FLOAT: model_config_pb2.TYPE_FP32, onnx.TensorProto.INT64: model_config_pb2.TYPE_INT64}
 
 
