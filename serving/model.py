@@ -127,7 +127,8 @@ class PillarsModel(Model):
         model_dir = str(self.settings.model_dir) if self.settings.model_dir else None
         self.source = resolve_model(self.settings.model_uri, model_dir)
         self.version = self.source.version
-        self.predictor = load_predictor(self.source.directory, device=device)
+        # One thread budget for either runtime: --cpu_threads sizes torch and an ONNX variant's session alike.
+        self.predictor = load_predictor(self.source.directory, device=device, onnx_threads=self._onnx_threads())
         self._active = _Active(self.predictor, None)
         self.batcher = Batcher(self._forward, self.settings.max_batch_size, self.settings.max_latency_ms,
                                on_batch=self._observe_batch, max_queued_rows=self.settings.max_queued_rows,
@@ -215,7 +216,7 @@ class PillarsModel(Model):
         assert self.predictor is not None
         reason = "load"
         try:
-            predictor = load_predictor(source.directory, device=self.device)
+            predictor = load_predictor(source.directory, device=self.device, onnx_threads=self._onnx_threads())
             reason = "schema"
             _check_same_inputs(self.predictor.signature, predictor.signature, source.version)
             reason = "warm_up"
@@ -227,6 +228,10 @@ class PillarsModel(Model):
             raise ConfigError(f"version {source.version} cannot be served ({reason}): "
                               f"{type(e).__name__}: {e}") from e
         return predictor
+
+    def _onnx_threads(self) -> int | None:
+        """``--cpu_threads`` for an ONNX session too (None, when unset: the ``PILLARS_ONNX_THREADS`` setting)."""
+        return self.settings.cpu_threads or None
 
     def get_input_types(self) -> list[dict[str, Any]]:
         return codec.tensor_metadata(self.signature.inputs)

@@ -28,9 +28,10 @@ def training():
 def test_planned_steps_follow_the_pipeline_in_dependency_order(training):
     assert steplog.planned_steps(training) == [
         ("prepare-data", "prepare data"), ("train", "train"), ("evaluate", "evaluate"),
-        ("validate", "validate (gate)"), ("register", "register"), ("promote", "promote to champion")]
+        ("validate", "validate (gate)"), ("register", "register"), ("promote", "promote to champion"),
+        ("optimize", "optimize (variants, edge)")]
     names = [n for n, _ in steplog.planned_steps(pipeline_factory("retraining")())]
-    assert names[0] == "resolve-task" and names[-1] == "promote"
+    assert names[0] == "resolve-task" and names[-2:] == ["promote", "optimize"]
 
 
 def test_a_finished_log_gives_every_step_its_status_time_outputs_and_output(training):
@@ -38,7 +39,7 @@ def test_a_finished_log_gives_every_step_its_status_time_outputs_and_output(trai
     assert progress.pipeline_status == "SUCCESS"
     assert progress.job_name == "pillars-training-2026-11-29-09-51-19-417422"
     by_name = {s.name: s for s in progress.steps}
-    assert [s.status for s in progress.steps] == ["succeeded"] * 5 + ["pending"]
+    assert [s.status for s in progress.steps] == ["succeeded"] * 5 + ["pending"] * 2
     assert by_name["train"].outputs == {"Output": "a3f4a5ab8e02408db33623ead306327e"}
     assert by_name["register"].outputs == {"version": "1", "model_name": "breast_cancer"}
     assert by_name["validate"].outputs == {"Output": "False"}
@@ -54,7 +55,7 @@ def test_a_log_cut_mid_run_shows_the_running_step_and_the_pending_ones(training)
     cut = text[: text.index("finished with status", text.index("Executing task \x1b[96m'train'"))]
     cut = cut[: cut.rindex("\n")]
     progress = steplog.parse_log(cut, steplog.planned_steps(training))
-    assert [s.status for s in progress.steps] == ["succeeded", "running", "pending", "pending", "pending", "pending"]
+    assert [s.status for s in progress.steps] == ["succeeded", "running"] + ["pending"] * 5
     assert progress.pipeline_status is None
     assert steplog.finish(progress, failed=True).step("train").status == "failed"
 
