@@ -42,7 +42,7 @@ WORKLOADS = {
         {"name": "text", "datatype": "BYTES", "shape": [1], "data": [""]}),
     "keyword_spotting": Workload(
         "keyword_spotting", {"voices": 24, "speeds": [130, 180]},
-        {"epochs": 15, "batch_size": 32, "learning_rate": 3e-3},
+        {"epochs": 25, "batch_size": 32, "learning_rate": 3e-3},
         {"name": "audio", "datatype": "FP32", "shape": [1, 4000], "data": [0.0] * 4000}),
     "recommendation": Workload(
         "recommendation", {}, {"epochs": 10, "batch_size": 64, "learning_rate": 3e-3},

@@ -22,7 +22,9 @@ REFERENCE = "pillars.tasks.speech:KeywordSpotting"
 SMALL = {"voices": 24, "speeds": [130, 180]}
 """The small configuration the tests (and the end-to-end test) train: 480 clips (16 train voices) at 16 kHz."""
 SAMPLE_RATE = KeywordSpotting().sample_rate
-EPOCHS = 15
+EPOCHS = 25
+"""15 epochs reached 0.975 with two torch threads but 0.875 with one (the suite's setting): the small set's
+floor needs the longer schedule to hold whatever the thread count."""
 FLOOR = 0.90
 UNSEEN_SPEED = 150
 
