@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
+from pillars.components.examples import input_columns, row_count, take
 from pillars.components.fit import load_history
 from pillars.components.predictor import Predictor, load_predictor
 from pillars.components.prepare_data import load_split
@@ -44,13 +45,10 @@ class Evaluation:
 
 def batched_predict(predictor: Predictor, batch: int = PREDICT_BATCH) -> Callable[[Examples], Outputs]:
     """The served path (encode, model, decode) over a split's input columns, ``batch`` rows at a time."""
-    names = [s.name for s in predictor.signature.inputs]
-
     def predict(examples: Examples) -> Outputs:
-        inputs = {n: examples[n] for n in names if n in examples}
-        rows = len(next(iter(inputs.values())))
-        parts = [predictor.predict_checked({k: v[i:i + batch] for k, v in inputs.items()})
-                 for i in range(0, rows, batch)]
+        inputs = input_columns(predictor.signature, examples)
+        parts = [predictor.predict_checked(take(inputs, slice(i, i + batch)))
+                 for i in range(0, row_count(inputs), batch)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     return predict

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from pillars.components.errors import ConfigError, DataError
+from pillars.components.examples import row_count
 from pillars.components.predictor import drift_matrix
 from pillars.components.profile import drift_profile
 from pillars.components.references import default_model_name
@@ -140,16 +141,12 @@ def prepare(params: PrepareParams) -> PreparedData:
         "prep": _json_ready(prep),
         "signature": _json_ready(signature.to_dict()),
         "data_hash": str(info.get("data_hash") or hash_examples(splits)),
-        "split_rows": {name: _rows(split) for name, split in splits.items()},
+        "split_rows": {name: row_count(split) for name, split in splits.items()},
         "seed": params.seed,
         "source": str(info.get("source") or params.source or reference),
         "profile": task_profile(task, splits["train"], prep, params.seed),
     }
     return PreparedData(splits, metadata, task)
-
-
-def _rows(split: Examples) -> int:
-    return int(len(next(iter(split.values())))) if split else 0
 
 
 def _storable(split: Examples, where: str) -> Examples:
