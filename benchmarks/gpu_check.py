@@ -16,9 +16,9 @@ Four sections, written as JSON to ``--out`` and as tables on stdout:
   resident on the device, each batch gathered by index as ``fit()`` does): the one-off encode and copy
   against an epoch, and the share of each step the device waits for its next batch, both for ``fit()``'s
   way (the step's indices copied to the device every step) and with the epoch's order on the device.
-- ``ddp``: ``fit()`` under torchrun as two processes on the one device (NCCL on CUDA, then gloo when NCCL
-  refuses two ranks on one GPU; gloo on CPU), compared weight by weight with one process on the doubled
-  batch, as ``tests/components/test_distributed.py`` does.
+- ``ddp``: ``fit()`` in two processes on the one device, started with the environment torchrun gives its
+  workers (NCCL on CUDA, then gloo when NCCL refuses two ranks on one GPU; gloo on CPU), compared weight
+  by weight with one process on the doubled batch, as ``tests/components/test_distributed.py`` does.
 - ``serving``: the digits model through the project's predictor in-process, PyTorch and its ONNX
   variant (ONNX Runtime's CUDA provider where the build has it), rows/s at batch 1 and 64; and through
   the model server (``python -m pillars.serving`` on loopback, its default flags) at concurrency 64,
@@ -46,6 +46,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -101,6 +102,8 @@ class Sizes:
     """Batch per DDP process; the single process gets twice as much."""
     serve_seconds: float
     export_onnx: bool = True
+    max_rows: int = 0
+    """Rows kept of each split of the digits and text data (0: all)."""
 
 
 FULL = Sizes(warmup=20, steps=200, batch=64, digits_args={}, text_args={}, large_features=1024,
@@ -109,7 +112,7 @@ FULL = Sizes(warmup=20, steps=200, batch=64, digits_args={}, text_args={}, large
 SMOKE = Sizes(warmup=2, steps=6, batch=64, digits_args={"cnn_channels": [8, 16]},
               text_args={"embedding_dim": 16, "max_vocabulary": 4000}, large_features=32, large_hidden=(64, 64),
               large_rows=512, large_batch=64, fit_epochs=1, pipeline_steps=6, ddp_epochs=2, ddp_batch=32,
-              serve_seconds=1.0, export_onnx=False)
+              serve_seconds=1.0, export_onnx=False, max_rows=1024)
 
 
 def ensure_pillars() -> str:
@@ -164,8 +167,9 @@ def environment(device: Any, how: str) -> dict[str, Any]:
         props = torch.cuda.get_device_properties(device)
         env.update(device_name=props.name, capability=f"{props.major}.{props.minor}",
                    memory_gib=round(props.total_memory / 2**30, 1), bf16=torch.cuda.is_bf16_supported())
-        with contextlib.suppress(Exception):
-            env["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
+        with contextlib.suppress(Exception):  # a build without NCCL
+            version = torch.cuda.nccl.version()
+            env["nccl"] = ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
     if env["packages"]["onnxruntime"] != "absent":
         import onnxruntime
 
@@ -190,7 +194,7 @@ def precision(mode: str, device: Any) -> Iterator[None]:
     if device.type != "cuda":
         yield
         return
-    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    matmul, conv = torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None)
     value = "tf32" if mode == "tf32" else "ieee"
     if hasattr(matmul, "fp32_precision") and hasattr(conv, "fp32_precision"):
         saved = (matmul.fp32_precision, conv.fp32_precision)
@@ -309,7 +313,10 @@ class Workloads:
                 "digits": lambda: prepared("digits", DIGITS, self.sizes.digits_args, self.sizes.batch),
                 "text": lambda: text_workload(self.sizes.text_args, self.sizes.batch),
                 "large_mlp": lambda: large_workload(self.sizes)}
-            self._loaded[name] = loaders[name]()
+            w = loaders[name]()
+            if self.sizes.max_rows and name != "large_mlp":
+                w.splits = {k: {c: v[:self.sizes.max_rows] for c, v in split.items()} for k, split in w.splits.items()}
+            self._loaded[name] = w
         return self._loaded[name]
 
 
@@ -576,27 +583,37 @@ def ddp(sizes: Sizes, device: Any, work: Path, timeout: float) -> dict[str, Any]
 
 
 def launch_workers(backend: str, paths: dict[str, str], params: Any, result: Path, timeout: float) -> dict[str, Any]:
-    """torchrun with two processes of :func:`ddp_worker`; its whole process group is stopped afterwards."""
+    """Two processes of :func:`ddp_worker` with the environment torchrun would give them (rank, world size,
+    a rendezvous on a free loopback port); when one fails the other is stopped, and both process groups."""
     import torch
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc-per-node=2",
-           str(Path(__file__).resolve()), "--ddp-worker", "--backend", backend, "--train", paths["train"],
-           "--val", paths["val"], "--metadata", paths["metadata"], "--params", json.dumps(dataclasses.asdict(params)),
-           "--out", str(result)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--ddp-worker", "--backend", backend,
+           "--train", paths["train"], "--val", paths["val"], "--metadata", paths["metadata"],
+           "--params", json.dumps(dataclasses.asdict(params)), "--out", str(result)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+           "WORLD_SIZE": "2"}
+    logs = [result.with_name(f"{backend}-rank{rank}.log") for rank in range(2)]
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    procs = []
+    for rank, log in enumerate(logs):
+        with open(log, "wb") as sink:
+            procs.append(subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+                                          env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}))
+    deadline = time.monotonic() + timeout
     try:
-        output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        output = ""
+        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+            if any(p.poll() not in (None, 0) for p in procs):
+                break  # the other rank would wait for it until the group's timeout
+            time.sleep(0.1)
     finally:
-        stop_group(proc)
+        for proc in procs:
+            stop_group(proc)
     attempt: dict[str, Any] = {"backend": backend, "seconds": time.perf_counter() - started}
-    if proc.returncode != 0 or not result.is_file():
+    if any(p.returncode != 0 for p in procs) or not result.is_file():
+        output = "\n".join(log.read_text(errors="replace") for log in logs)
         causes = [line.split(WORKER_MARK, 1)[1].strip() for line in output.splitlines() if WORKER_MARK in line]
-        attempt["failed"] = (causes[0] if causes else f"exit {proc.returncode}: {output[-600:]}" if output
-                            else f"no result after {timeout:.0f} s")
+        attempt["failed"] = (causes[0] if causes else f"exit {[p.returncode for p in procs]}: {output[-600:]}"
+                             if output.strip() else f"no result after {timeout:.0f} s")
         return attempt
     saved = torch.load(result, weights_only=True)
     attempt.update(weights=saved["state"], world_size=int(saved["world_size"]), fit_s=float(saved["seconds"]),
@@ -604,15 +621,22 @@ def launch_workers(backend: str, paths: dict[str, str], params: Any, result: Pat
     return attempt
 
 
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def stop_group(proc: subprocess.Popen) -> None:
-    """SIGKILL what is left of the process group ``proc`` leads, and reap ``proc``."""
+    """SIGKILL what is left of the process group ``proc`` leads (a finished worker's group is empty), and reap it."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
 
 def ddp_worker(args: argparse.Namespace) -> int:
-    """One torchrun process: join the group, run ``fit()`` on its shard; rank 0 saves the weights."""
+    """One DDP process: join the group, run ``fit()`` on its shard; rank 0 saves the weights."""
     ensure_pillars()
     import torch
     import torch.distributed as dist
@@ -708,7 +732,6 @@ def serving(sizes: Sizes, device: Any, workloads: Workloads, work: Path) -> dict
 def serve_and_drive(folder: Path, where: str, row: Any, log: Path, seconds: float) -> dict[str, Any]:
     """``python -m pillars.serving`` on loopback (default flags, ``--device``), driven at concurrency 64."""
     from serving_bench import raw_http_target, start
-    from tests.processes import free_port
 
     http = free_port()
     process, cold = start([sys.executable, "-m", "pillars.serving", "--model_dir", str(folder), "--model_name", "m",
