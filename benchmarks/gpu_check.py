@@ -295,9 +295,9 @@ def large_workload(sizes: Sizes) -> Workload:
     for name, rows in (("train", sizes.large_rows), ("val", min(sizes.large_rows // 4, 8192))):
         x = rng.normal(size=(rows, sizes.large_features)).astype(np.float32)
         splits[name] = {"input-0": x, "label": (x @ weights).argmax(axis=1).astype(np.int64)}
+    source = f"generated ({sizes.large_features} features, hidden {list(sizes.large_hidden)})"
     return Workload("large_mlp", task, reference, {"hidden_sizes": list(sizes.large_hidden)}, prep, splits,
-                    sizes.large_batch, f"generated ({sizes.large_features} features, hidden {list(sizes.large_hidden)})",
-                    time.perf_counter() - started)
+                    sizes.large_batch, source, time.perf_counter() - started)
 
 
 class Workloads:
@@ -843,8 +843,8 @@ def _print_input_pipeline(section: dict[str, Any]) -> None:
         if name not in section:
             continue
         t = section[name]
-        print(f"{name}: prepare {t['prepare_s']:.2f} s, encode {t['encode_s']:.3f} s, to device {t['to_device_s']:.3f} s "
-              f"(once) vs an epoch of {t['epoch_s']:.3f} s; source: {t['source']}")
+        print(f"{name}: prepare {t['prepare_s']:.2f} s, encode {t['encode_s']:.3f} s, "
+              f"to device {t['to_device_s']:.3f} s (once) vs an epoch of {t['epoch_s']:.3f} s; source: {t['source']}")
         for variant, r in t["variants"].items():
             print(f"  {variant:<16} waits {100 * r['wait_share']:5.1f}% of each step  step {r['step_ms']:.3f} ms  "
                   f"host fetch {r['host_fetch_ms']:.3f} ms  {r['samples_per_s']:.0f} samples/s ({r['amp']})")
