@@ -94,7 +94,7 @@ class RunStore:
         return self.root / run_id
 
     def create(self, pipeline: str, arguments: dict[str, Any], backend: str = "local") -> RunRecord:
-        run_id = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S") + secrets.token_hex(3)
+        run_id = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S%f") + secrets.token_hex(2)  # sorts as submitted
         record = RunRecord(run_id, pipeline, dict(arguments), backend=backend)
         self.folder(run_id).mkdir(parents=True)
         self.save(record)
