@@ -27,7 +27,8 @@ from pillars.console.runs import RunQueue, RunStore, kfp_status, submit_to_kfp
 from pillars.console.security import (AUTH_COOKIE, CSRF_FIELD, SESSION_COOKIE, BodyLimit, Guard, LoginLimiter,
                                       is_loopback)
 from pillars.console.settings import ConsoleSettings
-from pillars.console.versions import ArtifactCache, compare, promote_version, rollback, version_detail
+from pillars.console.versions import (ArtifactCache, compare, format_bytes, promote_version, rollback, split_variants,
+                                      version_detail)
 from pillars.pipelines.compile import PIPELINES, pipeline_factory
 from pillars.pipelines.stack import Stack
 
@@ -61,7 +62,8 @@ def create_app(settings: ConsoleSettings, token: str | None = None, home: Settin
     stack = Stack(home)
     mlflow_ui = settings.mlflow_ui_url or ("" if is_local_store(tracking_uri) else tracking_uri)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
-    templates.env.globals.update(format_value=charts.format_value, line_chart=charts.line_chart)
+    templates.env.globals.update(format_value=charts.format_value, line_chart=charts.line_chart,
+                                 format_bytes=format_bytes)
     planned: dict[str, list[tuple[str, str]]] = {}
     built: dict[str, Any] = {}
     trained_by: dict[str, str | None] = {}  # finished run -> the MLflow run its train step made
@@ -304,9 +306,10 @@ def create_app(settings: ConsoleSettings, token: str | None = None, home: Settin
         comparison = None
         if a and b:
             comparison = (a, b, *compare(name, a, b))
-        keys = sorted({k for v in versions for k in v["metrics"]})
+        trained, variants = split_variants(versions)
+        keys = sorted({k for v in trained for k in v["metrics"]})
         return page(request, "model.html", title=f"Model {name}", nav="Models", name=name, versions=versions,
-                    metric_keys=keys, comparison=comparison, history=registry.history(name))
+                    trained=trained, variants=variants, metric_keys=keys, comparison=comparison, history=registry.history(name))
 
     @app.get("/models/{name}/versions/{version}", response_class=HTMLResponse)
     def version_page(request: Request, name: str, version: str, done: str = "") -> Response:

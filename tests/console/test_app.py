@@ -194,3 +194,31 @@ def test_a_source_outside_the_data_root_or_a_module_task_is_refused_at_its_field
         answer = client.post("/pipelines/training", data={"csrf_token": token, "task": "os:system"})
         assert 'id="e-task"' in answer.text and "module reference" in answer.text
         assert client.app.state.store.list() == []
+
+
+def test_an_optimised_variant_shows_its_parent_size_and_metric_delta_apart_from_trained_versions(toy_versions, tmp_path):
+    from pillars.components.register_variants import TAGS
+
+    v1, v2 = toy_versions
+    with mlflow.start_run(experiment_id=ensure_experiment("toy")) as run:
+        mlflow.log_metric("onnx-int8.test_accuracy", 0.89)
+    tags = {"pillars.variant": "onnx-int8", "pillars.parent_version": v2, "pillars.size_bytes": "12345",
+            "pillars.metric": "accuracy", "pillars.metric_delta": "-0.0125", "pillars.latency_ms_b1": "0.42",
+            "pillars.throughput_b64": "51234", "pillars.optimize_run": run.info.run_id}
+    assert set(TAGS) <= set(tags)  # the tags register_variants writes
+    variant = register_model(save_classifier(tmp_path / "variant", hidden_sizes=[4]), None, "toy", run.info.run_id, tags)
+    with _client(tmp_path) as client:
+        model = client.get("/models/toy").text
+        trained, variants = model.split('<h2>Optimised variants</h2>')[0], model.split('<table id="variants">')[1]
+        assert f">v{variant}</a>" not in trained and f">v{v2}</a>" in trained
+        row = variants.split("</tbody>")[0]
+        assert f'href="/models/toy/versions/{variant}">v{variant}</a>' in row
+        assert f'href="/models/toy/versions/{v2}">v{v2}</a>' in row  # its parent, linked
+        assert "onnx-int8" in row and "12.3 kB" in row and "accuracy -0.0125" in row and "0.42 ms" in row
+        page = client.get(f"/models/toy/versions/{variant}").text
+        section = page.split('<section id="variant">')[1].split("</section>")[0]
+        assert "pillars.variant</th><td>onnx-int8" in section
+        assert f'<a href="/models/toy/versions/{v2}">v{v2}</a>' in section
+        assert "12.3 kB" in section and "-0.0125" in section and "51234/s" in section
+        assert f'<td id="parent"><a href="/models/toy/versions/{v2}">' in page
+        assert '<section id="variant">' not in client.get(f"/models/toy/versions/{v2}").text
