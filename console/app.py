@@ -24,16 +24,17 @@ from pillars.components.settings import Settings
 from pillars.components.tracking import configure_tracking, is_local_store
 from pillars.console import charts, endpoints, forms, steplog
 from pillars.console.runs import RunQueue, RunStore, kfp_status, submit_to_kfp
-from pillars.console.security import AUTH_COOKIE, CSRF_FIELD, SESSION_COOKIE, Guard, is_loopback
+from pillars.console.security import (AUTH_COOKIE, CSRF_FIELD, SESSION_COOKIE, BodyLimit, Guard, LoginLimiter,
+                                      is_loopback)
 from pillars.console.settings import ConsoleSettings
-from pillars.console.versions import ArtifactCache, compare, promote_version, rollback, version_detail
+from pillars.console.versions import (ArtifactCache, compare, format_bytes, promote_version, rollback, split_variants,
+                                      version_detail)
 from pillars.pipelines.compile import PIPELINES, pipeline_factory
 from pillars.pipelines.stack import Stack
 
 logger = logging.getLogger("pillars.console")
 
 HERE = Path(__file__).parent
-MAX_FORM_BYTES = 64 * 1024
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
        "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
 PUBLIC_PATHS = ("/login", "/static/", "/healthz")
@@ -52,6 +53,8 @@ def create_app(settings: ConsoleSettings, token: str | None = None, home: Settin
     home = home or Settings()
     tracking_uri = configure_tracking(create=False)
     guard = Guard(token, is_loopback(settings.host))
+    limiter = LoginLimiter(settings.login_attempts, settings.login_window_s)
+    policy = forms.InputPolicy(settings.data_root, settings.allow_task_modules)
     store = RunStore(home.resolved_home() / "console" / "runs")
     runs = RunQueue(store, env={"MLFLOW_TRACKING_URI": tracking_uri})
     sampler = endpoints.Sampler(settings.sample_interval_s)
@@ -59,7 +62,8 @@ def create_app(settings: ConsoleSettings, token: str | None = None, home: Settin
     stack = Stack(home)
     mlflow_ui = settings.mlflow_ui_url or ("" if is_local_store(tracking_uri) else tracking_uri)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
-    templates.env.globals.update(format_value=charts.format_value, line_chart=charts.line_chart)
+    templates.env.globals.update(format_value=charts.format_value, line_chart=charts.line_chart,
+                                 format_bytes=format_bytes)
     planned: dict[str, list[tuple[str, str]]] = {}
     built: dict[str, Any] = {}
     trained_by: dict[str, str | None] = {}  # finished run -> the MLflow run its train step made
@@ -75,7 +79,9 @@ def create_app(settings: ConsoleSettings, token: str | None = None, home: Settin
 
     app = FastAPI(title="Pillars console", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-    app.state.store, app.state.runs, app.state.sampler = store, runs, sampler
+    app.state.store, app.state.runs, app.state.sampler, app.state.limiter = store, runs, sampler, limiter
+    # Innermost of the middleware (added first): counts the body bytes every route reads.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
     def _endpoints() -> list[endpoints.Endpoint]:
         return endpoints.discover(stack.state(), settings.endpoint_urls(), settings.prometheus_url)
@@ -100,9 +106,7 @@ def create_app(settings: ConsoleSettings, token: str | None = None, home: Settin
             "mlflow_ui": mlflow_ui, **context}, status_code=status)
 
     async def checked_form(request: Request) -> dict[str, str]:
-        """The POSTed form, after its size and its CSRF token were checked."""
-        if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
-            raise ConsoleError("the form is too large", 413)
+        """The POSTed form (its size is limited by :class:`BodyLimit`), after its CSRF token was checked."""
         form = await request.form(max_files=0, max_fields=200)
         if not guard.check_csrf(request.cookies.get(SESSION_COOKIE), form.get(CSRF_FIELD)):
             raise ConsoleError("the form's CSRF token is missing or stale: reload the page and submit again", 403)
@@ -117,10 +121,19 @@ def create_app(settings: ConsoleSettings, token: str | None = None, home: Settin
         fresh = session is None or len(session) > 64
         request.state.session = guard.new_session() if fresh else session
         path = request.url.path
-        if not path.startswith(PUBLIC_PATHS) and not guard.authenticated(
-                request.headers.get("authorization"), request.cookies.get(AUTH_COOKIE)):
+        address = request.client.host if request.client else None
+        authorization = request.headers.get("authorization")
+        attempt = guard.auth_required and (authorization is not None or (path == "/login" and request.method == "POST"))
+        if attempt and (wait := limiter.retry_after(address)):
+            response: Response = PlainTextResponse(
+                f"too many wrong tokens from your address: try again in {wait} s", status_code=429,
+                headers={"Retry-After": str(wait)})
+        elif not path.startswith(PUBLIC_PATHS) and not guard.authenticated(authorization,
+                                                                           request.cookies.get(AUTH_COOKIE)):
+            if authorization is not None:
+                limiter.failed(address)
             if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
-                response: Response = RedirectResponse(f"/login?next={quote(path)}", status_code=303)
+                response = RedirectResponse(f"/login?next={quote(path)}", status_code=303)
             else:
                 response = PlainTextResponse("authentication required", status_code=401,
                                              headers={"WWW-Authenticate": "Bearer"})
@@ -155,8 +168,12 @@ def create_app(settings: ConsoleSettings, token: str | None = None, home: Settin
     async def login(request: Request) -> Response:
         form = await checked_form(request)
         target = _local_path(form.get("next", "/"))
+        address = request.client.host if request.client else None
         if not guard.token_matches(form.get("token", "").strip()):
+            if guard.auth_required:
+                limiter.failed(address)
             return page(request, "login.html", 401, title="Sign in", next=target, error="wrong token")
+        limiter.succeeded(address)
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(AUTH_COOKIE, guard.auth_cookie(), httponly=True, samesite="strict",
                             secure=request.url.scheme == "https")
@@ -185,7 +202,7 @@ def create_app(settings: ConsoleSettings, token: str | None = None, home: Settin
     async def submit(request: Request, name: str) -> Response:
         form = await checked_form(request)
         pipeline = _pipeline(name)
-        arguments, errors = forms.check_form(pipeline, form)
+        arguments, errors = forms.check_form(pipeline, form, policy)
         if not errors:
             try:
                 return _start(name, arguments)
@@ -289,9 +306,10 @@ def create_app(settings: ConsoleSettings, token: str | None = None, home: Settin
         comparison = None
         if a and b:
             comparison = (a, b, *compare(name, a, b))
-        keys = sorted({k for v in versions for k in v["metrics"]})
+        trained, variants = split_variants(versions)
+        keys = sorted({k for v in trained for k in v["metrics"]})
         return page(request, "model.html", title=f"Model {name}", nav="Models", name=name, versions=versions,
-                    metric_keys=keys, comparison=comparison, history=registry.history(name))
+                    trained=trained, variants=variants, metric_keys=keys, comparison=comparison, history=registry.history(name))
 
     @app.get("/models/{name}/versions/{version}", response_class=HTMLResponse)
     def version_page(request: Request, name: str, version: str, done: str = "") -> Response:

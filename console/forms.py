@@ -5,6 +5,13 @@ description KFP reads from the pipeline's docstring). Submitted values go throug
 :func:`~pillars.pipelines.compile.parse_params` (types) and :func:`~pillars.pipelines.training.check_arguments`
 (meaning), so a form accepts exactly what ``pillars run --param`` accepts; each error is placed at the
 field it names.
+
+Two inputs are narrowed further, because the console runs them on its own machine for whoever can
+reach it (:class:`InputPolicy`): ``source`` must be under the console's data root or an ``s3://`` URI
+(nothing is read or even looked up here: whether the file exists is the run's business), and ``task``
+must name an installed task (``pillars.tasks`` entry point, read from package metadata without
+importing it) unless ``package.module:attribute`` references are allowed. Nothing is imported in the
+console process: the run's worker resolves the task.
 """
 
 from __future__ import annotations
@@ -12,9 +19,11 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from pillars.components.errors import PillarsError
+from pillars.components.errors import ConfigError, PillarsError
+from pillars.components.task import known_tasks
 from pillars.pipelines.compile import parse_params
 from pillars.pipelines.training import check_arguments
 
@@ -60,7 +69,56 @@ def fields(pipeline: Any) -> list[Field]:
     return result
 
 
-def check_form(pipeline: Any, form: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+@dataclasses.dataclass(frozen=True)
+class InputPolicy:
+    """What a console run may read: files under ``data_root`` (or s3://), installed tasks (or any module)."""
+
+    data_root: Path
+    allow_task_modules: bool = False
+
+    def source(self, source: str) -> str:
+        """``source`` as the run will read it: an ``s3://`` URI as it is, a path resolved under the data root.
+
+        Raises:
+            ConfigError: another URI scheme, or a path (after ``..`` and links) outside the data root.
+        """
+        source = source.strip()
+        if not source or source.startswith("s3://"):
+            return source
+        root = self.data_root.resolve()
+        if "://" in source:
+            raise ConfigError(f"source {source!r}: the console reads only files under its data root or s3:// URIs")
+        path = (root / source).resolve()  # absolute sources replace the root; links and '..' are followed
+        if path != root and root not in path.parents:
+            raise ConfigError(f"source {source!r} is outside the console's data root {root}; "
+                              "give a path under it or an s3:// URI")
+        return str(path)
+
+    def task(self, task: str) -> None:
+        """Check ``task`` names a task this console may run (nothing is imported).
+
+        Raises:
+            ConfigError: an unknown name, or a module reference while those are not allowed.
+        """
+        task = task.strip()
+        if not task:
+            return  # retraining: the champion's task
+        installed = known_tasks()
+        if ":" not in task:
+            if task not in installed:
+                raise ConfigError(f"unknown task {task!r}; installed tasks: {', '.join(sorted(installed))}")
+            return
+        if not self.allow_task_modules:
+            raise ConfigError(f"task {task!r} is a module reference; this console runs installed tasks only "
+                              f"({', '.join(sorted(installed))}): set PILLARS_CONSOLE_ALLOW_TASK_MODULES=true "
+                              "to allow package.module:attribute")
+        module, _, attribute = task.partition(":")
+        if not all(part.isidentifier() for part in [*module.split("."), *attribute.split(".")]):
+            raise ConfigError(f"task reference {task!r} must look like package.module:attribute")
+
+
+def check_form(pipeline: Any, form: Mapping[str, str],
+               policy: InputPolicy | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """The typed arguments a submitted form asks for, and the errors by field name.
 
     Only values that differ from a field's default become arguments (as if typed with ``--param``);
@@ -70,6 +128,7 @@ def check_form(pipeline: Any, form: Mapping[str, str]) -> tuple[dict[str, Any], 
         ``(arguments, errors)``: errors is empty when the run may start; an error naming no field is
         under :data:`FORM_ERROR`.
     """
+    policy = policy or InputPolicy(Path.cwd())
     errors: dict[str, str] = {}
     arguments: dict[str, Any] = {}
     for field in fields(pipeline):
@@ -94,10 +153,21 @@ def check_form(pipeline: Any, form: Mapping[str, str]) -> tuple[dict[str, Any], 
     if errors:
         return arguments, errors
     try:
-        check_arguments(pipeline, dict(arguments))
+        check_arguments(pipeline, dict(arguments), load=False)  # imports no task: the worker does
     except (PillarsError, ValueError) as e:
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         errors[field_named(message, [f.name for f in fields(pipeline)])] = message
+    defaults = {f.name: f.default for f in fields(pipeline)}
+    for name, check in (("source", policy.source), ("task", policy.task)):
+        if name not in defaults or name in errors:
+            continue
+        try:
+            checked = check(str(arguments.get(name, defaults[name]) or ""))
+        except ConfigError as e:
+            errors[name] = str(e)
+            continue
+        if checked and name in arguments:
+            arguments[name] = checked
     return arguments, errors
 
 

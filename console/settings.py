@@ -40,6 +40,23 @@ class ConsoleSettings(BaseSettings):
     sample_interval_s: float = Field(default=5.0, gt=0)
     """Without Prometheus: how often the console scrapes each server's ``/metrics``."""
 
+    data_root: Path = Field(default_factory=Path.cwd)
+    """The only folder whose files a run's ``source`` may name (paths are resolved, links followed); other
+    sources must be object-store URIs (``s3://``). Default: the folder the console was started in."""
+
+    allow_task_modules: bool = False
+    """Whether a run's ``task`` may be any ``package.module:attribute`` (imported by the run's worker, never
+    by the console); off: only installed tasks (``pillars.tasks`` entry points) by name."""
+
+    login_attempts: int = Field(default=5, ge=1)
+    """Wrong tokens (login form or bearer) one client address may send per ``login_window_s`` before 429."""
+
+    login_window_s: float = Field(default=60.0, gt=0)
+    """The rate limit's window, in seconds."""
+
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    """Largest request body (a form), counted as it is read; larger requests get 413."""
+
     def endpoint_urls(self) -> dict[str, str]:
         """The configured endpoints as ``{name: base URL}``."""
         result: dict[str, str] = {}

@@ -31,6 +31,63 @@ ARTIFACTS = {
 PARENT_TAGS = ("pillars.warm_started_from", "pillars.parent_version", "parent_version", "optimized_from")
 """Tags (version or run) that name the version a model was derived from: retraining, optimisation."""
 
+VARIANT_TAG = "pillars.variant"
+"""Set on every optimised variant (with the other tags of :func:`pillars.components.register_variants.variant_tags`)."""
+
+
+@dataclasses.dataclass
+class Variant:
+    """What an optimised variant's version tags say: what it is, what it came from, what it costs and gains."""
+
+    variant: str
+    parent_version: str | None
+    size_bytes: int | None
+    metric: str | None
+    metric_delta: float | None
+    latency_ms_b1: float | None
+    throughput_b64: float | None
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> Variant | None:
+        """The variant ``tags`` describe; None for a trained version (no ``pillars.variant``)."""
+        if not tags.get(VARIANT_TAG):
+            return None
+
+        def number(name: str) -> float | None:
+            try:
+                return float(tags[f"pillars.{name}"])
+            except (KeyError, ValueError):
+                return None
+        size = number("size_bytes")
+        return cls(variant=tags[VARIANT_TAG], parent_version=tags.get("pillars.parent_version") or None,
+                   size_bytes=None if size is None else int(size), metric=tags.get("pillars.metric") or None,
+                   metric_delta=number("metric_delta"), latency_ms_b1=number("latency_ms_b1"),
+                   throughput_b64=number("throughput_b64"))
+
+
+def format_bytes(size: int | None) -> str:
+    """``1.2 MB``-style size; ``–`` when unknown."""
+    if size is None:
+        return "–"
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.3g} {unit}"
+        value /= 1000
+    return f"{value:.3g} GB"
+
+
+def split_variants(versions: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], Variant]]]:
+    """Rows of :func:`pillars.components.registry.list_versions` as (trained versions, (variant row, variant))."""
+    trained, variants = [], []
+    for row in versions:
+        variant = Variant.from_tags(row.get("tags") or {})
+        if variant is None:
+            trained.append(row)
+        else:
+            variants.append((row, variant))
+    return trained, variants
+
 
 @dataclasses.dataclass
 class VersionDetail:
@@ -48,6 +105,7 @@ class VersionDetail:
     gate_approved: bool | None
     gate_reasons: list[str]
     parent: str | None
+    variant: Variant | None
     artifacts: list[tuple[str, str]]
     champion: str | None
     history: list[registry.AliasEvent]
@@ -83,6 +141,7 @@ def version_detail(name: str, version: str) -> VersionDetail:
         metrics=dict(sorted((run.data.metrics if run else {}).items())),
         params=dict(sorted((run.data.params if run else {}).items())),
         gate_approved=None if approved is None else approved == "true", gate_reasons=reasons, parent=parent,
+        variant=Variant.from_tags(tags),
         artifacts=artifacts, champion=registry.alias_version(name, registry.CHAMPION, c),
         history=registry.history(name, mlflow_client=c))
 

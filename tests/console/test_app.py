@@ -151,3 +151,74 @@ def test_pages_forbid_outside_scripts_and_framing(toy_versions, tmp_path):
         policy = answer.headers["content-security-policy"]
         assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
         assert "SameSite=strict" in answer.headers["set-cookie"]
+
+
+def test_a_body_over_the_limit_is_refused_by_the_bytes_read_not_the_declared_length(toy_versions, tmp_path):
+    with _client(tmp_path, host="0.0.0.0", token=TOKEN) as client:
+        def chunks():  # chunked: no Content-Length to check (the real process's memory: test_limits)
+            for _ in range(64):
+                yield b"token=" + b"x" * 16384
+
+        answer = client.post("/login", content=chunks(), headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert answer.status_code == 413 and "larger than 65536 bytes" in answer.text
+        assert answer.headers["connection"] == "close"
+        declared = client.post("/login", content=b"x" * 70000, headers={"Content-Type": "text/plain"})
+        assert declared.status_code == 413
+        token = _csrf(client, "/login")  # a form within the limit still works
+        assert client.post("/login", data={"csrf_token": token, "token": TOKEN}, follow_redirects=False).status_code == 303
+
+
+def test_wrong_tokens_are_rate_limited_with_retry_after(toy_versions, tmp_path):
+    app = create_app(ConsoleSettings(host="0.0.0.0", login_attempts=3), TOKEN, Settings(home=tmp_path / ".pillars"))
+    with TestClient(app, base_url=BASE) as client:
+        token = _csrf(client, "/login")
+        for _ in range(2):
+            assert client.post("/login", data={"csrf_token": token, "token": "wrong"}).status_code == 401
+        assert client.get("/models", headers={"Authorization": "Bearer wrong"}).status_code == 401  # the third
+        refused = client.post("/login", data={"csrf_token": token, "token": TOKEN})
+        assert refused.status_code == 429 and 55 <= int(refused.headers["retry-after"]) <= 60
+        assert "too many wrong tokens" in refused.text
+        assert client.get("/models", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 429
+        assert client.get("/healthz").status_code == 200 and client.get("/login").status_code == 200
+        app.state.limiter.succeeded("testclient")  # the window passed
+        assert client.get("/models", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+def test_a_source_outside_the_data_root_or_a_module_task_is_refused_at_its_field(toy_versions, tmp_path):
+    app = create_app(ConsoleSettings(data_root=tmp_path / "data"), None, Settings(home=tmp_path / ".pillars"))
+    with TestClient(app, base_url=BASE) as client:
+        token = _csrf(client, "/pipelines/training")
+        answer = client.post("/pipelines/training", data={
+            "csrf_token": token, "task": "tabular_classification", "label_column": "y", "source": "/etc/passwd"})
+        assert 'id="e-source"' in answer.text and "outside the console&#39;s data root" in answer.text
+        answer = client.post("/pipelines/training", data={"csrf_token": token, "task": "os:system"})
+        assert 'id="e-task"' in answer.text and "module reference" in answer.text
+        assert client.app.state.store.list() == []
+
+
+def test_an_optimised_variant_shows_its_parent_size_and_metric_delta_apart_from_trained_versions(toy_versions, tmp_path):
+    from pillars.components.register_variants import TAGS
+
+    v1, v2 = toy_versions
+    with mlflow.start_run(experiment_id=ensure_experiment("toy")) as run:
+        mlflow.log_metric("onnx-int8.test_accuracy", 0.89)
+    tags = {"pillars.variant": "onnx-int8", "pillars.parent_version": v2, "pillars.size_bytes": "12345",
+            "pillars.metric": "accuracy", "pillars.metric_delta": "-0.0125", "pillars.latency_ms_b1": "0.42",
+            "pillars.throughput_b64": "51234", "pillars.optimize_run": run.info.run_id}
+    assert set(TAGS) <= set(tags)  # the tags register_variants writes
+    variant = register_model(save_classifier(tmp_path / "variant", hidden_sizes=[4]), None, "toy", run.info.run_id, tags)
+    with _client(tmp_path) as client:
+        model = client.get("/models/toy").text
+        trained, variants = model.split('<h2>Optimised variants</h2>')[0], model.split('<table id="variants">')[1]
+        assert f">v{variant}</a>" not in trained and f">v{v2}</a>" in trained
+        row = variants.split("</tbody>")[0]
+        assert f'href="/models/toy/versions/{variant}">v{variant}</a>' in row
+        assert f'href="/models/toy/versions/{v2}">v{v2}</a>' in row  # its parent, linked
+        assert "onnx-int8" in row and "12.3 kB" in row and "accuracy -0.0125" in row and "0.42 ms" in row
+        page = client.get(f"/models/toy/versions/{variant}").text
+        section = page.split('<section id="variant">')[1].split("</section>")[0]
+        assert "pillars.variant</th><td>onnx-int8" in section
+        assert f'<a href="/models/toy/versions/{v2}">v{v2}</a>' in section
+        assert "12.3 kB" in section and "-0.0125" in section and "51234/s" in section
+        assert f'<td id="parent"><a href="/models/toy/versions/{v2}">' in page
+        assert '<section id="variant">' not in client.get(f"/models/toy/versions/{v2}").text

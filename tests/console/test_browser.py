@@ -2,14 +2,19 @@
 ``mlflow server``, a real training run through kfp.local started from the form.
 
 One walk through the loop: a bad parameter is refused at its field; a run submitted with changed
-parameters is watched to success on its page (no reload); the new version shows the gate's reasons
+parameters is running when the console is killed (``kill -9``); its worker goes on, a new console on the
+same home re-attaches to it, and the run is watched to success on its page (no reload); the new version shows the gate's reasons
 and the alias history; rolling back moves the champion back. Screenshots of every page are written
 for a person to look at (``PILLARS_TEST_ARTIFACTS`` or the test's tmp dir).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
+import time
 from pathlib import Path
 
 import mlflow
@@ -19,6 +24,8 @@ from playwright.sync_api import expect
 from pillars.components import registry
 from pillars.components.register import promote, register_model
 from pillars.components.tracking import ensure_experiment
+from pillars.console.runs import worker_alive
+from pillars.pipelines.stack import stop_group
 from tests.console.conftest import BrowserWatch, artifacts_dir, start_console
 from tests.models import save_classifier
 
@@ -43,6 +50,8 @@ def register_first_champion(tmp_path: Path) -> str:
 def test_submit_watch_inspect_and_roll_back_in_the_browser(browser, tracking_uri, tmp_path):
     first = register_first_champion(tmp_path)
     console = start_console(tmp_path / "home", {"MLFLOW_TRACKING_URI": tracking_uri})
+    urls = [console.url]
+    worker: tuple[int, str] | None = None
     shots = artifacts_dir(tmp_path)
     watch = BrowserWatch()
     context = browser.new_context(viewport={"width": 1280, "height": 900})
@@ -84,6 +93,27 @@ def test_submit_watch_inspect_and_roll_back_in_the_browser(browser, tracking_uri
         page.get_by_role("cell", name="train", exact=True).wait_for()  # steps listed before they run
         expect(status).to_have_text("running", timeout=RUN_TIMEOUT_MS)
         page.screenshot(path=str(shots / "run-running.png"), full_page=True)
+
+        # kill -9 of the console mid-run: its worker (a session of its own) goes on, and a new console on
+        # the same home finds it by pid and start time and shows the run's real outcome.
+        record_file = console.home / "console" / "runs" / run_url.rsplit("/", 1)[1] / "run.json"
+        deadline = time.monotonic() + 60
+        while not (record := json.loads(record_file.read_text())).get("worker_started"):
+            assert time.monotonic() < deadline, record
+            time.sleep(0.2)
+        worker = (record["worker_pid"], record["worker_started"])
+        page.goto("about:blank")  # no live update is cut off mid-request
+        os.kill(console.process.proc.pid, signal.SIGKILL)
+        console.process.stop()
+        assert worker_alive(*worker), "the worker died with its console"
+        assert json.loads(record_file.read_text())["status"] == "running"
+        console = start_console(console.home, {"MLFLOW_TRACKING_URI": tracking_uri})
+        urls.append(console.url)
+        run_url = run_url.replace(urls[0], console.url)
+        page.goto(run_url)
+        page.evaluate("window.__notReloaded = true")
+        status = page.locator("#run-status")
+        assert status.inner_text() in ("running", "succeeded")  # re-attached, not marked failed
         expect(status).to_have_text(re.compile("succeeded|failed"), timeout=RUN_TIMEOUT_MS)
         assert status.inner_text() == "succeeded", (console.home / "console.log").read_text()[-3000:]
         assert page.evaluate("window.__notReloaded === true"), "the run page reloaded itself"
@@ -132,8 +162,13 @@ def test_submit_watch_inspect_and_roll_back_in_the_browser(browser, tracking_uri
     finally:
         context.close()
         console.process.stop()
+        leftover = worker is not None and worker_alive(*worker)
+        if leftover:
+            stop_group(worker[0])
+    assert not leftover, "the run's worker outlived the test's consoles"
 
-    outside = [url for url in watch.requests if not url.startswith(console.url + "/")]
+    outside = [url for url in watch.requests
+               if not url.startswith(tuple(f"{u}/" for u in urls)) and url != "about:blank"]
     assert outside == [], f"requests left the console: {outside[:5]}"
     assert watch.errors == [], watch.errors
     assert len(list(shots.glob("*.png"))) >= 10

@@ -1,8 +1,9 @@
-"""The console's pure parts: step progress from kfp.local's log, the form check, metrics reduction, charts,
-and the access rules."""
+"""The console's pure parts: step progress from kfp.local's log, the form check and its input policy,
+metrics reduction, charts, the access rules and the login rate limit."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from pillars.components.errors import ConfigError
 from pillars.console import charts, endpoints, forms, steplog
-from pillars.console.security import Guard, check_bind, is_loopback, read_token
+from pillars.console.security import Guard, LoginLimiter, check_bind, is_loopback, read_token
 from pillars.pipelines.cli import main, pipeline_factory
 
 RECORDED = Path(__file__).parent / "fixtures" / "kfp_local_training.log"
@@ -110,6 +111,46 @@ def test_an_error_is_placed_at_the_first_field_it_names():
     assert forms.field_named("something else", ["epochs"]) == forms.FORM_ERROR
 
 
+def test_sources_are_paths_under_the_data_root_or_s3_uris(tmp_path):
+    root = tmp_path / "data"
+    (root / "sub").mkdir(parents=True)
+    (root / "escape").symlink_to("/etc")
+    policy = forms.InputPolicy(root)
+    assert policy.source("sub/table.csv") == str(root.resolve() / "sub" / "table.csv")
+    assert policy.source(str(root / "x.parquet")) == str(root.resolve() / "x.parquet")
+    assert policy.source("s3://bucket/tables/") == "s3://bucket/tables/"
+    assert policy.source("") == ""
+    messages = []
+    for outside in ("/etc/passwd", "/etc/no-such-file", "../outside.csv", "sub/../../x.csv", "escape/passwd"):
+        with pytest.raises(ConfigError, match="outside the console's data root") as e:
+            policy.source(outside)
+        messages.append(str(e.value).replace(repr(outside), "SOURCE"))
+    assert len(set(messages)) == 1  # the same words whether the file exists or not: no file oracle
+    with pytest.raises(ConfigError, match="only files under its data root or s3://"):
+        policy.source("http://internal.example/table.csv")
+
+
+def test_tasks_are_installed_ones_unless_module_references_are_allowed(training):
+    policy = forms.InputPolicy(Path.cwd())
+    policy.task("breast_cancer")
+    policy.task("")  # retraining: the champion's task
+    with pytest.raises(ConfigError, match="unknown task 'nope'; installed tasks: .*breast_cancer"):
+        policy.task("nope")
+    with pytest.raises(ConfigError, match="module reference; .*PILLARS_CONSOLE_ALLOW_TASK_MODULES"):
+        policy.task("os:system")
+    allowed = forms.InputPolicy(Path.cwd(), allow_task_modules=True)
+    with pytest.raises(ConfigError, match="must look like package.module:attribute"):
+        allowed.task("os;x:system")
+    # Allowed or not, the console imports nothing: the run's worker resolves the task.
+    assert "this" not in sys.modules
+    for p in (policy, allowed):
+        _, errors = forms.check_form(training, {"task": "this:s"}, p)
+        assert ("task" in errors) is (p is policy)
+    assert "this" not in sys.modules
+    _, errors = forms.check_form(training, {"source": "/etc/passwd", "label_column": "y", "task": "os:system"}, policy)
+    assert set(errors) == {"source", "task"}
+
+
 # --- metrics --------------------------------------------------------------------------------------
 
 
@@ -199,3 +240,27 @@ def test_pillars_console_refuses_a_public_host_without_a_token(capsys, tmp_path)
     (tmp_path / "token").write_text("short")
     assert main(["console", "--host", "0.0.0.0", "--token-file", str(tmp_path / "token")]) == 2
     assert "shorter than 16 characters" in capsys.readouterr().err
+
+
+def test_wrong_tokens_are_limited_per_address_in_bounded_memory():
+    clock = [1000.0]
+    limiter = LoginLimiter(attempts=3, window_s=60, max_clients=100, clock=lambda: clock[0])
+    for _ in range(3):
+        assert limiter.retry_after("10.0.0.1") == 0
+        limiter.failed("10.0.0.1")
+        clock[0] += 1
+    assert limiter.retry_after("10.0.0.1") == 57  # now 1003; the first failure leaves the window at 1060
+    assert limiter.retry_after("10.0.0.2") == 0  # another address is not held back
+    clock[0] = 1060.0
+    assert limiter.retry_after("10.0.0.1") == 0
+    limiter.failed("10.0.0.1")  # one more: the window slides, the oldest of the three is 1001
+    assert limiter.retry_after("10.0.0.1") == 1
+    limiter.succeeded("10.0.0.1")
+    assert limiter.retry_after("10.0.0.1") == 0
+    # One IPv6 host holds a /64: its addresses count together.
+    for suffix in ("1", "2", "3"):
+        limiter.failed(f"2001:db8:0:1::{suffix}")
+    assert limiter.retry_after("2001:db8:0:1::99") > 0 and limiter.retry_after("2001:db8:0:2::1") == 0
+    for n in range(1000):
+        limiter.failed(f"10.1.{n // 256}.{n % 256}")
+    assert len(limiter) == 100
