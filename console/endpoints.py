@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from pillars.pipelines.stack import web_auth
+
 logger = logging.getLogger("pillars.console.endpoints")
 
 ERROR_STATUS = ("5", "INTERNAL", "UNAVAILABLE")
@@ -77,8 +79,6 @@ class EndpointView:
 
 def discover(stack_state: dict[str, Any] | None, configured: dict[str, str], prometheus_url: str) -> list[Endpoint]:
     """The local stack's model server (with its Prometheus) and the configured URLs."""
-    from pillars.pipelines.stack import web_auth
-
     found = []
     if stack_state and stack_state.get("urls", {}).get("model_http"):
         urls = stack_state["urls"]

@@ -48,12 +48,14 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from mlflow.tracking import MlflowClient
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pillars.components.errors import ConfigError
 from pillars.components.references import check_model_name
+from pillars.components.registry import CHAMPION, alias_version
 from pillars.components.settings import Settings
 from pillars.pipelines.compile import compile_pipeline, parse_params, pipeline_factory
 from pillars.pipelines.training import ClusterOptions
@@ -262,10 +264,6 @@ def registry_champions(tracking_uri: str | None = None) -> Champions:
     configured one); :class:`pillars.components.registry.RegistryUnavailable` when it cannot be read."""
 
     def has_champion(model: str) -> bool:
-        from mlflow.tracking import MlflowClient
-
-        from pillars.components.registry import CHAMPION, alias_version
-
         return alias_version(model, CHAMPION, MlflowClient(tracking_uri=tracking_uri)) is not None
 
     return has_champion
