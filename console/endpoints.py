@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from pillars.pipelines.stack import web_auth
+
 logger = logging.getLogger("pillars.console.endpoints")
 
 ERROR_STATUS = ("5", "INTERNAL", "UNAVAILABLE")
@@ -43,6 +45,8 @@ class Endpoint:
     url: str
     model: str | None = None
     prometheus: str | None = None
+    prometheus_auth: tuple[str, str] | None = None
+    """Basic auth of ``prometheus`` (the local stack's asks for it)."""
 
 
 @dataclasses.dataclass
@@ -79,7 +83,8 @@ def discover(stack_state: dict[str, Any] | None, configured: dict[str, str], pro
     if stack_state and stack_state.get("urls", {}).get("model_http"):
         urls = stack_state["urls"]
         found.append(Endpoint("local stack", urls["model_http"], stack_state.get("model"),
-                              prometheus_url or urls.get("prometheus")))
+                              prometheus_url or urls.get("prometheus"),
+                              None if prometheus_url else web_auth(stack_state)))
     for name, url in configured.items():
         found.append(Endpoint(name, url, None, prometheus_url or None))
     return found
@@ -202,7 +207,8 @@ class Sampler:
 # --- reading Prometheus -------------------------------------------------------------------------
 
 
-def prometheus_series(base: str, model: str | None, end: float | None = None) -> dict[str, Any]:
+def prometheus_series(base: str, model: str | None, end: float | None = None,
+                      auth: tuple[str, str] | None = None) -> dict[str, Any]:
     """The same series as :func:`series_from_samples`, from Prometheus' ``query_range``.
 
     Raises:
@@ -222,7 +228,7 @@ def prometheus_series(base: str, model: str | None, end: float | None = None) ->
         "drift": f"max by (feature) (pillars_drift_feature_jsd{{{sel}}})",
     }
     result: dict[str, Any] = {}
-    with httpx.Client(base_url=base.rstrip("/"), timeout=TIMEOUT_S) as client:
+    with httpx.Client(base_url=base.rstrip("/"), timeout=TIMEOUT_S, auth=auth) as client:
         for key, query in queries.items():
             response = client.get("/api/v1/query_range", params={"query": query, "start": start, "end": end,
                                                                   "step": step})
@@ -253,7 +259,8 @@ def view(endpoint: Endpoint, sampler: Sampler) -> EndpointView:
     source = "/metrics"
     if endpoint.prometheus:
         try:
-            series, source = prometheus_series(endpoint.prometheus, endpoint.model), "prometheus"
+            series = prometheus_series(endpoint.prometheus, endpoint.model, auth=endpoint.prometheus_auth)
+            source = "prometheus"
         except (httpx.HTTPError, KeyError, ValueError):
             logger.warning("Prometheus at %s did not answer; using %s/metrics", endpoint.prometheus, endpoint.url)
     samples = sampler.samples(endpoint.url)

@@ -272,6 +272,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"local stack up for {args.model}:")
     for name, url in state["urls"].items():
         print(f"  {name:<13} {url}")
+    auth = state["web_auth"]
+    print(f"Prometheus and Alertmanager ask for user {auth['username']}, password in {auth['password_file']}")
     print("stop it with: pillars down")
     return 0
 

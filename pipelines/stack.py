@@ -10,6 +10,14 @@
 6. the console (``pillars console``, loopback), showing the runs, the registry and the model server.
 
 ``down`` stops every process group ``up`` started. Ports and state live in ``<home>/stack/state.json``.
+
+Every server binds loopback. Prometheus and Alertmanager ask for basic auth (user ``pillars``, a random
+password made per ``up``, kept owner-only in ``<home>/stack/web.password``; their ``--web.config.file``
+holds its bcrypt hash), so another user of the machine can neither read them nor post alerts that
+would reach the trigger with its token. Prometheus sends alerts to Alertmanager with that password
+and answers no cross-origin request (``--web.cors.origin`` matches no origin). Alertmanager 0.25 has
+no CORS setting: it answers ``Access-Control-Allow-Origin: *`` to authenticated requests, but an
+unauthenticated request or preflight gets 401 without CORS headers.
 """
 
 from __future__ import annotations
@@ -27,12 +35,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import httpx
 import yaml
 
 from pillars.components.errors import ConfigError, PillarsError
 from pillars.components.settings import Settings
 from pillars.serving.alerts import AlertSettings, rules_file
+
+
+WEB_USER = "pillars"
+"""The basic-auth user of the stack's Prometheus and Alertmanager."""
+BCRYPT_COST = 10
+"""bcrypt work factor of the web config's hash; the password is 32 random bytes, so the cost guards
+nothing a guess could find, and each server caches a checked password."""
+NO_CORS_ORIGIN = "a^"
+"""Prometheus ``--web.cors.origin``: a regular expression no origin matches (text after its end)."""
+SERVICES = ("mlflow", "model-server", "trigger", "alertmanager", "prometheus", "console")
+"""What ``up`` starts, in order."""
 
 
 class StackError(PillarsError, RuntimeError):
@@ -74,12 +94,15 @@ class Timing:
                    drift_interval_s=1.0, reload_interval_s=1.0, cooldown_s=600.0)
 
 
-def prometheus_config(ports: Ports, timing: Timing) -> dict[str, Any]:
-    """Prometheus scraping the model server and the trigger, alerting through Alertmanager."""
+def prometheus_config(ports: Ports, timing: Timing, password_file: Path) -> dict[str, Any]:
+    """Prometheus scraping the model server and the trigger, alerting through Alertmanager (basic auth,
+    the password read from ``password_file``)."""
     return {
         "global": {"scrape_interval": timing.scrape, "evaluation_interval": timing.evaluation},
         "rule_files": ["rules.yml"],
-        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{ports.alertmanager}"]}]}]},
+        "alerting": {"alertmanagers": [{
+            "basic_auth": {"username": WEB_USER, "password_file": str(password_file)},
+            "static_configs": [{"targets": [f"127.0.0.1:{ports.alertmanager}"]}]}]},
         "scrape_configs": [
             {"job_name": timing.alerts.server_job, "static_configs": [{"targets": [f"127.0.0.1:{ports.http}"]}]},
             {"job_name": "pillars-trigger", "static_configs": [{"targets": [f"127.0.0.1:{ports.trigger}"]}]},
@@ -95,6 +118,24 @@ def write_secret(path: Path, text: str) -> Path:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     return path
+
+
+def web_config(password: str, cost: int = BCRYPT_COST) -> dict[str, Any]:
+    """A ``--web.config.file`` for Prometheus and Alertmanager: basic auth for :data:`WEB_USER` only."""
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(cost)).decode()
+    return {"basic_auth_users": {WEB_USER: hashed}}
+
+
+def web_auth(state: dict[str, Any] | None) -> tuple[str, str] | None:
+    """(user, password) for the Prometheus and Alertmanager of a stack ``up`` recorded in ``state``;
+    None for a state without them (or whose password file is gone)."""
+    auth = (state or {}).get("web_auth")
+    if not auth:
+        return None
+    try:
+        return auth["username"], Path(auth["password_file"]).read_text().strip()
+    except OSError:
+        return None
 
 
 def alertmanager_config(ports: Ports, timing: Timing, token_file: Path) -> dict[str, Any]:
@@ -134,11 +175,13 @@ class Stack:
         return json.loads(self.state_file.read_text()) if self.state_file.is_file() else None
 
     def up(self, model: str, ports: Ports = Ports(), timing: Timing = Timing(), params: list[str] | None = None,
-           server_args: list[str] | None = None, console: bool = True) -> dict[str, Any]:
+           server_args: list[str] | None = None, console: bool = True,
+           services: tuple[str, ...] = SERVICES) -> dict[str, Any]:
         """Start the stack for registered model ``model`` (its champion is served).
 
         Args:
             console: also start the console (False: the loop's servers only, e.g. for tests of the loop).
+            services: the servers to start, of :data:`SERVICES` (tests of a part of the stack).
 
         Raises:
             StackError: the stack is already up, a tool is missing, or a server did not become ready
@@ -146,17 +189,27 @@ class Stack:
         """
         if self.state() is not None:
             raise StackError(f"the stack is already up (see {self.state_file}); run `pillars down` first")
+        unknown = set(services) - set(SERVICES)
+        if unknown:
+            raise StackError(f"unknown services {sorted(unknown)}; the stack has {', '.join(SERVICES)}")
         tools = {"prometheus": _tool("prometheus"), "alertmanager": _tool("prometheus-alertmanager", "alertmanager"),
                  "mlflow": _tool("mlflow")}
         (self.dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o700)
         token_file = write_secret(self.dir / "trigger.token", secrets.token_urlsafe(32))
+        password_file = write_secret(self.dir / "web.password", secrets.token_urlsafe(32))
+        web_file = write_secret(self.dir / "web-config.yml",
+                                yaml.safe_dump(web_config(password_file.read_text()), sort_keys=False))
+        auth = (WEB_USER, password_file.read_text())
         (self.dir / "rules.yml").write_text(rules_file(timing.alerts))
-        (self.dir / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(ports, timing), sort_keys=False))
+        (self.dir / "prometheus.yml").write_text(
+            yaml.safe_dump(prometheus_config(ports, timing, password_file), sort_keys=False))
         (self.dir / "alertmanager.yml").write_text(
             yaml.safe_dump(alertmanager_config(ports, timing, token_file), sort_keys=False))
         mlflow_url = f"http://127.0.0.1:{ports.mlflow}"
         env = {"MLFLOW_TRACKING_URI": mlflow_url, "PILLARS_HOME": str(self.home)}
-        state: dict[str, Any] = {"model": model, "processes": {}, "urls": {
+        state: dict[str, Any] = {"model": model, "processes": {},
+                                 "web_auth": {"username": WEB_USER, "password_file": str(password_file)}, "urls": {
             "mlflow": mlflow_url, "model_http": f"http://127.0.0.1:{ports.http}", "model_grpc": f"127.0.0.1:{ports.grpc}",
             "trigger": f"http://127.0.0.1:{ports.trigger}", "alertmanager": f"http://127.0.0.1:{ports.alertmanager}",
             "prometheus": f"http://127.0.0.1:{ports.prometheus}", "console": f"http://127.0.0.1:{ports.console}"}}
@@ -177,19 +230,21 @@ class Stack:
                          *[a for p in (params or []) for a in ("--param", p)]],
              f"{urls['trigger']}/healthz"),
             ("alertmanager", [tools["alertmanager"], f"--config.file={self.dir / 'alertmanager.yml'}",
-                              f"--storage.path={self.dir / 'alertmanager-data'}",
+                              f"--storage.path={self.dir / 'alertmanager-data'}", f"--web.config.file={web_file}",
                               f"--web.listen-address=127.0.0.1:{ports.alertmanager}", "--cluster.listen-address="],
              f"{urls['alertmanager']}/-/ready"),
             ("prometheus", [tools["prometheus"], f"--config.file={self.dir / 'prometheus.yml'}",
-                            f"--storage.tsdb.path={self.dir / 'prometheus-data'}",
-                            f"--web.listen-address=127.0.0.1:{ports.prometheus}"],
+                            f"--storage.tsdb.path={self.dir / 'prometheus-data'}", f"--web.config.file={web_file}",
+                            f"--web.listen-address=127.0.0.1:{ports.prometheus}",
+                            f"--web.cors.origin={NO_CORS_ORIGIN}"],
              f"{urls['prometheus']}/-/ready"),
             ("console", [sys.executable, "-m", "pillars.pipelines.cli", "console", "--port", str(ports.console)],
              f"{urls['console']}/healthz"),
         ]
-        if not console:
-            plan = [step for step in plan if step[0] != "console"]
-            del urls["console"]
+        chosen = [name for name in services if console or name != "console"]
+        plan = [step for step in plan if step[0] in chosen]
+        for name in {"console"} - set(chosen):
+            del urls[name]
         try:
             for name, cmd, ready in plan:
                 log = self.dir / "logs" / f"{name}.log"
@@ -198,7 +253,7 @@ class Stack:
                                             env={**os.environ, **env}, start_new_session=True)
                 state["processes"][name] = proc.pid
                 self.state_file.write_text(json.dumps(state, indent=2))
-                wait_ready(name, proc, ready, log)
+                wait_ready(name, proc, ready, log, auth=auth if name in ("alertmanager", "prometheus") else None)
         except BaseException:
             self.down()
             raise
@@ -217,16 +272,17 @@ class Stack:
         return stopped
 
 
-def wait_ready(name: str, proc: subprocess.Popen, url: str, log: Path, timeout: float = 90.0) -> None:
-    """Wait until ``GET url`` answers 200; raise :class:`StackError` naming ``name`` and its log if the
-    process exits first or the time runs out."""
+def wait_ready(name: str, proc: subprocess.Popen, url: str, log: Path, timeout: float = 90.0,
+               auth: tuple[str, str] | None = None) -> None:
+    """Wait until ``GET url`` (with basic ``auth``) answers 200; raise :class:`StackError` naming ``name``
+    and its log if the process exits first or the time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log.read_text(errors="replace").strip().splitlines()[-3:]
             raise StackError(f"{name} exited with {proc.returncode} (log {log}): {' | '.join(tail)}")
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2, auth=auth).status_code == 200:
                 return
         except httpx.HTTPError:
             pass

@@ -234,6 +234,8 @@ def test_values_schema_rejects_wrong_types_and_unknown_keys(helm: str, arguments
     ({"kserve": {"deploymentMode": "Standard"}, "models": [{"name": "a", "uri": "s3://b/a", "minReplicas": 0}]},
      "needs Knative mode or autoscaler keda"),
     ({"trigger": {"enabled": True}}, "trigger.token.existingSecret"),
+    ({"trigger": {"enabled": True, "token": {"existingSecret": "t"}, "metricsPort": 9095}},
+     "trigger.metricsPort must differ from trigger.port"),
     ({"models": [{"name": "a", "uri": "s3://b/a", "minReplicas": 3, "maxReplicas": 2}]}, "below minReplicas"),
 ])
 def test_inconsistent_values_fail_with_a_message_naming_the_problem(helm: str, tmp_path: Path, values: dict,

@@ -53,7 +53,8 @@ def test_trigger_serves_webhooks_and_starts_runs_on_the_kfp_api_with_the_chart_m
     assert container["image"] == f"ghcr.io/pillars-mlops/pillars:{package_version()}"
     assert container["command"] == ["pillars", "trigger"]
     flags = _flags(container["args"])
-    assert flags["--host"] == ["0.0.0.0"] and flags["--port"] == ["9095"]
+    assert flags["--host"] == ["0.0.0.0"] and flags["--port"] == ["9095"] and flags["--metrics-port"] == ["9096"]
+    assert flags["--max-active-runs"] == ["2"]
     assert flags["--token-file"] == ["/var/run/pillars-trigger/token"]
     assert flags["--kfp-host"] == ["http://ml-pipeline.kubeflow.svc.cluster.local:8888"]
     assert flags["--experiment"] == ["iris-retraining"]
@@ -65,13 +66,14 @@ def test_trigger_serves_webhooks_and_starts_runs_on_the_kfp_api_with_the_chart_m
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
     service = objects[("Service", "pillars-trigger")]
-    assert service["spec"]["ports"] == [{"name": "http", "port": 9095, "targetPort": "http", "protocol": "TCP"}]
+    assert service["spec"]["ports"] == [{"name": "http", "port": 9095, "targetPort": "http", "protocol": "TCP"},
+                                        {"name": "metrics", "port": 9096, "targetPort": "metrics", "protocol": "TCP"}]
     pod_labels = objects[("Deployment", "pillars-trigger")]["spec"]["template"]["metadata"]["labels"]
     assert pod_labels.items() >= service["spec"]["selector"].items()
     deployment = objects[("Deployment", "pillars-trigger")]["spec"]
     assert deployment["replicas"] == 1 and deployment["strategy"] == {"type": "Recreate"}
     monitor = objects[("ServiceMonitor", "pillars-trigger")]
-    assert monitor["spec"]["endpoints"][0]["port"] == "http"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"  # not the webhook's port
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert service["metadata"]["labels"].items() >= monitor["spec"]["selector"]["matchLabels"].items()
@@ -133,32 +135,48 @@ def _policies_selecting(docs: list[dict[str, Any]], labels: dict[str, str]) -> l
             and labels.items() >= d["spec"]["podSelector"]["matchLabels"].items()]
 
 
-def test_only_alertmanager_and_prometheus_reach_the_trigger_and_it_reaches_only_kfp_and_dns(render) -> None:
+def test_only_alertmanager_reaches_the_webhook_prometheus_only_the_metrics_and_the_trigger_only_kfp_and_mlflow(
+        render) -> None:
+    from tests.cluster.test_access import admits
+
     docs = render(TRIGGER_VALUES)
     labels = _by_kind_name(docs)[("Deployment", "pillars-trigger")]["spec"]["template"]["metadata"]["labels"]
     policies = _policies_selecting(docs, labels)
     assert {p["metadata"]["name"] for p in policies} == {"pillars-default-deny", "pillars-trigger"}
-    ingress = [rule for p in policies for rule in p["spec"].get("ingress", [])]
-    assert ingress == [{"ports": [{"protocol": "TCP", "port": 9095}], "from": [
-        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}},
-         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "alertmanager", "alertmanager": "main"}}},
-        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}},
-         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}},
-    ]}]
+    policy = _by_kind_name(docs)[("NetworkPolicy", "pillars-trigger")]
+    alertmanager = ("observability", {"app.kubernetes.io/name": "alertmanager", "alertmanager": "main"})
+    prometheus = ("observability", {"app.kubernetes.io/name": "prometheus"})
+    assert admits(policy, 9095, *alertmanager) and not admits(policy, 9096, *alertmanager)
+    assert admits(policy, 9096, *prometheus) and not admits(policy, 9095, *prometheus)
+    for who in [("pillars", {"app.kubernetes.io/name": "pillars", "app.kubernetes.io/instance": "pillars",
+                             "app.kubernetes.io/component": "model"}),
+                ("observability", {"app.kubernetes.io/name": "alertmanager"}),  # another Alertmanager
+                ("monitoring", {"app.kubernetes.io/name": "alertmanager", "alertmanager": "main"}),
+                ("default", {"app": "web"})]:
+        assert not admits(policy, 9095, *who) and not admits(policy, 9096, *who), who
+    assert [rule for p in policies if p is not policy for rule in p["spec"].get("ingress", [])] == []
     egress = [rule for p in policies for rule in p["spec"].get("egress", [])]
-    assert {port["port"] for rule in egress for port in rule["ports"]} == {53, 8888, 8887}
+    assert {port["port"] for rule in egress for port in rule["ports"]} == {53, 8888, 8887, 5000}
     kfp = next(rule for rule in egress if rule["ports"][0]["port"] == 8888)
     assert kfp["to"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kubeflow"}},
                           "podSelector": {"matchLabels": {"app": "ml-pipeline"}}}]
+    mlflow = next(rule for rule in egress if rule["ports"][0]["port"] == 5000)
+    mlflow_pods = _by_kind_name(docs)[("Deployment", "pillars-mlflow")]["spec"]["template"]["metadata"]["labels"]
+    assert mlflow["to"] == [{"podSelector": {"matchLabels": _by_kind_name(docs)[("Service", "pillars-mlflow")]
+                                             ["spec"]["selector"]}}]
+    assert mlflow_pods.items() >= mlflow["to"][0]["podSelector"]["matchLabels"].items()
+    assert admits(_by_kind_name(docs)[("NetworkPolicy", "pillars-mlflow")], 5000, "pillars", labels)
     assert all("to" in rule for rule in egress), "every egress rule names its peers"
 
 
 def test_the_default_peers_are_kube_prometheus_stack_in_monitoring(render) -> None:
     docs = render(set=["trigger.enabled=true", "trigger.token.existingSecret=t"])
     policy = _by_kind_name(docs)[("NetworkPolicy", "pillars-trigger")]
-    peers = policy["spec"]["ingress"][0]["from"]
-    assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in peers] == ["alertmanager", "prometheus"]
-    assert all(p["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"} for p in peers)
+    webhook, metrics = policy["spec"]["ingress"]
+    assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in webhook["from"]] == ["alertmanager"]
+    assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in metrics["from"]] == ["prometheus"]
+    assert all(p["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+               for rule in (webhook, metrics) for p in rule["from"])
 
 
 def test_the_rendered_arguments_start_the_real_trigger(render, tmp_path: Path) -> None:
@@ -166,8 +184,8 @@ def test_the_rendered_arguments_start_the_real_trigger(render, tmp_path: Path) -
     container = _trigger_container(render(TRIGGER_VALUES))
     token = tmp_path / "token"
     token.write_text("chart-token\n")
-    port = free_port()
-    local = {"--host": "127.0.0.1", "--port": str(port), "--token-file": str(token)}
+    port, metrics_port = free_port(), free_port()
+    local = {"--host": "127.0.0.1", "--port": str(port), "--metrics-port": str(metrics_port), "--token-file": str(token)}
     args = [f"{flag}={local[flag]}" if flag in local else arg
             for arg in container["args"] for flag in [arg.partition("=")[0]]]
     server = ServerProcess([sys.executable, "-m", "pillars.pipelines.cli", "trigger", *args],
@@ -179,7 +197,9 @@ def test_the_rendered_arguments_start_the_real_trigger(render, tmp_path: Path) -
         assert httpx.post(f"{url}/alerts", json=payload, timeout=10).status_code == 401
         ok = httpx.post(f"{url}/alerts", json=payload, headers={"Authorization": "Bearer chart-token"}, timeout=10)
         assert ok.status_code == 200 and ok.json() == {"decisions": []}
-        assert 'pillars_trigger_decisions_total{decision="started"} 0.0' in httpx.get(f"{url}/metrics", timeout=10).text
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        assert 'pillars_trigger_decisions_total{decision="started"} 0.0' in metrics
+        assert httpx.get(f"{url}/metrics", timeout=10).status_code == 404  # not on the webhook's port
     finally:
         server.stop()
 

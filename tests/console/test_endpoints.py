@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from pillars.console import endpoints
+from pillars.pipelines.stack import WEB_USER, web_config
 from pillars.serving.demo import v2_request
 from tests.console.conftest import BrowserWatch, artifacts_dir, start_console
 from tests.conftest import require_tool
@@ -98,23 +99,40 @@ def test_with_prometheus_the_charts_come_from_its_query_api(server, tmp_path):
               "scrape_configs": [{"job_name": "pillars-model-server",
                                   "static_configs": [{"targets": [server.http.removeprefix("http://")]}]}]}
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    # With basic auth, as `pillars up` starts it.
+    (tmp_path / "web.yml").write_text(yaml.safe_dump(web_config("pw", cost=4)))
+    auth = (WEB_USER, "pw")
     prometheus = ServerProcess([require_tool("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
-                                f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                                f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+                                f"--web.config.file={tmp_path / 'web.yml'}"],
                                log_path=tmp_path / "prometheus.log")
     url = f"http://127.0.0.1:{port}"
     try:
-        prometheus.wait_http(f"{url}/-/ready", timeout=60)
+        prometheus.wait_http(f"{url}/-/ready", timeout=60, status=401)
         deadline = time.monotonic() + 60
         series: dict = {}
         while time.monotonic() < deadline and not (
                 any(v > 0 for _, v in series.get("rate", [])) and series.get("drift") and series.get("p99")):
             _send(server.http, toy_rows(10, seed=2), 2)
             time.sleep(1)
-            series = endpoints.prometheus_series(url, "toy")
+            series = endpoints.prometheus_series(url, "toy", auth=auth)
         assert series["rate"] and max(v for _, v in series["rate"]) > 0
         assert series["p99"] and set(series["drift"]) == {"f0", "f1", "f2", "f3"}
         sampler = endpoints.Sampler(60)
-        view = endpoints.view(endpoints.Endpoint("toy", server.http, "toy", url), sampler)
+        view = endpoints.view(endpoints.Endpoint("toy", server.http, "toy", url, auth), sampler)
         assert view.source == "prometheus" and view.ready and view.version
+        without = endpoints.view(endpoints.Endpoint("toy", server.http, "toy", url), sampler)
+        assert without.source == "/metrics"  # 401: the console falls back to the server's own /metrics
     finally:
         prometheus.stop()
+
+
+def test_the_local_stack_endpoint_reads_its_prometheus_with_the_stack_password(tmp_path):
+    password = tmp_path / "web.password"
+    password.write_text("pw\n")
+    state = {"model": "m", "urls": {"model_http": "http://127.0.0.1:1", "prometheus": "http://127.0.0.1:2"},
+             "web_auth": {"username": WEB_USER, "password_file": str(password)}}
+    (stack,) = endpoints.discover(state, {}, "")
+    assert (stack.prometheus, stack.prometheus_auth) == ("http://127.0.0.1:2", (WEB_USER, "pw"))
+    (configured,) = endpoints.discover(state, {}, "http://prometheus.example")  # another Prometheus: not its password
+    assert (configured.prometheus, configured.prometheus_auth) == ("http://prometheus.example", None)

@@ -13,7 +13,7 @@ from pillars.components import registry
 from pillars.components.prepare_data import PrepareParams, prepare
 from pillars.components.tracking import configure_tracking
 from pillars.pipelines.local import run_local
-from pillars.pipelines.stack import Ports, Stack, Timing
+from pillars.pipelines.stack import Ports, Stack, Timing, web_auth
 from pillars.pipelines.training import training_pipeline
 from tests.conftest import MLFLOW_SERVER_ENV, require_tool
 from tests.processes import free_port, group_alive
@@ -31,8 +31,9 @@ def _send(url: str, rows: np.ndarray, batch: int = 20) -> None:
         assert response.status_code == 200, response.text
 
 
-def _query(prometheus: str, expr: str) -> list[dict]:
-    response = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=5)
+def _query(prometheus: str, expr: str, auth: tuple[str, str] | None = None) -> list[dict]:
+    response = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=5, auth=auth)
+    response.raise_for_status()
     return response.json()["data"]["result"]
 
 
@@ -69,18 +70,23 @@ def test_drift_triggers_retraining_and_the_better_model_is_promoted_and_served(t
     state = stack.up(MODEL, ports, Timing.fast(), params=["epochs=20"], console=False)
     pids = list(state["processes"].values())
     urls = state["urls"]
+    auth = web_auth(state)
+
+    def query(expr: str) -> list[dict]:
+        return _query(urls["prometheus"], expr, auth)
+
     try:
         # In-distribution traffic: drift is measured, and stays below the alert's share.
         _send(urls["model_http"], np.concatenate([normal] * 2))
-        shares = _until(lambda: _query(urls["prometheus"], f'pillars_drift_share{{model="{MODEL}"}}'), 30,
+        shares = _until(lambda: query(f'pillars_drift_share{{model="{MODEL}"}}'), 30,
                         "the drift share to be scraped")
         assert float(shares[0]["value"][1]) < 0.5
         time.sleep(6)  # longer than the alert's `for`
-        assert not _query(urls["prometheus"], 'ALERTS{alertname="PillarsModelDrift"}')
+        assert not query('ALERTS{alertname="PillarsModelDrift"}')
 
         # Shifted traffic (every feature x3): drift, the alert, the webhook, a retraining run.
         _send(urls["model_http"], np.concatenate([normal * 3] * 2))
-        _until(lambda: _query(urls["prometheus"], 'ALERTS{alertname="PillarsModelDrift",alertstate="firing"}'), 60,
+        _until(lambda: query('ALERTS{alertname="PillarsModelDrift",alertstate="firing"}'), 60,
                "PillarsModelDrift to fire")
         metrics = _until(lambda: 'decision="started"} 1.0' in httpx.get(f"{urls['trigger']}/metrics").text, 30,
                          "the trigger to start a run")
@@ -92,7 +98,7 @@ def test_drift_triggers_retraining_and_the_better_model_is_promoted_and_served(t
         assert retrained.tags["gate_approved"] == "true", retrained.tags["gate_reasons"]
         _until(lambda: registry.alias_version(MODEL, registry.CHAMPION) == "2", 60, "promotion of version 2")
         # The model server follows the champion.
-        _until(lambda: _query(urls["prometheus"], f'pillars_drift_window_rows{{model="{MODEL}",version="2"}}'), 60,
+        _until(lambda: query(f'pillars_drift_window_rows{{model="{MODEL}",version="2"}}'), 60,
                "the server to serve version 2")
     finally:
         stopped = stack.down()

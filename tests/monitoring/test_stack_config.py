@@ -10,19 +10,38 @@ import pytest
 import yaml
 
 from pillars.components.errors import ConfigError
-from pillars.pipelines.stack import Ports, Timing, alertmanager_config, parse_ports, prometheus_config, write_secret
+from pillars.pipelines.stack import (WEB_USER, Ports, Timing, alertmanager_config, parse_ports, prometheus_config,
+                                     web_config, write_secret)
 from pillars.serving.alerts import rules_file
 from tests.conftest import require_tool
 
 
 @pytest.mark.parametrize("timing", [Timing(), Timing.fast()], ids=["default", "fast"])
 def test_prometheus_config_and_rules_pass_promtool(tmp_path, timing):
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(Ports(), timing)))
+    password = tmp_path / "web.password"
+    password.write_text("pw")
+    config = prometheus_config(Ports(), timing, password)
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     (tmp_path / "rules.yml").write_text(rules_file(timing.alerts))
     result = subprocess.run([require_tool("promtool"), "check", "config", str(tmp_path / "prometheus.yml")],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 6 rules found" in result.stdout
+    (alertmanager,) = config["alerting"]["alertmanagers"]
+    assert alertmanager["basic_auth"] == {"username": WEB_USER, "password_file": str(password)}
+
+
+def test_the_web_config_passes_promtool_and_holds_a_bcrypt_hash_only(tmp_path):
+    import bcrypt
+
+    config = web_config("the password", cost=4)
+    (tmp_path / "web.yml").write_text(yaml.safe_dump(config))
+    result = subprocess.run([require_tool("promtool"), "check", "web-config", str(tmp_path / "web.yml")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (user, hashed), = config["basic_auth_users"].items()
+    assert user == WEB_USER and "the password" not in (tmp_path / "web.yml").read_text()
+    assert bcrypt.checkpw(b"the password", hashed.encode()) and not bcrypt.checkpw(b"guess", hashed.encode())
 
 
 def test_alertmanager_routes_retrain_alerts_to_the_trigger_with_the_token(tmp_path):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import http.server
 import json
+import re
 import shlex
 import statistics
 import sys
@@ -16,7 +18,11 @@ import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
-from pillars.pipelines.trigger import Decider, cluster_options, create_app, kfp_starter, parse_args
+from mlflow.tracking import MlflowClient
+
+from pillars.components.registry import CHAMPION
+from pillars.pipelines.trigger import (Decider, StartedRun, cluster_options, create_app, kfp_starter, log_file_name,
+                                       parse_args, registry_champions)
 from tests.processes import ServerProcess, free_port
 
 
@@ -41,6 +47,21 @@ def test_decider_deduplicates_and_rate_limits_per_model():
     assert decider.decide(_alert(model="", fingerprint="f7")).action == "not_retrainable"
 
 
+@pytest.mark.parametrize("label", ["a/b", "a b/../../x", " digits", "digits@champion", "x" * 300, "a\nb", ".."])
+def test_a_model_label_that_is_no_model_name_is_invalid_and_remembered_nowhere(label):
+    decider = Decider(cooldown=600)
+    decision = decider.decide(_alert(model=label))
+    assert decision.action == "invalid" and "invalid model name" in decision.reason
+    assert decider.sizes() == (0, 0)
+
+
+@pytest.mark.parametrize("model", ["a/b c", "..", "x" * 300, "digits", "a\u00e9 b"])
+def test_run_log_file_names_use_safe_characters_only(model):
+    name = log_file_name(model, 1e9)
+    assert re.fullmatch(r"retrain-[A-Za-z0-9._-]{0,60}-[0-9a-f]{8}-1000000000\.log", name), name
+    assert not name.startswith(".") and "/" not in name
+
+
 def test_a_failed_start_can_be_retried():
     decider = Decider(cooldown=600)
     assert decider.decide(_alert()).action == "started"
@@ -48,8 +69,34 @@ def test_a_failed_start_can_be_retried():
     assert decider.decide(_alert(fingerprint="f2")).action == "started"
 
 
+TRAINED = ("trg-digits", "trg-cancer")
+"""Models the trigger tests register with a champion (in the session's MLflow server)."""
+
+
+def register_champion(tracking_uri: str, name: str) -> None:
+    """A registered model ``name`` whose champion alias points at a version (no training: the trigger
+    only reads the alias)."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    if client.search_registered_models(filter_string=f"name = '{name}'"):
+        return
+    client.create_registered_model(name)
+    with mlflow_run(tracking_uri) as run_id:
+        version = client.create_model_version(name, f"runs:/{run_id}/model", run_id=run_id)
+    client.set_registered_model_alias(name, CHAMPION, version.version)
+
+
+@contextlib.contextmanager
+def mlflow_run(tracking_uri: str):
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = client.create_run(client.get_experiment_by_name("Default").experiment_id)
+    yield run.info.run_id
+    client.set_terminated(run.info.run_id)
+
+
 @pytest.fixture
-def trigger(tmp_path):
+def trigger(tmp_path, mlflow_server):
+    for name in TRAINED:
+        register_champion(mlflow_server, name)
     token = tmp_path / "token"
     token.write_text("s3cret\n")
     marker = tmp_path / "runs"
@@ -59,7 +106,8 @@ def trigger(tmp_path):
     port = free_port()
     server = ServerProcess(
         [sys.executable, "-m", "pillars.pipelines.cli", "trigger", "--port", str(port), "--token-file", str(token),
-         "--cooldown", "3600", "--command", shlex.join([sys.executable, "-c", record])],
+         "--cooldown", "3600", "--command", shlex.join([sys.executable, "-c", record]),
+         "--param", f"tracking_uri={mlflow_server}"],
         log_path=tmp_path / "trigger.log", env={"PILLARS_HOME": str(tmp_path / ".pillars")})
     url = f"http://127.0.0.1:{port}"
     server.wait_http(f"{url}/healthz", timeout=60)
@@ -74,19 +122,20 @@ def _post(url, payload, token="s3cret", **kwargs):
 
 def test_webhook_starts_one_run_per_model_and_counts_every_decision(trigger):
     url, marker, server = trigger
-    payload = {"version": "4", "status": "firing", "alerts": [_alert(), _alert(model="cancer", fingerprint="c1")]}
+    digits, cancer = TRAINED
+    payload = {"version": "4", "status": "firing", "alerts": [_alert(digits), _alert(model=cancer, fingerprint="c1")]}
     first = _post(url, payload)
     assert first.status_code == 200
     assert [d["decision"] for d in first.json()["decisions"]] == ["started", "started"]
     again = _post(url, payload)  # Alertmanager re-sends the group on its repeat interval
     assert [d["decision"] for d in again.json()["decisions"]] == ["duplicate", "duplicate"]
-    later = _post(url, {"alerts": [_alert(fingerprint="f9", starts="2026-11-29T11:00:00Z")]})
+    later = _post(url, {"alerts": [_alert(digits, fingerprint="f9", starts="2026-11-29T11:00:00Z")]})
     assert later.json()["decisions"][0]["decision"] == "cooldown"
 
     deadline = time.monotonic() + 20
     while len(list(marker.iterdir())) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert sorted(p.name for p in marker.iterdir()) == ["model_name=cancer", "model_name=digits"]
+    assert sorted(p.name for p in marker.iterdir()) == [f"model_name={cancer}", f"model_name={digits}"]
 
     text = httpx.get(f"{url}/metrics", timeout=5).text
     counts = {s.labels["decision"]: s.value for f in text_string_to_metric_families(text)
@@ -103,8 +152,8 @@ def test_webhook_without_the_token_is_refused(trigger, token):
     assert list(marker.iterdir()) == []
 
 
-def test_malformed_payloads_get_400_and_the_trigger_keeps_serving(trigger):
-    url, _, _ = trigger
+def test_malformed_payloads_get_400_refused_alerts_422_and_the_trigger_keeps_serving(trigger):
+    url, marker, server = trigger
     bad_json = httpx.post(f"{url}/alerts", content=b"{not json", timeout=5,
                           headers={"Authorization": "Bearer s3cret", "Content-Type": "application/json"})
     assert bad_json.status_code == 400 and "not JSON" in bad_json.json()["error"]
@@ -114,6 +163,24 @@ def test_malformed_payloads_get_400_and_the_trigger_keeps_serving(trigger):
                       headers={"Authorization": "Bearer s3cret"})
     assert huge.status_code == 413
     assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+
+    # Unknown models and labels that are no model name: refused for good, nothing started.
+    made_up = [_alert(model=f"made-up-{i}", fingerprint=f"m{i}") for i in range(5)]
+    bad = [_alert(model=label, fingerprint=f"b{i}") for i, label in enumerate(["a/b", " digits", "../etc"])]
+    response = _post(url, {"alerts": made_up + bad})
+    assert response.status_code == 422  # a 4xx: Alertmanager does not retry it
+    assert [d["decision"] for d in response.json()["decisions"]] == ["unknown_model"] * 5 + ["invalid"] * 3
+    # A refused alert next to a good one: the good one starts; the call still says something was refused.
+    mixed = _post(url, {"alerts": [_alert(model="a/b", fingerprint="b9"), _alert(TRAINED[0], fingerprint="g1")]})
+    assert mixed.status_code == 422
+    assert [d["decision"] for d in mixed.json()["decisions"]] == ["invalid", "started"]
+    deadline = time.monotonic() + 20
+    while not list(marker.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [p.name for p in marker.iterdir()] == [f"model_name={TRAINED[0]}"]
+    assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+    (log,) = (p for p in (server.log_path.parent / ".pillars" / "trigger-runs").iterdir())
+    assert log.name.startswith(f"retrain-{TRAINED[0]}-")
 
 
 def test_an_alert_answered_cooldown_starts_a_run_when_resent_after_the_cooldown():
@@ -137,10 +204,12 @@ def test_the_trigger_remembers_a_bounded_number_of_alerts_and_models():
 
 
 class _Starter:
-    """Starts nothing; fails the first ``failures`` calls; takes ``delay`` seconds per start."""
+    """Starts nothing; fails the first ``failures`` calls; takes ``delay`` seconds per start. Its runs
+    count as running until :meth:`finish`."""
 
     def __init__(self, failures=0, delay=0.0):
         self.failures, self.delay, self.started = failures, delay, []
+        self.finished = threading.Event()
 
     def __call__(self, model):
         time.sleep(self.delay)
@@ -148,7 +217,23 @@ class _Starter:
             self.failures -= 1
             raise RuntimeError("KFP API unreachable")
         self.started.append(model)
-        return f"run {len(self.started)}"
+        finished = self.finished
+        return StartedRun(f"run {len(self.started)}", lambda: not finished.is_set())
+
+    def finish(self):
+        """The runs started so far end; later ones run until the next call."""
+        self.finished.set()
+        self.finished = threading.Event()
+
+
+def _known(model):
+    """Every model has a champion (the registry look-up itself is tested against a real MLflow server)."""
+    return True
+
+
+def _app(starter, champions=_known, **kwargs):
+    kwargs.setdefault("max_active_runs", 10)
+    return create_app("s3cret", Decider(cooldown=3600), starter, champions, **kwargs)
 
 
 @pytest.fixture
@@ -176,7 +261,7 @@ def serve():
 
 def test_a_failed_start_is_answered_503_and_the_resent_alert_starts_a_run(serve):
     starter = _Starter(failures=1)
-    url = serve(create_app("s3cret", Decider(cooldown=3600), starter))
+    url = serve(_app(starter))
     first = _post(url, {"alerts": [_alert()]})
     assert first.status_code == 503  # Alertmanager retries 5xx
     assert first.json()["decisions"][0]["decision"] == "failed"
@@ -187,7 +272,7 @@ def test_a_failed_start_is_answered_503_and_the_resent_alert_starts_a_run(serve)
 
 def test_runs_per_call_are_capped_and_the_rest_answered_503(serve):
     starter = _Starter()
-    url = serve(create_app("s3cret", Decider(cooldown=3600), starter, max_runs_per_call=2))
+    url = serve(_app(starter, max_runs_per_call=2))
     payload = {"alerts": [_alert(model=m, fingerprint=m) for m in ("a", "b", "c")]}
     first = _post(url, payload)
     assert first.status_code == 503
@@ -200,7 +285,7 @@ def test_runs_per_call_are_capped_and_the_rest_answered_503(serve):
 
 def test_healthz_answers_fast_while_a_slow_start_runs(serve):
     starter = _Starter(delay=3.0)
-    url = serve(create_app("s3cret", Decider(cooldown=3600), starter))
+    url = serve(_app(starter))
 
     def probe(client):
         began = time.perf_counter()
@@ -222,10 +307,67 @@ def test_healthz_answers_fast_while_a_slow_start_runs(serve):
     assert statistics.median(latencies) < max(0.1, 3 * idle) and max(latencies) < 1.0, (idle, latencies)
 
 
+def test_concurrent_runs_are_capped_across_calls_and_the_rest_answered_503(serve):
+    starter = _Starter()
+    url = serve(_app(starter, max_active_runs=3))
+    calls = [{"alerts": [_alert(model=f"m{c}-{i}", fingerprint=f"{c}-{i}") for i in range(5)]} for c in range(10)]
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda payload: _post(url, payload), calls))
+    decisions = [d["decision"] for a in answers for d in a.json()["decisions"]]
+    assert decisions.count("started") == 3 and decisions.count("busy") == 47
+    assert len(starter.started) == 3
+    assert sum(a.status_code == 503 for a in answers) >= 8  # every call with a busy alert: Alertmanager retries
+    again = _post(url, calls[9])
+    assert again.status_code == 503 and len(starter.started) == 3  # still running: still busy
+    starter.finish()  # the runs end: re-sent alerts start again, up to the cap
+    resent = _post(url, {"alerts": [_alert(model=f"n{i}", fingerprint=f"n{i}") for i in range(5)]})
+    assert [d["decision"] for d in resent.json()["decisions"]].count("started") == 3
+
+
+def test_made_up_model_names_start_nothing(serve, mlflow_server):
+    starter = _Starter()
+    url = serve(_app(starter, champions=registry_champions(mlflow_server)))
+    calls = [{"alerts": [_alert(model=f"made-up-{c}-{i}", fingerprint=f"{c}-{i}") for i in range(5)]} for c in range(10)]
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda payload: _post(url, payload), calls))
+    assert {a.status_code for a in answers} == {422}
+    assert {d["decision"] for a in answers for d in a.json()["decisions"]} == {"unknown_model"}
+    assert starter.started == []
+
+
+def test_an_unreachable_registry_is_answered_503_and_starts_nothing(serve, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail at once instead of backing off for minutes
+    starter = _Starter()
+    url = serve(_app(starter, champions=registry_champions(f"http://127.0.0.1:{free_port()}")))
+    response = _post(url, {"alerts": [_alert()]})
+    assert response.status_code == 503
+    (decision,) = response.json()["decisions"]
+    assert decision["decision"] == "unavailable" and "RegistryUnavailable" in decision["reason"]
+    assert starter.started == []
+
+
+def test_a_registry_that_does_not_answer_in_time_is_answered_503(serve):
+    release = threading.Event()
+
+    def hanging(model):
+        release.wait(30)
+        return True
+
+    starter = _Starter()
+    url = serve(_app(starter, champions=hanging, registry_timeout=0.5))
+    try:
+        response = _post(url, {"alerts": [_alert()]})
+    finally:
+        release.set()
+    assert response.status_code == 503 and response.json()["decisions"][0]["decision"] == "unavailable"
+    assert starter.started == []
+
+
 class _KfpApi(http.server.BaseHTTPRequestHandler):
     """The few KFP v2beta1 API calls a run submission makes; keeps every run request it receives."""
 
     runs: list = []
+    state = "RUNNING"
 
     def _answer(self, body):
         data = json.dumps(body).encode()
@@ -237,7 +379,12 @@ class _KfpApi(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
         experiment = {"experiment_id": "e1", "display_name": "pillars-retraining"}
-        self._answer({"experiments": [experiment], "total_size": 1} if "/experiments" in self.path else {})
+        if "/experiments" in self.path:
+            self._answer({"experiments": [experiment], "total_size": 1})
+        elif self.path.startswith("/apis/v2beta1/runs/"):
+            self._answer({"run_id": self.path.rsplit("/", 1)[1], "experiment_id": "e1", "state": type(self).state})
+        else:
+            self._answer({})
 
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
@@ -255,6 +402,7 @@ class _KfpApi(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def kfp_api():
     _KfpApi.runs = []
+    _KfpApi.state = "RUNNING"
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _KfpApi)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -269,7 +417,11 @@ def test_the_run_the_trigger_submits_carries_the_cluster_options(kfp_api):
     args = parse_args(["--kfp-host", url, "--s3-secret", "pillars-s3", "--checkpoint-pvc", "pillars-ckpt",
                        "--deploy-namespace", "models", "--canary", "10", "--gpus", "1", "--param", "epochs=3"])
     start = kfp_starter(args.kfp_host, args.experiment, args.param, cluster_options=cluster_options(args))
-    assert start("digits") == "kfp run r1"
+    run_ref = start("digits")
+    assert run_ref.ref == "kfp run r1"
+    assert run_ref.running()  # counts against max_active_runs until KFP says it ended
+    _KfpApi.state = "SUCCEEDED"
+    assert not run_ref.running()
     (run,) = runs
     assert run["runtime_config"]["parameters"] == {"epochs": 3, "model_name": "digits"}
     executors = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
