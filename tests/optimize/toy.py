@@ -4,6 +4,7 @@
   ``hidden``); its :meth:`Blobs.student` is the same task with a quarter of the widths.
 - :class:`Line`: a regression of a noisy linear function of 6 features by an MLP.
 - :class:`Branchy`: a model whose forward branches on the data, which ``torch.export`` cannot trace.
+- :class:`BrokenStudent`: :class:`Line` whose student cannot be built: distillation crashes.
 - :class:`Tokens`: token ids ``INT64 [N, -1]`` padded to one length, read by an ``nn.EmbeddingBag``.
 """
 
@@ -174,3 +175,11 @@ class Tokens(ClassificationTask):
 
     def encode(self, inputs: Examples, prep: Preprocessing) -> dict[str, torch.Tensor]:
         return {"ids": torch.as_tensor(np.asarray(inputs["ids"], dtype=np.int64))}
+
+
+@dataclasses.dataclass
+class BrokenStudent(Line):
+    """:class:`Line` whose student's model cannot be built (a bug in the user's code): distillation crashes."""
+
+    def student(self) -> Line:
+        return dataclasses.replace(self, hidden=-1)  # nn.Linear(6, -1) raises RuntimeError
