@@ -34,7 +34,7 @@ def cron_expression(text: str) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pillars.components.settings import Settings
-    from pillars.pipelines.progress import log_path, optimize_summary, run_reported, run_summary
+    from pillars.pipelines.progress import StepFailed, log_path, optimize_summary, run_reported, run_summary
     from pillars.pipelines.training import check_arguments
 
     pipeline = pipeline_factory(args.pipeline)(cache_data=not args.no_cache)
@@ -42,15 +42,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_arguments(pipeline, dict(arguments))  # bad arguments: one line, before any step or log file
     log = log_path(Settings().resolved_home(), args.pipeline)
     print(f"pillars run {args.pipeline}: steps run with kfp.local; full log: {log}", file=sys.stderr, flush=True)
-    uri = run_reported(pipeline, arguments, log, verbose=args.verbose or args.show_logs, caching=not args.no_cache)
     if args.pipeline == "optimize":
         from pillars.components.register_variants import resolve_version
 
+        run_reported(pipeline, arguments, log, verbose=args.verbose or args.show_logs, caching=not args.no_cache)
         for line in optimize_summary(*resolve_version(str(arguments["model"])), log):
             print(line)
         return 0
     name = arguments.get("model_name") or default_model_name(
         arguments.get("task") or pipeline.component_spec.inputs["task"].default)
+    try:
+        uri = run_reported(pipeline, arguments, log, verbose=args.verbose or args.show_logs, caching=not args.no_cache)
+    except StepFailed as e:
+        if e.step == "optimize":  # after promotion: what the run registered and promoted still stands
+            import mlflow
+
+            for line in run_summary(name, mlflow.get_tracking_uri(), log):
+                print(line)
+        raise
     for line in run_summary(name, uri, log):
         print(line)
     return 0
