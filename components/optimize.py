@@ -76,7 +76,6 @@ logger = logging.getLogger("pillars.optimize")
 ORIGINAL = "original"
 VARIANTS = ("onnx", "onnx-int8", "onnx-int8-static", "pruned", "distilled")
 """Every variant :func:`optimize_model` can make, in the order it makes them."""
-ONNX_VARIANTS = frozenset({"onnx", "onnx-int8", "onnx-int8-static"})
 TRITON_FOLDER = "triton"
 """Subfolder of an ONNX variant holding its Triton model repository (:mod:`pillars.components.triton`)."""
 

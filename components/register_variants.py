@@ -149,7 +149,7 @@ def register_variants(report: OptimizeReport, model_name: str, parent_version: s
                           tags={PARENT_TAG: f"{model_name}/{parent_version}"}) as run:
         run_id = run.info.run_id
         for result in [report.original, *report.variants]:
-            if result.skipped:
+            if result.skipped or result.failed:
                 continue
             mlflow.log_metrics({f"{result.variant}.{k}": v for k, v in result.metrics.items()})
             if result.footprint and result.speed:
@@ -171,14 +171,14 @@ def register_variants(report: OptimizeReport, model_name: str, parent_version: s
         raise RegistryUnavailable(f"registering the variants of {model_name} v{parent_version} failed "
                                   f"(none kept): {e.message}") from e
     best = report.edge()
-    edge = edge_before
-    if best is not None:
-        event = move_alias(model_name, EDGE, versions[best.variant],
-                           f"fastest variant within the guard: {best.variant} of v{parent_version} ({best.reason})",
-                           c, expected=edge_before)
-        edge = event.to_version if event else versions[best.variant]
-    registered = Registered(versions, edge, run_id)
-    c.log_dict(run_id, report_dict(report, registered), REPORT_FILE)
+    registered = Registered(versions, edge_before, run_id)
+    try:
+        if best is not None:
+            event = move_alias(model_name, EDGE, versions[best.variant], f"fastest variant within the guard: "
+                               f"{best.variant} of v{parent_version} ({best.reason})", c, expected=edge_before)
+            registered.edge = event.to_version if event else versions[best.variant]
+    finally:  # the versions stay registered even when edge moved meanwhile: the report says which
+        c.log_dict(run_id, report_dict(report, registered), REPORT_FILE)
     for line in variants_table(report_dict(report, registered)):
         logger.info("%s v%s: %s", model_name, parent_version, line)
     return registered

@@ -73,21 +73,28 @@ def _table(stdout: str) -> dict[str, str]:
 
 
 def test_pillars_optimize_registers_a_builtin_models_variants_and_moves_edge_only(champions, mlflow_server,
-                                                                                  tmp_path):
+                                                                                  tmp_path, monkeypatch, capsys):
+    """Through the CLI's main() in this process (the other test runs the console command)."""
+    from pillars.pipelines.cli import main
+
     name = "opt-cancer"
-    result = _optimize(name, "onnx,onnx-int8,onnx-int8-static", mlflow_server, tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "checkpoint_root" not in result.stderr
-    table = _table(result.stdout)
-    assert set(table) == {"onnx", "onnx-int8", "onnx-int8-static"}, result.stdout
-    assert table["onnx"].startswith("registered v") and table["onnx-int8-static"] == "skipped", result.stdout
-    assert re.search(r"^onnx-int8-static +skipped .*no convolution", result.stdout, re.M)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("PILLARS_HOME", str(tmp_path / ".pillars"))
+    monkeypatch.chdir(tmp_path)
+    code = main(["optimize", f"models:/{name}@champion", "--variants", "onnx,onnx-int8,onnx-int8-static"])
+    result = capsys.readouterr()
+    assert code == 0, result.err[-3000:]
+    assert "checkpoint_root" not in result.err
+    table = _table(result.out)
+    assert set(table) == {"onnx", "onnx-int8", "onnx-int8-static"}, result.out
+    assert table["onnx"].startswith("registered v") and table["onnx-int8-static"] == "skipped", result.out
+    assert re.search(r"^onnx-int8-static +skipped .*no convolution", result.out, re.M)
     registered = {v for v in table.values() if v.startswith("registered")}
     versions = registry.list_versions(name)
     assert len(versions) == 1 + len(registered)
     assert registry.alias_version(name, registry.CHAMPION) == champions[name]  # the champion never moves
     edge = registry.alias_version(name, EDGE)
-    assert f"edge: v{edge} " in result.stdout and f"registered v{edge}" in table.values()
+    assert f"edge: v{edge} " in result.out and f"registered v{edge}" in table.values()
 
 
 def test_pillars_optimize_makes_a_user_tasks_variants_and_serve_answers_at_edge(champions, mlflow_server, tmp_path):
