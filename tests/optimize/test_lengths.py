@@ -12,10 +12,11 @@ import onnx
 import pytest
 import torch
 
-from pillars.components.lengths import length_probes, probe_lengths
+from pillars.components.lengths import length_probes, probe_lengths, with_length
 from pillars.components.onnx_export import ExportError, check_onnx
 from pillars.components.optimize import OptimizeParams, optimize_model
 from pillars.components.predictor import load_predictor
+from pillars.components.task import Signature, TensorSpec
 from tests.optimize.toy import MAX_TOKENS
 
 
@@ -71,3 +72,17 @@ def test_a_graph_fixed_to_one_length_is_refused_naming_the_length(tokens, tmp_pa
                           output_names=["head"], external_data=False)
     with pytest.raises(ExportError, match="fails on inputs of length 1: "):
         check_onnx(predictor, tmp_path / "fixed.onnx", tokens.trained.inputs("test"))
+
+
+def test_with_length_cuts_or_cycles_each_variable_axis_up_to_its_own_max_length_and_leaves_labels():
+    signature = Signature((TensorSpec("ids", "INT64", (-1,), max_length=4),
+                           TensorSpec("frames", "FP32", (-1, 2), max_length=8),
+                           TensorSpec("plan", "BYTES")), (TensorSpec("score", "FP32"),))
+    examples = {"ids": np.array([[1, 2, 3]]), "frames": np.arange(6, dtype=np.float32).reshape(1, 3, 2),
+                "plan": np.array(["pro"], dtype=object), "label": np.array([1])}
+    assert probe_lengths(signature) == (1, 4, 8)
+    longer = with_length(signature, examples, 8)
+    assert longer["ids"].tolist() == [[1, 2, 3, 1]]  # capped at its max_length 4, values cycled
+    assert longer["frames"][0, :, 0].tolist() == [0, 2, 4, 0, 2, 4, 0, 2]
+    assert longer["plan"] is examples["plan"] and longer["label"] is examples["label"]
+    assert with_length(signature, examples, 1)["ids"].tolist() == [[1]]
