@@ -45,7 +45,7 @@ def variants(task_name: str, root: Path, epochs: int) -> tuple[dict[str, Path], 
     inputs = trained.inputs("train")
     fp32 = export_onnx(predictor, inputs, root / "fp32.onnx")
     if has_convolutions(fp32):
-        int8 = quantize_int8_static(fp32, root / "int8.onnx", task, trained.prep, inputs)
+        int8 = quantize_int8_static(fp32, root / "int8.onnx", task, trained.prep, {"train rows": inputs})
         int8_name = "onnx-int8-static"
     else:
         int8 = quantize_int8_dynamic(fp32, root / "int8.onnx")

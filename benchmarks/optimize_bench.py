@@ -62,8 +62,8 @@ def main() -> int:
     print(header)
     rows = []
     for v in [report.original, *report.variants]:
-        if v.skipped:
-            print(f"{v.variant:<17} skipped: {v.reason}")
+        if v.skipped or v.failed:
+            print(f"{v.variant:<17} {v.state}: {v.reason}")
             continue
         assert v.footprint is not None and v.speed is not None
         verdict = "-" if v.variant == "original" else ("pass" if v.passed else "FAIL")

@@ -1,8 +1,11 @@
 """ONNX export of a task's PyTorch model, checked against PyTorch, and int8 quantization of the graph.
 
 - :func:`export_onnx`: ``torch.onnx.export`` (the dynamo exporter) with the task's encoded tensors as
-  keyword arguments; the batch axis and every axis that varies between encodings (token lengths) stay
-  dynamic; the graph's output must equal PyTorch's within :class:`Tolerance`, on other batch sizes too.
+  keyword arguments; the batch axis and every axis that varies between encodings stay dynamic. The
+  encodings compared include rows at several lengths of every ``-1`` dimension of the signature
+  (:mod:`pillars.components.lengths`), so a test split padded to one length does not fix that length in
+  the graph. The graph's output must equal PyTorch's within :class:`Tolerance` on other batch sizes and
+  on every probed length the PyTorch model answers; a graph that cannot take a length is refused.
 - :func:`quantize_int8_dynamic`: ``onnxruntime.quantization.quantize_dynamic`` (int8 weights,
   activations quantized at run time); no calibration.
 - :func:`quantize_int8_static`: ``quantize_static`` in QDQ format, per-channel int8 weights, activation
@@ -31,6 +34,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from pillars.components.errors import DataError, PillarsError
 from pillars.components.examples import row_count, take
+from pillars.components.lengths import length_probes
 from pillars.components.predictor import ORT_ERRORS, OnnxPredictor, TorchPredictor, onnx_session
 from pillars.components.task import Examples, Task
 
@@ -50,12 +54,26 @@ class Tolerance:
     rtol: float = 1e-3
 
 
-def _varying_axes(task: Task, prep: Mapping[str, Any], inputs: Examples) -> dict[str, set[int]]:
-    """Per encoded tensor, the axes whose length changes between encodings of different rows and batch
-    sizes (the batch axis, padded sequence lengths): those stay dynamic in the exported graph."""
+def answered_lengths(predictor: TorchPredictor, inputs: Examples) -> dict[int, Examples]:
+    """:func:`~pillars.components.lengths.length_probes` of ``inputs`` that the PyTorch model answers
+    (a length its own ``encode`` or module refuses is not one a variant must answer)."""
+    answered = {}
+    for length, rows in length_probes(predictor.signature, inputs).items():
+        try:
+            predictor.predict_checked(rows)
+        except Exception:  # any refusal (InputError, a shape error in the module) rules the length out
+            continue
+        answered[length] = rows
+    return answered
+
+
+def _varying_axes(task: Task, prep: Mapping[str, Any], batches: Sequence[Examples]) -> dict[str, set[int]]:
+    """Per encoded tensor, the axes whose length changes between encodings of ``batches`` and of single
+    rows of the first (the batch axis, sequence lengths): those stay dynamic in the exported graph."""
+    inputs = batches[0]
     n = row_count(inputs)
-    encodings = [task.encode(inputs, prep)] + [task.encode(take(inputs, slice(i, i + 1)), prep)
-                                               for i in range(min(n, EXPORT_ROWS))]
+    encodings = [task.encode(rows, prep) for rows in batches] + [
+        task.encode(take(inputs, slice(i, i + 1)), prep) for i in range(min(n, EXPORT_ROWS))]
     axes: dict[str, set[int]] = {}
     for name, tensor in encodings[0].items():
         shapes = {tuple(e[name].shape) for e in encodings if name in e}
@@ -80,8 +98,10 @@ def export_onnx(predictor: TorchPredictor, inputs: Examples, path: str | Path,
     """Export the predictor's module to ONNX at ``path`` and prove it computes the same head.
 
     The example input is ``task.encode`` of the first :data:`EXPORT_ROWS` rows of ``inputs``; the graph
-    takes the encoded tensors by name. Afterwards the graph runs on every row of ``inputs``, one by one
-    and as one batch, and must match PyTorch within ``tolerance``.
+    takes the encoded tensors by name. An axis is dynamic when it varies between encodings of those
+    rows, of single rows and of the rows at each length the PyTorch model answers
+    (:func:`answered_lengths`). Afterwards the graph runs on every row of ``inputs``, one by one, as one
+    batch and at each of those lengths, and must match PyTorch within ``tolerance``.
 
     Raises:
         ExportError: the exporter cannot trace the module (naming the task, the module and the
@@ -95,7 +115,7 @@ def export_onnx(predictor: TorchPredictor, inputs: Examples, path: str | Path,
         raise DataError(f"exporting {what} needs at least 2 example rows, got {row_count(inputs)}")
     example = take(inputs, slice(0, EXPORT_ROWS))
     encoded = {k: v.cpu() for k, v in task.encode(example, prep).items()}
-    axes = _varying_axes(task, prep, example)
+    axes = _varying_axes(task, prep, [example, *answered_lengths(predictor, example).values()])
     dynamic = {name: {d: torch.export.Dim.DYNAMIC for d in sorted(axes.get(name, ()))} or None
                for name in encoded}
     model = copy.deepcopy(predictor.model).cpu().eval()
@@ -117,25 +137,29 @@ def export_onnx(predictor: TorchPredictor, inputs: Examples, path: str | Path,
 
 def check_onnx(predictor: TorchPredictor, path: str | Path, inputs: Examples,
                tolerance: Tolerance = Tolerance()) -> float:
-    """Run the graph at ``path`` on ``inputs`` (row by row, up to 16 rows, and as one batch) beside the
-    module; returns the largest absolute difference of their heads.
+    """Run the graph at ``path`` on ``inputs`` (row by row, up to 16 rows, as one batch, and the first 16
+    rows at every length of the signature's ``-1`` dimensions the module answers) beside the module;
+    returns the largest absolute difference of their heads.
 
     Raises:
-        ExportError: a head differs beyond ``tolerance``, or the graph does not run on a batch size
-            other than the export's.
+        ExportError: a head differs beyond ``tolerance``, or the graph does not run on a batch size or a
+            length other than the export's (naming it).
     """
     session = onnx_session(path, threads=torch.get_num_threads())
     onnx_predictor = OnnxPredictor(predictor.task, predictor.prep, predictor.config, session)
     worst = 0.0
-    batches = [inputs] + [take(inputs, slice(i, i + 1)) for i in range(min(row_count(inputs), 16))]
-    for rows in batches:
+    first = take(inputs, slice(0, 16))
+    batches = [(f"a batch of {row_count(inputs)}", inputs)] + [
+        ("a batch of 1", take(inputs, slice(i, i + 1))) for i in range(min(row_count(inputs), 16))] + [
+        (f"inputs of length {length}", rows) for length, rows in answered_lengths(predictor, first).items()]
+    for what, rows in batches:
         encoded = predictor.task.encode(rows, predictor.prep)
         with torch.inference_mode():
             expected = predictor.forward(encoded).float().cpu().numpy()
         try:
             got = onnx_predictor.forward(encoded).float().numpy()
         except ORT_ERRORS as e:
-            raise ExportError(f"the ONNX graph of {predictor.config.task} fails on a batch of {row_count(rows)}: "
+            raise ExportError(f"the ONNX graph of {predictor.config.task} fails on {what}: "
                               f"{_exporter_reason(e)}") from e
         if got.shape != expected.shape:
             raise ExportError(f"the ONNX graph of {predictor.config.task} returns shape {list(got.shape)}, "
@@ -179,28 +203,33 @@ def quantize_int8_dynamic(source: str | Path, target: str | Path) -> Path:
 
 
 class EncodedReader(CalibrationDataReader):
-    """Feeds the quantizer's calibration the task's encoded tensors of some rows, batch by batch."""
+    """Feeds the quantizer's calibration the task's encoded tensors of some sets of rows (one set per
+    length of a variable input), batch by batch."""
 
-    def __init__(self, task: Task, prep: Mapping[str, Any], rows: Examples, names: Sequence[str],
+    def __init__(self, task: Task, prep: Mapping[str, Any], sets: Sequence[Examples], names: Sequence[str],
                  batch_size: int = 32) -> None:
         self.batches: Iterator[dict[str, np.ndarray]] = iter([
             {k: v.cpu().numpy() for k, v in task.encode(take(rows, slice(i, i + batch_size)), prep).items()
              if k in names}
-            for i in range(0, row_count(rows), batch_size)])
+            for rows in sets for i in range(0, row_count(rows), batch_size)])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self.batches, None)
 
 
 def quantize_int8_static(source: str | Path, target: str | Path, task: Task, prep: Mapping[str, Any],
-                         calibration: Examples) -> Path:
-    """QDQ int8 with per-channel weights and activation ranges calibrated (min/max) on ``calibration``.
+                         calibration: Mapping[str, Examples]) -> Path:
+    """QDQ int8 with per-channel weights and activation ranges calibrated (min/max) on ``calibration``:
+    named sets of rows (the train rows, and the train rows at each length of a variable input), so the
+    ranges cover every length the graph will see.
 
     Raises:
-        DataError: the calibration set is empty.
+        DataError: there is no calibration set, or one is empty (naming it).
     """
-    if row_count(calibration) == 0:
-        raise DataError("the calibration set for static int8 quantization is empty (no train rows)")
+    empty = [name for name, rows in calibration.items() if row_count(rows) == 0]
+    if empty or not calibration:
+        raise DataError(f"the calibration set for static int8 quantization has no rows "
+                        f"({', '.join(empty) or 'no set given'})")
     source, target = Path(source), Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     work = target.parent / ".work"
@@ -208,7 +237,7 @@ def quantize_int8_static(source: str | Path, target: str | Path, task: Task, pre
     try:
         model = _preprocessed(source, work)
         names = [i.name for i in onnx.load(str(model)).graph.input]
-        quantize_static(model, target, EncodedReader(task, prep, calibration, names),
+        quantize_static(model, target, EncodedReader(task, prep, list(calibration.values()), names),
                         quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
     finally:

@@ -28,7 +28,15 @@ Variants (:data:`VARIANTS`):
 
 The accuracy guard (:class:`Guard`): a variant passes when its primary metric on the test split is at
 most ``max_drop_points`` points (0.01 of a fraction metric) below the original's, or, for a
-lower-is-better metric (RMSE, MASE), at most ``max_relative_worsening`` above it, relatively.
+lower-is-better metric (RMSE, MASE), at most ``max_relative_worsening`` above it, relatively. Where the
+signature has ``-1`` dimensions, the same holds on the test split cut to each probed length the original
+answers (:mod:`pillars.components.lengths`): a variant that refuses a length, or scores worse on it,
+is refused.
+
+Each variant ends in one of four states (:attr:`VariantResult.state`): ``passed`` (within the guard),
+``refused`` (outside it, with the delta), ``skipped`` (a tool could not make it: the exporter, the
+quantizer, no student, an empty calibration set; with the tool's one-line reason) or ``failed`` (its
+making crashed; the variant and the cause). One variant's failure never discards the others.
 """
 
 from __future__ import annotations
@@ -49,10 +57,11 @@ import onnx
 from onnx import numpy_helper
 from safetensors.numpy import load_file
 
-from pillars.components.errors import ConfigError, DataError
+from pillars.components.errors import ConfigError, DataError, PillarsError, one_line
 from pillars.components.examples import input_columns, row_count, take
-from pillars.components.onnx_export import (ExportError, Tolerance, export_onnx, has_convolutions,
-                                            quantize_int8_dynamic, quantize_int8_static)
+from pillars.components.lengths import with_length
+from pillars.components.onnx_export import (ExportError, Tolerance, answered_lengths, export_onnx,
+                                            has_convolutions, quantize_int8_dynamic, quantize_int8_static)
 from pillars.components.predictor import (ONNX_FILE, PROFILE_FILE, WEIGHTS_FILE, Predictor, TorchPredictor,
                                           load_predictor, locate_model_dir, save_model, save_onnx_model)
 from pillars.components.shrink import FitParams, count_parameters, distill, prune_model
@@ -67,7 +76,6 @@ logger = logging.getLogger("pillars.optimize")
 ORIGINAL = "original"
 VARIANTS = ("onnx", "onnx-int8", "onnx-int8-static", "pruned", "distilled")
 """Every variant :func:`optimize_model` can make, in the order it makes them."""
-ONNX_VARIANTS = frozenset({"onnx", "onnx-int8", "onnx-int8-static"})
 TRITON_FOLDER = "triton"
 """Subfolder of an ONNX variant holding its Triton model repository (:mod:`pillars.components.triton`)."""
 
@@ -232,12 +240,18 @@ class OptimizeParams:
             raise ConfigError(f"calibration_rows must be >= 1, got {self.calibration_rows}")
 
 
+STATES = ("passed", "refused", "skipped", "failed")
+
+
 @dataclasses.dataclass
 class VariantResult:
     """One model judged on the test split: the original or a variant.
 
-    ``skipped`` variants (a task without a student, static int8 of a graph without convolutions) carry
+    ``skipped`` variants (a tool cannot make it: the exporter or the quantizer fails, a task without a
+    student, static int8 of a graph without convolutions) and ``failed`` ones (making it crashed) carry
     only ``reason``; others carry their metrics, guard decision, footprint and speed.
+    ``length_metrics`` holds the primary metric on the test split cut to each probed length of a
+    variable input (empty when the signature has none).
     """
 
     variant: str
@@ -248,12 +262,20 @@ class VariantResult:
     metric_delta: float = 0.0
     passed: bool = False
     skipped: bool = False
+    failed: bool = False
     reason: str = ""
     footprint: Footprint | None = None
     speed: Speed | None = None
+    length_metrics: dict[int, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def state(self) -> str:
+        """One of :data:`STATES`."""
+        return ("failed" if self.failed else "skipped" if self.skipped else "passed" if self.passed
+                else "refused")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "state": self.state}
 
 
 @dataclasses.dataclass
@@ -282,8 +304,8 @@ class OptimizeReport:
         """One line per model: what it is, its metric delta, size and speed, and the decision."""
         lines = []
         for v in [self.original, *self.variants]:
-            if v.skipped:
-                lines.append(f"{v.variant:<17} skipped: {v.reason}")
+            if v.skipped or v.failed:
+                lines.append(f"{v.variant:<17} {v.state}: {v.reason}")
                 continue
             assert v.footprint is not None and v.speed is not None
             verdict = "" if v.variant == ORIGINAL else ("  PASS" if v.passed else "  FAIL") + f" {v.reason}"
@@ -340,12 +362,13 @@ def optimize_model(model_dir: str | Path, data: Dataset, out_dir: str | Path, pa
         parent: ``NAME/VERSION`` of the original, saved in each variant's ``config.json`` ``extra``.
 
     Returns:
-        The report; a variant outside the guard is in it with ``passed=False`` and its delta.
+        The report: every variant asked for, ``passed``, ``refused`` (outside the guard, with its delta),
+        ``skipped`` (the tool's one-line reason: an export or quantization that fails, an empty
+        calibration set) or ``failed`` (the crash's one line); a variant that is not passed leaves no folder.
 
     Raises:
         ConfigError: the model is not a PyTorch model (already a variant), or a parameter is invalid.
-        ExportError: an ONNX variant was asked for and the model does not export (or does not match).
-        DataError: the test split is empty, or the calibration set is.
+        DataError: the test split is empty.
     """
     model_dir = locate_model_dir(model_dir)
     out_dir = Path(out_dir)
@@ -360,25 +383,55 @@ def optimize_model(model_dir: str | Path, data: Dataset, out_dir: str | Path, pa
     metric = task.primary_metric
     loaded_predictors: dict[str, Predictor] = {}
 
+    # The test split at each length of a variable input the original answers: the guard scores there too.
+    lengths = {n: with_length(predictor.signature, data.test, n) for n in answered_lengths(predictor, test_inputs)}
+
     def judge(result: VariantResult, loaded: Predictor) -> VariantResult:
         result.metrics = evaluate_predictor(loaded, data.test)
         result.metric = metric
         result.footprint = footprint(result.directory)
+        if result.variant == ORIGINAL:
+            for n, rows in lengths.items():
+                try:
+                    result.length_metrics[n] = evaluate_predictor(loaded, rows)[metric]
+                except Exception as e:  # the task's evaluate may refuse a length its predict answers
+                    logger.info("%s: not judged at length %d: %s", parent or model_dir, n, one_line(e))
+            loaded_predictors[result.variant] = loaded
+            return result
+        ok, why = params.guard.judge(metric, task.lower_is_better, original.metrics[metric], result.metrics[metric])
+        result.metric_delta = result.metrics[metric] - original.metrics[metric]
+        for n, before in original.length_metrics.items():
+            try:
+                result.length_metrics[n] = after = evaluate_predictor(loaded, lengths[n])[metric]
+            except Exception as e:  # a graph that cannot take this length: refused, naming it
+                ok, why = False, f"answers no input of length {n} (the original does): {one_line(e)}"
+                break
+            ok_n, why_n = params.guard.judge(metric, task.lower_is_better, before, after)
+            if ok and not ok_n:
+                ok, why = False, f"at length {n}: {why_n}"
+        if ok and result.length_metrics:
+            why += f"; within the guard at lengths {', '.join(map(str, result.length_metrics))}"
+        result.passed, result.reason = ok, why
         loaded_predictors[result.variant] = loaded
-        if result.variant != ORIGINAL:
-            ok, why = params.guard.judge(metric, task.lower_is_better, original.metrics[metric],
-                                         result.metrics[metric])
-            result.metric_delta = result.metrics[metric] - original.metrics[metric]
-            result.passed, result.reason = ok, why
-            logger.info("%s: %s %s", parent or model_dir, result.variant, why)
+        logger.info("%s: %s %s", parent or model_dir, result.variant, why)
         return result
 
     original = judge(VariantResult(ORIGINAL, "torch", str(model_dir)), predictor)
     extra_base = {"parent": parent, "metric": metric, "original_metric": original.metrics[metric]}
     results: list[VariantResult] = []
-    onnx_file: Path | None = None
-    if ONNX_VARIANTS & set(params.variants):
-        onnx_file = export_onnx(predictor, test_inputs, out_dir / ".export" / ONNX_FILE, params.tolerance)
+    exported: list[Path | ExportError] = []
+
+    def onnx_graph() -> Path:
+        """The fp32 graph, exported once for every ONNX variant (its failure: each one skipped)."""
+        if not exported:
+            try:
+                exported.append(export_onnx(predictor, test_inputs, out_dir / ".export" / ONNX_FILE,
+                                            params.tolerance))
+            except ExportError as e:
+                exported.append(e)
+        if isinstance(exported[0], ExportError):
+            raise exported[0]
+        return exported[0]
 
     def save_onnx(variant: str, graph: Path, **extra: Any) -> VariantResult:
         target = save_onnx_model(task, config.task, prep, graph, out_dir / variant,
@@ -387,47 +440,58 @@ def optimize_model(model_dir: str | Path, data: Dataset, out_dir: str | Path, pa
         write_repository(target / TRITON_FOLDER, triton_name(parent), target / ONNX_FILE)
         return judge(VariantResult(variant, "onnx", str(target)), load_predictor(target))
 
-    for variant in (v for v in VARIANTS if v in params.variants):
+    def make(variant: str) -> VariantResult:
         if variant == "onnx":
-            assert onnx_file is not None
-            results.append(save_onnx(variant, onnx_file, tolerance=dataclasses.asdict(params.tolerance)))
-        elif variant == "onnx-int8":
-            assert onnx_file is not None
-            graph = _quantized(variant, config.task, lambda: quantize_int8_dynamic(onnx_file, out_dir / ".int8" / ONNX_FILE))
-            results.append(save_onnx(variant, graph, quantization="dynamic int8 weights (onnxruntime)"))
-        elif variant == "onnx-int8-static":
-            assert onnx_file is not None
-            if not has_convolutions(onnx_file):
-                results.append(VariantResult(variant, skipped=True, reason="the graph has no convolution; "
-                                             "dynamic int8 (onnx-int8) covers its MatMul/Gemm layers"))
-                continue
-            calibration = take(input_columns(predictor.signature, data.train),
-                                slice(0, params.calibration_rows))
+            return save_onnx(variant, onnx_graph(), tolerance=dataclasses.asdict(params.tolerance))
+        if variant == "onnx-int8":
+            source = onnx_graph()
+            graph = _quantized(variant, config.task, lambda: quantize_int8_dynamic(source, out_dir / ".int8" / ONNX_FILE))
+            return save_onnx(variant, graph, quantization="dynamic int8 weights (onnxruntime)")
+        if variant == "onnx-int8-static":
+            source = onnx_graph()
+            if not has_convolutions(source):
+                return VariantResult(variant, skipped=True, reason="the graph has no convolution; dynamic int8 "
+                                     "(onnx-int8) covers its MatMul/Gemm layers")
+            rows = take(input_columns(predictor.signature, data.train), slice(0, params.calibration_rows))
+            calibration = {"train rows": rows, **{f"train rows at length {n}": r for n, r in
+                                                  answered_lengths(predictor, rows).items()}}
             graph = _quantized(variant, config.task, lambda: quantize_int8_static(
-                onnx_file, out_dir / ".int8-static" / ONNX_FILE, task, prep, calibration))
-            results.append(save_onnx(variant, graph, quantization="static QDQ int8, per-channel weights, "
-                                     f"MinMax calibration on {row_count(calibration)} train rows"))
-        elif variant == "pruned":
+                source, out_dir / ".int8-static" / ONNX_FILE, task, prep, calibration))
+            return save_onnx(variant, graph, quantization="static QDQ int8, per-channel weights, "
+                             f"MinMax calibration on {row_count(rows)} train rows")
+        if variant == "pruned":
             model = prune_model(task, prep, predictor.model, data.train, params.sparsity, params.prune_fit)
             target = save_model(task, config.task, prep, model, out_dir / variant,
                                 {**extra_base, "variant": variant, "sparsity": params.sparsity,
                                  "fine_tune_epochs": params.prune_fit.epochs})
             _copy_profile(model_dir, target)
-            results.append(judge(VariantResult(variant, "torch", str(target)), load_predictor(target)))
-        elif variant == "distilled":
-            student_task = task.student()
-            if student_task is None:
-                results.append(VariantResult(variant, skipped=True, reason=f"task {config.task} defines no "
-                                             "student (Task.student returns None): cannot distill"))
-                continue
-            student = distill(task, student_task, prep, predictor.model, data.train, params.temperature,
-                              params.alpha, params.distill_fit)
-            target = save_model(student_task, config.task, prep, student, out_dir / variant,
-                                {**extra_base, "variant": variant, "teacher_parameters":
-                                 count_parameters(predictor.model), "temperature": params.temperature,
-                                 "alpha": params.alpha, "epochs": params.distill_fit.epochs})
-            _copy_profile(model_dir, target)
-            results.append(judge(VariantResult(variant, "torch", str(target)), load_predictor(target)))
+            return judge(VariantResult(variant, "torch", str(target)), load_predictor(target))
+        student_task = task.student()
+        if student_task is None:
+            return VariantResult(variant, skipped=True, reason=f"task {config.task} defines no student "
+                                 "(Task.student returns None): cannot distill")
+        student = distill(task, student_task, prep, predictor.model, data.train, params.temperature,
+                          params.alpha, params.distill_fit)
+        target = save_model(student_task, config.task, prep, student, out_dir / variant,
+                            {**extra_base, "variant": variant, "teacher_parameters":
+                             count_parameters(predictor.model), "temperature": params.temperature,
+                             "alpha": params.alpha, "epochs": params.distill_fit.epochs})
+        _copy_profile(model_dir, target)
+        return judge(VariantResult(variant, "torch", str(target)), load_predictor(target))
+
+    for variant in (v for v in VARIANTS if v in params.variants):
+        try:
+            result = make(variant)
+        except PillarsError as e:  # a tool cannot make it (exporter, quantizer, calibration set): skipped
+            result = VariantResult(variant, skipped=True, reason=one_line(e))
+        except Exception as e:  # making it crashed: this variant failed, the others go on
+            logger.exception("%s: making %s failed", parent or model_dir, variant)
+            result = VariantResult(variant, failed=True, reason=f"{type(e).__name__}: {one_line(e)}")
+        if result.skipped or result.failed:
+            loaded_predictors.pop(variant, None)
+            shutil.rmtree(out_dir / variant, ignore_errors=True)
+            logger.info("%s: %s %s: %s", parent or model_dir, variant, result.state, result.reason)
+        results.append(result)
     shutil.rmtree(out_dir / ".export", ignore_errors=True)
     for scratch in (".int8", ".int8-static"):
         shutil.rmtree(out_dir / scratch, ignore_errors=True)

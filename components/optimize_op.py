@@ -23,11 +23,14 @@ def optimize(
     tracking_uri: str,
     report: Output[Artifact],
     model_version: str = "",
+    task: str = "",
 ) -> str:
     """Optimise the registered version ``model`` (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``; or a
     bare model name with ``model_version``, as the training pipeline passes its new champion), register
-    the variants within the guard and move alias ``edge``. Returns the report as JSON (also the
-    ``report`` artifact); a variant that cannot be made fails the step before anything is registered."""
+    the variants within the guard and move alias ``edge``; ``task`` (optional) is the task the version
+    must be a model of. Returns the report as JSON (also the ``report`` artifact). A variant that cannot
+    be made is skipped or failed in the report; the step fails only when nothing was registered and a
+    variant crashed, or before anything is made (a bad reference, another task's model, a variant)."""
     import dataclasses
     import json
 
@@ -51,12 +54,12 @@ def optimize(
         guard=Guard(max_drop_points=max_drop_points, max_relative_worsening=max_relative_worsening),
         sparsity=sparsity, prune_fit=dataclasses.replace(defaults.prune_fit, epochs=prune_epochs),
         distill_fit=dataclasses.replace(defaults.distill_fit, epochs=distill_epochs), temperature=temperature)
-    result, registered = run_optimize(model, params, overrides)
+    result, registered = run_optimize(model, params, overrides, task=task)
     text = report_json(result, registered)
     with open(report.path, "w") as f:
         f.write(text)
     report.metadata["edge_version"] = registered.edge or ""
-    print(result.summary())
+    print(result.summary())  # the step's log; `pillars optimize` prints variants_table from the logged report
     return text
 
 

@@ -5,9 +5,17 @@ it is (:data:`TAGS`); alias ``edge`` moves, compare-and-set, to the fastest of t
 :meth:`~pillars.components.optimize.OptimizeReport.edge` rule: lowest batch-1 latency, then smallest
 file). ``champion`` and ``challenger`` are never touched here.
 
-Nothing is registered half-way: every variant is made and judged before the first registration, any
-error before then (a model that is not registered, an export that fails, an empty calibration set)
-registers nothing, and a registry failure while registering deletes the versions this run created.
+Each variant ends registered, refused by the guard (with its delta), skipped (with the tool's reason)
+or failed (with the crash's one line); one variant's failure never discards the others
+(:func:`~pillars.components.optimize.optimize_model`). :func:`variants_table` shows them, one line each,
+from the report logged as ``optimize_report.json`` in the optimisation's MLflow run
+(:func:`latest_report` finds it). The step fails, in one line naming the variants and causes, only
+when nothing was registered and a variant failed.
+
+Nothing is registered half-way: every variant is made and judged before the first registration, an
+error before then (a model that is not registered, a variant of another task, a version that is itself
+a variant) registers nothing, and a registry failure while registering deletes the versions this run
+created. ``champion`` never moves.
 
 Logging: a variant's folder (``config.json`` naming its framework, ``model.onnx`` or
 ``model.safetensors``, ``preprocessing.json``, ``data_profile.json``, ``triton/``) is logged as plain
@@ -30,17 +38,20 @@ from typing import Any
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from pillars.components.errors import RegistryError
+from pillars.components.errors import ConfigError, PillarsError, RegistryError
 from pillars.components.optimize import OptimizeParams, OptimizeReport, VariantResult, optimize_model
 from pillars.components.predictor import locate_model_dir, read_config
 from pillars.components.references import ModelRef
 from pillars.components.register import downloaded_version
 from pillars.components.registry import RegistryUnavailable, alias_version, client, get_model, move_alias
-from pillars.components.task import DataParams, load_task
+from pillars.components.task import DataParams, load_task, task_reference
 
 logger = logging.getLogger("pillars.optimize")
 
 EDGE = "edge"
+REPORT_FILE = "optimize_report.json"
+PARENT_TAG = "pillars.parent"
+"""Run tag of an optimisation run: ``NAME/VERSION`` of the version optimised."""
 TAGS = ("pillars.variant", "pillars.parent_version", "pillars.size_bytes", "pillars.metric_delta",
         "pillars.latency_ms_b1", "pillars.throughput_b64")
 """Tags of every registered variant (plus ``pillars.metric`` and ``pillars.optimize_run``)."""
@@ -67,6 +78,10 @@ def variant_tags(result: VariantResult, parent_version: str, run_id: str) -> dic
             "pillars.metric_delta": f"{result.metric_delta:.6g}",
             "pillars.latency_ms_b1": f"{result.speed.latency_ms_b1:.4g}",
             "pillars.throughput_b64": f"{result.speed.throughput_b64:.4g}", "pillars.optimize_run": run_id}
+
+
+class VariantsFailed(PillarsError):
+    """No variant was registered and at least one crashed while being made."""
 
 
 @dataclasses.dataclass
@@ -131,17 +146,16 @@ def register_variants(report: OptimizeReport, model_name: str, parent_version: s
         experiment_id = c.get_run(parent.run_id).info.experiment_id
     passing = report.passing()
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"optimize {model_name} v{parent_version}",
-                          tags={"pillars.parent": f"{model_name}/{parent_version}"}) as run:
+                          tags={PARENT_TAG: f"{model_name}/{parent_version}"}) as run:
         run_id = run.info.run_id
         for result in [report.original, *report.variants]:
-            if result.skipped:
+            if result.skipped or result.failed:
                 continue
             mlflow.log_metrics({f"{result.variant}.{k}": v for k, v in result.metrics.items()})
             if result.footprint and result.speed:
                 mlflow.log_metrics({f"{result.variant}.size_bytes": result.footprint.size_bytes,
                                     f"{result.variant}.latency_ms_b1": result.speed.latency_ms_b1,
                                     f"{result.variant}.throughput_b64": result.speed.throughput_b64})
-        mlflow.log_dict(report.to_dict(), "optimize_report.json")
         uris = {r.variant: log_model(locate_model_dir(r.directory), f"variants/{r.variant}") for r in passing}
     versions: dict[str, str] = {}
     try:
@@ -157,17 +171,17 @@ def register_variants(report: OptimizeReport, model_name: str, parent_version: s
         raise RegistryUnavailable(f"registering the variants of {model_name} v{parent_version} failed "
                                   f"(none kept): {e.message}") from e
     best = report.edge()
-    edge = edge_before
-    if best is not None:
-        event = move_alias(model_name, EDGE, versions[best.variant],
-                           f"fastest variant within the guard: {best.variant} of v{parent_version} ({best.reason})",
-                           c, expected=edge_before)
-        edge = event.to_version if event else versions[best.variant]
-    for result in report.variants:
-        state = f"v{versions[result.variant]}" if result.variant in versions else (
-            "skipped" if result.skipped else "not registered")
-        logger.info("%s v%s: %s %s: %s", model_name, parent_version, result.variant, state, result.reason)
-    return Registered(versions, edge, run_id)
+    registered = Registered(versions, edge_before, run_id)
+    try:
+        if best is not None:
+            event = move_alias(model_name, EDGE, versions[best.variant], f"fastest variant within the guard: "
+                               f"{best.variant} of v{parent_version} ({best.reason})", c, expected=edge_before)
+            registered.edge = event.to_version if event else versions[best.variant]
+    finally:  # the versions stay registered even when edge moved meanwhile: the report says which
+        c.log_dict(run_id, report_dict(report, registered), REPORT_FILE)
+    for line in variants_table(report_dict(report, registered)):
+        logger.info("%s v%s: %s", model_name, parent_version, line)
+    return registered
 
 
 def _delete(model_name: str, versions: Mapping[str, str]) -> None:
@@ -191,29 +205,76 @@ def data_params(run_params: Mapping[str, str], overrides: Mapping[str, Any] | No
 
 def run_optimize(reference: str, params: OptimizeParams = OptimizeParams(),
                  data_overrides: Mapping[str, Any] | None = None, log_model: LogModel = log_variant_artifacts,
-                 work_dir: str | Path | None = None) -> tuple[OptimizeReport, Registered]:
+                 work_dir: str | Path | None = None, task: str = "") -> tuple[OptimizeReport, Registered]:
     """Optimise the registered version ``reference`` (``models:/NAME@champion`` by default in callers)
     on its own data split, register the variants that pass and move ``edge``.
 
+    Args:
+        task: the task the caller means to optimise (a name or ``package.module:attribute``); a version
+            of another task is refused before anything is made. Empty: the version's own task.
+
     Raises:
-        ConfigError, RegistryError: a bad reference or a model that is not registered (nothing made).
-        ExportError, DataError: a variant cannot be made (nothing registered).
+        ConfigError, RegistryError: a bad reference, a model that is not registered, a version of another
+            task or one that is itself a variant (nothing made).
+        VariantsFailed: nothing was registered and a variant crashed (naming each one and its cause).
     """
     name, version = resolve_version(reference)
     mv = client().get_model_version(name, version)
+    if "pillars.variant" in (mv.tags or {}):
+        raise ConfigError(f"{name} v{version} is the {mv.tags['pillars.variant']} variant of "
+                          f"v{mv.tags.get('pillars.parent_version', '?')}; optimise its parent "
+                          f"(models:/{name}/{mv.tags.get('pillars.parent_version', 'VERSION')}) instead")
     run_params = client().get_run(mv.run_id).data.params if mv.run_id else {}
     with downloaded_version(name, version) as folder, tempfile.TemporaryDirectory(
             prefix="pillars-optimize-", dir=work_dir) as out:
         config, _ = read_config(locate_model_dir(folder))
-        task = load_task(config.task, config.task_args)
-        data = task.load_data(data_params(run_params, data_overrides))
+        if task and task_reference(task) != task_reference(config.task):
+            raise ConfigError(f"{name} v{version} is a model of task {config.task}, not of {task}; "
+                              "nothing was optimised")
+        task_obj = load_task(config.task, config.task_args)
+        data = task_obj.load_data(data_params(run_params, data_overrides))
         report = optimize_model(folder, data, out, params, parent=f"{name}/{version}")
         registered = register_variants(report, name, version, log_model)
     logger.info("%s v%s optimised:\n%s", name, version, report.summary())
+    failed = [v for v in report.variants if v.failed]
+    if failed and not registered.versions:
+        raise VariantsFailed(f"no variant of {name} v{version} registered; "
+                             + "; ".join(f"{v.variant} failed: {v.reason}" for v in failed))
     return report, registered
 
 
+def report_dict(report: OptimizeReport, registered: Registered) -> dict[str, Any]:
+    """The report with the registered versions and ``edge`` (what is logged and what the step returns)."""
+    return {**report.to_dict(), "registered": registered.versions, "edge_version": registered.edge,
+            "run_id": registered.run_id}
+
+
 def report_json(report: OptimizeReport, registered: Registered) -> str:
-    """The step's output: the report with the registered versions and ``edge``."""
-    return json.dumps({**report.to_dict(), "registered": registered.versions, "edge_version": registered.edge,
-                       "run_id": registered.run_id})
+    """The step's output: :func:`report_dict` as JSON."""
+    return json.dumps(report_dict(report, registered))
+
+
+def variants_table(report: Mapping[str, Any]) -> list[str]:
+    """One line per variant of a :func:`report_dict` (as logged): registered (its version), refused (the
+    guard's delta), skipped (the tool's reason) or failed (the cause); size and batch-1 latency."""
+    registered = report.get("registered") or {}
+    lines = [f"{'variant':<17} {'outcome':<15} {'size':>10} {'b1 ms':>8}  why"]
+    for v in report.get("variants", []):
+        outcome = f"registered v{registered[v['variant']]}" if v["variant"] in registered else v["state"]
+        size = f"{v['footprint']['size_bytes']}B" if v.get("footprint") else "-"
+        latency = f"{v['speed']['latency_ms_b1']:.3f}" if v.get("speed") else "-"
+        lines.append(f"{v['variant']:<17} {outcome:<15} {size:>10} {latency:>8}  {v['reason']}")
+    return lines
+
+
+def latest_report(model_name: str, version: str) -> dict[str, Any] | None:
+    """The report of the newest optimisation of ``model_name`` v``version`` (None: never optimised)."""
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list", max_results=1,
+                              filter_string=f"tags.`{PARENT_TAG}` = '{model_name}/{version}'",
+                              order_by=["attributes.start_time DESC"])
+    if not runs:
+        return None
+    try:
+        return mlflow.artifacts.load_dict(f"runs:/{runs[0].info.run_id}/{REPORT_FILE}")
+    except MlflowException:
+        return None  # the run died before its report was logged

@@ -34,7 +34,7 @@ def cron_expression(text: str) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pillars.components.settings import Settings
-    from pillars.pipelines.progress import log_path, run_reported
+    from pillars.pipelines.progress import StepFailed, log_path, optimize_summary, run_reported, run_summary
     from pillars.pipelines.training import check_arguments
 
     pipeline = pipeline_factory(args.pipeline)(cache_data=not args.no_cache)
@@ -42,13 +42,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_arguments(pipeline, dict(arguments))  # bad arguments: one line, before any step or log file
     log = log_path(Settings().resolved_home(), args.pipeline)
     print(f"pillars run {args.pipeline}: steps run with kfp.local; full log: {log}", file=sys.stderr, flush=True)
-    uri = run_reported(pipeline, arguments, log, verbose=args.verbose or args.show_logs, caching=not args.no_cache)
     if args.pipeline == "optimize":
-        for line in optimize_summary(ModelRef.parse(str(arguments["model"])).name, log):
+        from pillars.components.register_variants import resolve_version
+
+        run_reported(pipeline, arguments, log, verbose=args.verbose or args.show_logs, caching=not args.no_cache)
+        for line in optimize_summary(*resolve_version(str(arguments["model"])), log):
             print(line)
         return 0
     name = arguments.get("model_name") or default_model_name(
         arguments.get("task") or pipeline.component_spec.inputs["task"].default)
+    try:
+        uri = run_reported(pipeline, arguments, log, verbose=args.verbose or args.show_logs, caching=not args.no_cache)
+    except StepFailed as e:
+        if e.step == "optimize":  # after promotion: what the run registered and promoted still stands
+            import mlflow
+
+            for line in run_summary(name, mlflow.get_tracking_uri(), log):
+                print(line)
+        raise
     for line in run_summary(name, uri, log):
         print(line)
     return 0
@@ -60,7 +71,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from pillars.components.register_variants import resolve_version
     from pillars.components.settings import Settings
     from pillars.components.tracking import configure_tracking
-    from pillars.pipelines.progress import log_path, run_reported
+    from pillars.pipelines.progress import log_path, optimize_summary, run_reported
 
     ModelRef.parse(args.model)
     configure_tracking(create=False)
@@ -73,50 +84,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     print(f"pillars optimize {name} v{version}: steps run with kfp.local; full log: {log}", file=sys.stderr,
           flush=True)
     run_reported(pipeline, arguments, log, verbose=args.verbose or args.show_logs, caching=False)
-    for line in optimize_summary(name, log):
+    for line in optimize_summary(name, version, log):
         print(line)
     return 0
-
-
-def optimize_summary(name: str, log: Path) -> list[str]:
-    """The variants of ``name`` in the registry (newest first) and where ``edge`` points."""
-    from pillars.components import registry
-    from pillars.components.register_variants import EDGE
-
-    lines = []
-    for row in registry.list_versions(name):
-        tags = row["tags"]
-        if "pillars.variant" in tags:
-            lines.append(f"{name} v{row['version']} {tags['pillars.variant']} of v{tags['pillars.parent_version']}: "
-                         f"{tags['pillars.metric']} delta {tags['pillars.metric_delta']}, "
-                         f"{tags['pillars.size_bytes']} bytes, {tags['pillars.latency_ms_b1']} ms at batch 1"
-                         + (f" [{', '.join(row['aliases'])}]" if row["aliases"] else ""))
-    edge = registry.alias_version(name, EDGE)
-    lines.append(f"edge: v{edge} (serve it: pillars serve models:/{name}@edge)" if edge
-                 else "edge: none (no variant within the guard)")
-    lines.append(f"log: {log}")
-    return lines
-
-
-def run_summary(name: str, uri: str, log: Path) -> list[str]:
-    """What a finished run left in the registry: the newest version of ``name``, its gate decision,
-    aliases and test metrics, where MLflow and the log are, and how to serve it."""
-    from pillars.components import registry
-
-    newest = registry.list_versions(name)[0]
-    tags = newest["tags"]
-    approved = tags.get("gate_approved") == "true"
-    reasons = tags.get("gate_reasons", "").strip()
-    metrics = "  ".join(f"{k[5:]}={v:.4f}" for k, v in newest["metrics"].items())
-    lines = [f"model    {name} v{newest['version']}  aliases: {', '.join(newest['aliases']) or '-'}",
-             f"gate     {'approved' if approved else 'rejected'}" + (f": {reasons}" if reasons else ""),
-             f"test     {metrics or '-'}",
-             f"MLflow   {uri}",
-             f"log      {log}"]
-    if registry.alias_version(name, registry.CHAMPION) is not None:
-        lines.append(f"serve    pillars serve models:/{name}@champion")
-    return lines
-
 
 
 def cmd_compile(args: argparse.Namespace) -> int:

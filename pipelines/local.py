@@ -37,7 +37,9 @@ def run_local(pipeline: Callable[..., Any], arguments: Mapping[str, Any], settin
     settings = settings or Settings()
     home = settings.resolved_home()
     uri = configure_tracking(arguments.get("tracking_uri") or None, settings)
-    args = {"tracking_uri": uri, "checkpoint_root": str(settings.resolved_checkpoint_root()), **arguments}
+    defaults = {"tracking_uri": uri, "checkpoint_root": str(settings.resolved_checkpoint_root())}
+    accepted = pipeline.component_spec.inputs or {}  # the optimize pipeline takes no checkpoint_root
+    args = {**{k: v for k, v in defaults.items() if k in accepted}, **arguments}
     root = home / "pipeline_root"
     root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),

@@ -30,6 +30,7 @@ Args:
     data_args: JSON object of data parameters (seed, val_fraction, test_fraction, source...) overriding the
         parent run's, so the variants are judged on the split the parent was tested on.
     tracking_uri: MLflow tracking URI; empty: MLFLOW_TRACKING_URI or the local store.
+    task: The task the version must be a model of (a name or package.module:attribute); empty: any.
 """
 
 
@@ -63,11 +64,12 @@ def optimize_pipeline(image: str | None = None, mlflow_secret: str | None = None
         temperature: float = _DEFAULTS.temperature,
         data_args: str = "",
         tracking_uri: str = "",
+        task: str = "",
     ) -> None:
         step = component(model=model, variants=variants, max_drop_points=max_drop_points,
                          max_relative_worsening=max_relative_worsening, sparsity=sparsity,
                          prune_epochs=prune_epochs, distill_epochs=distill_epochs, temperature=temperature,
-                         data_args=data_args, tracking_uri=tracking_uri)
+                         data_args=data_args, tracking_uri=tracking_uri, task=task)
         # No retry: a failure after registering is not a clean slate (the step cleans up what it can).
         step.set_caching_options(False).set_display_name("optimize")
         step.set_cpu_request("2").set_memory_request("4Gi").set_memory_limit("4Gi")

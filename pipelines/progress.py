@@ -260,3 +260,49 @@ def run_reported(pipeline: Callable[..., Any], arguments: Mapping[str, Any], log
             raise failed from e
         finally:
             reporter.flush()
+
+
+# ---- what a finished run left in the registry ----------------------------------------------------------------
+
+def optimize_summary(name: str, version: str, log: Path) -> list[str]:
+    """After optimising ``name`` v``version``: one table of every variant (registered, refused, skipped or
+    failed, from the run's logged report), where ``edge`` points, that the champion did not move."""
+    from pillars.components import registry
+    from pillars.components.register_variants import EDGE, latest_report, variants_table
+
+    report = latest_report(name, version)
+    lines = variants_table(report) if report else [f"no optimisation report of {name} v{version} in MLflow"]
+    edge = registry.alias_version(name, EDGE)
+    champion = registry.alias_version(name, registry.CHAMPION)
+    lines.append(f"edge: v{edge} (serve it: pillars serve models:/{name}@edge)" if edge
+                 else "edge: none (no variant within the guard)")
+    lines.append(f"champion: v{champion}" if champion else "champion: none")
+    lines.append(f"log: {log}")
+    return lines
+
+
+def run_summary(name: str, uri: str, log: Path) -> list[str]:
+    """What a finished training run left in the registry: the newest trained version of ``name`` (not an
+    optimised variant), its gate decision, aliases and test metrics; the variants made of it (a run with
+    ``optimize=true``) apart, one line each; where MLflow and the log are, and how to serve it."""
+    from pillars.components import registry
+    from pillars.components.register_variants import latest_report, variants_table
+
+    versions = registry.list_versions(name)
+    newest = next((v for v in versions if "pillars.variant" not in v["tags"]), versions[0])
+    tags = newest["tags"]
+    approved = tags.get("gate_approved") == "true"
+    reasons = tags.get("gate_reasons", "").strip()
+    metrics = "  ".join(f"{k.removeprefix('test_')}={v:.4f}" for k, v in newest["metrics"].items())
+    lines = [f"model    {name} v{newest['version']}  aliases: {', '.join(newest['aliases']) or '-'}",
+             f"gate     {'approved' if approved else 'rejected'}" + (f": {reasons}" if reasons else ""),
+             f"test     {metrics or '-'}"]
+    report = latest_report(name, str(newest["version"])) if len(versions) > 1 else None
+    if report:
+        lines += [f"variants of v{newest['version']}:"] + [f"  {line}" for line in variants_table(report)]
+    lines += [f"MLflow   {uri}", f"log      {log}"]
+    if registry.alias_version(name, registry.CHAMPION) is not None:
+        lines.append(f"serve    pillars serve models:/{name}@champion")
+    if report and report.get("edge_version"):
+        lines.append(f"edge     pillars serve models:/{name}@edge")
+    return lines

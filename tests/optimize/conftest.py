@@ -9,7 +9,7 @@ import pytest
 
 from pillars.components.optimize import FitParams, OptimizeParams, OptimizeReport, optimize_model
 from pillars.components.predictor import save_model
-from tests.optimize.toy import REFERENCE, Blobs, Line
+from tests.optimize.toy import REFERENCE, Blobs, Line, Tokens
 from tests.tasks.conftest import Trained, train_in_process
 
 
@@ -35,6 +35,11 @@ def blobs(tmp_path_factory: pytest.TempPathFactory) -> Saved:
 @pytest.fixture(scope="session")
 def line(tmp_path_factory: pytest.TempPathFactory) -> Saved:
     return _train_and_save(Line(), f"{REFERENCE}:Line", tmp_path_factory.mktemp("line"), epochs=15)
+
+
+@pytest.fixture(scope="session")
+def tokens(tmp_path_factory: pytest.TempPathFactory) -> Saved:
+    return _train_and_save(Tokens(), f"{REFERENCE}:Tokens", tmp_path_factory.mktemp("tokens"), epochs=8)
 
 
 FAST = OptimizeParams(prune_fit=FitParams(epochs=1, learning_rate=1e-4),

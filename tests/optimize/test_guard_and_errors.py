@@ -1,5 +1,6 @@
-"""The accuracy guard, and bad input: a model that cannot be exported, a graph that does not match, an
-empty calibration set, a task without a student, a variant optimised again."""
+"""The accuracy guard, and bad input: a model that cannot be exported (its ONNX variants skipped, the
+others made), a graph that does not match, an empty calibration set, a task without a student, a variant
+optimised again."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pillars.components.errors import ConfigError, DataError
 from pillars.components.onnx_export import ExportError, check_onnx, export_onnx, quantize_int8_static
 from pillars.components.optimize import FitParams, Guard, OptimizeParams, optimize_model
 from pillars.components.predictor import TorchPredictor, load_predictor, save_model
-from tests.optimize.toy import REFERENCE, Branchy
+from tests.optimize.toy import REFERENCE, BrokenStudent, Branchy
 
 
 def test_guard_is_points_for_fractions_and_relative_for_lower_is_better_metrics():
@@ -50,7 +51,7 @@ def test_static_int8_skips_a_graph_without_convolutions_and_a_task_without_a_stu
     assert not (tmp_path / "distilled").exists()
 
 
-def test_a_model_the_exporter_cannot_trace_is_one_line_naming_it(line, tmp_path):
+def test_a_model_the_exporter_cannot_trace_skips_its_onnx_variants_in_one_line_and_keeps_the_others(line, tmp_path):
     task = Branchy()
     directory = save_model(task, f"{REFERENCE}:Branchy", line.trained.prep, task.build_model(line.trained.prep),
                            tmp_path / "branchy")
@@ -60,9 +61,25 @@ def test_a_model_the_exporter_cannot_trace_is_one_line_naming_it(line, tmp_path)
     message = str(caught.value)
     assert message.startswith(f"cannot export {REFERENCE}:Branchy (BranchNet) to ONNX: ")
     assert "\n" not in message and len(message) < 400
-    with pytest.raises(ExportError, match="Branchy"):
-        optimize_model(directory, line.trained.data, tmp_path / "variants", OptimizeParams(variants=("onnx",)))
-    assert not (tmp_path / "variants" / "onnx").exists()
+    report = optimize_model(directory, line.trained.data, tmp_path / "variants", OptimizeParams(
+        variants=("onnx", "onnx-int8", "pruned"), prune_fit=FitParams(epochs=1), timing_repeats=2))
+    onnx, int8, pruned = report.variants
+    assert onnx.state == int8.state == "skipped" and onnx.reason == int8.reason == message
+    assert pruned.state in ("passed", "refused") and pruned.footprint is not None  # made and judged all the same
+    assert not (tmp_path / "variants" / "onnx").exists() and not (tmp_path / "variants" / "onnx-int8").exists()
+
+
+def test_a_variant_whose_making_crashes_fails_in_one_line_and_the_others_are_judged(line, tmp_path):
+    task = BrokenStudent()
+    directory = save_model(task, f"{REFERENCE}:BrokenStudent", line.trained.prep, line.trained.model,
+                           tmp_path / "broken")
+    report = optimize_model(directory, line.trained.data, tmp_path / "variants",
+                            OptimizeParams(variants=("onnx", "distilled"), timing_repeats=2))
+    onnx, distilled = report.variants
+    assert onnx.state == "passed", onnx.reason
+    assert distilled.state == "failed" and distilled.reason.startswith("RuntimeError: ") and "\n" not in distilled.reason
+    assert not (tmp_path / "variants" / "distilled").exists()
+    assert f"distilled         failed: {distilled.reason}" in report.summary()
 
 
 def test_a_graph_that_computes_something_else_is_refused(line, tmp_path):
@@ -79,8 +96,9 @@ def test_a_graph_that_computes_something_else_is_refused(line, tmp_path):
 def test_an_empty_calibration_set_is_refused_before_quantizing(blobs, tmp_path):
     predictor = load_predictor(blobs.directory)
     empty = {k: v[:0] for k, v in blobs.trained.inputs("train").items()}
-    with pytest.raises(DataError, match="calibration set .* is empty"):
-        quantize_int8_static(tmp_path / "absent.onnx", tmp_path / "int8.onnx", predictor.task, predictor.prep, empty)
+    with pytest.raises(DataError, match="calibration set .* has no rows \\(train rows at length 4\\)"):
+        quantize_int8_static(tmp_path / "absent.onnx", tmp_path / "int8.onnx", predictor.task, predictor.prep,
+                             {"train rows": blobs.trained.inputs("train"), "train rows at length 4": empty})
     assert not (tmp_path / "int8.onnx").exists()
 
 

@@ -9,11 +9,14 @@ import mlflow
 import pytest
 
 from pillars.components import registry
-from pillars.components.errors import RegistryError
+from pillars.components.errors import ConfigError, RegistryError
 from pillars.components.optimize import FitParams, OptimizeParams, evaluate_predictor, optimize_model
-from pillars.components.predictor import load_predictor
+from pillars.components.predictor import load_predictor, save_model
 from pillars.components.register import downloaded_version
-from pillars.components.register_variants import EDGE, TAGS, register_variants, run_optimize
+from pillars.components.register_variants import (EDGE, TAGS, VariantsFailed, latest_report, register_variants,
+                                                  run_optimize, variants_table)
+from pillars.pipelines.progress import run_summary
+from tests.optimize.toy import REFERENCE, BrokenStudent
 
 
 def _register_parent(name: str, directory) -> str:
@@ -23,7 +26,8 @@ def _register_parent(name: str, directory) -> str:
         mlflow.log_params({"seed": 0})
         source = mlflow.get_artifact_uri("model")
     registry.client().create_registered_model(name)
-    version = registry.client().create_model_version(name, source, run_id=run.info.run_id).version
+    version = registry.client().create_model_version(name, source, run_id=run.info.run_id,
+                                                     tags={"gate_approved": "true"}).version
     registry.move_alias(name, registry.CHAMPION, str(version), "test parent")
     return str(version)
 
@@ -54,6 +58,16 @@ def test_passing_variants_become_tagged_versions_and_edge_goes_to_the_fastest(tr
         assert served.config.extra["variant"] == edge.variant
         assert evaluate_predictor(served, line.trained.data.test)["rmse"] == pytest.approx(edge.metrics["rmse"])
 
+    # The training run's summary names the approved champion, not the newest version (a variant), and
+    # lists the variants apart, each with its outcome.
+    summary = run_summary(name, tracking_uri, tmp_path / "run.log")
+    assert summary[0] == f"model    {name} v{parent}  aliases: champion" and summary[1] == "gate     approved"
+    table = summary[summary.index(f"variants of v{parent}:") + 2:][:len(report.variants)]
+    for line, variant in zip(table, report.variants):
+        outcome = f"registered v{done.versions[variant.variant]}" if variant.variant in done.versions else variant.state
+        assert line.split()[:len(outcome.split()) + 1] == [variant.variant, *outcome.split()], summary
+    assert latest_report(name, parent)["edge_version"] == done.edge
+
     failing = copy.deepcopy(report)
     for variant in failing.variants:
         variant.passed = False
@@ -73,6 +87,31 @@ def test_the_whole_step_on_a_registered_champion_and_a_model_that_is_not_registe
     assert report.original.metrics == line.trained.evaluate()  # the parent's own test split, rebuilt
     assert list(done.versions) == ["onnx"] and done.edge == done.versions["onnx"]
     assert registry.alias_version(name, registry.CHAMPION) == parent
+    assert variants_table(latest_report(name, parent))[1].split()[:3] == ["onnx", "registered", f"v{done.edge}"]
+
+    # Bad input: one line, nothing registered, the champion and edge where they were.
+    count = len(registry.client().search_model_versions(f"name='{name}'"))
+    with pytest.raises(ConfigError, match=f"^{name} v{done.edge} is the onnx variant of v{parent}; optimise its "
+                                          f"parent \\(models:/{name}/{parent}\\) instead$"):
+        run_optimize(f"models:/{name}@edge")
+    with pytest.raises(ConfigError, match=f"^{name} v{parent} is a model of task {REFERENCE}:Line, not of "
+                                          "breast_cancer; nothing was optimised$"):
+        run_optimize(f"models:/{name}@champion", task="breast_cancer")
+    assert len(registry.client().search_model_versions(f"name='{name}'")) == count
+    assert registry.alias_version(name, EDGE) == done.edge and registry.alias_version(name, registry.CHAMPION) == parent
+
+
+def test_the_step_fails_in_one_line_when_no_variant_registered_and_one_crashed(tracking_uri, line, tmp_path):
+    name = "opt-broken"
+    task = BrokenStudent()
+    directory = save_model(task, f"{REFERENCE}:BrokenStudent", line.trained.prep, line.trained.model, tmp_path / "m")
+    parent = _register_parent(name, directory)
+    with pytest.raises(VariantsFailed, match=f"^no variant of {name} v{parent} registered; distilled failed: "
+                                             "RuntimeError: "):
+        run_optimize(f"models:/{name}@champion", OptimizeParams(variants=("distilled",), timing_repeats=2))
+    assert [v.version for v in registry.client().search_model_versions(f"name='{name}'")] == [parent]
+    assert registry.alias_version(name, EDGE) is None
+    assert variants_table(latest_report(name, parent))[1].split()[:2] == ["distilled", "failed"]
 
 
 def test_pillars_optimize_names_a_model_that_is_not_registered_in_one_line(tracking_uri, capsys):

@@ -4,6 +4,8 @@
   ``hidden``); its :meth:`Blobs.student` is the same task with a quarter of the widths.
 - :class:`Line`: a regression of a noisy linear function of 6 features by an MLP.
 - :class:`Branchy`: a model whose forward branches on the data, which ``torch.export`` cannot trace.
+- :class:`BrokenStudent`: :class:`Line` whose student cannot be built: distillation crashes.
+- :class:`Tokens`: token ids ``INT64 [N, -1]`` padded to one length, read by an ``nn.EmbeddingBag``.
 """
 
 from __future__ import annotations
@@ -130,3 +132,54 @@ class Branchy(Line):
 
     def build_model(self, prep: Preprocessing) -> nn.Module:
         return BranchNet()
+
+
+MAX_TOKENS = 32
+
+
+class BagNet(nn.Module):
+    def __init__(self, vocabulary: int) -> None:
+        super().__init__()
+        self.bag = nn.EmbeddingBag(vocabulary, 16, mode="mean", padding_idx=0)  # 0 pads a row
+        self.out = nn.Linear(16, 2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.out(self.bag(ids))
+
+
+@dataclasses.dataclass
+class Tokens(ClassificationTask):
+    """Is the mean token id of a row above the middle? Token ids ``INT64 [N, -1]`` (``max_length`` 32),
+    every row of the data padded with 0 to 32, read by an ``nn.EmbeddingBag``: a test split of one length,
+    and a graph onnxruntime's quantizer cannot take (its shape inference fails on the bag's ``Loop``)."""
+
+    vocabulary: int = 50
+    rows: int = 600
+
+    def load_data(self, params: DataParams) -> Dataset:
+        rng = np.random.default_rng(5)
+        ids = np.zeros((self.rows, MAX_TOKENS), dtype=np.int64)
+        label = np.zeros(self.rows, dtype=np.int64)
+        for i in range(self.rows):
+            n = int(rng.integers(4, MAX_TOKENS + 1))
+            ids[i, :n] = rng.integers(1, self.vocabulary, n)
+            label[i] = int(ids[i, :n].mean() > self.vocabulary / 2)
+        train, val, test = _split({"ids": ids, "label": label}, self.rows, params.seed)
+        return Dataset(train, val, test, {"classes": ["low", "high"]})
+
+    def build_model(self, prep: Preprocessing) -> nn.Module:
+        return BagNet(self.vocabulary)
+
+    def signature(self, prep: Preprocessing) -> Signature:
+        return Signature((TensorSpec("ids", "INT64", (-1,), max_length=MAX_TOKENS),), self.outputs(prep))
+
+    def encode(self, inputs: Examples, prep: Preprocessing) -> dict[str, torch.Tensor]:
+        return {"ids": torch.as_tensor(np.asarray(inputs["ids"], dtype=np.int64))}
+
+
+@dataclasses.dataclass
+class BrokenStudent(Line):
+    """:class:`Line` whose student's model cannot be built (a bug in the user's code): distillation crashes."""
+
+    def student(self) -> Line:
+        return dataclasses.replace(self, hidden=-1)  # nn.Linear(6, -1) raises RuntimeError
