@@ -110,8 +110,9 @@ class PillarsServicer(InferenceServicer):
         model = served_model(self._data_plane, request.name, request.version or None)
         metadata = await self._data_plane.model_metadata(model_name=model.name)
         return pb.ModelMetadataResponse(name=metadata["name"], versions=[model.version],
-                                        platform=metadata["platform"], inputs=metadata["inputs"],
-                                        outputs=metadata["outputs"])
+                                        platform=metadata["platform"],
+                                        inputs=[codec.grpc_tensor_metadata(t) for t in metadata["inputs"]],
+                                        outputs=[codec.grpc_tensor_metadata(t) for t in metadata["outputs"]])
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         model = served_model(self._data_plane, request.model_name, request.model_version or None)

@@ -237,7 +237,7 @@ class PillarsModel(Model):
         return codec.tensor_metadata(self.signature.inputs)
 
     def get_output_types(self) -> list[dict[str, Any]]:
-        return codec.tensor_metadata(self.signature.outputs)
+        return codec.tensor_metadata(self.signature.outputs, inputs=False)
 
     async def preprocess(self, payload: dict[str, Any] | codec.Batch,
                          headers: dict[str, str] | None = None) -> codec.Batch:
