@@ -54,7 +54,8 @@ class PillarsModelServer(ModelServer):
             model.version_listeners.append(versions.__setitem__)
         kserve_model_server.app.add_middleware(
             ServingMiddleware, versions=versions, max_body_bytes=self._max_body_bytes, auth=self._auth,
-            metrics_open=self._metrics_open)
+            metrics_open=self._metrics_open,
+            v1_body_limits={m.name: codec.json_body_limit(m.signature, m.settings.max_rows) for m in models})
         self._rest_server = PillarsRESTServer(
             FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension, self.http_port,
             host=self._host, access_log_format=self.access_log_format, workers=1,

@@ -193,3 +193,25 @@ def test_the_container_image_listens_on_every_interface_explicitly():
         cmd = next(line for line in (ROOT / dockerfile).read_text().splitlines() if line.startswith("CMD"))
         args = json.loads(cmd[len("CMD"):])
         assert args[args.index("--host") + 1] == "0.0.0.0", dockerfile
+
+
+def test_a_15_mb_v1_body_is_refused_413_before_it_is_parsed(limited):
+    rows = 15_000_000 // 26  # ~15 MB of JSON rows: far more than any 1,024-row request of 4 numbers needs
+    body = json.dumps({"instances": [[1.25, 2.5, 3.75, 4.125]] * rows}).encode()
+    assert len(body) > 14_000_000
+    started = time.perf_counter()
+    response = httpx.post(f"{limited.http}/v1/models/toy:predict", content=body,
+                          headers={"content-type": "application/json"}, timeout=60)
+    client_seconds = time.perf_counter() - started
+    assert response.status_code == 413, response.text
+    assert "larger than the limit" in response.json()["error"]
+    seconds = [float(line.rsplit("seconds=", 1)[1].split()[0]) for line in limited.process.log().splitlines()
+               if "request protocol=v1 model=toy" in line and "status=413" in line]
+    assert seconds and seconds[-1] < 0.05, seconds  # parsing it whole took ~600 ms
+    print(f"15 MB V1 body: 413 in {seconds[-1] * 1000:.2f} ms in the server, {client_seconds * 1000:.0f} ms "
+          "for the client (upload included)")
+    chunked = httpx.post(f"{limited.http}/v1/models/toy:predict", content=iter([body[:1 << 20]] * 2),
+                         headers={"content-type": "application/json"}, timeout=60)
+    assert chunked.status_code == 413  # no Content-Length: refused once the limit is passed while streaming
+    assert httpx.post(f"{limited.http}/v1/models/toy:predict",
+                      json={"instances": toy_rows(2).tolist()}).status_code == 200
