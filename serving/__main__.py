@@ -126,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         model = PillarsModel(args.model_name or default_model_name(settings.model_uri), settings)
         model.load()
     except (PillarsError, ValueError) as e:
-        logger.error("cannot serve: %s", e)
+        from pillars.serving.model import whole_message
+
+        logger.error("cannot serve: %s", whole_message(e))  # one line: `pillars demo` shows the log's last lines
         return 2
     logger.info("model ready %.3f seconds after the imports", time.perf_counter() - imported)
     server = PillarsModelServer(

@@ -131,3 +131,12 @@ def test_regressor_returns_values(served_with_auth):
     v1 = httpx.post(f"{served_with_auth.http}/v1/models/reg:predict", json={"instances": [[1, 2, 3]]},
                     headers=served_with_auth.headers).json()
     assert v1["predictions"] == pytest.approx(answer["outputs"][0]["data"][:1], rel=1e-5)
+
+
+def test_the_downloaded_model_is_this_servers_only_copy(served):
+    """A download left by a server that is gone was removed at start; only this server's copy is there (the
+    fixture checks that stopping removes it too)."""
+    assert served.temp_dir is not None
+    copies = sorted(p.name for p in served.temp_dir.iterdir() if p.name.startswith("pillars-model-"))
+    assert copies[0] == "pillars-model-notes" and len(copies) == 2  # not ours by name: kept
+    assert copies[1].startswith(f"pillars-model-{served.process.proc.pid}-")
