@@ -135,8 +135,10 @@ class PillarsGRPCServer(GRPCServer):
     """KServe's gRPC server with our servicer, auth, request metrics, a message-size limit and a host."""
 
     def __init__(self, *args: Any, host: str, versions: dict[str, str], max_message_bytes: int,
-                 auth: TokenAuth | None = None, **kwargs: Any) -> None:
+                 auth: TokenAuth | None = None, connection_options: list[tuple[str, int]] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._connection_options = connection_options or []
         self._host = host
         self._versions = versions
         self._max_message_bytes = max_message_bytes
@@ -153,6 +155,7 @@ class PillarsGRPCServer(GRPCServer):
             options=[
                 ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length", -1)),
                 ("grpc.max_receive_message_length", self._max_message_bytes),
+                *self._connection_options,
             ],
         )
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
