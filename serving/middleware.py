@@ -18,6 +18,7 @@ import orjson
 
 from pillars.serving import metrics
 from pillars.serving.auth import TokenAuth, http_path_is_open
+from pillars.serving.origins import browser_body_refused, host_name
 
 logger = logging.getLogger("pillars.serving")
 
@@ -51,12 +52,15 @@ class ServingMiddleware:
         max_body_bytes: larger request bodies are answered 413 before the app reads them.
         auth: the token check, or None when auth is off.
         metrics_open: serve ``/metrics`` without the token even when auth is on.
+        v1_body_limits: per model name, the longest V1 JSON body a request within ``max_rows`` can need.
+        hosts: the host names a request's ``Host`` may name (None: any); see :mod:`pillars.serving.origins`.
     """
 
     def __init__(self, app: ASGIApp, versions: dict[str, str], max_body_bytes: int,
                  auth: TokenAuth | None = None, metrics_open: bool = False,
-                 v1_body_limits: dict[str, int] | None = None) -> None:
+                 v1_body_limits: dict[str, int] | None = None, hosts: frozenset[str] | None = None) -> None:
         self.app = app
+        self.hosts = hosts
         self.versions = versions
         self.max_body_bytes = max_body_bytes
         self.v1_body_limits = v1_body_limits or {}
@@ -79,6 +83,14 @@ class ServingMiddleware:
 
         try:
             headers = _headers(scope)
+            if self.hosts is not None and host_name(headers.get(b"host")) not in self.hosts:
+                await _error(send_tracked, 400, f"host {host_name(headers.get(b'host'))!r} is not served here "
+                             f"(allowed: {', '.join(sorted(self.hosts))}; --allowed_hosts)")
+                return
+            if route is not None and scope["method"] == "POST" and browser_body_refused(headers):
+                await _error(send_tracked, 415, "a request from a web page (with Origin) must send "
+                             "Content-Type: application/json (or the binary extension as application/octet-stream)")
+                return
             if self.auth is not None and not http_path_is_open(path, self.metrics_open) \
                     and not self.auth.accepts(headers.get(b"authorization")):
                 await _error(send_tracked, 401, "missing or invalid bearer token",

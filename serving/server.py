@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from kserve import ModelServer
 from kserve import model_server as kserve_model_server
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
 
-from pillars.serving import codec
+from pillars.serving import codec, origins
 from pillars.serving.auth import TokenAuth
 from pillars.serving.connections import connection_budget, grpc_options, guarded_http_protocol
 from pillars.serving.grpc_server import PillarsGRPCServer
@@ -31,13 +32,19 @@ class PillarsModelServer(ModelServer):
         auth: bearer-token check, or None for no auth.
         metrics_open: serve ``/metrics`` without the token even when auth is on.
         enable_grpc: start the gRPC server on ``grpc_port``.
+        max_connections: most connections per server (lowered below the descriptor limit).
+        header_timeout_s: seconds a new connection has to send its request head (gRPC: the handshake).
+        grpc_idle_timeout_s: seconds an idle gRPC connection stays open.
+        allowed_hosts: host names a request's ``Host`` may name (:func:`pillars.serving.origins.allowed_hosts`).
         **kwargs: passed to :class:`kserve.ModelServer` (ports, threads, logging flags); one worker only.
     """
 
     def __init__(self, max_body_bytes: int, host: str = LOOPBACK, auth: TokenAuth | None = None,
                  metrics_open: bool = False, enable_grpc: bool = True, max_connections: int = 1000,
-                 header_timeout_s: float = 10.0, grpc_idle_timeout_s: float = 300.0, **kwargs: Any) -> None:
+                 header_timeout_s: float = 10.0, grpc_idle_timeout_s: float = 300.0,
+                 allowed_hosts: Sequence[str] = (), **kwargs: Any) -> None:
         super().__init__(enable_grpc=False, **kwargs)  # we start our own gRPC server instead
+        self._hosts = origins.allowed_hosts(allowed_hosts, host)
         self._max_connections, self._backlog = connection_budget(max_connections, servers=2 if enable_grpc else 1)
         self._header_timeout_s = header_timeout_s
         self._grpc_idle_timeout_s = grpc_idle_timeout_s
@@ -60,7 +67,8 @@ class PillarsModelServer(ModelServer):
         kserve_model_server.app.add_middleware(
             ServingMiddleware, versions=versions, max_body_bytes=self._max_body_bytes, auth=self._auth,
             metrics_open=self._metrics_open,
-            v1_body_limits={m.name: codec.json_body_limit(m.signature, m.settings.max_rows) for m in models})
+            v1_body_limits={m.name: codec.json_body_limit(m.signature, m.settings.max_rows) for m in models},
+            hosts=self._hosts)
         self._rest_server = PillarsRESTServer(
             FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension, self.http_port,
             host=self._host, access_log_format=self.access_log_format, workers=1,

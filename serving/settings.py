@@ -107,3 +107,7 @@ class ServingSettings(BaseSettings):
 
     grpc_idle_timeout_s: float = Field(default=300.0, gt=0.0)
     """Seconds a gRPC connection with no call in flight stays open (clients reconnect transparently)."""
+
+    allowed_hosts: list[str] = Field(default_factory=list)
+    """Host names a request's ``Host`` header may name (``*``: any). Empty: the loopback names when ``host``
+    is loopback (no web page can reach the server through a DNS name of its own), any host otherwise."""

@@ -215,3 +215,25 @@ def test_a_15_mb_v1_body_is_refused_413_before_it_is_parsed(limited):
     assert chunked.status_code == 413  # no Content-Length: refused once the limit is passed while streaming
     assert httpx.post(f"{limited.http}/v1/models/toy:predict",
                       json={"instances": toy_rows(2).tolist()}).status_code == 200
+
+
+def test_a_web_page_cannot_use_the_loopback_server_by_another_host_or_a_simple_request(limited):
+    """Auth off, bound to loopback: a Host that is not a loopback name (DNS rebinding) is refused, and a
+    request carrying a browser Origin must send JSON as JSON (text/plain needs no CORS preflight)."""
+    port = limited.http.rsplit(":", 1)[1]
+    url = f"{limited.http}/v1/models/toy:predict"
+    body = json.dumps({"instances": toy_rows(1).tolist()})
+    rebound = httpx.post(url, content=body, headers={"host": f"attacker.example:{port}"})
+    assert rebound.status_code == 400 and "'attacker.example' is not served here" in rebound.json()["error"]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}"):
+        assert httpx.get(f"{limited.http}/v2/health/live", headers={"host": host}).status_code == 200
+    page = {"origin": "https://attacker.example"}
+    for path in ("/v1/models/toy:predict", "/v2/models/toy/infer"):
+        payload = body if path.startswith("/v1") else json.dumps(v2_request(toy_rows(1)))
+        simple = httpx.post(f"{limited.http}{path}", content=payload, headers=page | {"content-type": "text/plain"})
+        assert simple.status_code == 415 and "application/json" in simple.json()["error"]
+        as_json = httpx.post(f"{limited.http}{path}", content=payload,
+                             headers=page | {"content-type": "application/json"})
+        assert as_json.status_code == 200 and "access-control-allow-origin" not in as_json.headers
+    # Not a browser (no Origin): Triton's rule stays, a body without the binary header is JSON.
+    assert httpx.post(url, content=body, headers={"content-type": "text/plain"}).status_code == 200
