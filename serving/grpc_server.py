@@ -20,6 +20,7 @@ from concurrent import futures
 from typing import Any
 
 from grpc import StatusCode, aio
+from google.protobuf.message import DecodeError
 from grpc_interceptor import AsyncServerInterceptor
 from kserve.errors import ModelNotReady
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
@@ -95,6 +96,23 @@ class StatusInterceptor(ExceptionToStatusInterceptor):
         await super().handle_exception(ex, request_or_iterator, context, method_name)
 
 
+class MalformedMessageFilter(logging.Filter):
+    """gRPC logs a full traceback for every request it cannot deserialize (before any interceptor, so before
+    auth: anyone can fill the log). This filter, on gRPC's own logger, turns each into one warning line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, DecodeError):
+            return True
+        logger.warning("malformed gRPC message refused (%s)", str(error).splitlines()[0] if str(error) else
+                       type(error).__name__)
+        return False
+
+
+GRPC_LOGGER = "grpc._cython.cygrpc"
+"""The logger gRPC's asyncio server reports a request it could not deserialize on."""
+
+
 class PillarsServicer(InferenceServicer):
     """KServe's servicer without the repository methods, with edge checks, versions and real readiness."""
 
@@ -145,6 +163,9 @@ class PillarsGRPCServer(GRPCServer):
         self._auth = auth
 
     async def start(self, max_workers: int) -> None:
+        grpc_log = logging.getLogger(GRPC_LOGGER)
+        if not any(isinstance(f, MalformedMessageFilter) for f in grpc_log.filters):
+            grpc_log.addFilter(MalformedMessageFilter())
         interceptors: list[aio.ServerInterceptor] = [MetricsInterceptor(self._versions)]
         if self._auth is not None:
             interceptors.append(AuthInterceptor(self._auth))
