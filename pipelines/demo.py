@@ -20,6 +20,9 @@ def run_demo(task: str = "breast_cancer", epochs: int = 30, serve: bool = True, 
     ``package.module:attribute``), show the registry, then serve the champion and query it."""
     from pillars.pipelines.progress import log_path, run_reported
     from pillars.pipelines.training import training_pipeline
+    from pillars.serving.storage import quiet_mlflow_downloads
+
+    quiet_mlflow_downloads()  # the champion's input example is downloaded for the query: no progress bars
 
     started = time.monotonic()
     log = log_path(Settings().resolved_home(), "demo")

@@ -70,6 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reload_interval_s", type=float, default=env.reload_interval_s,
                         help="with models:/NAME@ALIAS: check the alias every N s and swap in a new version "
                              "(0: off)")
+    parser.add_argument("--max_connections", type=int, default=env.max_connections,
+                        help="most open client connections per server (kept below ulimit -n; at the cap the "
+                             "oldest idle HTTP connection is closed)")
+    parser.add_argument("--header_timeout_s", type=float, default=env.header_timeout_s,
+                        help="seconds a new connection has to send its request head (gRPC: the handshake)")
+    parser.add_argument("--grpc_idle_timeout_s", type=float, default=env.grpc_idle_timeout_s,
+                        help="seconds an idle gRPC connection stays open")
+    parser.add_argument("--allowed_hosts", type=lambda v: [h for h in v.split(",") if h.strip()],
+                        default=env.allowed_hosts,
+                        help="comma-separated host names a request's Host header may name (*: any; default: "
+                             "the loopback names when --host is loopback, any otherwise)")
     parser.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="level of the serving logger (DEBUG: one line per request)")
     return parser
@@ -119,18 +130,24 @@ def main(argv: list[str] | None = None) -> int:
             cpu_threads=args.cpu_threads, max_body_bytes=args.max_body_bytes, device=args.device,
             drift=args.drift, drift_method=args.drift_method, drift_threshold=args.drift_threshold,
             drift_share=args.drift_share, drift_window=args.drift_window, drift_min_rows=args.drift_min_rows,
-            drift_interval_s=args.drift_interval_s, reload_interval_s=args.reload_interval_s)
+            drift_interval_s=args.drift_interval_s, reload_interval_s=args.reload_interval_s,
+            max_connections=args.max_connections, header_timeout_s=args.header_timeout_s,
+            grpc_idle_timeout_s=args.grpc_idle_timeout_s, allowed_hosts=args.allowed_hosts)
         auth = load_auth(settings.auth_token_file, settings.auth_token)
         if settings.model_uri.startswith(("models:/", "runs:/")):
             configure_tracking(create=False)  # the registry every command finds: MLFLOW_TRACKING_URI or ./.pillars
         model = PillarsModel(args.model_name or default_model_name(settings.model_uri), settings)
         model.load()
     except (PillarsError, ValueError) as e:
-        logger.error("cannot serve: %s", e)
+        from pillars.serving.model import whole_message
+
+        logger.error("cannot serve: %s", whole_message(e))  # one line: `pillars demo` shows the log's last lines
         return 2
     logger.info("model ready %.3f seconds after the imports", time.perf_counter() - imported)
     server = PillarsModelServer(
         host=settings.host, max_body_bytes=settings.max_body_bytes, auth=auth, metrics_open=settings.metrics_open,
+        max_connections=settings.max_connections, header_timeout_s=settings.header_timeout_s,
+        grpc_idle_timeout_s=settings.grpc_idle_timeout_s, allowed_hosts=settings.allowed_hosts,
         enable_grpc=args.enable_grpc,
         http_port=args.http_port, grpc_port=args.grpc_port, max_threads=args.max_threads,
         max_asyncio_workers=args.max_asyncio_workers, enable_docs_url=args.enable_docs_url,

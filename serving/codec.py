@@ -326,13 +326,11 @@ def decode_v1(payload: Any, signature: Signature, max_rows: int) -> Batch:
         raise TooManyRows(f'"instances" has {len(instances)} rows; at most {max_rows} rows per request '
                           "are accepted (--max_rows)")
     specs = signature.inputs
-    by_name = all(isinstance(row, dict) for row in instances)
-    if len(specs) == 1 and not (by_name and not specs[0].labels):
+    if len(specs) == 1:
         spec = specs[0]
-        if by_name:
-            instances = [_row_from_mapping(row, spec.labels, i) for i, row in enumerate(instances)]
-        return Batch({spec.name: _v1_input(spec, instances)}, "v1")
-    if not by_name:
+        rows = [_v1_single(row, spec, i) for i, row in enumerate(instances)]
+        return Batch({spec.name: _v1_input(spec, rows)}, "v1")
+    if not all(isinstance(row, dict) for row in instances):
         raise InvalidInput(f"each instance must be an object keyed by input name ({[s.name for s in specs]})")
     known = {s.name for s in specs}
     for i, row in enumerate(instances):
@@ -348,8 +346,31 @@ def decode_v1(payload: Any, signature: Signature, max_rows: int) -> Batch:
             first = next(i for i, row in enumerate(instances) if spec.name not in row)
             rule = "; an optional input is given in every instance or in none" if spec.optional else ""
             raise InvalidInput(f"input {spec.name!r} is missing in instance {first}{rule}")
-        inputs[spec.name] = _v1_input(spec, [row[spec.name] for row in instances])
+        inputs[spec.name] = _v1_input(spec, [_labelled(row[spec.name], spec, i) for i, row in enumerate(instances)])
     return Batch(inputs, "v1")
+
+
+def _v1_single(row: Any, spec: TensorSpec, index: int) -> Any:
+    """One instance of a single-input model: the value itself, an object keyed by the input's name, or
+    (for a table) an object keyed by its ``labels``."""
+    if not isinstance(row, dict):
+        return row
+    if set(row) == {spec.name} and spec.name not in spec.labels:
+        return _labelled(row[spec.name], spec, index)
+    if spec.labels:
+        return _row_from_mapping(row, spec.labels, index)
+    raise InvalidInput(f"instance {index} has unknown input(s) {sorted(set(row) - {spec.name})[:5]}; this model "
+                       f"takes one input {spec.name!r}: send its value, or an object keyed by {spec.name!r}")
+
+
+def _labelled(value: Any, spec: TensorSpec, index: int) -> Any:
+    """An input's value; an object keyed by the input's ``labels`` becomes the row in label order."""
+    if isinstance(value, dict):
+        if not spec.labels:
+            raise InvalidInput(f"input {spec.name!r} in instance {index} is an object; it takes a "
+                               f"{'string' if spec.datatype == 'BYTES' else 'number or list of numbers'}")
+        return _row_from_mapping(value, spec.labels, index, spec.name)
+    return value
 
 
 def _v1_input(spec: TensorSpec, values: list[Any]) -> np.ndarray:
@@ -358,15 +379,23 @@ def _v1_input(spec: TensorSpec, values: list[Any]) -> np.ndarray:
         try:
             array = np.asarray(values, dtype=object)
         except ValueError as e:
-            raise InvalidInput(f"input {name!r}: instances must be a rectangular list of strings: {e}") from e
+            raise InvalidInput(f"input {name!r}: instances have different lengths (shapes); a V1 batch is one "
+                               "array: pad to one length or send one instance per request") from e
         dims = list(array.shape[1:])
         instance = instance_shape(name, spec, dims, array.shape)
         return as_input(name, spec, strings(_declared(name, spec, array.shape, instance, "BYTES"),
                                              array.reshape(-1).tolist()), len(array), instance)
     try:
         array = np.asarray(values)
-    except (ValueError, TypeError, OverflowError) as e:
-        raise InvalidInput(f"input {name!r}: instances must be a rectangular list of numbers: {e}") from e
+    except ValueError as e:
+        if "inhomogeneous" not in str(e):
+            raise InvalidInput(f"input {name!r}: instances must be a rectangular list of numbers"
+                               f"{first_non_number(values)}") from e
+        raise InvalidInput(f"input {name!r}: instances have different lengths (shapes); a V1 batch is one "
+                           "array: pad to one length or send one instance per request") from e
+    except (TypeError, OverflowError) as e:
+        raise InvalidInput(f"input {name!r}: instances must be a rectangular list of numbers"
+                           f"{first_non_number(values)}") from e
     kinds = "iuf" if spec.datatype in FLOATS else "iu" if spec.datatype in INTEGERS else "b"
     if array.dtype.kind not in kinds:
         what = "integers" if kinds == "iu" else "booleans" if kinds == "b" else "numbers"
@@ -383,21 +412,70 @@ def _declared(name: str, spec: TensorSpec, shape: Sequence[int], instance: tuple
     return Declared(name, spec, list(shape), instance, datatype)
 
 
-def _row_from_mapping(row: dict[str, Any], labels: Sequence[str], index: int) -> list[Any]:
+def _row_from_mapping(row: dict[str, Any], labels: Sequence[str], index: int, name: str = "") -> list[Any]:
+    """A table's row from an object keyed by its feature names, in label order."""
+    where = f"input {name!r} in instance {index}" if name else f"instance {index}"
     missing = [f for f in labels if f not in row]
     if missing:
-        raise InvalidInput(f"instance {index} lacks feature(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        raise InvalidInput(f"{where} lacks feature(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}; "
+                           f"the features are {list(labels[:10])}{' ...' if len(labels) > 10 else ''}")
     extra = sorted(set(row) - set(labels))
     if extra:
-        raise InvalidInput(f"instance {index} has unknown feature(s) {extra[:5]}")
+        raise InvalidInput(f"{where} has unknown feature(s) {extra[:5]}; the features are "
+                           f"{list(labels[:10])}{' ...' if len(labels) > 10 else ''}")
     return [row[f] for f in labels]
 
 
 # ---- outputs ----------------------------------------------------------------------------------------
 
-def tensor_metadata(specs: Sequence[TensorSpec]) -> list[dict[str, Any]]:
-    """Tensors as V2 model metadata lists them (``shape`` with the batch axis ``-1`` in front)."""
-    return [spec.to_dict() for spec in specs]
+def tensor_metadata(specs: Sequence[TensorSpec], inputs: bool = True) -> list[dict[str, Any]]:
+    """Tensors as V2 model metadata lists them: ``shape`` with the batch axis ``-1`` in front and, for
+    inputs, ``parameters`` (:func:`tensor_parameters`) so a client can build a valid request from them alone."""
+    return [spec.to_dict() | ({"parameters": tensor_parameters(spec)} if inputs else {}) for spec in specs]
+
+
+def tensor_parameters(spec: TensorSpec) -> dict[str, Any]:
+    """What the shape and datatype of an input do not say: ``optional``; ``max_length``, the longest a
+    ``-1`` dimension may be; ``max_bytes``, the longest one ``BYTES`` element may be."""
+    parameters: dict[str, Any] = {"optional": spec.optional}
+    if -1 in spec.shape:
+        parameters["max_length"] = spec.max_length
+    if spec.datatype == "BYTES":
+        parameters["max_bytes"] = spec.max_bytes
+    return parameters
+
+
+def grpc_tensor_metadata(tensor: dict[str, Any]) -> pb.ModelMetadataResponse.TensorMetadata:
+    """One tensor of :func:`tensor_metadata` as gRPC ``TensorMetadata``, its ``parameters`` in field 4.
+
+    KServe's proto has no ``parameters`` on ``TensorMetadata``; MLServer's does (``map<string,
+    InferParameter> parameters = 4``). The entries are written as that field: MLServer's clients read them,
+    KServe's keep them as an unknown field (and re-serialize them unchanged).
+    """
+    message = pb.ModelMetadataResponse.TensorMetadata(name=tensor["name"], datatype=tensor["datatype"],
+                                                      shape=tensor["shape"])
+    extra = bytearray()
+    for key, value in tensor.get("parameters", {}).items():
+        param = (pb.InferParameter(bool_param=value) if isinstance(value, bool) else
+                 pb.InferParameter(int64_param=value) if isinstance(value, int) else
+                 pb.InferParameter(string_param=str(value))).SerializeToString()
+        entry = _length_delimited(1, key.encode()) + _length_delimited(2, param)
+        extra += _length_delimited(4, entry)
+    message.MergeFromString(bytes(extra))
+    return message
+
+
+def _length_delimited(field_number: int, payload: bytes) -> bytes:
+    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
 
 
 def encode_v2(batch: Batch, outputs: dict[str, np.ndarray], signature: Signature, model_name: str,

@@ -20,6 +20,7 @@ from concurrent import futures
 from typing import Any
 
 from grpc import StatusCode, aio
+from google.protobuf.message import DecodeError
 from grpc_interceptor import AsyncServerInterceptor
 from kserve.errors import ModelNotReady
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
@@ -95,6 +96,23 @@ class StatusInterceptor(ExceptionToStatusInterceptor):
         await super().handle_exception(ex, request_or_iterator, context, method_name)
 
 
+class MalformedMessageFilter(logging.Filter):
+    """gRPC logs a full traceback for every request it cannot deserialize (before any interceptor, so before
+    auth: anyone can fill the log). This filter, on gRPC's own logger, turns each into one warning line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, DecodeError):
+            return True
+        logger.warning("malformed gRPC message refused (%s)", str(error).splitlines()[0] if str(error) else
+                       type(error).__name__)
+        return False
+
+
+GRPC_LOGGER = "grpc._cython.cygrpc"
+"""The logger gRPC's asyncio server reports a request it could not deserialize on."""
+
+
 class PillarsServicer(InferenceServicer):
     """KServe's servicer without the repository methods, with edge checks, versions and real readiness."""
 
@@ -110,8 +128,9 @@ class PillarsServicer(InferenceServicer):
         model = served_model(self._data_plane, request.name, request.version or None)
         metadata = await self._data_plane.model_metadata(model_name=model.name)
         return pb.ModelMetadataResponse(name=metadata["name"], versions=[model.version],
-                                        platform=metadata["platform"], inputs=metadata["inputs"],
-                                        outputs=metadata["outputs"])
+                                        platform=metadata["platform"],
+                                        inputs=[codec.grpc_tensor_metadata(t) for t in metadata["inputs"]],
+                                        outputs=[codec.grpc_tensor_metadata(t) for t in metadata["outputs"]])
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         model = served_model(self._data_plane, request.model_name, request.model_version or None)
@@ -134,14 +153,19 @@ class PillarsGRPCServer(GRPCServer):
     """KServe's gRPC server with our servicer, auth, request metrics, a message-size limit and a host."""
 
     def __init__(self, *args: Any, host: str, versions: dict[str, str], max_message_bytes: int,
-                 auth: TokenAuth | None = None, **kwargs: Any) -> None:
+                 auth: TokenAuth | None = None, connection_options: list[tuple[str, int]] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._connection_options = connection_options or []
         self._host = host
         self._versions = versions
         self._max_message_bytes = max_message_bytes
         self._auth = auth
 
     async def start(self, max_workers: int) -> None:
+        grpc_log = logging.getLogger(GRPC_LOGGER)
+        if not any(isinstance(f, MalformedMessageFilter) for f in grpc_log.filters):
+            grpc_log.addFilter(MalformedMessageFilter())
         interceptors: list[aio.ServerInterceptor] = [MetricsInterceptor(self._versions)]
         if self._auth is not None:
             interceptors.append(AuthInterceptor(self._auth))
@@ -152,6 +176,7 @@ class PillarsGRPCServer(GRPCServer):
             options=[
                 ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length", -1)),
                 ("grpc.max_receive_message_length", self._max_message_bytes),
+                *self._connection_options,
             ],
         )
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(

@@ -18,6 +18,7 @@ import orjson
 
 from pillars.serving import metrics
 from pillars.serving.auth import TokenAuth, http_path_is_open
+from pillars.serving.origins import browser_body_refused, host_name
 
 logger = logging.getLogger("pillars.serving")
 
@@ -51,13 +52,18 @@ class ServingMiddleware:
         max_body_bytes: larger request bodies are answered 413 before the app reads them.
         auth: the token check, or None when auth is off.
         metrics_open: serve ``/metrics`` without the token even when auth is on.
+        v1_body_limits: per model name, the longest V1 JSON body a request within ``max_rows`` can need.
+        hosts: the host names a request's ``Host`` may name (None: any); see :mod:`pillars.serving.origins`.
     """
 
     def __init__(self, app: ASGIApp, versions: dict[str, str], max_body_bytes: int,
-                 auth: TokenAuth | None = None, metrics_open: bool = False) -> None:
+                 auth: TokenAuth | None = None, metrics_open: bool = False,
+                 v1_body_limits: dict[str, int] | None = None, hosts: frozenset[str] | None = None) -> None:
         self.app = app
+        self.hosts = hosts
         self.versions = versions
         self.max_body_bytes = max_body_bytes
+        self.v1_body_limits = v1_body_limits or {}
         self.auth = auth
         self.metrics_open = metrics_open
 
@@ -77,22 +83,31 @@ class ServingMiddleware:
 
         try:
             headers = _headers(scope)
+            if self.hosts is not None and host_name(headers.get(b"host")) not in self.hosts:
+                await _error(send_tracked, 400, f"host {host_name(headers.get(b'host'))!r} is not served here "
+                             f"(allowed: {', '.join(sorted(self.hosts))}; --allowed_hosts)")
+                return
+            if route is not None and scope["method"] == "POST" and browser_body_refused(headers):
+                await _error(send_tracked, 415, "a request from a web page (with Origin) must send "
+                             "Content-Type: application/json (or the binary extension as application/octet-stream)")
+                return
             if self.auth is not None and not http_path_is_open(path, self.metrics_open) \
                     and not self.auth.accepts(headers.get(b"authorization")):
                 await _error(send_tracked, 401, "missing or invalid bearer token",
                              [(b"www-authenticate", b'Bearer realm="pillars"')])
                 return
             length = headers.get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            limit = self._body_limit(route)
+            if length is not None and (not length.isdigit() or int(length) > limit):
                 status = 413 if length.isdigit() else 400
-                await _error(send_tracked, status, _too_large(self.max_body_bytes) if status == 413
+                await _error(send_tracked, status, _too_large(limit) if status == 413
                              else "invalid Content-Length header")
                 return
             if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
                 # A chunked body: read it here, within the limit, and replay it to the app.
-                body = await self._read_limited(receive)
+                body = await self._read_limited(receive, limit)
                 if body is None:
-                    await _error(send_tracked, 413, _too_large(self.max_body_bytes))
+                    await _error(send_tracked, 413, _too_large(limit))
                     return
                 state["bytes"] = len(body)
                 receive = _replay(body, receive)
@@ -107,8 +122,15 @@ class ServingMiddleware:
             if route is not None:
                 self._record(route, state["status"] or 500, time.perf_counter() - started, state["bytes"])
 
-    async def _read_limited(self, receive: Receive) -> bytes | None:
-        """The whole request body, or None as soon as it exceeds the limit."""
+    def _body_limit(self, route: tuple[str, str] | None) -> int:
+        """The body limit of a request: ``max_body_bytes``, and for V1 inference (a JSON body KServe parses
+        whole, on the event loop) also the longest JSON any request within ``max_rows`` can need, as V2."""
+        if route is not None and route[0] == "v1" and route[1] in self.v1_body_limits:
+            return min(self.max_body_bytes, self.v1_body_limits[route[1]])
+        return self.max_body_bytes
+
+    async def _read_limited(self, receive: Receive, limit: int) -> bytes | None:
+        """The whole request body, or None as soon as it exceeds ``limit``."""
         parts, size = [], 0
         while True:
             message = await receive()
@@ -116,7 +138,7 @@ class ServingMiddleware:
                 return b"".join(parts)
             parts.append(message.get("body", b""))
             size += len(parts[-1])
-            if size > self.max_body_bytes:
+            if size > limit:
                 return None
             if not message.get("more_body", False):
                 return b"".join(parts)

@@ -51,7 +51,14 @@ from pillars.serving.batching import Batcher, Outputs
 from pillars.serving.drift import DriftConfig, DriftMonitor
 from pillars.serving.errors import NonFiniteOutput, ServingError, VersionNotFound
 from pillars.serving.settings import ServingSettings
-from pillars.serving.storage import ModelSource, discard, is_alias_uri, registry_version, resolve_model
+from pillars.serving.storage import (
+    ModelSource,
+    discard,
+    is_alias_uri,
+    registry_version,
+    remove_stale_downloads,
+    resolve_model,
+)
 from pillars.serving.tensors import WIRE_DTYPES
 
 logger = logging.getLogger("pillars.serving")
@@ -125,15 +132,14 @@ class PillarsModel(Model):
         if self.settings.cpu_threads and device.type == "cpu":
             torch.set_num_threads(self.settings.cpu_threads)
         model_dir = str(self.settings.model_dir) if self.settings.model_dir else None
+        remove_stale_downloads()
         self.source = resolve_model(self.settings.model_uri, model_dir)
         self.version = self.source.version
-        # One thread budget for either runtime: --cpu_threads sizes torch and an ONNX variant's session alike.
-        self.predictor = load_predictor(self.source.directory, device=device, onnx_threads=self._onnx_threads())
-        self._active = _Active(self.predictor, None)
-        self.batcher = Batcher(self._forward, self.settings.max_batch_size, self.settings.max_latency_ms,
-                               on_batch=self._observe_batch, max_queued_rows=self.settings.max_queued_rows,
-                               isolate=(InputError,))
-        self._warm_up(self.predictor, self.batcher.run_sync)  # before the drift monitor exists: not traffic
+        try:
+            self._load_and_warm_up(device)
+        except BaseException:
+            discard(self.source)  # a model that cannot be served leaves no copy behind
+            raise
         self._active = _Active(self.predictor, self._drift_monitor(self.source, self.predictor))
         metrics.DRIFT.register_model(self.name, self.version, self.drift)
         self.ready = True
@@ -143,6 +149,30 @@ class PillarsModel(Model):
                     f"by {self.drift.method}" if self.drift else "off")
         self._follow_alias()
         return self.ready
+
+    def _load_and_warm_up(self, device: torch.device) -> None:
+        """Load the predictor of ``self.source`` and run a warm-up batch through a new batcher.
+
+        Raises:
+            ConfigError: the model cannot be read, or cannot run a placeholder batch (its whole message on
+                one line, and what to do).
+        """
+        assert self.source is not None
+        # One thread budget for either runtime: --cpu_threads sizes torch and an ONNX variant's session alike.
+        self.predictor = load_predictor(self.source.directory, device=device, onnx_threads=self._onnx_threads())
+        self._active = _Active(self.predictor, None)
+        self.batcher = Batcher(self._forward, self.settings.max_batch_size, self.settings.max_latency_ms,
+                               on_batch=self._observe_batch, max_queued_rows=self.settings.max_queued_rows,
+                               isolate=(InputError,))
+        try:  # before the drift monitor exists: not traffic
+            self._warm_up(self.predictor, self.batcher.run_sync)
+        except Exception as e:
+            self.batcher.close()
+            raise ConfigError(f"model {self.name} version {self.version} loads but cannot run a batch of "
+                              f"placeholder inputs ({describe_inputs(self.signature.inputs)}; -1 dimensions "
+                              f"{WARM_UP_LENGTH} long): {type(e).__name__}: {whole_message(e)}; check that the "
+                              "task's signature matches what its network takes (export an optimised variant "
+                              "again, or serve the PyTorch version)") from e
 
     async def healthy(self) -> bool:
         """Loaded and answering: ready, with a batcher that has not been closed (KServe's readiness hook)."""
@@ -155,6 +185,8 @@ class PillarsModel(Model):
             self.drift.stop()
         if self.batcher is not None:
             self.batcher.close()
+        if self.source is not None:
+            discard(self.source)  # the downloaded copy, if any
         super().stop()
 
     def reload_if_moved(self) -> bool:
@@ -237,7 +269,7 @@ class PillarsModel(Model):
         return codec.tensor_metadata(self.signature.inputs)
 
     def get_output_types(self) -> list[dict[str, Any]]:
-        return codec.tensor_metadata(self.signature.outputs)
+        return codec.tensor_metadata(self.signature.outputs, inputs=False)
 
     async def preprocess(self, payload: dict[str, Any] | codec.Batch,
                          headers: dict[str, str] | None = None) -> codec.Batch:
@@ -352,13 +384,23 @@ class PillarsModel(Model):
         metrics.INFERENCE_SECONDS.labels(self.name).observe(seconds)
 
 
+WARM_UP_LENGTH = 16
+"""How long the ``-1`` dimensions of the warm-up batch are (at most each input's ``max_length``)."""
+
+
+def whole_message(error: BaseException) -> str:
+    """Every line of an error's message on one line (ONNX Runtime puts the reason on its second line)."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+
+
 def placeholder_inputs(signature: Signature, rows: int) -> dict[str, np.ndarray]:
-    """Zeros (numbers) or ``"warm-up"`` (strings) for every required input; ``-1`` dimensions 16 long."""
+    """Zeros (numbers) or ``"warm-up"`` (strings) for every required input; ``-1`` dimensions
+    :data:`WARM_UP_LENGTH` long."""
     inputs = {}
     for spec in signature.inputs:
         if spec.optional:
             continue
-        shape = (rows, *(min(spec.max_length, 16) if d == -1 else d for d in spec.shape))
+        shape = (rows, *(min(spec.max_length, WARM_UP_LENGTH) if d == -1 else d for d in spec.shape))
         inputs[spec.name] = (np.full(shape, "warm-up") if spec.datatype == "BYTES"
                              else np.zeros(shape, dtype=np.dtype(WIRE_DTYPES[spec.datatype])))
     return inputs

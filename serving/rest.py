@@ -16,6 +16,7 @@ Compared with KServe's own REST server:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -150,12 +151,19 @@ class PillarsRESTServer(RESTServer):
 
     Args:
         host: the address to listen on (``127.0.0.1`` by default, ``0.0.0.0`` in the container image).
+        protocol: uvicorn's HTTP protocol class to use (one that bounds connections), else uvicorn's choice.
+        backlog: the listen backlog (also the most connections asyncio accepts in one go).
         **kwargs: passed to :class:`kserve.protocol.rest.server.RESTServer`.
     """
 
-    def __init__(self, *args: Any, host: str, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, host: str, protocol: type[asyncio.Protocol] | None = None,
+                 backlog: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.config.host = host
+        if protocol is not None:  # bounded connections (pillars.serving.connections)
+            self.config.http = protocol
+        if backlog is not None:
+            self.config.backlog = backlog
 
     def _register_endpoints(self, app: fastapi.FastAPI) -> None:
         root = APIRouter()

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from kserve import ModelServer
 from kserve import model_server as kserve_model_server
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
 
-from pillars.serving import codec
+from pillars.serving import codec, origins
 from pillars.serving.auth import TokenAuth
+from pillars.serving.connections import connection_budget, grpc_options, guarded_http_protocol
 from pillars.serving.grpc_server import PillarsGRPCServer
 from pillars.serving.middleware import ServingMiddleware
 from pillars.serving.model import PillarsModel
@@ -30,12 +32,22 @@ class PillarsModelServer(ModelServer):
         auth: bearer-token check, or None for no auth.
         metrics_open: serve ``/metrics`` without the token even when auth is on.
         enable_grpc: start the gRPC server on ``grpc_port``.
+        max_connections: most connections per server (lowered below the descriptor limit).
+        header_timeout_s: seconds a new connection has to send its request head (gRPC: the handshake).
+        grpc_idle_timeout_s: seconds an idle gRPC connection stays open.
+        allowed_hosts: host names a request's ``Host`` may name (:func:`pillars.serving.origins.allowed_hosts`).
         **kwargs: passed to :class:`kserve.ModelServer` (ports, threads, logging flags); one worker only.
     """
 
     def __init__(self, max_body_bytes: int, host: str = LOOPBACK, auth: TokenAuth | None = None,
-                 metrics_open: bool = False, enable_grpc: bool = True, **kwargs: Any) -> None:
+                 metrics_open: bool = False, enable_grpc: bool = True, max_connections: int = 1000,
+                 header_timeout_s: float = 10.0, grpc_idle_timeout_s: float = 300.0,
+                 allowed_hosts: Sequence[str] = (), **kwargs: Any) -> None:
         super().__init__(enable_grpc=False, **kwargs)  # we start our own gRPC server instead
+        self._hosts = origins.allowed_hosts(allowed_hosts, host)
+        self._max_connections, self._backlog = connection_budget(max_connections, servers=2 if enable_grpc else 1)
+        self._header_timeout_s = header_timeout_s
+        self._grpc_idle_timeout_s = grpc_idle_timeout_s
         self._serve_grpc = enable_grpc
         self._host = host
         self._max_body_bytes = max_body_bytes
@@ -54,13 +66,16 @@ class PillarsModelServer(ModelServer):
             model.version_listeners.append(versions.__setitem__)
         kserve_model_server.app.add_middleware(
             ServingMiddleware, versions=versions, max_body_bytes=self._max_body_bytes, auth=self._auth,
-            metrics_open=self._metrics_open)
+            metrics_open=self._metrics_open,
+            v1_body_limits={m.name: codec.json_body_limit(m.signature, m.settings.max_rows) for m in models},
+            hosts=self._hosts)
         self._rest_server = PillarsRESTServer(
             FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension, self.http_port,
             host=self._host, access_log_format=self.access_log_format, workers=1,
             grace_period=self.grace_period, event_loop=self.event_loop,
             timeout_keep_alive=self.timeout_keep_alive, ssl_certfile=self.ssl_certfile,
-            ssl_keyfile=self.ssl_keyfile)
+            ssl_keyfile=self.ssl_keyfile,
+            protocol=guarded_http_protocol(self._max_connections, self._header_timeout_s), backlog=self._backlog)
         self.servers.append(self._rest_server.start())
         if self._serve_grpc:
             # No request within max_rows is larger: gRPC refuses bigger messages before parsing them.
@@ -69,12 +84,14 @@ class PillarsModelServer(ModelServer):
             self._grpc_server = PillarsGRPCServer(
                 self.grpc_port, self.dataplane, self.model_repository_extension,
                 kwargs=vars(kserve_model_server.args), grace_period=self.grace_period, host=self._host,
-                versions=versions, max_message_bytes=message_limit, auth=self._auth)
+                versions=versions, max_message_bytes=message_limit, auth=self._auth,
+                connection_options=grpc_options(self._max_connections, self._header_timeout_s,
+                                                self._grpc_idle_timeout_s))
             self.servers.append(self._grpc_server.start(self.max_threads))
-        logger.info("serving %s on http://%s:%d%s (auth %s, /metrics %s)", ", ".join(versions), self._host,
-                    self.http_port, f" and gRPC port {self.grpc_port}" if self._serve_grpc else "",
-                    "on" if self._auth else "off",
-                    "open" if self._metrics_open or not self._auth else "behind the token")
+        logger.info("serving %s on http://%s:%d%s (auth %s, /metrics %s, at most %d connections per server)",
+                    ", ".join(versions), self._host, self.http_port,
+                    f" and gRPC port {self.grpc_port}" if self._serve_grpc else "", "on" if self._auth else "off",
+                    "open" if self._metrics_open or not self._auth else "behind the token", self._max_connections)
         self.setup_event_loop()
         self.register_signal_handler()
         asyncio.run(self._serve())

@@ -95,3 +95,19 @@ class ServingSettings(BaseSettings):
     reload_interval_s: float = Field(default=0.0, ge=0.0)
     """For ``models:/NAME@ALIAS``: check every this many seconds which version the alias points to, and load
     and swap in a new one when it moves (0: off, the model is fixed for the life of the process)."""
+
+    max_connections: int = Field(default=1000, ge=1)
+    """Most open client connections per server (HTTP, and gRPC), lowered to stay below the soft descriptor
+    limit (``ulimit -n``). At the cap, HTTP closes its oldest idle connection to make room, so idle sockets
+    cannot lock health probes out."""
+
+    header_timeout_s: float = Field(default=10.0, gt=0.0)
+    """Seconds a new connection has to send a whole request head (HTTP) or finish the HTTP/2 handshake (gRPC)
+    before it is closed (silent or slow clients). Between requests, HTTP's ``--timeout_keep_alive`` applies."""
+
+    grpc_idle_timeout_s: float = Field(default=300.0, gt=0.0)
+    """Seconds a gRPC connection with no call in flight stays open (clients reconnect transparently)."""
+
+    allowed_hosts: list[str] = Field(default_factory=list)
+    """Host names a request's ``Host`` header may name (``*``: any). Empty: the loopback names when ``host``
+    is loopback (no web page can reach the server through a DNS name of its own), any host otherwise."""

@@ -21,6 +21,10 @@ from pillars.components.references import SCHEME, ModelRef
 
 logger = logging.getLogger("pillars.serving")
 
+DOWNLOAD_PREFIX = "pillars-model-"
+"""Temporary folders holding a downloaded model are ``pillars-model-<PID>-<random>`` (in the temp folder):
+removed when the model is replaced or the server stops, and, when their process is gone, at the next start."""
+
 
 @dataclass(frozen=True)
 class ModelSource:
@@ -35,6 +39,46 @@ class ModelSource:
 def is_alias_uri(model_uri: str) -> bool:
     """``models:/NAME@ALIAS``: a registry alias, which can move to another version while we serve."""
     return model_uri.startswith(SCHEME) and ModelRef.parse(model_uri).is_alias
+
+
+def new_download_folder() -> Path:
+    """A new temporary folder for one download, named for this process (see :data:`DOWNLOAD_PREFIX`)."""
+    return Path(tempfile.mkdtemp(prefix=f"{DOWNLOAD_PREFIX}{os.getpid()}-"))
+
+
+def remove_stale_downloads(root: str | Path | None = None) -> list[Path]:
+    """Remove the download folders left in ``root`` (the temp folder) by model servers no longer running
+    (killed before they could clean up). Only ours: ``pillars-model-<PID>-...`` of a PID that is not alive.
+
+    Returns:
+        The folders removed.
+    """
+    removed = []
+    for path in Path(root or tempfile.gettempdir()).glob(f"{DOWNLOAD_PREFIX}*-*"):
+        pid = path.name[len(DOWNLOAD_PREFIX):].split("-", 1)[0]
+        if path.is_dir() and not path.is_symlink() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if removed:
+        logger.info("removed %d model download(s) left by stopped servers: %s", len(removed),
+                    ", ".join(p.name for p in removed[:5]))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def quiet_mlflow_downloads() -> None:
+    """No "Downloading artifacts" progress bars from MLflow in this process (a server's log, or a command's
+    output, is one line per event); a user who set ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` keeps theirs."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def discard(source: ModelSource) -> None:
@@ -92,10 +136,11 @@ def _from_mlflow(model_uri: str) -> ModelSource:
         ref = ModelRef.parse(model_uri)
         version = registry_version(ref)
         download_uri = ref.pinned(version).uri  # the alias cannot move under us mid-download
-    target = tempfile.mkdtemp(prefix="pillars-model-")
+    quiet_mlflow_downloads()
+    target = new_download_folder()
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=download_uri, dst_path=target)
-        return ModelSource(locate_model_dir(local), version, model_uri, Path(target))
+        local = mlflow.artifacts.download_artifacts(artifact_uri=download_uri, dst_path=str(target))
+        return ModelSource(locate_model_dir(local), version, model_uri, target)
     except (MlflowException, OSError) as e:
         shutil.rmtree(target, ignore_errors=True)
         raise ConfigError(f"cannot download {model_uri} from {mlflow.get_tracking_uri()}: {e}") from e
@@ -132,7 +177,7 @@ def _from_s3(uri: str) -> Path:
     if not bucket:
         raise ConfigError(f"{uri} names no bucket: use s3://BUCKET/FOLDER")
     endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or None
-    target = Path(tempfile.mkdtemp(prefix="pillars-model-"))
+    target = new_download_folder()
     try:
         found = _download_folder(boto3.client("s3", endpoint_url=endpoint), bucket, prefix, target)
         if not found:

@@ -6,6 +6,7 @@ One server per configuration, shared by the whole session: the registry-backed c
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ class Served:
     model: str
     process: ServerProcess
     token: str | None = None
+    temp_dir: Path | None = None
+    """The server's temp folder (``TMPDIR``), when the fixture gave it one."""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -69,12 +72,22 @@ def registered_model(mlflow_server: str, tmp_path_factory: pytest.TempPathFactor
 @pytest.fixture(scope="session")
 def served(registered_model: str, mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """The registered classifier served from the registry (no auth, 1 MB body limit)."""
-    log = tmp_path_factory.mktemp("served") / "server.log"
+    root = tmp_path_factory.mktemp("served")
+    temp = root / "tmp"  # its own temp folder, holding a download left by a server killed before (a dead PID)
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    stale = temp / f"pillars-model-{finished.pid}-x1y2"
+    (stale / "model").mkdir(parents=True)
+    not_ours = temp / "pillars-model-notes"
+    not_ours.mkdir()
     server = start_server(["--model_uri", registered_model, "--max_body_bytes", str(MAX_BODY_BYTES),
                            "--max_batch_size", "64", "--max_latency_ms", "5"],
-                          log, env={"MLFLOW_TRACKING_URI": mlflow_server})
+                          root / "server.log", env={"MLFLOW_TRACKING_URI": mlflow_server, "TMPDIR": str(temp)})
+    server.temp_dir = temp
     yield server
     server.process.stop()
+    left = sorted(p.name for p in temp.iterdir() if p.name.startswith("pillars-model-"))
+    assert left == [not_ours.name], f"the stopped server left {left} in its temp folder"
 
 
 @pytest.fixture(scope="session")

@@ -70,6 +70,22 @@ def test_grpc_needs_the_token_except_for_health(served_with_auth):
     assert asyncio.run(calls((("authorization", f"Bearer {TOKEN}"),))) == [grpc.StatusCode.OK] * 3
 
 
+def test_a_malformed_grpc_message_before_auth_logs_one_line(served_with_auth):
+    """gRPC parses a message before any interceptor sees it: each unparsable one is one warning line in the
+    log (no traceback), and the client gets an error."""
+    before = served_with_auth.process.log().count("malformed gRPC message refused")
+    with grpc.insecure_channel(served_with_auth.grpc) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                   request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError) as error:
+                call(b"\xff\xff\xff\xff\x0f not a protobuf", timeout=10)
+            assert error.value.code() == grpc.StatusCode.UNKNOWN
+    log = served_with_auth.process.log()
+    assert log.count("malformed gRPC message refused") - before == 3
+    assert "Traceback" not in log and "DecodeError" not in log
+
+
 def test_debug_log_has_one_line_per_request_without_payload_or_token(served_with_auth):
     marker = 8765.4321
     body = {"inputs": [{"name": "input-0", "shape": [1, 3], "datatype": "FP32", "data": [marker, 2, 3]}]}

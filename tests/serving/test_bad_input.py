@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import grpc
 import httpx
@@ -12,6 +16,9 @@ from kserve import InferenceGRPCClient, InferInput, InferRequest
 
 from pillars.serving.demo import v2_request
 from tests.serving.conftest import MAX_BODY_BYTES
+from tests.serving.toy import make_classifier
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _v2(shape, data, datatype="FP32", name="input-0"):
@@ -48,7 +55,7 @@ def test_bad_v2_request_is_4xx_with_a_message(served, case):
 
 V1_CASES = [
     ("wrong feature count", {"instances": [[1, 2, 3]]}, "4 features"),
-    ("ragged rows", {"instances": [[1, 2, 3, 4], [1, 2]]}, "rectangular"),
+    ("ragged rows", {"instances": [[1, 2, 3, 4], [1, 2]]}, "pad to one length or send one instance per request"),
     ("empty batch", {"instances": []}, "empty batch"),
     ("no instances", {"rows": [[1, 2, 3, 4]]}, "instances"),
     ("instances not a list", {"instances": 5}, "list"),
@@ -127,3 +134,20 @@ def test_server_keeps_serving_after_bad_input_and_logs_no_payload(served):
     assert ok.status_code == 200
     assert served.process.proc.poll() is None
     assert "4321.5678" not in served.process.log() and "Traceback" not in served.process.log()
+
+
+def test_a_model_that_cannot_run_fails_to_start_with_its_whole_error_on_one_line(tmp_path):
+    """The saved signature says 5 features, the network takes 4: the warm-up batch fails, and the server
+    exits 2 with one line holding the whole message and what to do (``pillars demo`` shows the last lines)."""
+    model = make_classifier(tmp_path / "model")
+    config = json.loads((model / "config.json").read_text())
+    config["signature"]["inputs"][0] |= {"shape": [5], "labels": [f"f{i}" for i in range(5)]}
+    (model / "config.json").write_text(json.dumps(config))
+    command = [sys.executable, "-m", "pillars.serving", "--model_dir", str(model), "--no_drift"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = next(x for x in result.stderr.splitlines() if "cannot serve:" in x)
+    assert "cannot run a batch of placeholder inputs (input-0 FP32 [N, 5];" in line
+    assert "RuntimeError: shape '[8, 4]' is invalid for input of size 40" in line
+    assert "check that the task's signature" in line
+    assert "Traceback" not in result.stderr

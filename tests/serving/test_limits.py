@@ -193,3 +193,47 @@ def test_the_container_image_listens_on_every_interface_explicitly():
         cmd = next(line for line in (ROOT / dockerfile).read_text().splitlines() if line.startswith("CMD"))
         args = json.loads(cmd[len("CMD"):])
         assert args[args.index("--host") + 1] == "0.0.0.0", dockerfile
+
+
+def test_a_15_mb_v1_body_is_refused_413_before_it_is_parsed(limited):
+    rows = 15_000_000 // 26  # ~15 MB of JSON rows: far more than any 1,024-row request of 4 numbers needs
+    body = json.dumps({"instances": [[1.25, 2.5, 3.75, 4.125]] * rows}).encode()
+    assert len(body) > 14_000_000
+    started = time.perf_counter()
+    response = httpx.post(f"{limited.http}/v1/models/toy:predict", content=body,
+                          headers={"content-type": "application/json"}, timeout=60)
+    client_seconds = time.perf_counter() - started
+    assert response.status_code == 413, response.text
+    assert "larger than the limit" in response.json()["error"]
+    seconds = [float(line.rsplit("seconds=", 1)[1].split()[0]) for line in limited.process.log().splitlines()
+               if "request protocol=v1 model=toy" in line and "status=413" in line]
+    assert seconds and seconds[-1] < 0.05, seconds  # parsing it whole took ~600 ms
+    print(f"15 MB V1 body: 413 in {seconds[-1] * 1000:.2f} ms in the server, {client_seconds * 1000:.0f} ms "
+          "for the client (upload included)")
+    chunked = httpx.post(f"{limited.http}/v1/models/toy:predict", content=iter([body[:1 << 20]] * 2),
+                         headers={"content-type": "application/json"}, timeout=60)
+    assert chunked.status_code == 413  # no Content-Length: refused once the limit is passed while streaming
+    assert httpx.post(f"{limited.http}/v1/models/toy:predict",
+                      json={"instances": toy_rows(2).tolist()}).status_code == 200
+
+
+def test_a_web_page_cannot_use_the_loopback_server_by_another_host_or_a_simple_request(limited):
+    """Auth off, bound to loopback: a Host that is not a loopback name (DNS rebinding) is refused, and a
+    request carrying a browser Origin must send JSON as JSON (text/plain needs no CORS preflight)."""
+    port = limited.http.rsplit(":", 1)[1]
+    url = f"{limited.http}/v1/models/toy:predict"
+    body = json.dumps({"instances": toy_rows(1).tolist()})
+    rebound = httpx.post(url, content=body, headers={"host": f"attacker.example:{port}"})
+    assert rebound.status_code == 400 and "'attacker.example' is not served here" in rebound.json()["error"]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}"):
+        assert httpx.get(f"{limited.http}/v2/health/live", headers={"host": host}).status_code == 200
+    page = {"origin": "https://attacker.example"}
+    for path in ("/v1/models/toy:predict", "/v2/models/toy/infer"):
+        payload = body if path.startswith("/v1") else json.dumps(v2_request(toy_rows(1)))
+        simple = httpx.post(f"{limited.http}{path}", content=payload, headers=page | {"content-type": "text/plain"})
+        assert simple.status_code == 415 and "application/json" in simple.json()["error"]
+        as_json = httpx.post(f"{limited.http}{path}", content=payload,
+                             headers=page | {"content-type": "application/json"})
+        assert as_json.status_code == 200 and "access-control-allow-origin" not in as_json.headers
+    # Not a browser (no Origin): Triton's rule stays, a body without the binary header is JSON.
+    assert httpx.post(url, content=body, headers={"content-type": "text/plain"}).status_code == 200

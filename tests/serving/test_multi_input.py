@@ -67,12 +67,61 @@ def _assert_same(got: dict, expected: dict) -> None:
             assert np.asarray(got[name]).tolist() == value.tolist(), name
 
 
-def test_metadata_lists_the_signature(multi):
+EXPECTED_INPUTS = [
+    {"name": "text", "datatype": "BYTES", "shape": [-1],
+     "parameters": {"optional": False, "max_bytes": MAX_TEXT_BYTES}},
+    {"name": "user_id", "datatype": "INT64", "shape": [-1], "parameters": {"optional": False}},
+    {"name": "history", "datatype": "FP32", "shape": [-1, -1],
+     "parameters": {"optional": False, "max_length": MAX_HISTORY}},
+    {"name": "k", "datatype": "INT64", "shape": [-1], "parameters": {"optional": True}}]
+
+
+def _grpc_parameters(raw: bytes) -> dict[str, object]:
+    """Field 4 of a gRPC ``TensorMetadata`` (MLServer's ``map<string, InferParameter> parameters``), read
+    off the wire by hand: KServe's proto keeps it as an unknown field."""
+    def fields(data: bytes):
+        i = 0
+        while i < len(data):
+            key, i = _read_varint(data, i)
+            if key & 7 == 0:
+                value, i = _read_varint(data, i)
+                yield key >> 3, value
+            else:
+                size, i = _read_varint(data, i)
+                yield key >> 3, data[i:i + size]
+                i += size
+
+    out: dict[str, object] = {}
+    for number, entry in fields(raw):
+        if number == 4:
+            pair = dict(fields(entry))
+            (kind, value), = dict(fields(pair[2])).items()
+            out[pair[1].decode()] = bool(value) if kind == 1 else value
+    return out
+
+
+def _read_varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        value |= (data[i] & 0x7F) << shift
+        shift += 7
+        i += 1
+        if data[i - 1] < 0x80:
+            return value, i
+
+
+def test_metadata_lists_the_signature_with_what_a_valid_request_needs(multi):
     meta = httpx.get(f"{multi.http}/v2/models/{NAME}").json()
-    assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]},
-                              {"name": "user_id", "datatype": "INT64", "shape": [-1]},
-                              {"name": "history", "datatype": "FP32", "shape": [-1, -1]},
-                              {"name": "k", "datatype": "INT64", "shape": [-1]}]
+    assert meta["inputs"] == EXPECTED_INPUTS
+
+    async def grpc_metadata():
+        async with grpc.aio.insecure_channel(multi.grpc) as channel:
+            stub = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel)
+            return await stub.ModelMetadata(pb.ModelMetadataRequest(name=NAME))
+
+    over_grpc = asyncio.run(grpc_metadata())
+    assert [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape),
+             "parameters": _grpc_parameters(t.SerializeToString())} for t in over_grpc.inputs] == EXPECTED_INPUTS
     assert meta["outputs"] == [{"name": "label", "datatype": "BYTES", "shape": [-1]},
                                {"name": "item_ids", "datatype": "INT64", "shape": [-1, -1]},
                                {"name": "scores", "datatype": "FP32", "shape": [-1, -1]}]
@@ -237,6 +286,9 @@ def test_bad_input_is_4xx_naming_the_input(multi, case):
      "'k' is missing in instance 1"),
     ([{"text": "good", "user_id": 7, "history": [1.0]}], "user_id"),
     ([{"text": "good", "user_id": 1, "history": [1.0], "color": 1}], "color"),
+    ([{"text": "good", "user_id": 1, "history": [1.0, 2.0]}, {"text": "bad", "user_id": 2, "history": [1.0]}],
+     "'history': instances have different lengths (shapes); a V1 batch is one array: pad to one length or "
+     "send one instance per request"),
 ])
 def test_bad_v1_input_is_400_naming_the_input(multi, instances, fragment):
     response = httpx.post(f"{multi.http}/v1/models/{NAME}:predict", json={"instances": instances})

@@ -26,7 +26,8 @@ def test_v2_health_and_server_metadata(served):
 def test_v2_model_metadata_lists_the_real_tensors(served):
     meta = httpx.get(f"{served.http}/v2/models/toy").json()
     assert meta["name"] == "toy"
-    assert meta["inputs"] == [{"name": "input-0", "datatype": "FP32", "shape": [-1, N_FEATURES]}]
+    assert meta["inputs"] == [{"name": "input-0", "datatype": "FP32", "shape": [-1, N_FEATURES],
+                               "parameters": {"optional": False}}]
     assert meta["outputs"] == [  # in the order of the task's signature
         {"name": "label", "datatype": "BYTES", "shape": [-1]},
         {"name": "class_index", "datatype": "INT64", "shape": [-1]},
@@ -69,6 +70,16 @@ def test_v1_model_health_and_predict(served):
     by_name = [{f"f{i}": float(v) for i, v in enumerate(row)} for row in rows]
     named = httpx.post(f"{served.http}/v1/models/toy:predict", json={"instances": by_name}).json()
     assert [p["label"] for p in named["predictions"]] == [p["label"] for p in answer["predictions"]]
+    # Keys in any order, rows and objects mixed, an object under the input's name: each row in label order.
+    mixed = [dict(reversed(by_name[0].items())), rows[1].tolist(), {"input-0": by_name[2]}]
+    again = httpx.post(f"{served.http}/v1/models/toy:predict", json={"instances": mixed})
+    assert again.status_code == 200, again.text
+    assert [p["probabilities"] for p in again.json()["predictions"]] == [
+        p["probabilities"] for p in answer["predictions"]]
+    for instance, fragment in (({"f0": 1, "f1": 2, "f2": 3}, "instance 0 lacks feature(s) ['f3']"),
+                               (by_name[0] | {"f9": 1}, "instance 0 has unknown feature(s) ['f9']")):
+        refused = httpx.post(f"{served.http}/v1/models/toy:predict", json={"instances": [instance]})
+        assert refused.status_code == 400 and fragment in refused.json()["error"], refused.text
 
 
 def test_grpc_all_six_rpcs_with_kserve_client(served):
@@ -120,3 +131,12 @@ def test_regressor_returns_values(served_with_auth):
     v1 = httpx.post(f"{served_with_auth.http}/v1/models/reg:predict", json={"instances": [[1, 2, 3]]},
                     headers=served_with_auth.headers).json()
     assert v1["predictions"] == pytest.approx(answer["outputs"][0]["data"][:1], rel=1e-5)
+
+
+def test_the_downloaded_model_is_this_servers_only_copy(served):
+    """A download left by a server that is gone was removed at start; only this server's copy is there (the
+    fixture checks that stopping removes it too)."""
+    assert served.temp_dir is not None
+    copies = sorted(p.name for p in served.temp_dir.iterdir() if p.name.startswith("pillars-model-"))
+    ours = [c for c in copies if c != "pillars-model-notes"]  # not one of ours by its name: kept
+    assert len(copies) == 2 and len(ours) == 1 and ours[0].startswith(f"pillars-model-{served.process.proc.pid}-")

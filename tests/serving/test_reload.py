@@ -65,26 +65,27 @@ def test_broken_and_incompatible_versions_are_refused_once_and_a_good_one_is_swa
         return answer.json()["model_version"]
 
     try:
-        assert len(list(downloads.iterdir())) == 1 and served_version() == "1"
+        assert len(list(downloads.glob("pillars-model-*"))) == 1 and served_version() == "1"
 
         client.set_registered_model_alias(NAME, "champion", _register_broken(tmp_path))  # version 2
         _wait(lambda: failures("load") == 1, "the broken version 2 counted as a load failure")
         time.sleep(1.5)  # five more intervals: not downloaded again
         assert failures("load") == 1 and served_version() == "1"
-        assert len(list(downloads.iterdir())) == 1, list(downloads.iterdir())
+        assert len(list(downloads.glob("pillars-model-*"))) == 1, list(downloads.glob("pillars-model-*"))
 
         client.set_registered_model_alias(NAME, "champion", _register_good(make_regressor(tmp_path / "v3")))
         _wait(lambda: failures("schema") == 1, "version 3 (other inputs) refused")
         time.sleep(1.5)
         assert failures("schema") == 1 and served_version() == "1"
-        assert len(list(downloads.iterdir())) == 1, list(downloads.iterdir())
+        assert len(list(downloads.glob("pillars-model-*"))) == 1, list(downloads.glob("pillars-model-*"))
 
         good = _register_good(make_classifier(tmp_path / "v4", seed=1))
         client.set_registered_model_alias(NAME, "champion", good)
         _wait(lambda: served_version() == good, f"version {good} swapped in")
-        assert len(list(downloads.iterdir())) == 1, list(downloads.iterdir())
+        assert len(list(downloads.glob("pillars-model-*"))) == 1, list(downloads.glob("pillars-model-*"))
         log = server.process.log()
         assert "version 3 takes other inputs" in log and "refused" in log
         assert log.count("cannot be served (load)") == 1
     finally:
         server.process.stop()
+    assert not list(downloads.glob("pillars-model-*"))  # the served copy is removed when the server stops

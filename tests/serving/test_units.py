@@ -206,3 +206,52 @@ def test_batcher_refuses_rows_beyond_its_queue_at_once_and_takes_them_again_when
 
     results, after, pending = asyncio.run(run())
     assert [len(r["label"]) for r in results] == [4, 2] and len(after["label"]) == 5 and pending == 0
+
+
+def test_allowed_hosts_default_to_the_loopback_names_on_a_loopback_bind():
+    from pillars.serving.origins import LOOPBACK_NAMES, allowed_hosts, browser_body_refused, host_name
+
+    assert allowed_hosts([], "127.0.0.1") == LOOPBACK_NAMES and allowed_hosts([], "::1") == LOOPBACK_NAMES
+    assert allowed_hosts([], "0.0.0.0") is None and allowed_hosts(["*"], "127.0.0.1") is None
+    assert allowed_hosts(["Model.Example"], "0.0.0.0") == {"model.example"}
+    assert [host_name(h) for h in (b"localhost:8080", b"[::1]:80", b"::1", b"EVIL.example")] == [
+        "localhost", "::1", "::1", "evil.example"]
+    page = {b"origin": b"https://evil.example"}
+    assert browser_body_refused(page | {b"content-type": b"text/plain"})
+    assert browser_body_refused(page)  # no content type: a form or fetch default, not JSON
+    assert not browser_body_refused(page | {b"content-type": b"application/json; charset=utf-8"})
+    assert not browser_body_refused({b"content-type": b"text/plain"})  # not a browser: Triton's rule
+    binary = {b"inference-header-content-length": b"10"}
+    assert not browser_body_refused(page | binary | {b"content-type": b"application/octet-stream"})
+    assert browser_body_refused(page | binary | {b"content-type": b"text/plain"})
+
+
+def test_the_connection_budget_stays_below_the_descriptor_limit():
+    import resource
+
+    from pillars.serving.connections import FD_RESERVE, connection_budget
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        cap, backlog = connection_budget(1000, servers=2)
+        assert 2 * (cap + backlog) <= 256 - FD_RESERVE and cap >= 8
+        assert connection_budget(10, servers=2)[0] == 10
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_stale_downloads_of_dead_processes_are_removed_and_only_those(tmp_path):
+    import os
+    import subprocess
+
+    from pillars.serving.storage import remove_stale_downloads
+
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    dead, alive = tmp_path / f"pillars-model-{finished.pid}-abc", tmp_path / f"pillars-model-{os.getpid()}-abc"
+    others = [tmp_path / "pillars-model-notes", tmp_path / "pillars-modelx-1-a", tmp_path / "other-1-a"]
+    for path in (dead, alive, *others):
+        path.mkdir()
+    assert remove_stale_downloads(tmp_path) == [dead]
+    assert not dead.exists() and alive.exists() and all(p.exists() for p in others)
