@@ -31,12 +31,13 @@ def run_local(pipeline: Callable[..., Any], arguments: Mapping[str, Any], settin
     Returns:
         The tracking URI the run used.
     """
-    from pillars.pipelines.training import check_arguments
+    from pillars.pipelines.training import check_arguments, check_model_owner
 
     check_arguments(pipeline, dict(arguments))
     settings = settings or Settings()
     home = settings.resolved_home()
     uri = configure_tracking(arguments.get("tracking_uri") or None, settings)
+    check_model_owner(pipeline, dict(arguments))
     args = {"tracking_uri": uri, "checkpoint_root": str(settings.resolved_checkpoint_root()), **arguments}
     root = home / "pipeline_root"
     root.mkdir(parents=True, exist_ok=True)
