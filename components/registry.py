@@ -250,8 +250,9 @@ def identity(name: str, version: str, mlflow_client: MlflowClient | None = None)
 def mismatch(champion: Identity, other: Identity, other_label: str, champion_label: str) -> str | None:
     """Why ``other`` (a version or a run, ``other_label``) may not take the place of ``champion``
     (``champion_label``); None when it may. A signature is compared only when both are recorded (versions
-    registered before Pillars recorded it have none); a missing task is a mismatch."""
-    if champion.task is None or other.task != champion.task:
+    registered before Pillars recorded it have none). A task recorded on one side only is a mismatch;
+    on neither (models registered outside Pillars, which always records it) nothing tells them apart."""
+    if other.task != champion.task:
         return f"{other_label} is for {other.describe()}, {champion_label} for {champion.describe()}"
     if champion.signature and other.signature and champion.signature != other.signature:
         return f"{other_label} takes other inputs than {champion_label} (both task {champion.task})"

@@ -1,9 +1,12 @@
 """Step 4, the gate: a candidate passes only if it clears the thresholds AND is not worse than the champion.
 
-The primary metric, its direction and the default thresholds come from the task. The champion is scored
-on the candidate's own test split when it is a model of the same task with the same signature (a fair
-comparison after the data changed); otherwise its logged test metric is used. An error while asking the
-registry stops the gate (fail closed).
+The primary metric, its direction and the default thresholds come from the task. A registered model
+name belongs to one task and input signature: a candidate of another is refused (:func:`check_task_owner`)
+unless the run says ``replace_task``, and is then gated on the thresholds alone. The champion is scored
+on the candidate's own test split when it is comparable (a fair comparison after the data changed);
+otherwise its logged test metric is used. An error while asking the registry, or a champion whose score
+cannot be read, stops the gate (fail closed: never "no champion"). The parameters are checked before
+anything else (:func:`parse_thresholds`, :func:`check_margin`); the CLI checks them before any step.
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ def check_margin(margin: float, task: Task | None) -> float:
         raise ConfigError(f"margin must be a finite number >= 0, got {margin!r}")
     if task is not None and not task.lower_is_better and margin > MAX_MARGIN:
         raise ConfigError(f"margin must be at most {MAX_MARGIN:g} for {task.primary_metric} (higher is better), "
-                          f"got {margin!r}: a larger margin approves any model")
+                          f"got {margin:g}: a larger margin approves any model")
     return float(margin)
 
 
@@ -194,8 +197,7 @@ def check_task_owner(model_name: str, reference: str, signature: str | None, rep
     version = champion_version(model_name)
     if version is None:
         return None, None
-    why = mismatch(identity(model_name, version), Identity(reference, signature), f"this run (task {reference})",
-                   f"champion v{version}")
+    why = mismatch(identity(model_name, version), Identity(reference, signature), "this run", f"champion v{version}")
     if why is None:
         return version, None
     if not replace_task:
