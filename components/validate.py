@@ -112,7 +112,8 @@ def gate(
             the candidate must meet.
         margin: how much worse than the champion on the primary metric the candidate may be (>= 0).
         champion_score: the champion's primary metric on the same test data.
-        champion_version: the champion, None when there is none (then ``champion_score`` is not used).
+        champion_version: the champion. Both None: there is no champion; a version without a finite
+            score is an unreadable champion.
 
     Raises:
         ConfigError: a bad margin, a threshold on a metric the candidate does not have.
@@ -135,10 +136,10 @@ def gate(
         raise ConfigError(f"the task's primary metric {primary!r} is not among the metrics: "
                           f"{', '.join(sorted(metrics))}")
     candidate = metrics[primary]
-    if champion_version is None:
+    if champion_version is None and champion_score is None:
         reasons.append("no champion to compare with")
     elif champion_score is None or not np.isfinite(champion_score):
-        raise RegistryError(f"the score of champion v{champion_version} ({primary}) cannot be read "
+        raise RegistryError(f"the score of champion v{champion_version or '?'} ({primary}) cannot be read "
                             f"(got {champion_score}); the gate fails closed")
     else:
         better = candidate <= champion_score + margin if task.lower_is_better else candidate >= champion_score - margin
