@@ -19,7 +19,7 @@ from pillars.components.prepare_data import PrepareParams
 from pillars.components.references import check_model_name, default_model_name
 from pillars.components.settings import Settings
 from pillars.components.task import DataParams
-from pillars.components.validate import check_margin, parse_thresholds
+from pillars.components.validate import check_margin, check_task_owner, parse_thresholds
 
 PIPELINE_NAME = "pillars-training"
 
@@ -358,8 +358,6 @@ def check_model_owner(pipeline: Any, arguments: dict[str, Any]) -> None:
     Raises:
         TaskMismatch: one line naming both tasks.
     """
-    from pillars.components.validate import check_task_owner
-
     inputs = pipeline.component_spec.inputs or {}
     if "task" not in inputs or "replace_task" not in inputs:
         return
