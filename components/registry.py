@@ -46,6 +46,8 @@ TASK_TAG = "task"
 """Version tag: the task a version was trained for (an installed task's name or ``package.module:attribute``)."""
 SIGNATURE_TAG = "pillars.signature"
 """Version tag: the digest of the model's input signature (:func:`signature_key`)."""
+SIGNATURE_FIELDS = ("name", "datatype", "shape", "optional", "labels")
+"""The fields of an input's spec that make the signature (what a request must match)."""
 VARIANT_TAG = "pillars.variant"
 PARENT_TAG = "pillars.parent_version"
 
@@ -223,8 +225,11 @@ class Identity:
 
 def signature_key(inputs: list[dict[str, Any]]) -> str:
     """A signature's inputs (``Signature.to_dict()["inputs"]``) as the value of :data:`SIGNATURE_TAG`: the
-    SHA-256 of their canonical JSON (a tag value holds at most 5000 characters; a wide table's inputs more)."""
-    text = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
+    SHA-256 of the canonical JSON of what a request must match (:data:`SIGNATURE_FIELDS`; not the
+    description or size limits). A digest: a tag value holds at most 5000 characters, a wide table's
+    inputs more."""
+    kept = [{k: spec[k] for k in SIGNATURE_FIELDS if k in spec} for spec in inputs]
+    text = json.dumps(kept, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
