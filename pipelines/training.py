@@ -18,7 +18,7 @@ from pillars.components.optimize_op import optimize_component
 from pillars.components.prepare_data import PrepareParams
 from pillars.components.references import check_model_name, default_model_name
 from pillars.components.settings import Settings
-from pillars.components.task import DataParams
+from pillars.components.task import DataParams, task_reference
 from pillars.components.validate import check_margin, check_task_owner, parse_thresholds
 
 PIPELINE_NAME = "pillars-training"
@@ -366,7 +366,8 @@ def check_model_owner(pipeline: Any, arguments: dict[str, Any]) -> None:
     if not merged.get("task"):
         return
     name = str(merged.get("model_name") or default_model_name(str(merged["task"])))
-    check_task_owner(name, str(merged["task"]), None, merged.get("replace_task") is True)
+    reference = task_reference(str(merged["task"]))  # as the registry records it: module:attribute
+    check_task_owner(name, reference, None, merged.get("replace_task") is True)
 
 
 def _resources(task: Any, cpu: str, memory: str) -> None:

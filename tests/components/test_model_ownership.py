@@ -17,7 +17,7 @@ from pillars.components.errors import ConfigError, RegistryError
 from pillars.components.register import promote, register_model
 from pillars.components.registry import LockTiming, RegistryUnavailable, TaskMismatch
 from pillars.components.settings import Settings
-from pillars.components.task import load_task
+from pillars.components.task import load_task, task_reference
 from pillars.components.tracking import ensure_experiment
 from pillars.components.validate import check_task_owner, gate, retry_unavailable
 from pillars.console.app import create_app
@@ -27,6 +27,7 @@ from pillars.pipelines.cli import main
 from tests.models import save_classifier
 
 FAST = LockTiming(lease=60.0, wait=120.0)
+CANCER, DIABETES = task_reference("breast_cancer"), task_reference("diabetes")  # as registrations record them
 INPUTS_A = registry.signature_key([{"name": "input-0", "shape": [3]}])
 INPUTS_B = registry.signature_key([{"name": "input-0", "shape": [10]}])
 
@@ -102,28 +103,28 @@ def test_no_version_of_another_task_or_signature_becomes_champion(name, model_di
 
 def test_a_run_for_another_task_is_refused_unless_it_replaces_the_task(name, model_dir, tmp_path, monkeypatch,
                                                                      capfd):
-    v1 = _register(model_dir, name, "diabetes")
-    assert check_task_owner(name, "diabetes", INPUTS_A) == (None, None)  # no champion yet
+    v1 = _register(model_dir, name, DIABETES)
+    assert check_task_owner(name, DIABETES, INPUTS_A) == (None, None)  # no champion yet
     promote(name, v1, "first", timing=FAST)
     monkeypatch.setenv("PILLARS_HOME", str(tmp_path / ".pillars"))
     assert main(["run", "training", "--task", "breast_cancer", "--param", f"model_name={name}"]) == 2
     err = capfd.readouterr().err
     assert err.splitlines()[-1] == (f"pillars: error: model {name!r} belongs to another task: this run is for task "
-                                    f"breast_cancer, champion v{v1} for task diabetes; use another model_name, or "
+                                    f"{CANCER}, champion v{v1} for task {DIABETES}; use another model_name, or "
                                     "pass --param replace_task=true to replace its task")
     assert "prepare-data" not in err, "refused before any step"
     assert len(registry.search_versions(name)) == 1, "nothing registered"
-    assert check_task_owner(name, "diabetes", INPUTS_A) == (v1, None)
-    assert check_task_owner(name, "diabetes", None) == (v1, None)  # signature not known yet (the CLI)
+    assert check_task_owner(name, DIABETES, INPUTS_A) == (v1, None)
+    assert check_task_owner(name, DIABETES, None) == (v1, None)  # signature not known yet (the CLI)
     with pytest.raises(TaskMismatch) as refused:
-        check_task_owner(name, "breast_cancer", INPUTS_A)
-    assert str(refused.value) == (f"model {name!r} belongs to another task: this run is for task breast_cancer, "
-                                  f"champion v{v1} for task diabetes; use another model_name, or pass "
+        check_task_owner(name, CANCER, INPUTS_A)
+    assert str(refused.value) == (f"model {name!r} belongs to another task: this run is for task {CANCER}, "
+                                  f"champion v{v1} for task {DIABETES}; use another model_name, or pass "
                                   "--param replace_task=true to replace its task")
     with pytest.raises(TaskMismatch, match="takes other inputs"):
-        check_task_owner(name, "diabetes", INPUTS_B)
-    version, replaced = check_task_owner(name, "breast_cancer", INPUTS_A, replace_task=True)
-    assert version == v1 and "champion v1 for task diabetes" in replaced
+        check_task_owner(name, DIABETES, INPUTS_B)
+    version, replaced = check_task_owner(name, CANCER, INPUTS_A, replace_task=True)
+    assert version == v1 and f"champion v1 for task {DIABETES}" in replaced
 
 
 def test_a_champion_whose_score_cannot_be_read_fails_the_gate_closed():
