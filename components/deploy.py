@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from pillars.components import kube
 from pillars.components.errors import ConfigError, PillarsError, RegistryError
-from pillars.components.registry import alias_version
+from pillars.components.registry import alias_version, check_same_task
 from pillars.components.settings import Settings
 
 if TYPE_CHECKING:
@@ -452,8 +452,15 @@ def deploy(spec: DeploySpec, api_client: ApiClient | None = None, timeout_s: flo
 
 
 def resolve_version(model: str, alias: str) -> str:
-    """The registry version ``model@alias`` points to (current MLflow tracking URI)."""
+    """The registry version ``model@alias`` points to (current MLflow tracking URI), refused when it is
+    for another task or input signature than the model's champion (a server of ``model`` would get
+    inputs it does not take).
+
+    Raises:
+        RegistryError: no such alias. TaskMismatch: the version is for another task or signature.
+    """
     version = alias_version(model, alias)
     if version is None:
         raise RegistryError(f"model {model!r} has no alias {alias!r} in the registry")
+    check_same_task(model, version, "deploy")
     return version

@@ -133,6 +133,7 @@ def validate(
     margin: float,
     tracking_uri: str,
     decision: Output[Artifact],
+    replace_task: bool = False,
 ) -> bool:
     """The gate: thresholds met and not worse than the champion (by ``margin``).
 
@@ -145,7 +146,8 @@ def validate(
 
     with open(metadata.path) as f:
         name = model_name or json.load(f)["task_name"]
-    result = run_gate(metrics_json, metadata.path, test_data.path, name, thresholds, margin, tracking_uri)
+    result = run_gate(metrics_json, metadata.path, test_data.path, name, thresholds, margin, tracking_uri,
+                      replace_task)
     with open(decision.path, "w") as f:
         json.dump({"approved": result.approved, "reasons": result.reasons,
                    "champion_version": result.champion_version, "champion_score": result.champion_score}, f)
@@ -188,6 +190,7 @@ def promote(
     thresholds: str,
     margin: float,
     tracking_uri: str,
+    replace_task: bool = False,
 ) -> bool:
     """Move alias ``champion`` to the approved version (recorded in the alias history), only while the
     champion is still the one the gate compared against; else gate again against the new champion.
@@ -203,10 +206,12 @@ def promote(
     configure_tracking(tracking_uri or None)
 
     def regate() -> tuple:
-        again = run_gate(metrics_json, metadata.path, test_data.path, model_name, thresholds, margin, tracking_uri)
+        again = run_gate(metrics_json, metadata.path, test_data.path, model_name, thresholds, margin, tracking_uri,
+                         replace_task)
         return again.approved, again.champion_version, "; ".join(again.reasons)
 
-    return promote_gated(model_name, version, "; ".join(gate["reasons"]), gate["champion_version"], regate)
+    return promote_gated(model_name, version, "; ".join(gate["reasons"]), gate["champion_version"], regate,
+                         replace_task=replace_task)
 
 
 def deploy_op(

@@ -21,10 +21,12 @@ import mlflow
 from pillars.components.errors import RegistryError
 from pillars.components.mlflow_model import EXAMPLE_ROWS, log_pillars_model
 from pillars.components.predictor import PROFILE_FILE
-from pillars.components.prepare_data import load_metadata, load_split
+from pillars.components.prepare_data import load_metadata, load_split, task_of
 from pillars.components.task import Examples
-from pillars.components.registry import (ANY, CHALLENGER, CHAMPION, AnyVersion, ChampionMoved, LockTiming,
-                                         RegistryUnavailable, alias_version, client, move_alias)
+from pillars.components.registry import (ANY, CHALLENGER, CHAMPION, SIGNATURE_TAG, AnyVersion, ChampionMoved,
+                                         LockTiming, RegistryUnavailable, alias_version, check_same_task, client,
+                                         identity, mismatch, move_alias, parse_version, search_versions,
+                                         signature_key)
 from pillars.components.settings import package_version
 from pillars.components.tracking import configure_tracking
 
@@ -66,7 +68,7 @@ def register_model(
         retried step), which then also gets ``challenger`` unless a newer version holds it.
     """
     c = client()
-    existing = c.search_model_versions(f"name='{model_name}' and run_id='{mlflow_run_id}'")
+    existing = search_versions(model_name, c, run_id=mlflow_run_id)
     if existing:
         version = str(existing[0].version)
         logger.info("run %s is already registered as %s version %s", mlflow_run_id, model_name, version)
@@ -88,17 +90,38 @@ def register_model(
 
 
 def promote(model_name: str, version: str, why: str, expected: str | None | AnyVersion = ANY,
-            timing: LockTiming = LockTiming()) -> bool:
+            timing: LockTiming = LockTiming(), replace_task: bool = False) -> bool:
     """Make ``version`` the champion (recording the move); False when it already was.
+
+    Every promotion (the pipeline's, the CLI's, the console's) comes through here, so none makes a
+    version of another task or input signature the champion unless ``replace_task`` says so.
 
     Args:
         expected: the champion the decision was made against (None: there was none); the move
-            happens only if it still is. ``ANY`` (a manual promotion) moves it from wherever it is.
+            happens only if it still is. ``ANY`` (a manual promotion) moves it from wherever it is
+            (and still only if it is where the task check read it).
+        replace_task: let ``version`` replace a champion of another task or signature (the run
+            parameter ``replace_task``); the alias history records it.
 
     Raises:
+        ConfigError: ``version`` is not a version number.
+        TaskMismatch: ``version`` is for another task or signature than the champion; nothing moved.
         ChampionMoved: the champion is no longer ``expected``; nothing moved.
     """
-    event = move_alias(model_name, CHAMPION, version, why, expected=expected, timing=timing)
+    version = parse_version(version)
+    c = client()
+    if replace_task:
+        current = alias_version(model_name, CHAMPION, c)
+        if current is not None and current != version:
+            why_not = mismatch(identity(model_name, current, c), identity(model_name, version, c),
+                               f"v{version}", f"champion v{current}")
+            if why_not is not None:
+                why = f"{why}; replaces the task ({why_not}; replace_task=true)"
+    else:
+        current = check_same_task(model_name, version, "promote", c)
+    if isinstance(expected, AnyVersion):
+        expected = current
+    event = move_alias(model_name, CHAMPION, version, why, c, expected=expected, timing=timing)
     if event is not None:
         logger.info("%s: champion %s -> %s (%s)", model_name, event.from_version, event.to_version, why)
     return event is not None
@@ -109,9 +132,10 @@ Regate = Callable[[], tuple[bool, "str | None", str]]
 
 
 def promote_gated(model_name: str, version: str, reasons: str, gated_against: str | None, regate: Regate,
-                  attempts: int = 3, timing: LockTiming = LockTiming()) -> bool:
+                  attempts: int = 3, timing: LockTiming = LockTiming(), replace_task: bool = False) -> bool:
     """Promote a gate-approved ``version`` only while the champion is still the one it was gated
     against; when another run moved the champion meanwhile, gate again against the new one.
+    ``replace_task``: as :func:`promote`.
 
     Returns:
         True when ``version`` became champion; False when the re-gate rejected it (nothing moved).
@@ -121,7 +145,8 @@ def promote_gated(model_name: str, version: str, reasons: str, gated_against: st
     """
     for _ in range(attempts):
         try:
-            promote(model_name, version, f"gate approved: {reasons}", expected=gated_against, timing=timing)
+            promote(model_name, version, f"gate approved: {reasons}", expected=gated_against, timing=timing,
+                    replace_task=replace_task)
             return True
         except ChampionMoved as moved:
             logger.warning("%s: champion moved from v%s to v%s since the gate; gating v%s again",
@@ -167,6 +192,7 @@ def run_register(model_dir: str, metadata_path: str, test_path: str, model_name:
     configure_tracking(tracking_uri or None)
     metadata = load_metadata(metadata_path)
     lineage = {"kfp_run_id": kfp_run_id, "data_hash": metadata["data_hash"], "task": metadata["task"],
+               SIGNATURE_TAG: signature_key(task_of(metadata).signature(metadata["prep"]).to_dict()["inputs"]),
                "task_args": json.dumps(metadata.get("task_args") or {}, sort_keys=True),
                "source": metadata["source"], "gate_approved": str(approved).lower(), "gate_reasons": reasons[:4000]}
     test = load_split(test_path)

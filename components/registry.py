@@ -20,6 +20,7 @@ proceed; the lock model is visible in the registry while a move is under way (a 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -28,9 +29,10 @@ from datetime import datetime, timezone
 from typing import Any, Final
 
 from mlflow.exceptions import MlflowException
+from mlflow.store.model_registry import SEARCH_MODEL_VERSION_MAX_RESULTS_DEFAULT
 from mlflow.tracking import MlflowClient
 
-from pillars.components.errors import PillarsError, RegistryError
+from pillars.components.errors import ConfigError, PillarsError, RegistryError
 
 logger = logging.getLogger("pillars.registry")
 
@@ -40,6 +42,14 @@ EVENT_PREFIX = "pillars.alias."
 LOCK_PREFIX = "pillars-lock."
 LOCK_TAG = "pillars.lock"
 ROLLED_BACK = "pillars.rolled_back"
+TASK_TAG = "task"
+"""Version tag: the task a version was trained for (an installed task's name or ``package.module:attribute``)."""
+SIGNATURE_TAG = "pillars.signature"
+"""Version tag: the digest of the model's input signature (:func:`signature_key`)."""
+SIGNATURE_FIELDS = ("name", "datatype", "shape", "optional", "labels")
+"""The fields of an input's spec that make the signature (what a request must match)."""
+VARIANT_TAG = "pillars.variant"
+PARENT_TAG = "pillars.parent_version"
 
 _MISSING_CODES = ("RESOURCE_DOES_NOT_EXIST",)
 
@@ -56,6 +66,10 @@ class ChampionMoved(RegistryError):
                          "not moved")
         self.expected = expected
         self.actual = actual
+
+
+class TaskMismatch(RegistryError):
+    """A version (or a run) is for another task or input signature than the model's champion."""
 
 
 class AnyVersion:
@@ -107,6 +121,19 @@ def client() -> MlflowClient:
     return MlflowClient()
 
 
+def parse_version(text: object) -> str:
+    """A model version as MLflow numbers them (``1``, ``12``): nothing else (``05``, ``+6``, `` 3``) is read
+    as one, so a move never starts on a version it cannot read back.
+
+    Raises:
+        ConfigError: naming the bad text.
+    """
+    value = str(text)
+    if not (value.isascii() and value.isdigit() and value[0] != "0"):
+        raise ConfigError(f"a model version is a whole number from 1 without leading zeros or sign, got {value!r}")
+    return value
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -142,6 +169,119 @@ def _model_tags(c: MlflowClient, name: str) -> dict[str, str]:
         if is_missing(e):
             raise RegistryError(f"no registered model named {name!r}") from e
         raise RegistryUnavailable(f"cannot read registered model {name}: {e.message}") from e
+
+
+def filter_literal(value: str) -> str | None:
+    """``value`` as a string literal of an MLflow search filter (``'o"k'``, ``"o'reilly"``), or None when it
+    holds both quote characters: MLflow's filter parser has no escape for a quote inside a literal."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    return None
+
+
+def name_filter(name: str) -> tuple[str, bool]:
+    """An MLflow filter on a model's ``name`` for any registered name, and whether the caller must still
+    keep only exact matches: a name with both quote characters is searched with ``LIKE`` and each quote
+    as the one-character wildcard ``_``."""
+    literal = filter_literal(name)
+    if literal is not None:
+        return f"name={literal}", False
+    return "name LIKE '" + name.replace("'", "_").replace('"', "_") + "'", True
+
+
+def search_versions(name: str, mlflow_client: MlflowClient | None = None, run_id: str | None = None,
+                    newest_only: bool = False) -> list[Any]:
+    """The versions of model ``name`` (optionally of one MLflow run), newest first, whatever characters the
+    name holds. Every search of versions by name goes through here (no filter built by hand).
+
+    Raises:
+        RegistryUnavailable: the registry failed.
+    """
+    c = mlflow_client or client()
+    where, inexact = name_filter(name)
+    if run_id is not None:
+        where += f" and run_id={filter_literal(run_id)}"
+    try:
+        found = c.search_model_versions(where, order_by=["version_number DESC"],
+                                        max_results=1 if newest_only and not inexact else SEARCH_MODEL_VERSION_MAX_RESULTS_DEFAULT)
+    except MlflowException as e:
+        raise RegistryUnavailable(f"cannot list versions of {name!r}: {e.message}") from e
+    found = [v for v in found if v.name == name]
+    return found[:1] if newest_only else found
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """What a version of a model answers: its task and input signature (None: not recorded)."""
+
+    task: str | None
+    signature: str | None
+
+    def describe(self) -> str:
+        return f"task {self.task}" if self.task else "no recorded task"
+
+
+def signature_key(inputs: list[dict[str, Any]]) -> str:
+    """A signature's inputs (``Signature.to_dict()["inputs"]``) as the value of :data:`SIGNATURE_TAG`: the
+    SHA-256 of the canonical JSON of what a request must match (:data:`SIGNATURE_FIELDS`; not the
+    description or size limits). A digest: a tag value holds at most 5000 characters, a wide table's
+    inputs more."""
+    kept = [{k: spec[k] for k in SIGNATURE_FIELDS if k in spec} for spec in inputs]
+    text = json.dumps(kept, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def identity(name: str, version: str, mlflow_client: MlflowClient | None = None) -> Identity:
+    """The task and input signature of ``name`` v``version``, from its tags; an optimized variant has its
+    parent's.
+
+    Raises:
+        RegistryError: no such version. RegistryUnavailable: the registry failed.
+    """
+    c = mlflow_client or client()
+    try:
+        tags = dict(c.get_model_version(name, str(version)).tags or {})
+    except MlflowException as e:
+        if is_missing(e) or e.error_code == "INVALID_PARAMETER_VALUE":
+            raise RegistryError(f"{name} has no version {version!r}") from e
+        raise RegistryUnavailable(f"cannot read {name} v{version}: {e.message}") from e
+    if not tags.get(TASK_TAG) and tags.get(VARIANT_TAG) and tags.get(PARENT_TAG, "") != str(version):
+        return identity(name, tags[PARENT_TAG], c)
+    return Identity(tags.get(TASK_TAG) or None, tags.get(SIGNATURE_TAG) or None)
+
+
+def mismatch(champion: Identity, other: Identity, other_label: str, champion_label: str) -> str | None:
+    """Why ``other`` (a version or a run, ``other_label``) may not take the place of ``champion``
+    (``champion_label``); None when it may. A signature is compared only when both are recorded (versions
+    registered before Pillars recorded it have none). A task recorded on one side only is a mismatch;
+    on neither (models registered outside Pillars, which always records it) nothing tells them apart."""
+    if other.task != champion.task:
+        return f"{other_label} is for {other.describe()}, {champion_label} for {champion.describe()}"
+    if champion.signature and other.signature and champion.signature != other.signature:
+        return f"{other_label} takes other inputs than {champion_label} (both task {champion.task})"
+    return None
+
+
+def check_same_task(name: str, version: str, action: str, mlflow_client: MlflowClient | None = None) -> str | None:
+    """Refuse to ``action`` ``version`` when it is for another task or input signature than the current
+    champion (every server of ``name`` would then get inputs it does not take).
+
+    Returns:
+        The champion version checked against (None: no champion).
+
+    Raises:
+        TaskMismatch: one line naming both tasks.
+    """
+    c = mlflow_client or client()
+    current = alias_version(name, CHAMPION, c)
+    if current is None or current == str(version):
+        return current
+    why = mismatch(identity(name, current, c), identity(name, version, c), f"v{version}", f"champion v{current}")
+    if why is not None:
+        raise TaskMismatch(f"{name}: cannot {action} v{version}: {why}")
+    return current
 
 
 def lock_name(name: str, alias: str) -> str:
@@ -232,7 +372,7 @@ def move_alias(name: str, alias: str, version: str, why: str, mlflow_client: Mlf
         RegistryUnavailable: the registry failed, or the alias changed behind the lock's back.
     """
     c = mlflow_client or client()
-    version = str(version)
+    version = parse_version(version)
     with _AliasLock(c, name, alias, timing):
         previous = alias_version(name, alias, c)
         if previous == version:
@@ -263,11 +403,7 @@ def history(name: str, alias: str | None = None, mlflow_client: MlflowClient | N
 
 def rolled_back(name: str, mlflow_client: MlflowClient | None = None) -> dict[str, dict[str, str]]:
     """Versions of ``name`` marked as rolled back from, with when, why and to which version."""
-    c = mlflow_client or client()
-    try:
-        versions = c.search_model_versions(f"name='{name}'")
-    except MlflowException as e:
-        raise RegistryUnavailable(f"cannot list versions of {name}: {e.message}") from e
+    versions = search_versions(name, mlflow_client)
     return {str(v.version): json.loads(v.tags[ROLLED_BACK]) for v in versions if ROLLED_BACK in (v.tags or {})}
 
 
@@ -287,17 +423,19 @@ def rollback(name: str, why: str = "rollback", to: str | None = None, mlflow_cli
     rolled back from; the current champion is marked ``pillars.rolled_back`` with ``why``.
 
     Raises:
+        ConfigError: ``to`` is not a version number (:func:`parse_version`); nothing moved.
         RegistryError: no champion, nothing left to roll back to, or ``to`` is not a version.
+        TaskMismatch: the target is for another task or signature than the champion.
         ChampionMoved: the champion moved while rolling back.
     """
     c = mlflow_client or client()
+    target = parse_version(to) if to is not None else None
     get_model(name, c)
     current = alias_version(name, CHAMPION, c)
     if current is None:
         raise RegistryError(f"{name} has no champion to roll back")
     marks = rolled_back(name, c)
-    if to is not None:
-        target = str(to)
+    if target is not None:
         try:
             c.get_model_version(name, target)
         except MlflowException as e:
@@ -312,6 +450,7 @@ def rollback(name: str, why: str = "rollback", to: str | None = None, mlflow_cli
             raise RegistryError(f"{name}: champion v{current} has no earlier champion that was not rolled back "
                                 "from; pass --to VERSION")
         target = found
+    check_same_task(name, target, "roll back to", c)
     event = move_alias(name, CHAMPION, target, f"rollback from v{current}: {why}", c, expected=current, timing=timing)
     if event is None:  # unreachable: target != current was checked under the same expectation
         raise ChampionMoved(name, CHAMPION, current, target)
@@ -339,10 +478,14 @@ def list_models(mlflow_client: MlflowClient | None = None) -> list[dict[str, Any
     """Registered models with their latest version and aliases."""
     c = mlflow_client or client()
     rows = []
-    for model in c.search_registered_models(order_by=["name ASC"]):
+    try:
+        models = c.search_registered_models(order_by=["name ASC"])
+    except MlflowException as e:
+        raise RegistryUnavailable(f"cannot list registered models: {e.message}") from e
+    for model in models:
         if model.name.startswith(LOCK_PREFIX):
             continue  # a move under way
-        versions = c.search_model_versions(f"name='{model.name}'", order_by=["version_number DESC"], max_results=1)
+        versions = search_versions(model.name, c, newest_only=True)
         rows.append({"name": model.name, "latest": versions[0].version if versions else None,
                      "aliases": dict(sorted(model.aliases.items())) if model.aliases else {}})
     return rows
@@ -356,7 +499,7 @@ def list_versions(name: str, mlflow_client: MlflowClient | None = None) -> list[
     for alias, version in (model.aliases or {}).items():
         by_version.setdefault(str(version), []).append(alias)
     rows = []
-    for v in c.search_model_versions(f"name='{name}'", order_by=["version_number DESC"]):
+    for v in search_versions(name, c):
         metrics = c.get_run(v.run_id).data.metrics if v.run_id else {}
         rows.append({"version": v.version, "aliases": sorted(by_version.get(str(v.version), [])),
                      "created": datetime.fromtimestamp(v.creation_timestamp / 1000, timezone.utc).isoformat(

@@ -65,15 +65,22 @@ def warm_start(model_name: str, metadata: dict[str, Any]) -> Iterator[tuple[str 
             yield version, folder
 
 
-def checkpoint_dir_for(root: str | Path, experiment: str, kfp_run_id: str, metadata: dict[str, Any],
-                       params: TrainParams, warm: bool = False) -> Path:
-    """The checkpoint folder of one training job: stable across retries of the same pipeline run.
+def checkpoint_dir_for(root: str | Path, experiment: str, metadata: dict[str, Any], params: TrainParams,
+                       warm_from: str = "") -> Path:
+    """The checkpoint folder of one training job: the same for every attempt at the same job (same
+    model name, task, data, hyperparameters and warm-start version), so a retried step and a rerun
+    of a killed ``pillars run`` continue where it stopped. :func:`run_training` removes it once the
+    job is done, so the next run with the same parameters trains anew.
+
+    Args:
+        warm_from: ``NAME/VERSION`` of the warm start's weights ("": none).
 
     Raises:
         ConfigError: ``experiment`` (the model name) is not a valid, filesystem-safe model name.
     """
     check_model_name(experiment)
-    key = hashlib.sha256(f"{kfp_run_id}/{fingerprint(metadata, params, warm)}".encode()).hexdigest()[:16]
+    job = fingerprint(metadata, params, bool(warm_from))
+    key = hashlib.sha256(f"{job}/{warm_from}".encode()).hexdigest()[:16]
     root = Path(root).resolve()
     folder = (root / experiment / key).resolve()
     if not folder.is_relative_to(root):
@@ -132,7 +139,8 @@ def _train_in_run(train_path: str, val_path: str, metadata_path: str, metadata: 
                   warm_version: str | None, warm_dir: Path | None) -> str:
     initial_state = load_predictor(warm_dir).model.state_dict() if warm_dir is not None else None
     root = checkpoint_root or str(Settings().resolved_checkpoint_root())
-    ckpt = checkpoint_dir_for(root, experiment, kfp_run_id, metadata, params, warm=initial_state is not None)
+    warm_from = f"{warm_start_from}/{warm_version}" if initial_state is not None else ""
+    ckpt = checkpoint_dir_for(root, experiment, metadata, params, warm_from)
     ckpt.mkdir(parents=True, exist_ok=True)
     run_file = ckpt / "mlflow_run_id"
     run_id = run_file.read_text().strip() if run_file.is_file() else None
@@ -178,7 +186,8 @@ def _train_in_run(train_path: str, val_path: str, metadata_path: str, metadata: 
         if history:
             figure = learning_curve_figure(history)
             mlflow.log_figure(figure, "plots/learning_curve.png")
-        return run.info.run_id
+    shutil.rmtree(ckpt, ignore_errors=True)  # the job is done: the next run with these parameters trains anew
+    return run.info.run_id
 
 
 def _train_on_cluster(train_path: str, val_path: str, metadata_path: str, params: TrainParams, model_dir: str,

@@ -32,7 +32,7 @@ from pillars.components.frames import frame_to_inputs
 from pillars.components.mlflow_model import log_pillars_model
 from pillars.components.predictor import CONFIG_FILE, FORMAT, PROFILE_FILE, load_predictor, locate_model_dir
 from pillars.components.register import code_version
-from pillars.components.registry import client, get_model
+from pillars.components.registry import client, get_model, search_versions
 from pillars.components.tracking import ensure_experiment
 
 logger = logging.getLogger("pillars.upgrade")
@@ -118,7 +118,7 @@ def upgrade_model(name: str, version: str | None = None) -> list[Upgrade]:
     if version is not None:
         done = upgrade_version(name, version, c)
         return [done] if done else []
-    existing = c.search_model_versions(f"name='{name}'")
+    existing = search_versions(name, c)
     upgraded = {v.tags.get(UPGRADED_FROM) for v in existing}
     results = []
     for v in sorted((str(v.version) for v in existing), key=int):

@@ -34,12 +34,17 @@ def cron_expression(text: str) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pillars.components.settings import Settings
+    from pillars.pipelines.local import end_group_on_sigterm, groups_supported, run_in_own_group
     from pillars.pipelines.progress import StepFailed, log_path, optimize_summary, run_reported, run_summary
     from pillars.pipelines.training import check_arguments
 
     pipeline = pipeline_factory(args.pipeline)(cache_data=not args.no_cache)
     arguments = parse_params([*args.param, *task_params(args.task, args.task_arg, args.param)], pipeline)
     check_arguments(pipeline, dict(arguments))  # bad arguments: one line, before any step or log file
+    if not args.runner and groups_supported():  # the steps die with this process (pipelines.local)
+        return run_in_own_group([sys.executable, "-m", "pillars.pipelines.cli", *args.argv, "--runner"])
+    if args.runner:
+        end_group_on_sigterm()
     log = log_path(Settings().resolved_home(), args.pipeline)
     print(f"pillars run {args.pipeline}: steps run with kfp.local; full log: {log}", file=sys.stderr, flush=True)
     if args.pipeline == "optimize":
@@ -372,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="run every step, even the data step")
     p.add_argument("-v", "--verbose", dest="show_logs", action="store_true",
                    help="print every step's full output (it always goes to the log file)")
+    p.add_argument("--runner", action="store_true", help=argparse.SUPPRESS)  # the child of run_in_own_group
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("optimize", help="make ONNX/int8/pruned/distilled variants of a registered model (kfp.local)")
@@ -494,6 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pillars`` console script."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if hasattr(args, "rest"):  # serve, trigger: their own parsers read the rest
         args.rest = [*extra, *args.rest]
     elif extra:

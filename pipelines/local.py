@@ -1,9 +1,23 @@
-"""Running a pipeline on this machine with ``kfp.local`` (the embedded default: no cluster)."""
+"""Running a pipeline on this machine with ``kfp.local`` (the embedded default: no cluster).
+
+Steps die with ``pillars run``. kfp.local starts each step as ``sh -c '... python3 -m kfp...'`` and
+waits on it; a runner killed with ``kill -9`` runs no clean-up, so its steps would run on, orphaned.
+:func:`run_in_own_group` therefore runs the pipeline in a child process that leads a process group of
+its own (every step and each DDP worker joins it) and gets ``SIGTERM`` from the kernel when the
+``pillars run`` process dies (``PR_SET_PDEATHSIG``); :func:`end_group_on_sigterm` makes that signal
+kill the whole group at once. Ctrl-C is passed on to the group. Linux only; elsewhere the pipeline
+runs in the ``pillars run`` process itself, as before.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
+import os
+import signal
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -15,6 +29,49 @@ from pillars.components.settings import Settings
 from pillars.components.tracking import configure_tracking
 
 logger = logging.getLogger("pillars.local")
+
+PR_SET_PDEATHSIG = 1
+"""``prctl`` option: the signal this process gets when its parent dies (linux/prctl.h)."""
+
+
+def groups_supported() -> bool:
+    """Whether :func:`run_in_own_group` can tie a runner's life to its parent's (Linux)."""
+    return sys.platform.startswith("linux")
+
+
+def _die_with(parent: int) -> None:
+    """In the forked child, before exec: get SIGTERM when ``parent`` dies (and at once if it already did)."""
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+        os._exit(70)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def run_in_own_group(command: list[str]) -> int:
+    """Run ``command`` (a runner: ``python -m pillars.pipelines.cli run ... --runner``) as a child that
+    leads its own process group and ends, with every process of the group, when this process dies.
+
+    Returns:
+        The child's exit status (128 + signal when a signal ended it).
+    """
+    parent = os.getpid()
+    child = subprocess.Popen(command, process_group=0, preexec_fn=lambda: _die_with(parent))
+    while True:
+        try:
+            code = child.wait()
+            return code if code >= 0 else 128 - code
+        except KeyboardInterrupt:  # Ctrl-C reached this process's group only: pass it on
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGINT)
+
+
+def end_group_on_sigterm() -> None:
+    """In a runner started by :func:`run_in_own_group`: SIGTERM (its parent died, or someone asked it to
+    stop) kills the runner's whole process group, steps included, at once."""
+    def kill_group(signum: int, frame: object) -> None:
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    signal.signal(signal.SIGTERM, kill_group)
 
 
 def run_local(pipeline: Callable[..., Any], arguments: Mapping[str, Any], settings: Settings | None = None,
@@ -31,7 +88,7 @@ def run_local(pipeline: Callable[..., Any], arguments: Mapping[str, Any], settin
     Returns:
         The tracking URI the run used.
     """
-    from pillars.pipelines.training import check_arguments
+    from pillars.pipelines.training import check_arguments, check_model_owner
 
     check_arguments(pipeline, dict(arguments))
     settings = settings or Settings()
@@ -44,6 +101,7 @@ def run_local(pipeline: Callable[..., Any], arguments: Mapping[str, Any], settin
     root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                enable_caching=caching, cache_root=str(Path(root) / ".cache"), raise_on_error=True)
+    check_model_owner(pipeline, dict(arguments))  # the registry is configured: before any step
     with contextlib.ExitStack() as stack:
         stack.enter_context(warnings.catch_warnings())
         # kfp.local notes that resource requests do nothing locally and that the components name

@@ -18,7 +18,8 @@ from pillars.components.optimize_op import optimize_component
 from pillars.components.prepare_data import PrepareParams
 from pillars.components.references import check_model_name, default_model_name
 from pillars.components.settings import Settings
-from pillars.components.validate import parse_thresholds
+from pillars.components.task import DataParams, task_reference
+from pillars.components.validate import check_margin, check_task_owner, parse_thresholds
 
 PIPELINE_NAME = "pillars-training"
 
@@ -51,12 +52,13 @@ Args:
     test_fraction: Share of rows for the test split, in (0, 0.5).
     missing_policy: How missing values are filled: median, mean, zero or drop.
     balance: Oversample minority classes in the training split.
-    thresholds: JSON minimums for the gate, e.g. {"accuracy": 0.95}; empty: the task's defaults.
-    margin: How much worse than the champion the candidate may be and still be approved.
+    thresholds: JSON minimums for the gate, e.g. {"accuracy": 0.95}; empty: the task's defaults ({} is refused).
+    margin: How much worse than the champion the candidate may be and still be approved, on the primary metric's scale: >= 0, at most 1 for a higher-is-better metric.
     tracking_uri: MLflow tracking URI; empty: MLFLOW_TRACKING_URI or the local store.
     checkpoint_root: Where training checkpoints go so a retry resumes.
     optimize: After a promotion, run the optimize step on the new champion (ONNX, int8, pruned and
         distilled variants within the accuracy guard; alias edge); off by default.
+    replace_task: Let this run's model replace a champion of another task or input signature under model_name (recorded in the alias history); off by default: such a run is refused before training.
 """
 
 
@@ -142,8 +144,11 @@ def _steps(ops: Components, options: ClusterOptions, task: Any, task_args: Any, 
 
     gate = ops.validate(metrics_json=scored.outputs["Output"], metadata=data.outputs["metadata"],
                         test_data=data.outputs["test_data"], model_name=args["model_name"],
-                        thresholds=args["thresholds"], margin=args["margin"], tracking_uri=uri)
-    gate.set_caching_options(False).set_retry(num_retries=2, backoff_duration="10s").set_display_name("validate (gate)")
+                        thresholds=args["thresholds"], margin=args["margin"], tracking_uri=uri,
+                        replace_task=args["replace_task"])
+    # Not set_retry: the gate retries a registry outage itself; a parameter error or a task mismatch
+    # must fail the run at once, not three times.
+    gate.set_caching_options(False).set_display_name("validate (gate)")
     _resources(gate, cpu="500m", memory="1Gi")
 
     registered = ops.register(model=trained.outputs["model"], metadata=data.outputs["metadata"],
@@ -157,7 +162,8 @@ def _steps(ops: Components, options: ClusterOptions, task: Any, task_args: Any, 
         promoted = ops.promote(model_name=registered.outputs["model_name"], version=registered.outputs["version"],
                                decision=gate.outputs["decision"], metrics_json=scored.outputs["Output"],
                                metadata=data.outputs["metadata"], test_data=data.outputs["test_data"],
-                               thresholds=args["thresholds"], margin=args["margin"], tracking_uri=uri)
+                               thresholds=args["thresholds"], margin=args["margin"], tracking_uri=uri,
+                               replace_task=args["replace_task"])
         promoted.set_caching_options(False).set_display_name("promote to champion")
         _resources(promoted, cpu="250m", memory="256Mi")
         if options.deploy_namespace:
@@ -246,6 +252,7 @@ def training_pipeline(image: str | None = None, **cluster_options: Any) -> Any:
         tracking_uri: str = "",
         checkpoint_root: str = CHECKPOINT_MOUNT if options.checkpoint_pvc else "",
         optimize: bool = False,
+        replace_task: bool = False,
     ) -> None:
         _steps(ops, options, task, task_args, locals())
 
@@ -289,6 +296,7 @@ def retraining_pipeline(image: str | None = None, **cluster_options: Any) -> Any
         tracking_uri: str = "",
         checkpoint_root: str = CHECKPOINT_MOUNT if options.checkpoint_pvc else "",
         optimize: bool = False,
+        replace_task: bool = False,
     ) -> None:
         args = dict(locals())
         resolved = ops.resolve_task(model_name=model_name, task=task, task_args=task_args, tracking_uri=tracking_uri)
@@ -327,16 +335,39 @@ def check_arguments(pipeline: Any, arguments: dict[str, Any], load: bool = True)
         raise ConfigError(f"launcher must be 'local' or 'trainjob', got {merged['launcher']!r}")
     if int(merged.get("nodes", 1)) > 1 and merged.get("launcher", "local") != "trainjob":
         raise ConfigError("nodes > 1 needs launcher=trainjob (a Kubeflow Trainer TrainJob on a cluster)")
+    if "val_fraction" in merged or "test_fraction" in merged:  # also when the task is resolved at run time
+        DataParams(**pick(DataParams))
+    task = None
+    if merged.get("task"):
+        prepare = PrepareParams(**pick(PrepareParams))
+        if not merged.get("model_name"):
+            check_model_name(default_model_name(prepare.task))
+        if load:
+            task = prepare.load()  # an unknown task, a missing package or bad task_args: one line naming it
+    if "margin" in merged:
+        check_margin(merged["margin"], task)
+    if str(merged.get("thresholds", "")).strip() or task is not None:
+        parse_thresholds(str(merged.get("thresholds", "")), task)
+
+
+def check_model_owner(pipeline: Any, arguments: dict[str, Any]) -> None:
+    """Refuse, before any step runs, a run whose task is not the task of its model name's champion
+    (a registered name belongs to one task), unless ``replace_task`` is set. The tracking URI must be
+    configured. A retraining run that leaves ``task`` empty takes the champion's: nothing to check.
+
+    Raises:
+        TaskMismatch: one line naming both tasks.
+    """
+    inputs = pipeline.component_spec.inputs or {}
+    if "task" not in inputs or "replace_task" not in inputs:
+        return
+    merged = {name: spec.default for name, spec in inputs.items() if spec.default is not None}
+    merged.update(arguments)
     if not merged.get("task"):
         return
-    prepare = PrepareParams(**pick(PrepareParams))
-    if load:
-        task = prepare.load()  # an unknown task, a missing package or bad task_args: one line naming it
-        parse_thresholds(str(merged.get("thresholds", "")), task)
-    elif str(merged.get("thresholds", "")).strip():
-        parse_thresholds(str(merged["thresholds"]), None)
-    if not merged.get("model_name"):
-        check_model_name(default_model_name(prepare.task))
+    name = str(merged.get("model_name") or default_model_name(str(merged["task"])))
+    reference = task_reference(str(merged["task"]))  # as the registry records it: module:attribute
+    check_task_owner(name, reference, None, merged.get("replace_task") is True)
 
 
 def _resources(task: Any, cpu: str, memory: str) -> None:

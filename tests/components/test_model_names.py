@@ -27,8 +27,8 @@ def test_good_model_names_pass(name):
 
 def test_a_model_name_cannot_leave_the_checkpoint_root(tmp_path):
     with pytest.raises(ConfigError, match=r"invalid model name '\.\./\.\./x'"):
-        checkpoint_dir_for(tmp_path / "ckpt", "../../x", "run-1", METADATA, TrainParams())
-    folder = checkpoint_dir_for(tmp_path / "ckpt", "iris", "run-1", METADATA, TrainParams())
+        checkpoint_dir_for(tmp_path / "ckpt", "../../x", METADATA, TrainParams())
+    folder = checkpoint_dir_for(tmp_path / "ckpt", "iris", METADATA, TrainParams())
     assert folder.parent == (tmp_path / "ckpt" / "iris").resolve()
 
 

@@ -30,7 +30,7 @@ def test_retried_step_continues_the_same_mlflow_run_from_its_checkpoint(tmp_path
     paths = [str(tmp_path / n) for n in ("train", "val", "test", "meta.json")]
     run_prepare(PrepareParams(task="breast_cancer"), *paths)
     params = TrainParams(epochs=100, patience=100)
-    ckpt = checkpoint_dir_for(tmp_path / "ckpt", "retry-test", "run-1", load_metadata(paths[3]), params)
+    ckpt = checkpoint_dir_for(tmp_path / "ckpt", "retry-test", load_metadata(paths[3]), params)
 
     first = subprocess.Popen([sys.executable, "-c", _STEP, str(tmp_path), local_store],
                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
@@ -42,9 +42,12 @@ def test_retried_step_continues_the_same_mlflow_run_from_its_checkpoint(tmp_path
     first.wait()
     run_id = (ckpt / "mlflow_run_id").read_text()
 
+    # a retry of the step, or a new pipeline run with the same parameters (a rerun of a killed
+    # ``pillars run``): the same job, so it continues the killed attempt's MLflow run and checkpoint
     again = run_training(paths[0], paths[1], paths[3], params, str(tmp_path / "model"), "retry-test",
-                         kfp_run_id="run-1", tracking_uri=local_store, checkpoint_root=str(tmp_path / "ckpt"))
+                         kfp_run_id="run-2", tracking_uri=local_store, checkpoint_root=str(tmp_path / "ckpt"))
     assert again == run_id
+    assert not ckpt.exists(), "a finished job's checkpoint is removed"
     run = MlflowClient().get_run(run_id)
     resumed_after = int(run.data.tags["pillars.resumed_from_epoch"])
     assert 1 <= resumed_after < 100
@@ -53,5 +56,8 @@ def test_retried_step_continues_the_same_mlflow_run_from_its_checkpoint(tmp_path
     assert (tmp_path / "model" / "model.safetensors").is_file()
 
     other = run_training(paths[0], paths[1], paths[3], TrainParams(epochs=2), str(tmp_path / "m2"), "retry-test",
-                         kfp_run_id="run-2", tracking_uri=local_store, checkpoint_root=str(tmp_path / "ckpt"))
-    assert other != run_id, "another pipeline run must not reuse the checkpoint or the MLflow run"
+                         kfp_run_id="run-3", tracking_uri=local_store, checkpoint_root=str(tmp_path / "ckpt"))
+    assert other != run_id, "another job must not reuse the checkpoint or the MLflow run"
+    anew = run_training(paths[0], paths[1], paths[3], TrainParams(epochs=2), str(tmp_path / "m3"), "retry-test",
+                        kfp_run_id="run-4", tracking_uri=local_store, checkpoint_root=str(tmp_path / "ckpt"))
+    assert anew != other, "the same job after it finished trains anew"

@@ -30,6 +30,8 @@ def test_compiled_yaml_round_trips_through_kfp(tmp_path):
         assert "pip install" not in " ".join(executor["container"].get("command", []))
     tasks = doc["root"]["dag"]["tasks"]
     assert tasks["train"]["retryPolicy"]["maxRetryCount"] == 2
+    assert "retryPolicy" not in tasks["validate"], "the gate retries registry outages itself, never a bad parameter"
+    assert inputs["replace_task"].default is False
     assert tasks["prepare-data"]["cachingOptions"]["enableCache"] is True
     assert "condition-1" in tasks and "promote" in tasks["condition-1"]["componentRef"]["name"] or \
         any("promote" in t for t in doc["components"]["comp-condition-1"]["dag"]["tasks"])
