@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from pillars.pipelines.stack import Ports
+from tests.conftest import require_tool
 from tests.processes import ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,6 +121,14 @@ LONG_LIVED: dict[str, str] = {
 RUNS = (r"^pillars (run|models|compile|deploy .*--dry-run|optimize|demo|tasks|up|down)\b", r"^helm template\b",
         r"^kubectl kustomize\b", r"^pytest\b", r"^curl\b")
 """Commands run to completion (exit 0). Anything matching no rule at all fails: add it to a table above."""
+
+TOOLS: dict[str, tuple[str, ...]] = {
+    r"^helm\b": ("helm",),
+    r"^kubectl\b": ("kubectl",),
+    r"^curl\b": ("curl",),
+    r"^pillars up\b": ("prometheus",),  # and Alertmanager (prometheus-alertmanager or alertmanager)
+}
+"""Programs besides the venv's that a command needs: missing, its test is skipped, or fails when ``CI`` is set."""
 
 EXPECT: dict[str, tuple[str, ...]] = {
     r"^pillars run training --task digits --param epochs=2$": (
@@ -372,6 +381,10 @@ def test_readme_command_runs(command: Command, session: Session) -> None:
     if kind == "long":
         session.start(text, detail)
         return
+    for pattern, tools in TOOLS.items():
+        if re.search(pattern, text):
+            for tool in tools:
+                require_tool(tool)
     result = session.run(text)
     output = result.stdout + result.stderr
     for pattern, expected in EXPECT.items():
