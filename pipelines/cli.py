@@ -10,7 +10,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -194,12 +194,37 @@ def _upgrade(name: str, version: str | None) -> None:
 def _print_versions(name: str, limit: int = 10) -> None:
     from pillars.components import registry
 
-    rows = registry.list_versions(name)
-    for row in rows[:limit]:
-        aliases = f" [{', '.join(row['aliases'])}]" if row["aliases"] else ""
-        metrics = "  ".join(f"{k[5:]}={v:.4f}" for k, v in row["metrics"].items())
-        gate = row["tags"].get("gate_approved", "?")
-        print(f"{name} v{row['version']}{aliases}  {row['created']}  gate={gate}  {metrics}")
+    for row in registry.list_versions(name)[:limit]:
+        print(version_line(name, row))
+
+
+def version_line(name: str, row: Mapping[str, Any]) -> str:
+    """One ``pillars models show`` line of a :func:`~pillars.components.registry.list_versions` row.
+
+    A trained version shows its gate result and test metrics; an optimised variant (tagged by
+    :mod:`pillars.components.register_variants`) shows what it is, the version it was made from, its file
+    size, its metric's change against that parent and its batch-1 latency.
+    """
+    tags = row["tags"]
+    aliases = f" [{', '.join(row['aliases'])}]" if row["aliases"] else ""
+    head = f"{name} v{row['version']}{aliases}  {row['created']}"
+    if "pillars.variant" in tags:
+        size = tags.get("pillars.size_bytes", "")
+        parts = [f"variant={tags['pillars.variant']}", f"parent=v{tags.get('pillars.parent_version', '?')}",
+                 f"size={_size(int(size)) if size.isdigit() else '?'}",
+                 f"{tags.get('pillars.metric', 'metric')} delta={tags.get('pillars.metric_delta', '?')}"]
+        if "pillars.latency_ms_b1" in tags:
+            parts.append(f"latency={tags['pillars.latency_ms_b1']} ms")
+        return f"{head}  {'  '.join(parts)}"
+    metrics = "  ".join(f"{k.removeprefix('test_')}={v:.4f}" for k, v in row["metrics"].items())
+    return f"{head}  gate={tags.get('gate_approved', '?')}  {metrics}"
+
+
+def _size(n: int) -> str:
+    """A byte count as people read it (``512 B``, ``41.2 kB``, ``3.1 MB``)."""
+    if n < 1000:
+        return f"{n} B"
+    return f"{n / 1000:.1f} kB" if n < 1_000_000 else f"{n / 1_000_000:.1f} MB"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

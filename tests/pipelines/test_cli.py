@@ -7,19 +7,13 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import httpx
 import mlflow
 import pytest
 
 from pillars.components.errors import ConfigError
-from pillars.components.prepare_data import PrepareParams, prepare
 from pillars.pipelines.cli import cron_expression, main
-from pillars.serving.demo import v2_request
-from tests.processes import ServerProcess, free_port
-
-STEPS = ("prepare-data", "train", "evaluate", "validate", "register", "promote")
+from tests.processes import free_port
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -89,48 +83,6 @@ def test_models_list_fails_fast_in_one_line_when_the_registry_is_unreachable(tmp
     assert result.stderr.startswith(f"pillars: error: cannot reach the MLflow registry at {uri}")
 
 
-@pytest.mark.slow
-def test_the_readme_sequence_in_a_fresh_folder_trains_lists_and_serves(tmp_path):
-    """README: ``pillars run training`` -> ``pillars models list`` -> ``pillars serve models:/NAME@champion``,
-    in an empty folder with no environment: every command finds the store the run wrote (./.pillars)."""
-    run = _pillars("run", "training", "--task", "breast_cancer", "--param", "epochs=3", tmp_path=tmp_path,
-                   timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
-    lines = (run.stdout + run.stderr).splitlines()
-    assert len(lines) <= 40, "\n".join(lines)
-    for step in STEPS:  # one line as it starts, one as it ends
-        assert [line.split()[:2] for line in lines if line.split()[:1] == [step]] == [[step, "..."], [step, "ok"]]
-    assert re.search(r"^  train +ok +[\d.]+s  3/3 epoch", run.stderr, re.M), run.stderr
-    assert "model    breast_cancer v1  aliases: challenger, champion" in run.stdout
-    assert "gate     approved" in run.stdout
-    log = Path(re.search(r"^log +(\S+)$", run.stdout, re.M)[1])
-    assert log.parent == tmp_path / ".pillars" / "logs" and str(log) in run.stderr.splitlines()[0]
-    assert all(f"Executing task \x1b[96m'{step}'" in log.read_text() for step in STEPS)
-
-    listed = _pillars("models", "list", tmp_path=tmp_path)
-    assert listed.returncode == 0, listed.stderr
-    assert re.search(r"^breast_cancer +latest v1 +.*champion=v1", listed.stdout, re.M), listed.stdout
-
-    http_port, grpc_port = free_port(), free_port()
-    server = ServerProcess(
-        [sys.executable, "-m", "pillars.pipelines.cli", "serve", "models:/breast_cancer@champion",
-         "--http-port", str(http_port), "--grpc-port", str(grpc_port)],
-        log_path=tmp_path / "serve.log", env=_clean_env(), cwd=tmp_path, inherit_env=False)
-    try:
-        server.wait_http(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=180)
-        test = prepare(PrepareParams(task="breast_cancer")).splits["test"]
-        x_test, y_test = test["input-0"], test["label"]
-        response = httpx.post(f"http://127.0.0.1:{http_port}/v2/models/breast_cancer/infer",
-                              json=v2_request(x_test[:20]), timeout=30)
-        assert response.status_code == 200, response.text
-        outputs = {o["name"]: o for o in response.json()["outputs"]}
-        assert outputs["class_index"]["shape"] == [20]
-        assert sum(int(p == y) for p, y in zip(outputs["class_index"]["data"], y_test[:20])) >= 15
-    finally:
-        server.stop()
-    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
-
-
 def test_a_failed_data_step_ends_the_output_with_its_own_error(tmp_path):
     (tmp_path / "bad.csv").write_text("a,b,c\n1,2,0\n3,4,1\n")
     result = _pillars("run", "training", "--param", "source=bad.csv", "--param", "label_column=zzz",
@@ -153,6 +105,35 @@ def test_models_list_in_a_folder_without_a_store_says_where_it_looked_and_create
         f"pillars: error: no MLflow registry at {store}: train a model here first (pillars run training), "
         "or set MLFLOW_TRACKING_URI to your MLflow server"]
     assert not (tmp_path / ".pillars" / "mlflow.db").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_models_show_lists_variants_with_parent_size_and_delta_and_trained_versions_with_their_gate(
+        local_store, tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    client.create_registered_model("shown")
+    (tmp_path / "model.txt").write_text("weights")
+    with mlflow.start_run() as run:  # a trained version: its run logged test metrics, the gate tagged it
+        mlflow.log_metrics({"test_accuracy": 0.9375, "val_loss": 0.2})
+        mlflow.log_artifact(str(tmp_path / "model.txt"), "model")
+    client.create_model_version("shown", f"{run.info.artifact_uri}/model", run.info.run_id,
+                                tags={"gate_approved": "true"})
+    with mlflow.start_run() as run:  # the tags register_variants writes (variant_tags)
+        mlflow.log_artifact(str(tmp_path / "model.txt"), "variants/onnx_int8")
+    client.create_model_version("shown", f"{run.info.artifact_uri}/variants/onnx_int8", run.info.run_id, tags={
+        "pillars.variant": "onnx_int8", "pillars.parent_version": "1", "pillars.size_bytes": "41234",
+        "pillars.metric": "accuracy", "pillars.metric_delta": "-0.003125", "pillars.latency_ms_b1": "0.21",
+        "pillars.throughput_b64": "9100", "pillars.optimize_run": run.info.run_id})
+    client.set_registered_model_alias("shown", "champion", "1")
+    client.set_registered_model_alias("shown", "edge", "2")
+
+    assert main(["models", "show", "shown"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"shown v2 \[edge\]  \S+  variant=onnx_int8  parent=v1  size=41\.2 kB  "
+                        r"accuracy delta=-0\.003125  latency=0\.21 ms", lines[0]), lines
+    assert re.fullmatch(r"shown v1 \[champion\]  \S+  gate=true  accuracy=0\.9375", lines[1]), lines
+    assert "?" not in "\n".join(lines)
 
 
 def test_compile_writes_yaml(tmp_path):

@@ -1,0 +1,77 @@
+"""The complete example of docs/task-api.md runs as written: its ```python block, saved as the module the docs
+name, trains through the public API, saves pickle-free, and predicts baskets of different lengths."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pillars.components.fit import TrainParams, fit, write_model
+from pillars.components.predictor import load_predictor
+from pillars.components.prepare_data import PrepareParams, prepare
+from pillars.components.task import InputError, RegressionTask
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "task-api.md"
+
+
+def _blocks(language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```$", DOC.read_text(), re.S | re.M)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    """The docs' block written to ``basket_example.py`` on sys.path, prepared and trained for 2 epochs."""
+    (block,) = _blocks("python")
+    folder = tmp_path_factory.mktemp("basket")
+    (folder / "basket_example.py").write_text(block)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(folder))
+        data = prepare(PrepareParams(task="basket_example:basket"))
+        result = fit(data.splits["train"], data.splits["val"], data.metadata,
+                     TrainParams(epochs=2, learning_rate=3e-2), progress=False)
+        model_dir = write_model(result, folder / "model")
+        yield data, result, load_predictor(model_dir), model_dir
+
+
+def test_the_example_is_a_regression_whose_signature_has_a_variable_length_int64_and_a_number(trained):
+    data, _, predictor, _ = trained
+    assert isinstance(data.task, RegressionTask) and data.task.primary_metric == "rmse"
+    items, discount = predictor.signature.inputs
+    assert (items.name, items.datatype, items.shape, items.max_length) == ("items", "INT64", (-1,), 64)
+    assert (discount.name, discount.datatype, discount.shape) == ("discount", "FP32", ())
+    assert [o.name for o in predictor.signature.outputs] == ["value"]
+    assert data.splits["train"]["items"].dtype == np.int64 and data.splits["train"]["items"].ndim == 2
+
+
+def test_two_epochs_learn_it_and_the_saved_model_is_pickle_free(trained):
+    data, result, predictor, model_dir = trained
+    first, second = result.history
+    assert second["val_loss"] < first["val_loss"]
+    test = data.splits["test"]
+    metrics = data.task.evaluate(predictor.predict_checked, test, predictor.prep)
+    assert set(metrics) == {"rmse", "mae", "r2"} and metrics["r2"] > 0.5, metrics
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["task"] == "basket_example:basket" and config["task_args"]["dim"] == 16
+    assert sorted(p.suffix for p in model_dir.iterdir()) == [".json", ".json", ".json", ".safetensors"], \
+        sorted(p.name for p in model_dir.iterdir())
+
+
+def test_it_predicts_baskets_of_different_lengths(trained):
+    predictor = trained[2]
+    one = predictor.predict({"items": [[3, 7]], "discount": [0.1]})["value"]
+    five = predictor.predict({"items": [[3, 7, 9, 11, 2]], "discount": [0.1]})["value"]
+    padded = predictor.predict({"items": [[3, 7, 9, 11, 2], [3, 7, -1, -1, -1]], "discount": [0.1, 0.1]})["value"]
+    assert one.shape == five.shape == (1,) and padded.shape == (2,)
+    assert five[0] > one[0]  # three more items cost more
+    np.testing.assert_allclose(padded, [five[0], one[0]], rtol=1e-5)  # padding changes nothing
+    (request,) = (json.loads(block) for block in _blocks("json"))  # the docs' V2 request, as its arrays
+    inputs = {i["name"]: np.asarray(i["data"]).reshape(i["shape"]) for i in request["inputs"]}
+    assert predictor.predict(inputs)["value"].shape == (2,)
+    with pytest.raises(InputError, match="input 'items'"):
+        predictor.predict({"items": [[3, 500]], "discount": [0.1]})
+    with pytest.raises(InputError, match="'items'"):
+        predictor.predict({"items": [[1] * 65], "discount": [0.1]})
