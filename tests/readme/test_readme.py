@@ -104,11 +104,7 @@ SUBSTITUTIONS: tuple[Substitution, ...] = (
 )
 """Every change made to a README command before it runs, in the order applied."""
 
-EXPECTED_TO_FAIL: dict[str, str] = {
-    r"^pillars optimize models:/digits@champion": "pillars optimize fails today (unexpected keyword argument "
-                                                  "'checkpoint_root'); fixed on the optimize branch: remove at merge",
-    r"^pillars serve models:/digits@edge": "the edge alias is made by pillars optimize (above)",
-}
+EXPECTED_TO_FAIL: dict[str, str] = {}
 """Commands known to fail until another branch is merged (strict: they fail the suite once they pass)."""
 
 LONG_LIVED: dict[str, str] = {
