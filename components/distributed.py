@@ -21,7 +21,7 @@ import mlflow
 import torch
 
 from pillars.components.errors import PillarsError
-from pillars.components.fit import TrainParams, fit, write_model
+from pillars.components.fit import TrainParams, fit, pick_device, write_model
 from pillars.components.predictor import load_predictor
 from pillars.components.prepare_data import load_metadata, load_split
 from pillars.components.tracking import EpochLogger
@@ -78,17 +78,19 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-model", default="")
     args = parser.parse_args(argv)
 
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if torch.cuda.is_available():
+    params = TrainParams(**json.loads(args.params))
+    # The backend follows the device the run asked for, not what the machine has: device=cpu on a GPU
+    # machine trains on CPU tensors, which NCCL cannot reduce.
+    on_cuda = pick_device(params.device).type == "cuda"
+    if on_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    torch.distributed.init_process_group(backend)
+    torch.distributed.init_process_group("nccl" if on_cuda else "gloo")
     try:
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         logger = None
         if rank == 0 and args.mlflow_run_id:
             mlflow.set_tracking_uri(args.tracking_uri or None)
             logger = EpochLogger(args.mlflow_run_id)
-        params = TrainParams(**json.loads(args.params))
         initial_state = None
         if args.init_model:
             initial_state = load_predictor(args.init_model).model.state_dict()

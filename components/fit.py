@@ -198,10 +198,12 @@ def fit(
         torch.manual_seed(params.seed + epoch)
         model.train()
         order = torch.randperm(n_train, generator=torch.Generator().manual_seed(params.seed + epoch))
-        order = order[rank::world]  # the same permutation on every process, a disjoint shard each
+        # The same permutation on every process, a disjoint shard each; on the device once per epoch, so
+        # no step waits on a copy from pageable host memory.
+        order = order[rank::world].to(device)
         total = torch.zeros((), device=device)
         for start in range(0, len(order), params.batch_size):
-            idx = order[start:start + params.batch_size].to(device)
+            idx = order[start:start + params.batch_size]
             with autocast:
                 head = step_model(**{k: v[idx] for k, v in x_train.items()})
                 loss = task.loss(head, y_train[idx])
