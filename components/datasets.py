@@ -18,6 +18,8 @@ import pandas as pd
 from pillars.components.errors import DataError
 
 SUFFIXES = (".csv", ".parquet", ".pq")
+BUILTIN_PREFIX = "sklearn:"
+"""How a built-in data set is named as a source: ``sklearn:digits`` is the origin a run records, and loads it."""
 LABEL = "label"
 
 
@@ -39,15 +41,16 @@ def load_builtin(name: str) -> RawData:
     if name == "breast_cancer":
         bunch = datasets.load_breast_cancer(as_frame=True)
         names = {i: str(n) for i, n in enumerate(bunch.target_names)}
-        return RawData(bunch.frame.rename(columns={"target": LABEL}), LABEL, None, names, "sklearn:breast_cancer")
+        frame = bunch.frame.rename(columns={"target": LABEL})
+        return RawData(frame, LABEL, None, names, BUILTIN_PREFIX + "breast_cancer")
     if name == "digits":
         bunch = datasets.load_digits()
         frame = pd.DataFrame(bunch.data, columns=[f"pixel_{i}" for i in range(bunch.data.shape[1])])
         frame[LABEL] = bunch.target
-        return RawData(frame, LABEL, [1, 8, 8], {i: str(i) for i in range(10)}, "sklearn:digits")
+        return RawData(frame, LABEL, [1, 8, 8], {i: str(i) for i in range(10)}, BUILTIN_PREFIX + "digits")
     if name == "diabetes":
         bunch = datasets.load_diabetes(as_frame=True)
-        return RawData(bunch.frame.rename(columns={"target": LABEL}), LABEL, None, None, "sklearn:diabetes")
+        return RawData(bunch.frame.rename(columns={"target": LABEL}), LABEL, None, None, BUILTIN_PREFIX + "diabetes")
     raise DataError(f"unknown built-in data set {name!r}; choose breast_cancer, digits or diabetes")
 
 

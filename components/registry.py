@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
 import logging
 import time
@@ -249,7 +250,18 @@ def identity(name: str, version: str, mlflow_client: MlflowClient | None = None)
         raise RegistryUnavailable(f"cannot read {name} v{version}: {e.message}") from e
     if not tags.get(TASK_TAG) and tags.get(VARIANT_TAG) and tags.get(PARENT_TAG, "") != str(version):
         return identity(name, tags[PARENT_TAG], c)
-    return Identity(tags.get(TASK_TAG) or None, tags.get(SIGNATURE_TAG) or None)
+    return Identity(canonical_task(tags.get(TASK_TAG) or None), tags.get(SIGNATURE_TAG) or None)
+
+
+def canonical_task(task: str | None) -> str | None:
+    """``task`` as ``module:attribute``: a version tagged with an installed task's name (``breast_cancer``,
+    as registrations outside the pipeline and Pillars 0.1 wrote it) is the same task as one tagged with the
+    name's entry point (``pillars.tasks.tabular:breast_cancer``). Read from the package metadata, as
+    :func:`pillars.components.task.task_reference` does, without importing the task machinery."""
+    if not task or ":" in task:
+        return task
+    found = [ep.value for ep in importlib.metadata.entry_points(group="pillars.tasks") if ep.name == task]
+    return found[0] if found else task
 
 
 def mismatch(champion: Identity, other: Identity, other_label: str, champion_label: str) -> str | None:

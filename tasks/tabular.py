@@ -26,7 +26,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from pillars.components.datasets import RawData, as_float_matrix, load_builtin, load_table
+from pillars.components.datasets import BUILTIN_PREFIX, RawData, as_float_matrix, load_builtin, load_table
 from pillars.components.errors import ConfigError, DataError
 from pillars.components.models import ModelConfig, PillarsNet
 from pillars.components.task import (
@@ -68,6 +68,8 @@ class _Tabular:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
     def _raw(self, params: DataParams) -> RawData:
+        if params.source.startswith(BUILTIN_PREFIX):  # the origin a run records for a built-in data set
+            return load_builtin(params.source.removeprefix(BUILTIN_PREFIX))
         if params.source:
             return load_table(params.source, params.label_column or LABEL)
         if not self.builtin:

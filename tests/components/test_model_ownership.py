@@ -190,3 +190,15 @@ def test_an_odd_model_name_never_breaks_a_listing(tracking_uri, model_dir, tmp_p
     page = client.get("/models")
     assert page.status_code == 200 and "reilly" in page.text
     assert [client.get(f"/models/{quote(n, safe='')}").status_code for n in odd] == [200] * len(odd)
+
+
+def test_a_version_tagged_with_a_task_name_is_the_same_task_as_its_entry_point():
+    """Registrations outside the pipeline (and Pillars 0.1) tag the installed name; the pipeline tags
+    ``module:attribute``: both name one task, so neither refuses the other."""
+    from pillars.components.registry import Identity, canonical_task, mismatch
+
+    assert canonical_task("breast_cancer") == "pillars.tasks.tabular:breast_cancer"
+    assert canonical_task("not_installed") == "not_installed" and canonical_task(None) is None
+    named = Identity(canonical_task("breast_cancer"), None)
+    assert mismatch(named, Identity("pillars.tasks.tabular:breast_cancer", None), "run", "champion") is None
+    assert mismatch(named, Identity("pillars.tasks.tabular:diabetes", None), "run", "champion")

@@ -44,6 +44,15 @@ def test_builtin_tasks_split_into_disjoint_train_val_test(task, n_features, shap
     assert not rows["train"] & rows["test"] and not rows["train"] & rows["val"]
 
 
+def test_the_source_a_run_records_for_a_built_in_data_set_loads_it_again():
+    """The optimize step reloads a version's test split from its run's logged ``source``: for a built-in
+    task that is the data set's origin (``sklearn:digits``), not a file."""
+    data = prepare(PrepareParams(task="digits"))
+    assert data.metadata["source"] == "sklearn:digits"
+    again = prepare(PrepareParams(task="digits", source=data.metadata["source"]))
+    assert np.array_equal(again.splits["test"]["input-0"], data.splits["test"]["input-0"])
+
+
 def test_split_is_stratified_and_seeded():
     a = prepare(PrepareParams(task="breast_cancer", seed=1))
     b = prepare(PrepareParams(task="breast_cancer", seed=1))

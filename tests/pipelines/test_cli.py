@@ -114,12 +114,13 @@ def test_models_show_lists_variants_with_parent_size_and_delta_and_trained_versi
     client = MlflowClient()
     client.create_registered_model("shown")
     (tmp_path / "model.txt").write_text("weights")
-    with mlflow.start_run() as run:  # a trained version: its run logged test metrics, the gate tagged it
+    experiment = client.create_experiment("shown")  # not whichever experiment an earlier test left active
+    with mlflow.start_run(experiment_id=experiment) as run:  # a trained version: its run logged test metrics, the gate tagged it
         mlflow.log_metrics({"test_accuracy": 0.9375, "val_loss": 0.2})
         mlflow.log_artifact(str(tmp_path / "model.txt"), "model")
     client.create_model_version("shown", f"{run.info.artifact_uri}/model", run.info.run_id,
                                 tags={"gate_approved": "true"})
-    with mlflow.start_run() as run:  # the tags register_variants writes (variant_tags)
+    with mlflow.start_run(experiment_id=experiment) as run:  # the tags register_variants writes (variant_tags)
         mlflow.log_artifact(str(tmp_path / "model.txt"), "variants/onnx_int8")
     client.create_model_version("shown", f"{run.info.artifact_uri}/variants/onnx_int8", run.info.run_id, tags={
         "pillars.variant": "onnx_int8", "pillars.parent_version": "1", "pillars.size_bytes": "41234",
