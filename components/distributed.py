@@ -84,7 +84,8 @@ def worker_main(argv: list[str] | None = None) -> int:
     on_cuda = pick_device(params.device).type == "cuda"
     if on_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    torch.distributed.init_process_group("nccl" if on_cuda else "gloo")
+    backend = "nccl" if on_cuda else "gloo"
+    torch.distributed.init_process_group(backend)
     try:
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         logger = None
