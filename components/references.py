@@ -9,9 +9,19 @@ deployer and the model server read the reference through it instead of splitting
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import re
 
 from pillars.components.errors import ConfigError
+
+ENTRY_POINT_GROUP = "pillars.tasks"
+"""The entry-point group installed tasks are named in (``pillars tasks`` lists it)."""
+
+
+def known_tasks() -> dict[str, str]:
+    """Entry-point name -> ``module:attribute`` of every installed task, read from package metadata
+    (nothing imported)."""
+    return {ep.name: ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 SCHEME = "models:/"
 MAX_NAME_BYTES = 200

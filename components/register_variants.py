@@ -43,7 +43,8 @@ from pillars.components.optimize import OptimizeParams, OptimizeReport, VariantR
 from pillars.components.predictor import locate_model_dir, read_config
 from pillars.components.references import ModelRef
 from pillars.components.register import downloaded_version
-from pillars.components.registry import RegistryUnavailable, alias_version, client, get_model, move_alias
+from pillars.components.registry import (RegistryUnavailable, alias_version, client, filter_literal, get_model,
+                                         move_alias)
 from pillars.components.task import DataParams, load_task, task_reference
 
 logger = logging.getLogger("pillars.optimize")
@@ -269,8 +270,11 @@ def variants_table(report: Mapping[str, Any]) -> list[str]:
 
 def latest_report(model_name: str, version: str) -> dict[str, Any] | None:
     """The report of the newest optimisation of ``model_name`` v``version`` (None: never optimised)."""
+    parent = filter_literal(f"{model_name}/{version}")
+    if parent is None:  # a name with both quote characters: no MLflow filter can name it
+        return None
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list", max_results=1,
-                              filter_string=f"tags.`{PARENT_TAG}` = '{model_name}/{version}'",
+                              filter_string=f"tags.`{PARENT_TAG}` = {parent}",
                               order_by=["attributes.start_time DESC"])
     if not runs:
         return None

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.metadata
 import json
 import logging
 import time
@@ -34,6 +33,7 @@ from mlflow.store.model_registry import SEARCH_MODEL_VERSION_MAX_RESULTS_DEFAULT
 from mlflow.tracking import MlflowClient
 
 from pillars.components.errors import ConfigError, PillarsError, RegistryError
+from pillars.components.references import known_tasks
 
 logger = logging.getLogger("pillars.registry")
 
@@ -256,12 +256,10 @@ def identity(name: str, version: str, mlflow_client: MlflowClient | None = None)
 def canonical_task(task: str | None) -> str | None:
     """``task`` as ``module:attribute``: a version tagged with an installed task's name (``breast_cancer``,
     as registrations outside the pipeline and Pillars 0.1 wrote it) is the same task as one tagged with the
-    name's entry point (``pillars.tasks.tabular:breast_cancer``). Read from the package metadata, as
-    :func:`pillars.components.task.task_reference` does, without importing the task machinery."""
+    name's entry point (``pillars.tasks.tabular:breast_cancer``)."""
     if not task or ":" in task:
         return task
-    found = [ep.value for ep in importlib.metadata.entry_points(group="pillars.tasks") if ep.name == task]
-    return found[0] if found else task
+    return known_tasks().get(task, task)
 
 
 def mismatch(champion: Identity, other: Identity, other_label: str, champion_label: str) -> str | None:

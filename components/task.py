@@ -46,9 +46,9 @@ from sklearn import metrics as skm
 from torch import nn
 
 from pillars.components.errors import ConfigError, DataError, PillarsError
+from pillars.components.references import ENTRY_POINT_GROUP, known_tasks
 
 API_VERSION = 1
-ENTRY_POINT_GROUP = "pillars.tasks"
 
 Examples = dict[str, np.ndarray]
 """Named arrays with one row per example: a task's inputs (named as its signature) and its targets."""
@@ -432,11 +432,6 @@ def task_reference(reference: str) -> str:
     if ":" in reference:
         return reference
     return _entry_point(reference).value
-
-
-def known_tasks() -> dict[str, str]:
-    """Entry-point name -> ``module:attribute`` of every installed task."""
-    return {ep.name: ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def _entry_point(name: str) -> importlib.metadata.EntryPoint:
