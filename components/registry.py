@@ -221,7 +221,11 @@ class Identity:
     signature: str | None
 
     def describe(self) -> str:
-        return f"task {self.task}" if self.task else "no recorded task"
+        """``task NAME`` (an installed task by its short name, as users type it), or ``no recorded task``."""
+        if not self.task:
+            return "no recorded task"
+        names = {reference: name for name, reference in known_tasks().items()}
+        return f"task {names.get(self.task, self.task)}"
 
 
 def signature_key(inputs: list[dict[str, Any]]) -> str:
@@ -270,7 +274,7 @@ def mismatch(champion: Identity, other: Identity, other_label: str, champion_lab
     if other.task != champion.task:
         return f"{other_label} is for {other.describe()}, {champion_label} for {champion.describe()}"
     if champion.signature and other.signature and champion.signature != other.signature:
-        return f"{other_label} takes other inputs than {champion_label} (both task {champion.task})"
+        return f"{other_label} takes other inputs than {champion_label} (both {champion.describe()})"
     return None
 
 

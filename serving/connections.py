@@ -63,10 +63,18 @@ def guarded_http_protocol(max_connections: int, header_timeout_s: float) -> type
             super().connection_made(transport)
             opened[self] = None
             if len(opened) > max_connections:
-                victim = next((c for c in opened if c is not self and c._idle()), None)
-                (victim or self).transport.close()
+                # A victim leaves ``opened`` as it is closed, not when its close completes (a loop iteration
+                # later): else every new connection would pick the same, already closing, oldest one.
+                victim = next((c for c in opened if c is not self and c._idle()), self)
+                victim._close()
                 logger.debug("connection cap %d reached: closed the oldest idle connection", max_connections)
+                if victim is self:
+                    return
             self._deadline = self.loop.call_later(header_timeout_s, self._head_overdue)
+
+        def _close(self) -> None:
+            opened.pop(self, None)
+            self.transport.close()
 
         def connection_lost(self, exc: Exception | None) -> None:
             opened.pop(self, None)
@@ -87,7 +95,7 @@ def guarded_http_protocol(max_connections: int, header_timeout_s: float) -> type
 
         def _head_overdue(self) -> None:
             if self._heads == 0 and not self.transport.is_closing():
-                self.transport.close()
+                self._close()
 
     return GuardedProtocol
 

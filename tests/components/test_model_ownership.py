@@ -110,7 +110,7 @@ def test_a_run_for_another_task_is_refused_unless_it_replaces_the_task(name, mod
     assert main(["run", "training", "--task", "breast_cancer", "--param", f"model_name={name}"]) == 2
     err = capfd.readouterr().err
     assert err.splitlines()[-1] == (f"pillars: error: model {name!r} belongs to another task: this run is for task "
-                                    f"{CANCER}, champion v{v1} for task {DIABETES}; use another model_name, or "
+                                    f"breast_cancer, champion v{v1} for task diabetes; use another model_name, or "
                                     "pass --param replace_task=true to replace its task")
     assert "prepare-data" not in err, "refused before any step"
     assert len(registry.search_versions(name)) == 1, "nothing registered"
@@ -118,13 +118,13 @@ def test_a_run_for_another_task_is_refused_unless_it_replaces_the_task(name, mod
     assert check_task_owner(name, DIABETES, None) == (v1, None)  # signature not known yet (the CLI)
     with pytest.raises(TaskMismatch) as refused:
         check_task_owner(name, CANCER, INPUTS_A)
-    assert str(refused.value) == (f"model {name!r} belongs to another task: this run is for task {CANCER}, "
-                                  f"champion v{v1} for task {DIABETES}; use another model_name, or pass "
+    assert str(refused.value) == (f"model {name!r} belongs to another task: this run is for task breast_cancer, "
+                                  f"champion v{v1} for task diabetes; use another model_name, or pass "
                                   "--param replace_task=true to replace its task")
     with pytest.raises(TaskMismatch, match="takes other inputs"):
         check_task_owner(name, DIABETES, INPUTS_B)
     version, replaced = check_task_owner(name, CANCER, INPUTS_A, replace_task=True)
-    assert version == v1 and f"champion v1 for task {DIABETES}" in replaced
+    assert version == v1 and "champion v1 for task diabetes" in replaced
 
 
 def test_a_champion_whose_score_cannot_be_read_fails_the_gate_closed():

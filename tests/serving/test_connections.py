@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,8 +63,18 @@ def test_an_idle_socket_flood_leaves_health_answering_under_a_low_descriptor_lim
         assert httpx.get(f"{http}/v2/health/live", timeout=5).status_code == 200
         quiet.append(time.perf_counter() - started)
     print(f"health without a flood: median {sorted(quiet)[5] * 1000:.1f} ms, worst {max(quiet) * 1000:.1f} ms")
-    sockets = _flood(int(http.rsplit(":", 1)[1]), FLOOD) + _flood(int(grpc_target.rsplit(":", 1)[1]), FLOOD // 4)
+    peak, flooding = [0], threading.Event()
+    flooding.set()
+
+    def watch() -> None:  # the most descriptors the server holds at any moment of the flood
+        while flooding.is_set():
+            peak[0] = max(peak[0], _open_fds(pid))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    sockets: list[socket.socket] = []
     try:
+        sockets += _flood(int(http.rsplit(":", 1)[1]), FLOOD) + _flood(int(grpc_target.rsplit(":", 1)[1]), FLOOD // 4)
         latencies = []
         for _ in range(20):
             started = time.perf_counter()
@@ -71,7 +82,9 @@ def test_an_idle_socket_flood_leaves_health_answering_under_a_low_descriptor_lim
             latencies.append(time.perf_counter() - started)
             assert response.status_code == 200
             sockets += _flood(int(http.rsplit(":", 1)[1]), 20)  # the flood goes on between probes
-        assert _open_fds(pid) < FD_LIMIT
+        flooding.clear()
+        watcher.join()
+        assert peak[0] < FD_LIMIT, peak[0]
 
         async def grpc_live():
             async with grpc.aio.insecure_channel(grpc_target) as channel:
@@ -81,11 +94,14 @@ def test_an_idle_socket_flood_leaves_health_answering_under_a_low_descriptor_lim
         assert asyncio.run(grpc_live()).live
         assert "Too many open files" not in process.log()
         print(f"health under a flood of {len(sockets)} idle sockets (ulimit -n {FD_LIMIT}): "
-              f"median {sorted(latencies)[10] * 1000:.1f} ms, worst {max(latencies) * 1000:.1f} ms")
-        # Under 100 ms more than without the flood (on a quiet machine both are a few ms); never the 1 s
-        # pause of an accept loop out of descriptors, or of a dropped handshake.
-        assert sorted(latencies)[10] < sorted(quiet)[5] + 0.1 and max(latencies) < 1.0, (latencies, quiet)
+              f"median {sorted(latencies)[10] * 1000:.1f} ms, worst {max(latencies) * 1000:.1f} ms, "
+              f"at most {peak[0]} descriptors open")
+        # On a quiet machine both medians are a few ms; on a loaded CI machine the flood's accepts and closes
+        # compete for the same cores, hence the factor. Never the 1 s pause of an accept loop out of
+        # descriptors, or of a dropped handshake.
+        assert sorted(latencies)[10] < 2 * sorted(quiet)[5] + 0.1 and max(latencies) < 1.0, (latencies, quiet)
     finally:
+        flooding.clear()
         for s in sockets:
             s.close()
 
