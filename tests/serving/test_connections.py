@@ -89,7 +89,10 @@ def test_an_idle_socket_flood_leaves_health_answering_under_a_low_descriptor_lim
         async def grpc_live():
             async with grpc.aio.insecure_channel(grpc_target) as channel:
                 stub = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel)
-                return await stub.ServerLive(pb.ServerLiveRequest(), timeout=5)
+                # gRPC refuses new connections at its cap until the handshake timeout closes the silent
+                # ones (it has no "close the oldest idle" policy): it answers again within that timeout.
+                return await stub.ServerLive(pb.ServerLiveRequest(), timeout=HEADER_TIMEOUT_S + 5,
+                                             wait_for_ready=True)
 
         assert asyncio.run(grpc_live()).live
         assert "Too many open files" not in process.log()
