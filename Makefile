@@ -7,6 +7,9 @@ PYTHON     ?= python3
 VENV       ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test`: each takes whole modules (a module's servers and fixtures stay in one
+# process); 0 runs everything in this process.
+TEST_WORKERS ?= 2
 # Debian packages the tests use, as COMMAND=PACKAGE (installed only when COMMAND is missing).
 SYSTEM_PACKAGES ?= promtool=prometheus prometheus=prometheus prometheus-alertmanager=prometheus-alertmanager \
                    amtool=prometheus-alertmanager \
@@ -46,7 +49,7 @@ demo: install
 	$(BIN)/pillars demo
 
 test: install system-packages
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: install system-packages
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
