@@ -26,6 +26,7 @@ import logging
 import time
 import uuid
 from datetime import datetime, timezone
+from http import HTTPStatus
 from typing import Any, Final
 
 from mlflow.exceptions import MlflowException
@@ -58,9 +59,15 @@ _MISSING_CODES = ("RESOURCE_DOES_NOT_EXIST",)
 class RegistryUnavailable(PillarsError, RuntimeError):
     """The registry could not be read or written (outage, auth failure, lock not obtained): retry later."""
 
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    grpc_code = "UNAVAILABLE"
+
 
 class ChampionMoved(RegistryError):
     """The alias no longer points where the decision to move it assumed; nothing was moved."""
+
+    status = HTTPStatus.CONFLICT
+    grpc_code = "ABORTED"
 
     def __init__(self, name: str, alias: str, expected: str | None, actual: str | None) -> None:
         super().__init__(f"{name}: {alias} is v{actual or '-'}, not v{expected or '-'} as the decision assumed; "
@@ -71,6 +78,9 @@ class ChampionMoved(RegistryError):
 
 class TaskMismatch(RegistryError):
     """A version (or a run) is for another task or input signature than the model's champion."""
+
+    status = HTTPStatus.CONFLICT
+    grpc_code = "FAILED_PRECONDITION"
 
 
 class AnyVersion:
