@@ -27,8 +27,8 @@ def main() -> None:
     os.environ.pop("MLFLOW_TRACKING_URI", None)
 
     from pillars.components import registry
-    from pillars.components.prepare_data import PrepareParams, prepare
-    from pillars.components.tracking import configure_tracking
+    from pillars.components.data.prepare import PrepareParams, prepare
+    from pillars.components.registry.tracking import configure_tracking
     from pillars.pipelines.local import run_local
     from pillars.pipelines.stack import Ports, Stack, Timing, free_port
     from pillars.pipelines.training import training_pipeline

@@ -31,10 +31,10 @@ sys.path.insert(0, str(ROOT))
 import mlflow  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from pillars.components.predictor import save_model  # noqa: E402
+from pillars.components.model.predictor import save_model  # noqa: E402
 from pillars.tasks.tabular import classifier_of  # noqa: E402
-from pillars.components.register import promote, register_model  # noqa: E402
-from pillars.components.tracking import configure_tracking, ensure_experiment  # noqa: E402
+from pillars.components.registry.register import promote, register_model  # noqa: E402
+from pillars.components.registry.tracking import configure_tracking, ensure_experiment  # noqa: E402
 from pillars.console.runs import LOG_FILE, SUCCEEDED, RunStore  # noqa: E402
 from tests.console.conftest import CHROMIUM, start_console  # noqa: E402
 

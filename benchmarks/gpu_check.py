@@ -235,7 +235,7 @@ class Workload:
 
 def prepared(name: str, reference: str, task_args: dict[str, Any], batch: int) -> Workload:
     """The project's data path: ``prepare`` (load, clean, split, fit preprocessing, profile)."""
-    from pillars.components.prepare_data import PrepareParams, prepare
+    from pillars.components.data.prepare import PrepareParams, prepare
 
     started = time.perf_counter()
     data = prepare(PrepareParams(task=reference, task_args=json.dumps(task_args)))
@@ -322,7 +322,7 @@ class Workloads:
 
 def encoded(w: Workload, split: str, device: Any, rows: int | None = None) -> tuple[dict[str, Any], Any]:
     """A split encoded once by the task and moved to ``device``, as ``fit()`` does."""
-    from pillars.components.prepare_data import inputs_of
+    from pillars.components.data.prepare import inputs_of
 
     examples = {k: v[:rows] for k, v in w.splits[split].items()} if rows else w.splits[split]
     x = w.task.encode(inputs_of(w.task, w.prep, examples), w.prep)
@@ -346,7 +346,7 @@ def fresh_model(w: Workload, device: Any) -> tuple[Any, Any]:
     """The task's model as ``fit()`` builds it (seeded) on ``device``, with the train step's AdamW."""
     import torch
 
-    from pillars.components.fit import TrainParams, init_model
+    from pillars.components.training.fit import TrainParams, init_model
 
     params = TrainParams(batch_size=w.batch)
     model = init_model(w.task, w.prep, params).to(device)
@@ -405,7 +405,7 @@ def train_steps(w: Workload, data: tuple[Any, ...], mode: str, sizes: Sizes, dev
 
 def fit_as_shipped(w: Workload, sizes: Sizes, device: Any) -> dict[str, Any]:
     """``fit()`` as the train step runs it (its own precision: bf16 autocast on CUDA), with validation."""
-    from pillars.components.fit import TrainParams, fit
+    from pillars.components.training.fit import TrainParams, fit
 
     params = TrainParams(epochs=sizes.fit_epochs, batch_size=w.batch, device=device.type,
                          patience=sizes.fit_epochs + 1)
@@ -517,7 +517,7 @@ def pipeline_steps(w: Workload, x: dict[str, Any], y: Any, device: Any, steps: i
 
 
 def input_pipeline(sizes: Sizes, device: Any, workloads: Workloads) -> dict[str, Any]:
-    from pillars.components.prepare_data import inputs_of
+    from pillars.components.data.prepare import inputs_of
 
     out: dict[str, Any] = {}
     for name in ("digits", "text"):
@@ -541,8 +541,8 @@ def input_pipeline(sizes: Sizes, device: Any, workloads: Workloads) -> dict[str,
 def ddp(sizes: Sizes, device: Any, work: Path, timeout: float) -> dict[str, Any]:
     import torch
 
-    from pillars.components.fit import TrainParams, fit
-    from pillars.components.prepare_data import (PrepareParams, load_metadata, load_split, prepare,
+    from pillars.components.training.fit import TrainParams, fit
+    from pillars.components.data.prepare import (PrepareParams, load_metadata, load_split, prepare,
                                                  save_metadata, save_split)
 
     data = prepare(PrepareParams(task=DIGITS, task_args=json.dumps(sizes.digits_args)))
@@ -641,8 +641,8 @@ def ddp_worker(args: argparse.Namespace) -> int:
     import torch
     import torch.distributed as dist
 
-    from pillars.components.fit import TrainParams, fit
-    from pillars.components.prepare_data import load_metadata, load_split
+    from pillars.components.training.fit import TrainParams, fit
+    from pillars.components.data.prepare import load_metadata, load_split
 
     try:
         params = TrainParams(**json.loads(args.params))
@@ -683,7 +683,7 @@ def serving(sizes: Sizes, device: Any, workloads: Workloads, work: Path) -> dict
     import numpy as np
     import torch
 
-    from pillars.components.predictor import load_predictor, save_model, save_onnx_model
+    from pillars.components.model.predictor import load_predictor, save_model, save_onnx_model
 
     w = workloads.get("digits")
     model, _ = fresh_model(w, "cpu")
@@ -694,7 +694,7 @@ def serving(sizes: Sizes, device: Any, workloads: Workloads, work: Path) -> dict
     try:
         if not sizes.export_onnx:
             raise Skipped("--smoke: the ONNX export (~10 s of dynamo tracing on 2 cores) is left out")
-        from pillars.components.onnx_export import export_onnx
+        from pillars.components.optimize.onnx_export import export_onnx
 
         graph = export_onnx(load_predictor(folders["pytorch"]), {"input-0": rows[:32]}, work / "serve" / "m.onnx")
         folders["onnx"] = save_onnx_model(w.task, w.reference, w.prep, graph, work / "serve" / "onnx")

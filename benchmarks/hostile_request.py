@@ -50,7 +50,7 @@ TARGET = {"seconds": 0.100, "rss_mib": 50.0, "health_seconds": 0.050}
 
 def build_model(root: Path) -> Path:
 
-    from pillars.components.predictor import save_model
+    from pillars.components.model.predictor import save_model
     from pillars.tasks.tabular import classifier_of
 
     return save_model(*classifier_of([f"x{i}" for i in range(N_FEATURES)], ["benign", "malignant"]), root / "model")

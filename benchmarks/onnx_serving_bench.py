@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from pillars.components.onnx_export import (export_onnx, has_convolutions, quantize_int8_dynamic,  # noqa: E402
+from pillars.components.optimize.onnx_export import (export_onnx, has_convolutions, quantize_int8_dynamic,  # noqa: E402
                                             quantize_int8_static)
-from pillars.components.predictor import load_predictor, save_model, save_onnx_model  # noqa: E402
+from pillars.components.model.predictor import load_predictor, save_model, save_onnx_model  # noqa: E402
 from pillars.components.task import load_task, task_reference  # noqa: E402
 from serving_bench import raw_http_target, start  # noqa: E402
 from tests.processes import free_port  # noqa: E402

@@ -5,7 +5,7 @@ distilled, side by side in one run on one machine.
 
 The task (an entry point or ``package.module:attribute``; default ``digits``, the 1x8x8 CNN) is trained
 in-process through the task API (tests/tasks/conftest.py ``train_in_process``), saved in the v2 format
-and optimised with :func:`pillars.components.optimize.optimize_model`: every variant is loaded through
+and optimised with :func:`pillars.components.optimize.variants.optimize_model`: every variant is loaded through
 ``load_predictor`` (the server's loader) and judged on the same test split. Reported per model: the
 primary test metric and its delta, parameters, nonzero parameters, file size (and zlib-compressed),
 size relative to fp32, and the in-process latency of the served path (check, encode, forward, decode)
@@ -30,8 +30,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pillars.components.optimize import FitParams, OptimizeParams, optimize_model  # noqa: E402
-from pillars.components.predictor import save_model  # noqa: E402
+from pillars.components.optimize.variants import FitParams, OptimizeParams, optimize_model  # noqa: E402
+from pillars.components.model.predictor import save_model  # noqa: E402
 from pillars.components.task import load_task, task_reference  # noqa: E402
 from tests.tasks.conftest import train_in_process  # noqa: E402
 

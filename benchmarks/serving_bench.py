@@ -43,8 +43,8 @@ def build_and_register(root: Path) -> tuple[str, Path]:
     """Save a breast-cancer-sized classifier, register it as ``bench`` v1; return tracking URI and folder."""
     import mlflow
 
-    from pillars.components.mlflow_model import log_pillars_model
-    from pillars.components.predictor import save_model
+    from pillars.components.model.mlflow_model import log_pillars_model
+    from pillars.components.model.predictor import save_model
     from pillars.tasks.tabular import classifier_of
 
     model_dir = save_model(*classifier_of([f"x{i}" for i in range(N_FEATURES)], ["benign", "malignant"],
@@ -63,7 +63,7 @@ def in_process_ceiling(model_dir: Path, seconds: float = 3.0, batch: int = 64) -
     batches in this process: the ceiling."""
     import torch
 
-    from pillars.components.predictor import load_predictor
+    from pillars.components.model.predictor import load_predictor
 
     torch.set_num_threads(1)  # as the server runs it (--cpu_threads 1, the default)
     predictor = load_predictor(model_dir)

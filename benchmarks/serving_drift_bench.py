@@ -44,8 +44,8 @@ BULK_ROWS = 64
 def build_profiled_model(root: Path) -> tuple[Path, np.ndarray]:
     """Save the breast-cancer-sized classifier with ``data_profile.json``; return the folder and its train split."""
 
-    from pillars.components.predictor import save_model
-    from pillars.components.profile import build_profile
+    from pillars.components.model.predictor import save_model
+    from pillars.components.data.profile import build_profile
     from pillars.tasks.tabular import classifier_of
 
     names = [f"x{i}" for i in range(N_FEATURES)]
@@ -61,7 +61,7 @@ def build_profiled_model(root: Path) -> tuple[Path, np.ndarray]:
 def in_process_costs(model_dir: Path, x: np.ndarray) -> dict:
     """Median seconds of the drift features and ``observe`` of a 64-row batch (what the request path pays),
     and of one ``compute`` over a full 1000-row window."""
-    from pillars.components.predictor import load_predictor, load_profile
+    from pillars.components.model.predictor import load_predictor, load_profile
     from pillars.serving.drift import DriftConfig, DriftMonitor
 
     predictor = load_predictor(model_dir)

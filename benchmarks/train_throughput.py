@@ -23,11 +23,11 @@ import torch
 from mlflow.tracking import MlflowClient
 from sklearn.datasets import make_classification
 
-from pillars.components.prepare_data import PrepareParams, prepare, save_metadata, save_split, task_of
+from pillars.components.data.prepare import PrepareParams, prepare, save_metadata, save_split, task_of
 from pillars.components.settings import Settings
-from pillars.components.tracking import configure_tracking
-from pillars.components.fit import TrainParams, init_model
-from pillars.components.train import run_training
+from pillars.components.registry.tracking import configure_tracking
+from pillars.components.training.fit import TrainParams, init_model
+from pillars.components.training.train import run_training
 
 
 def bare_loop(x: np.ndarray, y: np.ndarray, metadata: dict, params: TrainParams) -> float:
@@ -72,7 +72,7 @@ def main() -> None:
     x_train, y_train = data.splits["train"]["input-0"], data.splits["train"]["label"]
     samples = len(x_train) * args.epochs
 
-    from pillars.components.tracking import ensure_experiment
+    from pillars.components.registry.tracking import ensure_experiment
 
     ensure_experiment("bench", settings)  # creates the SQLite schema outside the timed region
     bare, loop, whole = [], [], []

@@ -23,8 +23,8 @@ def resolve_task(model_name: str, task: str, task_args: str, tracking_uri: str
     of ``model_name`` was trained with."""
     from collections import namedtuple
 
-    from pillars.components.register import task_of_champion
-    from pillars.components.tracking import configure_tracking
+    from pillars.components.registry.register import task_of_champion
+    from pillars.components.registry.tracking import configure_tracking
 
     resolved = namedtuple("Resolved", ["task", "task_args"])
     if task:
@@ -51,7 +51,7 @@ def prepare_data(
 ) -> str:
     """Load and split the task's data, fit its preprocessing; write ``.npz`` splits and the metadata/profile
     JSON. Returns the data hash."""
-    from pillars.components.prepare_data import PrepareParams, run_prepare
+    from pillars.components.data.prepare import PrepareParams, run_prepare
 
     params = PrepareParams(task=task, task_args=task_args, source=source, label_column=label_column, seed=seed,
                            val_fraction=val_fraction, test_fraction=test_fraction,
@@ -86,7 +86,7 @@ def train(
     The epochs show as a tqdm bar in the step's log (``pillars run`` draws it). Returns the MLflow run id."""
     import json
 
-    from pillars.components.train import TrainParams, run_training
+    from pillars.components.training.train import TrainParams, run_training
 
     with open(metadata.path) as f:
         name = model_name or json.load(f)["task_name"]
@@ -111,7 +111,7 @@ def evaluate(
     """Test metrics, overfitting gap, confusion matrix, ROC and an HTML report. Returns the metrics as JSON."""
     import json
 
-    from pillars.components.evaluate import run_evaluation
+    from pillars.components.evaluation.evaluate import run_evaluation
 
     result = run_evaluation(model.path, {"train": train_data.path, "val": val_data.path, "test": test_data.path},
                             mlflow_run_id, report.path, tracking_uri)
@@ -142,7 +142,7 @@ def validate(
     """
     import json
 
-    from pillars.components.validate import run_gate
+    from pillars.components.evaluation.gate import run_gate
 
     with open(metadata.path) as f:
         name = model_name or json.load(f)["task_name"]
@@ -169,7 +169,7 @@ def register(
     import json
     from collections import namedtuple
 
-    from pillars.components.register import run_register
+    from pillars.components.registry.register import run_register
 
     with open(metadata.path) as f:
         name = model_name or json.load(f)["task_name"]
@@ -197,9 +197,9 @@ def promote(
     Returns whether the version became champion."""
     import json
 
-    from pillars.components.register import promote_gated
-    from pillars.components.tracking import configure_tracking
-    from pillars.components.validate import run_gate
+    from pillars.components.registry.register import promote_gated
+    from pillars.components.registry.tracking import configure_tracking
+    from pillars.components.evaluation.gate import run_gate
 
     with open(decision.path) as f:
         gate = json.load(f)
@@ -238,7 +238,7 @@ def deploy_op(
     Raises:
         DeployError: not ready in time or failed; traffic was rolled back.
     """
-    from pillars.components.deploy import DeploySpec, deploy
+    from pillars.components.deploy.inference_service import DeploySpec, deploy
 
     spec = DeploySpec(model=model_name, alias=alias, namespace=namespace, version=version or None,
                       gpu=gpu, canary_percent=None if canary_percent < 0 else canary_percent, mode=mode,

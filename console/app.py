@@ -21,7 +21,7 @@ from fastapi.templating import Jinja2Templates
 from pillars.components import registry
 from pillars.components.errors import ConfigError, PillarsError, RegistryError
 from pillars.components.settings import Settings
-from pillars.components.tracking import configure_tracking, is_local_store
+from pillars.components.registry.tracking import configure_tracking, is_local_store
 from pillars.console import charts, endpoints, forms, steplog
 from pillars.console.runs import RunQueue, RunStore, kfp_status, submit_to_kfp
 from pillars.console.security import (AUTH_COOKIE, CSRF_FIELD, SESSION_COOKIE, BodyLimit, Guard, LoginLimiter,

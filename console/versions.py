@@ -1,7 +1,7 @@
 """What the console shows of registered versions: metrics, lineage, the gate's decision, alias history.
 
 Reads through :mod:`pillars.components.registry` (the CLI's registry code) and MLflow's client; moves
-aliases only through :func:`pillars.components.register.promote` and
+aliases only through :func:`pillars.components.registry.register.promote` and
 :func:`pillars.components.registry.rollback`, so the console follows the CLI's compare-and-set and
 history rules.
 """
@@ -19,7 +19,7 @@ from mlflow.exceptions import MlflowException
 
 from pillars.components import registry
 from pillars.components.errors import RegistryError
-from pillars.components.register import promote
+from pillars.components.registry.register import promote
 
 ARTIFACTS = {
     "report.html": "evaluation report",
@@ -32,7 +32,7 @@ PARENT_TAGS = ("pillars.warm_started_from", "pillars.parent_version", "parent_ve
 """Tags (version or run) that name the version a model was derived from: retraining, optimisation."""
 
 VARIANT_TAG = "pillars.variant"
-"""Set on every optimised variant (with the other tags of :func:`pillars.components.register_variants.variant_tags`)."""
+"""Set on every optimised variant (with the other tags of :func:`pillars.components.optimize.register.variant_tags`)."""
 
 
 @dataclasses.dataclass

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pillars.components.errors import ConfigError, PillarsError, one_line
-from pillars.components.references import ModelRef, check_model_name, default_model_name
+from pillars.components.registry.references import ModelRef, check_model_name, default_model_name
 from pillars.pipelines.compile import PIPELINES, compile_pipeline, parse_params, pipeline_factory, task_params
 
 
@@ -48,7 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     log = log_path(Settings().resolved_home(), args.pipeline)
     print(f"pillars run {args.pipeline}: steps run with kfp.local; full log: {log}", file=sys.stderr, flush=True)
     if args.pipeline == "optimize":
-        from pillars.components.register_variants import resolve_version
+        from pillars.components.optimize.register import resolve_version
 
         run_reported(pipeline, arguments, log, verbose=args.verbose or args.show_logs, caching=not args.no_cache)
         for line in optimize_summary(*resolve_version(str(arguments["model"])), log):
@@ -73,9 +74,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_optimize(args: argparse.Namespace) -> int:
     """``pillars optimize models:/NAME@champion``: the optimize pipeline with kfp.local; the model must be
     registered (checked before any step runs)."""
-    from pillars.components.register_variants import resolve_version
+    from pillars.components.optimize.register import resolve_version
     from pillars.components.settings import Settings
-    from pillars.components.tracking import configure_tracking
+    from pillars.components.registry.tracking import configure_tracking
     from pillars.pipelines.progress import log_path, optimize_summary, run_reported
 
     ModelRef.parse(args.model)
@@ -144,8 +145,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from pillars.components import registry
-    from pillars.components.register import promote
-    from pillars.components.tracking import configure_tracking
+    from pillars.components.registry.register import promote
+    from pillars.components.registry.tracking import configure_tracking
 
     if getattr(args, "name", None) is not None:
         check_model_name(args.name)
@@ -180,7 +181,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _upgrade(name: str, version: str | None) -> None:
-    from pillars.components.upgrade import upgrade_model
+    from pillars.components.model.upgrade import upgrade_model
 
     done = upgrade_model(name, version)
     if not done:
@@ -202,7 +203,7 @@ def version_line(name: str, row: Mapping[str, Any]) -> str:
     """One ``pillars models show`` line of a :func:`~pillars.components.registry.list_versions` row.
 
     A trained version shows its gate result and test metrics; an optimised variant (tagged by
-    :mod:`pillars.components.register_variants`) shows what it is, the version it was made from, its file
+    :mod:`pillars.components.optimize.register`) shows what it is, the version it was made from, its file
     size, its metric's change against that parent and its batch-1 latency.
     """
     tags = row["tags"]
@@ -261,7 +262,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from pillars.components.registry import CHAMPION, alias_version
-    from pillars.components.tracking import configure_tracking
+    from pillars.components.registry.tracking import configure_tracking
     from pillars.pipelines.stack import Stack, Timing, parse_ports
 
     check_model_name(args.model)
@@ -279,10 +280,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_console(args: argparse.Namespace) -> int:
-    from pillars.console.server import serve
-
-    serve(args.host, args.port, args.token_file)
-    return 0
+    """The console runs as a process of its own (``python -m pillars.console``, which takes the flags): the
+    console imports the command-line tools, never the other way round."""
+    return subprocess.call([sys.executable, "-m", "pillars.console", *args.rest])
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -324,9 +324,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     import yaml
 
-    from pillars.components.deploy import DeployError, DeploySpec, build_inference_service, deploy, \
+    from pillars.components.deploy.inference_service import DeployError, DeploySpec, build_inference_service, deploy, \
         mode_annotation, resolve_version
-    from pillars.components.tracking import configure_tracking
+    from pillars.components.registry.tracking import configure_tracking
 
     ref = ModelRef.parse(args.model)
     if not ref.is_alias:
@@ -483,10 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     param_arg(p)
     p.set_defaults(func=cmd_up)
 
-    p = sub.add_parser("console", help="the web console: pipelines, runs, models, endpoints")
-    p.add_argument("--host", default=None, help="interface (default 127.0.0.1; others need --token-file)")
-    p.add_argument("--port", type=int, default=None, help="port (default 8700)")
-    p.add_argument("--token-file", type=Path, default=None, help="file holding the access token")
+    p = sub.add_parser("console", help="the web console: pipelines, runs, models, endpoints", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="the console's own flags (pillars console --help)")
     p.set_defaults(func=cmd_console)
 
     p = sub.add_parser("down", help="stop the local stack")
@@ -526,7 +524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    if hasattr(args, "rest"):  # serve, trigger: their own parsers read the rest
+    if hasattr(args, "rest"):  # serve, trigger, console: their own parsers read the rest
         args.rest = [*extra, *args.rest]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

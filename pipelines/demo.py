@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from pillars.components import registry
-from pillars.components.references import default_model_name
+from pillars.components.registry.references import default_model_name
 from pillars.components.settings import Settings
 
 
@@ -77,9 +77,9 @@ def example_inputs(name: str) -> dict[str, np.ndarray]:
     """One row of the champion's inputs, from the input example logged with it (its test split's rows)."""
     from mlflow.models import Model
 
-    from pillars.components.frames import frame_to_inputs
-    from pillars.components.predictor import check_inputs, load_predictor
-    from pillars.components.register import downloaded_version
+    from pillars.components.model.frames import frame_to_inputs
+    from pillars.components.model.predictor import check_inputs, load_predictor
+    from pillars.components.registry.register import downloaded_version
 
     version = registry.alias_version(name, registry.CHAMPION)
     with downloaded_version(name, str(version)) as folder:

@@ -26,7 +26,7 @@ from typing import Any, TextIO
 from kfp import local
 
 from pillars.components.settings import Settings
-from pillars.components.tracking import configure_tracking
+from pillars.components.registry.tracking import configure_tracking
 
 logger = logging.getLogger("pillars.local")
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from kfp import dsl, kubernetes
 
-from pillars.components.optimize import VARIANTS, Guard, OptimizeParams
-from pillars.components.optimize_op import optimize_component
+from pillars.components.optimize.variants import VARIANTS, Guard, OptimizeParams
+from pillars.components.optimize.op import optimize_component
 from pillars.components.settings import Settings
 
 PIPELINE_NAME = "pillars-optimize"

@@ -268,7 +268,7 @@ def optimize_summary(name: str, version: str, log: Path) -> list[str]:
     """After optimising ``name`` v``version``: one table of every variant (registered, refused, skipped or
     failed, from the run's logged report), where ``edge`` points, that the champion did not move."""
     from pillars.components import registry
-    from pillars.components.register_variants import EDGE, latest_report, variants_table
+    from pillars.components.optimize.register import EDGE, latest_report, variants_table
 
     report = latest_report(name, version)
     lines = variants_table(report) if report else [f"no optimisation report of {name} v{version} in MLflow"]
@@ -286,7 +286,7 @@ def run_summary(name: str, uri: str, log: Path) -> list[str]:
     optimised variant), its gate decision, aliases and test metrics; the variants made of it (a run with
     ``optimize=true``) apart, one line each; where MLflow and the log are, and how to serve it."""
     from pillars.components import registry
-    from pillars.components.register_variants import latest_report, variants_table
+    from pillars.components.optimize.register import latest_report, variants_table
 
     versions = registry.list_versions(name)
     newest = next((v for v in versions if "pillars.variant" not in v["tags"]), versions[0])

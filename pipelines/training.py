@@ -11,15 +11,15 @@ from typing import Any
 from kfp import dsl, kubernetes
 
 from pillars.components.errors import ConfigError
-from pillars.components.fit import TrainParams
+from pillars.components.training.fit import TrainParams
 from pillars.components.ops import Components, components
-from pillars.components.optimize import step_defaults
-from pillars.components.optimize_op import optimize_component
-from pillars.components.prepare_data import PrepareParams
-from pillars.components.references import check_model_name, default_model_name
+from pillars.components.optimize.variants import step_defaults
+from pillars.components.optimize.op import optimize_component
+from pillars.components.data.prepare import PrepareParams
+from pillars.components.registry.references import check_model_name, default_model_name
 from pillars.components.settings import Settings
 from pillars.components.task import DataParams, task_reference
-from pillars.components.validate import check_margin, check_task_owner, parse_thresholds
+from pillars.components.evaluation.gate import check_margin, check_task_owner, parse_thresholds
 
 PIPELINE_NAME = "pillars-training"
 

@@ -54,7 +54,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pillars.components.errors import ConfigError
-from pillars.components.references import check_model_name
+from pillars.components.registry.references import check_model_name
 from pillars.components.registry import CHAMPION, alias_version
 from pillars.components.settings import Settings
 from pillars.pipelines.compile import compile_pipeline, parse_params, pipeline_factory

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 
 from pillars.components.errors import PillarsError
-from pillars.components.references import SCHEME, ModelRef
+from pillars.components.registry.references import SCHEME, ModelRef
 
 logger = logging.getLogger("pillars.serving")
 
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(normalize_flags(sys.argv[1:] if argv is None else argv, parser))
     _configure_logging(args.log_level)
 
-    from pillars.components.tracking import configure_tracking
+    from pillars.components.registry.tracking import configure_tracking
     from pillars.serving.auth import load_auth
     from pillars.serving.model import PillarsModel
     from pillars.serving.server import PillarsModelServer

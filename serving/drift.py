@@ -35,7 +35,7 @@ Defaults and why:
 - ``interval_s=5``: well inside a 15-30 s Prometheus scrape interval, and the computation (a few ms
   for tabular models) runs at most once per interval.
 
-What is compared is the task's *drift features* (:meth:`pillars.components.predictor.Predictor.drift_rows`:
+What is compared is the task's *drift features* (:meth:`pillars.components.model.predictor.Predictor.drift_rows`:
 a table's columns, a text's token count and out-of-vocabulary share, ...), against the model's
 ``data_profile.json``: ``{"rows", "schema": [{"name", "type"}], "features": {name: {count, mean, std, min,
 max, quantiles, histogram}}, "label": label profile or null, "reference_sample": rows of the features,
@@ -220,7 +220,7 @@ class DriftMonitor:
     """A sliding window of served rows and predictions, compared with the training profile.
 
     Args:
-        profile: the data profile (:func:`pillars.components.profile.build_profile`).
+        profile: the data profile (:func:`pillars.components.data.profile.build_profile`).
         feature_names: the drift features' names, in column order (all must be in the profile).
         kind: the task's kind; predictions are compared for ``classification`` and ``regression``.
         classes: class names of a classifier (index order of ``class_index``).

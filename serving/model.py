@@ -4,7 +4,7 @@
 in an InferenceService pod and on a laptop. The hooks:
 
 - ``load``: resolve the model (:mod:`pillars.serving.storage`), load it with its task
-  (:func:`pillars.components.predictor.load_predictor`; a 0.1 model is translated), run one warm-up batch,
+  (:func:`pillars.components.model.predictor.load_predictor`; a 0.1 model is translated), run one warm-up batch,
   start drift monitoring of the task's drift features against the model's data profile
   (:mod:`pillars.serving.drift`), and only then set ``ready``. Everything the server checks and answers
   follows the model's :class:`pillars.components.task.Signature`.
@@ -44,7 +44,7 @@ from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferResponse
 
 from pillars.components.errors import ConfigError
-from pillars.components.predictor import Predictor, load_predictor, load_profile
+from pillars.components.model.predictor import Predictor, load_predictor, load_profile
 from pillars.components.task import InputError, Signature, TensorSpec
 from pillars.serving import codec, metrics
 from pillars.serving.batching import Batcher, Outputs

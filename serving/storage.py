@@ -1,6 +1,6 @@
 """Resolving where a model lives (MLflow registry, run, S3 or a folder) to a local folder.
 
-Nothing here unpickles: we only download files; :func:`pillars.components.predictor.load_predictor` then reads
+Nothing here unpickles: we only download files; :func:`pillars.components.model.predictor.load_predictor` then reads
 ``config.json``, ``model.safetensors`` and ``preprocessing.json``.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from pillars.components.errors import ConfigError
-from pillars.components.predictor import locate_model_dir
-from pillars.components.references import SCHEME, ModelRef
+from pillars.components.model.predictor import locate_model_dir
+from pillars.components.registry.references import SCHEME, ModelRef
 
 logger = logging.getLogger("pillars.serving")
 

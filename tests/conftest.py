@@ -121,7 +121,7 @@ def local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
     """The embedded default in a temporary ``PILLARS_HOME`` (SQLite store, local artifacts)."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("PILLARS_HOME", str(tmp_path / ".pillars"))
-    from pillars.components.tracking import configure_tracking
+    from pillars.components.registry.tracking import configure_tracking
 
     uri = configure_tracking()
     yield uri

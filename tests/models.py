@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pillars.components.predictor import SavedConfig, TorchPredictor, save_model
+from pillars.components.model.predictor import SavedConfig, TorchPredictor, save_model
 from pillars.components.task import Task, load_task
 
 TABULAR = "pillars.tasks.tabular:tabular_classification"
@@ -46,7 +46,7 @@ def save_classifier(directory: str | Path, feature_names: Sequence[str] = ("a", 
 
 
 def predictor_of(task: Task, prep: dict, model: torch.nn.Module, reference: str = TABULAR) -> TorchPredictor:
-    """A predictor over an in-memory model, as :func:`pillars.components.predictor.load_predictor` builds one."""
+    """A predictor over an in-memory model, as :func:`pillars.components.model.predictor.load_predictor` builds one."""
     config = SavedConfig(reference, task.task_args(), task.signature(prep).to_dict())
     return TorchPredictor(task, prep, config, model.eval(), torch.device("cpu"))
 
@@ -63,7 +63,7 @@ def save_legacy_classifier(directory: str | Path, feature_names: Sequence[str] =
 
     from safetensors.torch import save_file
 
-    from pillars.components.models import ModelConfig, build_model
+    from pillars.tasks.tabular.network import ModelConfig, build_model
 
     config = ModelConfig(task="toy", kind="classification", architecture="mlp", input_shape=[len(feature_names)],
                          feature_names=list(feature_names), classes=list(classes), hidden_sizes=[8])

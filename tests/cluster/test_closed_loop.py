@@ -247,13 +247,13 @@ def test_pipeline_runs_may_launch_and_clean_up_trainjobs_in_their_namespace_only
     role = _by_kind_name(docs)[("Role", "pillars-pipeline-runner")]
     (rule,) = [r for r in role["rules"] if "trainjobs" in r["resources"]]
     assert rule["apiGroups"] == ["trainer.kubeflow.org"] and rule["resources"] == ["trainjobs"]
-    # components/trainjob.py: server-side apply (create/patch), then polling get; delete to clean up.
+    # components/training/trainjob.py: server-side apply (create/patch), then polling get; delete to clean up.
     assert set(rule["verbs"]) == {"create", "get", "list", "watch", "patch", "delete"}
     assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
 
 
 def test_the_trainjob_rule_names_the_api_components_trainjob_uses() -> None:
-    from pillars.components import trainjob
+    from pillars.components.training import trainjob
 
     rbac = (CHART / "templates" / "rbac.yaml").read_text()
     assert f"apiGroups: [{trainjob.GROUP}]" in rbac and f"resources: [{trainjob.PLURAL}]" in rbac

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pillars.components.deploy import IMAGE_UID
+from pillars.components.deploy.inference_service import IMAGE_UID
 from tests.cluster.conftest import ROOT
 from tests.conftest import MLFLOW_SERVER_ENV
 from tests.processes import ServerProcess, free_port

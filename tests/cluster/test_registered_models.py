@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pillars.components.deploy import DeploySpec, build_inference_service, label_value
+from pillars.components.deploy.inference_service import DeploySpec, build_inference_service, label_value
 from tests.cluster.conftest import CHART, load_docs, run
 
 BREAST_CANCER = ["models[0].name=breast-cancer", "models[0].uri=models:/breast_cancer@champion"]

@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-from pillars.components import checkpoints
-from pillars.components.checkpoints import CHECKPOINT, PREVIOUS, load_checkpoint, write_checkpoint
-from pillars.components.fit import TrainParams, fingerprint, fit
-from pillars.components.prepare_data import PrepareParams, prepare
+from pillars.components.training import checkpoints
+from pillars.components.training.checkpoints import CHECKPOINT, PREVIOUS, load_checkpoint, write_checkpoint
+from pillars.components.training.fit import TrainParams, fingerprint, fit
+from pillars.components.data.prepare import PrepareParams, prepare
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pillars.components.distributed import DistributedTrainingError, launch_local, worker_args
-from pillars.components.predictor import load_predictor
-from pillars.components.prepare_data import PrepareParams, load_metadata, load_split, run_prepare
-from pillars.components.fit import TrainParams, fit
-from pillars.components.train import run_training
+from pillars.components.training.distributed import DistributedTrainingError, launch_local, worker_args
+from pillars.components.model.predictor import load_predictor
+from pillars.components.data.prepare import PrepareParams, load_metadata, load_split, run_prepare
+from pillars.components.training.fit import TrainParams, fit
+from pillars.components.training.train import run_training
 
 
 @pytest.fixture(scope="module")

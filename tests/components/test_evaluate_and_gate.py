@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from pillars.components.errors import ConfigError
-from pillars.components.evaluate import evaluate, report_html, split_metrics
+from pillars.components.evaluation.evaluate import evaluate, report_html, split_metrics
 from pillars.components.task import load_task
-from pillars.components.validate import gate, parse_thresholds
+from pillars.components.evaluation.gate import gate, parse_thresholds
 from tests.models import predictor_of, tabular_classifier
 
 

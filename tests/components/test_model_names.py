@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from pillars.components.errors import ConfigError
-from pillars.components.fit import TrainParams
-from pillars.components.references import ModelRef, check_model_name
-from pillars.components.train import checkpoint_dir_for, run_training
+from pillars.components.training.fit import TrainParams
+from pillars.components.registry.references import ModelRef, check_model_name
+from pillars.components.training.train import checkpoint_dir_for, run_training
 
 METADATA = {"data_hash": "h", "task": "breast_cancer"}
 

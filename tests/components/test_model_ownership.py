@@ -12,14 +12,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pillars.components import registry
-from pillars.components.deploy import resolve_version
+from pillars.components.deploy.inference_service import resolve_version
 from pillars.components.errors import ConfigError, RegistryError
-from pillars.components.register import promote, register_model
+from pillars.components.registry.register import promote, register_model
 from pillars.components.registry import LockTiming, RegistryUnavailable, TaskMismatch
 from pillars.components.settings import Settings
 from pillars.components.task import load_task, task_reference
-from pillars.components.tracking import ensure_experiment
-from pillars.components.validate import check_task_owner, gate, retry_unavailable
+from pillars.components.registry.tracking import ensure_experiment
+from pillars.components.evaluation.gate import check_task_owner, gate, retry_unavailable
 from pillars.console.app import create_app
 from pillars.console.settings import ConsoleSettings
 from pillars.console.versions import promote_version

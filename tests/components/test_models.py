@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from pillars.components.errors import ConfigError
-from pillars.components.models import ModelConfig
-from pillars.components.predictor import load_predictor, save_model
+from pillars.tasks.tabular.network import ModelConfig
+from pillars.components.model.predictor import load_predictor, save_model
 from pillars.components.task import InputError
 from tests.models import TABULAR, predictor_of, tabular_classifier
 

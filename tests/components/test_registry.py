@@ -9,8 +9,8 @@ import pytest
 
 from pillars.components import registry
 from pillars.components.errors import RegistryError
-from pillars.components.register import promote, register_model
-from pillars.components.tracking import ensure_experiment
+from pillars.components.registry.register import promote, register_model
+from pillars.components.registry.tracking import ensure_experiment
 from tests.models import save_classifier
 
 

@@ -14,11 +14,11 @@ import pytest
 
 from pillars.components import registry
 from pillars.components.errors import RegistryError
-from pillars.components.register import promote, promote_gated, register_model
+from pillars.components.registry.register import promote, promote_gated, register_model
 from pillars.components.registry import ChampionMoved, LockTiming, RegistryUnavailable
 from pillars.components.task import load_task
-from pillars.components.tracking import ensure_experiment
-from pillars.components.validate import champion_score, gate
+from pillars.components.registry.tracking import ensure_experiment
+from pillars.components.evaluation.gate import champion_score, gate
 from pillars.pipelines.cli import main
 from tests.models import TABULAR, save_classifier, tabular_prep
 from tests.processes import free_port

@@ -14,11 +14,11 @@ from sklearn.datasets import load_breast_cancer
 
 from pillars.components import registry
 from pillars.components.errors import DataError
-from pillars.components.predictor import save_model
-from pillars.components.prepare_data import PrepareParams, load_metadata, prepare, run_prepare
-from pillars.components.register import downloaded_version, run_register
+from pillars.components.model.predictor import save_model
+from pillars.components.data.prepare import PrepareParams, load_metadata, prepare, run_prepare
+from pillars.components.registry.register import downloaded_version, run_register
 from pillars.components.task import load_task
-from pillars.components.tracking import ensure_experiment
+from pillars.components.registry.tracking import ensure_experiment
 from tests.conftest import MLFLOW_SERVER_ENV, require_tool
 from tests.processes import ServerProcess, free_port
 

@@ -8,11 +8,11 @@ import mlflow
 import numpy as np
 import pytest
 
-from pillars.components.predictor import load_predictor, save_model
-from pillars.components.register import promote, register_model
-from pillars.components.tracking import ensure_experiment
-from pillars.components.train import warm_start
-from pillars.components.validate import champion_score
+from pillars.components.model.predictor import load_predictor, save_model
+from pillars.components.registry.register import promote, register_model
+from pillars.components.registry.tracking import ensure_experiment
+from pillars.components.training.train import warm_start
+from pillars.components.evaluation.gate import champion_score
 from tests.models import TABULAR, tabular_classifier, tabular_prep
 
 FEATURES = ["a", "b", "c"]

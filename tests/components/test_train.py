@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from pillars.components.errors import ConfigError
-from pillars.components.prepare_data import PrepareParams, prepare
-from pillars.components.checkpoints import CHECKPOINT
-from pillars.components.fit import TrainParams, fit
+from pillars.components.data.prepare import PrepareParams, prepare
+from pillars.components.training.checkpoints import CHECKPOINT
+from pillars.components.training.fit import TrainParams, fit
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def cancer():
 def test_a_dropout_hyperparameter_sets_every_dropout_of_the_tasks_model_unless_minus_one(cancer):
     from torch import nn
 
-    from pillars.components.fit import init_model
+    from pillars.components.training.fit import init_model
 
     rates = lambda model: {m.p for m in model.modules() if isinstance(m, nn.Dropout)}  # noqa: E731
     assert rates(init_model(cancer.task, cancer.metadata["prep"], TrainParams(dropout=0.3))) == {0.3}
@@ -75,8 +75,8 @@ def test_regression_predicts_on_the_original_target_scale():
 EPOCHS = 100  # each about 10 ms: the kill, within 20 ms of the first checkpoint, lands long before the end
 _KILLABLE = textwrap.dedent(f"""
     import sys
-    from pillars.components.prepare_data import PrepareParams, prepare
-    from pillars.components.fit import TrainParams, fit
+    from pillars.components.data.prepare import PrepareParams, prepare
+    from pillars.components.training.fit import TrainParams, fit
     data = prepare(PrepareParams(task="breast_cancer"))
     fit(data.splits["train"], data.splits["val"], data.metadata,
         TrainParams(epochs={EPOCHS}, patience={EPOCHS}), checkpoint_dir=sys.argv[1], progress=False)

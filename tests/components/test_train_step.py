@@ -10,16 +10,16 @@ import time
 
 from mlflow.tracking import MlflowClient
 
-from pillars.components.prepare_data import PrepareParams, run_prepare
-from pillars.components.checkpoints import CHECKPOINT
-from pillars.components.fit import TrainParams
-from pillars.components.train import checkpoint_dir_for, run_training
-from pillars.components.prepare_data import load_metadata
+from pillars.components.data.prepare import PrepareParams, run_prepare
+from pillars.components.training.checkpoints import CHECKPOINT
+from pillars.components.training.fit import TrainParams
+from pillars.components.training.train import checkpoint_dir_for, run_training
+from pillars.components.data.prepare import load_metadata
 
 _STEP = textwrap.dedent("""
     import sys
-    from pillars.components.fit import TrainParams
-    from pillars.components.train import run_training
+    from pillars.components.training.fit import TrainParams
+    from pillars.components.training.train import run_training
     d, uri = sys.argv[1], sys.argv[2]
     run_training(f"{d}/train", f"{d}/val", f"{d}/meta.json", TrainParams(epochs=100, patience=100),
                  f"{d}/model", "retry-test", kfp_run_id="run-1", tracking_uri=uri, checkpoint_root=f"{d}/ckpt")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from pillars.components.distributed import worker_args
-from pillars.components.fit import TrainParams
-from pillars.components.trainjob import TrainJobError, TrainJobSpec, build_trainjob, job_state, wait_for
+from pillars.components.training.distributed import worker_args
+from pillars.components.training.fit import TrainParams
+from pillars.components.training.trainjob import TrainJobError, TrainJobSpec, build_trainjob, job_state, wait_for
 from tests.conftest import validate
 
 def _spec(**overrides) -> TrainJobSpec:
@@ -25,7 +25,7 @@ def test_gpu_trainjob_validates_and_asks_for_nodes_times_gpus(crd_schemas):
     assert job["spec"]["runtimeRef"]["name"] == "torch-distributed"
     assert (trainer["numNodes"], trainer["numProcPerNode"]) == (2, 4)
     assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "4"
-    assert trainer["command"] == ["torchrun", "-m", "pillars.components.distributed"]
+    assert trainer["command"] == ["torchrun", "-m", "pillars.components.training.distributed"]
     patch = job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
     pod = patch["template"]["spec"]["template"]["spec"]
     assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "train-ckpt"

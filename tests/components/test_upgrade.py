@@ -16,18 +16,18 @@ import numpy as np
 import pytest
 
 from pillars.components import registry
-from pillars.components.mlflow_model import log_pillars_model
-from pillars.components.register import downloaded_version
-from pillars.components.predictor import load_predictor
-from pillars.components.tracking import ensure_experiment
-from pillars.components.upgrade import UPGRADED_FROM, is_legacy
+from pillars.components.model.mlflow_model import log_pillars_model
+from pillars.components.registry.register import downloaded_version
+from pillars.components.model.predictor import load_predictor
+from pillars.components.registry.tracking import ensure_experiment
+from pillars.components.model.upgrade import UPGRADED_FROM, is_legacy
 from pillars.pipelines.cli import main
 from pillars.serving.demo import v2_request
 from tests.processes import ServerProcess, free_port
 from tests.models import rows as toy_rows
 from tests.models import save_legacy_classifier
 
-CURRENT_IMPORT = "from pillars.components.predictor import Predictor, load_predictor"
+CURRENT_IMPORT = "from pillars.components.model.predictor import Predictor, load_predictor"
 LEGACY_IMPORT = "from components.models import Predictor"
 
 

@@ -12,9 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pillars.components import registry
-from pillars.components.register import promote, register_model
+from pillars.components.registry.register import promote, register_model
 from pillars.components.settings import Settings
-from pillars.components.tracking import configure_tracking, ensure_experiment
+from pillars.components.registry.tracking import configure_tracking, ensure_experiment
 from pillars.console.app import create_app
 from pillars.console.settings import ConsoleSettings
 from tests.models import save_classifier
@@ -197,7 +197,7 @@ def test_a_source_outside_the_data_root_or_a_module_task_is_refused_at_its_field
 
 
 def test_an_optimised_variant_shows_its_parent_size_and_metric_delta_apart_from_trained_versions(toy_versions, tmp_path):
-    from pillars.components.register_variants import TAGS
+    from pillars.components.optimize.register import TAGS
 
     v1, v2 = toy_versions
     with mlflow.start_run(experiment_id=ensure_experiment("toy")) as run:

@@ -22,8 +22,8 @@ import pytest
 from playwright.sync_api import expect
 
 from pillars.components import registry
-from pillars.components.register import promote, register_model
-from pillars.components.tracking import ensure_experiment
+from pillars.components.registry.register import promote, register_model
+from pillars.components.registry.tracking import ensure_experiment
 from pillars.console.runs import worker_alive
 from pillars.pipelines.stack import stop_group
 from tests.console.conftest import BrowserWatch, artifacts_dir, start_console

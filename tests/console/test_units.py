@@ -234,12 +234,12 @@ def test_csrf_tokens_belong_to_their_session_and_auth_to_the_token():
     assert Guard(None, loopback=True).authenticated(None, None)
 
 
-def test_pillars_console_refuses_a_public_host_without_a_token(capsys, tmp_path):
+def test_pillars_console_refuses_a_public_host_without_a_token(capfd, tmp_path):
     assert main(["console", "--host", "0.0.0.0", "--port", "1"]) == 2
-    assert "refusing to serve the console on 0.0.0.0 without a token" in capsys.readouterr().err
+    assert "pillars: error: refusing to serve the console on 0.0.0.0 without a token" in capfd.readouterr().err
     (tmp_path / "token").write_text("short")
     assert main(["console", "--host", "0.0.0.0", "--token-file", str(tmp_path / "token")]) == 2
-    assert "shorter than 16 characters" in capsys.readouterr().err
+    assert "shorter than 16 characters" in capfd.readouterr().err
 
 
 def test_wrong_tokens_are_limited_per_address_in_bounded_memory():

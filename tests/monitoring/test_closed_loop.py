@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from pillars.components import registry
-from pillars.components.prepare_data import PrepareParams, prepare
-from pillars.components.tracking import configure_tracking
+from pillars.components.data.prepare import PrepareParams, prepare
+from pillars.components.registry.tracking import configure_tracking
 from pillars.pipelines.local import run_local
 from pillars.pipelines.stack import Ports, Stack, Timing, web_auth
 from pillars.pipelines.training import training_pipeline

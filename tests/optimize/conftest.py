@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pillars.components.optimize import FitParams, OptimizeParams, OptimizeReport, optimize_model
-from pillars.components.predictor import save_model
+from pillars.components.optimize.variants import FitParams, OptimizeParams, OptimizeReport, optimize_model
+from pillars.components.model.predictor import save_model
 from tests.optimize.toy import REFERENCE, Blobs, Line, Tokens
 from tests.tasks.conftest import Trained, train_in_process
 

@@ -3,9 +3,9 @@ distilled into its own student, judged on its own test split."""
 
 from __future__ import annotations
 
-from pillars.components.optimize import FitParams, OptimizeParams, optimize_model
-from pillars.components.predictor import load_predictor, save_model
-from pillars.components.shrink import count_parameters
+from pillars.components.optimize.variants import FitParams, OptimizeParams, optimize_model
+from pillars.components.model.predictor import load_predictor, save_model
+from pillars.components.optimize.shrink import count_parameters
 from pillars.components.task import load_task
 from tests.tasks.conftest import train_in_process
 

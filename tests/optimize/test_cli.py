@@ -17,10 +17,10 @@ import mlflow
 import pytest
 
 from pillars.components import registry
-from pillars.components.examples import take
-from pillars.components.predictor import save_model
-from pillars.components.register import register_model
-from pillars.components.register_variants import EDGE
+from pillars.components.task.examples import take
+from pillars.components.model.predictor import save_model
+from pillars.components.registry.register import register_model
+from pillars.components.optimize.register import EDGE
 from pillars.components.task import load_task, task_reference
 from tests.processes import ServerProcess, free_port
 from tests.tasks.conftest import train_in_process

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from pillars.components.errors import ConfigError, DataError
-from pillars.components.onnx_export import ExportError, check_onnx, export_onnx, quantize_int8_static
-from pillars.components.optimize import FitParams, Guard, OptimizeParams, optimize_model
-from pillars.components.predictor import TorchPredictor, load_predictor, save_model
+from pillars.components.optimize.onnx_export import ExportError, check_onnx, export_onnx, quantize_int8_static
+from pillars.components.optimize.variants import FitParams, Guard, OptimizeParams, optimize_model
+from pillars.components.model.predictor import TorchPredictor, load_predictor, save_model
 from tests.optimize.toy import REFERENCE, BrokenStudent, Branchy
 
 

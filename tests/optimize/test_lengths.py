@@ -12,10 +12,10 @@ import onnx
 import pytest
 import torch
 
-from pillars.components.lengths import length_probes, probe_lengths, with_length
-from pillars.components.onnx_export import ExportError, check_onnx
-from pillars.components.optimize import OptimizeParams, optimize_model
-from pillars.components.predictor import load_predictor
+from pillars.components.optimize.lengths import length_probes, probe_lengths, with_length
+from pillars.components.optimize.onnx_export import ExportError, check_onnx
+from pillars.components.optimize.variants import OptimizeParams, optimize_model
+from pillars.components.model.predictor import load_predictor
 from pillars.components.task import Signature, TensorSpec
 from tests.optimize.toy import MAX_TOKENS
 

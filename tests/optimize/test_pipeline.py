@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from pillars.components.errors import ConfigError
-from pillars.components.optimize import VARIANTS
+from pillars.components.optimize.variants import VARIANTS
 from pillars.pipelines.compile import PIPELINES, compile_pipeline
 from pillars.pipelines.optimize import optimize_pipeline
 from pillars.pipelines.training import check_arguments

@@ -10,10 +10,10 @@ import pytest
 
 from pillars.components import registry
 from pillars.components.errors import ConfigError, RegistryError
-from pillars.components.optimize import FitParams, OptimizeParams, evaluate_predictor, optimize_model
-from pillars.components.predictor import load_predictor, save_model
-from pillars.components.register import downloaded_version
-from pillars.components.register_variants import (EDGE, TAGS, VariantsFailed, latest_report, register_variants,
+from pillars.components.optimize.variants import FitParams, OptimizeParams, evaluate_predictor, optimize_model
+from pillars.components.model.predictor import load_predictor, save_model
+from pillars.components.registry.register import downloaded_version
+from pillars.components.optimize.register import (EDGE, TAGS, VariantsFailed, latest_report, register_variants,
                                                   run_optimize, variants_table)
 from pillars.pipelines.progress import run_summary
 from tests.optimize.toy import REFERENCE, BrokenStudent

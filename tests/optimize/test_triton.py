@@ -12,7 +12,7 @@ import tritonclient
 from google.protobuf import text_format
 
 from pillars.components.errors import ConfigError
-from pillars.components.triton import model_config, write_repository
+from pillars.components.deploy.triton import model_config, write_repository
 
 
 def _triton_model_config() -> object:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from pillars.components.optimize import ORIGINAL, VARIANTS
-from pillars.components.shrink import count_parameters
-from pillars.components.predictor import OnnxPredictor, TorchPredictor, load_predictor
+from pillars.components.optimize.variants import ORIGINAL, VARIANTS
+from pillars.components.optimize.shrink import count_parameters
+from pillars.components.model.predictor import OnnxPredictor, TorchPredictor, load_predictor
 
 
 def _by_name(report):

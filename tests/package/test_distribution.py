@@ -54,7 +54,7 @@ def test_the_wheel_holds_only_the_pillars_namespace(tmp_path: Path) -> None:
     assert "pillars/__init__.py" not in names  # a PEP 420 namespace: other distributions may add to it
     for folder in FOLDERS:
         assert f"pillars/{folder}/__init__.py" in names
-    assert "pillars/components/pyfunc_model.py" in names
+    assert "pillars/components/model/pyfunc_model.py" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "pillars = pillars.pipelines.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
@@ -62,8 +62,8 @@ def test_the_wheel_holds_only_the_pillars_namespace(tmp_path: Path) -> None:
 def test_a_logged_model_requires_this_distribution_at_this_version(local_store, tmp_path: Path) -> None:
     import mlflow
 
-    from pillars.components.mlflow_model import log_pillars_model
-    from pillars.components.tracking import ensure_experiment
+    from pillars.components.model.mlflow_model import log_pillars_model
+    from pillars.components.registry.tracking import ensure_experiment
     from tests.models import save_classifier
 
     model_dir = save_classifier(tmp_path / "model", ["a", "b"], hidden_sizes=[4])

@@ -1,7 +1,12 @@
-"""The modules of ``pillars.*`` import each other without a cycle, counting imports inside functions.
+"""The modules of ``pillars.*`` import each other without a cycle, counting imports inside functions, and
+the folders import each other only in the direction the loop runs.
 
 An import moved into a function to dodge a cycle is still the cycle: the graph below is read from
 the source (every ``import`` statement anywhere in a module), not from what Python happens to load.
+
+The rules between folders (:data:`ALLOWED`): tasks -> components; serving -> components; pipelines ->
+serving, components; console -> pipelines, components. Only the KFP wrappers import ``kfp``
+(:data:`KFP_WRAPPERS`), and training never imports the data step.
 """
 
 from __future__ import annotations
@@ -10,7 +15,18 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-FOLDERS = ("components", "pipelines", "serving")
+FOLDERS = ("components", "pipelines", "serving", "console", "tasks")
+ALLOWED = {
+    "components": {"components"},
+    "tasks": {"tasks", "components"},
+    "serving": {"serving", "components"},
+    "pipelines": {"pipelines", "serving", "components"},
+    "console": {"console", "pipelines", "components"},
+}
+"""Which folders each folder's modules may import."""
+KFP_WRAPPERS = {"pillars.components.ops", "pillars.components.optimize.op", "pillars.pipelines.training",
+                "pillars.pipelines.optimize", "pillars.pipelines.compile", "pillars.pipelines.local"}
+"""The modules that may import ``kfp``: the components' wrappers and the pipelines built from them."""
 
 
 def _modules() -> dict[str, Path]:
@@ -22,6 +38,17 @@ def _modules() -> dict[str, Path]:
             name = ".".join(("pillars", *parts))
             found[name.removesuffix(".__init__")] = path
     return found
+
+
+def _imported_names(path: Path) -> set[str]:
+    """Top-level names of every module ``path`` imports, anywhere in it."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -38,7 +65,7 @@ def import_graph() -> dict[str, set[str]]:
                 if node.level:  # relative: resolve against this module's package
                     package = name.split(".")[: len(name.split(".")) - node.level + (path.name == "__init__.py")]
                     base = ".".join([*package, node.module])
-                # `from pillars.components import kube` imports the module pillars.components.kube
+                # `from pillars.components import kube` imports the module pillars.components.deploy.kube
                 targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
                            for alias in node.names]
             for target in targets:
@@ -79,11 +106,18 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_graph_sees_imports_inside_functions():
     graph = import_graph()
     # ops imports each step inside its component bodies (KFP ships the body as source text)
-    assert "pillars.components.train" in graph["pillars.components.ops"]
-    assert "pillars.components.kube" in graph["pillars.components.deploy"]  # `from pillars.components import kube`
+    assert "pillars.components.training.train" in graph["pillars.components.ops"]
+    assert "pillars.components.deploy.kube" in graph["pillars.components.deploy.inference_service"]  # `from pillars.components import kube`
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 
 def test_no_import_cycle_among_pillars_modules():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_folders_import_each_other_only_in_the_direction_the_loop_runs():
+    wrong = sorted(f"{module} -> {target}" for module, targets in import_graph().items() for target in targets
+                   if target.split(".")[1] not in ALLOWED[module.split(".")[1]])
+    assert not wrong, wrong
+

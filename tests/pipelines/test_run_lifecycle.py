@@ -15,7 +15,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pillars.components.checkpoints import CHECKPOINT
+from pillars.components.training.checkpoints import CHECKPOINT
 from tests.processes import group_alive
 
 EPOCHS = 150  # breast_cancer: a few ms each; the kill lands within ~50 ms of the first checkpoint

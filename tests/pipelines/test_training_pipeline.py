@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from pillars.components import registry
-from pillars.components.prepare_data import PrepareParams, prepare
+from pillars.components.data.prepare import PrepareParams, prepare
 from pillars.pipelines.cli import main
 from pillars.pipelines.local import run_local
 from pillars.pipelines.training import retraining_pipeline, training_pipeline

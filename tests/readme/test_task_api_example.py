@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pillars.components.fit import TrainParams, fit, write_model
-from pillars.components.predictor import load_predictor
-from pillars.components.prepare_data import PrepareParams, prepare
+from pillars.components.training.fit import TrainParams, fit, write_model
+from pillars.components.model.predictor import load_predictor
+from pillars.components.data.prepare import PrepareParams, prepare
 from pillars.components.task import InputError, RegressionTask
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "task-api.md"

@@ -16,7 +16,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pillars.components.mlflow_model import log_pillars_model
+from pillars.components.model.mlflow_model import log_pillars_model
 from tests.processes import ServerProcess, free_port
 from tests.serving.toy import make_classifier, make_regressor
 

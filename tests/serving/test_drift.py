@@ -14,9 +14,9 @@ from mlflow.tracking import MlflowClient
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import ks_2samp
 
-from pillars.components.mlflow_model import log_pillars_model
-from pillars.components.predictor import load_predictor
-from pillars.components.profile import build_profile
+from pillars.components.model.mlflow_model import log_pillars_model
+from pillars.components.model.predictor import load_predictor
+from pillars.components.data.profile import build_profile
 from pillars.serving.demo import v2_request
 from pillars.serving.drift import (DriftConfig, DriftMonitor, js_distance, js_distances, ks_pvalue, ks_pvalues,
                            overflow_histogram, overflow_histograms, psi, psi_band, psis, with_overflow)

@@ -20,7 +20,7 @@ from kserve import InferenceGRPCClient, InferInput, InferRequest
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 
-from pillars.components.predictor import Predictor, load_predictor
+from pillars.components.model.predictor import Predictor, load_predictor
 from pillars.serving.demo import query_once, v2_request
 from tests.serving.conftest import Served, start_server
 from tests.serving.test_metrics_and_batching import scrape

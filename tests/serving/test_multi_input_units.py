@@ -11,7 +11,7 @@ import pytest
 from kserve.errors import InvalidInput
 
 from pillars.components.errors import ConfigError
-from pillars.components.predictor import Predictor, load_predictor
+from pillars.components.model.predictor import Predictor, load_predictor
 from pillars.components.task import InputError, Signature, TensorSpec
 from pillars.serving import codec, tensors
 from pillars.serving.batching import Batcher, merge_key
@@ -108,7 +108,7 @@ def test_declared_tensors_are_checked_against_the_signature(predictor, declared_
 def test_drift_features_are_matched_by_name_and_a_missing_one_turns_drift_off(predictor):
     inputs = predictor.check(toy_inputs(600, seed=3))
     names, rows = predictor.drift_rows(inputs)
-    from pillars.components.profile import feature_profile
+    from pillars.components.data.profile import feature_profile
 
     profile = {"features": {n: feature_profile(rows[:, i]) for i, n in enumerate(names)}, "label": None}
     reversed_names = names[::-1]

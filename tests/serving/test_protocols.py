@@ -10,7 +10,7 @@ import pytest
 from kserve import InferenceGRPCClient, InferInput, InferRequest
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
-from pillars.components.predictor import load_predictor
+from pillars.components.model.predictor import load_predictor
 from pillars.serving.demo import query_once, v2_request
 from tests.serving.toy import CLASSES, N_FEATURES, toy_rows
 

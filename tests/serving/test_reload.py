@@ -11,7 +11,7 @@ import httpx
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from pillars.components.mlflow_model import log_pillars_model
+from pillars.components.model.mlflow_model import log_pillars_model
 from pillars.serving.demo import v2_request
 from tests.serving.conftest import start_server
 from tests.serving.test_metrics_and_batching import scrape

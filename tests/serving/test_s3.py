@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from pillars.components.errors import ConfigError
-from pillars.components.predictor import load_predictor
+from pillars.components.model.predictor import load_predictor
 from pillars.serving.demo import v2_request
 from pillars.serving.storage import discard, resolve_model, s3_folder
 from tests.serving.conftest import start_server

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pillars.components.errors import ConfigError
-from pillars.components.predictor import Predictor, load_predictor
+from pillars.components.model.predictor import Predictor, load_predictor
 from pillars.serving.__main__ import build_parser, default_model_name, normalize_flags
 from pillars.serving.auth import grpc_method_is_open, http_path_is_open, load_auth
 from pillars.serving.batching import Batcher
@@ -161,8 +161,8 @@ def test_model_resolution_from_the_mlflow_registry_and_runs(local_store, tmp_pat
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from pillars.components.mlflow_model import log_pillars_model
-    from pillars.components.tracking import ensure_experiment
+    from pillars.components.model.mlflow_model import log_pillars_model
+    from pillars.components.registry.tracking import ensure_experiment
 
     model_dir = make_classifier(tmp_path / "m")
     with mlflow.start_run(experiment_id=ensure_experiment("serving-units")) as run:

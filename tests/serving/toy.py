@@ -1,5 +1,5 @@
 """Tiny real Pillars models for serving tests: the built-in tabular task's network, fitted a few steps,
-saved in the task API's format (``pillars.components.predictor.save_model``)."""
+saved in the task API's format (``pillars.components.model.predictor.save_model``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pillars.components.predictor import save_model
+from pillars.components.model.predictor import save_model
 from pillars.components.task import load_task
 
 N_FEATURES = 4
@@ -67,7 +67,7 @@ def make_profiled_classifier(directory: Path, steps: int = 30, seed: int = 0) ->
 
     ``seed`` changes the weights' initialisation (a different "retrained" version), not the data.
     """
-    from pillars.components.profile import build_profile
+    from pillars.components.data.profile import build_profile
 
     make_classifier(directory, steps=steps, seed=seed)
     x, y = train_split()

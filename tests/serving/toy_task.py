@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pillars.components.predictor import PROFILE_FILE, save_model
-from pillars.components.profile import feature_profile
+from pillars.components.model.predictor import PROFILE_FILE, save_model
+from pillars.components.data.profile import feature_profile
 from pillars.components.task import (
     DataParams,
     Dataset,

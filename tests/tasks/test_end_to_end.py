@@ -16,8 +16,8 @@ import pytest
 from kserve import InferenceGRPCClient, InferInput, InferRequest
 
 from pillars.components import registry
-from pillars.components.predictor import load_predictor
-from pillars.components.register import downloaded_version
+from pillars.components.model.predictor import load_predictor
+from pillars.components.registry.register import downloaded_version
 from pillars.components.task import DataParams, Examples, Task, load_task
 from pillars.pipelines.local import run_local
 from pillars.pipelines.training import training_pipeline

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pillars.components.errors import ConfigError, DataError
-from pillars.components.predictor import load_predictor, save_model
+from pillars.components.model.predictor import load_predictor, save_model
 from pillars.components.task import DataParams, InputError, load_task
 from pillars.tasks.forecasting import SERIES, Forecasting, read_series
 from tests.tasks.conftest import Trained, train_in_process

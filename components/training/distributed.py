@@ -1,7 +1,7 @@
 """Distributed data-parallel training: the ``torchrun`` worker, and launching it on this machine.
 
 The same worker runs everywhere: ``pillars run training --param nproc=2`` starts it as two local
-processes (gloo on CPU), and on a cluster the Kubeflow Trainer launcher (``pillars.components.trainjob``)
+processes (gloo on CPU), and on a cluster the Kubeflow Trainer launcher (``pillars.components.training.trainjob``)
 starts it as a ``TrainJob`` of N nodes x M GPUs (NCCL). Rank 0 writes checkpoints, logs epochs to
 MLflow and saves the model; every rank computes the same validation, so early stopping agrees.
 """
@@ -21,10 +21,10 @@ import mlflow
 import torch
 
 from pillars.components.errors import PillarsError
-from pillars.components.fit import TrainParams, fit, pick_device, write_model
-from pillars.components.predictor import load_predictor
-from pillars.components.prepare_data import load_metadata, load_split
-from pillars.components.tracking import EpochLogger
+from pillars.components.training.fit import TrainParams, fit, pick_device, write_model
+from pillars.components.model.predictor import load_predictor
+from pillars.components.data.prepare import load_metadata, load_split
+from pillars.components.registry.tracking import EpochLogger
 
 RESULT_FILE = "train_result.json"
 ERROR_MARK = "pillars-worker-error:"
@@ -47,7 +47,7 @@ def torchrun_command(nproc: int, nnodes: int = 1, standalone: bool = True) -> li
     """``torchrun`` (as ``python -m torch.distributed.run``) starting this module's worker."""
     rendezvous = ["--standalone"] if standalone else []
     return [sys.executable, "-m", "torch.distributed.run", *rendezvous, f"--nnodes={nnodes}",
-            f"--nproc-per-node={nproc}", "-m", "pillars.components.distributed"]
+            f"--nproc-per-node={nproc}", "-m", "pillars.components.training.distributed"]
 
 
 def launch_local(nproc: int, args: list[str], timeout: float | None = None) -> dict[str, Any]:
@@ -70,7 +70,7 @@ def launch_local(nproc: int, args: list[str], timeout: float | None = None) -> d
 
 def worker_main(argv: list[str] | None = None) -> int:
     """Entry point of each torchrun process: join the group, train its shard, rank 0 saves."""
-    parser = argparse.ArgumentParser(prog="python -m pillars.components.distributed")
+    parser = argparse.ArgumentParser(prog="python -m pillars.components.training.distributed")
     for name in ("train", "val", "metadata", "params", "model-dir", "checkpoint-dir"):
         parser.add_argument(f"--{name}", required=True)
     parser.add_argument("--mlflow-run-id", default="")

@@ -3,7 +3,7 @@
 - :func:`export_onnx`: ``torch.onnx.export`` (the dynamo exporter) with the task's encoded tensors as
   keyword arguments; the batch axis and every axis that varies between encodings stay dynamic. The
   encodings compared include rows at several lengths of every ``-1`` dimension of the signature
-  (:mod:`pillars.components.lengths`), so a test split padded to one length does not fix that length in
+  (:mod:`pillars.components.optimize.lengths`), so a test split padded to one length does not fix that length in
   the graph. The graph's output must equal PyTorch's within :class:`Tolerance` on other batch sizes and
   on every probed length the PyTorch model answers; a graph that cannot take a length is refused.
 - :func:`quantize_int8_dynamic`: ``onnxruntime.quantization.quantize_dynamic`` (int8 weights,
@@ -33,9 +33,9 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from pillars.components.errors import DataError, PillarsError
-from pillars.components.examples import row_count, take
-from pillars.components.lengths import length_probes
-from pillars.components.predictor import ORT_ERRORS, OnnxPredictor, TorchPredictor, onnx_session
+from pillars.components.task.examples import row_count, take
+from pillars.components.optimize.lengths import length_probes
+from pillars.components.model.predictor import ORT_ERRORS, OnnxPredictor, TorchPredictor, onnx_session
 from pillars.components.task import Examples, Task
 
 EXPORT_ROWS = 8
@@ -55,7 +55,7 @@ class Tolerance:
 
 
 def answered_lengths(predictor: TorchPredictor, inputs: Examples) -> dict[int, Examples]:
-    """:func:`~pillars.components.lengths.length_probes` of ``inputs`` that the PyTorch model answers
+    """:func:`~pillars.components.optimize.lengths.length_probes` of ``inputs`` that the PyTorch model answers
     (a length its own ``encode`` or module refuses is not one a variant must answer)."""
     answered = {}
     for length, rows in length_probes(predictor.signature, inputs).items():

@@ -19,16 +19,16 @@ from pathlib import Path
 import mlflow
 
 from pillars.components.errors import RegistryError
-from pillars.components.mlflow_model import EXAMPLE_ROWS, log_pillars_model
-from pillars.components.predictor import PROFILE_FILE
-from pillars.components.prepare_data import load_metadata, load_split, task_of
+from pillars.components.model.mlflow_model import EXAMPLE_ROWS, log_pillars_model
+from pillars.components.model.predictor import PROFILE_FILE
+from pillars.components.data.prepare import load_metadata, load_split, task_of
 from pillars.components.task import Examples
 from pillars.components.registry import (ANY, CHALLENGER, CHAMPION, SIGNATURE_TAG, AnyVersion, ChampionMoved,
                                          LockTiming, RegistryUnavailable, alias_version, check_same_task, client,
                                          identity, mismatch, move_alias, parse_version, search_versions,
                                          signature_key)
 from pillars.components.settings import package_version
-from pillars.components.tracking import configure_tracking
+from pillars.components.registry.tracking import configure_tracking
 
 logger = logging.getLogger("pillars.register")
 
@@ -56,7 +56,7 @@ def register_model(
     """Log the model in the given MLflow run and register it as a new version of ``model_name``.
 
     Args:
-        model_dir: a saved model folder (:func:`pillars.components.predictor.save_model`).
+        model_dir: a saved model folder (:func:`pillars.components.model.predictor.save_model`).
         profile: the training data profile, stored as ``data_profile.json`` beside the weights.
         model_name: registered model name.
         mlflow_run_id: the run the model belongs to (training's run).

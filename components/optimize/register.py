@@ -2,12 +2,12 @@
 
 Each variant within the guard becomes a new version of the *same* registered model, tagged with what
 it is (:data:`TAGS`); alias ``edge`` moves, compare-and-set, to the fastest of them (the report's
-:meth:`~pillars.components.optimize.OptimizeReport.edge` rule: lowest batch-1 latency, then smallest
+:meth:`~pillars.components.optimize.variants.OptimizeReport.edge` rule: lowest batch-1 latency, then smallest
 file). ``champion`` and ``challenger`` are never touched here.
 
 Each variant ends registered, refused by the guard (with its delta), skipped (with the tool's reason)
 or failed (with the crash's one line); one variant's failure never discards the others
-(:func:`~pillars.components.optimize.optimize_model`). :func:`variants_table` shows them, one line each,
+(:func:`~pillars.components.optimize.variants.optimize_model`). :func:`variants_table` shows them, one line each,
 from the report logged as ``optimize_report.json`` in the optimisation's MLflow run
 (:func:`latest_report` finds it). The step fails, in one line naming the variants and causes, only
 when nothing was registered and a variant failed.
@@ -20,7 +20,7 @@ created. ``champion`` never moves.
 Logging: a variant's folder (``config.json`` naming its framework, ``model.onnx`` or
 ``model.safetensors``, ``preprocessing.json``, ``data_profile.json``, ``triton/``) is logged as plain
 artifacts under ``variants/<variant>`` of one MLflow run per optimisation, which
-:func:`~pillars.components.predictor.load_predictor` (and so the model server) reads from
+:func:`~pillars.components.model.predictor.load_predictor` (and so the model server) reads from
 ``models:/NAME/VERSION``. The MLflow pyfunc wrapper of the v2 format plugs in through ``log_model``:
 pass a function that logs the folder as a pyfunc model in the active run and returns its model URI.
 """
@@ -39,10 +39,10 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from pillars.components.errors import ConfigError, PillarsError, RegistryError
-from pillars.components.optimize import OptimizeParams, OptimizeReport, VariantResult, optimize_model
-from pillars.components.predictor import locate_model_dir, read_config
-from pillars.components.references import ModelRef
-from pillars.components.register import downloaded_version
+from pillars.components.optimize.variants import OptimizeParams, OptimizeReport, VariantResult, optimize_model
+from pillars.components.model.predictor import locate_model_dir, read_config
+from pillars.components.registry.references import ModelRef
+from pillars.components.registry.register import downloaded_version
 from pillars.components.registry import (RegistryUnavailable, alias_version, client, filter_literal, get_model,
                                          move_alias)
 from pillars.components.task import DataParams, load_task, task_reference

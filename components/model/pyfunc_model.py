@@ -1,9 +1,9 @@
 """MLflow pyfunc flavour of a Pillars model, logged as "models from code" (nothing is pickled).
 
 ``mlflow.pyfunc.load_model("models:/NAME@champion").predict(df)`` loads the saved model from the
-artifacts (:func:`pillars.components.predictor.load_predictor`: its task comes from the installed
+artifacts (:func:`pillars.components.model.predictor.load_predictor`: its task comes from the installed
 packages) and takes a DataFrame whose columns are the model's input names (a single table input: its
-feature names); it returns a DataFrame of the outputs (:mod:`pillars.components.frames`): ``label``,
+feature names); it returns a DataFrame of the outputs (:mod:`pillars.components.model.frames`): ``label``,
 ``class_index`` and ``prob_<class>`` for a classifier, ``value`` for a regressor, lists for ``[N, k]`` outputs.
 """
 
@@ -17,8 +17,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pillars.components.frames import frame_to_inputs, outputs_to_frame
-from pillars.components.predictor import Predictor, load_predictor
+from pillars.components.model.frames import frame_to_inputs, outputs_to_frame
+from pillars.components.model.predictor import Predictor, load_predictor
 
 
 class PillarsPyfunc(mlflow.pyfunc.PythonModel):

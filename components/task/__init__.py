@@ -46,7 +46,7 @@ from sklearn import metrics as skm
 from torch import nn
 
 from pillars.components.errors import ConfigError, DataError, PillarsError
-from pillars.components.references import ENTRY_POINT_GROUP, known_tasks
+from pillars.components.registry.references import ENTRY_POINT_GROUP, known_tasks
 
 API_VERSION = 1
 
@@ -286,7 +286,7 @@ class Task(abc.ABC):
 
     # ---- optimisation (optional) ------------------------------------------------------------------------
     def student(self) -> Task | None:
-        """A smaller model of the same task, for distillation (:mod:`pillars.components.optimize`).
+        """A smaller model of the same task, for distillation (:mod:`pillars.components.optimize.variants`).
 
         Return the same task with smaller constructor arguments (e.g. ``dataclasses.replace(self,
         hidden=16)``): same data, preprocessing, ``encode`` and outputs, fewer parameters. It is saved
@@ -386,7 +386,7 @@ class RegressionTask(Task):
                 "mae": float(skm.mean_absolute_error(y, value)), "r2": float(skm.r2_score(y, value))}
 
     def label_profile(self, train: Examples, prep: Preprocessing) -> dict[str, Any] | None:
-        from pillars.components.profile import feature_profile
+        from pillars.components.data.profile import feature_profile
 
         return feature_profile(np.asarray(train[self.target_column], dtype=np.float64))
 

@@ -18,7 +18,7 @@ The core is plain functions over plain dicts (the InferenceService as the API se
 * :func:`deploy` — the whole step: resolve, apply, wait, roll back and raise :class:`DeployError`.
 
 Its KFP component is ``deploy_op`` in :mod:`pillars.components.ops`; its CLI is ``pillars deploy``
-(:mod:`pillars.pipelines.cli`); the Kubernetes client is :mod:`pillars.components.kube`.
+(:mod:`pillars.pipelines.cli`); the Kubernetes client is :mod:`pillars.components.deploy.kube`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pillars.components import kube
+from pillars.components.deploy import kube
 from pillars.components.errors import ConfigError, PillarsError, RegistryError
 from pillars.components.registry import alias_version, check_same_task
 from pillars.components.settings import Settings

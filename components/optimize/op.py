@@ -1,5 +1,5 @@
 """The KFP v2 component of the optimize step: a thin wrapper over
-:func:`pillars.components.register_variants.run_optimize` (the pattern of :mod:`pillars.components.ops`:
+:func:`pillars.components.optimize.register.run_optimize` (the pattern of :mod:`pillars.components.ops`:
 the body imports inside because KFP ships it as source text; one image, nothing installed at run time)."""
 
 # No `from __future__ import annotations`: KFP reads the annotations as real types.
@@ -35,9 +35,9 @@ def optimize(
     import json
 
     from pillars.components.errors import ConfigError
-    from pillars.components.optimize import Guard, OptimizeParams
-    from pillars.components.register_variants import report_json, run_optimize
-    from pillars.components.tracking import configure_tracking
+    from pillars.components.optimize.variants import Guard, OptimizeParams
+    from pillars.components.optimize.register import report_json, run_optimize
+    from pillars.components.registry.tracking import configure_tracking
 
     configure_tracking(tracking_uri or None)
     if model_version:

@@ -4,7 +4,7 @@ Pillars 0.1 installed the bare ``components`` package, and the pyfunc code it lo
 says ``from components.models import Predictor``; that module no longer exists, and neither does the
 single-tensor predictor that later versions' pyfunc code imported (``pillars.components.models``), so
 MLflow cannot load those versions as pyfuncs (the model server still serves them: their ``pillars.v1``
-config is translated into the tabular task's on load, :mod:`pillars.components.predictor`).
+config is translated into the tabular task's on load, :mod:`pillars.components.model.predictor`).
 :func:`upgrade_version` logs the same weights, translated into the current saved-model format (task
 reference, preprocessing) with the data profile and the current pyfunc code, into the version's own MLflow
 run (same params and metrics) and registers the result as a new version with the old one's tags, plus
@@ -28,12 +28,12 @@ from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
 from pillars.components.errors import RegistryError
-from pillars.components.frames import frame_to_inputs
-from pillars.components.mlflow_model import log_pillars_model
-from pillars.components.predictor import CONFIG_FILE, FORMAT, PROFILE_FILE, load_predictor, locate_model_dir
-from pillars.components.register import code_version
+from pillars.components.model.frames import frame_to_inputs
+from pillars.components.model.mlflow_model import log_pillars_model
+from pillars.components.model.predictor import CONFIG_FILE, FORMAT, PROFILE_FILE, load_predictor, locate_model_dir
+from pillars.components.registry.register import code_version
 from pillars.components.registry import client, get_model, search_versions
-from pillars.components.tracking import ensure_experiment
+from pillars.components.registry.tracking import ensure_experiment
 
 logger = logging.getLogger("pillars.upgrade")
 

@@ -1,7 +1,7 @@
 """Step 3, evaluation: test-split metrics, an overfitting signal, and the plots and report people read.
 
 :func:`evaluate` is the core: the task's own ``evaluate`` over the served path (the saved model loaded
-with :func:`pillars.components.predictor.load_predictor`); :func:`report_html` and the figure helpers
+with :func:`pillars.components.model.predictor.load_predictor`); :func:`report_html` and the figure helpers
 make the outputs that KFP (``Metrics``, ``ClassificationMetrics``, ``HTML``) and MLflow (artifacts) show.
 """
 
@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
-from pillars.components.examples import input_columns, row_count, take
-from pillars.components.fit import load_history
-from pillars.components.predictor import Predictor, load_predictor
-from pillars.components.prepare_data import load_split
+from pillars.components.task.examples import input_columns, row_count, take
+from pillars.components.training.fit import load_history
+from pillars.components.model.predictor import Predictor, load_predictor
+from pillars.components.data.prepare import load_split
 from pillars.components.task import Examples, Outputs
-from pillars.components.tracking import configure_tracking
+from pillars.components.registry.tracking import configure_tracking
 
 OVERFIT_GAP = 0.05
 """Train-minus-validation gap of the primary metric (relative for lower-is-better metrics) above which the

@@ -1,12 +1,12 @@
 """Inference optimisation of a saved model: ONNX export, int8 quantization, pruning and distillation,
 each variant proved against the original on the same test split before anyone may register it.
 
-The variants are made by :mod:`pillars.components.onnx_export` (export, int8) and
-:mod:`pillars.components.shrink` (pruning, distillation); this module judges them. Plain functions on
+The variants are made by :mod:`pillars.components.optimize.onnx_export` (export, int8) and
+:mod:`pillars.components.optimize.shrink` (pruning, distillation); this module judges them. Plain functions on
 the task API: any :class:`~pillars.components.task.Task` whose model loads as a
-:class:`~pillars.components.predictor.TorchPredictor`. Every variant is saved in the v2 format
+:class:`~pillars.components.model.predictor.TorchPredictor`. Every variant is saved in the v2 format
 (``config.json`` names its framework; ``extra`` says which variant and which parent) and evaluated
-through :func:`~pillars.components.predictor.load_predictor`, the path the server runs, with the task's
+through :func:`~pillars.components.model.predictor.load_predictor`, the path the server runs, with the task's
 own :meth:`~pillars.components.task.Task.evaluate`.
 
 Variants (:data:`VARIANTS`):
@@ -30,7 +30,7 @@ The accuracy guard (:class:`Guard`): a variant passes when its primary metric on
 most ``max_drop_points`` points (0.01 of a fraction metric) below the original's, or, for a
 lower-is-better metric (RMSE, MASE), at most ``max_relative_worsening`` above it, relatively. Where the
 signature has ``-1`` dimensions, the same holds on the test split cut to each probed length the original
-answers (:mod:`pillars.components.lengths`): a variant that refuses a length, or scores worse on it,
+answers (:mod:`pillars.components.optimize.lengths`): a variant that refuses a length, or scores worse on it,
 is refused.
 
 Each variant ends in one of four states (:attr:`VariantResult.state`): ``passed`` (within the guard),
@@ -58,15 +58,15 @@ from onnx import numpy_helper
 from safetensors.numpy import load_file
 
 from pillars.components.errors import ConfigError, DataError, PillarsError, one_line
-from pillars.components.examples import input_columns, row_count, take
-from pillars.components.lengths import with_length
-from pillars.components.onnx_export import (ExportError, Tolerance, answered_lengths, export_onnx,
+from pillars.components.task.examples import input_columns, row_count, take
+from pillars.components.optimize.lengths import with_length
+from pillars.components.optimize.onnx_export import (ExportError, Tolerance, answered_lengths, export_onnx,
                                             has_convolutions, quantize_int8_dynamic, quantize_int8_static)
-from pillars.components.predictor import (ONNX_FILE, PROFILE_FILE, WEIGHTS_FILE, Predictor, TorchPredictor,
+from pillars.components.model.predictor import (ONNX_FILE, PROFILE_FILE, WEIGHTS_FILE, Predictor, TorchPredictor,
                                           load_predictor, locate_model_dir, save_model, save_onnx_model)
-from pillars.components.shrink import FitParams, count_parameters, distill, prune_model
+from pillars.components.optimize.shrink import FitParams, count_parameters, distill, prune_model
 from pillars.components.task import Dataset, Examples, Outputs
-from pillars.components.triton import write_repository
+from pillars.components.deploy.triton import write_repository
 
 __all__ = ["ExportError", "FitParams", "Footprint", "Guard", "OptimizeParams", "OptimizeReport", "Speed",
            "Tolerance", "VARIANTS", "VariantResult", "footprint", "measure_speeds", "optimize_model"]
@@ -77,7 +77,7 @@ ORIGINAL = "original"
 VARIANTS = ("onnx", "onnx-int8", "onnx-int8-static", "pruned", "distilled")
 """Every variant :func:`optimize_model` can make, in the order it makes them."""
 TRITON_FOLDER = "triton"
-"""Subfolder of an ONNX variant holding its Triton model repository (:mod:`pillars.components.triton`)."""
+"""Subfolder of an ONNX variant holding its Triton model repository (:mod:`pillars.components.deploy.triton`)."""
 
 
 # ---- the guard ---------------------------------------------------------------------------------------------

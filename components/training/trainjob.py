@@ -2,7 +2,7 @@
 
 The train step (a KFP pod) stages its inputs on a shared volume (the checkpoint PVC), creates a
 ``TrainJob`` (``trainer.kubeflow.org/v1alpha1``, runtime ``torch-distributed``: N nodes x M processes)
-whose pods run the same worker as ``pillars run training --param nproc=M`` (``pillars.components.distributed``)
+whose pods run the same worker as ``pillars run training --param nproc=M`` (``pillars.components.training.distributed``)
 through ``torchrun`` (the runtime sets the ``PET_*`` rendezvous variables), waits for it, and reads the
 model rank 0 wrote back from the volume. The API version is pinned: v1alpha1 still changes.
 """
@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pillars.components import kube
-from pillars.components.distributed import RESULT_FILE
+from pillars.components.deploy import kube
+from pillars.components.training.distributed import RESULT_FILE
 from pillars.components.errors import PillarsError
 
 GROUP = "trainer.kubeflow.org"
@@ -65,7 +65,7 @@ def build_trainjob(spec: TrainJobSpec) -> dict[str, Any]:
         limits["nvidia.com/gpu"] = str(spec.gpus_per_node)
     trainer: dict[str, Any] = {
         "image": spec.image,
-        "command": ["torchrun", "-m", "pillars.components.distributed"],
+        "command": ["torchrun", "-m", "pillars.components.training.distributed"],
         "args": list(spec.worker_args),
         "numNodes": spec.nodes,
         "numProcPerNode": spec.procs_per_node,

@@ -22,14 +22,14 @@ from typing import Final, TypeVar
 import numpy as np
 
 from pillars.components.errors import ConfigError, RegistryError
-from pillars.components.evaluate import split_metrics
-from pillars.components.predictor import Predictor, load_predictor
-from pillars.components.prepare_data import load_metadata, load_split, task_of
-from pillars.components.register import champion_version, downloaded_version
+from pillars.components.evaluation.evaluate import split_metrics
+from pillars.components.model.predictor import Predictor, load_predictor
+from pillars.components.data.prepare import load_metadata, load_split, task_of
+from pillars.components.registry.register import champion_version, downloaded_version
 from pillars.components.registry import (Identity, RegistryUnavailable, TaskMismatch, client, identity, mismatch,
                                          signature_key)
 from pillars.components.task import Examples, Preprocessing, Signature, Task
-from pillars.components.tracking import configure_tracking
+from pillars.components.registry.tracking import configure_tracking
 
 logger = logging.getLogger("pillars.validate")
 

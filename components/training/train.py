@@ -1,10 +1,10 @@
 """Step 2, training, as a pipeline step: the MLflow run, the warm start, and where the training runs.
 
-The epoch loop itself is :func:`pillars.components.fit.fit`. :func:`run_training` wraps it in an
+The epoch loop itself is :func:`pillars.components.training.fit.fit`. :func:`run_training` wraps it in an
 MLflow run (params, per-epoch metrics, learning curve) and a checkpoint folder that a retried step
 finds again, so a killed step continues from its last finished epoch instead of starting over; it
-trains in this process, as ``nproc`` local DDP processes (:mod:`pillars.components.distributed`),
-or as a Kubeflow Trainer TrainJob (:mod:`pillars.components.trainjob`).
+trains in this process, as ``nproc`` local DDP processes (:mod:`pillars.components.training.distributed`),
+or as a Kubeflow Trainer TrainJob (:mod:`pillars.components.training.trainjob`).
 """
 
 from __future__ import annotations
@@ -22,18 +22,18 @@ from typing import Any
 
 import mlflow
 
-from pillars.components.distributed import launch_local, worker_args
+from pillars.components.training.distributed import launch_local, worker_args
 from pillars.components.errors import ConfigError
-from pillars.components.evaluate import learning_curve_figure
-from pillars.components.fit import TrainParams, fingerprint, fit, load_history, write_model
-from pillars.components.predictor import load_predictor
-from pillars.components.prepare_data import load_metadata, load_split, task_of
+from pillars.components.evaluation.evaluate import learning_curve_figure
+from pillars.components.training.fit import TrainParams, fingerprint, fit, load_history, write_model
+from pillars.components.model.predictor import load_predictor
+from pillars.components.data.prepare import load_metadata, load_split, task_of
 from pillars.components.task import Signature
-from pillars.components.references import check_model_name
-from pillars.components.register import champion_version, downloaded_version
+from pillars.components.registry.references import check_model_name
+from pillars.components.registry.register import champion_version, downloaded_version
 from pillars.components.settings import Settings
-from pillars.components.tracking import EpochLogger, configure_tracking, ensure_experiment
-from pillars.components.trainjob import TrainJobSpec, current_namespace, launch_trainjob
+from pillars.components.registry.tracking import EpochLogger, configure_tracking, ensure_experiment
+from pillars.components.training.trainjob import TrainJobSpec, current_namespace, launch_trainjob
 
 logger = logging.getLogger("pillars.train")
 

@@ -5,7 +5,7 @@ or the user's CSV/Parquet table (local or ``s3://``) with a label column. Cleani
 and duplicate rows are dropped; missing feature values are filled by ``missing_policy`` from the train
 split; a classifier's train split may be oversampled (``balance``); the split is stratified and seeded.
 
-The model (:class:`pillars.components.models.PillarsNet`) standardises raw features with the train-split
+The model (:class:`pillars.tasks.tabular.network.PillarsNet`) standardises raw features with the train-split
 statistics held as buffers, so the served model takes raw features; ``preprocessing.json`` keeps the feature
 names, input shape, class names and the same statistics.
 
@@ -26,9 +26,9 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from pillars.components.datasets import BUILTIN_PREFIX, RawData, as_float_matrix, load_builtin, load_table
+from pillars.tasks.tabular.datasets import BUILTIN_PREFIX, RawData, as_float_matrix, load_builtin, load_table
 from pillars.components.errors import ConfigError, DataError
-from pillars.components.models import ModelConfig, PillarsNet
+from pillars.tasks.tabular.network import ModelConfig, PillarsNet
 from pillars.components.task import (
     ClassificationTask,
     DataParams,
@@ -275,7 +275,7 @@ def classifier_of(feature_names: list[str], classes: list[str], mean: Any = 0.0,
                   hidden_sizes: list[int] | None = None, seed: int = 0
                   ) -> tuple[Task, str, Preprocessing, nn.Module]:
     """``(task, reference, prep, model)``: a (seeded, untrained) MLP classifier over named features with the
-    given standardisation; ``pillars.components.predictor.save_model(*classifier_of(...), dir)`` saves it.
+    given standardisation; ``pillars.components.model.predictor.save_model(*classifier_of(...), dir)`` saves it.
     For benchmarks and examples that need a served model without training one."""
     n = len(feature_names)
     reference = "pillars.tasks.tabular:TabularClassification"

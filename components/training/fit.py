@@ -1,11 +1,11 @@
 """The training core: hyperparameters, the task's model, and :func:`fit`, the epoch loop.
 
-Framework-free (no MLflow, no KFP): the train step (:mod:`pillars.components.train`) and every
-distributed worker (:mod:`pillars.components.distributed`) call :func:`fit`. It trains any task of the
+Framework-free (no MLflow, no KFP): the train step (:mod:`pillars.components.training.train`) and every
+distributed worker (:mod:`pillars.components.training.distributed`) call :func:`fit`. It trains any task of the
 task API (:mod:`pillars.components.task`): ``task.build_model(prep)``, each split encoded once with
 ``task.encode``, batches of every encoded tensor and the targets, ``task.loss``; with early stopping on
 validation loss, mixed precision on GPU, DDP under ``torchrun``, and a checkpoint per epoch
-(:mod:`pillars.components.checkpoints`) that a restarted process resumes from.
+(:mod:`pillars.components.training.checkpoints`) that a restarted process resumes from.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from pillars.components.checkpoints import CheckpointWriter, load_checkpoint
+from pillars.components.training.checkpoints import CheckpointWriter, load_checkpoint
 from pillars.components.errors import ConfigError
-from pillars.components.predictor import save_model
-from pillars.components.prepare_data import inputs_of, task_of
+from pillars.components.model.predictor import save_model
+from pillars.components.data.prepare import inputs_of, task_of
 from pillars.components.task import Examples, Preprocessing, Task
 
 logger = logging.getLogger("pillars.fit")
@@ -139,11 +139,11 @@ def fit(
     Args:
         train: the train split's named arrays (the task's inputs and targets).
         val: the validation split's.
-        metadata: what :func:`pillars.components.prepare_data.prepare` wrote (task reference and arguments,
+        metadata: what :func:`pillars.components.data.prepare.prepare` wrote (task reference and arguments,
             preprocessing, data hash).
         params: hyperparameters.
         checkpoint_dir: where a checkpoint is written after each epoch and read at start
-            (:mod:`pillars.components.checkpoints`); one with the same :func:`fingerprint` is resumed
+            (:mod:`pillars.components.training.checkpoints`); one with the same :func:`fingerprint` is resumed
             from its next epoch.
         on_epoch: called with ``(epoch, metrics)`` after each epoch (epochs count from 1).
         progress: show a progress bar; default: when stderr is a terminal.

@@ -1,7 +1,7 @@
 """The Kubernetes API as Pillars uses it: one client setup and server-side apply.
 
-Shared by the deployer (:mod:`pillars.components.deploy`, InferenceServices) and the TrainJob
-launcher (:mod:`pillars.components.trainjob`). The ``kubernetes`` package loads on first use.
+Shared by the deployer (:mod:`pillars.components.deploy.inference_service`, InferenceServices) and the TrainJob
+launcher (:mod:`pillars.components.training.trainjob`). The ``kubernetes`` package loads on first use.
 """
 
 from __future__ import annotations

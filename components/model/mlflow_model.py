@@ -13,8 +13,8 @@ from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
 
 from pillars.components.errors import ConfigError
-from pillars.components.frames import frame_to_inputs, inputs_to_frame, outputs_to_frame
-from pillars.components.predictor import (
+from pillars.components.model.frames import frame_to_inputs, inputs_to_frame, outputs_to_frame
+from pillars.components.model.predictor import (
     CONFIG_FILE,
     PREPROCESSING_FILE,
     PROFILE_FILE,

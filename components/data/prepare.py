@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from pillars.components.errors import ConfigError, DataError
-from pillars.components.examples import row_count
-from pillars.components.predictor import drift_matrix
-from pillars.components.profile import drift_profile
-from pillars.components.references import default_model_name
+from pillars.components.task.examples import row_count
+from pillars.components.model.predictor import drift_matrix
+from pillars.components.data.profile import drift_profile
+from pillars.components.registry.references import default_model_name
 from pillars.components.task import (
     DataParams,
     Examples,

@@ -2,7 +2,7 @@
 features, or a small CNN over 1xHxW images, with the train split's standardisation (and a regressor's
 target scale) held as buffers so the model takes raw features.
 
-Saving, loading and predicting go through the task API (:mod:`pillars.components.predictor`); the
+Saving, loading and predicting go through the task API (:mod:`pillars.components.model.predictor`); the
 weights' names here are those Pillars 0.1 saved, so its models load into this network unchanged.
 """
 

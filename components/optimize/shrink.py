@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from pillars.components.errors import ConfigError, DataError
-from pillars.components.examples import input_columns, row_count, take
+from pillars.components.task.examples import input_columns, row_count, take
 from pillars.components.task import Examples, Task
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)

@@ -34,7 +34,7 @@ from mlflow.store.model_registry import SEARCH_MODEL_VERSION_MAX_RESULTS_DEFAULT
 from mlflow.tracking import MlflowClient
 
 from pillars.components.errors import ConfigError, PillarsError, RegistryError
-from pillars.components.references import known_tasks
+from pillars.components.registry.references import known_tasks
 
 logger = logging.getLogger("pillars.registry")
 

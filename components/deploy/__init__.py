@@ -1,0 +1,1 @@
+"""Deploying a registered version: the KServe InferenceService, Triton repositories, the Kubernetes API."""

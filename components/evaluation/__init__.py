@@ -1,0 +1,1 @@
+"""Steps 3 and 4: evaluation on the test split, and the gate that approves or rejects a candidate."""
