@@ -238,7 +238,8 @@ def deploy_op(
     Raises:
         DeployError: not ready in time or failed; traffic was rolled back.
     """
-    from pillars.components.deploy.inference_service import DeploySpec, deploy
+    from pillars.components.deploy.inference_service import DeploySpec
+    from pillars.components.deploy.rollout import deploy
 
     spec = DeploySpec(model=model_name, alias=alias, namespace=namespace, version=version or None,
                       gpu=gpu, canary_percent=None if canary_percent < 0 else canary_percent, mode=mode,

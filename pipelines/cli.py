@@ -324,8 +324,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     import yaml
 
-    from pillars.components.deploy.inference_service import DeployError, DeploySpec, build_inference_service, deploy, \
-        mode_annotation, resolve_version
+    from pillars.components.deploy.inference_service import (DeployError, DeploySpec, build_inference_service,
+                                                             mode_annotation)
+    from pillars.components.deploy.rollout import deploy, resolve_version
     from pillars.components.registry.tracking import configure_tracking
 
     ref = ModelRef.parse(args.model)

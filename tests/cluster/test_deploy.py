@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from pillars.components.deploy.inference_service import (DeployError, DeploySpec, assess, build_inference_service, deploy,
-                                       mode_annotation, rollback_plan, wait_ready)
+from pillars.components.deploy.inference_service import DeployError, DeploySpec, build_inference_service, mode_annotation
+from pillars.components.deploy.rollout import assess, deploy, rollback_plan, wait_ready
 from pillars.components.errors import ConfigError
 from pillars.components.ops import components
 from pillars.components.registry.references import ModelRef
@@ -291,7 +291,7 @@ def test_the_component_runs_in_the_components_image_without_installing_anything(
     container = components("registry.example/pillars:7").deploy_op.component_spec.implementation.container
     assert container.image == "registry.example/pillars:7"
     assert "pip install" not in " ".join(container.command)
-    assert "from pillars.components.deploy.inference_service import" in " ".join(container.command)
+    assert "from pillars.components.deploy.rollout import deploy" in " ".join(container.command)
 
 
 def test_dry_run_prints_the_inference_service_for_the_resolved_version(local_store: str, capsys) -> None:

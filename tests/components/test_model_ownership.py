@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pillars.components import registry
-from pillars.components.deploy.inference_service import resolve_version
+from pillars.components.deploy.rollout import resolve_version
 from pillars.components.errors import ConfigError, RegistryError
 from pillars.components.registry.register import promote, register_model
 from pillars.components.registry import LockTiming, RegistryUnavailable, TaskMismatch
