@@ -269,8 +269,13 @@ def _as_array(spec: TensorSpec, value: Any) -> np.ndarray:
 
 def _values(spec: TensorSpec, array: np.ndarray, value: Any) -> np.ndarray:
     """Rules 4 and 5: ``array`` (already in the instance shape) of the spec's datatype, checked."""
-    if spec.datatype == "BYTES" and array.dtype.kind in "USO":
+    if spec.datatype == "BYTES" and array.dtype.kind in "US":
         return as_strings(spec.name, spec.max_bytes, array)
+    if spec.datatype == "BYTES" and array.dtype.kind == "O":
+        values = array.reshape(-1).tolist()
+        if any(isinstance(v, (str, bytes)) for v in values) or not _numbers(values):
+            return as_strings(spec.name, spec.max_bytes, array)
+        array = np.asarray(values).reshape(array.shape)  # numbers only (a JSON list): judged by their datatype
     datatype = datatype_of(array)
     accepted = accepted_datatypes(spec.datatype)
     if datatype not in accepted:
@@ -279,6 +284,10 @@ def _values(spec: TensorSpec, array: np.ndarray, value: Any) -> np.ndarray:
         found = _found(value) if datatype in ("BYTES", "object") else ""
         raise InputError(f"input {spec.name!r} has datatype {datatype}; expected {spec.datatype}{other}{found}")
     return as_datatype(spec.name, array, spec.datatype, finite=True)
+
+
+def _numbers(values: list[Any]) -> bool:
+    return bool(values) and all(isinstance(v, (bool, int, float)) for v in values)
 
 
 def as_datatype(name: str, array: np.ndarray, datatype: str, finite: bool = False) -> np.ndarray:
