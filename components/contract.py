@@ -183,7 +183,7 @@ def instance_shape(spec: TensorSpec, shape: Sequence[int]) -> tuple[int, ...]:
     """
     shape = list(shape)
     if shape and shape[0] == 0:
-        raise InputError("empty batch: at least one instance is needed")
+        raise InputError(f"input {spec.name!r}: empty batch: at least one instance is needed")
     if not shape or (spec.shape and len(shape) == len(spec.shape)):
         raise InputError(f"input {spec.name!r}: shape {shape} is not a batch; expected {_expected(spec)}")
     dims = shape[1:]

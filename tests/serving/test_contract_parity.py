@@ -197,7 +197,7 @@ CASES = [
     Case("NaN", _good(history=np.array([[1.0, 2.0], [np.nan, 3.0]], dtype=np.float32)),
          "input 'history': NaN or Inf (or values beyond FP32) in row(s) [1]",
          paths=("pyfunc", "v2_binary", "grpc"), why_not="JSON has no NaN"),
-    Case("empty batch", _good(0), "empty batch: at least one instance is needed"),
+    Case("empty batch", _good(0), "input 'text': empty batch: at least one instance is needed"),
     Case("inputs with different rows", _good(user_id=np.array([1, 2, 3])),
          "input 'user_id' has 3 rows; input 'text' has 2: every input needs one row per instance",
          paths=("pyfunc", "v2_json", "v2_binary", "grpc"), why_not="a V1 instance is one row of every input"),

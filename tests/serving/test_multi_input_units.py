@@ -148,7 +148,8 @@ def test_v1_takes_plain_strings_for_one_bytes_input_and_objects_by_name():
     inputs = check_inputs(TEXT, codec.decode_v1({"instances": ["good", "bad \u00e9"]}, TEXT, 10).inputs)
     assert inputs["text"].tolist() == ["good", "bad \u00e9"] and inputs["text"].dtype.kind == "U"
     assert codec.decode_v1({"instances": [{"text": "ok"}]}, TEXT, 10).inputs["text"] == ["ok"]
-    for instances, fragment in (([1, 2], "not a string"), (["x" * 9], "longer than 8 bytes"),
+    for instances, fragment in (([1, 2], "has datatype INT64; expected BYTES"), ([1, "a"], "element 0 is a int"),
+                                (["x" * 9], "longer than 8 bytes"),
                                 ([["a", "b"]], "each instance must have shape []"),
                                 ([{"txt": "a"}], "unknown input"), ([], "empty batch")):
         with pytest.raises(InputError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
