@@ -157,7 +157,7 @@ def json_part_length(header_length: str | None, content_length: str | None, sign
         return None
     if not header_length.isdigit() or (body_length is not None and int(header_length) > body_length):
         raise InputError(f"inference-header-content-length {header_length!r} is not a length within the "
-                           f"{body_length}-byte body")
+                         f"{body_length}-byte body")
     if int(header_length) > limit:
         raise TooManyRows(f"a JSON header of {header_length} bytes is longer than any request within "
                           f"{max_rows} rows (--max_rows)")
@@ -180,8 +180,8 @@ def check_v2_header(request: Any, signature: Signature, max_rows: int) -> V2Head
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InputError(f'"inputs" must be a list holding exactly one tensor per input of the model '
-                           f"({sorted(s.name for s in signature.inputs)}), got "
-                           f"{'none' if isinstance(inputs, list) else type(inputs).__name__}")
+                         f"({sorted(s.name for s in signature.inputs)}), got "
+                         f"{'none' if isinstance(inputs, list) else type(inputs).__name__}")
     if not all(isinstance(t, dict) for t in inputs):
         raise InputError("an input tensor must be a JSON object with name, shape, datatype and data")
     declared = check_declared([(t.get("name"), t.get("datatype"), t.get("shape")) for t in inputs], signature,
@@ -215,12 +215,12 @@ def _rest_tensor(tensor: dict[str, Any], declared: Declared) -> RestTensor:
         low, high = BYTES_PREFIX * declared.count, (BYTES_PREFIX + declared.spec.max_bytes) * declared.count
         if not low <= size <= high:
             raise InputError(f"input {name!r}: binary_data_size {size} does not fit {declared.count} strings "
-                               f"of at most {declared.spec.max_bytes} bytes ({low} to {high} bytes)")
+                             f"of at most {declared.spec.max_bytes} bytes ({low} to {high} bytes)")
     else:
         expected = declared.count * declared.wire_dtype.itemsize
         if size != expected:
             raise InputError(f"input {name!r}: binary_data_size {size!r} does not fit shape {declared.shape} of "
-                               f"{declared.datatype} ({expected} bytes)")
+                             f"{declared.datatype} ({expected} bytes)")
     return RestTensor(declared, None, size)
 
 
@@ -370,11 +370,11 @@ def _row_from_mapping(row: dict[str, Any], labels: Sequence[str], index: int, na
     missing = [f for f in labels if f not in row]
     if missing:
         raise InputError(f"{where} lacks feature(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}; "
-                           f"the features are {list(labels[:10])}{' ...' if len(labels) > 10 else ''}")
+                         f"the features are {list(labels[:10])}{' ...' if len(labels) > 10 else ''}")
     extra = sorted(set(row) - set(labels))
     if extra:
         raise InputError(f"{where} has unknown feature(s) {extra[:5]}; the features are "
-                           f"{list(labels[:10])}{' ...' if len(labels) > 10 else ''}")
+                         f"{list(labels[:10])}{' ...' if len(labels) > 10 else ''}")
     return [row[f] for f in labels]
 
 

@@ -205,7 +205,8 @@ CASES = [
          "input 'history': instances have different lengths (shapes); a batch is one array: pad to one length "
          "or send one instance per request",
          paths=("pyfunc", "v1"), why_not="a V2 tensor declares one shape"),
-    Case("an id the task's encode refuses", _good(user_id=np.array([1, 99])), "input 'user_id': unknown user id(s) [99]"),
+    Case("an id the task's encode refuses", _good(user_id=np.array([1, 99])),
+         "input 'user_id': unknown user id(s) [99]"),
     Case("too many rows", _good(MAX_ROWS + 1),
          f"{MAX_ROWS + 1} rows; at most {MAX_ROWS} rows per request are accepted (--max_rows)",
          paths=("v1", "v2_json", "v2_binary", "grpc"), too_many_rows=True,
