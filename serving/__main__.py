@@ -179,7 +179,8 @@ def _drop_client_errors(record: logging.LogRecord) -> bool:
     from kserve.errors import InvalidInput, ModelNotFound
 
     error = record.exc_info[1] if record.exc_info else None
-    return not isinstance(error, (InvalidInput, ModelNotFound))
+    client = isinstance(error, PillarsError) and error.status < 500
+    return not (client or isinstance(error, (InvalidInput, ModelNotFound)))
 
 
 if __name__ == "__main__":

@@ -1,33 +1,29 @@
-"""Turning protocol payloads into checked named inputs, and model outputs into protocol responses.
+"""Parsing protocol payloads into named arrays, and model outputs into protocol responses.
 
-The framing of V1, V2 REST (JSON and the binary extension) and V2 gRPC; what is checked against the
-signature, and how tensor data is read, lives in :mod:`pillars.serving.tensors`.
+The framing of V1, V2 REST (JSON and the binary extension) and V2 gRPC. Whether a batch fits the model is
+decided in one place, :func:`pillars.components.task.contract.check_inputs`, which
+:meth:`pillars.serving.model.PillarsModel.preprocess` applies to every :class:`Batch` this module returns,
+whatever protocol it came in.
 
-Everything here is driven by the model's :class:`pillars.components.task.Signature`: its named inputs
-(Open Inference Protocol datatypes, per-instance shapes with ``-1`` dimensions up to ``max_length``,
-``BYTES`` elements up to ``max_bytes``, optional inputs) and its outputs.
-
-This is the edge, and the only place a request is checked. The declared names, datatypes, shapes and
-row counts of every tensor are checked against the signature and ``max_rows`` before any tensor data is
-decoded (for the REST binary extension the JSON header at the front of the body is all that is parsed
-first): every required input present, no unknown one, a datatype the input accepts (a numeric input
-takes any numeric datatype that converts without surprise: a float input takes floats and integers, an
-integer input takes integers; ``BYTES`` only ``BYTES``), the instance shape (a fixed shape may also
-come flat), the same number of rows in every input. Binary numeric tensors are then viewed with
-:func:`numpy.frombuffer` and JSON numbers converted by numpy in one call; ``BYTES`` elements (JSON
-strings, the binary extension's 4-byte little-endian length-prefixed elements, gRPC ``bytes_contents``
-or raw) are read one by one, at most ``rows x values`` of them, each at most ``max_bytes`` long and
-UTF-8. What comes out is one array per input, in the spec's shape and dtype family (strings as numpy
-unicode arrays), that the task encodes unchecked.
+What is refused here is what must be refused before the tensor data is decoded, or is about the wire
+format itself: a body longer than any request within ``max_rows`` can be (for the REST binary extension
+the JSON header at the front of the body is all that is parsed first), more than ``max_rows`` rows, and
+(:func:`pillars.serving.tensors.check_declared`) the declared names, datatypes, shapes and row counts,
+judged by the contract's own rules so that a request of the wrong shape is refused on its header alone
+in the same words as the full check. Binary numeric tensors are then viewed with :func:`numpy.frombuffer`
+and JSON numbers converted by numpy in one call; ``BYTES`` elements (JSON strings, the binary extension's
+4-byte little-endian length-prefixed elements, gRPC ``bytes_contents`` or raw) are read one by one, at
+most ``rows x values`` of them.
 
 A model with a single input takes one tensor under any name (as KServe's own runtimes do); a model with
 several inputs takes them by name. V1 ``{"instances": [...]}``: a single-input model takes rows (lists
 of numbers, objects keyed by the input's ``labels`` for a table, or plain strings for one ``BYTES``
-input); a model with several inputs takes objects keyed by input name.
+input); a model with several inputs takes objects keyed by input name, each input given in every
+instance or in none.
 
-Bad input is a :class:`kserve.errors.InvalidInput` (HTTP 400, gRPC INVALID_ARGUMENT) naming the input
-and what is wrong; too many rows, or a body larger than any request within ``max_rows`` can be, is
-:class:`pillars.serving.errors.TooManyRows` (413, RESOURCE_EXHAUSTED).
+Bad input is a :class:`pillars.components.task.contract.InputError` (HTTP 400, gRPC INVALID_ARGUMENT) naming
+the input and what is wrong; too many rows, or a body larger than any request within ``max_rows`` can
+be, is :class:`pillars.serving.errors.TooManyRows` (413, RESOURCE_EXHAUSTED).
 """
 
 from __future__ import annotations
@@ -39,25 +35,27 @@ from typing import Any
 
 import numpy as np
 import orjson
-from kserve.errors import InvalidInput
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.infer_type import InferOutput, InferResponse, RequestedOutput
 
-from pillars.components.task import Signature, TensorSpec
+from pillars.components.task.contract import (
+    InputError,
+    Signature,
+    TensorSpec,
+    as_datatype,
+    as_strings,
+    check_names,
+    numpy_dtype,
+)
 from pillars.serving.errors import TooManyRows
 from pillars.serving.tensors import (
     BYTES_PREFIX,
-    FLOATS,
-    INTEGERS,
-    WIRE_DTYPES,
     Declared,
-    as_input,
     check_declared,
-    first_non_number,
+    check_row_limit,
+    from_buffer,
     from_json,
-    instance_shape,
     split_bytes,
-    strings,
 )
 
 GRPC_CONTENTS = {"BOOL": "bool_contents", "FP32": "fp32_contents", "FP64": "fp64_contents",
@@ -76,11 +74,12 @@ GRPC_BYTES_PER_VALUE = 10
 
 @dataclass
 class Batch:
-    """A request checked at the edge: what the model runs, and how to answer.
+    """A parsed request: what the model runs, and how to answer.
 
     Attributes:
-        inputs: one array per input the request carries (named as the signature), ``N`` rows each,
-            ``1 <= N <= max_rows``, in the spec's instance shape; floats finite; strings as numpy unicode.
+        inputs: what the request carries, per input name: arrays (V2, in the declared shape and datatype,
+            strings as numpy unicode) or lists (V1), at most ``max_rows`` rows; checked against the
+            signature by :func:`pillars.components.task.contract.check_inputs` before the model runs.
         protocol: ``v1`` or ``v2`` (REST or gRPC).
         request_id: the V2 request id, echoed in the response.
         outputs: the V2 output names to return, checked against the model's outputs.
@@ -90,7 +89,7 @@ class Batch:
         from_grpc: the request came over gRPC.
     """
 
-    inputs: dict[str, np.ndarray]
+    inputs: dict[str, Any]
     protocol: str = "v2"
     request_id: str | None = None
     outputs: list[str] = field(default_factory=list)
@@ -148,7 +147,7 @@ def json_part_length(header_length: str | None, content_length: str | None, sign
 
     Raises:
         TooManyRows: the JSON part is longer than any request within ``max_rows`` can need.
-        InvalidInput: ``inference-header-content-length`` is not a length within the body.
+        InputError: ``inference-header-content-length`` is not a length within the body.
     """
     limit = json_body_limit(signature, max_rows)
     body_length = int(content_length) if content_length is not None and content_length.isdigit() else None
@@ -157,8 +156,8 @@ def json_part_length(header_length: str | None, content_length: str | None, sign
             raise TooManyRows(_json_too_long(body_length, max_rows))
         return None
     if not header_length.isdigit() or (body_length is not None and int(header_length) > body_length):
-        raise InvalidInput(f"inference-header-content-length {header_length!r} is not a length within the "
-                           f"{body_length}-byte body")
+        raise InputError(f"inference-header-content-length {header_length!r} is not a length within the "
+                         f"{body_length}-byte body")
     if int(header_length) > limit:
         raise TooManyRows(f"a JSON header of {header_length} bytes is longer than any request within "
                           f"{max_rows} rows (--max_rows)")
@@ -177,24 +176,24 @@ def check_v2_header(request: Any, signature: Signature, max_rows: int) -> V2Head
     Nothing of the tensor data is converted here.
     """
     if not isinstance(request, dict):
-        raise InvalidInput('expected a JSON object with an "inputs" list')
+        raise InputError('expected a JSON object with an "inputs" list')
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or not inputs:
-        raise InvalidInput(f'"inputs" must be a list holding exactly one tensor per input of the model '
-                           f"({sorted(s.name for s in signature.inputs)}), got "
-                           f"{'none' if isinstance(inputs, list) else type(inputs).__name__}")
+        raise InputError(f'"inputs" must be a list holding exactly one tensor per input of the model '
+                         f"({sorted(s.name for s in signature.inputs)}), got "
+                         f"{'none' if isinstance(inputs, list) else type(inputs).__name__}")
     if not all(isinstance(t, dict) for t in inputs):
-        raise InvalidInput("an input tensor must be a JSON object with name, shape, datatype and data")
+        raise InputError("an input tensor must be a JSON object with name, shape, datatype and data")
     declared = check_declared([(t.get("name"), t.get("datatype"), t.get("shape")) for t in inputs], signature,
                               max_rows)
     tensors = [_rest_tensor(t, d) for t, d in zip(inputs, declared, strict=True)]
     outputs, output_parameters = _requested_rest_outputs(request.get("outputs"), signature)
     parameters = request.get("parameters")
     if parameters is not None and not isinstance(parameters, dict):
-        raise InvalidInput("parameters must be an object")
+        raise InputError("parameters must be an object")
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
-        raise InvalidInput(f"id must be a string, got {request_id!r}")
+        raise InputError(f"id must be a string, got {request_id!r}")
     return V2Header(tensors, request_id, outputs, output_parameters,
                     bool((parameters or {}).get("binary_data_output", False)))
 
@@ -202,37 +201,37 @@ def check_v2_header(request: Any, signature: Signature, max_rows: int) -> V2Head
 def _rest_tensor(tensor: dict[str, Any], declared: Declared) -> RestTensor:
     name, params = declared.name, tensor.get("parameters")
     if params is not None and not isinstance(params, dict):
-        raise InvalidInput(f"input {name!r}: parameters must be an object")
+        raise InputError(f"input {name!r}: parameters must be an object")
     size = (params or {}).get("binary_data_size")
     if "data" in tensor and size is not None:
-        raise InvalidInput(f"input {name!r} has both data and parameters.binary_data_size")
+        raise InputError(f"input {name!r} has both data and parameters.binary_data_size")
     if "data" in tensor:
         return RestTensor(declared, tensor["data"], None)
     if size is None:
-        raise InvalidInput(f"input {name!r} has neither data nor parameters.binary_data_size")
+        raise InputError(f"input {name!r} has neither data nor parameters.binary_data_size")
     if not isinstance(size, int) or isinstance(size, bool):
-        raise InvalidInput(f"input {name!r}: binary_data_size must be an integer, got {size!r}")
+        raise InputError(f"input {name!r}: binary_data_size must be an integer, got {size!r}")
     if declared.datatype == "BYTES":
         low, high = BYTES_PREFIX * declared.count, (BYTES_PREFIX + declared.spec.max_bytes) * declared.count
         if not low <= size <= high:
-            raise InvalidInput(f"input {name!r}: binary_data_size {size} does not fit {declared.count} strings "
-                               f"of at most {declared.spec.max_bytes} bytes ({low} to {high} bytes)")
+            raise InputError(f"input {name!r}: binary_data_size {size} does not fit {declared.count} strings "
+                             f"of at most {declared.spec.max_bytes} bytes ({low} to {high} bytes)")
     else:
         expected = declared.count * declared.wire_dtype.itemsize
         if size != expected:
-            raise InvalidInput(f"input {name!r}: binary_data_size {size!r} does not fit shape {declared.shape} of "
-                               f"{declared.datatype} ({expected} bytes)")
+            raise InputError(f"input {name!r}: binary_data_size {size!r} does not fit shape {declared.shape} of "
+                             f"{declared.datatype} ({expected} bytes)")
     return RestTensor(declared, None, size)
 
 
 def decode_v2_data(header: V2Header, binary: bytes) -> Batch:
-    """The checked batch: JSON data converted by numpy, binary numbers viewed with ``np.frombuffer``,
+    """The parsed batch: JSON data converted by numpy, binary numbers viewed with ``np.frombuffer``,
     strings read element by element."""
     declared_size = sum(t.binary_size or 0 for t in header.tensors)
     if len(binary) != declared_size:
         names = [t.declared.name for t in header.tensors if t.binary_size is not None]
-        raise InvalidInput(f"{len(binary)} bytes follow the JSON header; the binary_data_size of "
-                           f"{names or 'no input'} add up to {declared_size}")
+        raise InputError(f"{len(binary)} bytes follow the JSON header; the binary_data_size of "
+                         f"{names or 'no input'} add up to {declared_size}")
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for tensor in header.tensors:
@@ -242,10 +241,8 @@ def decode_v2_data(header: V2Header, binary: bytes) -> Batch:
         else:
             chunk = binary[offset:offset + tensor.binary_size]
             offset += tensor.binary_size
-            array = (split_bytes(declared, chunk) if declared.datatype == "BYTES"
-                     else np.frombuffer(chunk, dtype=declared.wire_dtype))
-        inputs[declared.spec.name] = as_input(declared.name, declared.spec, array, declared.shape[0],
-                                              declared.instance)
+            array = split_bytes(declared, chunk) if declared.datatype == "BYTES" else from_buffer(declared, chunk)
+        inputs[declared.name] = array
     return Batch(inputs, "v2", header.request_id, header.outputs, header.binary_outputs, header.output_parameters)
 
 
@@ -254,7 +251,7 @@ def parse_json(body: bytes, signature: Signature, max_rows: int) -> Any:
 
     Raises:
         TooManyRows: the body is longer than :func:`json_body_limit`.
-        InvalidInput: it is not JSON.
+        InputError: it is not JSON.
     """
     if len(body) > json_body_limit(signature, max_rows):
         raise TooManyRows(_json_too_long(len(body), max_rows))
@@ -262,11 +259,11 @@ def parse_json(body: bytes, signature: Signature, max_rows: int) -> Any:
 
 
 def loads(text: bytes) -> Any:
-    """JSON, or :class:`InvalidInput` saying why not."""
+    """JSON, or :class:`InputError` saying why not."""
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError as e:
-        raise InvalidInput(f"the request is not valid JSON: {e}") from e
+        raise InputError(f"the request is not valid JSON: {e}") from e
 
 
 # ---- V2 gRPC ----------------------------------------------------------------------------------------
@@ -276,30 +273,23 @@ def decode_grpc(request: pb.ModelInferRequest, signature: Signature, max_rows: i
     declared = check_declared([(t.name, t.datatype, list(t.shape)) for t in request.inputs], signature, max_rows)
     raw = request.raw_input_contents
     if raw and (len(raw) != len(request.inputs) or any(t.HasField("contents") for t in request.inputs)):
-        raise InvalidInput(f"give raw_input_contents for every input ({len(request.inputs)}, got {len(raw)}) "
-                           "or contents for every input, not both")
+        raise InputError(f"give raw_input_contents for every input ({len(request.inputs)}, got {len(raw)}) "
+                         "or contents for every input, not both")
     inputs: dict[str, np.ndarray] = {}
     for i, (tensor, d) in enumerate(zip(request.inputs, declared, strict=True)):
         if raw:
-            if d.datatype == "BYTES":
-                array = split_bytes(d, raw[i])
-            else:
-                expected = d.count * d.wire_dtype.itemsize
-                if len(raw[i]) != expected:
-                    raise InvalidInput(f"input {d.name!r}: {len(raw[i])} raw bytes do not fit shape {d.shape} of "
-                                       f"{d.datatype} ({expected} bytes)")
-                array = np.frombuffer(raw[i], dtype=d.wire_dtype)
+            array = split_bytes(d, raw[i]) if d.datatype == "BYTES" else from_buffer(d, raw[i])
         else:
             if d.datatype not in GRPC_CONTENTS:
-                raise InvalidInput(f"input {d.name!r}: {d.datatype} travels only as raw_input_contents")
+                raise InputError(f"input {d.name!r}: {d.datatype} travels only as raw_input_contents")
             values = getattr(tensor.contents, GRPC_CONTENTS[d.datatype])
             if len(values) != d.count:
-                raise InvalidInput(f"input {d.name!r}: {len(values)} values do not fit shape {d.shape}")
+                raise InputError(f"input {d.name!r}: {len(values)} values do not fit shape {d.shape}")
             if d.datatype == "BYTES":
-                array = strings(d, list(values))
-            else:
-                array = np.asarray(values, dtype=d.wire_dtype)  # bounded: the shape passed max_rows
-        inputs[d.spec.name] = as_input(d.name, d.spec, array, d.shape[0], d.instance)
+                array = as_strings(d.name, d.spec.max_bytes, list(values)).reshape(d.shape)
+            else:  # bounded: the shape passed max_rows; int_contents are int32, wider than INT8/16
+                array = as_datatype(d.name, np.asarray(values).reshape(d.shape), d.datatype)
+        inputs[d.name] = array
     known = [o.name for o in signature.outputs]
     outputs = [o.name for o in request.outputs] or known
     _check_output_names(outputs, known)
@@ -309,107 +299,69 @@ def decode_grpc(request: pb.ModelInferRequest, signature: Signature, max_rows: i
 # ---- V1 ---------------------------------------------------------------------------------------------
 
 def decode_v1(payload: Any, signature: Signature, max_rows: int) -> Batch:
-    """The batch carried by a V1 ``{"instances": [...]}`` body.
+    """The inputs carried by a V1 ``{"instances": [...]}`` body, as one list of values per input.
 
-    A single-input model takes rows: lists of numbers, objects keyed by the input's ``labels`` (a table's
-    feature names), or strings for one ``BYTES`` input. A model with several inputs (or a single input
-    without labels) takes objects keyed by input name. Numbers must be JSON numbers: ``"1.5"`` is refused.
+    A single-input model takes rows: values, objects keyed by the input's ``labels`` (a table's feature
+    names), or (for a ``BYTES`` input) strings. Otherwise (or as well) an instance is an object keyed by
+    input name, and an input is given in every instance or in none. The values are judged by
+    :func:`pillars.components.task.contract.check_inputs` (numbers must be JSON numbers: ``"1.5"`` is refused).
     """
     if not isinstance(payload, dict) or "instances" not in payload:
-        raise InvalidInput('expected a JSON object with an "instances" list')
+        raise InputError('expected a JSON object with an "instances" list')
     instances = payload["instances"]
     if not isinstance(instances, list):
-        raise InvalidInput('"instances" must be a list')
-    if not instances:
-        raise InvalidInput("empty batch: at least one instance is needed")
-    if len(instances) > max_rows:
-        raise TooManyRows(f'"instances" has {len(instances)} rows; at most {max_rows} rows per request '
-                          "are accepted (--max_rows)")
+        raise InputError('"instances" must be a list')
+    if not instances:  # no rows, so no names: every required input, empty (the contract refuses it)
+        return Batch({s.name: [] for s in signature.inputs if not s.optional}, "v1")
+    check_row_limit(len(instances), max_rows)
     specs = signature.inputs
-    if len(specs) == 1:
+    if len(specs) == 1 and not all(_keyed_by_name(row, specs[0]) for row in instances):
         spec = specs[0]
-        rows = [_v1_single(row, spec, i) for i, row in enumerate(instances)]
-        return Batch({spec.name: _v1_input(spec, rows)}, "v1")
+        return Batch({spec.name: [_v1_single(row, signature, i) for i, row in enumerate(instances)]}, "v1")
     if not all(isinstance(row, dict) for row in instances):
-        raise InvalidInput(f"each instance must be an object keyed by input name ({[s.name for s in specs]})")
-    known = {s.name for s in specs}
-    for i, row in enumerate(instances):
-        unknown = sorted(set(row) - known)
-        if unknown:
-            raise InvalidInput(f"instance {i} has unknown input(s) {unknown[:5]}; this model takes {sorted(known)}")
-    inputs: dict[str, np.ndarray] = {}
-    for spec in specs:
-        present = sum(spec.name in row for row in instances)
-        if present == 0 and spec.optional:
+        raise InputError(f"each instance must be an object keyed by input name ({[s.name for s in specs]})")
+    by_name = {s.name: s for s in specs}
+    names = list(dict.fromkeys(name for row in instances for name in row))
+    columns: dict[str, list[Any]] = {}
+    for name in names:
+        spec = by_name.get(name)
+        if spec is None:  # unknown: the contract names it
+            columns[name] = [row[name] for row in instances if name in row]
             continue
-        if present < len(instances):
-            first = next(i for i, row in enumerate(instances) if spec.name not in row)
-            rule = "; an optional input is given in every instance or in none" if spec.optional else ""
-            raise InvalidInput(f"input {spec.name!r} is missing in instance {first}{rule}")
-        inputs[spec.name] = _v1_input(spec, [_labelled(row[spec.name], spec, i) for i, row in enumerate(instances)])
-    return Batch(inputs, "v1")
+        absent = next((i for i, row in enumerate(instances) if name not in row), None)
+        if absent is not None:
+            raise InputError(f"input {name!r} is missing in instance {absent}; an input is given in every "
+                             "instance or in none")
+        columns[name] = [_labelled(row[name], spec, i) for i, row in enumerate(instances)]
+    return Batch(columns, "v1")
 
 
-def _v1_single(row: Any, spec: TensorSpec, index: int) -> Any:
+def _keyed_by_name(row: Any, spec: TensorSpec) -> bool:
+    """A single-input model's instance given as an object keyed by names other than its labels."""
+    return isinstance(row, dict) and not (spec.labels and spec.name not in row)
+
+
+def _v1_single(row: Any, signature: Signature, index: int) -> Any:
     """One instance of a single-input model: the value itself, an object keyed by the input's name, or
     (for a table) an object keyed by its ``labels``."""
+    spec = signature.inputs[0]
     if not isinstance(row, dict):
         return row
-    if set(row) == {spec.name} and spec.name not in spec.labels:
+    if set(row) == {spec.name}:
         return _labelled(row[spec.name], spec, index)
-    if spec.labels:
-        return _row_from_mapping(row, spec.labels, index)
-    raise InvalidInput(f"instance {index} has unknown input(s) {sorted(set(row) - {spec.name})[:5]}; this model "
-                       f"takes one input {spec.name!r}: send its value, or an object keyed by {spec.name!r}")
+    if not spec.labels:
+        check_names(signature, list(row))  # names the unknown input
+    return _row_from_mapping(row, spec.labels, index)
 
 
 def _labelled(value: Any, spec: TensorSpec, index: int) -> Any:
     """An input's value; an object keyed by the input's ``labels`` becomes the row in label order."""
     if isinstance(value, dict):
         if not spec.labels:
-            raise InvalidInput(f"input {spec.name!r} in instance {index} is an object; it takes a "
-                               f"{'string' if spec.datatype == 'BYTES' else 'number or list of numbers'}")
+            raise InputError(f"input {spec.name!r} in instance {index} is an object; it takes a "
+                             f"{'string' if spec.datatype == 'BYTES' else 'number or list of numbers'}")
         return _row_from_mapping(value, spec.labels, index, spec.name)
     return value
-
-
-def _v1_input(spec: TensorSpec, values: list[Any]) -> np.ndarray:
-    name = spec.name
-    if spec.datatype == "BYTES":
-        try:
-            array = np.asarray(values, dtype=object)
-        except ValueError as e:
-            raise InvalidInput(f"input {name!r}: instances have different lengths (shapes); a V1 batch is one "
-                               "array: pad to one length or send one instance per request") from e
-        dims = list(array.shape[1:])
-        instance = instance_shape(name, spec, dims, array.shape)
-        return as_input(name, spec, strings(_declared(name, spec, array.shape, instance, "BYTES"),
-                                             array.reshape(-1).tolist()), len(array), instance)
-    try:
-        array = np.asarray(values)
-    except ValueError as e:
-        if "inhomogeneous" not in str(e):
-            raise InvalidInput(f"input {name!r}: instances must be a rectangular list of numbers"
-                               f"{first_non_number(values)}") from e
-        raise InvalidInput(f"input {name!r}: instances have different lengths (shapes); a V1 batch is one "
-                           "array: pad to one length or send one instance per request") from e
-    except (TypeError, OverflowError) as e:
-        raise InvalidInput(f"input {name!r}: instances must be a rectangular list of numbers"
-                           f"{first_non_number(values)}") from e
-    kinds = "iuf" if spec.datatype in FLOATS else "iu" if spec.datatype in INTEGERS else "b"
-    if array.dtype.kind not in kinds:
-        what = "integers" if kinds == "iu" else "booleans" if kinds == "b" else "numbers"
-        raise InvalidInput(f"input {name!r}: instances must be a rectangular list of {what}"
-                           f"{first_non_number(values) if kinds != 'b' else ''}")
-    if array.ndim < 1:
-        raise InvalidInput(f"input {name!r}: instances must be a list")
-    instance = instance_shape(name, spec, array.shape[1:], array.shape)
-    return as_input(name, spec, array, len(array), instance)
-
-
-def _declared(name: str, spec: TensorSpec, shape: Sequence[int], instance: tuple[int, ...],
-              datatype: str) -> Declared:
-    return Declared(name, spec, list(shape), instance, datatype)
 
 
 def _row_from_mapping(row: dict[str, Any], labels: Sequence[str], index: int, name: str = "") -> list[Any]:
@@ -417,12 +369,12 @@ def _row_from_mapping(row: dict[str, Any], labels: Sequence[str], index: int, na
     where = f"input {name!r} in instance {index}" if name else f"instance {index}"
     missing = [f for f in labels if f not in row]
     if missing:
-        raise InvalidInput(f"{where} lacks feature(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}; "
-                           f"the features are {list(labels[:10])}{' ...' if len(labels) > 10 else ''}")
+        raise InputError(f"{where} lacks feature(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}; "
+                         f"the features are {list(labels[:10])}{' ...' if len(labels) > 10 else ''}")
     extra = sorted(set(row) - set(labels))
     if extra:
-        raise InvalidInput(f"{where} has unknown feature(s) {extra[:5]}; the features are "
-                           f"{list(labels[:10])}{' ...' if len(labels) > 10 else ''}")
+        raise InputError(f"{where} has unknown feature(s) {extra[:5]}; the features are "
+                         f"{list(labels[:10])}{' ...' if len(labels) > 10 else ''}")
     return [row[f] for f in labels]
 
 
@@ -501,7 +453,7 @@ def encode_v2(batch: Batch, outputs: dict[str, np.ndarray], signature: Signature
 def _wire_output(data: np.ndarray, datatype: str) -> np.ndarray:
     if datatype == "BYTES":
         return np.asarray(_plain_strings(np.asarray(data)), dtype=object).reshape(np.shape(data))
-    return np.ascontiguousarray(data, dtype=np.dtype(WIRE_DTYPES[datatype]).newbyteorder("="))
+    return np.ascontiguousarray(data, dtype=numpy_dtype(datatype))
 
 
 def _plain_strings(data: np.ndarray) -> list[str]:
@@ -530,9 +482,9 @@ def _requested_rest_outputs(outputs: Any, signature: Signature) -> tuple[list[st
         return known, {}
     if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str)
                                                 for o in outputs):
-        raise InvalidInput('"outputs" must be a list of objects with a "name"')
+        raise InputError('"outputs" must be a list of objects with a "name"')
     if any(o.get("parameters") is not None and not isinstance(o["parameters"], dict) for o in outputs):
-        raise InvalidInput("output parameters must be an object")
+        raise InputError("output parameters must be an object")
     names = [o["name"] for o in outputs] or known
     _check_output_names(names, known)
     return names, {o["name"]: dict(o.get("parameters") or {}) for o in outputs}
@@ -541,4 +493,4 @@ def _requested_rest_outputs(outputs: Any, signature: Signature) -> tuple[list[st
 def _check_output_names(names: list[str], known: list[str]) -> None:
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise InvalidInput(f"unknown output(s) {unknown[:5]}; this model has {known}")
+        raise InputError(f"unknown output(s) {unknown[:5]}; this model has {known}")

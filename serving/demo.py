@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from pillars.components.task.contract import numpy_dtype
+
 INPUT_NAME = "input-0"
 """The input of the built-in table and image tasks: a bare array of rows is sent under this name."""
 
@@ -31,7 +33,7 @@ def datatype_of(array: np.ndarray) -> str:
 def _wire(array: np.ndarray, datatype: str) -> np.ndarray:
     if datatype == "BYTES":
         return array.astype(object)
-    return array.astype({"FP32": np.float32, "INT64": np.int64, "BOOL": np.bool_}[datatype])
+    return array.astype(numpy_dtype(datatype))
 
 
 def v2_request(inputs: Inputs) -> dict[str, Any]:

@@ -33,7 +33,8 @@ from kserve.utils.utils import to_headers
 
 from pillars.serving import codec, metrics
 from pillars.serving.auth import TokenAuth, grpc_method_is_open
-from pillars.serving.errors import NotServed, ServingError
+from pillars.components.errors import PillarsError
+from pillars.serving.errors import NotServed
 from pillars.serving.model import served_model
 
 logger = logging.getLogger("pillars.serving")
@@ -87,12 +88,13 @@ class MetricsInterceptor(AsyncServerInterceptor):
 
 
 class StatusInterceptor(ExceptionToStatusInterceptor):
-    """KServe's exception-to-status mapping, plus our :class:`ServingError` codes (no traceback logged)."""
+    """Any :class:`PillarsError` as its gRPC code (no traceback logged): the one handler of our errors;
+    KServe's mapping for the rest (its own ``InvalidInput`` stays INVALID_ARGUMENT)."""
 
     async def handle_exception(self, ex: Exception, request_or_iterator: Any, context: aio.ServicerContext,
                                method_name: str) -> None:
-        if isinstance(ex, ServingError):
-            await context.abort(ex.grpc_code, str(ex))
+        if isinstance(ex, PillarsError):
+            await context.abort(StatusCode[ex.grpc_code], str(ex))
         await super().handle_exception(ex, request_or_iterator, context, method_name)
 
 

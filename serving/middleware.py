@@ -2,7 +2,7 @@
 
 Also the last guard that keeps client mistakes 4xx: an error that KServe's request decoding raises
 for a malformed body (``ValueError``, ``KeyError`` ... which it would answer with 500) becomes 400.
-Our own model code raises ``InvalidInput`` for bad input and ``InferenceError`` for its own failures,
+Our own model code raises ``InputError`` (a ``PillarsError``) for bad input and ``InferenceError`` for its own failures,
 so anything else reaching this point on an inference path came from decoding the client's body.
 """
 

@@ -8,9 +8,11 @@ in an InferenceService pod and on a laptop. The hooks:
   start drift monitoring of the task's drift features against the model's data profile
   (:mod:`pillars.serving.drift`), and only then set ``ready``. Everything the server checks and answers
   follows the model's :class:`pillars.components.task.Signature`.
-- ``preprocess``: V2 requests (REST and gRPC) arrive already decoded and checked at the edge
-  (:mod:`pillars.serving.rest`, :mod:`pillars.serving.grpc_server`, both through :mod:`pillars.serving.codec`);
-  a V1 body is decoded and checked here, by the same codec. Each request is checked once.
+- ``preprocess``: V2 requests (REST and gRPC) arrive parsed at the edge (:mod:`pillars.serving.rest`,
+  :mod:`pillars.serving.grpc_server`, both through :mod:`pillars.serving.codec`, which refuses a wrong
+  shape or too many rows before decoding); a V1 body is parsed here, by the same codec. Every request's
+  arrays are then checked here by :func:`pillars.components.task.contract.check_inputs`, the check
+  :meth:`Predictor.predict <pillars.components.model.predictor.Predictor.predict>` makes in MLflow pyfunc.
 - ``predict``: submit the inputs to the micro-batcher (:mod:`pillars.serving.batching`), which runs the
   task's encode, the forward pass and decode without checking again; an :class:`InputError` from the
   task's encode (an unknown id, a too-short history) is 400 naming the input; outputs that are not finite
@@ -39,13 +41,13 @@ from typing import Any
 import numpy as np
 import torch
 from kserve import Model
-from kserve.errors import InferenceError, InvalidInput, ModelNotFound
+from kserve.errors import InferenceError, ModelNotFound
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferResponse
 
+from pillars.components.task.contract import InputError, Signature, TensorSpec, numpy_dtype
 from pillars.components.errors import ConfigError
 from pillars.components.model.predictor import Predictor, load_predictor, load_profile
-from pillars.components.task import InputError, Signature, TensorSpec
 from pillars.serving import codec, metrics
 from pillars.serving.batching import Batcher, Outputs
 from pillars.serving.drift import DriftConfig, DriftMonitor
@@ -59,7 +61,6 @@ from pillars.serving.storage import (
     remove_stale_downloads,
     resolve_model,
 )
-from pillars.serving.tensors import WIRE_DTYPES
 
 logger = logging.getLogger("pillars.serving")
 
@@ -273,20 +274,22 @@ class PillarsModel(Model):
 
     async def preprocess(self, payload: dict[str, Any] | codec.Batch,
                          headers: dict[str, str] | None = None) -> codec.Batch:
-        """A V2 request arrives as a :class:`codec.Batch` checked at the edge; a V1 body is checked here.
+        """The request's inputs checked against the signature (every protocol): a V2 request arrives as a
+        :class:`codec.Batch` parsed at the edge, a V1 body is parsed here.
 
         Raises:
-            InvalidInput: the V1 body does not fit the signature (names, types, shapes, NaN/Inf, no rows).
+            InputError: the inputs do not fit the signature (names, types, shapes, NaN/Inf, no rows).
             TooManyRows: more than ``max_rows`` instances.
         """
-        if isinstance(payload, codec.Batch):
-            return payload
-        if isinstance(payload, bytes):  # KServe leaves a body whose Content-Type is not JSON undecoded
-            payload = codec.parse_json(payload, self.signature, self.settings.max_rows)
-        return codec.decode_v1(payload, self.signature, self.settings.max_rows)
+        if not isinstance(payload, codec.Batch):
+            if isinstance(payload, bytes):  # KServe leaves a body whose Content-Type is not JSON undecoded
+                payload = codec.parse_json(payload, self.signature, self.settings.max_rows)
+            payload = codec.decode_v1(payload, self.signature, self.settings.max_rows)
+        assert self.predictor is not None
+        return dataclasses.replace(payload, inputs=self.predictor.check(payload.inputs))
 
     def validate(self, payload: Any) -> Any:
-        return payload  # checked once, at the edge
+        return payload  # checked once, in preprocess
 
     async def predict(self, payload: codec.Batch, headers: dict[str, str] | None = None,
                       response_headers: dict[str, str] | None = None) -> tuple[Outputs, codec.Batch]:
@@ -294,17 +297,15 @@ class PillarsModel(Model):
 
         Raises:
             Overloaded: the batcher's queue is full (503 / RESOURCE_EXHAUSTED).
-            InvalidInput: the task's encode refused an input (400 / INVALID_ARGUMENT, naming it).
+            InputError: the task's encode refused an input (400 / INVALID_ARGUMENT, naming it).
             NonFiniteOutput: finite inputs gave NaN or Inf outputs (422 naming the rows).
             InferenceError: the forward pass failed (a server error, 500 / INTERNAL).
         """
         assert self.batcher is not None
         try:
             outputs = await self.batcher.submit(payload.inputs)
-        except ServingError:
+        except (ServingError, InputError):  # the client's: an unknown id, a too-short history ...
             raise
-        except InputError as e:  # the client's: an unknown id, a too-short history ...
-            raise InvalidInput(str(e)) from e
         except Exception as e:  # a model failure is ours, not the client's
             logger.exception("forward pass failed")
             raise InferenceError(f"inference failed: {type(e).__name__}") from e
@@ -322,7 +323,7 @@ class PillarsModel(Model):
     def _forward(self, inputs: dict[str, np.ndarray]) -> Outputs:
         active = self._active  # read once: a swap between these lines cannot mix two versions
         assert active is not None
-        outputs = active.predictor.predict_checked(inputs)  # checked at the edge
+        outputs = active.predictor.predict_checked(inputs)  # checked in preprocess
         if active.drift is not None and not active.drift.failed:
             try:
                 names, rows = active.predictor.drift_rows(inputs)
@@ -402,7 +403,7 @@ def placeholder_inputs(signature: Signature, rows: int) -> dict[str, np.ndarray]
             continue
         shape = (rows, *(min(spec.max_length, WARM_UP_LENGTH) if d == -1 else d for d in spec.shape))
         inputs[spec.name] = (np.full(shape, "warm-up") if spec.datatype == "BYTES"
-                             else np.zeros(shape, dtype=np.dtype(WIRE_DTYPES[spec.datatype])))
+                             else np.zeros(shape, dtype=numpy_dtype(spec.datatype)))
     return inputs
 
 

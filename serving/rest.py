@@ -25,15 +25,16 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
-from kserve.errors import InvalidInput, ModelNotReady, ServerNotReady
+from kserve.errors import ModelNotReady, ServerNotReady
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.rest.server import RESTServer, metrics_handler
 from kserve.protocol.rest.v1_endpoints import register_v1_endpoints
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
 
-from pillars.components.task import Signature
+from pillars.components.task.contract import InputError, Signature
+from pillars.components.errors import PillarsError
 from pillars.serving import codec
-from pillars.serving.errors import Overloaded, ServingError
+from pillars.serving.errors import Overloaded
 from pillars.serving.model import PillarsModel, served_model
 
 logger = logging.getLogger("pillars.serving")
@@ -52,8 +53,9 @@ INFER_REQUEST_SCHEMA: dict[str, Any] = {
 
 
 async def serving_error_handler(_: Request, exc: Exception) -> JSONResponse:
-    """A :class:`ServingError` as its HTTP status and ``{"error": message}`` (no traceback logged)."""
-    assert isinstance(exc, ServingError)
+    """Any :class:`PillarsError` (bad input, too many rows, overloaded ...) as its HTTP status and
+    ``{"error": message}`` (no traceback logged): the one handler of our errors."""
+    assert isinstance(exc, PillarsError)
     headers = {"retry-after": "1"} if isinstance(exc, Overloaded) else None
     return JSONResponse(status_code=exc.status, content={"error": str(exc)}, headers=headers)
 
@@ -82,7 +84,8 @@ class V2Routes:
         return await self.dataplane.model_metadata(model.name) | {"versions": [model.version]}
 
     async def infer(self, request: Request, model_name: str, model_version: str | None = None) -> Response:
-        """Check and decode the body at the edge, run it, answer JSON or the binary extension."""
+        """Parse the body at the edge (its header checked before its tensors), run it, answer JSON or the
+        binary extension."""
         model = served_model(self.dataplane, model_name, model_version)
         if not await model.healthy():
             raise ModelNotReady(model_name)
@@ -138,7 +141,7 @@ async def _read_binary_request(request: Request, json_length: int, signature: Si
             break
     head = b"".join(chunks)
     if len(head) < json_length:
-        raise InvalidInput(f"the body ends before the {json_length}-byte JSON header does")
+        raise InputError(f"the body ends before the {json_length}-byte JSON header does")
     header = codec.check_v2_header(codec.loads(head[:json_length]), signature, max_rows)
     rest = [head[json_length:]]
     async for chunk in stream:
@@ -175,5 +178,5 @@ class PillarsRESTServer(RESTServer):
 
     def _add_exception_handlers(self, app: fastapi.FastAPI) -> None:
         super()._add_exception_handlers(app)
-        app.add_exception_handler(ServingError, serving_error_handler)
+        app.add_exception_handler(PillarsError, serving_error_handler)
 

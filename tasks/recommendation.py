@@ -36,7 +36,7 @@ oldest first; the model reads the most recent, decode removes all), each movie's
 and ``max_k``. The seen lists dominate the size (about 95,000 indices).
 
 Serving: ``user_id`` INT64 ``[N]`` (raw MovieLens ``userId``) and an optional ``k`` INT64 (default 10,
-1..``max_k``; one value, or one per row, all equal, since the outputs are ``[N, k]``) -> ``item_ids``
+1..``max_k``; one per row, all equal, since the outputs are ``[N, k]``) -> ``item_ids``
 INT64 ``[N, k]`` (raw ``movieId``) and ``scores`` FP32 ``[N, k]``, best first. An unknown user id is an
 :class:`InputError` naming ``user_id``: the issue asks for a 4xx naming the input, and a silent
 popularity fallback would hide a wrong id or a stale model from the caller. A bad ``k`` names ``k``.
@@ -221,7 +221,7 @@ class Recommendation(Task):
             inputs=(TensorSpec("user_id", "INT64", description="a MovieLens userId seen in training"),
                     TensorSpec("k", "INT64", optional=True,
                                description=f"how many movies to return (default {DEFAULT_K}, at most {max_k}); "
-                                           "one value, or one per row, all equal")),
+                                           "one per row, all equal")),
             outputs=(TensorSpec("item_ids", "INT64", (-1,), max_length=max_k,
                                 description="MovieLens movieIds, best first, never one the user has seen"),
                      TensorSpec("scores", "FP32", (-1,), max_length=max_k,

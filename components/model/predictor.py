@@ -31,19 +31,11 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pillars.components.task.contract import Signature
+from pillars.components.task.contract import check_inputs as check_inputs  # re-exported: the one input check
 from pillars.components.errors import ConfigError
 from pillars.components.settings import Settings
-from pillars.components.task import (
-    API_VERSION,
-    Examples,
-    InputError,
-    Outputs,
-    Preprocessing,
-    Signature,
-    Task,
-    TensorSpec,
-    load_task,
-)
+from pillars.components.task import API_VERSION, Examples, Outputs, Preprocessing, Task, load_task
 
 FORMAT = "pillars.v2"
 CONFIG_FILE = "config.json"
@@ -55,9 +47,6 @@ ORT_ERRORS = (ort_state.Fail, ort_state.InvalidArgument, ort_state.NoSuchFile, o
 """What ONNX Runtime raises for a graph it cannot load or run (its own types, not RuntimeError)."""
 PREPROCESSING_FILE = "preprocessing.json"
 PROFILE_FILE = "data_profile.json"
-
-NUMERIC_KINDS = {"BOOL": "b", "FP16": "f", "FP32": "f", "FP64": "f"} | {
-    t: "iu" for t in ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")}
 
 
 @dataclasses.dataclass
@@ -203,11 +192,19 @@ class Predictor:
         raise NotImplementedError
 
     def check(self, inputs: Mapping[str, Any]) -> Examples:
-        """``inputs`` as arrays that fit the signature, or :class:`InputError` naming the input."""
+        """``inputs`` as arrays that fit the signature (:func:`pillars.components.task.contract.check_inputs`).
+
+        Raises:
+            InputError: naming the input and what is wrong.
+        """
         return check_inputs(self.signature, inputs)
 
     def predict(self, inputs: Mapping[str, Any]) -> Outputs:
-        """Check, encode, run and decode a batch."""
+        """Check, encode, run and decode a batch.
+
+        Raises:
+            InputError: the batch does not fit the signature, or the task's encode refused a value.
+        """
         return self.predict_checked(self.check(inputs))
 
     @torch.inference_mode()
@@ -304,83 +301,3 @@ def load_predictor(path: str | Path, device: str | torch.device = "cpu", onnx_th
     model = task.build_model(prep)
     model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
     return TorchPredictor(task, prep, config, model.to(device).eval(), device)
-
-
-def check_inputs(signature: Signature, inputs: Mapping[str, Any], max_rows: int | None = None) -> Examples:
-    """Every required input present, of its datatype's kind and its shape; float values finite.
-
-    Numeric inputs become numpy arrays of their spec's dtype family; ``BYTES`` inputs become numpy unicode
-    arrays (bytes decoded as UTF-8). A fixed-shape input may also come flat (``[N, prod(shape)]``).
-
-    Raises:
-        InputError: naming the input and what is wrong.
-    """
-    known = {s.name for s in signature.inputs}
-    extra = sorted(set(inputs) - known)
-    if extra:
-        raise InputError(f"unknown input(s) {extra}; this model takes {sorted(known)}")
-    result: Examples = {}
-    rows: int | None = None
-    for spec in signature.inputs:
-        if spec.name not in inputs or inputs[spec.name] is None:
-            if spec.optional:
-                continue
-            raise InputError(f"input {spec.name!r} is missing; this model takes {sorted(known)}")
-        array = _as_array(spec, inputs[spec.name])
-        if rows is None:
-            rows = len(array)
-        elif len(array) != rows and not spec.optional:
-            raise InputError(f"input {spec.name!r} has {len(array)} rows; other inputs have {rows}")
-        result[spec.name] = array
-    if rows == 0:
-        raise InputError("empty batch: at least one instance is needed")
-    if max_rows is not None and rows is not None and rows > max_rows:
-        raise InputError(f"{rows} rows; at most {max_rows} rows per request are accepted")
-    return result
-
-
-def _as_array(spec: TensorSpec, value: Any) -> np.ndarray:
-    if spec.datatype == "BYTES":
-        array = np.asarray(value, dtype=object)
-        if array.ndim == 0 or array.size == 0 and array.shape[0] == 0:
-            raise InputError(f"input {spec.name!r}: expected a batch of strings, got {'a scalar' if array.ndim == 0 else 'none'}")
-        flat = array.reshape(-1)
-        for i, item in enumerate(flat):
-            if isinstance(item, bytes):
-                try:
-                    flat[i] = item.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise InputError(f"input {spec.name!r}: element {i} is not UTF-8") from None
-            elif not isinstance(item, str):
-                raise InputError(f"input {spec.name!r}: element {i} is a {type(item).__name__}, not a string")
-            if len(flat[i].encode()) > spec.max_bytes:
-                raise InputError(f"input {spec.name!r}: element {i} is longer than {spec.max_bytes} bytes")
-        array = flat.astype(str).reshape(array.shape)
-    else:
-        try:
-            array = np.asarray(value)
-        except (TypeError, ValueError) as e:
-            raise InputError(f"input {spec.name!r}: not a rectangular array of numbers: {e}") from e
-        if array.dtype.kind not in NUMERIC_KINDS[spec.datatype] and not (
-                array.dtype.kind in "iub" and NUMERIC_KINDS[spec.datatype] == "f"):
-            raise InputError(f"input {spec.name!r}: expected {spec.datatype} values, got {array.dtype.name}")
-        if array.ndim == 0:
-            raise InputError(f"input {spec.name!r}: expected a batch, got a scalar")
-    array = _check_shape(spec, array)
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        bad = np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))
-        raise InputError(f"input {spec.name!r}: NaN or Inf in row(s) {bad[:5].tolist()}")
-    return array
-
-
-def _check_shape(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
-    """``array`` in its declared per-instance shape (a fixed shape may come flat and is reshaped)."""
-    shape = list(array.shape[1:])
-    if len(shape) == len(spec.shape) and all(
-            d == s or (s == -1 and 1 <= d <= spec.max_length) for d, s in zip(shape, spec.shape)):
-        return array
-    if -1 not in spec.shape and spec.shape and shape == [int(np.prod(spec.shape))]:
-        return array.reshape(len(array), *spec.shape)  # a fixed shape, sent flat
-    expected = ["N", *["1..%d" % spec.max_length if s == -1 else s for s in spec.shape]]
-    raise InputError(f"input {spec.name!r}: expected shape [{', '.join(map(str, expected))}], "
-                     f"got {list(array.shape)}")

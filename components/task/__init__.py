@@ -36,7 +36,6 @@ import abc
 import dataclasses
 import importlib
 import importlib.metadata
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -45,7 +44,11 @@ import torch
 from sklearn import metrics as skm
 from torch import nn
 
-from pillars.components.errors import ConfigError, DataError, PillarsError
+# The tensor contract is part of the task API: re-exported for user packages and saved models of API version 1.
+from pillars.components.task.contract import DATATYPES as DATATYPES
+from pillars.components.task.contract import InputError as InputError
+from pillars.components.task.contract import Signature, TensorSpec
+from pillars.components.errors import ConfigError, DataError
 from pillars.components.registry.references import ENTRY_POINT_GROUP, known_tasks
 
 API_VERSION = 1
@@ -56,94 +59,6 @@ Outputs = dict[str, np.ndarray]
 """Named output arrays, one row per example, named as the signature's outputs."""
 Preprocessing = dict[str, Any]
 """What preprocessing learned from the train split (a vocabulary, scalers, id maps): JSON-ready."""
-
-DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-             "FP16", "FP32", "FP64", "BYTES")
-"""Open Inference Protocol tensor datatypes."""
-
-
-class InputError(PillarsError, ValueError):
-    """A prediction request's input does not fit the model (shape, type, NaN/Inf, empty batch, unknown id).
-
-    Its message names the input; the model server answers it with 400 / INVALID_ARGUMENT.
-    """
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorSpec:
-    """One named input or output tensor.
-
-    Attributes:
-        name: the tensor's name on the wire (V2 ``inputs[].name``, V1 instance key).
-        datatype: an Open Inference Protocol datatype (``FP32``, ``INT64``, ``BYTES``, ...).
-        shape: the shape of ONE instance (the batch axis is not included); ``-1`` is a dimension of any
-            length from 1 to ``max_length``. ``()`` is one scalar (or one string) per instance.
-        optional: an input a request may leave out (the task's ``encode`` supplies the default).
-        max_length: the longest a ``-1`` dimension may be (requests are refused by size before decoding).
-        max_bytes: for ``BYTES`` inputs, the longest one element may be, in bytes.
-        labels: names of the values along the last axis (a table's feature names): a V1 instance may be an
-            object keyed by them, and MLflow pyfunc takes them as DataFrame columns.
-        description: for people reading the model metadata.
-    """
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...] = ()
-    optional: bool = False
-    max_length: int = 0
-    max_bytes: int = 4096
-    labels: tuple[str, ...] = ()
-    description: str = ""
-
-    def __post_init__(self) -> None:
-        if self.datatype not in DATATYPES:
-            raise ConfigError(f"tensor {self.name!r}: datatype must be one of {', '.join(DATATYPES)}, "
-                              f"got {self.datatype!r}")
-        if any(d == 0 or d < -1 for d in self.shape):
-            raise ConfigError(f"tensor {self.name!r}: dimensions are positive, or -1 for any length; got {self.shape}")
-        if -1 in self.shape and self.max_length < 1:
-            raise ConfigError(f"tensor {self.name!r}: a -1 dimension needs max_length (the longest accepted)")
-
-    @property
-    def max_values(self) -> int:
-        """Most values one instance may hold (variable dimensions at ``max_length``)."""
-        return math.prod(self.max_length if d == -1 else d for d in self.shape)
-
-    def to_dict(self) -> dict[str, Any]:
-        """As V2 model metadata lists a tensor (``shape`` with the batch axis ``-1`` in front)."""
-        return {"name": self.name, "datatype": self.datatype, "shape": [-1, *self.shape]}
-
-
-@dataclasses.dataclass(frozen=True)
-class Signature:
-    """The model's inputs and outputs."""
-
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-
-    def __post_init__(self) -> None:
-        for kind, specs in (("input", self.inputs), ("output", self.outputs)):
-            names = [s.name for s in specs]
-            if not names:
-                raise ConfigError(f"a signature needs at least one {kind}")
-            if len(set(names)) != len(names):
-                raise ConfigError(f"{kind} names must be unique, got {names}")
-
-    def input(self, name: str) -> TensorSpec:
-        """The input named ``name`` (KeyError when there is none)."""
-        return {s.name: s for s in self.inputs}[name]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"inputs": [dataclasses.asdict(s) for s in self.inputs],
-                "outputs": [dataclasses.asdict(s) for s in self.outputs]}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Signature:
-        def specs(items: Sequence[Mapping[str, Any]]) -> tuple[TensorSpec, ...]:
-            return tuple(TensorSpec(**{**item, "shape": tuple(item.get("shape", ())),
-                                       "labels": tuple(item.get("labels", ()))}) for item in items)
-        return cls(specs(data["inputs"]), specs(data["outputs"]))
-
 
 MISSING_POLICIES = ("median", "mean", "zero", "drop")
 """How a task that reads a table fills missing feature values (:attr:`DataParams.missing_policy`)."""

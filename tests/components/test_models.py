@@ -56,12 +56,13 @@ def test_images_accept_flat_or_shaped_inputs():
 
 @pytest.mark.parametrize("x,message", [
     (np.zeros((0, 64)), "empty batch"),
-    (np.zeros((2, 63)), "expected shape"),
-    (np.zeros((2, 8, 8)), "expected shape"),
-    (np.zeros(64), "expected shape"),
+    (np.zeros((2, 63)), r"expected \[N, 1, 8, 8\], got shape \[2, 63\]"),
+    (np.zeros((2, 8, 8)), r"shape \[2, 8, 8\] is not a batch; expected \[N, 1, 8, 8\]"),
+    (np.zeros(64), r"\(64 features\); expected \[N, 1, 8, 8\], got shape \[64\]"),
     (np.full((1, 64), np.nan), "NaN or Inf"),
-    ([["a"] * 64], "expected FP32 values"),
-    (3.0, "scalar"),
+    ([["a"] * 64], "has datatype BYTES; expected FP32"),
+    (np.ones((1, 64), dtype=bool), "has datatype BOOL; expected FP32"),
+    (3.0, r"shape \[\] is not a batch"),
 ])
 def test_bad_inputs_are_rejected_with_the_reason(x, message):
     predictor = predictor_of(*_digits())

@@ -60,7 +60,7 @@ V1_CASES = [
     ("no instances", {"rows": [[1, 2, 3, 4]]}, "instances"),
     ("instances not a list", {"instances": 5}, "list"),
     ("missing named feature", {"instances": [{"f0": 1, "f1": 2, "f2": 3}]}, "f3"),
-    ("strings", {"instances": [["a", "b", "c", "d"]]}, "numbers"),
+    ("strings", {"instances": [["a", "b", "c", "d"]]}, "datatype BYTES; expected FP32"),
     ("numbers as strings", {"instances": [[1, "1.5", 2, 3]]}, "'1.5'"),
     ("numbers as strings by name", {"instances": [{"f0": 1, "f1": "1.5", "f2": 2, "f3": 3}]}, "'1.5'"),
 ]

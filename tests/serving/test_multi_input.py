@@ -287,7 +287,7 @@ def test_bad_input_is_4xx_naming_the_input(multi, case):
     ([{"text": "good", "user_id": 7, "history": [1.0]}], "user_id"),
     ([{"text": "good", "user_id": 1, "history": [1.0], "color": 1}], "color"),
     ([{"text": "good", "user_id": 1, "history": [1.0, 2.0]}, {"text": "bad", "user_id": 2, "history": [1.0]}],
-     "'history': instances have different lengths (shapes); a V1 batch is one array: pad to one length or "
+     "'history': instances have different lengths (shapes); a batch is one array: pad to one length or "
      "send one instance per request"),
 ])
 def test_bad_v1_input_is_400_naming_the_input(multi, instances, fragment):

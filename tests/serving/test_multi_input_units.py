@@ -8,11 +8,9 @@ import threading
 
 import numpy as np
 import pytest
-from kserve.errors import InvalidInput
-
 from pillars.components.errors import ConfigError
-from pillars.components.model.predictor import Predictor, load_predictor
-from pillars.components.task import InputError, Signature, TensorSpec
+from pillars.components.model.predictor import Predictor, check_inputs, load_predictor
+from pillars.components.task.contract import InputError, Signature, TensorSpec
 from pillars.serving import codec, tensors
 from pillars.serving.batching import Batcher, merge_key
 from pillars.serving.drift import DriftConfig, DriftMonitor
@@ -89,19 +87,22 @@ def test_size_limits_follow_the_signature(predictor):
     ([("text", "BYTES", [2]), ("user_id", "INT64", [2])], "'history' is missing"),
     ([("text", "BYTES", [2]), ("user_id", "UINT8", [2]), ("history", "INT32", [2, 3])], None),
     ([("text", "BYTES", [2, 1]), ("user_id", "INT64", [2]), ("history", "FP32", [2, 3])], None),
-    ([("text", "BYTES", [2]), ("user_id", "FP64", [2]), ("history", "FP32", [2, 3])], "expected INT64"),
-    ([("text", "BYTES", [2]), ("user_id", "INT64", [2]), ("history", "BYTES", [2, 3])], "datatype BYTES"),
-    ([("text", "INT8", [2]), ("user_id", "INT64", [2]), ("history", "FP32", [2, 3])], "expected BYTES"),
+    ([("text", "BYTES", [2]), ("user_id", "FP99", [2]), ("history", "FP32", [2, 3])], "not an Open Inference"),
+    ([("text", "BYTES", [2]), ("user_id", "INT64", [-2]), ("history", "FP32", [2, 3])], "negative"),
+    ([("text", "BYTES", [2]), ("user_id", "INT64", [2]), ("history", "FP32", [2, 3]), ("color", "FP32", [2])],
+     r"unknown input\(s\) \['color'\]"),
     ([("text", "BYTES", [2]), ("user_id", "INT64", [2]), ("history", "FP32", [2])], "not a batch"),
     ([("text", "BYTES", [2]), ("user_id", "INT64", [2]), ("history", "FP32", [2, 9])], "1..8"),
     ([("text", "BYTES", [2]), ("user_id", "INT64", [2, 2]), ("history", "FP32", [2, 1])], "'user_id'"),
 ])
-def test_declared_tensors_are_checked_against_the_signature(predictor, declared_tensors, fragment):
+def test_declared_tensors_are_checked_against_the_signature_before_decoding(predictor, declared_tensors, fragment):
+    """Names, shapes and rows by the contract's rules; datatypes only for being Open Inference Protocol ones
+    (whether the input takes them is judged on the decoded arrays, by ``check_inputs``)."""
     if fragment is None:
         declared = tensors.check_declared(declared_tensors, predictor.signature, 10)
         assert [d.spec.name for d in declared] == [t[0] for t in declared_tensors]
         return
-    with pytest.raises(InvalidInput, match=fragment):
+    with pytest.raises(InputError, match=fragment):
         tensors.check_declared(declared_tensors, predictor.signature, 10)
 
 
@@ -144,14 +145,15 @@ TEXT = Signature((TensorSpec("text", "BYTES", (), max_bytes=8),),
 
 
 def test_v1_takes_plain_strings_for_one_bytes_input_and_objects_by_name():
-    batch = codec.decode_v1({"instances": ["good", "bad \u00e9"]}, TEXT, 10)
-    assert batch.inputs["text"].tolist() == ["good", "bad \u00e9"] and batch.inputs["text"].dtype.kind == "U"
-    assert codec.decode_v1({"instances": [{"text": "ok"}]}, TEXT, 10).inputs["text"].tolist() == ["ok"]
-    for instances, fragment in (([1, 2], "not a string"), (["x" * 9], "longer than 8 bytes"),
+    inputs = check_inputs(TEXT, codec.decode_v1({"instances": ["good", "bad \u00e9"]}, TEXT, 10).inputs)
+    assert inputs["text"].tolist() == ["good", "bad \u00e9"] and inputs["text"].dtype.kind == "U"
+    assert codec.decode_v1({"instances": [{"text": "ok"}]}, TEXT, 10).inputs["text"] == ["ok"]
+    for instances, fragment in (([1, 2], "has datatype INT64; expected BYTES"), ([1, "a"], "element 0 is a int"),
+                                (["x" * 9], "longer than 8 bytes"),
                                 ([["a", "b"]], "each instance must have shape []"),
                                 ([{"txt": "a"}], "unknown input"), ([], "empty batch")):
-        with pytest.raises(InvalidInput, match=fragment.replace("[", r"\[").replace("]", r"\]")):
-            codec.decode_v1({"instances": instances}, TEXT, 10)
+        with pytest.raises(InputError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+            check_inputs(TEXT, codec.decode_v1({"instances": instances}, TEXT, 10).inputs)
     with pytest.raises(TooManyRows):
         codec.decode_v1({"instances": ["a"] * 11}, TEXT, 10)
 

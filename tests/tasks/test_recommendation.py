@@ -191,7 +191,7 @@ def test_bad_inputs_are_input_errors_naming_the_input(served: Path, inputs: dict
 def test_saved_model_predicts_as_in_process(trained: Trained, served: Path) -> None:
     predictor = load_predictor(served)
     users = trained.data.test["user_id"][::7]
-    for k in (None, np.array([25])):
+    for k in (None, np.full(len(users), 25)):
         inputs = {"user_id": users} if k is None else {"user_id": users, "k": k}
         served_out, local = predictor.predict(inputs), trained.predict(inputs)
         for name in ("item_ids", "scores"):
