@@ -202,8 +202,8 @@ class Task(abc.ABC):
         primary_metric: the test metric the gate compares against the champion.
         lower_is_better: direction of ``primary_metric``.
         thresholds: the minimum (maximum for lower-is-better metrics) values the gate requires by default.
-            Read-only: a dict a subclass sets is frozen when the class is created, so no task (nor an
-            instance) can change the defaults of another.
+            Read-only: a dict a subclass sets is frozen when the class is created, so no task can change
+            the defaults of another (or of its subclasses).
         lower_is_better_metrics: every metric name (besides ``primary_metric``) where lower is better.
         description: one line for ``pillars tasks`` and the docs.
         inputs, outputs: the signature's tensors, as a tuple of :class:`TensorSpec` (or the methods below).
