@@ -49,7 +49,6 @@ from pillars.components.task import (
     Examples,
     InputError,
     Preprocessing,
-    Signature,
     TensorSpec,
 )
 
@@ -173,16 +172,14 @@ class KeywordSpotting(ClassificationTask):
     def build_model(self, prep: Preprocessing) -> nn.Module:
         return KeywordNet(self.sample_rate, self.n_mels, self.channels, len(prep["classes"]))
 
-    def signature(self, prep: Preprocessing) -> Signature:
+    def inputs(self, prep: Preprocessing) -> tuple[TensorSpec, ...]:
         wav_bytes = math.ceil((self.max_seconds * WAV_RATES[1] * WAV_MAX_FRAME_BYTES + 1024) * 4 / 3)
-        return Signature(
-            inputs=(TensorSpec("audio", "FP32", (-1,), optional=True, max_length=self.max_samples,
-                               description=f"mono waveform at {self.sample_rate} Hz, samples in [-1, 1] "
-                                           f"({MIN_SECONDS}..{self.max_seconds} s); give audio or wav"),
-                    TensorSpec("wav", "BYTES", (), optional=True, max_bytes=wav_bytes,
-                               description=f"base64 of a PCM WAV file ({WAV_RATES[0]}..{WAV_RATES[1]} Hz, "
-                                           f"resampled to {self.sample_rate} Hz); give audio or wav")),
-            outputs=self.outputs(prep))
+        return (TensorSpec("audio", "FP32", (-1,), optional=True, max_length=self.max_samples,
+                           description=f"mono waveform at {self.sample_rate} Hz, samples in [-1, 1] "
+                                       f"({MIN_SECONDS}..{self.max_seconds} s); give audio or wav"),
+                TensorSpec("wav", "BYTES", (), optional=True, max_bytes=wav_bytes,
+                           description=f"base64 of a PCM WAV file ({WAV_RATES[0]}..{WAV_RATES[1]} Hz, "
+                                       f"resampled to {self.sample_rate} Hz); give audio or wav"))
 
     def encode(self, inputs: Examples, prep: Preprocessing) -> dict[str, torch.Tensor]:
         """The speech of each clip trimmed of silence and fitted into the window: ``audio`` ``[N, window]``.

@@ -40,7 +40,6 @@ from pillars.components.task import (
     Examples,
     InputError,
     Preprocessing,
-    Signature,
     TensorSpec,
 )
 
@@ -204,10 +203,9 @@ class TextClassification(ClassificationTask):
     def build_model(self, prep: Preprocessing) -> nn.Module:
         return BagOfEmbeddings(len(prep["vocabulary"]), self.embedding_dim, len(prep["classes"]), self.dropout)
 
-    def signature(self, prep: Preprocessing) -> Signature:
-        text = TensorSpec(INPUT, "BYTES", (), max_bytes=self.max_bytes,
-                          description="a review snippet in English, UTF-8; one string per instance")
-        return Signature((text,), self.outputs(prep))
+    def inputs(self, prep: Preprocessing) -> tuple[TensorSpec, ...]:
+        return (TensorSpec(INPUT, "BYTES", (), max_bytes=self.max_bytes,
+                           description="a review snippet in English, UTF-8; one string per instance"),)
 
     def encode(self, inputs: Examples, prep: Preprocessing) -> dict[str, torch.Tensor]:
         """Token ids ``[N, L]``, zero-padded to the batch's longest text (at least one id per row).

@@ -20,14 +20,20 @@ arrays (``dtype.kind == "U"``) so that splits are saved without pickle)::
     load_data(params) -> Dataset(train, val, test: Examples, info)
     fit_preprocessing(train, info) -> Preprocessing          # JSON, saved beside the weights
     build_model(prep) -> nn.Module
+    signature(prep) -> Signature(inputs, outputs)            # derived from the declared inputs and outputs
     encode(inputs, prep) -> dict[str, Tensor]                 # model(**encoded) -> head
     targets(examples, prep) -> Tensor ; loss(head, targets)   # training
     decode(head, inputs, prep) -> Outputs                     # what clients receive
     evaluate(predict, examples, prep) -> metrics              # predict = encode -> model -> decode
     drift_features(inputs, prep) -> {name: [N] float}         # what the model server watches for drift
 
-Most tasks subclass :class:`ClassificationTask` or :class:`RegressionTask`, which supply the loss,
-targets, decode, outputs and metrics, and implement only data, preprocessing, model, inputs and encode.
+Most tasks subclass :class:`ClassificationTask` or :class:`RegressionTask`, which supply the
+preprocessing of the target, the loss, targets, decode, outputs and metrics: such a task implements
+only ``load_data``, ``build_model``, ``inputs`` and ``encode``. ``inputs`` (and ``outputs``) are a tuple
+of :class:`TensorSpec` set as a class attribute, or a method of ``prep`` when they depend on what
+preprocessing learned or on constructor arguments; ``signature`` is derived from them, and a task may
+still override it. The methods added after the first release (``inputs``, ``outputs``, a derived
+``signature``) keep ``API_VERSION`` 1: a task that overrides ``signature`` works as before.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import abc
 import dataclasses
 import importlib
 import importlib.metadata
+import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -110,16 +117,25 @@ class Task(abc.ABC):
         primary_metric: the test metric the gate compares against the champion.
         lower_is_better: direction of ``primary_metric``.
         thresholds: the minimum (maximum for lower-is-better metrics) values the gate requires by default.
+            Read-only: a dict a subclass sets is frozen when the class is created, so no task can change
+            the defaults of another (or of its subclasses).
         lower_is_better_metrics: every metric name (besides ``primary_metric``) where lower is better.
         description: one line for ``pillars tasks`` and the docs.
+        inputs, outputs: the signature's tensors, as a tuple of :class:`TensorSpec` (or the methods below).
     """
 
     kind: ClassVar[str] = "other"
     primary_metric: ClassVar[str] = ""
     lower_is_better: ClassVar[bool] = False
-    thresholds: ClassVar[Mapping[str, float]] = {}
+    thresholds: ClassVar[Mapping[str, float]] = types.MappingProxyType({})
     lower_is_better_metrics: ClassVar[frozenset[str]] = frozenset({"rmse", "mae", "mase", "loss"})
     description: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("thresholds")
+        if isinstance(own, Mapping) and not isinstance(own, types.MappingProxyType):
+            cls.thresholds = types.MappingProxyType(dict(own))
 
     # ---- data -------------------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -139,9 +155,30 @@ class Task(abc.ABC):
     def build_model(self, prep: Preprocessing) -> nn.Module:
         """A fresh model; ``model(**encode(inputs, prep))`` returns the head the loss and ``decode`` take."""
 
-    @abc.abstractmethod
+    def inputs(self, prep: Preprocessing) -> tuple[TensorSpec, ...]:
+        """The tensors a request carries (never the targets), named as ``encode`` reads them.
+
+        Override this method when the inputs depend on ``prep`` or on constructor arguments, or set
+        ``inputs = (TensorSpec(...), ...)`` as a class attribute when they do not.
+        """
+        raise ConfigError(f"task {type(self).__name__} declares no inputs: set the class attribute "
+                          "inputs = (TensorSpec(...),), or define inputs(prep) or signature(prep)")
+
+    def outputs(self, prep: Preprocessing) -> tuple[TensorSpec, ...]:
+        """The tensors a response carries, named as ``decode`` returns them (a method, or a tuple as a class
+        attribute, as ``inputs``). :class:`ClassificationTask` and :class:`RegressionTask` declare theirs."""
+        raise ConfigError(f"task {type(self).__name__} declares no outputs: set the class attribute "
+                          "outputs = (TensorSpec(...),), or define outputs(prep) or signature(prep)")
+
     def signature(self, prep: Preprocessing) -> Signature:
-        """The inputs a request carries and the outputs it gets back."""
+        """The inputs a request carries and the outputs it gets back: the declared ``inputs`` and ``outputs``.
+
+        Override it only where the two cannot be declared apart.
+
+        Raises:
+            ConfigError: ``inputs`` or ``outputs`` is undeclared, or not a tuple of :class:`TensorSpec`.
+        """
+        return Signature(_declared(self, "inputs", prep), _declared(self, "outputs", prep))
 
     @abc.abstractmethod
     def encode(self, inputs: Examples, prep: Preprocessing) -> dict[str, torch.Tensor]:
@@ -228,6 +265,7 @@ class ClassificationTask(Task):
         return {"classes": list(info["classes"])}
 
     def outputs(self, prep: Preprocessing) -> tuple[TensorSpec, ...]:
+        """``label`` BYTES, ``class_index`` INT64 and ``probabilities`` FP32 ``[classes]``, as :meth:`decode` gives."""
         return (TensorSpec("label", "BYTES"), TensorSpec("class_index", "INT64"),
                 TensorSpec("probabilities", "FP32", (len(prep["classes"]),)))
 
@@ -280,6 +318,7 @@ class RegressionTask(Task):
         return {"target_mean": float(y.mean()), "target_std": float(y.std() or 1.0)}
 
     def outputs(self, prep: Preprocessing) -> tuple[TensorSpec, ...]:
+        """``value`` FP32, one number per row on the target's own scale, as :meth:`decode` gives."""
         return (TensorSpec("value", "FP32"),)
 
     def targets(self, examples: Examples, prep: Preprocessing) -> torch.Tensor:
@@ -304,6 +343,19 @@ class RegressionTask(Task):
         from pillars.components.data.profile import feature_profile
 
         return feature_profile(np.asarray(train[self.target_column], dtype=np.float64))
+
+
+def _declared(task: Task, name: str, prep: Preprocessing) -> tuple[TensorSpec, ...]:
+    """A task's ``inputs`` or ``outputs``: its class attribute, or what its method returns for ``prep``."""
+    declared = getattr(task, name)
+    specs = declared(prep) if callable(declared) else declared
+    if isinstance(specs, list):
+        specs = tuple(specs)
+    if not isinstance(specs, tuple) or not all(isinstance(s, TensorSpec) for s in specs):
+        hint = " (a tuple of one needs a trailing comma: (TensorSpec(...),))" if isinstance(specs, TensorSpec) else ""
+        raise ConfigError(f"task {type(task).__name__}: {name} must be a tuple of TensorSpec, "
+                          f"got {type(specs).__name__}{hint}")
+    return specs
 
 
 # ---- finding a task ---------------------------------------------------------------------------------------

@@ -36,7 +36,6 @@ from pillars.components.task import (
     Examples,
     Preprocessing,
     RegressionTask,
-    Signature,
     Task,
     TensorSpec,
 )
@@ -130,10 +129,10 @@ class _Tabular:
         return {"feature_names": list(info["feature_names"]), "input_shape": list(info["input_shape"]),
                 "mean": x.mean(axis=0).tolist(), "std": x.std(axis=0).tolist()}
 
-    def _input_spec(self, prep: Preprocessing) -> TensorSpec:
+    def inputs(self, prep: Preprocessing) -> tuple[TensorSpec, ...]:
         shape = tuple(prep["input_shape"]) if self.architecture == "cnn" else (len(prep["feature_names"]),)
-        return TensorSpec(INPUT, "FP32", shape, labels=tuple(prep["feature_names"]),
-                          description="raw feature values (standardised inside the model)")
+        return (TensorSpec(INPUT, "FP32", shape, labels=tuple(prep["feature_names"]),
+                           description="raw feature values (standardised inside the model)"),)
 
     def _net(self, prep: Preprocessing, kind: str) -> PillarsNet:
         config = ModelConfig(task=self.builtin or kind, kind=kind, architecture=self.architecture,
@@ -167,8 +166,6 @@ class _Tabular:
 class TabularClassification(_Tabular, ClassificationTask):
     """An MLP (or, for images, a small CNN) classifier of a table's rows."""
 
-    primary_metric = "accuracy"
-
     def _labels(self, labels: pd.Series, raw: RawData) -> tuple[np.ndarray, list[str] | None]:
         values = sorted(labels.unique(), key=lambda v: (str(type(v)), v))
         if len(values) < 2:
@@ -181,9 +178,6 @@ class TabularClassification(_Tabular, ClassificationTask):
     def fit_preprocessing(self, train: Examples, info: Mapping[str, Any]) -> Preprocessing:
         return {**self._table_prep(train, info), **ClassificationTask.fit_preprocessing(self, train, info)}
 
-    def signature(self, prep: Preprocessing) -> Signature:
-        return Signature((self._input_spec(prep),), self.outputs(prep))
-
     def build_model(self, prep: Preprocessing) -> nn.Module:
         return self._net(prep, "classification")
 
@@ -191,9 +185,6 @@ class TabularClassification(_Tabular, ClassificationTask):
 @dataclasses.dataclass
 class TabularRegression(_Tabular, RegressionTask):
     """An MLP regressor of a table's numeric target."""
-
-    primary_metric = "rmse"
-    lower_is_better = True
 
     def _labels(self, labels: pd.Series, raw: RawData) -> tuple[np.ndarray, list[str] | None]:
         values = pd.to_numeric(labels, errors="coerce")
@@ -203,9 +194,6 @@ class TabularRegression(_Tabular, RegressionTask):
 
     def fit_preprocessing(self, train: Examples, info: Mapping[str, Any]) -> Preprocessing:
         return {**self._table_prep(train, info), **RegressionTask.fit_preprocessing(self, train, info)}
-
-    def signature(self, prep: Preprocessing) -> Signature:
-        return Signature((self._input_spec(prep),), self.outputs(prep))
 
     def build_model(self, prep: Preprocessing) -> nn.Module:
         return self._net(prep, "regression")

@@ -1,5 +1,7 @@
-"""The complete example of docs/task-api.md runs as written: its ```python block, saved as the module the docs
-name, trains through the public API, saves pickle-free, and predicts baskets of different lengths."""
+"""The examples of docs/task-api.md run as written: each ```python block, saved as the module the docs name,
+trains through the public API and predicts with the saved model. The smallest one (iris) declares only
+data, model, inputs and encode; the complete one (basket) saves pickle-free and predicts baskets of
+different lengths."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import pytest
 from pillars.components.training.fit import TrainParams, fit, write_model
 from pillars.components.model.predictor import load_predictor
 from pillars.components.data.prepare import PrepareParams, prepare
-from pillars.components.task import InputError, RegressionTask
+from pillars.components.task import ClassificationTask, InputError, RegressionTask
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "task-api.md"
 
@@ -22,19 +24,58 @@ def _blocks(language: str) -> list[str]:
     return re.findall(rf"^```{language}\n(.*?)^```$", DOC.read_text(), re.S | re.M)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory):
-    """The docs' block written to ``basket_example.py`` on sys.path, prepared and trained for 2 epochs."""
-    (block,) = _blocks("python")
-    folder = tmp_path_factory.mktemp("basket")
-    (folder / "basket_example.py").write_text(block)
+def _example(attribute: str) -> str:
+    """The docs' ```python block that defines the task ``attribute`` (a line ``attribute = ...``)."""
+    (block,) = [b for b in _blocks("python") if re.search(rf"^{attribute} = ", b, re.M)]
+    return block
+
+
+def _train(folder: Path, module: str, attribute: str, params: TrainParams):
+    """The docs' block written to ``{module}.py`` on sys.path, prepared, trained, saved and loaded."""
+    (folder / f"{module}.py").write_text(_example(attribute))
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(folder))
-        data = prepare(PrepareParams(task="basket_example:basket"))
-        result = fit(data.splits["train"], data.splits["val"], data.metadata,
-                     TrainParams(epochs=2, learning_rate=3e-2), progress=False)
+        data = prepare(PrepareParams(task=f"{module}:{attribute}"))
+        result = fit(data.splits["train"], data.splits["val"], data.metadata, params, progress=False)
         model_dir = write_model(result, folder / "model")
         yield data, result, load_predictor(model_dir), model_dir
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    """The basket block as ``basket_example.py``, trained for 2 epochs."""
+    yield from _train(tmp_path_factory.mktemp("basket"), "basket_example", "basket",
+                      TrainParams(epochs=2, learning_rate=3e-2))
+
+
+@pytest.fixture(scope="module")
+def iris(tmp_path_factory: pytest.TempPathFactory):
+    """The smallest block as ``iris_example.py``, trained for 20 epochs (150 rows: a second)."""
+    yield from _train(tmp_path_factory.mktemp("iris"), "iris_example", "iris",
+                      TrainParams(epochs=20, learning_rate=3e-2))
+
+
+def test_the_smallest_classifier_declares_only_data_model_inputs_and_encode(iris):
+    data, _, predictor, _ = iris
+    task = type(data.task)
+    assert issubclass(task, ClassificationTask)
+    declared = {name for name in vars(task) if not name.startswith("_")}
+    assert declared == {"description", "inputs", "load_data", "build_model", "encode"}, declared
+    (measurements,) = predictor.signature.inputs
+    assert (measurements.name, measurements.datatype, measurements.shape) == ("measurements", "FP32", (4,))
+    assert [(o.name, o.datatype, o.shape) for o in predictor.signature.outputs] == [
+        ("label", "BYTES", ()), ("class_index", "INT64", ()), ("probabilities", "FP32", (3,))]
+
+
+def test_the_smallest_classifier_learns_and_its_saved_model_names_the_species(iris):
+    data, result, predictor, _ = iris
+    assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
+    metrics = data.task.evaluate(predictor.predict_checked, data.splits["test"], predictor.prep)
+    assert metrics["accuracy"] > 0.8, metrics
+    out = predictor.predict({"measurements": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]})
+    assert out["label"].tolist() == ["setosa", "virginica"] and out["probabilities"].shape == (2, 3)
+    with pytest.raises(InputError, match="measurements"):
+        predictor.predict({"measurements": [[5.1, 3.5, 1.4]]})
 
 
 def test_the_example_is_a_regression_whose_signature_has_a_variable_length_int64_and_a_number(trained):
