@@ -62,7 +62,7 @@ def in_process_costs(model_dir: Path, x: np.ndarray) -> dict:
     """Median seconds of the drift features and ``observe`` of a 64-row batch (what the request path pays),
     and of one ``compute`` over a full 1000-row window."""
     from pillars.components.model.predictor import load_predictor, load_profile
-    from pillars.serving.drift import DriftConfig, DriftMonitor
+    from pillars.serving.monitoring.drift import DriftConfig, DriftMonitor
 
     predictor = load_predictor(model_dir)
     profile = load_profile(model_dir)

@@ -294,7 +294,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
-    from pillars.serving.alerts import helm_rules_file, rules_file
+    from pillars.serving.monitoring.alerts import helm_rules_file, rules_file
 
     text = helm_rules_file() if args.helm else rules_file()
     if args.output:

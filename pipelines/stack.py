@@ -6,7 +6,7 @@
 2. the model server for ``models:/NAME@champion``, reloading when the champion moves;
 3. the retraining trigger (``pillars trigger``), with a fresh bearer token;
 4. Alertmanager, routing alerts labelled ``pillars_action="retrain"`` to the trigger;
-5. Prometheus, scraping the model server and the trigger, with the alert rules of ``pillars.serving.alerts``;
+5. Prometheus, scraping the model server and the trigger, with the alert rules of ``pillars.serving.monitoring.alerts``;
 6. the console (``pillars console``, loopback), showing the runs, the registry and the model server.
 
 ``down`` stops every process group ``up`` started. Ports and state live in ``<home>/stack/state.json``.
@@ -41,7 +41,7 @@ import yaml
 
 from pillars.components.errors import ConfigError, PillarsError
 from pillars.components.settings import Settings
-from pillars.serving.alerts import AlertSettings, rules_file
+from pillars.serving.monitoring.alerts import AlertSettings, rules_file
 
 
 WEB_USER = "pillars"

@@ -12,7 +12,7 @@ __all__ = ["Batcher", "DriftMonitor", "PillarsModel", "PillarsModelServer", "Ser
 
 _WHERE = {
     "Batcher": "pillars.serving.batching",
-    "DriftMonitor": "pillars.serving.drift",
+    "DriftMonitor": "pillars.serving.monitoring.drift",
     "PillarsModel": "pillars.serving.model",
     "PillarsModelServer": "pillars.serving.server",
     "ServingSettings": "pillars.serving.settings",

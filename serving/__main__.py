@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(args.log_level)
 
     from pillars.components.registry.tracking import configure_tracking
-    from pillars.serving.auth import load_auth
+    from pillars.serving.access.auth import load_auth
     from pillars.serving.model import PillarsModel
     from pillars.serving.server import PillarsModelServer
     from pillars.serving.settings import ServingSettings

@@ -2,7 +2,7 @@
 
 Every error a client sees is a :class:`pillars.components.errors.PillarsError` (bad input is
 :class:`pillars.components.task.contract.InputError`, 400 / INVALID_ARGUMENT); one handler per app maps them:
-REST :func:`pillars.serving.rest.serving_error_handler`, gRPC :class:`pillars.serving.grpc_server.StatusInterceptor`.
+REST :func:`pillars.serving.protocol.rest.serving_error_handler`, gRPC :class:`pillars.serving.protocol.grpc_server.StatusInterceptor`.
 ``grpc_code`` is the name of a :class:`grpc.StatusCode` member, as on the base.
 """
 

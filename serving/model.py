@@ -6,10 +6,10 @@ in an InferenceService pod and on a laptop. The hooks:
 - ``load``: resolve the model (:mod:`pillars.serving.storage`), load it with its task
   (:func:`pillars.components.model.predictor.load_predictor`; a 0.1 model is translated), run one warm-up batch,
   start drift monitoring of the task's drift features against the model's data profile
-  (:mod:`pillars.serving.drift`), and only then set ``ready``. Everything the server checks and answers
+  (:mod:`pillars.serving.monitoring.drift`), and only then set ``ready``. Everything the server checks and answers
   follows the model's :class:`pillars.components.task.Signature`.
-- ``preprocess``: V2 requests (REST and gRPC) arrive parsed at the edge (:mod:`pillars.serving.rest`,
-  :mod:`pillars.serving.grpc_server`, both through :mod:`pillars.serving.codec`, which refuses a wrong
+- ``preprocess``: V2 requests (REST and gRPC) arrive parsed at the edge (:mod:`pillars.serving.protocol.rest`,
+  :mod:`pillars.serving.protocol.grpc_server`, both through :mod:`pillars.serving.protocol.codec`, which refuses a wrong
   shape or too many rows before decoding); a V1 body is parsed here, by the same codec. Every request's
   arrays are then checked here by :func:`pillars.components.task.contract.check_inputs`, the check
   :meth:`Predictor.predict <pillars.components.model.predictor.Predictor.predict>` makes in MLflow pyfunc.
@@ -48,9 +48,10 @@ from kserve.protocol.infer_type import InferResponse
 from pillars.components.task.contract import InputError, Signature, TensorSpec, numpy_dtype
 from pillars.components.errors import ConfigError
 from pillars.components.model.predictor import Predictor, load_predictor, load_profile
-from pillars.serving import codec, metrics
+from pillars.serving.protocol import codec
+from pillars.serving.monitoring import metrics
 from pillars.serving.batching import Batcher, Outputs
-from pillars.serving.drift import DriftConfig, DriftMonitor
+from pillars.serving.monitoring.drift import DriftConfig, DriftMonitor
 from pillars.serving.errors import NonFiniteOutput, ServingError, VersionNotFound
 from pillars.serving.settings import ServingSettings
 from pillars.serving.storage import (

@@ -11,13 +11,14 @@ from kserve import ModelServer
 from kserve import model_server as kserve_model_server
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
 
-from pillars.serving import codec, origins
-from pillars.serving.auth import TokenAuth
-from pillars.serving.connections import connection_budget, grpc_options, guarded_http_protocol
-from pillars.serving.grpc_server import PillarsGRPCServer
-from pillars.serving.middleware import ServingMiddleware
+from pillars.serving.protocol import codec
+from pillars.serving.access import origins
+from pillars.serving.access.auth import TokenAuth
+from pillars.serving.access.connections import connection_budget, grpc_options, guarded_http_protocol
+from pillars.serving.protocol.grpc_server import PillarsGRPCServer
+from pillars.serving.access.middleware import ServingMiddleware
 from pillars.serving.model import PillarsModel
-from pillars.serving.rest import PillarsRESTServer
+from pillars.serving.protocol.rest import PillarsRESTServer
 from pillars.serving.settings import LOOPBACK
 
 logger = logging.getLogger("pillars.serving")
@@ -35,7 +36,7 @@ class PillarsModelServer(ModelServer):
         max_connections: most connections per server (lowered below the descriptor limit).
         header_timeout_s: seconds a new connection has to send its request head (gRPC: the handshake).
         grpc_idle_timeout_s: seconds an idle gRPC connection stays open.
-        allowed_hosts: host names a request's ``Host`` may name (:func:`pillars.serving.origins.allowed_hosts`).
+        allowed_hosts: host names a request's ``Host`` may name (:func:`pillars.serving.access.origins.allowed_hosts`).
         **kwargs: passed to :class:`kserve.ModelServer` (ports, threads, logging flags); one worker only.
     """
 

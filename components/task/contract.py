@@ -3,7 +3,7 @@
 One module decides whether a batch fits a model, so every entry point gives the same decision in the
 same words: :meth:`pillars.components.model.predictor.Predictor.predict` (MLflow pyfunc, the gate, evaluation)
 and the model server's V1, V2 REST (JSON and binary) and V2 gRPC paths, which parse their wire format
-into arrays (:mod:`pillars.serving.codec`) and hand them to :func:`check_inputs`.
+into arrays (:mod:`pillars.serving.protocol.codec`) and hand them to :func:`check_inputs`.
 
 The rules, in the order they are checked:
 

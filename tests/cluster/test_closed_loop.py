@@ -272,8 +272,8 @@ STANDARD_METRICS = {"up"}
 def _defined_metrics() -> set[str]:
     """The series names Prometheus sees from the metric families the code defines (the names given
     to prometheus-client's Counter, Gauge, Histogram, Summary and *MetricFamily) and from the
-    recording rules (serving/alerts.py, the source of the chart's rules)."""
-    from pillars.serving.alerts import rule_groups
+    recording rules (serving/monitoring/alerts.py, the source of the chart's rules)."""
+    from pillars.serving.monitoring.alerts import rule_groups
 
     constructor = re.compile(r'\b(Counter|Gauge|Histogram|Summary)\w*\(\s*"([a-z_:][a-z0-9_:]*)"')
     families = [(kind, name) for path in METRIC_SOURCES for kind, name in constructor.findall(path.read_text())]

@@ -6,7 +6,7 @@ import subprocess
 
 import yaml
 
-from pillars.serving.alerts import helm_rules_file, rules_file
+from pillars.serving.monitoring.alerts import helm_rules_file, rules_file
 from tests.conftest import require_tool
 
 # Synthetic series, one scrape a minute. Each block: quiet, then the condition, then quiet again.
@@ -126,7 +126,7 @@ def test_chart_rules_file_is_the_fresh_render_of_the_source():
 def test_chart_renders_the_same_rules_as_the_local_stack(tmp_path):
     from pathlib import Path
 
-    from pillars.serving.alerts import rule_groups
+    from pillars.serving.monitoring.alerts import rule_groups
 
     helm = require_tool("helm")
     chart = Path(__file__).resolve().parents[2] / "helm" / "pillars"

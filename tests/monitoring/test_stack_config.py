@@ -12,7 +12,7 @@ import yaml
 from pillars.components.errors import ConfigError
 from pillars.pipelines.stack import (WEB_USER, Ports, Timing, alertmanager_config, parse_ports, prometheus_config,
                                      web_config, write_secret)
-from pillars.serving.alerts import rules_file
+from pillars.serving.monitoring.alerts import rules_file
 from tests.conftest import require_tool
 
 

@@ -11,9 +11,10 @@ import pytest
 from pillars.components.errors import ConfigError
 from pillars.components.model.predictor import Predictor, check_inputs, load_predictor
 from pillars.components.task.contract import InputError, Signature, TensorSpec
-from pillars.serving import codec, tensors
+from pillars.serving.protocol import codec
+from pillars.serving.protocol import tensors
 from pillars.serving.batching import Batcher, merge_key
-from pillars.serving.drift import DriftConfig, DriftMonitor
+from pillars.serving.monitoring.drift import DriftConfig, DriftMonitor
 from pillars.serving.errors import TooManyRows
 from pillars.serving.model import _check_same_inputs, placeholder_inputs
 from tests.serving.toy import make_classifier

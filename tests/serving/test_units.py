@@ -13,7 +13,7 @@ import pytest
 from pillars.components.errors import ConfigError
 from pillars.components.model.predictor import Predictor, load_predictor
 from pillars.serving.__main__ import build_parser, default_model_name, normalize_flags
-from pillars.serving.auth import grpc_method_is_open, http_path_is_open, load_auth
+from pillars.serving.access.auth import grpc_method_is_open, http_path_is_open, load_auth
 from pillars.serving.batching import Batcher
 from pillars.serving.storage import resolve_model
 from tests.serving.toy import make_classifier, toy_rows
@@ -209,7 +209,7 @@ def test_batcher_refuses_rows_beyond_its_queue_at_once_and_takes_them_again_when
 
 
 def test_allowed_hosts_default_to_the_loopback_names_on_a_loopback_bind():
-    from pillars.serving.origins import LOOPBACK_NAMES, allowed_hosts, browser_body_refused, host_name
+    from pillars.serving.access.origins import LOOPBACK_NAMES, allowed_hosts, browser_body_refused, host_name
 
     assert allowed_hosts([], "127.0.0.1") == LOOPBACK_NAMES and allowed_hosts([], "::1") == LOOPBACK_NAMES
     assert allowed_hosts([], "0.0.0.0") is None and allowed_hosts(["*"], "127.0.0.1") is None
@@ -229,7 +229,7 @@ def test_allowed_hosts_default_to_the_loopback_names_on_a_loopback_bind():
 def test_the_connection_budget_stays_below_the_descriptor_limit():
     import resource
 
-    from pillars.serving.connections import FD_RESERVE, connection_budget
+    from pillars.serving.access.connections import FD_RESERVE, connection_budget
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:

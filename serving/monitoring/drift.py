@@ -42,7 +42,7 @@ max, quantiles, histogram}}, "label": label profile or null, "reference_sample":
 "kind": task kind}``. Prediction drift is measured for classification (``class_index``) and regression
 (``value``) only.
 
-Models with more than :data:`pillars.serving.metrics.MAX_FEATURE_LABELS` inputs (images) are measured per
+Models with more than :data:`pillars.serving.monitoring.metrics.MAX_FEATURE_LABELS` inputs (images) are measured per
 input value, but exported as one series ``feature="all"``: the mean JS distance and PSI over all
 values, the smallest KS p-value, and the model's drift flag.
 """

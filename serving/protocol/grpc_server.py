@@ -31,8 +31,9 @@ from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.infer_type import InferResponse
 from kserve.utils.utils import to_headers
 
-from pillars.serving import codec, metrics
-from pillars.serving.auth import TokenAuth, grpc_method_is_open
+from pillars.serving.protocol import codec
+from pillars.serving.monitoring import metrics
+from pillars.serving.access.auth import TokenAuth, grpc_method_is_open
 from pillars.components.errors import PillarsError
 from pillars.serving.errors import NotServed
 from pillars.serving.model import served_model

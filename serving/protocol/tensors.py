@@ -1,6 +1,6 @@
 """Reading a V2 request's tensors into arrays, bounded by what it declares.
 
-The wire side of :mod:`pillars.serving.codec` (which frames V1, V2 REST and gRPC around it). Whether the
+The wire side of :mod:`pillars.serving.protocol.codec` (which frames V1, V2 REST and gRPC around it). Whether the
 arrays fit the model is decided once, by :func:`pillars.components.task.contract.check_inputs`; what is refused
 here must be refused before any tensor data is decoded, or is about the wire format itself:
 

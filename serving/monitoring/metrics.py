@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from pillars.serving.drift import DriftMonitor
+    from pillars.serving.monitoring.drift import DriftMonitor
 
 MAX_FEATURE_LABELS = 256
 """Models with more input values than this (images) get one aggregate series instead of one per feature."""

@@ -8,7 +8,7 @@ whatever protocol it came in.
 What is refused here is what must be refused before the tensor data is decoded, or is about the wire
 format itself: a body longer than any request within ``max_rows`` can be (for the REST binary extension
 the JSON header at the front of the body is all that is parsed first), more than ``max_rows`` rows, and
-(:func:`pillars.serving.tensors.check_declared`) the declared names, datatypes, shapes and row counts,
+(:func:`pillars.serving.protocol.tensors.check_declared`) the declared names, datatypes, shapes and row counts,
 judged by the contract's own rules so that a request of the wrong shape is refused on its header alone
 in the same words as the full check. Binary numeric tensors are then viewed with :func:`numpy.frombuffer`
 and JSON numbers converted by numpy in one call; ``BYTES`` elements (JSON strings, the binary extension's
@@ -48,7 +48,7 @@ from pillars.components.task.contract import (
     numpy_dtype,
 )
 from pillars.serving.errors import TooManyRows
-from pillars.serving.tensors import (
+from pillars.serving.protocol.tensors import (
     BYTES_PREFIX,
     Declared,
     check_declared,

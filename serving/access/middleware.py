@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
-from pillars.serving import metrics
-from pillars.serving.auth import TokenAuth, http_path_is_open
-from pillars.serving.origins import browser_body_refused, host_name
+from pillars.serving.monitoring import metrics
+from pillars.serving.access.auth import TokenAuth, http_path_is_open
+from pillars.serving.access.origins import browser_body_refused, host_name
 
 logger = logging.getLogger("pillars.serving")
 
@@ -53,7 +53,7 @@ class ServingMiddleware:
         auth: the token check, or None when auth is off.
         metrics_open: serve ``/metrics`` without the token even when auth is on.
         v1_body_limits: per model name, the longest V1 JSON body a request within ``max_rows`` can need.
-        hosts: the host names a request's ``Host`` may name (None: any); see :mod:`pillars.serving.origins`.
+        hosts: the host names a request's ``Host`` may name (None: any); see :mod:`pillars.serving.access.origins`.
     """
 
     def __init__(self, app: ASGIApp, versions: dict[str, str], max_body_bytes: int,

@@ -4,7 +4,7 @@ Compared with KServe's own REST server:
 
 - no model-repository extension (``/v2/repository/...`` load, unload, index): one request must not be
   able to take the model down, and nothing administrative is reachable; those paths are 404;
-- V2 inference decodes the body itself (:mod:`pillars.serving.codec`): the declared names, shapes,
+- V2 inference decodes the body itself (:mod:`pillars.serving.protocol.codec`): the declared names, shapes,
   datatypes and row counts are checked against the model's signature before any tensor data is decoded,
   binary tensors are viewed with numpy, and a body without ``inference-header-content-length`` is JSON whatever its
   ``Content-Type`` (Triton's rule);
@@ -33,7 +33,7 @@ from kserve.protocol.rest.v2_endpoints import V2Endpoints
 
 from pillars.components.task.contract import InputError, Signature
 from pillars.components.errors import PillarsError
-from pillars.serving import codec
+from pillars.serving.protocol import codec
 from pillars.serving.errors import Overloaded
 from pillars.serving.model import PillarsModel, served_model
 
@@ -49,7 +49,7 @@ INFER_REQUEST_SCHEMA: dict[str, Any] = {
         "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
             "name": {"type": "string"}, "parameters": {"type": "object"}}}}}}
 """The Open Inference Protocol's inference request, for the OpenAPI document (the body is parsed by
-:mod:`pillars.serving.codec`, not by FastAPI, so it can be checked before its tensors are decoded)."""
+:mod:`pillars.serving.protocol.codec`, not by FastAPI, so it can be checked before its tensors are decoded)."""
 
 
 async def serving_error_handler(_: Request, exc: Exception) -> JSONResponse:
@@ -163,7 +163,7 @@ class PillarsRESTServer(RESTServer):
                  backlog: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.config.host = host
-        if protocol is not None:  # bounded connections (pillars.serving.connections)
+        if protocol is not None:  # bounded connections (pillars.serving.access.connections)
             self.config.http = protocol
         if backlog is not None:
             self.config.backlog = backlog
