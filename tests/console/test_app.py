@@ -118,6 +118,28 @@ def test_missing_things_are_404_pages_not_500s(toy_versions, tmp_path):
             assert "<nav" in answer.text
 
 
+def test_any_platform_error_is_a_page_with_the_status_its_class_carries(toy_versions, tmp_path):
+    from pillars.components.errors import DataError
+    from pillars.components.registry import ChampionMoved, RegistryUnavailable
+
+    raised = {"/unavailable": RegistryUnavailable("the registry is down"),
+              "/moved": ChampionMoved("toy", "champion", "1", "2"), "/bad": DataError("no rows")}
+    with _client(tmp_path) as client:
+        for path, error in raised.items():
+            client.app.get(path)(_raising(error))
+        for path, status in (("/unavailable", 503), ("/moved", 409), ("/bad", 400)):
+            answer = client.get(path)
+            assert answer.status_code == status, path
+            assert str(raised[path]) in answer.text and "<nav" in answer.text
+            assert "default-src 'self'" in answer.headers["content-security-policy"]  # the guard's headers too
+
+
+def _raising(error: Exception):
+    def route() -> None:
+        raise error
+    return route
+
+
 def test_on_loopback_only_loopback_host_names_are_served(toy_versions, tmp_path):
     with _client(tmp_path) as client:
         assert client.get("/models").status_code == 200
