@@ -39,7 +39,7 @@ from pillars.components.settings import Settings
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
-logger = logging.getLogger("pillars.deploy")
+logger = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 FIELD_MANAGER = kube.FIELD_MANAGER

@@ -31,7 +31,7 @@ from pillars.components.predictor import save_model
 from pillars.components.prepare_data import inputs_of, task_of
 from pillars.components.task import Examples, Preprocessing, Task
 
-logger = logging.getLogger("pillars.fit")
+logger = logging.getLogger(__name__)
 
 __all__ = ["TrainParams", "TrainResult", "fingerprint", "fit", "init_model", "load_history", "pick_device",
            "save_history", "write_model"]

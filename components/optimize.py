@@ -71,7 +71,7 @@ from pillars.components.triton import write_repository
 __all__ = ["ExportError", "FitParams", "Footprint", "Guard", "OptimizeParams", "OptimizeReport", "Speed",
            "Tolerance", "VARIANTS", "VariantResult", "footprint", "measure_speeds", "optimize_model"]
 
-logger = logging.getLogger("pillars.optimize")
+logger = logging.getLogger(__name__)
 
 ORIGINAL = "original"
 VARIANTS = ("onnx", "onnx-int8", "onnx-int8-static", "pruned", "distilled")

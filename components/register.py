@@ -30,7 +30,7 @@ from pillars.components.registry import (ANY, CHALLENGER, CHAMPION, SIGNATURE_TA
 from pillars.components.settings import package_version
 from pillars.components.tracking import configure_tracking
 
-logger = logging.getLogger("pillars.register")
+logger = logging.getLogger(__name__)
 
 
 def code_version() -> str:

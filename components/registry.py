@@ -36,7 +36,7 @@ from mlflow.tracking import MlflowClient
 from pillars.components.errors import ConfigError, PillarsError, RegistryError
 from pillars.components.references import known_tasks
 
-logger = logging.getLogger("pillars.registry")
+logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

@@ -35,7 +35,7 @@ from pillars.components.settings import Settings
 from pillars.components.tracking import EpochLogger, configure_tracking, ensure_experiment
 from pillars.components.trainjob import TrainJobSpec, current_namespace, launch_trainjob
 
-logger = logging.getLogger("pillars.train")
+logger = logging.getLogger(__name__)
 
 LAUNCHERS = ("local", "trainjob")
 

@@ -31,7 +31,7 @@ from pillars.components.registry import (Identity, RegistryUnavailable, TaskMism
 from pillars.components.task import Examples, Preprocessing, Signature, Task
 from pillars.components.tracking import configure_tracking
 
-logger = logging.getLogger("pillars.validate")
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass

@@ -32,7 +32,7 @@ from pillars.console.versions import (ArtifactCache, compare, format_bytes, prom
 from pillars.pipelines.compile import PIPELINES, pipeline_factory
 from pillars.pipelines.stack import Stack
 
-logger = logging.getLogger("pillars.console")
+logger = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "

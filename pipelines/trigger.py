@@ -60,7 +60,7 @@ from pillars.components.settings import Settings
 from pillars.pipelines.compile import compile_pipeline, parse_params, pipeline_factory
 from pillars.pipelines.training import ClusterOptions
 
-logger = logging.getLogger("pillars.trigger")
+logger = logging.getLogger(__name__)
 
 ACTION_LABEL = "pillars_action"
 RETRAIN = "retrain"

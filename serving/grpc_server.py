@@ -36,7 +36,7 @@ from pillars.serving.auth import TokenAuth, grpc_method_is_open
 from pillars.serving.errors import NotServed, ServingError
 from pillars.serving.model import served_model
 
-logger = logging.getLogger("pillars.serving")
+logger = logging.getLogger(__name__)
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 

@@ -61,7 +61,7 @@ from pillars.serving.storage import (
 )
 from pillars.serving.tensors import WIRE_DTYPES
 
-logger = logging.getLogger("pillars.serving")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

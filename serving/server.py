@@ -20,7 +20,7 @@ from pillars.serving.model import PillarsModel
 from pillars.serving.rest import PillarsRESTServer
 from pillars.serving.settings import LOOPBACK
 
-logger = logging.getLogger("pillars.serving")
+logger = logging.getLogger(__name__)
 
 
 class PillarsModelServer(ModelServer):
