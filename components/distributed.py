@@ -21,7 +21,8 @@ import mlflow
 import torch
 
 from pillars.components.errors import PillarsError
-from pillars.components.fit import TrainParams, fit, pick_device, write_model
+from pillars.components.devices import pick_device
+from pillars.components.fit import TrainParams, fit, write_model
 from pillars.components.predictor import load_predictor
 from pillars.components.prepare_data import load_metadata, load_split
 from pillars.components.tracking import EpochLogger

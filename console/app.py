@@ -307,7 +307,7 @@ def create_app(settings: ConsoleSettings, token: str | None = None, home: Settin
         if a and b:
             comparison = (a, b, *compare(name, a, b))
         trained, variants = split_variants(versions)
-        keys = sorted({k for v in trained for k in v["metrics"]})
+        keys = sorted({k for v in trained for k in v.metrics})
         return page(request, "model.html", title=f"Model {name}", nav="Models", name=name, versions=versions,
                     trained=trained, variants=variants, metric_keys=keys, comparison=comparison, history=registry.history(name))
 

@@ -33,9 +33,9 @@ def run_demo(task: str = "breast_cancer", epochs: int = 30, serve: bool = True, 
     print(f"      done in {time.monotonic() - started:.0f}s; MLflow store: {uri}")
     print("[2/3] registry:")
     for row in registry.list_versions(name)[:3]:
-        aliases = f" [{', '.join(row['aliases'])}]" if row["aliases"] else ""
-        metrics = "  ".join(f"{k[5:]}={v:.3f}" for k, v in row["metrics"].items())
-        print(f"      {name} v{row['version']}{aliases}  {metrics}")
+        aliases = f" [{', '.join(row.aliases)}]" if row.aliases else ""
+        metrics = "  ".join(f"{k}={v:.3f}" for k, v in row.metrics.items())
+        print(f"      {name} v{row.version}{aliases}  {metrics}")
     if registry.alias_version(name, registry.CHAMPION) is None:
         print("      no champion yet (the gate rejected this run)")
         return 0

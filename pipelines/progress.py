@@ -267,17 +267,16 @@ def run_summary(name: str, uri: str, log: Path) -> list[str]:
     from pillars.components.register_variants import latest_report, variants_table
 
     versions = registry.list_versions(name)
-    newest = next((v for v in versions if "pillars.variant" not in v["tags"]), versions[0])
-    tags = newest["tags"]
-    approved = tags.get("gate_approved") == "true"
-    reasons = tags.get("gate_reasons", "").strip()
-    metrics = "  ".join(f"{k.removeprefix('test_')}={v:.4f}" for k, v in newest["metrics"].items())
-    lines = [f"model    {name} v{newest['version']}  aliases: {', '.join(newest['aliases']) or '-'}",
-             f"gate     {'approved' if approved else 'rejected'}" + (f": {reasons}" if reasons else ""),
+    newest = next((v for v in versions if v.variant is None), versions[0])
+    gate = newest.gate
+    reasons = gate.reasons_text() if gate else ""
+    metrics = "  ".join(f"{k}={v:.4f}" for k, v in newest.metrics.items())
+    lines = [f"model    {name} v{newest.version}  aliases: {', '.join(newest.aliases) or '-'}",
+             f"gate     {'approved' if gate and gate.approved else 'rejected'}" + (f": {reasons}" if reasons else ""),
              f"test     {metrics or '-'}"]
-    report = latest_report(name, str(newest["version"])) if len(versions) > 1 else None
+    report = latest_report(name, newest.version) if len(versions) > 1 else None
     if report:
-        lines += [f"variants of v{newest['version']}:"] + [f"  {line}" for line in variants_table(report)]
+        lines += [f"variants of v{newest.version}:"] + [f"  {line}" for line in variants_table(report)]
     lines += [f"MLflow   {uri}", f"log      {log}"]
     if registry.alias_version(name, registry.CHAMPION) is not None:
         lines.append(f"serve    pillars serve models:/{name}@champion")

@@ -43,6 +43,7 @@ from kserve.errors import InferenceError, InvalidInput, ModelNotFound
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferResponse
 
+from pillars.components.devices import pick_device
 from pillars.components.errors import ConfigError
 from pillars.components.predictor import Predictor, load_predictor, load_profile
 from pillars.components.task import InputError, Signature, TensorSpec
@@ -70,13 +71,6 @@ class _Active:
 
     predictor: Predictor
     drift: DriftMonitor | None
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """The GPU when torch sees one (``auto``), else the CPU; or the named device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class PillarsModel(Model):
