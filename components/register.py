@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -28,7 +27,7 @@ from pillars.components.registry import (ANY, CHALLENGER, CHAMPION, SIGNATURE_TA
                                          LockTiming, RegistryUnavailable, alias_version, check_same_task, client,
                                          identity, mismatch, move_alias, parse_version, search_versions,
                                          signature_key)
-from pillars.components.settings import package_version
+from pillars.components.settings import Settings, package_version
 from pillars.components.tracking import configure_tracking
 
 logger = logging.getLogger(__name__)
@@ -36,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 def code_version() -> str:
     """Package version plus the git commit (``PILLARS_GIT_SHA``, else ``git rev-parse`` when in a checkout)."""
-    sha = os.environ.get("PILLARS_GIT_SHA", "")
+    sha = Settings().git_sha
     if not sha:
         try:
             sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,

@@ -539,7 +539,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("pillars: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - the CLI's one place that turns errors into one line
-        if os.environ.get("PILLARS_DEBUG"):
+        from pillars.components.settings import Settings
+
+        if Settings().debug:
             raise
         print(f"pillars: error: {one_line(e)}", file=sys.stderr)
         return 2 if isinstance(e, (PillarsError, ValueError)) else 1
