@@ -149,8 +149,7 @@ def validate(
     result = run_gate(metrics_json, metadata.path, test_data.path, name, thresholds, margin, tracking_uri,
                       replace_task)
     with open(decision.path, "w") as f:
-        json.dump({"approved": result.approved, "reasons": result.reasons,
-                   "champion_version": result.champion_version, "champion_score": result.champion_score}, f)
+        json.dump(result.to_dict(), f)
     decision.metadata["approved"] = result.approved
     return result.approved
 
@@ -169,14 +168,15 @@ def register(
     import json
     from collections import namedtuple
 
+    from pillars.components.records import GateDecision
     from pillars.components.registry.register import run_register
 
     with open(metadata.path) as f:
         name = model_name or json.load(f)["task_name"]
     with open(decision.path) as f:
-        gate = json.load(f)
+        gate = GateDecision.from_dict(json.load(f))
     version = run_register(model.path, metadata.path, test_data.path, name, mlflow_run_id, kfp_run_id,
-                           gate["approved"], "; ".join(gate["reasons"]), tracking_uri)
+                           gate, tracking_uri)
     return namedtuple("Registered", ["model_name", "version"])(name, version)
 
 
@@ -197,21 +197,20 @@ def promote(
     Returns whether the version became champion."""
     import json
 
+    from pillars.components.records import GateDecision
     from pillars.components.registry.register import promote_gated
     from pillars.components.registry.tracking import configure_tracking
     from pillars.components.evaluation.gate import run_gate
 
     with open(decision.path) as f:
-        gate = json.load(f)
+        gate = GateDecision.from_dict(json.load(f))
     configure_tracking(tracking_uri or None)
 
-    def regate() -> tuple:
-        again = run_gate(metrics_json, metadata.path, test_data.path, model_name, thresholds, margin, tracking_uri,
-                         replace_task)
-        return again.approved, again.champion_version, "; ".join(again.reasons)
+    def regate() -> GateDecision:
+        return run_gate(metrics_json, metadata.path, test_data.path, model_name, thresholds, margin, tracking_uri,
+                        replace_task)
 
-    return promote_gated(model_name, version, "; ".join(gate["reasons"]), gate["champion_version"], regate,
-                         replace_task=replace_task)
+    return promote_gated(model_name, version, gate, regate, replace_task=replace_task)
 
 
 def deploy_op(

@@ -60,6 +60,16 @@ class Settings(BaseSettings):
     checkpoint_root: Path | None = None
     """Where training checkpoints live; defaults to ``<home>/checkpoints``. On a cluster, a PVC mount."""
 
+    git_sha: str = ""
+    """The commit the installed code was built from (the images set it); registered versions record it
+    in their ``code_version`` tag. Empty: ``git rev-parse`` when running from a checkout."""
+
+    checkpoint_pvc: str = ""
+    """PersistentVolumeClaim a multi-node training job (``launcher=trainjob``) mounts for checkpoints."""
+
+    debug: bool = False
+    """The CLI re-raises an error with its traceback instead of printing one line."""
+
     onnx_threads: int = Field(default=0, ge=0)
     """Intra-op threads of each ONNX Runtime session serving an ONNX variant (0: one per core). On a
     pod with a CPU limit, set it to the limit so threads do not contend."""

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pillars.pipelines.stack import web_auth
 
-logger = logging.getLogger("pillars.console.endpoints")
+logger = logging.getLogger(__name__)
 
 ERROR_STATUS = ("5", "INTERNAL", "UNAVAILABLE")
 """Request statuses counted as errors (HTTP 5xx, gRPC INTERNAL/UNAVAILABLE), as the alert rules count them."""

@@ -39,7 +39,7 @@ from pillars.components.errors import ConfigError
 from pillars.pipelines.compile import compile_pipeline
 from pillars.pipelines.stack import stop_group
 
-logger = logging.getLogger("pillars.console.runs")
+logger = logging.getLogger(__name__)
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, SUBMITTED = "queued", "running", "succeeded", "failed", "submitted"
 LOG_FILE, RECORD_FILE, ERROR_FILE, LOCK_FILE = "log.txt", "run.json", "error.txt", "run.lock"

@@ -11,7 +11,7 @@ from pillars.console.app import create_app
 from pillars.console.security import check_bind, read_token
 from pillars.console.settings import ConsoleSettings
 
-logger = logging.getLogger("pillars.console")
+logger = logging.getLogger(__name__)
 
 
 def serve(host: str | None = None, port: int | None = None, token_file: Path | None = None) -> None:

@@ -1,8 +1,7 @@
 """Step progress of a local run, read from what ``kfp.local`` prints (the run's log file).
 
-kfp.local logs, per task, ``Executing task 'NAME'``, the task's own output (indented), ``Task 'NAME'
-finished with status SUCCESS|FAILURE`` and ``Task 'NAME' outputs:`` followed by the output values;
-at the end ``Pipeline 'NAME' finished with status ...``. :func:`parse_log` turns that text into
+The lines are read by :func:`pillars.pipelines.steplog.read_line` (the one reader of kfp.local's output,
+shared with the CLI's step report); :func:`parse_log` turns the whole text into
 :class:`RunProgress`; :func:`planned_steps` lists the steps a pipeline will run, in order, so pending
 ones can be shown before they start. Pure functions: the run page polls them on a growing file.
 """
@@ -10,17 +9,9 @@ ones can be shown before they start. Pure functions: the run page polls them on 
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_EVENT = re.compile(r"^(\d\d:\d\d:\d\d\.\d+) - (INFO|ERROR|WARNING) - (.*)$")
-_EXECUTING = re.compile(r"^Executing task '([^']+)'")
-_FINISHED = re.compile(r"^Task '([^']+)' finished with status (\w+)")
-_OUTPUTS = re.compile(r"^Task '([^']+)' outputs:")
-_PIPELINE_DONE = re.compile(r"^Pipeline '([^']+)' finished with status (\w+)")
-_OUTPUT_VALUE = re.compile(r"^    (\w+): (?:'(.*)'|(-?[\d.eE+-]+|True|False))$")
-_JOB = re.compile(r"/pipeline_root/([\w.-]+)/")
+from pillars.pipelines.steplog import output_value, read_line
 
 MAX_STEP_LOG_CHARS = 200_000
 """Only the last this many characters of a step's output are kept for the page."""
@@ -109,34 +100,32 @@ def parse_log(text: str, planned: list[tuple[str, str]] = ()) -> RunProgress:
     current: StepProgress | None = None
     collecting_outputs: StepProgress | None = None
     logs: dict[str, list[str]] = {}
-    for raw in _ANSI.sub("", text).splitlines():
-        if (m := _JOB.search(raw)) and progress.job_name is None:
-            progress.job_name = m.group(1)
-        event = _EVENT.match(raw)
-        if event is None:
-            if collecting_outputs is not None and (v := _OUTPUT_VALUE.match(raw)):
-                collecting_outputs.outputs[v.group(1)] = v.group(2) if v.group(2) is not None else v.group(3)
+    for raw in text.splitlines():
+        line = read_line(raw)
+        if line.job is not None and progress.job_name is None:
+            progress.job_name = line.job
+        if line.kind in ("output", "other"):
+            if collecting_outputs is not None and line.kind == "output" and (value := output_value(line.text)):
+                collecting_outputs.outputs[value[0]] = value[1]
             elif current is not None and current.status == "running":
-                logs.setdefault(current.name, []).append(raw[4:] if raw.startswith("    ") else raw)
+                logs.setdefault(current.name, []).append(line.text)
             continue
-        clock, _, message = event.groups()
         collecting_outputs = None
-        if m := _EXECUTING.match(message):
-            name = m.group(1)
-            if name not in steps:
-                steps[name] = StepProgress(name, name)
-                order.append(name)
-            current = steps[name]
-            current.status, current.started = "running", clock
-        elif m := _FINISHED.match(message):
-            step = steps.get(m.group(1))
+        if line.kind == "task_started":
+            if line.name not in steps:
+                steps[line.name] = StepProgress(line.name, line.name)
+                order.append(line.name)
+            current = steps[line.name]
+            current.status, current.started = "running", line.clock
+        elif line.kind == "task_finished":
+            step = steps.get(line.name)
             if step is not None:
-                step.status = "succeeded" if m.group(2) == "SUCCESS" else "failed"
-                step.finished = clock
-        elif m := _OUTPUTS.match(message):
-            collecting_outputs = steps.get(m.group(1))
-        elif m := _PIPELINE_DONE.match(message):
-            progress.pipeline_status = m.group(2)
+                step.status = "succeeded" if line.status == "SUCCESS" else "failed"
+                step.finished = line.clock
+        elif line.kind == "task_outputs":
+            collecting_outputs = steps.get(line.name)
+        elif line.kind == "pipeline_finished":
+            progress.pipeline_status = line.status
     for name, lines in logs.items():
         steps[name].log = "\n".join(lines).strip("\n")[-MAX_STEP_LOG_CHARS:]
     progress.steps = [steps[name] for name in order]

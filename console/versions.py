@@ -19,6 +19,7 @@ from mlflow.exceptions import MlflowException
 
 from pillars.components import registry
 from pillars.components.errors import RegistryError
+from pillars.components.records import VARIANT_TAG, GateDecision, VersionRecord
 from pillars.components.registry.register import promote
 
 ARTIFACTS = {
@@ -30,9 +31,6 @@ ARTIFACTS = {
 
 PARENT_TAGS = ("pillars.warm_started_from", "pillars.parent_version", "parent_version", "optimized_from")
 """Tags (version or run) that name the version a model was derived from: retraining, optimisation."""
-
-VARIANT_TAG = "pillars.variant"
-"""Set on every optimised variant (with the other tags of :func:`pillars.components.optimize.register.variant_tags`)."""
 
 
 @dataclasses.dataclass
@@ -77,11 +75,11 @@ def format_bytes(size: int | None) -> str:
     return f"{value:.3g} GB"
 
 
-def split_variants(versions: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], Variant]]]:
+def split_variants(versions: list[VersionRecord]) -> tuple[list[VersionRecord], list[tuple[VersionRecord, Variant]]]:
     """Rows of :func:`pillars.components.registry.list_versions` as (trained versions, (variant row, variant))."""
     trained, variants = [], []
     for row in versions:
-        variant = Variant.from_tags(row.get("tags") or {})
+        variant = Variant.from_tags(row.tags)
         if variant is None:
             trained.append(row)
         else:
@@ -127,8 +125,7 @@ def version_detail(name: str, version: str) -> VersionDetail:
     run = c.get_run(v.run_id) if v.run_id else None
     tags = dict(v.tags)
     run_tags = dict(run.data.tags) if run else {}
-    approved = tags.get("gate_approved")
-    reasons = [r for r in tags.get("gate_reasons", "").split("; ") if r]
+    gate = GateDecision.from_tags(tags)
     parent = next((tags.get(t) or run_tags.get(t) for t in PARENT_TAGS if tags.get(t) or run_tags.get(t)), None)
     artifacts = []
     if run is not None:
@@ -140,7 +137,7 @@ def version_detail(name: str, version: str) -> VersionDetail:
         run_id=v.run_id, experiment_id=run.info.experiment_id if run else None, tags=tags,
         metrics=dict(sorted((run.data.metrics if run else {}).items())),
         params=dict(sorted((run.data.params if run else {}).items())),
-        gate_approved=None if approved is None else approved == "true", gate_reasons=reasons, parent=parent,
+        gate_approved=None if gate is None else gate.approved, gate_reasons=gate.reasons if gate else [], parent=parent,
         variant=Variant.from_tags(tags),
         artifacts=artifacts, champion=registry.alias_version(name, registry.CHAMPION, c),
         history=registry.history(name, mlflow_client=c))

@@ -11,11 +11,12 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pillars.components.errors import ConfigError, PillarsError, one_line
+from pillars.components.records import VersionRecord
 from pillars.components.registry.references import ModelRef, check_model_name, default_model_name
 from pillars.pipelines.compile import PIPELINES, compile_pipeline, parse_params, pipeline_factory, task_params
 
@@ -199,16 +200,16 @@ def _print_versions(name: str, limit: int = 10) -> None:
         print(version_line(name, row))
 
 
-def version_line(name: str, row: Mapping[str, Any]) -> str:
+def version_line(name: str, row: VersionRecord) -> str:
     """One ``pillars models show`` line of a :func:`~pillars.components.registry.list_versions` row.
 
     A trained version shows its gate result and test metrics; an optimised variant (tagged by
     :mod:`pillars.components.optimize.register`) shows what it is, the version it was made from, its file
     size, its metric's change against that parent and its batch-1 latency.
     """
-    tags = row["tags"]
-    aliases = f" [{', '.join(row['aliases'])}]" if row["aliases"] else ""
-    head = f"{name} v{row['version']}{aliases}  {row['created']}"
+    tags = row.tags
+    aliases = f" [{', '.join(row.aliases)}]" if row.aliases else ""
+    head = f"{name} v{row.version}{aliases}  {row.created}"
     if "pillars.variant" in tags:
         size = tags.get("pillars.size_bytes", "")
         parts = [f"variant={tags['pillars.variant']}", f"parent=v{tags.get('pillars.parent_version', '?')}",
@@ -217,7 +218,7 @@ def version_line(name: str, row: Mapping[str, Any]) -> str:
         if "pillars.latency_ms_b1" in tags:
             parts.append(f"latency={tags['pillars.latency_ms_b1']} ms")
         return f"{head}  {'  '.join(parts)}"
-    metrics = "  ".join(f"{k.removeprefix('test_')}={v:.4f}" for k, v in row["metrics"].items())
+    metrics = "  ".join(f"{k}={v:.4f}" for k, v in row.metrics.items())
     return f"{head}  gate={tags.get('gate_approved', '?')}  {metrics}"
 
 
@@ -537,7 +538,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("pillars: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - the CLI's one place that turns errors into one line
-        if os.environ.get("PILLARS_DEBUG"):
+        from pillars.components.settings import Settings
+
+        if Settings().debug:
             raise
         print(f"pillars: error: {one_line(e)}", file=sys.stderr)
         return 2 if isinstance(e, (PillarsError, ValueError)) else 1

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -25,7 +26,8 @@ def run_demo(task: str = "breast_cancer", epochs: int = 30, serve: bool = True, 
     quiet_mlflow_downloads()  # the champion's input example is downloaded for the query: no progress bars
 
     started = time.monotonic()
-    log = log_path(Settings().resolved_home(), "demo")
+    home = Settings().resolved_home()
+    log = log_path(home, "demo")
     name = default_model_name(task)
     print(f"[1/3] training pipeline on {task!r} (kfp.local; full log: {log})", flush=True)
     uri = run_reported(training_pipeline(), {"task": task, "task_args": task_args, "epochs": epochs}, log,
@@ -33,16 +35,16 @@ def run_demo(task: str = "breast_cancer", epochs: int = 30, serve: bool = True, 
     print(f"      done in {time.monotonic() - started:.0f}s; MLflow store: {uri}")
     print("[2/3] registry:")
     for row in registry.list_versions(name)[:3]:
-        aliases = f" [{', '.join(row['aliases'])}]" if row["aliases"] else ""
-        metrics = "  ".join(f"{k[5:]}={v:.3f}" for k, v in row["metrics"].items())
-        print(f"      {name} v{row['version']}{aliases}  {metrics}")
+        aliases = f" [{', '.join(row.aliases)}]" if row.aliases else ""
+        metrics = "  ".join(f"{k}={v:.3f}" for k, v in row.metrics.items())
+        print(f"      {name} v{row.version}{aliases}  {metrics}")
     if registry.alias_version(name, registry.CHAMPION) is None:
         print("      no champion yet (the gate rejected this run)")
         return 0
     if not serve:
         return 0
     print(f"[3/3] serving models:/{name}@champion (KServe model server, HTTP + gRPC) ...", flush=True)
-    http_answer, grpc_answer = serve_and_query(name, uri)
+    http_answer, grpc_answer = serve_and_query(name, uri, home)
     print(f"      HTTP  V2 infer -> {json.dumps(http_answer)}")
     print(f"      gRPC  ModelInfer -> {json.dumps(grpc_answer)}")
     print(f"demo finished in {time.monotonic() - started:.0f}s. Browse the registry: "
@@ -50,7 +52,7 @@ def run_demo(task: str = "breast_cancer", epochs: int = 30, serve: bool = True, 
     return 0
 
 
-def serve_and_query(name: str, tracking_uri: str) -> tuple[dict, dict]:
+def serve_and_query(name: str, tracking_uri: str, home: Path) -> tuple[dict, dict]:
     """Start the model server for ``models:/name@champion``, send one V2 HTTP and one gRPC request (the
     registered version's input example: one row of its test split), stop it."""
     from pillars.serving.demo import query_once
@@ -58,7 +60,7 @@ def serve_and_query(name: str, tracking_uri: str) -> tuple[dict, dict]:
     from pillars.pipelines.stack import free_port, stop_group, wait_ready
 
     http_port, grpc_port = free_port(), free_port()
-    log_path = Settings().resolved_home() / "logs" / "demo-server.log"
+    log_path = home / "logs" / "demo-server.log"
     log = open(log_path, "wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "pillars.serving", "--model_uri", f"models:/{name}@champion", "--model_name", name,

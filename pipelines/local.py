@@ -28,7 +28,7 @@ from kfp import local
 from pillars.components.settings import Settings
 from pillars.components.registry.tracking import configure_tracking
 
-logger = logging.getLogger("pillars.local")
+logger = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 """``prctl`` option: the signal this process gets when its parent dies (linux/prctl.h)."""

@@ -5,7 +5,8 @@ error message instead of kfp's ``Inner task failed``.
 Nothing here schedules anything: kfp.local runs the pipeline and prints what it does (its
 ``Executing task 'x'`` / ``Task 'x' finished with status ...`` lines, and each step's output,
 indented); :class:`StepReporter` is the stream that output is redirected to. It writes every line to
-the log file and turns kfp's lines into :class:`StepEvent` values with :func:`parse_line`.
+the log file and turns kfp's lines into :class:`StepEvent` values with :func:`parse_line`, which reads
+them with :func:`pillars.pipelines.steplog.read_line` (the one reader of kfp.local's output).
 """
 
 from __future__ import annotations
@@ -21,19 +22,8 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from pillars.components.errors import PillarsError
+from pillars.pipelines.steplog import progress_bar, read_line
 
-ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-"""Colour codes kfp.local puts around task names and statuses."""
-_KFP_LINE = r"^\d\d:\d\d:\d\d\.\d{3} - (?:INFO|ERROR|WARNING) - "
-TASK_START = re.compile(_KFP_LINE + r"Executing task '(?P<step>[^']+)'")
-TASK_END = re.compile(_KFP_LINE + r"Task '(?P<step>[^']+)' finished with status (?P<status>SUCCESS|FAILURE)")
-STEP_OUTPUT_INDENT = " " * 4
-"""kfp.local prints a step's own output indented by four spaces."""
-TQDM = re.compile(r"^(?P<desc>[^:|]*):\s+\d+%\|[^|]*\|\s*(?P<done>\d+)/(?P<total>\d+)(?:\s*\[(?P<info>[^\]]*)\])?")
-"""A tqdm progress line (``train:  33%|###   | 1/3 [00:01<00:02, 1.50epoch/s, loss=0.42]``). A step reports
-progress with a tqdm bar described by the step's name (the train step's epochs); other bars (MLflow's
-downloads) stay in the log."""
-_RATE = re.compile(r"^(?:[\d.?]+(?P<unit>[A-Za-z]+)/s|[\d.]+s/(?P<per>[A-Za-z]+))$")
 TRACEBACK = "Traceback (most recent call last):"
 EXCEPTION_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*)(?::\s?(?P<message>.*))?$")
 TAIL_LINES = 400
@@ -69,28 +59,16 @@ def parse_line(line: str, step: str | None) -> StepEvent | None:
         A ``start``/``end`` event for kfp's own task lines, ``progress`` for a tqdm line of the step,
         ``output`` for any other line of the step's output (without kfp's indent), None otherwise.
     """
-    plain = ANSI.sub("", line.rstrip("\n"))
-    if m := TASK_START.match(plain):
-        return StepEvent("start", m["step"])
-    if m := TASK_END.match(plain):
-        return StepEvent("end", m["step"], status=m["status"])
-    if step is None or not plain.startswith(STEP_OUTPUT_INDENT):
+    read = read_line(line)
+    if read.kind == "task_started":
+        return StepEvent("start", read.name)
+    if read.kind == "task_finished":
+        return StepEvent("end", read.name, status=read.status)
+    if step is None or read.kind != "output":
         return None
-    text = plain[len(STEP_OUTPUT_INDENT):]
-    if (m := TQDM.match(text.strip())) and m["desc"].strip() == step:
-        return _progress_event(step, m)
-    return StepEvent("output", step, text=text)
-
-
-def _progress_event(step: str, m: re.Match[str]) -> StepEvent:
-    """``info`` is ``elapsed<remaining, rate[, postfix...]``: the unit comes from the rate, the postfix
-    (``loss=0.26, val_loss=0.18``) is kept as the event's text."""
-    parts = [p.strip() for p in (m["info"] or "").split(",")]
-    unit = ""
-    if len(parts) > 1 and (rate := _RATE.match(parts[1])):
-        unit = rate["unit"] or rate["per"] or ""
-    return StepEvent("progress", step, done=int(m["done"]), total=int(m["total"]), unit=unit,
-                     text=", ".join(parts[2:]))
+    if (bar := progress_bar(read.text)) and bar.desc == step:
+        return StepEvent("progress", step, done=bar.done, total=bar.total, unit=bar.unit, text=bar.postfix)
+    return StepEvent("output", step, text=read.text)
 
 
 def error_message(output: list[str]) -> str:
@@ -289,17 +267,16 @@ def run_summary(name: str, uri: str, log: Path) -> list[str]:
     from pillars.components.optimize.register import latest_report, variants_table
 
     versions = registry.list_versions(name)
-    newest = next((v for v in versions if "pillars.variant" not in v["tags"]), versions[0])
-    tags = newest["tags"]
-    approved = tags.get("gate_approved") == "true"
-    reasons = tags.get("gate_reasons", "").strip()
-    metrics = "  ".join(f"{k.removeprefix('test_')}={v:.4f}" for k, v in newest["metrics"].items())
-    lines = [f"model    {name} v{newest['version']}  aliases: {', '.join(newest['aliases']) or '-'}",
-             f"gate     {'approved' if approved else 'rejected'}" + (f": {reasons}" if reasons else ""),
+    newest = next((v for v in versions if v.variant is None), versions[0])
+    gate = newest.gate
+    reasons = gate.reasons_text() if gate else ""
+    metrics = "  ".join(f"{k}={v:.4f}" for k, v in newest.metrics.items())
+    lines = [f"model    {name} v{newest.version}  aliases: {', '.join(newest.aliases) or '-'}",
+             f"gate     {'approved' if gate and gate.approved else 'rejected'}" + (f": {reasons}" if reasons else ""),
              f"test     {metrics or '-'}"]
-    report = latest_report(name, str(newest["version"])) if len(versions) > 1 else None
+    report = latest_report(name, newest.version) if len(versions) > 1 else None
     if report:
-        lines += [f"variants of v{newest['version']}:"] + [f"  {line}" for line in variants_table(report)]
+        lines += [f"variants of v{newest.version}:"] + [f"  {line}" for line in variants_table(report)]
     lines += [f"MLflow   {uri}", f"log      {log}"]
     if registry.alias_version(name, registry.CHAMPION) is not None:
         lines.append(f"serve    pillars serve models:/{name}@champion")

@@ -60,7 +60,7 @@ from pillars.components.settings import Settings
 from pillars.pipelines.compile import compile_pipeline, parse_params, pipeline_factory
 from pillars.pipelines.training import ClusterOptions
 
-logger = logging.getLogger("pillars.trigger")
+logger = logging.getLogger(__name__)
 
 ACTION_LABEL = "pillars_action"
 RETRAIN = "retrain"
@@ -95,6 +95,9 @@ class TriggerSettings(BaseSettings):
 
     command: str = ""
     """Local command line to run instead of ``pillars run retraining`` (``--param`` arguments appended)."""
+
+    token: str = ""
+    """The bearer token webhook calls must carry (``--token-file`` overrides it); empty: no token."""
 
     start_workers: int = 2
     """Threads that start runs (compile and submit, or spawn), off the event loop."""
@@ -449,14 +452,14 @@ def metrics_app(metrics: Metrics) -> FastAPI:
     return app
 
 
-def read_token(token_file: str | None) -> str:
-    """The bearer token from ``token_file``, else ``PILLARS_TRIGGER_TOKEN``."""
+def read_token(token_file: str | None, token: str = "") -> str:
+    """The bearer token from ``token_file``, else ``token`` (``PILLARS_TRIGGER_TOKEN``)."""
     if token_file:
         try:
             return Path(token_file).read_text().strip()
         except OSError as e:
             raise ValueError(f"cannot read the token file {token_file}: {e.strerror}") from e
-    return os.environ.get("PILLARS_TRIGGER_TOKEN", "").strip()
+    return token.strip()
 
 
 def _cluster_flags(parser: argparse.ArgumentParser) -> None:
@@ -517,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     settings = TriggerSettings()
     args = parse_args(argv)
-    token = read_token(args.token_file)
+    token = read_token(args.token_file, settings.token)
     if args.kfp_host:
         start = kfp_starter(args.kfp_host, args.experiment, args.param, args.namespace, args.service_account,
                             cluster_options(args))

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pillars.components.errors import PillarsError
 from pillars.components.registry.references import SCHEME, ModelRef
 
-logger = logging.getLogger("pillars.serving")
+logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,9 +164,11 @@ def _configure_logging(level: str) -> None:
     configure_logging()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    logger.handlers[:] = [handler]
-    logger.setLevel(level)
-    logger.propagate = False
+    for name in {__package__, __name__}:  # every serving module's logger, and this one (``__main__`` under ``-m``)
+        target = logging.getLogger(name)
+        target.handlers[:] = [handler]
+        target.setLevel(level)
+        target.propagate = False
     # The access log is one info line per request; keep it for debugging only.
     logging.getLogger("uvicorn.access").setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
     logging.getLogger("kserve.trace").setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)

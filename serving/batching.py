@@ -35,7 +35,7 @@ import numpy as np
 
 from pillars.serving.errors import Overloaded
 
-logger = logging.getLogger("pillars.serving")
+logger = logging.getLogger(__name__)
 
 Outputs = dict[str, np.ndarray]
 Inputs = np.ndarray | Mapping[str, np.ndarray]

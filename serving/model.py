@@ -45,6 +45,7 @@ from kserve.errors import InferenceError, ModelNotFound
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferResponse
 
+from pillars.components.devices import pick_device
 from pillars.components.task.contract import InputError, Signature, TensorSpec, numpy_dtype
 from pillars.components.errors import ConfigError
 from pillars.components.model.predictor import Predictor, load_predictor, load_profile
@@ -63,7 +64,7 @@ from pillars.serving.storage import (
     resolve_model,
 )
 
-logger = logging.getLogger("pillars.serving")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,13 +73,6 @@ class _Active:
 
     predictor: Predictor
     drift: DriftMonitor | None
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """The GPU when torch sees one (``auto``), else the CPU; or the named device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class PillarsModel(Model):

@@ -21,7 +21,7 @@ from pillars.serving.model import PillarsModel
 from pillars.serving.protocol.rest import PillarsRESTServer
 from pillars.serving.settings import LOOPBACK
 
-logger = logging.getLogger("pillars.serving")
+logger = logging.getLogger(__name__)
 
 
 class PillarsModelServer(ModelServer):

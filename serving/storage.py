@@ -19,7 +19,7 @@ from pillars.components.errors import ConfigError
 from pillars.components.model.predictor import locate_model_dir
 from pillars.components.registry.references import SCHEME, ModelRef
 
-logger = logging.getLogger("pillars.serving")
+logger = logging.getLogger(__name__)
 
 DOWNLOAD_PREFIX = "pillars-model-"
 """Temporary folders holding a downloaded model are ``pillars-model-<PID>-<random>`` (in the temp folder):

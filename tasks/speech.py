@@ -52,7 +52,7 @@ from pillars.components.task import (
     TensorSpec,
 )
 
-logger = logging.getLogger("pillars.tasks.speech")
+logger = logging.getLogger(__name__)
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 INSTALL_HINT = "apt-get install espeak-ng"

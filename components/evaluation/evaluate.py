@@ -20,6 +20,7 @@ from sklearn import metrics as skm
 from pillars.components.task.examples import input_columns, row_count, take
 from pillars.components.training.fit import load_history
 from pillars.components.model.predictor import Predictor, load_predictor
+from pillars.components.records import as_test_metric
 from pillars.components.data.prepare import load_split
 from pillars.components.task import Examples, Outputs
 from pillars.components.registry.tracking import configure_tracking
@@ -170,7 +171,7 @@ def report_html(evaluation: Evaluation, history: list[dict[str, float]], title: 
 
 def mlflow_metric_name(key: str) -> str:
     """Test metrics are logged as ``test_<name>``; train/validation ones as ``eval_<split>_<name>``."""
-    return f"eval_{key}" if key.startswith(("train_", "val_")) else f"test_{key}" if key != "overfit_gap" else key
+    return f"eval_{key}" if key.startswith(("train_", "val_")) else as_test_metric(key) if key != "overfit_gap" else key
 
 
 def run_evaluation(model_dir: str, split_paths: dict[str, str], mlflow_run_id: str, report_path: str,

@@ -11,7 +11,6 @@ anything else (:func:`parse_thresholds`, :func:`check_margin`); the CLI checks t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -24,6 +23,7 @@ import numpy as np
 from pillars.components.errors import ConfigError, RegistryError
 from pillars.components.evaluation.evaluate import split_metrics
 from pillars.components.model.predictor import Predictor, load_predictor
+from pillars.components.records import GateDecision, as_test_metric
 from pillars.components.data.prepare import load_metadata, load_split, task_of
 from pillars.components.registry.register import champion_version, downloaded_version
 from pillars.components.registry import (Identity, RegistryUnavailable, TaskMismatch, client, identity, mismatch,
@@ -31,17 +31,7 @@ from pillars.components.registry import (Identity, RegistryUnavailable, TaskMism
 from pillars.components.task import Examples, Preprocessing, Signature, Task
 from pillars.components.registry.tracking import configure_tracking
 
-logger = logging.getLogger("pillars.validate")
-
-
-@dataclasses.dataclass
-class GateDecision:
-    """Whether the candidate may become champion, and why."""
-
-    approved: bool
-    reasons: list[str]
-    champion_version: str | None = None
-    champion_score: float | None = None
+logger = logging.getLogger(__name__)
 
 
 def parse_thresholds(text: str, task: Task | None) -> dict[str, float]:
@@ -178,7 +168,7 @@ def champion_score(model_name: str, task: Task, reference: str, prep: Preprocess
             return version, split_metrics(predictor, test)[task.primary_metric], "scored on the same test split"
     c = client()
     run_id = c.get_model_version(model_name, version).run_id
-    logged = c.get_run(run_id).data.metrics.get(f"test_{task.primary_metric}") if run_id else None
+    logged = c.get_run(run_id).data.metrics.get(as_test_metric(task.primary_metric)) if run_id else None
     return version, logged, "its logged test metric (other class names)"
 
 
@@ -258,5 +248,5 @@ def run_gate(metrics_json: str, metadata_path: str, test_path: str, model_name: 
 
     decision = retry_unavailable(decide)
     logger.info("gate for %s: %s (%s)", model_name, "approved" if decision.approved else "rejected",
-                "; ".join(decision.reasons))
+                decision.reasons_text())
     return decision

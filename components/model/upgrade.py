@@ -35,7 +35,7 @@ from pillars.components.registry.register import code_version
 from pillars.components.registry import client, get_model, search_versions
 from pillars.components.registry.tracking import ensure_experiment
 
-logger = logging.getLogger("pillars.upgrade")
+logger = logging.getLogger(__name__)
 
 LEGACY_IMPORT = re.compile(r"^\s*(?:from|import)\s+(?:components|serving|pipelines)\b", re.M)
 """An import of the bare package names Pillars 0.1 installed."""

@@ -47,7 +47,7 @@ from pillars.components.registry import (RegistryUnavailable, alias_version, cli
                                          move_alias)
 from pillars.components.task import DataParams, load_task, task_reference
 
-logger = logging.getLogger("pillars.optimize")
+logger = logging.getLogger(__name__)
 
 EDGE = "edge"
 REPORT_FILE = "optimize_report.json"

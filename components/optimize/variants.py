@@ -65,7 +65,7 @@ from pillars.components.deploy.triton import write_repository
 __all__ = ["ExportError", "FitParams", "Footprint", "Guard", "ORIGINAL", "OptimizeParams", "OptimizeReport", "STATES",
            "Speed", "Tolerance", "VARIANTS", "VariantResult", "footprint", "measure_speeds", "optimize_model"]
 
-logger = logging.getLogger("pillars.optimize")
+logger = logging.getLogger(__name__)
 
 VARIANTS = ("onnx", "onnx-int8", "onnx-int8-static", "pruned", "distilled")
 """Every variant :func:`optimize_model` can make, in the order it makes them."""

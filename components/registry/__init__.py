@@ -34,9 +34,10 @@ from mlflow.store.model_registry import SEARCH_MODEL_VERSION_MAX_RESULTS_DEFAULT
 from mlflow.tracking import MlflowClient
 
 from pillars.components.errors import ConfigError, PillarsError, RegistryError
+from pillars.components.records import VARIANT_TAG, VersionRecord
 from pillars.components.registry.references import known_tasks
 
-logger = logging.getLogger("pillars.registry")
+logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -50,7 +51,6 @@ SIGNATURE_TAG = "pillars.signature"
 """Version tag: the digest of the model's input signature (:func:`signature_key`)."""
 SIGNATURE_FIELDS = ("name", "datatype", "shape", "optional", "labels")
 """The fields of an input's spec that make the signature (what a request must match)."""
-VARIANT_TAG = "pillars.variant"
 PARENT_TAG = "pillars.parent_version"
 
 _MISSING_CODES = ("RESOURCE_DOES_NOT_EXIST",)
@@ -515,7 +515,7 @@ def list_models(mlflow_client: MlflowClient | None = None) -> list[dict[str, Any
     return rows
 
 
-def list_versions(name: str, mlflow_client: MlflowClient | None = None) -> list[dict[str, Any]]:
+def list_versions(name: str, mlflow_client: MlflowClient | None = None) -> list[VersionRecord]:
     """Versions of ``name``, newest first, with aliases, tags and the run's test metrics."""
     c = mlflow_client or client()
     model = get_model(name, c)
@@ -525,9 +525,5 @@ def list_versions(name: str, mlflow_client: MlflowClient | None = None) -> list[
     rows = []
     for v in search_versions(name, c):
         metrics = c.get_run(v.run_id).data.metrics if v.run_id else {}
-        rows.append({"version": v.version, "aliases": sorted(by_version.get(str(v.version), [])),
-                     "created": datetime.fromtimestamp(v.creation_timestamp / 1000, timezone.utc).isoformat(
-                         timespec="seconds"),
-                     "run_id": v.run_id, "tags": dict(v.tags),
-                     "metrics": {k: v for k, v in sorted(metrics.items()) if k.startswith("test_")}})
+        rows.append(VersionRecord.from_model_version(v, by_version.get(str(v.version), []), metrics))
     return rows

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -21,21 +20,22 @@ import mlflow
 from pillars.components.errors import RegistryError
 from pillars.components.model.mlflow_model import EXAMPLE_ROWS, log_pillars_model
 from pillars.components.model.predictor import PROFILE_FILE
+from pillars.components.records import GateDecision
 from pillars.components.data.prepare import load_metadata, load_split, task_of
 from pillars.components.task import Examples
 from pillars.components.registry import (ANY, CHALLENGER, CHAMPION, SIGNATURE_TAG, AnyVersion, ChampionMoved,
                                          LockTiming, RegistryUnavailable, alias_version, check_same_task, client,
                                          identity, mismatch, move_alias, parse_version, search_versions,
                                          signature_key)
-from pillars.components.settings import package_version
+from pillars.components.settings import Settings, package_version
 from pillars.components.registry.tracking import configure_tracking
 
-logger = logging.getLogger("pillars.register")
+logger = logging.getLogger(__name__)
 
 
 def code_version() -> str:
     """Package version plus the git commit (``PILLARS_GIT_SHA``, else ``git rev-parse`` when in a checkout)."""
-    sha = os.environ.get("PILLARS_GIT_SHA", "")
+    sha = Settings().git_sha
     if not sha:
         try:
             sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -127,15 +127,15 @@ def promote(model_name: str, version: str, why: str, expected: str | None | AnyV
     return event is not None
 
 
-Regate = Callable[[], tuple[bool, "str | None", str]]
-"""Re-runs the gate against the current champion: ``(approved, champion_version, reasons)``."""
+Regate = Callable[[], GateDecision]
+"""Re-runs the gate against the current champion."""
 
 
-def promote_gated(model_name: str, version: str, reasons: str, gated_against: str | None, regate: Regate,
+def promote_gated(model_name: str, version: str, decision: GateDecision, regate: Regate,
                   attempts: int = 3, timing: LockTiming = LockTiming(), replace_task: bool = False) -> bool:
     """Promote a gate-approved ``version`` only while the champion is still the one it was gated
-    against; when another run moved the champion meanwhile, gate again against the new one.
-    ``replace_task``: as :func:`promote`.
+    against (``decision.champion_version``); when another run moved the champion meanwhile, gate again
+    against the new one. ``replace_task``: as :func:`promote`.
 
     Returns:
         True when ``version`` became champion; False when the re-gate rejected it (nothing moved).
@@ -145,15 +145,15 @@ def promote_gated(model_name: str, version: str, reasons: str, gated_against: st
     """
     for _ in range(attempts):
         try:
-            promote(model_name, version, f"gate approved: {reasons}", expected=gated_against, timing=timing,
-                    replace_task=replace_task)
+            promote(model_name, version, f"gate approved: {decision.reasons_text()}",
+                    expected=decision.champion_version, timing=timing, replace_task=replace_task)
             return True
         except ChampionMoved as moved:
             logger.warning("%s: champion moved from v%s to v%s since the gate; gating v%s again",
-                           model_name, gated_against, moved.actual, version)
-            approved, gated_against, reasons = regate()
-            if not approved:
-                logger.warning("%s: v%s not promoted: %s", model_name, version, reasons)
+                           model_name, decision.champion_version, moved.actual, version)
+            decision = regate()
+            if not decision.approved:
+                logger.warning("%s: v%s not promoted: %s", model_name, version, decision.reasons_text())
                 return False
     raise RegistryUnavailable(f"{model_name}: champion kept moving during {attempts} gates of v{version}; retry")
 
@@ -187,14 +187,15 @@ def downloaded_version(model_name: str, version: str) -> Iterator[Path]:
 
 
 def run_register(model_dir: str, metadata_path: str, test_path: str, model_name: str, mlflow_run_id: str,
-                 kfp_run_id: str, approved: bool, reasons: str, tracking_uri: str = "") -> str:
-    """Register the trained model with its lineage and gate decision; returns the version."""
+                 kfp_run_id: str, decision: GateDecision, tracking_uri: str = "") -> str:
+    """Register the trained model with its lineage and gate decision (:meth:`GateDecision.to_tags`); returns
+    the version."""
     configure_tracking(tracking_uri or None)
     metadata = load_metadata(metadata_path)
     lineage = {"kfp_run_id": kfp_run_id, "data_hash": metadata["data_hash"], "task": metadata["task"],
                SIGNATURE_TAG: signature_key(task_of(metadata).signature(metadata["prep"]).to_dict()["inputs"]),
                "task_args": json.dumps(metadata.get("task_args") or {}, sort_keys=True),
-               "source": metadata["source"], "gate_approved": str(approved).lower(), "gate_reasons": reasons[:4000]}
+               "source": metadata["source"], **decision.to_tags()}
     test = load_split(test_path)
     examples = {k: v[:EXAMPLE_ROWS] for k, v in test.items()}
     return register_model(model_dir, metadata["profile"], model_name, mlflow_run_id, lineage, examples)

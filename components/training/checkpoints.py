@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-logger = logging.getLogger("pillars.checkpoints")
+logger = logging.getLogger(__name__)
 
 CHECKPOINT = "last.pt"
 PREVIOUS = "previous.pt"

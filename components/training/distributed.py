@@ -21,7 +21,8 @@ import mlflow
 import torch
 
 from pillars.components.errors import PillarsError
-from pillars.components.training.fit import TrainParams, fit, pick_device, write_model
+from pillars.components.devices import pick_device
+from pillars.components.training.fit import TrainParams, fit, write_model
 from pillars.components.model.predictor import load_predictor
 from pillars.components.data.prepare import load_metadata, load_split
 from pillars.components.registry.tracking import EpochLogger

@@ -26,14 +26,15 @@ import torch
 from torch import nn
 
 from pillars.components.training.checkpoints import CheckpointWriter, load_checkpoint
+from pillars.components.devices import pick_device
 from pillars.components.errors import ConfigError
 from pillars.components.model.predictor import save_model
 from pillars.components.data.prepare import inputs_of, task_of
 from pillars.components.task import Examples, Preprocessing, Task
 
-logger = logging.getLogger("pillars.fit")
+logger = logging.getLogger(__name__)
 
-__all__ = ["TrainParams", "TrainResult", "fingerprint", "fit", "init_model", "load_history", "pick_device",
+__all__ = ["TrainParams", "TrainResult", "fingerprint", "fit", "init_model", "load_history",
            "save_history", "write_model"]
 
 EVAL_BATCH = 1024
@@ -94,15 +95,6 @@ class TrainResult:
     task: Task | None = None
     reference: str = ""
     prep: Preprocessing = dataclasses.field(default_factory=dict)
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    """``cuda`` when present (or asked for), else ``cpu``."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {requested!r} asked for, but no CUDA device is available")
-    return torch.device(requested)
 
 
 def init_model(task: Task, prep: Preprocessing, params: TrainParams) -> nn.Module:

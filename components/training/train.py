@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +34,7 @@ from pillars.components.settings import Settings
 from pillars.components.registry.tracking import EpochLogger, configure_tracking, ensure_experiment
 from pillars.components.training.trainjob import TrainJobSpec, current_namespace, launch_trainjob
 
-logger = logging.getLogger("pillars.train")
+logger = logging.getLogger(__name__)
 
 LAUNCHERS = ("local", "trainjob")
 
@@ -138,7 +137,8 @@ def _train_in_run(train_path: str, val_path: str, metadata_path: str, metadata: 
                   progress: bool | None, launcher: str, gpus_per_node: int, warm_start_from: str,
                   warm_version: str | None, warm_dir: Path | None) -> str:
     initial_state = load_predictor(warm_dir).model.state_dict() if warm_dir is not None else None
-    root = checkpoint_root or str(Settings().resolved_checkpoint_root())
+    settings = Settings()
+    root = checkpoint_root or str(settings.resolved_checkpoint_root())
     warm_from = f"{warm_start_from}/{warm_version}" if initial_state is not None else ""
     ckpt = checkpoint_dir_for(root, experiment, metadata, params, warm_from)
     ckpt.mkdir(parents=True, exist_ok=True)
@@ -160,7 +160,7 @@ def _train_in_run(train_path: str, val_path: str, metadata_path: str, metadata: 
         log_epoch = EpochLogger(run.info.run_id)
         if launcher == "trainjob":
             summary = _train_on_cluster(train_path, val_path, metadata_path, params, model_dir, ckpt,
-                                        run.info.run_id, mlflow.get_tracking_uri(), gpus_per_node, warm_dir)
+                                        run.info.run_id, mlflow.get_tracking_uri(), gpus_per_node, settings, warm_dir)
             history = load_history(model_dir)
         elif params.nproc > 1:
             summary = launch_local(params.nproc, worker_args(
@@ -191,7 +191,7 @@ def _train_in_run(train_path: str, val_path: str, metadata_path: str, metadata: 
 
 
 def _train_on_cluster(train_path: str, val_path: str, metadata_path: str, params: TrainParams, model_dir: str,
-                      ckpt: Path, run_id: str, tracking_uri: str, gpus_per_node: int,
+                      ckpt: Path, run_id: str, tracking_uri: str, gpus_per_node: int, settings: Settings,
                       warm_dir: Path | None = None) -> dict[str, Any]:
     """Stage inputs on the shared volume, run a TrainJob, copy the model back into ``model_dir``."""
     stage = ckpt / "inputs"
@@ -204,9 +204,9 @@ def _train_on_cluster(train_path: str, val_path: str, metadata_path: str, params
     args = worker_args(str(stage / "train"), str(stage / "val"), str(stage / "metadata.json"), params,
                        str(shared_model), str(ckpt), run_id, tracking_uri,
                        str(stage / "init_model") if warm_dir is not None else "")
-    spec = TrainJobSpec(name=f"pillars-train-{ckpt.name}", namespace=current_namespace(), image=Settings().image,
+    spec = TrainJobSpec(name=f"pillars-train-{ckpt.name}", namespace=current_namespace(), image=settings.image,
                         worker_args=args, nodes=params.nodes, procs_per_node=params.nproc,
-                        gpus_per_node=gpus_per_node, volume_claim=os.environ.get("PILLARS_CHECKPOINT_PVC", ""),
+                        gpus_per_node=gpus_per_node, volume_claim=settings.checkpoint_pvc,
                         mount_path=str(ckpt.parents[1]), env={"MLFLOW_TRACKING_URI": tracking_uri})
     summary = launch_trainjob(spec, str(shared_model))
     shutil.copytree(shared_model, model_dir, dirs_exist_ok=True)

@@ -35,7 +35,7 @@ def model_page(request: Request, c: ConsoleDep, name: str, a: str = "", b: str =
     versions = registry.list_versions(name)
     comparison = (a, b, *compare(name, a, b)) if a and b else None
     trained, variants = split_variants(versions)
-    keys = sorted({k for v in trained for k in v["metrics"]})
+    keys = sorted({k for v in trained for k in v.metrics})
     return c.page(request, "model.html", title=f"Model {name}", nav="Models", name=name, versions=versions,
                   trained=trained, variants=variants, metric_keys=keys, comparison=comparison,
                   history=registry.history(name))

@@ -20,7 +20,7 @@ from pillars.serving.monitoring import metrics
 from pillars.serving.access.auth import TokenAuth, http_path_is_open
 from pillars.serving.access.origins import browser_body_refused, host_name
 
-logger = logging.getLogger("pillars.serving")
+logger = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

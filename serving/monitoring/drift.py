@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-logger = logging.getLogger("pillars.serving")
+logger = logging.getLogger(__name__)
 
 METHODS: tuple[str, ...] = ("jsd", "psi", "ks")
 DEFAULT_THRESHOLDS: dict[str, float] = {"jsd": 0.1, "psi": 0.25, "ks": 0.05}

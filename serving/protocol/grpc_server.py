@@ -38,7 +38,7 @@ from pillars.components.errors import PillarsError
 from pillars.serving.errors import NotServed
 from pillars.serving.model import served_model
 
-logger = logging.getLogger("pillars.serving")
+logger = logging.getLogger(__name__)
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 

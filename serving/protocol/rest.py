@@ -37,7 +37,7 @@ from pillars.serving.protocol import codec
 from pillars.serving.errors import Overloaded
 from pillars.serving.model import PillarsModel, served_model
 
-logger = logging.getLogger("pillars.serving")
+logger = logging.getLogger(__name__)
 
 _TENSOR = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
     "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},

@@ -58,7 +58,7 @@ def test_the_training_loop_writes_through_fsync(tmp_path, cancer, monkeypatch):
 def test_a_corrupt_last_checkpoint_resumes_from_the_previous_one(tmp_path, cancer, caplog):
     _fit(cancer, 4, tmp_path)  # last.pt: after epoch 4, previous.pt: after epoch 3
     (tmp_path / CHECKPOINT).write_bytes(b"torn write")
-    with caplog.at_level(logging.WARNING, logger="pillars.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="pillars.components.training.checkpoints"):
         result = _fit(cancer, 4, tmp_path)  # the retry of the same job
     assert result.start_epoch == 4, "resumed after epoch 3, from previous.pt"
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
@@ -70,7 +70,7 @@ def test_with_both_checkpoints_corrupt_the_retry_starts_clean_and_says_so(tmp_pa
     _fit(cancer, 2, tmp_path)
     (tmp_path / CHECKPOINT).write_bytes(b"")
     (tmp_path / PREVIOUS).write_bytes(b"\x80\x02garbage")
-    with caplog.at_level(logging.WARNING, logger="pillars.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="pillars.components.training.checkpoints"):
         result = _fit(cancer, 2, tmp_path)
     assert result.start_epoch == 1 and len(result.history) == 2
     assert "starting clean" in caplog.text

@@ -181,8 +181,8 @@ def test_an_odd_model_name_never_breaks_a_listing(tracking_uri, model_dir, tmp_p
     for n, latest in zip(odd, ("2", "1", "1", "1")):
         assert f"{n:<30} latest v{latest}" in listed, listed
         rows = registry.list_versions(n)
-        assert [r["version"] for r in rows] == [str(v) for v in range(int(latest), 0, -1)]
-        assert {registry.client().get_model_version(n, r["version"]).name for r in rows} == {n}
+        assert [r.version for r in rows] == [str(v) for v in range(int(latest), 0, -1)]
+        assert {registry.client().get_model_version(n, r.version).name for r in rows} == {n}
         assert main(["models", "show", n]) == 0
         assert capsys.readouterr().out.startswith(f"{n} v{latest}")
     app = create_app(ConsoleSettings(host="127.0.0.1"), None, Settings(home=tmp_path / ".pillars"))

@@ -14,6 +14,7 @@ import pytest
 
 from pillars.components import registry
 from pillars.components.errors import RegistryError
+from pillars.components.records import GateDecision
 from pillars.components.registry.register import promote, promote_gated, register_model
 from pillars.components.registry import ChampionMoved, LockTiming, RegistryUnavailable
 from pillars.components.task import load_task
@@ -121,8 +122,7 @@ def test_the_worse_candidate_never_replaces_a_better_champion(name, model_dir):
     def regate_for(version: str):
         def regate():
             champion = registry.alias_version(name, registry.CHAMPION)
-            decision = gate({"accuracy": scores[version]}, task, {}, 0.0, scores[champion], champion)
-            return decision.approved, champion, "; ".join(decision.reasons)
+            return gate({"accuracy": scores[version]}, task, {}, 0.0, scores[champion], champion)
         return regate
 
     start = threading.Barrier(2)
@@ -130,7 +130,7 @@ def test_the_worse_candidate_never_replaces_a_better_champion(name, model_dir):
 
     def run(version: str) -> None:
         start.wait()
-        results[version] = promote_gated(name, version, "approved against v1", "1", regate_for(version),
+        results[version] = promote_gated(name, version, GateDecision(True, ["approved against v1"], "1"), regate_for(version),
                                          timing=FAST)
 
     threads = [threading.Thread(target=run, args=(v,)) for v in ("2", "3")]
@@ -143,7 +143,7 @@ def test_the_worse_candidate_never_replaces_a_better_champion(name, model_dir):
     moves = _champion_moves(name)
     assert ("2", "3") not in moves and moves[-1][1] == "2", moves
     # and deterministically: v3, gated against v1, finds v2 champion, is gated again and refused
-    assert promote_gated(name, "3", "approved against v1", "1", regate_for("3"), timing=FAST) is False
+    assert promote_gated(name, "3", GateDecision(True, ["approved against v1"], "1"), regate_for("3"), timing=FAST) is False
     assert registry.alias_version(name, registry.CHAMPION) == "2" and _champion_moves(name) == moves
 
 

@@ -16,6 +16,7 @@ from pillars.components import registry
 from pillars.components.errors import DataError
 from pillars.components.model.predictor import save_model
 from pillars.components.data.prepare import PrepareParams, load_metadata, prepare, run_prepare
+from pillars.components.records import GateDecision
 from pillars.components.registry.register import downloaded_version, run_register
 from pillars.components.task import load_task
 from pillars.components.registry.tracking import ensure_experiment
@@ -105,7 +106,7 @@ def test_a_model_registered_by_the_register_step_goes_to_s3_and_comes_back(moto_
     with mlflow.start_run(experiment_id=ensure_experiment(name)) as run:
         pass
     version = run_register(str(model_dir), metadata_path, paths["test"], name, run.info.run_id, "kfp-1",
-                           True, "thresholds passed", mlflow_on_s3)
+                           GateDecision(True, ["thresholds passed"]), mlflow_on_s3)
     assert registry.alias_version(name, registry.CHALLENGER) == version == "1"
 
     keys = [o["Key"] for o in moto_s3.client().list_objects_v2(Bucket=bucket, Prefix="mlflow/")["Contents"]]

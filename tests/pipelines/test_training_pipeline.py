@@ -118,10 +118,10 @@ def test_retraining_resolves_the_task_warm_starts_and_promotes_only_if_better(sp
     # The module's trained spine is the champion to retrain (after the test above, which leaves v1 champion).
     champion = registry.alias_version(SPINE, registry.CHAMPION)
     first = _test_metrics(SPINE, champion)["test_accuracy"]
-    before = {v["version"] for v in registry.list_versions(SPINE)}
+    before = {v.version for v in registry.list_versions(SPINE)}
 
     run_local(retraining_pipeline(), {"model_name": SPINE, "epochs": 30})
-    [new] = {v["version"] for v in registry.list_versions(SPINE)} - before
+    [new] = {v.version for v in registry.list_versions(SPINE)} - before
     retrained = registry.client().get_model_version(SPINE, new)
     run = registry.client().get_run(retrained.run_id)
     assert run.data.tags["pillars.warm_started_from"] == f"{SPINE}/{champion}"
