@@ -322,7 +322,7 @@ class Workloads:
 
 def encoded(w: Workload, split: str, device: Any, rows: int | None = None) -> tuple[dict[str, Any], Any]:
     """A split encoded once by the task and moved to ``device``, as ``fit()`` does."""
-    from pillars.components.data.prepare import inputs_of
+    from pillars.components.data.splits import inputs_of
 
     examples = {k: v[:rows] for k, v in w.splits[split].items()} if rows else w.splits[split]
     x = w.task.encode(inputs_of(w.task, w.prep, examples), w.prep)
@@ -517,7 +517,7 @@ def pipeline_steps(w: Workload, x: dict[str, Any], y: Any, device: Any, steps: i
 
 
 def input_pipeline(sizes: Sizes, device: Any, workloads: Workloads) -> dict[str, Any]:
-    from pillars.components.data.prepare import inputs_of
+    from pillars.components.data.splits import inputs_of
 
     out: dict[str, Any] = {}
     for name in ("digits", "text"):
@@ -542,8 +542,8 @@ def ddp(sizes: Sizes, device: Any, work: Path, timeout: float) -> dict[str, Any]
     import torch
 
     from pillars.components.training.fit import TrainParams, fit
-    from pillars.components.data.prepare import (PrepareParams, load_metadata, load_split, prepare,
-                                                 save_metadata, save_split)
+    from pillars.components.data.prepare import PrepareParams, prepare
+    from pillars.components.data.splits import load_metadata, load_split, save_metadata, save_split
 
     data = prepare(PrepareParams(task=DIGITS, task_args=json.dumps(sizes.digits_args)))
     # fit() under DDP averages each process's mean loss: the two halves of a global batch weigh the same only
@@ -642,7 +642,7 @@ def ddp_worker(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from pillars.components.training.fit import TrainParams, fit
-    from pillars.components.data.prepare import load_metadata, load_split
+    from pillars.components.data.splits import load_metadata, load_split
 
     try:
         params = TrainParams(**json.loads(args.params))

@@ -23,7 +23,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from sklearn.datasets import make_classification
 
-from pillars.components.data.prepare import PrepareParams, prepare, save_metadata, save_split, task_of
+from pillars.components.data.prepare import PrepareParams, prepare
+from pillars.components.data.splits import save_metadata, save_split, task_of
 from pillars.components.settings import Settings
 from pillars.components.registry.tracking import configure_tracking
 from pillars.components.training.fit import TrainParams, init_model

@@ -1,10 +1,9 @@
 """Step 1, data preparation, through the task API: load and split the task's data, fit its preprocessing
 on the train split, profile the train split's drift features.
 
-The splits are written as ``.npz`` files of the task's named arrays (``allow_pickle=False``: strings are
-numpy unicode arrays); the metadata JSON names the task (``package.module:attribute`` and its arguments)
-and carries what preprocessing learned, the data hash, the split sizes and the drift profile that every
-registered model keeps as ``data_profile.json``.
+The splits and the metadata are written in the format of :mod:`pillars.components.data.splits`, which
+the later steps read; the metadata carries the drift profile every registered model keeps as
+``data_profile.json``.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +20,7 @@ from pillars.components.errors import ConfigError, DataError
 from pillars.components.task.examples import row_count
 from pillars.components.model.predictor import drift_matrix
 from pillars.components.data.profile import drift_profile
+from pillars.components.data.splits import storable, inputs_of, save_metadata, save_split
 from pillars.components.registry.references import default_model_name
 from pillars.components.task import (
     DataParams,
@@ -94,16 +93,6 @@ class PreparedData:
     task: Task
 
 
-def input_names(task: Task, prep: Preprocessing) -> list[str]:
-    """The task's request input names, as its signature lists them."""
-    return [s.name for s in task.signature(prep).inputs]
-
-
-def inputs_of(task: Task, prep: Preprocessing, examples: Examples) -> Examples:
-    """The columns of ``examples`` that are the task's inputs (optional ones only when present)."""
-    return {n: examples[n] for n in input_names(task, prep) if n in examples}
-
-
 def task_profile(task: Task, train: Examples, prep: Preprocessing, seed: int = 0) -> dict[str, Any]:
     """The drift profile of the train split: the task's drift features of its inputs, its label profile."""
     names, matrix = drift_matrix(task, inputs_of(task, prep, train), prep)
@@ -130,7 +119,7 @@ def prepare(params: PrepareParams) -> PreparedData:
                             f"{[s.name for s in signature.inputs]}")
         if check_examples(split, list(dict.fromkeys(required + present)), f"{reference} {name} split") == 0:
             raise DataError(f"{reference}: the {name} split is empty")
-    splits = {name: _storable(split, f"{reference} {name} split") for name, split in data.splits().items()}
+    splits = {name: storable(split, f"{reference} {name} split") for name, split in data.splits().items()}
     info = _json_ready(data.info)
     metadata = {
         "task": reference,
@@ -147,22 +136,6 @@ def prepare(params: PrepareParams) -> PreparedData:
         "profile": task_profile(task, splits["train"], prep, params.seed),
     }
     return PreparedData(splits, metadata, task)
-
-
-def _storable(split: Examples, where: str) -> Examples:
-    """Every column as an array ``np.savez`` writes without pickle (strings as numpy unicode)."""
-    result = {}
-    for name, value in split.items():
-        array = np.asarray(value)
-        if array.dtype.kind == "O":
-            try:
-                array = array.astype(str) if all(isinstance(v, str) for v in array.reshape(-1)) else array
-            except (TypeError, ValueError):
-                pass
-        if array.dtype.kind == "O":
-            raise DataError(f"{where}: column {name!r} holds Python objects; give numbers or strings")
-        result[name] = array
-    return result
 
 
 def hash_examples(splits: Mapping[str, Examples]) -> str:
@@ -187,33 +160,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON-ready")
-
-
-def save_split(path: str | Path, examples: Examples) -> None:
-    """Write one split as ``.npz`` of its named arrays; ``path`` is used as given."""
-    with open(path, "wb") as f:
-        np.savez(f, **_storable(examples, str(path)))
-
-
-def load_split(path: str | Path) -> Examples:
-    """Read a split written by :func:`save_split` (no pickle)."""
-    with np.load(path, allow_pickle=False) as data:
-        return {name: data[name] for name in data.files}
-
-
-def save_metadata(path: str | Path, metadata: dict[str, Any]) -> None:
-    """Write the metadata (with profile) as JSON."""
-    Path(path).write_text(json.dumps(metadata, indent=1))
-
-
-def load_metadata(path: str | Path) -> dict[str, Any]:
-    """Read metadata written by :func:`save_metadata`."""
-    return json.loads(Path(path).read_text())
-
-
-def task_of(metadata: Mapping[str, Any]) -> Task:
-    """The task a prepared data set was made by (its reference and arguments, from the metadata)."""
-    return load_task(metadata["task"], metadata.get("task_args") or {})
 
 
 def run_prepare(params: PrepareParams, train_path: str, val_path: str, test_path: str, metadata_path: str) -> str:

@@ -21,7 +21,7 @@ from pillars.components.task.examples import input_columns, row_count, take
 from pillars.components.training.fit import load_history
 from pillars.components.model.predictor import Predictor, load_predictor
 from pillars.components.records import as_test_metric
-from pillars.components.data.prepare import load_split
+from pillars.components.data.splits import load_split
 from pillars.components.task import Examples, Outputs
 from pillars.components.registry.tracking import configure_tracking
 

@@ -24,7 +24,7 @@ from pillars.components.errors import ConfigError, RegistryError
 from pillars.components.evaluation.evaluate import split_metrics
 from pillars.components.model.predictor import Predictor, load_predictor
 from pillars.components.records import GateDecision, as_test_metric
-from pillars.components.data.prepare import load_metadata, load_split, task_of
+from pillars.components.data.splits import load_metadata, load_split, task_of
 from pillars.components.registry.register import champion_version, downloaded_version
 from pillars.components.registry import (Identity, RegistryUnavailable, TaskMismatch, client, identity, mismatch,
                                          signature_key)

@@ -21,7 +21,7 @@ from pillars.components.errors import RegistryError
 from pillars.components.model.mlflow_model import EXAMPLE_ROWS, log_pillars_model
 from pillars.components.model.predictor import PROFILE_FILE
 from pillars.components.records import GateDecision
-from pillars.components.data.prepare import load_metadata, load_split, task_of
+from pillars.components.data.splits import load_metadata, load_split, task_of
 from pillars.components.task import Examples
 from pillars.components.registry import (ANY, CHALLENGER, CHAMPION, SIGNATURE_TAG, AnyVersion, ChampionMoved,
                                          LockTiming, RegistryUnavailable, alias_version, check_same_task, client,

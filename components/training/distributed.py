@@ -24,7 +24,7 @@ from pillars.components.errors import PillarsError
 from pillars.components.devices import pick_device
 from pillars.components.training.fit import TrainParams, fit, write_model
 from pillars.components.model.predictor import load_predictor
-from pillars.components.data.prepare import load_metadata, load_split
+from pillars.components.data.splits import load_metadata, load_split
 from pillars.components.registry.tracking import EpochLogger
 
 RESULT_FILE = "train_result.json"

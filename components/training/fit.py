@@ -29,7 +29,7 @@ from pillars.components.training.checkpoints import CheckpointWriter, load_check
 from pillars.components.devices import pick_device
 from pillars.components.errors import ConfigError
 from pillars.components.model.predictor import save_model
-from pillars.components.data.prepare import inputs_of, task_of
+from pillars.components.data.splits import inputs_of, task_of
 from pillars.components.task import Examples, Preprocessing, Task
 
 logger = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from pillars.components.errors import ConfigError
 from pillars.components.evaluation.evaluate import learning_curve_figure
 from pillars.components.training.fit import TrainParams, fingerprint, fit, load_history, write_model
 from pillars.components.model.predictor import load_predictor
-from pillars.components.data.prepare import load_metadata, load_split, task_of
+from pillars.components.data.splits import load_metadata, load_split, task_of
 from pillars.components.task import Signature
 from pillars.components.registry.references import check_model_name
 from pillars.components.registry.register import champion_version, downloaded_version

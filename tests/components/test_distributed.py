@@ -10,7 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from pillars.components.training.distributed import DistributedTrainingError, launch_local, worker_args
 from pillars.components.model.predictor import load_predictor
-from pillars.components.data.prepare import PrepareParams, load_metadata, load_split, run_prepare
+from pillars.components.data.prepare import PrepareParams, run_prepare
+from pillars.components.data.splits import load_metadata, load_split
 from pillars.components.training.fit import TrainParams, fit
 from pillars.components.training.train import run_training
 

@@ -11,7 +11,8 @@ import pytest
 
 from pillars.components.errors import ConfigError, DataError
 from pillars.components.model.predictor import drift_matrix
-from pillars.components.data.prepare import PrepareParams, load_metadata, load_split, prepare, run_prepare
+from pillars.components.data.prepare import PrepareParams, prepare, run_prepare
+from pillars.components.data.splits import load_metadata, load_split
 from pillars.components.data.profile import build_profile
 from pillars.components.task import TaskNotFound
 
@@ -162,7 +163,7 @@ def test_the_profile_describes_the_train_splits_drift_features():
 
 
 def test_strings_are_saved_as_numpy_unicode_and_read_without_pickle(tmp_path):
-    from pillars.components.data.prepare import save_split
+    from pillars.components.data.splits import save_split
 
     save_split(tmp_path / "s.npz", {"text": np.asarray(["ok", "naïve"], dtype=object), "y": np.arange(2)})
     split = load_split(tmp_path / "s.npz")

@@ -15,7 +15,8 @@ from sklearn.datasets import load_breast_cancer
 from pillars.components import registry
 from pillars.components.errors import DataError
 from pillars.components.model.predictor import save_model
-from pillars.components.data.prepare import PrepareParams, load_metadata, prepare, run_prepare
+from pillars.components.data.prepare import PrepareParams, prepare, run_prepare
+from pillars.components.data.splits import load_metadata
 from pillars.components.records import GateDecision
 from pillars.components.registry.register import downloaded_version, run_register
 from pillars.components.task import load_task

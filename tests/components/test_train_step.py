@@ -14,7 +14,7 @@ from pillars.components.data.prepare import PrepareParams, run_prepare
 from pillars.components.training.checkpoints import CHECKPOINT
 from pillars.components.training.fit import TrainParams
 from pillars.components.training.train import checkpoint_dir_for, run_training
-from pillars.components.data.prepare import load_metadata
+from pillars.components.data.splits import load_metadata
 
 _STEP = textwrap.dedent("""
     import sys

@@ -121,3 +121,11 @@ def test_folders_import_each_other_only_in_the_direction_the_loop_runs():
                    if target.split(".")[1] not in ALLOWED[module.split(".")[1]])
     assert not wrong, wrong
 
+
+def test_training_never_imports_the_data_step():
+    """Training reads prepared splits through their format (:mod:`pillars.components.data.splits`); the
+    data step (:mod:`pillars.components.data.prepare`) is a pipeline step of its own."""
+    graph = import_graph()
+    training = [name for name in graph if name.startswith("pillars.components.training")]
+    assert training
+    assert not [name for name in training if "pillars.components.data.prepare" in graph[name]]
