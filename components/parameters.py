@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
@@ -234,12 +235,12 @@ def check_choices(table: Sequence[Parameter], values: Mapping[str, Any]) -> None
             raise ConfigError(f"{p.name} must be {allowed}, got {values[p.name]!r}")
 
 
-def help_lines(pipeline: str) -> list[str]:
-    """One line per parameter of ``pipeline``: ``name=default (type)  help`` (``pillars run --help``)."""
+def help_lines(pipeline: str, width: int = 100) -> list[str]:
+    """``name=default  help`` for each parameter of ``pipeline``, wrapped at ``width`` (``pillars run --help``)."""
     lines = []
     for p in parameters(pipeline):
-        value = "(required)" if p.required else f"={json.dumps(p.default) if p.type is str else p.default}"
-        lines.append(f"  {p.name}{value}  {p.help}")
+        value = " (required)" if p.required else f"={json.dumps(p.default) if p.type is str else p.default}"
+        lines += textwrap.wrap(f"{p.name}{value}  {p.help}", width, initial_indent="  ", subsequent_indent="      ")
     return lines
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from pillars.components.errors import ConfigError, RegistryError
 from pillars.components.evaluate import split_metrics
+from pillars.components.parameters import parse_json_object
 from pillars.components.predictor import Predictor, load_predictor
 from pillars.components.prepare_data import load_metadata, load_split, task_of
 from pillars.components.register import champion_version, downloaded_version
@@ -55,12 +56,8 @@ def parse_thresholds(text: str, task: Task | None) -> dict[str, float]:
     """
     if not text.strip():
         return dict(task.thresholds) if task is not None else {}
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"thresholds must be a JSON object like '{{\"accuracy\": 0.9}}': {e}") from e
-    if not isinstance(data, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                             and math.isfinite(v) for v in data.values()):
+    data = parse_json_object("thresholds", text, '{"accuracy": 0.9}')
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in data.values()):
         raise ConfigError(f"thresholds must map metric names to finite numbers, got {text!r}")
     if not data:
         raise ConfigError("thresholds {} sets no minimum at all; leave thresholds empty for the task's defaults, "
