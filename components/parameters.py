@@ -230,8 +230,8 @@ def check_choices(table: Sequence[Parameter], values: Mapping[str, Any]) -> None
     """
     for p in table:
         if p.choices and p.name in values and values[p.name] not in p.choices:
-            *rest, last = [repr(c) for c in p.choices]
-            allowed = f"{', '.join(rest)} or {last}" if rest else last
+            names = [repr(c) for c in p.choices]
+            allowed = " or ".join(names) if len(names) <= 2 else f"one of {', '.join(names)}"
             raise ConfigError(f"{p.name} must be {allowed}, got {values[p.name]!r}")
 
 
