@@ -19,6 +19,7 @@ from pillars.components.errors import ConfigError, PillarsError, one_line
 from pillars.components.records import VersionRecord
 from pillars.components.registry.references import ModelRef, check_model_name, default_model_name
 from pillars.pipelines.compile import PIPELINES, compile_pipeline, parse_params, pipeline_factory, task_params
+from pillars.pipelines.parameters import KSERVE_MODES, add_cluster_flags, cluster_options
 
 
 def cron_expression(text: str) -> str:
@@ -99,16 +100,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 def cmd_compile(args: argparse.Namespace) -> int:
     params = [*args.param, *task_params(args.task, args.task_arg, args.param)]
     out = compile_pipeline(args.pipeline, args.output, args.as_k8s, params, args.namespace,
-                           image=args.image, **_cluster_options(args))
+                           image=args.image, **cluster_options(args))
     print(f"wrote {out}")
     return 0
-
-
-def _cluster_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"gpus": args.gpus, "accelerator": args.accelerator, "checkpoint_pvc": args.checkpoint_pvc,
-            "s3_secret": args.s3_secret, "deploy_namespace": args.deploy_namespace, "canary_percent": args.canary,
-            "kserve_mode": args.kserve_mode, "serving_gpus": args.serving_gpus,
-            **({"mlflow_secret": args.mlflow_secret} if args.mlflow_secret is not None else {})}
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -124,7 +118,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     check_arguments(pipeline, arguments, load=False)  # the task's package is in the image, maybe not here
     caching = False if args.no_cache else None
     with tempfile.TemporaryDirectory() as tmp:
-        package = compile_pipeline(args.pipeline, os.path.join(tmp, "pipeline.yaml"), **_cluster_options(args))
+        package = compile_pipeline(args.pipeline, os.path.join(tmp, "pipeline.yaml"), **cluster_options(args))
         try:
             client = kfp.Client(host=args.host, namespace=args.namespace)
         except Exception as e:  # kfp raises urllib3/requests errors of many kinds here
@@ -366,67 +360,86 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``pillars`` parser: one sub-parser per command, each built by its ``_add_*`` function."""
     parser = argparse.ArgumentParser(prog="pillars", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_run, _add_optimize, _add_compile, _add_submit, _add_models, _add_demo, _add_tasks, _add_serve,
+                _add_up, _add_console, _add_down, _add_alerts, _add_trigger, _add_deploy):
+        add(sub)
+    return parser
 
-    def pipeline_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument("pipeline", choices=PIPELINES, help="which pipeline")
 
-    def param_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--param", action="append", default=[], metavar="K=V",
-                       help="pipeline parameter (repeatable), e.g. --param epochs=10")
+Subparsers = Any  # argparse's _SubParsersAction, which argparse does not name publicly
 
-    def task_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--task", help="an installed task's name (pillars tasks) or package.module:attribute "
-                                      "(same as --param task=...)")
-        p.add_argument("--task-arg", action="append", default=[], metavar="K=V",
-                       help="a task constructor argument (repeatable), V as JSON else a string; merged into "
-                            "--param task_args='{...}' (the flag wins)")
 
-    def cluster_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--gpus", type=int, default=0, help="GPUs for the train step (default 0)")
-        p.add_argument("--accelerator", default="nvidia.com/gpu", help="accelerator resource name")
-        p.add_argument("--checkpoint-pvc", default="", help="PVC mounted at /checkpoints so retries resume")
-        p.add_argument("--s3-secret", default="", help="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
-        p.add_argument("--mlflow-secret", default=None,
-                       help="Secret with the MLflow username/password (the chart's <release>-mlflow-auth; "
-                            "default: PILLARS_MLFLOW_SECRET_NAME)")
-        p.add_argument("--deploy-namespace", default="", help="deploy approved models there (KServe)")
-        p.add_argument("--canary", type=int, default=0, metavar="PERCENT", help="canary share before full traffic")
-        p.add_argument("--kserve-mode", choices=["Knative", "Standard"], default="Knative")
-        p.add_argument("--serving-gpus", type=int, default=0, help="GPUs per model-server replica")
+def _pipeline_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pipeline", choices=PIPELINES, help="which pipeline (its parameters are listed below)")
 
-    p = sub.add_parser("run", help="run a pipeline on this machine (kfp.local)")
-    pipeline_arg(p)
-    task_args(p)
-    param_arg(p)
+
+def _param_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--param", action="append", default=[], metavar="K=V",
+                   help="pipeline parameter (repeatable), e.g. --param epochs=10")
+
+
+def _task_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", help="an installed task's name (pillars tasks) or package.module:attribute "
+                                  "(same as --param task=...)")
+    p.add_argument("--task-arg", action="append", default=[], metavar="K=V",
+                   help="a task constructor argument (repeatable), V as JSON else a string; merged into "
+                        "--param task_args='{...}' (the flag wins)")
+
+
+def _parameters_epilog() -> str:
+    """Every pipeline's parameters, from :mod:`pillars.components.parameters` (the help of run/compile/submit)."""
+    from pillars.components.parameters import help_lines
+
+    blocks = [f"{name} parameters (--param NAME=VALUE):\n" + "\n".join(help_lines(name)) for name in PIPELINES]
+    return "\n\n".join(blocks)
+
+
+def _pipeline_parser(sub: Subparsers, name: str, help: str) -> argparse.ArgumentParser:
+    """A command that takes a pipeline and its parameters; its help lists them."""
+    p = sub.add_parser(name, help=help, description=help, epilog=_parameters_epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _pipeline_arg(p)
+    return p
+
+
+def _add_run(sub: Subparsers) -> None:
+    p = _pipeline_parser(sub, "run", "run a pipeline on this machine (kfp.local)")
+    _task_args(p)
+    _param_arg(p)
     p.add_argument("--no-cache", action="store_true", help="run every step, even the data step")
     p.add_argument("-v", "--verbose", dest="show_logs", action="store_true",
                    help="print every step's full output (it always goes to the log file)")
     p.add_argument("--runner", action="store_true", help=argparse.SUPPRESS)  # the child of run_in_own_group
     p.set_defaults(func=cmd_run)
 
+
+def _add_optimize(sub: Subparsers) -> None:
     p = sub.add_parser("optimize", help="make ONNX/int8/pruned/distilled variants of a registered model (kfp.local)")
     p.add_argument("model", help="models:/NAME@champion or models:/NAME/VERSION")
     p.add_argument("--variants", default="", help="comma-separated subset (default: all)")
-    param_arg(p)
+    _param_arg(p)
     p.add_argument("-v", "--verbose", dest="show_logs", action="store_true", help="print every step's full output")
     p.set_defaults(func=cmd_optimize)
 
-    p = sub.add_parser("compile", help="compile a pipeline to KFP YAML")
-    pipeline_arg(p)
+
+def _add_compile(sub: Subparsers) -> None:
+    p = _pipeline_parser(sub, "compile", "compile a pipeline to KFP YAML")
     p.add_argument("-o", "--output", required=True, help="output YAML file")
     p.add_argument("--as-k8s", action="store_true", help="emit Pipeline/PipelineVersion custom resources")
     p.add_argument("--namespace", default=None, help="namespace of the --as-k8s resources")
     p.add_argument("--image", help="components image (default: PILLARS_IMAGE or the release image)")
-    cluster_args(p)
-    task_args(p)
-    param_arg(p)
+    add_cluster_flags(p)
+    _task_args(p)
+    _param_arg(p)
     p.set_defaults(func=cmd_compile)
 
-    p = sub.add_parser("submit", help="submit a pipeline run to a Kubeflow Pipelines cluster")
-    pipeline_arg(p)
+
+def _add_submit(sub: Subparsers) -> None:
+    p = _pipeline_parser(sub, "submit", "submit a pipeline run to a Kubeflow Pipelines cluster")
     p.add_argument("--host", required=True, help="KFP API URL")
     p.add_argument("--experiment", default="pillars", help="KFP experiment (default pillars)")
     p.add_argument("--namespace", default=None, help="Kubeflow namespace (multi-user installs)")
@@ -435,11 +448,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--service-account", default=None,
                    help="service account of the run (the chart's pillars-pipeline-runner to deploy)")
     p.add_argument("--no-cache", action="store_true")
-    cluster_args(p)
-    task_args(p)
-    param_arg(p)
+    add_cluster_flags(p)
+    _task_args(p)
+    _param_arg(p)
     p.set_defaults(func=cmd_submit)
 
+
+def _add_models(sub: Subparsers) -> None:
     p = sub.add_parser("models", help="browse and manage the MLflow model registry")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     actions.add_parser("list", help="registered models and their aliases")
@@ -461,6 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("version", nargs="?", help="one version (default: every version that needs it)")
     p.set_defaults(func=cmd_models)
 
+
+def _add_demo(sub: Subparsers) -> None:
     p = sub.add_parser("demo", help="train, register and serve a model on this machine")
     p.add_argument("--task", default="breast_cancer", help="an installed task's name or package.module:attribute")
     p.add_argument("--task-arg", action="append", default=[], metavar="K=V",
@@ -469,38 +486,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-serve", action="store_true", help="stop after training and registration")
     p.set_defaults(func=cmd_demo)
 
+
+def _add_tasks(sub: Subparsers) -> None:
     p = sub.add_parser("tasks", help="list the installed tasks (entry points pillars.tasks)")
     p.set_defaults(func=cmd_tasks)
 
-    p = sub.add_parser("serve", help="serve a model with the KServe model server (HTTP + gRPC)",
-                       add_help=False)
+
+def _add_serve(sub: Subparsers) -> None:
+    p = sub.add_parser("serve", help="serve a model with the KServe model server (HTTP + gRPC)", add_help=False)
     p.add_argument("model_uri", help="models:/NAME@alias, models:/NAME/VERSION, s3://..., or a folder")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_serve)
 
+
+def _add_up(sub: Subparsers) -> None:
     p = sub.add_parser("up", help="start the local stack: MLflow, model server, Prometheus, Alertmanager, trigger")
     p.add_argument("--model", required=True, help="registered model whose champion is served and watched")
     p.add_argument("--ports", default="", help="overrides, e.g. mlflow=5001,http=8090,prometheus=9091")
     p.add_argument("--fast", action="store_true", help="react in seconds (scrape 1s, drift alert after 5s)")
-    param_arg(p)
+    _param_arg(p)
     p.set_defaults(func=cmd_up)
 
+
+def _add_console(sub: Subparsers) -> None:
     p = sub.add_parser("console", help="the web console: pipelines, runs, models, endpoints", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER, help="the console's own flags (pillars console --help)")
     p.set_defaults(func=cmd_console)
 
+
+def _add_down(sub: Subparsers) -> None:
     p = sub.add_parser("down", help="stop the local stack")
     p.set_defaults(func=cmd_down)
 
+
+def _add_alerts(sub: Subparsers) -> None:
     p = sub.add_parser("alerts", help="print the alert rules (Prometheus rules file, or the chart's source)")
     p.add_argument("--helm", action="store_true", help="with Helm value placeholders (helm/pillars/files/alert-rules.yaml)")
     p.add_argument("-o", "--output", help="write to this file")
     p.set_defaults(func=cmd_alerts)
 
+
+def _add_trigger(sub: Subparsers) -> None:
     p = sub.add_parser("trigger", help="receive Alertmanager webhooks and start retraining runs", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_trigger)
 
+
+def _add_deploy(sub: Subparsers) -> None:
     p = sub.add_parser("deploy", help="deploy a registered model as a KServe InferenceService",
                        description="Deploy a registered model version as a KServe InferenceService (server-side "
                                    "apply), wait for Ready, roll back on failure.")
@@ -509,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="namespace of the platform release (default: PILLARS_NAMESPACE, else pillars)")
     p.add_argument("--gpu", nargs="?", type=int, const=1, default=0, help="GPUs per replica (flag alone: 1)")
     p.add_argument("--canary", type=int, metavar="PERCENT", help="traffic share for the new revision")
-    p.add_argument("--mode", choices=["Knative", "Standard"], default="Knative", help="KServe deployment mode")
+    p.add_argument("--mode", choices=KSERVE_MODES, default="Knative", help="KServe deployment mode")
     p.add_argument("--kserve-version", default="0.15", help="decides the mode annotation's spelling")
     p.add_argument("--name", default="", help="InferenceService name (default: from the model name)")
     p.add_argument("--mlflow-uri", default=None,
@@ -518,7 +550,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the object; touch no cluster")
     p.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     p.set_defaults(func=cmd_deploy)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pillars.components.errors import ConfigError
+from pillars.components.parameters import parse_json_object
 
 PIPELINES = ("training", "retraining", "optimize")
 
@@ -58,13 +59,8 @@ def task_params(task: str | None, task_args: Sequence[str], params: Sequence[str
     merged: dict[str, Any] = {}
     for pair in params:
         key, _, raw = pair.partition("=")
-        if key.strip() == "task_args" and raw.strip():
-            try:
-                merged = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"task_args must be a JSON object: {e}") from e
-            if not isinstance(merged, dict):
-                raise ConfigError(f"task_args must be a JSON object, got {raw!r}")
+        if key.strip() == "task_args":
+            merged = parse_json_object("task_args", raw, '{"hidden": 64}')
     for pair in task_args:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():

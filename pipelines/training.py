@@ -5,7 +5,6 @@ GPUs); the pipeline's own parameters are what users set per run (``--param k=v``
 """
 
 
-import dataclasses
 from typing import Any
 
 from kfp import dsl, kubernetes
@@ -15,11 +14,15 @@ from pillars.components.training.fit import TrainParams
 from pillars.components.ops import Components, components
 from pillars.components.optimize.variants import step_defaults
 from pillars.components.optimize.op import optimize_component
+from pillars.components.parameters import TRAINING, check_choices, parameters, pipeline_function, step_arguments
 from pillars.components.data.prepare import PrepareParams
 from pillars.components.registry.references import check_model_name, default_model_name
 from pillars.components.settings import Settings
 from pillars.components.task import DataParams, task_reference
 from pillars.components.evaluation.gate import check_margin, check_task_owner, parse_thresholds
+from pillars.pipelines.parameters import ClusterOptions
+
+__all__ = ["ClusterOptions", "check_arguments", "check_model_owner", "retraining_pipeline", "training_pipeline"]
 
 PIPELINE_NAME = "pillars-training"
 
@@ -28,106 +31,30 @@ CHECKPOINT_MOUNT = "/checkpoints"
 RETRAINING_NAME = "pillars-retraining"
 
 
-PARAMETER_HELP = """Pipeline parameters (KFP shows these as the parameters' descriptions, the console as field help).
-
-Args:
-    task: An installed task's name (pillars tasks lists them: breast_cancer, digits, diabetes, tabular_classification, ...) or your own as package.module:attribute.
-    task_args: The task's constructor arguments as a JSON object, e.g. {"hidden_sizes": [64]}; empty: none.
-    source: Your data: a CSV or Parquet file, local or s3://; empty for a built-in task.
-    label_column: The label column of your data (tasks that read your table).
-    model_name: Registered model name; empty: the task's name (the attribute's name for package.module:attribute).
-    warm_start: Start from the champion's weights when its inputs match.
-    epochs: Maximum training epochs (early stopping may end sooner).
-    batch_size: Rows per batch (per process with nproc > 1).
-    learning_rate: AdamW learning rate.
-    weight_decay: AdamW weight decay.
-    dropout: Probability of every dropout layer of the model, in [0, 1); -1 keeps the task's own.
-    seed: Random seed of the split and the initial weights.
-    patience: Epochs without validation improvement before stopping.
-    nproc: Data-parallel processes per node (DDP).
-    nodes: Nodes of a Kubeflow Trainer TrainJob (launcher=trainjob).
-    launcher: local (this pod or machine) or trainjob (Kubeflow Trainer).
-    gpus_per_node: GPUs per TrainJob node.
-    val_fraction: Share of rows for validation, in (0, 0.5).
-    test_fraction: Share of rows for the test split, in (0, 0.5).
-    missing_policy: How missing values are filled: median, mean, zero or drop.
-    balance: Oversample minority classes in the training split.
-    thresholds: JSON minimums for the gate, e.g. {"accuracy": 0.95}; empty: the task's defaults ({} is refused).
-    margin: How much worse than the champion the candidate may be and still be approved, on the primary metric's scale: >= 0, at most 1 for a higher-is-better metric.
-    tracking_uri: MLflow tracking URI; empty: MLFLOW_TRACKING_URI or the local store.
-    checkpoint_root: Where training checkpoints go so a retry resumes.
-    optimize: After a promotion, run the optimize step on the new champion (ONNX, int8, pruned and
-        distilled variants within the accuracy guard; alias edge); off by default.
-    replace_task: Let this run's model replace a champion of another task or input signature under model_name (recorded in the alias history); off by default: such a run is refused before training.
-"""
+PARAMETER_TITLE = "Pipeline parameters (KFP shows these as the parameters' descriptions, the console as field help)."
 
 
-def _documented(func: Any) -> Any:
-    """Give a pipeline function :data:`PARAMETER_HELP` as its docstring (KFP reads parameter descriptions there)."""
-    func.__doc__ = PARAMETER_HELP
-    return func
+def _steps(ops: Components, options: ClusterOptions, table: Any, args: dict[str, Any], task: Any = None,
+           task_args: Any = None) -> None:
+    """prepare -> train -> evaluate -> validate -> register -> (if approved) promote, wired in a pipeline body.
 
-
-@dataclasses.dataclass(frozen=True)
-class ClusterOptions:
-    """Compile-time choices of how the steps run on a cluster (they do nothing under kfp.local).
-
-    Attributes:
-        gpus: GPUs the train step asks for (0: CPU only); the compiled YAML then sets the accelerator
-            type and limit so the cluster schedules the step on a GPU node.
-        accelerator: the accelerator resource name.
-        cache_data: let KFP cache the data step (off for retraining, whose source changes behind a path).
-        checkpoint_pvc: a PVC mounted at ``/checkpoints`` in the train step, so a retried pod resumes
-            from the last epoch (``checkpoint_root`` then defaults to it); TrainJob pods mount it too.
-        s3_secret: a Secret whose ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` every step gets.
-        mlflow_secret: a Secret whose ``username``/``password`` every step gets as
-            ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` (the chart's ``<fullname>-mlflow-auth``;
-            default ``PILLARS_MLFLOW_SECRET_NAME``, which the chart sets on the trigger).
-        deploy_namespace: when set, an approved model is deployed there as a KServe InferenceService
-            after promotion (run the pipeline as the chart's ``pillars-pipeline-runner`` service account).
-        canary_percent: with ``deploy_namespace``, first send this share of traffic to the new model,
-            then (once it is Ready) all of it; 0 skips the canary step.
-        kserve_mode: ``Knative`` or ``Standard`` deployment mode of the InferenceService.
-        serving_gpus: GPUs per model-server replica.
+    Each step takes the run parameters that :mod:`pillars.components.parameters` lists for it (``args``: the
+    pipeline's parameters, ``table`` their definitions); ``task``/``task_args``, when given, replace the
+    parameters (retraining: the resolved task).
     """
-
-    gpus: int = 0
-    accelerator: str = "nvidia.com/gpu"
-    cache_data: bool = True
-    checkpoint_pvc: str = ""
-    s3_secret: str = ""
-    mlflow_secret: str = dataclasses.field(default_factory=lambda: Settings().mlflow_secret_name)
-    deploy_namespace: str = ""
-    canary_percent: int = 0
-    kserve_mode: str = "Knative"
-    serving_gpus: int = 0
-
-    def __post_init__(self) -> None:
-        if self.gpus < 0 or self.serving_gpus < 0:
-            raise ValueError(f"gpus must be >= 0, got {min(self.gpus, self.serving_gpus)}")
-        if not 0 <= self.canary_percent < 100:
-            raise ValueError(f"canary percent must be in [0, 100), got {self.canary_percent}")
-
-
-def _steps(ops: Components, options: ClusterOptions, task: Any, task_args: Any, args: dict[str, Any],
-           warm_start: Any = False) -> None:
-    """prepare -> train -> evaluate -> validate -> register -> (if approved) promote, wired in a pipeline body."""
     uri = args["tracking_uri"]
-    data = ops.prepare_data(task=task, task_args=task_args, source=args["source"],
-                            label_column=args["label_column"], seed=args["seed"],
-                            val_fraction=args["val_fraction"], test_fraction=args["test_fraction"],
-                            missing_policy=args["missing_policy"], balance=args["balance"])
+
+    def given(step: str) -> dict[str, Any]:
+        return step_arguments(step, table, args)
+
+    resolved = {} if task is None else {"task": task, "task_args": task_args}
+    data = ops.prepare_data(**{**given("prepare_data"), **resolved})
     data.set_caching_options(options.cache_data).set_display_name("prepare data")
     _resources(data, cpu="500m", memory="1Gi")
 
     trained = ops.train(train_data=data.outputs["train_data"], val_data=data.outputs["val_data"],
-                        metadata=data.outputs["metadata"], model_name=args["model_name"], epochs=args["epochs"],
-                        batch_size=args["batch_size"], learning_rate=args["learning_rate"],
-                        weight_decay=args["weight_decay"], dropout=args["dropout"], seed=args["seed"],
-                        patience=args["patience"], nproc=args["nproc"], nodes=args["nodes"],
-                        launcher=args["launcher"], gpus_per_node=args["gpus_per_node"], warm_start=warm_start,
-                        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, tracking_uri=uri,
-                        checkpoint_root=args["checkpoint_root"])
+                        metadata=data.outputs["metadata"], kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                        **{"warm_start": False, **given("train")})
     trained.set_caching_options(False).set_retry(num_retries=2, backoff_duration="10s").set_display_name("train")
     _resources(trained, cpu="1", memory="2Gi")
     if options.gpus:
@@ -138,23 +65,21 @@ def _steps(ops: Components, options: ClusterOptions, task: Any, task_args: Any, 
 
     scored = ops.evaluate(model=trained.outputs["model"], train_data=data.outputs["train_data"],
                           val_data=data.outputs["val_data"], test_data=data.outputs["test_data"],
-                          mlflow_run_id=trained.outputs["Output"], tracking_uri=uri)
+                          mlflow_run_id=trained.outputs["Output"], **given("evaluate"))
     scored.set_caching_options(False).set_display_name("evaluate")
     _resources(scored, cpu="500m", memory="1Gi")
 
     gate = ops.validate(metrics_json=scored.outputs["Output"], metadata=data.outputs["metadata"],
-                        test_data=data.outputs["test_data"], model_name=args["model_name"],
-                        thresholds=args["thresholds"], margin=args["margin"], tracking_uri=uri,
-                        replace_task=args["replace_task"])
+                        test_data=data.outputs["test_data"], **given("validate"))
     # Not set_retry: the gate retries a registry outage itself; a parameter error or a task mismatch
     # must fail the run at once, not three times.
     gate.set_caching_options(False).set_display_name("validate (gate)")
     _resources(gate, cpu="500m", memory="1Gi")
 
     registered = ops.register(model=trained.outputs["model"], metadata=data.outputs["metadata"],
-                              test_data=data.outputs["test_data"], model_name=args["model_name"],
-                              mlflow_run_id=trained.outputs["Output"], kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                              decision=gate.outputs["decision"], tracking_uri=uri)
+                              test_data=data.outputs["test_data"], mlflow_run_id=trained.outputs["Output"],
+                              kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, decision=gate.outputs["decision"],
+                              **given("register"))
     registered.set_caching_options(False).set_display_name("register")
     _resources(registered, cpu="250m", memory="512Mi")
 
@@ -162,8 +87,7 @@ def _steps(ops: Components, options: ClusterOptions, task: Any, task_args: Any, 
         promoted = ops.promote(model_name=registered.outputs["model_name"], version=registered.outputs["version"],
                                decision=gate.outputs["decision"], metrics_json=scored.outputs["Output"],
                                metadata=data.outputs["metadata"], test_data=data.outputs["test_data"],
-                               thresholds=args["thresholds"], margin=args["margin"], tracking_uri=uri,
-                               replace_task=args["replace_task"])
+                               **given("promote"))
         promoted.set_caching_options(False).set_display_name("promote to champion")
         _resources(promoted, cpu="250m", memory="256Mi")
         if options.deploy_namespace:
@@ -217,95 +141,47 @@ def _deploy_steps(ops: Components, options: ClusterOptions, registered: Any, uri
 
 
 def training_pipeline(image: str | None = None, **cluster_options: Any) -> Any:
-    """Build the training pipeline whose steps run in ``image`` (default: the ``PILLARS_IMAGE``
-    setting, read now). Keyword arguments: the fields of :class:`ClusterOptions`."""
+    """Build the training pipeline whose steps run in ``image`` (default: the ``PILLARS_IMAGE`` setting,
+    read now). Keyword arguments: the fields of :class:`ClusterOptions`. Its parameters are
+    ``parameters("training")`` of :mod:`pillars.components.parameters`."""
     options = ClusterOptions(**cluster_options)
     ops = components(image or Settings().image)
+    table = parameters("training")
 
-    @dsl.pipeline(name=PIPELINE_NAME,
-                  description="Prepare data, train a PyTorch model, evaluate, gate against the champion, "
-                              "register in MLflow and promote when better.")
-    @_documented
-    def training(
-        task: str = "breast_cancer",
-        task_args: str = "",
-        source: str = "",
-        label_column: str = "",
-        model_name: str = "",
-        epochs: int = 30,
-        batch_size: int = 64,
-        learning_rate: float = 1e-3,
-        weight_decay: float = 1e-4,
-        dropout: float = -1.0,
-        seed: int = 0,
-        patience: int = 5,
-        nproc: int = 1,
-        nodes: int = 1,
-        launcher: str = "local",
-        gpus_per_node: int = 0,
-        val_fraction: float = 0.15,
-        test_fraction: float = 0.15,
-        missing_policy: str = "median",
-        balance: bool = False,
-        thresholds: str = "",
-        margin: float = 0.0,
-        tracking_uri: str = "",
-        checkpoint_root: str = CHECKPOINT_MOUNT if options.checkpoint_pvc else "",
-        optimize: bool = False,
-        replace_task: bool = False,
-    ) -> None:
-        _steps(ops, options, task, task_args, locals())
+    def training(args: dict[str, Any]) -> None:
+        _steps(ops, options, table, args)
 
-    return training
+    return dsl.pipeline(name=PIPELINE_NAME,
+                        description="Prepare data, train a PyTorch model, evaluate, gate against the champion, "
+                                    "register in MLflow and promote when better.")(
+        pipeline_function("training", training, PARAMETER_TITLE, **_build_defaults(options)))
 
 
 def retraining_pipeline(image: str | None = None, **cluster_options: Any) -> Any:
     """Build the retraining pipeline: the training steps for an existing model, on the newest data,
     optionally warm-started from its champion. The data step is never cached: the source is a path
-    or prefix whose newest file changes. ``image`` and keyword arguments: as :func:`training_pipeline`."""
+    or prefix whose newest file changes. ``image`` and keyword arguments: as :func:`training_pipeline`;
+    its parameters are ``parameters("retraining")``."""
     options = ClusterOptions(**{**cluster_options, "cache_data": False})
     ops = components(image or Settings().image)
+    table = parameters("retraining")
 
-    @dsl.pipeline(name=RETRAINING_NAME,
-                  description="Retrain a registered model on the newest data; promote only if better than its champion.")
-    @_documented
-    def retraining(
-        model_name: str,
-        task: str = "",
-        task_args: str = "",
-        source: str = "",
-        label_column: str = "",
-        warm_start: bool = True,
-        epochs: int = 30,
-        batch_size: int = 64,
-        learning_rate: float = 1e-3,
-        weight_decay: float = 1e-4,
-        dropout: float = -1.0,
-        seed: int = 0,
-        patience: int = 5,
-        nproc: int = 1,
-        nodes: int = 1,
-        launcher: str = "local",
-        gpus_per_node: int = 0,
-        val_fraction: float = 0.15,
-        test_fraction: float = 0.15,
-        missing_policy: str = "median",
-        balance: bool = False,
-        thresholds: str = "",
-        margin: float = 0.0,
-        tracking_uri: str = "",
-        checkpoint_root: str = CHECKPOINT_MOUNT if options.checkpoint_pvc else "",
-        optimize: bool = False,
-        replace_task: bool = False,
-    ) -> None:
-        args = dict(locals())
-        resolved = ops.resolve_task(model_name=model_name, task=task, task_args=task_args, tracking_uri=tracking_uri)
+    def retraining(args: dict[str, Any]) -> None:
+        resolved = ops.resolve_task(**step_arguments("resolve_task", table, args))
         resolved.set_caching_options(False).set_display_name("resolve task")
         _resources(resolved, cpu="250m", memory="256Mi")
         _secret_env(options, resolved)
-        _steps(ops, options, resolved.outputs["task"], resolved.outputs["task_args"], args, warm_start=warm_start)
+        _steps(ops, options, table, args, resolved.outputs["task"], resolved.outputs["task_args"])
 
-    return retraining
+    return dsl.pipeline(name=RETRAINING_NAME,
+                        description="Retrain a registered model on the newest data; promote only if better than "
+                                    "its champion.")(
+        pipeline_function("retraining", retraining, PARAMETER_TITLE, **_build_defaults(options)))
+
+
+def _build_defaults(options: ClusterOptions) -> dict[str, Any]:
+    """Parameter defaults the build options decide: checkpoints go to the mounted PVC when there is one."""
+    return {"checkpoint_root": CHECKPOINT_MOUNT} if options.checkpoint_pvc else {}
 
 
 def check_arguments(pipeline: Any, arguments: dict[str, Any], load: bool = True) -> None:
@@ -331,8 +207,7 @@ def check_arguments(pipeline: Any, arguments: dict[str, Any], load: bool = True)
     TrainParams(**pick(TrainParams))
     if merged.get("model_name"):
         check_model_name(str(merged["model_name"]))
-    if merged.get("launcher", "local") not in ("local", "trainjob"):
-        raise ConfigError(f"launcher must be 'local' or 'trainjob', got {merged['launcher']!r}")
+    check_choices(TRAINING, merged)  # launcher, missing_policy
     if int(merged.get("nodes", 1)) > 1 and merged.get("launcher", "local") != "trainjob":
         raise ConfigError("nodes > 1 needs launcher=trainjob (a Kubeflow Trainer TrainJob on a cluster)")
     if "val_fraction" in merged or "test_fraction" in merged:  # also when the task is resolved at run time

@@ -58,7 +58,7 @@ from pillars.components.registry.references import check_model_name
 from pillars.components.registry import CHAMPION, alias_version
 from pillars.components.settings import Settings
 from pillars.pipelines.compile import compile_pipeline, parse_params, pipeline_factory
-from pillars.pipelines.training import ClusterOptions
+from pillars.pipelines.parameters import ClusterOptions, add_cluster_flags, cluster_options, flag_fields
 
 logger = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ KFP_FINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED", "CAN
 def kfp_starter(host: str, experiment: str, params: Sequence[str], namespace: str | None = None,
                 service_account: str | None = None, cluster_options: Mapping[str, Any] | None = None) -> Starter:
     """Starts a run of the retraining pipeline, compiled with ``cluster_options`` (the fields of
-    :class:`pillars.pipelines.training.ClusterOptions`), on a Kubeflow Pipelines cluster."""
+    :class:`pillars.pipelines.parameters.ClusterOptions`), on a Kubeflow Pipelines cluster."""
     options = dict(cluster_options or {})
 
     def start(model: str) -> StartedRun:
@@ -462,27 +462,19 @@ def read_token(token_file: str | None, token: str = "") -> str:
     return token.strip()
 
 
-def _cluster_flags(parser: argparse.ArgumentParser) -> None:
-    """The fields of :class:`ClusterOptions` as flags (``--s3-secret``...), defaults from ``PILLARS_TRIGGER_*``."""
-    group = parser.add_argument_group("cluster options of the compiled retraining pipeline (with --kfp-host)")
-    for field in dataclasses.fields(ClusterOptions):
-        if field.name == "cache_data":
-            continue  # retraining never caches its data step
-        fallback = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        kind, variable = type(fallback), f"PILLARS_TRIGGER_{field.name.upper()}"
+def _cluster_flag_defaults() -> dict[str, Any]:
+    """Defaults of the cluster flags from ``PILLARS_TRIGGER_<FIELD>`` variables (of the field's type)."""
+    defaults = {}
+    for field in flag_fields():
+        variable = f"PILLARS_TRIGGER_{field.name.upper()}"
         env = os.environ.get(variable)
+        kind = type(field.default) if field.default is not dataclasses.MISSING else str
         try:
-            default = kind(env) if env else fallback
+            if env:
+                defaults[field.name] = kind(env)
         except ValueError as e:
             raise ValueError(f"{variable} must be {kind.__name__}, got {env!r}") from e
-        flags = [f"--{field.name.replace('_', '-')}"] + (["--canary"] if field.name == "canary_percent" else [])
-        group.add_argument(*flags, dest=field.name, type=kind, default=default,
-                           help=f"as for `pillars compile` (env {variable})")
-
-
-def cluster_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The :class:`ClusterOptions` fields parsed by :func:`parse_args`."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(ClusterOptions) if hasattr(args, f.name)}
+    return defaults
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -508,7 +500,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--command", default=settings.command or None,
                         help="local command line to run instead of `pillars run retraining` "
                              "(the --param arguments are appended; env PILLARS_TRIGGER_COMMAND)")
-    _cluster_flags(parser)
+    add_cluster_flags(parser, _cluster_flag_defaults(), "cluster options of the compiled retraining pipeline "
+                      "(with --kfp-host)", " (as for `pillars compile`; env PILLARS_TRIGGER_<NAME>)")
     args = parser.parse_args(argv)
     ClusterOptions(**cluster_options(args))  # bad values fail here, not at the first alert
     return args

@@ -9,81 +9,85 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
+import types
+import typing
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pillars.components.errors import PillarsError
 from pillars.components.registry.references import SCHEME, ModelRef
+
+if TYPE_CHECKING:
+    from pillars.serving.settings import ServingSettings
 
 logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """KServe's model-server parser as a parent, plus where the model is and how to serve it."""
+    """KServe's model-server parser as a parent, plus one flag per :class:`ServingSettings` field
+    (:func:`add_settings_flags`) and ``--log_level``."""
     from kserve.model_server import parser as kserve_parser
 
     from pillars.serving.settings import ServingSettings
 
-    env = ServingSettings()
     parser = argparse.ArgumentParser(prog="python -m pillars.serving", parents=[kserve_parser],
                                      description="Serve a Pillars model with the KServe model server.")
     parser.set_defaults(model_name=None, enable_latency_logging=False)
-    parser.add_argument("--model_uri", default=env.model_uri,
-                        help="models:/NAME@alias, models:/NAME/VERSION, runs:/..., s3://... or a folder")
-    parser.add_argument("--model_dir", default=env.model_dir,
-                        help="local model folder (KServe storage initializer: /mnt/models)")
-    parser.add_argument("--host", default=env.host,
-                        help="address the HTTP and gRPC servers listen on (default 127.0.0.1; "
-                             "0.0.0.0 for every interface, as in the container image)")
-    parser.add_argument("--max_rows", type=int, default=env.max_rows,
-                        help="most rows one request may carry (checked on the declared shape, before decoding)")
-    parser.add_argument("--max_queued_rows", type=int, default=env.max_queued_rows,
-                        help="most rows waiting for a forward pass; more are answered 503 / RESOURCE_EXHAUSTED")
-    parser.add_argument("--metrics_open", action="store_true", default=env.metrics_open,
-                        help="serve /metrics without the bearer token even when auth is on")
-    parser.add_argument("--max_batch_size", type=int, default=env.max_batch_size,
-                        help="most rows merged into one forward pass")
-    parser.add_argument("--max_latency_ms", type=float, default=env.max_latency_ms,
-                        help="longest a batch waits for more requests under load")
-    parser.add_argument("--auth_token_file", default=env.auth_token_file,
-                        help="file holding the bearer token (or set PILLARS_SERVING_AUTH_TOKEN)")
-    parser.add_argument("--cpu_threads", type=int, default=env.cpu_threads,
-                        help="torch CPU threads (0: torch's default, one per core)")
-    parser.add_argument("--max_body_bytes", type=int, default=env.max_body_bytes,
-                        help="largest request body / gRPC message")
-    parser.add_argument("--device", default=env.device, help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--no_drift", dest="drift", action="store_false", default=env.drift,
-                        help="do not measure input drift against the model's data profile")
-    parser.add_argument("--drift_method", choices=["jsd", "psi", "ks"], default=env.drift_method,
-                        help="what decides that a feature drifted (default jsd: Jensen-Shannon distance)")
-    parser.add_argument("--drift_threshold", type=float, default=env.drift_threshold,
-                        help="threshold of the method (default: jsd 0.1, psi 0.25, ks p-value 0.05)")
-    parser.add_argument("--drift_share", type=float, default=env.drift_share,
-                        help="share of drifted features at which the model counts as drifting")
-    parser.add_argument("--drift_window", type=int, default=env.drift_window,
-                        help="most recent rows compared with the training profile")
-    parser.add_argument("--drift_min_rows", type=int, default=env.drift_min_rows,
-                        help="rows needed in the window before drift is reported")
-    parser.add_argument("--drift_interval_s", type=float, default=env.drift_interval_s,
-                        help="seconds between drift computations (off the request path)")
-    parser.add_argument("--reload_interval_s", type=float, default=env.reload_interval_s,
-                        help="with models:/NAME@ALIAS: check the alias every N s and swap in a new version "
-                             "(0: off)")
-    parser.add_argument("--max_connections", type=int, default=env.max_connections,
-                        help="most open client connections per server (kept below ulimit -n; at the cap the "
-                             "oldest idle HTTP connection is closed)")
-    parser.add_argument("--header_timeout_s", type=float, default=env.header_timeout_s,
-                        help="seconds a new connection has to send its request head (gRPC: the handshake)")
-    parser.add_argument("--grpc_idle_timeout_s", type=float, default=env.grpc_idle_timeout_s,
-                        help="seconds an idle gRPC connection stays open")
-    parser.add_argument("--allowed_hosts", type=lambda v: [h for h in v.split(",") if h.strip()],
-                        default=env.allowed_hosts,
-                        help="comma-separated host names a request's Host header may name (*: any; default: "
-                             "the loopback names when --host is loopback, any otherwise)")
+    add_settings_flags(parser, ServingSettings())
     parser.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="level of the serving logger (DEBUG: one line per request)")
     return parser
+
+
+def add_settings_flags(parser: argparse.ArgumentParser, env: ServingSettings) -> None:
+    """One flag per field of ``env``'s class but :data:`~pillars.serving.settings.ENV_ONLY`, defaulting to
+    ``env``'s value (the ``PILLARS_SERVING_*`` variables).
+
+    The field decides the flag: ``--NAME`` of its type (``X | None``: X; a path: text; a ``Literal``: its
+    choices; a list: comma-separated), a boolean that defaults to False as a switch ``--NAME``, one that
+    defaults to True as ``--no_NAME``; the help is the first sentence of the field's docstring.
+    """
+    from pillars.serving.settings import ENV_ONLY
+
+    for name, field in type(env).model_fields.items():
+        if name in ENV_ONLY:
+            continue
+        kind = _flag_type(field.annotation)
+        default, text = getattr(env, name), _first_sentence(field.description or "")
+        if kind is bool:
+            flag = f"--{name}" if not field.default else f"--no_{name}"
+            parser.add_argument(flag, dest=name, action="store_false" if field.default else "store_true",
+                                default=default, help=text if not field.default else f"turn off: {text}")
+        elif typing.get_origin(kind) is typing.Literal:
+            parser.add_argument(f"--{name}", choices=typing.get_args(kind), default=default, help=text)
+        else:
+            parser.add_argument(f"--{name}", type=kind, default=default, help=text)
+
+
+def _flag_type(annotation: Any) -> Any:
+    """What a flag parses a field's text as: ``X | None`` as X, a path as text, a list as comma-separated."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (types.UnionType, typing.Union) and len(args) == 1:
+        annotation = args[0]
+    if annotation is Path:
+        return str
+    if typing.get_origin(annotation) is list:
+        return _comma_separated
+    return annotation
+
+
+def _comma_separated(value: str) -> list[str]:
+    return [part for part in value.split(",") if part.strip()]
+
+
+def _first_sentence(description: str) -> str:
+    """A field docstring's first sentence as flag help (RST literals as plain text, ``%`` escaped)."""
+    first = re.split(r"(?<=\.)\s", " ".join(description.split()), maxsplit=1)[0]
+    return first.replace("``", "").replace("%", "%%")
 
 
 def normalize_flags(argv: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
@@ -116,23 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     from pillars.serving.access.auth import load_auth
     from pillars.serving.model import PillarsModel
     from pillars.serving.server import PillarsModelServer
-    from pillars.serving.settings import ServingSettings
+    from pillars.serving.settings import ENV_ONLY, ServingSettings
 
     imported = time.perf_counter()
     try:
         if args.workers != 1:
             raise PillarsError("--workers must be 1: micro-batching works within one process; "
                                "scale with replicas instead")
-        settings = ServingSettings(
-            model_uri=args.model_uri or "", model_dir=args.model_dir, host=args.host, max_rows=args.max_rows,
-            max_queued_rows=args.max_queued_rows, metrics_open=args.metrics_open, max_batch_size=args.max_batch_size,
-            max_latency_ms=args.max_latency_ms, auth_token_file=args.auth_token_file,
-            cpu_threads=args.cpu_threads, max_body_bytes=args.max_body_bytes, device=args.device,
-            drift=args.drift, drift_method=args.drift_method, drift_threshold=args.drift_threshold,
-            drift_share=args.drift_share, drift_window=args.drift_window, drift_min_rows=args.drift_min_rows,
-            drift_interval_s=args.drift_interval_s, reload_interval_s=args.reload_interval_s,
-            max_connections=args.max_connections, header_timeout_s=args.header_timeout_s,
-            grpc_idle_timeout_s=args.grpc_idle_timeout_s, allowed_hosts=args.allowed_hosts)
+        settings = ServingSettings(**{name: getattr(args, name) for name in ServingSettings.model_fields
+                                      if name not in ENV_ONLY})
         auth = load_auth(settings.auth_token_file, settings.auth_token)
         if settings.model_uri.startswith(("models:/", "runs:/")):
             configure_tracking(create=False)  # the registry every command finds: MLFLOW_TRACKING_URI or ./.pillars

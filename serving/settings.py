@@ -1,4 +1,9 @@
-"""Serving configuration in one place: ``PILLARS_SERVING_*`` environment variables, overridden by flags."""
+"""Serving configuration in one place: ``PILLARS_SERVING_*`` environment variables, overridden by flags.
+
+Each field is written once, here: ``python -m pillars.serving`` makes one flag of every field but those in
+:data:`ENV_ONLY` (``--max_rows``; the flag's type, default, choices and help come from the field, the
+help being its docstring's first sentence), so a new setting is a new flag.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 LOOPBACK = "127.0.0.1"
+ENV_ONLY = frozenset({"auth_token"})
+"""Settings without a flag: a token on the command line would show in process listings."""
 
 
 class ServingSettings(BaseSettings):
     """Settings of the model server (the KServe flags such as ports live in KServe's own parser)."""
 
-    model_config = SettingsConfigDict(env_prefix="PILLARS_SERVING_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="PILLARS_SERVING_", extra="ignore", use_attribute_docstrings=True)
 
     model_uri: str = ""
     """Where the model comes from: ``models:/NAME@alias``, ``models:/NAME/3``, ``runs:/ID/model``,
@@ -64,7 +71,7 @@ class ServingSettings(BaseSettings):
     """``auto`` (the GPU when torch sees one), ``cpu``, or a torch device such as ``cuda:0``."""
 
     drift: bool = True
-    """Measure input and prediction drift against the model's data profile (``--no_drift``: off). Costs the
+    """Measure input and prediction drift against the model's data profile. Costs the
     request path one copy of each batch into a fixed ring buffer; the statistics run in a background thread."""
 
     drift_method: Literal["jsd", "psi", "ks"] = "jsd"

@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from pillars.components.errors import ConfigError, DataError
+from pillars.components.errors import DataError
 from pillars.components.task.examples import row_count
+from pillars.components.parameters import parse_json_object
 from pillars.components.model.predictor import drift_matrix
 from pillars.components.data.profile import drift_profile
-from pillars.components.data.splits import storable, inputs_of, save_metadata, save_split
 from pillars.components.registry.references import default_model_name
+from pillars.components.data.splits import inputs_of, save_metadata, save_split, storable
 from pillars.components.task import (
     DataParams,
     Examples,
@@ -34,8 +35,8 @@ from pillars.components.task import (
 
 
 @dataclasses.dataclass
-class PrepareParams:
-    """How to prepare the data (all are pipeline parameters).
+class PrepareParams(DataParams):
+    """How to prepare the data (all are pipeline parameters): the task and the data parameters.
 
     ``task`` is an installed task's name (``breast_cancer``) or ``package.module:attribute``;
     ``task_args`` its constructor arguments as a JSON object (empty: none).
@@ -43,22 +44,13 @@ class PrepareParams:
 
     task: str = "breast_cancer"
     task_args: str = ""
-    source: str = ""
-    label_column: str = ""
-    seed: int = 0
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    missing_policy: str = "median"
-    balance: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # checks the fractions and the missing policy
         parse_task_args(self.task_args)
-        self.data_params()  # checks the fractions
 
     def data_params(self) -> DataParams:
-        return DataParams(source=self.source, label_column=self.label_column, seed=self.seed,
-                          val_fraction=self.val_fraction, test_fraction=self.test_fraction,
-                          missing_policy=self.missing_policy, balance=self.balance)
+        return DataParams(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DataParams)})
 
     def load(self) -> Task:
         """The task, built with its arguments (one line naming an unknown task or a missing package)."""
@@ -71,17 +63,7 @@ def parse_task_args(text: str | Mapping[str, Any]) -> dict[str, Any]:
     Raises:
         ConfigError: not a JSON object.
     """
-    if isinstance(text, Mapping):
-        return dict(text)
-    if not str(text).strip():
-        return {}
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"task_args must be a JSON object like '{{\"hidden\": 64}}': {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"task_args must be a JSON object, got {text!r}")
-    return data
+    return parse_json_object("task_args", text, '{"hidden": 64}')
 
 
 @dataclasses.dataclass

@@ -26,6 +26,7 @@ from pillars.components.model.predictor import Predictor, load_predictor
 from pillars.components.records import GateDecision, as_test_metric
 from pillars.components.data.splits import load_metadata, load_split, task_of
 from pillars.components.registry.register import champion_version, downloaded_version
+from pillars.components.parameters import parse_json_object
 from pillars.components.registry import (Identity, RegistryUnavailable, TaskMismatch, client, identity, mismatch,
                                          signature_key)
 from pillars.components.task import Examples, Preprocessing, Signature, Task
@@ -45,12 +46,8 @@ def parse_thresholds(text: str, task: Task | None) -> dict[str, float]:
     """
     if not text.strip():
         return dict(task.thresholds) if task is not None else {}
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"thresholds must be a JSON object like '{{\"accuracy\": 0.9}}': {e}") from e
-    if not isinstance(data, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                             and math.isfinite(v) for v in data.values()):
+    data = parse_json_object("thresholds", text, '{"accuracy": 0.9}')
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in data.values()):
         raise ConfigError(f"thresholds must map metric names to finite numbers, got {text!r}")
     if not data:
         raise ConfigError("thresholds {} sets no minimum at all; leave thresholds empty for the task's defaults, "

@@ -32,23 +32,18 @@ def optimize(
     be made is skipped or failed in the report; the step fails only when nothing was registered and a
     variant crashed, or before anything is made (a bad reference, another task's model, a variant)."""
     import dataclasses
-    import json
 
     from pillars.components.errors import ConfigError
     from pillars.components.optimize.variants import Guard, OptimizeParams
     from pillars.components.optimize.register import report_json, run_optimize
     from pillars.components.registry.tracking import configure_tracking
+    from pillars.components.parameters import parse_json_object
 
     configure_tracking(tracking_uri or None)
     if model_version:
         model = f"models:/{model}/{model_version}"
     defaults = OptimizeParams()
-    try:
-        overrides = json.loads(data_args) if data_args.strip() else {}
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"data_args must be a JSON object of data parameters, got {data_args!r}") from e
-    if not isinstance(overrides, dict):
-        raise ConfigError(f"data_args must be a JSON object of data parameters, got {data_args!r}")
+    overrides = parse_json_object("data_args", data_args, '{"seed": 1}')
     params = OptimizeParams(
         variants=tuple(v.strip() for v in variants.split(",") if v.strip()),
         guard=Guard(max_drop_points=max_drop_points, max_relative_worsening=max_relative_worsening),
