@@ -38,6 +38,7 @@ from typing import Any
 from pillars.components.errors import ConfigError
 from pillars.pipelines.compile import compile_pipeline
 from pillars.pipelines.stack import stop_group
+from pillars.pipelines.submit import connect, run_state, submit_run
 
 logger = logging.getLogger(__name__)
 
@@ -278,29 +279,18 @@ def submit_to_kfp(host: str, namespace: str | None, pipeline: str, arguments: di
     """Compile ``pipeline`` and create a run on the KFP API at ``host`` (as ``pillars submit`` does); returns its id.
 
     Raises:
-        ConfigError: the KFP API cannot be reached.
+        ConfigError: the KFP API cannot be reached or refused the run.
     """
-    import kfp
-
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(pipeline, os.path.join(tmp, "pipeline.yaml"))
-        try:
-            client = kfp.Client(host=host, namespace=namespace)
-            run = client.create_run_from_pipeline_package(
-                package, arguments=arguments, run_name=run_name, experiment_name="pillars", namespace=namespace)
-        except Exception as e:  # kfp raises urllib3/requests/ApiException errors of many kinds here
-            raise ConfigError(f"cannot submit to Kubeflow Pipelines at {host}: {type(e).__name__}: {e}") from e
-    return str(run.run_id)
+        return submit_run(connect(host, namespace), package, arguments, run_name=run_name, experiment="pillars",
+                          namespace=namespace)
 
 
 def kfp_status(host: str, namespace: str | None, kfp_run_id: str) -> str | None:
     """The state of a KFP run (``SUCCEEDED``, ``RUNNING``...), None when the API does not answer."""
-    import kfp
-
     try:
-        run = kfp.Client(host=host, namespace=namespace).get_run(kfp_run_id)
+        return run_state(connect(host, namespace), kfp_run_id)
     except Exception:  # noqa: BLE001 - an unreachable cluster shows as unknown, it does not break the page
         logger.warning("cannot read KFP run %s at %s", kfp_run_id, host)
         return None
-    return str(run.state)
-

@@ -108,8 +108,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     import tempfile
 
-    import kfp
-
+    from pillars.pipelines.submit import connect, schedule_run, submit_run
     from pillars.pipelines.training import check_arguments
 
     schedule = cron_expression(args.schedule) if args.schedule else None
@@ -119,22 +118,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
     caching = False if args.no_cache else None
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(args.pipeline, os.path.join(tmp, "pipeline.yaml"), **cluster_options(args))
-        try:
-            client = kfp.Client(host=args.host, namespace=args.namespace)
-        except Exception as e:  # kfp raises urllib3/requests errors of many kinds here
-            raise ConfigError(f"cannot reach Kubeflow Pipelines at {args.host}: {type(e).__name__}") from e
+        client = connect(args.host, args.namespace)
+        common = {"experiment": args.experiment, "namespace": args.namespace, "enable_caching": caching,
+                  "service_account": args.service_account}
         if schedule:
-            experiment = client.create_experiment(args.experiment, namespace=args.namespace)
-            job = client.create_recurring_run(
-                experiment_id=experiment.experiment_id, job_name=args.run_name or f"{args.pipeline}-schedule",
-                cron_expression=schedule, params=arguments, pipeline_package_path=package,
-                enable_caching=caching, no_catchup=True, service_account=args.service_account)
-            print(f"recurring run {job.recurring_run_id} created ({schedule})")
+            job = schedule_run(client, package, arguments, job_name=args.run_name or f"{args.pipeline}-schedule",
+                               cron=schedule, **common)
+            print(f"recurring run {job} created ({schedule})")
         else:
-            run = client.create_run_from_pipeline_package(
-                package, arguments=arguments, run_name=args.run_name, experiment_name=args.experiment,
-                namespace=args.namespace, enable_caching=caching, service_account=args.service_account)
-            print(f"run {run.run_id} submitted to {args.host}")
+            run = submit_run(client, package, arguments, run_name=args.run_name, **common)
+            print(f"run {run} submitted to {args.host}")
     return 0
 
 

@@ -303,10 +303,6 @@ def compile_retraining(output: str, params: Sequence[str], model: str,
     return compile_pipeline("retraining", output, **cluster_options), arguments
 
 
-KFP_FINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED", "CANCELLED"})
-"""KFP v2 run states after which a run no longer counts against ``max_active_runs``."""
-
-
 def kfp_starter(host: str, experiment: str, params: Sequence[str], namespace: str | None = None,
                 service_account: str | None = None, cluster_options: Mapping[str, Any] | None = None) -> Starter:
     """Starts a run of the retraining pipeline, compiled with ``cluster_options`` (the fields of
@@ -316,20 +312,18 @@ def kfp_starter(host: str, experiment: str, params: Sequence[str], namespace: st
     def start(model: str) -> StartedRun:
         import tempfile
 
-        import kfp
+        from pillars.pipelines.submit import FINAL_STATES, connect, run_state, submit_run
 
         with tempfile.TemporaryDirectory() as tmp:
             package, arguments = compile_retraining(f"{tmp}/retraining.yaml", params, model, options)
-            client = kfp.Client(host=host, namespace=namespace)
-            run = client.create_run_from_pipeline_package(package, arguments=arguments, experiment_name=experiment,
-                                                          run_name=f"retrain-{model}", namespace=namespace,
-                                                          enable_caching=False, service_account=service_account)
+            client = connect(host, namespace)
+            run_id = submit_run(client, package, arguments, run_name=f"retrain-{model}", experiment=experiment,
+                                namespace=namespace, enable_caching=False, service_account=service_account)
 
         def running() -> bool:
-            state = client.get_run(run.run_id).state
-            return str(getattr(state, "value", state) or "").upper() not in KFP_FINAL_STATES
+            return run_state(client, run_id) not in FINAL_STATES
 
-        return StartedRun(f"kfp run {run.run_id}", running)
+        return StartedRun(f"kfp run {run_id}", running)
 
     return start
 

@@ -25,8 +25,10 @@ ALLOWED = {
 }
 """Which folders each folder's modules may import."""
 KFP_WRAPPERS = {"pillars.components.ops", "pillars.components.optimize.op", "pillars.pipelines.training",
-                "pillars.pipelines.optimize", "pillars.pipelines.compile", "pillars.pipelines.local"}
-"""The modules that may import ``kfp``: the components' wrappers and the pipelines built from them."""
+                "pillars.pipelines.optimize", "pillars.pipelines.compile", "pillars.pipelines.local",
+                "pillars.pipelines.submit"}
+"""The modules that may import ``kfp``: the components' wrappers, the pipelines built from them, the local
+runner, and the one client of a cluster's KFP API."""
 
 
 def _modules() -> dict[str, Path]:
@@ -129,3 +131,11 @@ def test_training_never_imports_the_data_step():
     training = [name for name in graph if name.startswith("pillars.components.training")]
     assert training
     assert not [name for name in training if "pillars.components.data.prepare" in graph[name]]
+
+
+def test_only_the_kfp_wrappers_import_kfp():
+    modules = _modules()
+    assert KFP_WRAPPERS <= modules.keys()
+    importers = {name for name, path in modules.items() if "kfp" in _imported_names(path)}
+    assert importers <= KFP_WRAPPERS, sorted(importers - KFP_WRAPPERS)
+
