@@ -18,8 +18,9 @@ from pillars.components.model.mlflow_model import log_pillars_model
 from pillars.components.model.predictor import load_predictor
 from pillars.components.data.profile import build_profile
 from pillars.serving.demo import v2_request
-from pillars.serving.monitoring.drift import (DriftConfig, DriftMonitor, js_distance, js_distances, ks_pvalue, ks_pvalues,
-                           overflow_histogram, overflow_histograms, psi, psi_band, psis, with_overflow)
+from pillars.serving.monitoring.drift import DriftConfig, DriftMonitor
+from pillars.serving.monitoring.statistics import (js_distance, js_distances, ks_pvalue, ks_pvalues, overflow_histogram,
+                                                   overflow_histograms, psi, psi_band, psis, with_overflow)
 from pillars.serving.monitoring.metrics import DriftStats
 from tests.serving.conftest import start_server
 from tests.serving.test_metrics_and_batching import scrape
