@@ -78,7 +78,7 @@ def test_a_named_secret_replaces_the_generated_one_and_auth_off_removes_every_cr
 
 
 def test_compiled_pipelines_give_every_step_the_mlflow_credentials(tmp_path: Path, monkeypatch) -> None:
-    from pillars.pipelines.cli import compile_pipeline
+    from pillars.pipelines.compile import compile_pipeline
 
     # What the trigger pod sees (the chart's env), so the retraining runs it compiles get the Secret.
     monkeypatch.setenv("PILLARS_MLFLOW_SECRET_NAME", "pillars-mlflow-auth")

@@ -86,7 +86,7 @@ def test_a_user_parameter_overrides_the_default_tracking_uri(render) -> None:
 
 
 def test_every_parameter_the_chart_passes_is_a_retraining_pipeline_parameter(render) -> None:
-    from pillars.pipelines.cli import parse_params, pipeline_factory
+    from pillars.pipelines.compile import parse_params, pipeline_factory
 
     params = _flags(_trigger_container(render(TRIGGER_VALUES))["args"])["--param"]
     arguments = parse_params(params, pipeline_factory("retraining")())

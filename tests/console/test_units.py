@@ -12,7 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from pillars.components.errors import ConfigError
 from pillars.console import charts, endpoints, forms, steplog
 from pillars.console.security import Guard, LoginLimiter, check_bind, is_loopback, read_token
-from pillars.pipelines.cli import main, pipeline_factory
+from pillars.pipelines.cli import main
+from pillars.pipelines.compile import pipeline_factory
 
 RECORDED = Path(__file__).parent / "fixtures" / "kfp_local_training.log"
 """A real kfp.local log of the training pipeline (breast_cancer, 2 epochs; executor inputs elided)."""

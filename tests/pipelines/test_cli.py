@@ -12,7 +12,8 @@ import mlflow
 import pytest
 
 from pillars.components.errors import ConfigError
-from pillars.pipelines.cli import cron_expression, main
+from pillars.pipelines.cli import main
+from pillars.pipelines.commands import cron_expression
 from tests.processes import free_port
 
 
