@@ -82,6 +82,23 @@ def validate(doc: dict[str, Any], crd_schemas: Path) -> None:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 
+@pytest.fixture(autouse=True)
+def no_mlflow_state_between_tests() -> Iterator[None]:
+    """Every test starts with no active MLflow run or experiment. MLflow keeps both in module globals of
+    the test process, so a test that sets an experiment would otherwise decide where a later test's runs
+    go, and which test comes later depends on how pytest-xdist deals out the modules. (``set_experiment``
+    also exports ``MLFLOW_EXPERIMENT_ID``, which the processes a later test starts would inherit.)"""
+    before = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    yield
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    mlflow.tracking.fluent._active_experiment_id = None
+    if before is None:
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    else:
+        os.environ["MLFLOW_EXPERIMENT_ID"] = before
+
+
 MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 """Environment of the ``mlflow server`` processes the tests start. MLflow 3 otherwise starts a job runner
 and seven huey consumers with every server (its GenAI job queue, which Pillars never uses): eight more

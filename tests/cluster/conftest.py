@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import subprocess
 from collections.abc import Callable
@@ -40,7 +41,8 @@ def load_docs(text: str) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="session")
 def render(helm: str) -> Callable[..., list[dict[str, Any]]]:
-    """``render("gpu.yaml", set=["a=b"])``: the chart's objects for those value files (cached)."""
+    """``render("gpu.yaml", set=["a=b"])``: the chart's objects for those value files (rendered once, each
+    call a deep copy: a test that edits an object never changes what another test reads)."""
 
     @functools.cache
     def _render(*values: str, set: tuple[str, ...] = ()) -> tuple[dict[str, Any], ...]:
@@ -51,4 +53,4 @@ def render(helm: str) -> Callable[..., list[dict[str, Any]]]:
             cmd += ["--set", item]
         return tuple(load_docs(run(cmd).stdout))
 
-    return lambda *values, set=(): list(_render(*values, set=tuple(set)))
+    return lambda *values, set=(): copy.deepcopy(list(_render(*values, set=tuple(set))))
