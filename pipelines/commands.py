@@ -262,8 +262,16 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_console(args: argparse.Namespace) -> int:
     """The console runs as a process of its own (``python -m pillars.console``, which takes the flags): the
-    console imports the command-line tools, never the other way round."""
-    return subprocess.call([sys.executable, "-m", "pillars.console", *args.rest])
+    console imports the command-line tools, never the other way round. It dies the way this process does:
+    a ``kill -9`` of ``pillars console`` ends the console at once too (its runs' workers, sessions of their
+    own, go on), as when both were one process."""
+    import signal
+
+    from pillars.pipelines.local import die_with, groups_supported
+
+    parent = os.getpid()
+    ties = {"preexec_fn": lambda: die_with(parent, signal.SIGKILL)} if groups_supported() else {}
+    return subprocess.call([sys.executable, "-m", "pillars.console", *args.rest], **ties)
 
 
 def cmd_down(args: argparse.Namespace) -> int:

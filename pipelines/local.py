@@ -39,12 +39,12 @@ def groups_supported() -> bool:
     return sys.platform.startswith("linux")
 
 
-def _die_with(parent: int) -> None:
-    """In the forked child, before exec: get SIGTERM when ``parent`` dies (and at once if it already did)."""
-    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+def die_with(parent: int, sig: int = signal.SIGTERM) -> None:
+    """In the forked child, before exec: get ``sig`` when ``parent`` dies (and at once if it already did)."""
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
         os._exit(70)
     if os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), sig)
 
 
 def run_in_own_group(command: list[str]) -> int:
@@ -55,7 +55,7 @@ def run_in_own_group(command: list[str]) -> int:
         The child's exit status (128 + signal when a signal ended it).
     """
     parent = os.getpid()
-    child = subprocess.Popen(command, process_group=0, preexec_fn=lambda: _die_with(parent))
+    child = subprocess.Popen(command, process_group=0, preexec_fn=lambda: die_with(parent))
     while True:
         try:
             code = child.wait()
