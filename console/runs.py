@@ -35,7 +35,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pillars.components.errors import ConfigError
 from pillars.pipelines.compile import compile_pipeline
 from pillars.pipelines.stack import stop_group
 from pillars.pipelines.submit import connect, run_state, submit_run

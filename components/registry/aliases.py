@@ -31,8 +31,8 @@ from typing import Any, Final
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pillars.components.errors import ConfigError, RegistryError
-from pillars.components.registry.identity import TaskMismatch, check_same_task
+from pillars.components.errors import RegistryError
+from pillars.components.registry.identity import check_same_task
 from pillars.components.registry.versions import (CHAMPION, LOCK_PREFIX, RegistryUnavailable, alias_version, client,
                                                   get_model, is_missing, model_tags, parse_version, search_versions)
 
