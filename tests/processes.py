@@ -36,6 +36,14 @@ class ServerProcess:
         """Everything the process has printed so far."""
         return self.log_path.read_text(errors="replace")
 
+    def wait_log(self, needle: str, count: int, timeout: float = 10.0) -> str:
+        """The log once ``needle`` occurs ``count`` times in it. A server writes a request's log line after it
+        answers, so a test that reads the log right after a response can be a line early."""
+        deadline = time.monotonic() + timeout
+        while (log := self.log()).count(needle) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return log
+
     def wait_http(self, url: str, timeout: float = 60.0, status: int = 200) -> None:
         """Wait until ``GET url`` answers ``status``; fail with the process log if it dies or times out."""
         deadline = time.monotonic() + timeout

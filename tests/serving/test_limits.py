@@ -67,6 +67,7 @@ def test_an_int8_binary_request_under_the_body_limit_is_refused_fast_and_health_
                 time.sleep(0.005)
 
     watcher = threading.Thread(target=watch)
+    refused_before = limited.process.log().count("status=413")
     watcher.start()
     try:
         statuses = [httpx.post(f"{limited.http}/v2/models/toy/infer", content=body, headers=headers,
@@ -78,7 +79,8 @@ def test_an_int8_binary_request_under_the_body_limit_is_refused_fast_and_health_
         assert response.status_code == 413, response.text
         assert f"{rows} rows" in response.text and "1024" in response.text
     # As the server sees it (its debug line: first byte to response): refused on the header alone.
-    seconds = [float(line.rsplit("seconds=", 1)[1].split()[0]) for line in limited.process.log().splitlines()
+    log = limited.process.wait_log("status=413", refused_before + 3)
+    seconds = [float(line.rsplit("seconds=", 1)[1].split()[0]) for line in log.splitlines()
                if "request protocol=v2 model=toy" in line and "status=413" in line]
     assert len(seconds) >= 3 and max(seconds[-3:]) < 0.1, seconds
     assert peak - baseline < 50, f"resident memory grew {peak - baseline:.0f} MiB"
@@ -199,13 +201,15 @@ def test_a_15_mb_v1_body_is_refused_413_before_it_is_parsed(limited):
     rows = 15_000_000 // 26  # ~15 MB of JSON rows: far more than any 1,024-row request of 4 numbers needs
     body = json.dumps({"instances": [[1.25, 2.5, 3.75, 4.125]] * rows}).encode()
     assert len(body) > 14_000_000
+    logged_before = limited.process.log().count("request protocol=v1 model=toy")
     started = time.perf_counter()
     response = httpx.post(f"{limited.http}/v1/models/toy:predict", content=body,
                           headers={"content-type": "application/json"}, timeout=60)
     client_seconds = time.perf_counter() - started
     assert response.status_code == 413, response.text
     assert "larger than the limit" in response.json()["error"]
-    seconds = [float(line.rsplit("seconds=", 1)[1].split()[0]) for line in limited.process.log().splitlines()
+    log = limited.process.wait_log("request protocol=v1 model=toy", logged_before + 1)
+    seconds = [float(line.rsplit("seconds=", 1)[1].split()[0]) for line in log.splitlines()
                if "request protocol=v1 model=toy" in line and "status=413" in line]
     assert seconds and seconds[-1] < 0.05, seconds  # parsing it whole took ~600 ms
     print(f"15 MB V1 body: 413 in {seconds[-1] * 1000:.2f} ms in the server, {client_seconds * 1000:.0f} ms "
