@@ -29,8 +29,8 @@ def main() -> None:
     from pillars.components import registry
     from pillars.components.data.prepare import PrepareParams, prepare
     from pillars.components.registry.tracking import configure_tracking
-    from pillars.pipelines.local import run_local
-    from pillars.pipelines.stack import Ports, Stack, Timing, free_port
+    from pillars.pipelines.local.runner import run_local
+    from pillars.pipelines.local.stack import Ports, Stack, Timing, free_port
     from pillars.pipelines.training import training_pipeline
     from pillars.serving.demo import v2_request
 

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from pillars.pipelines.stack import web_auth
+from pillars.pipelines.local.stack import web_auth
 
 logger = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from pillars.pipelines.compile import compile_pipeline
-from pillars.pipelines.stack import stop_group
+from pillars.pipelines.local.stack import stop_group
 from pillars.pipelines.submit import connect, run_state, submit_run
 
 logger = logging.getLogger(__name__)

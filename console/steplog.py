@@ -1,6 +1,6 @@
 """Step progress of a local run, read from what ``kfp.local`` prints (the run's log file).
 
-The lines are read by :func:`pillars.pipelines.steplog.read_line` (the one reader of kfp.local's output,
+The lines are read by :func:`pillars.pipelines.local.steplog.read_line` (the one reader of kfp.local's output,
 shared with the CLI's step report); :func:`parse_log` turns the whole text into
 :class:`RunProgress`; :func:`planned_steps` lists the steps a pipeline will run, in order, so pending
 ones can be shown before they start. Pure functions: the run page polls them on a growing file.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from pillars.pipelines.steplog import output_value, read_line
+from pillars.pipelines.local.steplog import output_value, read_line
 
 MAX_STEP_LOG_CHARS = 200_000
 """Only the last this many characters of a step's output are kept for the page."""

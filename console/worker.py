@@ -1,7 +1,7 @@
 """``python -m pillars.console.worker RUN_FOLDER``: run one console run with kfp.local, as ``pillars run`` does.
 
 Records itself in ``run.json`` first (pid and start time, so a console that starts again finds it),
-then runs the pipeline through :func:`pillars.pipelines.local.run_local` with its output going to
+then runs the pipeline through :func:`pillars.pipelines.local.runner.run_local` with its output going to
 ``log.txt``, and records its outcome in ``run.json`` itself: the run's result does not depend on a
 console watching. On failure it also writes one line to ``error.txt`` and exits 1. The task is
 resolved here, in the worker's process (the console imports no task code).
@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
 
     try:
         from pillars.pipelines.compile import pipeline_factory
-        from pillars.pipelines.local import run_local
+        from pillars.pipelines.local.runner import run_local
 
         pipeline = pipeline_factory(record.pipeline)()
         run_local(pipeline, record.arguments, log_file=folder / LOG_FILE)

@@ -3,7 +3,7 @@
 :class:`ClusterOptions` is what ``pillars compile``/``submit`` and the trigger's cluster runs decide when a
 pipeline is built for a cluster. Its fields are the flags: :func:`add_cluster_flags` writes one flag per
 field (name, type, default, help and choices from the field), and :func:`cluster_options` reads them back;
-``pillars compile``/``submit`` (:mod:`pillars.pipelines.cli`) and ``pillars trigger``
+``pillars compile``/``submit`` (:mod:`pillars.pipelines.cli.parser`) and ``pillars trigger``
 (:mod:`pillars.pipelines.trigger`) both call them. The run parameters (set per run) are in
 :mod:`pillars.components.parameters`.
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from pillars.pipelines.stack import free_port  # noqa: F401 (re-exported for the tests)
+from pillars.pipelines.local.stack import free_port  # noqa: F401 (re-exported for the tests)
 
 
 class ServerProcess:

@@ -10,7 +10,7 @@
 * :func:`deploy` — the whole step: resolve, apply, wait, roll back and raise :class:`DeployError`.
 
 The object itself is built by :mod:`pillars.components.deploy.inference_service`. The KFP component is
-``deploy_op`` in :mod:`pillars.components.ops`; the CLI is ``pillars deploy`` (:mod:`pillars.pipelines.cli`);
+``deploy_op`` in :mod:`pillars.components.ops`; the CLI is ``pillars deploy`` (:mod:`pillars.pipelines.cli.parser`);
 the Kubernetes client is :mod:`pillars.components.deploy.kube`.
 """
 

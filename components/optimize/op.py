@@ -33,7 +33,6 @@ def optimize(
     variant crashed, or before anything is made (a bad reference, another task's model, a variant)."""
     import dataclasses
 
-    from pillars.components.errors import ConfigError
     from pillars.components.optimize.variants import Guard, OptimizeParams
     from pillars.components.optimize.register import report_json, run_optimize
     from pillars.components.registry.tracking import configure_tracking

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from pillars.components.errors import PillarsError
@@ -34,7 +34,7 @@ from pillars.console.security import CSRF_FIELD, SESSION_COOKIE, Guard, LoginLim
 from pillars.console.settings import ConsoleSettings
 from pillars.console.versions import ArtifactCache, format_bytes
 from pillars.pipelines.compile import PIPELINES, pipeline_factory
-from pillars.pipelines.stack import Stack
+from pillars.pipelines.local.stack import Stack
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -162,7 +162,10 @@ async def checked_form(request: Request) -> dict[str, str]:
 
 
 async def render_error(request: Request, error: PillarsError) -> Response:
-    """The one handler for every user-facing error: a page with the error's status and one-line message."""
+    """The one handler for every user-facing error: a page with the error's status and one-line message, or,
+    for a ``.json`` route (what scripts and the live page read), ``{"error": message}`` with that status."""
     status = HTTPStatus(error.status)
+    if request.url.path.endswith(".json"):
+        return JSONResponse({"error": str(error)}, status_code=status)
     title = "Not found" if status == HTTPStatus.NOT_FOUND else "Error"
     return console(request).page(request, "error.html", status, title=title, message=str(error))

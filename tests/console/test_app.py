@@ -111,11 +111,13 @@ def test_promote_and_rollback_go_through_the_registry_with_compare_and_set(toy_v
 
 def test_missing_things_are_404_pages_not_500s(toy_versions, tmp_path):
     with _client(tmp_path) as client:
-        for path in ("/models/nope", "/models/toy/versions/42", "/runs/nope", "/runs/abc123/progress.json",
-                     "/pipelines/nope", "/artifacts/abc/etc/passwd", "/models/toy?a=1&b=42"):
+        for path in ("/models/nope", "/models/toy/versions/42", "/runs/nope", "/pipelines/nope",
+                     "/artifacts/abc/etc/passwd", "/models/toy?a=1&b=42"):
             answer = client.get(path)
             assert answer.status_code == 404, path
             assert "<nav" in answer.text
+        answer = client.get("/runs/abc123/progress.json")  # scripts read JSON: the error is JSON too
+        assert answer.status_code == 404 and "abc123" in answer.json()["error"]
 
 
 def test_any_platform_error_is_a_page_with_the_status_its_class_carries(toy_versions, tmp_path):

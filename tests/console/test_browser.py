@@ -25,7 +25,7 @@ from pillars.components import registry
 from pillars.components.registry.register import promote, register_model
 from pillars.components.registry.tracking import ensure_experiment
 from pillars.console.runs import worker_alive
-from pillars.pipelines.stack import stop_group
+from pillars.pipelines.local.stack import stop_group
 from tests.console.conftest import BrowserWatch, artifacts_dir, start_console
 from tests.models import save_classifier
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from pillars.console import endpoints
-from pillars.pipelines.stack import WEB_USER, web_config
+from pillars.pipelines.local.stack import WEB_USER, web_config
 from pillars.serving.demo import v2_request
 from tests.console.conftest import BrowserWatch, artifacts_dir, start_console
 from tests.conftest import require_tool

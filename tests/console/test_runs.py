@@ -7,7 +7,7 @@ import subprocess
 import time
 
 from pillars.console.runs import FAILED, QUEUED, RUNNING, SUCCEEDED, RunQueue, RunStore, now, process_started
-from pillars.pipelines.stack import stop_group
+from pillars.pipelines.local.stack import stop_group
 
 
 def wait_for(condition, timeout: float = 120.0) -> None:

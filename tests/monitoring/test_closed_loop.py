@@ -12,8 +12,8 @@ import pytest
 from pillars.components import registry
 from pillars.components.data.prepare import PrepareParams, prepare
 from pillars.components.registry.tracking import configure_tracking
-from pillars.pipelines.local import run_local
-from pillars.pipelines.stack import Ports, Stack, Timing, web_auth
+from pillars.pipelines.local.runner import run_local
+from pillars.pipelines.local.stack import Ports, Stack, Timing, web_auth
 from pillars.pipelines.training import training_pipeline
 from tests.conftest import MLFLOW_SERVER_ENV, require_tool
 from tests.processes import free_port, group_alive

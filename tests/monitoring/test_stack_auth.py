@@ -16,7 +16,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pillars.pipelines.stack import WEB_USER, Ports, Stack, Timing, web_auth
+from pillars.pipelines.local.stack import WEB_USER, Ports, Stack, Timing, web_auth
 from tests.conftest import MLFLOW_SERVER_ENV, require_tool
 from tests.pipelines.test_trigger import register_champion
 from tests.processes import free_port, group_alive

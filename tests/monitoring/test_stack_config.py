@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pillars.components.errors import ConfigError
-from pillars.pipelines.stack import (WEB_USER, Ports, Timing, alertmanager_config, parse_ports, prometheus_config,
+from pillars.pipelines.local.stack import (WEB_USER, Ports, Timing, alertmanager_config, parse_ports, prometheus_config,
                                      web_config, write_secret)
 from pillars.serving.monitoring.alerts import rules_file
 from tests.conftest import require_tool

@@ -15,7 +15,7 @@ from pillars.components.model.predictor import load_predictor, save_model
 from pillars.components.registry.register import downloaded_version
 from pillars.components.optimize.register import (EDGE, TAGS, VariantsFailed, latest_report, register_variants,
                                                   run_optimize, variants_table)
-from pillars.pipelines.progress import run_summary
+from pillars.pipelines.local.progress import run_summary
 from tests.optimize.toy import REFERENCE, BrokenStudent
 
 

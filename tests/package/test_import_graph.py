@@ -25,7 +25,7 @@ ALLOWED = {
 }
 """Which folders each folder's modules may import."""
 KFP_WRAPPERS = {"pillars.components.ops", "pillars.components.optimize.op", "pillars.pipelines.training",
-                "pillars.pipelines.optimize", "pillars.pipelines.compile", "pillars.pipelines.local",
+                "pillars.pipelines.optimize", "pillars.pipelines.compile", "pillars.pipelines.local.runner",
                 "pillars.pipelines.submit"}
 """The modules that may import ``kfp``: the components' wrappers, the pipelines built from them, the local
 runner, and the one client of a cluster's KFP API."""

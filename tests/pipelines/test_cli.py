@@ -13,7 +13,7 @@ import pytest
 
 from pillars.components.errors import ConfigError
 from pillars.pipelines.cli import main
-from pillars.pipelines.commands import cron_expression
+from pillars.pipelines.cli.commands import cron_expression
 from tests.processes import free_port
 
 

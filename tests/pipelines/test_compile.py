@@ -126,6 +126,6 @@ def test_importing_the_components_and_pipelines_reads_no_settings():
             "    raise RuntimeError('Settings() read at import')\n"
             "settings.Settings.__init__ = refuse\n"
             "import pillars.components.ops, pillars.components.deploy.inference_service, pillars.pipelines.training\n"
-            "import pillars.pipelines.compile, pillars.pipelines.cli\n")
+            "import pillars.pipelines.compile, pillars.pipelines.cli.parser\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

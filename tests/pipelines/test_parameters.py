@@ -154,9 +154,9 @@ def test_the_optimize_step_refuses_bad_data_args_with_the_same_message_before_an
 
 
 def test_pillars_compile_and_the_trigger_take_the_same_cluster_flags():
-    from pillars.pipelines.cli import build_parser
+    from pillars.pipelines.cli.parser import build_parser
     from pillars.pipelines.parameters import ClusterOptions, cluster_options
-    from pillars.pipelines.trigger import parse_args
+    from pillars.pipelines.trigger.serve import parse_args
 
     compile_args = build_parser().parse_args(["compile", "training", "-o", "x.yaml", "--canary", "10",
                                               "--kserve-mode", "Standard", "--gpus", "1"])

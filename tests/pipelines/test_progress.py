@@ -10,7 +10,7 @@ import itertools
 
 import pytest
 
-from pillars.pipelines.progress import StepEvent, StepReporter, error_message, parse_line
+from pillars.pipelines.local.progress import StepEvent, StepReporter, error_message, parse_line
 
 C, G, R, X = "\x1b[96m", "\x1b[92m", "\x1b[91m", "\x1b[0m"
 PREPARE_FAILS = f"""\

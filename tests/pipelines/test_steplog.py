@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pillars.pipelines.steplog import LogLine, ProgressBar, output_value, progress_bar, read_line
+from pillars.pipelines.local.steplog import LogLine, ProgressBar, output_value, progress_bar, read_line
 
 C, G, R, P, X = "\x1b[96m", "\x1b[92m", "\x1b[91m", "\x1b[95m", "\x1b[0m"
 RECORDED = Path(__file__).parents[1] / "console" / "fixtures" / "kfp_local_training.log"

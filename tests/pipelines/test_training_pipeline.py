@@ -10,7 +10,7 @@ import pytest
 from pillars.components import registry
 from pillars.components.data.prepare import PrepareParams, prepare
 from pillars.pipelines.cli import main
-from pillars.pipelines.local import run_local
+from pillars.pipelines.local.runner import run_local
 from pillars.pipelines.training import retraining_pipeline, training_pipeline
 
 pytestmark = pytest.mark.slow

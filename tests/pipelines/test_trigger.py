@@ -21,8 +21,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from mlflow.tracking import MlflowClient
 
 from pillars.components.registry import CHAMPION
-from pillars.pipelines.trigger import (Decider, StartedRun, cluster_options, create_app, kfp_starter, log_file_name,
-                                       parse_args, registry_champions)
+from pillars.pipelines.parameters import cluster_options
+from pillars.pipelines.trigger.app import create_app
+from pillars.pipelines.trigger.decide import Decider
+from pillars.pipelines.trigger.runs import StartedRun, kfp_starter, log_file_name, registry_champions
+from pillars.pipelines.trigger.serve import parse_args
 from tests.processes import ServerProcess, free_port
 
 

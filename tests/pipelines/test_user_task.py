@@ -20,7 +20,7 @@ from churn_example.tasks import cost_per_customer
 from pillars.components import registry
 from pillars.components.data.prepare import PrepareParams, prepare
 from pillars.components.registry.register import downloaded_version
-from pillars.pipelines.local import run_local
+from pillars.pipelines.local.runner import run_local
 from pillars.pipelines.training import retraining_pipeline, training_pipeline
 from tests.serving.conftest import start_server
 

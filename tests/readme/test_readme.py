@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from pillars.pipelines.stack import Ports
+from pillars.pipelines.local.stack import Ports
 from tests.conftest import require_tool
 from tests.processes import ServerProcess, free_port
 

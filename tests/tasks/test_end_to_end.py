@@ -19,7 +19,7 @@ from pillars.components import registry
 from pillars.components.model.predictor import load_predictor
 from pillars.components.registry.register import downloaded_version
 from pillars.components.task import DataParams, Examples, Task, load_task
-from pillars.pipelines.local import run_local
+from pillars.pipelines.local.runner import run_local
 from pillars.pipelines.training import training_pipeline
 from tests.serving.conftest import start_server
 

@@ -6,7 +6,7 @@ Nothing here schedules anything: kfp.local runs the pipeline and prints what it 
 ``Executing task 'x'`` / ``Task 'x' finished with status ...`` lines, and each step's output,
 indented); :class:`StepReporter` is the stream that output is redirected to. It writes every line to
 the log file and turns kfp's lines into :class:`StepEvent` values with :func:`parse_line`, which reads
-them with :func:`pillars.pipelines.steplog.read_line` (the one reader of kfp.local's output).
+them with :func:`pillars.pipelines.local.steplog.read_line` (the one reader of kfp.local's output).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from pillars.components.errors import PillarsError
-from pillars.pipelines.steplog import progress_bar, read_line
+from pillars.pipelines.local.steplog import progress_bar, read_line
 
 TRACEBACK = "Traceback (most recent call last):"
 EXCEPTION_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*)(?::\s?(?P<message>.*))?$")
@@ -223,7 +223,7 @@ def run_reported(pipeline: Callable[..., Any], arguments: Mapping[str, Any], log
     Raises:
         StepFailed: a step failed; the message is the step's own error (the log file has the rest).
     """
-    from pillars.pipelines.local import run_local
+    from pillars.pipelines.local.runner import run_local
 
     out = out if out is not None else sys.stderr
     log_file.parent.mkdir(parents=True, exist_ok=True)

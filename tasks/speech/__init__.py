@@ -1,9 +1,7 @@
 """Keyword spotting: spoken words synthesised with espeak-ng, log-mel features inside the module, a small CNN.
 
-Data: every word of :attr:`KeywordSpotting.words` spoken by espeak-ng voice variants at several speeds
-(``espeak-ng --stdout -v en-us+VARIANT -s SPEED WORD``: same command, same bytes), generated when the data
-is loaded and cached under ``$XDG_CACHE_HOME/pillars/keyword_spotting`` (``~/.cache`` by default) in a file
-named by a hash of the commands and the espeak-ng version: the result is the same with or without it.
+Data: every word of :attr:`KeywordSpotting.words` spoken by espeak-ng voice variants at several speeds,
+generated when the data is loaded and cached (:mod:`.espeak`).
 The splits are by VOICE: validation and test voices are never heard in training.
 
 Audio is mono FP32 at :attr:`KeywordSpotting.sample_rate` (16 kHz by default). ``encode`` trims leading and
@@ -20,25 +18,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import concurrent.futures
 import dataclasses
-import hashlib
-import io
-import json
-import logging
 import math
-import os
 import shutil
-import subprocess
-import wave
-import zipfile
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from scipy.signal import resample_poly
 from torch import nn
 
 from pillars.components.errors import ConfigError, DataError
@@ -51,22 +38,15 @@ from pillars.components.task import (
     Preprocessing,
     TensorSpec,
 )
+from pillars.tasks.speech.audio import (FRAME_SECONDS, WAV_MAX_FRAME_BYTES, WAV_RATES, decode_wav, encode_wav,
+                                        mel_filterbank, resample, speech_span)
+from pillars.tasks.speech.espeak import INSTALL_HINT, espeak_version, installed_variants, spread, synthesize
 
-logger = logging.getLogger(__name__)
+__all__ = ["KeywordNet", "KeywordSpotting", "LogMel", "decode_wav", "encode_wav"]
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-INSTALL_HINT = "apt-get install espeak-ng"
-CACHE_VERSION = 1
-FRAME_SECONDS = 0.010
-"""Frame of the silence trimmer (and the hop of the log-mel features)."""
-SILENCE_DB = 40.0
-"""Frames this far below the loudest frame of a clip count as silence."""
 MIN_SECONDS = 0.1
 """Shortest audio accepted."""
-WAV_RATES = (8000, 48000)
-"""Sample rates accepted in a WAV file (resampled to the model's rate)."""
-WAV_MAX_FRAME_BYTES = 8
-"""Largest WAV frame a request is sized for (stereo, 32-bit)."""
 
 
 @dataclasses.dataclass
@@ -141,7 +121,7 @@ class KeywordSpotting(ClassificationTask):
             raise DataError(f"the keyword_spotting task synthesises its data with espeak-ng, which is not "
                             f"installed: {INSTALL_HINT}")
         installed = installed_variants(espeak)
-        voices = _spread(installed, self.voices)
+        voices = spread(installed, self.voices)
         n_test = max(1, round(len(voices) * params.test_fraction))
         n_val = max(1, round(len(voices) * params.val_fraction))
         if len(voices) - n_test - n_val < 1:
@@ -156,14 +136,14 @@ class KeywordSpotting(ClassificationTask):
         waves = synthesize(commands)
         audio = np.zeros((len(clips), self.window_samples), dtype=np.float32)
         for i, (samples, rate) in enumerate(waves):
-            audio[i] = self._fit_window(_resample(samples, rate, self.sample_rate))[0]
+            audio[i] = self._fit_window(resample(samples, rate, self.sample_rate))[0]
         voice_of = np.array([c[0] for c in clips])
         columns: Examples = {"audio": audio,
                              "label": np.array([self.words.index(c[1]) for c in clips], dtype=np.int64),
                              "voice": voice_of, "speed": np.array([c[2] for c in clips], dtype=np.int64)}
         splits = {name: {k: v[np.isin(voice_of, names)] for k, v in columns.items()}
                   for name, names in split_voices.items()}
-        info = {"source": f"espeak-ng ({_espeak_version(espeak)}), {len(voices)} voice variants of "
+        info = {"source": f"espeak-ng ({espeak_version(espeak)}), {len(voices)} voice variants of "
                           f"{self.language}, speeds {list(self.speeds)}",
                 "classes": list(self.words), "sample_rate": self.sample_rate, "voices": split_voices}
         return Dataset(splits["train"], splits["val"], splits["test"], info)
@@ -203,7 +183,7 @@ class KeywordSpotting(ClassificationTask):
         duration = np.zeros(len(waves))
         rms_db = np.zeros(len(waves))
         for i, samples in enumerate(waves):
-            start, end = _speech_span(samples, self.sample_rate)
+            start, end = speech_span(samples, self.sample_rate)
             speech = samples[start:end].astype(np.float64)
             duration[i] = (end - start) / self.sample_rate
             rms = float(np.sqrt(np.mean(speech ** 2))) if speech.size else 0.0
@@ -239,7 +219,7 @@ class KeywordSpotting(ClassificationTask):
         except ValueError as e:
             raise InputError(f"input 'wav': element {index}: {e}") from e
         self._check_length("wav", len(samples), rate, index)
-        return _resample(samples, rate, self.sample_rate)
+        return resample(samples, rate, self.sample_rate)
 
     def _check_length(self, name: str, samples: int, rate: int, index: int | None = None) -> None:
         where = f"input {name!r}" + (f": element {index}" if index is not None else "")
@@ -251,7 +231,7 @@ class KeywordSpotting(ClassificationTask):
 
     def _fit_window(self, samples: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
         """The speech span of ``samples`` cropped or zero-padded to the window, and the span."""
-        start, end = _speech_span(samples, self.sample_rate)
+        start, end = speech_span(samples, self.sample_rate)
         speech = samples[start:end][:self.window_samples]
         window = np.zeros(self.window_samples, dtype=np.float32)
         window[:len(speech)] = speech
@@ -299,181 +279,3 @@ class KeywordNet(nn.Module):
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         return self.cnn(self.features(audio).unsqueeze(1))
-
-
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 20.0) -> np.ndarray:
-    """Triangular filters ``[n_mels, n_fft // 2 + 1]`` equally spaced on the HTK mel scale up to Nyquist."""
-    def mel(f: np.ndarray) -> np.ndarray:
-        return 2595.0 * np.log10(1.0 + f / 700.0)
-
-    def hz(m: np.ndarray) -> np.ndarray:
-        return 700.0 * (10 ** (m / 2595.0) - 1.0)
-
-    edges = hz(np.linspace(mel(np.array(f_min)), mel(np.array(sample_rate / 2)), n_mels + 2))
-    bins = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
-    lower, center, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    rising = (bins - lower) / (center - lower)
-    falling = (upper - bins) / (upper - center)
-    return np.maximum(0.0, np.minimum(rising, falling))
-
-
-# ---- audio helpers --------------------------------------------------------------------------------------------
-
-def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
-    """A PCM WAV file as a mono float32 waveform in [-1, 1] and its sample rate (channels averaged).
-
-    Raises:
-        ValueError: not a PCM WAV file, an unsupported sample width or rate, or no samples.
-    """
-    try:
-        with wave.open(io.BytesIO(data)) as f:
-            channels, width, rate = f.getnchannels(), f.getsampwidth(), f.getframerate()
-            frames = f.readframes(f.getnframes())
-    except (wave.Error, EOFError, OSError) as e:
-        raise ValueError(f"not a PCM WAV file ({e or type(e).__name__})") from e
-    if not WAV_RATES[0] <= rate <= WAV_RATES[1]:
-        raise ValueError(f"sample rate {rate} Hz is outside {WAV_RATES[0]}..{WAV_RATES[1]} Hz")
-    if width not in (1, 2, 3, 4) or channels < 1:
-        raise ValueError(f"unsupported WAV layout: {channels} channel(s) of {width} byte(s)")
-    frames = frames[:len(frames) - len(frames) % (width * channels)]
-    if not frames:
-        raise ValueError("the WAV file holds no samples")
-    raw = np.frombuffer(frames, dtype=np.uint8)
-    if width == 1:
-        samples = (raw.astype(np.float32) - 128.0) / 128.0
-    elif width == 3:
-        triples = raw.reshape(-1, 3).astype(np.int32)
-        value = triples[:, 0] | (triples[:, 1] << 8) | (triples[:, 2] << 16)
-        samples = (np.where(value >= 1 << 23, value - (1 << 24), value) / float(1 << 23)).astype(np.float32)
-    else:
-        dtype = np.dtype("<i2") if width == 2 else np.dtype("<i4")
-        samples = (np.frombuffer(frames, dtype=dtype) / float(1 << (8 * width - 1))).astype(np.float32)
-    return samples.reshape(-1, channels).mean(axis=1, dtype=np.float32), rate
-
-
-def encode_wav(samples: np.ndarray, rate: int) -> bytes:
-    """A mono waveform in [-1, 1] as a 16-bit PCM WAV file (for clients and tests)."""
-    pcm = np.round(np.clip(samples, -1.0, 1.0) * 32767).astype("<i2")
-    out = io.BytesIO()
-    with wave.open(out, "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(rate)
-        f.writeframes(pcm.tobytes())
-    return out.getvalue()
-
-
-def _resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
-    if rate == target:
-        return np.asarray(samples, dtype=np.float32)
-    g = math.gcd(rate, target)
-    return resample_poly(np.asarray(samples, dtype=np.float64), target // g, rate // g).astype(np.float32)
-
-
-def _speech_span(samples: np.ndarray, sample_rate: int) -> tuple[int, int]:
-    """First and last sample (exclusive) of the frames within :data:`SILENCE_DB` of the loudest, with one
-    frame of margin each side; ``(0, 0)`` for a silent clip."""
-    hop = round(FRAME_SECONDS * sample_rate)
-    frames = len(samples) // hop + (len(samples) % hop > 0)
-    padded = np.zeros(frames * hop, dtype=np.float64)
-    padded[:len(samples)] = samples
-    energy = (padded.reshape(frames, hop) ** 2).mean(axis=1)
-    peak = energy.max(initial=0.0)
-    if peak <= 0.0:
-        return 0, 0
-    loud = np.flatnonzero(energy >= peak * 10 ** (-SILENCE_DB / 10))
-    start = max(int(loud[0]) - 1, 0) * hop
-    end = min((int(loud[-1]) + 2) * hop, len(samples))
-    return start, end
-
-
-def _spread(names: Sequence[str], count: int) -> list[str]:
-    """``count`` of ``names`` spread evenly over the sorted list (all of them for 0 or more than there are)."""
-    if count == 0 or count >= len(names):
-        return list(names)
-    return [names[i] for i in np.unique(np.linspace(0, len(names) - 1, count).round().astype(int))]
-
-
-# ---- espeak-ng --------------------------------------------------------------------------------------------------
-
-def installed_variants(espeak: str) -> list[str]:
-    """The voice variants espeak-ng lists (``espeak-ng --voices=variant``), sorted by file name."""
-    listing = _run([espeak, "--voices=variant"]).decode()
-    names = {line.split()[4].rsplit("/", 1)[-1] for line in listing.splitlines()[1:] if len(line.split()) >= 5}
-    return sorted(names)
-
-
-def synthesize(commands: Sequence[Sequence[str]]) -> list[tuple[np.ndarray, int]]:
-    """Run every espeak-ng command (in parallel) and return each clip (16-bit mono, trailing silence removed)
-    with its rate; cached on disk under a name derived from the commands and the espeak-ng version."""
-    key = hashlib.sha256(json.dumps({"version": CACHE_VERSION, "espeak": _espeak_version(commands[0][0]),
-                                     "commands": [list(c[1:]) for c in commands]}).encode()).hexdigest()[:24]
-    path = _cache_dir() / f"{key}.npz"
-    cached = _read_cache(path, len(commands))
-    if cached is not None:
-        return cached
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, 2 * (os.cpu_count() or 1))) as pool:
-        clips = list(pool.map(_synthesize_one, commands))
-    _write_cache(path, clips)
-    return clips
-
-
-def _synthesize_one(command: Sequence[str]) -> tuple[np.ndarray, int]:
-    try:
-        samples, rate = decode_wav(_run(command))
-    except ValueError as e:
-        raise DataError(f"espeak-ng wrote no usable WAV for {' '.join(command[1:])}: {e}") from e
-    pcm = np.round(samples * 32768).astype(np.int16)
-    nonzero = np.flatnonzero(pcm)
-    if nonzero.size == 0:
-        raise DataError(f"espeak-ng wrote silence for {' '.join(command[1:])}")
-    return pcm[:nonzero[-1] + 1].astype(np.float32) / 32768, rate
-
-
-def _run(command: Sequence[str]) -> bytes:
-    try:
-        return subprocess.run(list(command), capture_output=True, check=True, timeout=60).stdout
-    except FileNotFoundError as e:
-        raise DataError(f"espeak-ng is not installed: {INSTALL_HINT}") from e
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
-        stderr = (getattr(e, "stderr", b"") or b"").decode(errors="replace").strip()
-        raise DataError(f"espeak-ng failed for {' '.join(command[1:])}: {stderr or e}") from e
-
-
-def _espeak_version(espeak: str) -> str:
-    return _run([espeak, "--version"]).decode().split("Data at")[0].strip()
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pillars" / "keyword_spotting"
-
-
-def _read_cache(path: Path, count: int) -> list[tuple[np.ndarray, int]] | None:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            pcm, lengths, rates = data["pcm"], data["lengths"], data["rates"]
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        logger.warning("ignoring the unreadable speech cache %s: %s", path, e)
-        return None
-    if len(lengths) != count or int(lengths.sum()) != len(pcm):
-        logger.warning("ignoring the speech cache %s: it does not match the commands", path)
-        return None
-    ends = np.cumsum(lengths)
-    return [(pcm[end - n:end].astype(np.float32) / 32768, int(rate)) for end, n, rate in zip(ends, lengths, rates)]
-
-
-def _write_cache(path: Path, clips: list[tuple[np.ndarray, int]]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.savez(f, pcm=np.concatenate([np.round(s * 32768).astype(np.int16) for s, _ in clips]),
-                     lengths=np.array([len(s) for s, _ in clips], dtype=np.int64),
-                     rates=np.array([r for _, r in clips], dtype=np.int64))
-        os.replace(tmp, path)
-    except OSError as e:
-        logger.warning("could not cache the synthesised speech in %s: %s", path, e)
-        tmp.unlink(missing_ok=True)

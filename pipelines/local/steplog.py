@@ -14,7 +14,7 @@ Any line may name the run's folder under ``pipeline_root`` (the local job's id).
 tqdm progress bar described by its own name (the train step's epochs), read by :func:`progress_bar`.
 
 Both readers of these logs build on :func:`read_line`: the CLI's live step report
-(:mod:`pillars.pipelines.progress`, a line at a time as the run prints them) and the console's run page
+(:mod:`pillars.pipelines.local.progress`, a line at a time as the run prints them) and the console's run page
 (:mod:`pillars.console.steplog`, the whole file so far). Pure functions, no state.
 """
 

@@ -1,5 +1,5 @@
 """What each ``pillars`` command does, one ``cmd_*`` function per command over its parsed arguments
-(:mod:`pillars.pipelines.cli` builds the parser and turns errors into one line)."""
+(:mod:`pillars.pipelines.cli.parser` builds the parser and turns errors into one line)."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ def cron_expression(text: str) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pillars.components.settings import Settings
-    from pillars.pipelines.local import end_group_on_sigterm, groups_supported, run_in_own_group
-    from pillars.pipelines.progress import StepFailed, log_path, optimize_summary, run_reported, run_summary
+    from pillars.pipelines.local.runner import end_group_on_sigterm, groups_supported, run_in_own_group
+    from pillars.pipelines.local.progress import StepFailed, log_path, optimize_summary, run_reported, run_summary
     from pillars.pipelines.training import check_arguments
 
     pipeline = pipeline_factory(args.pipeline)(cache_data=not args.no_cache)
@@ -72,7 +72,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from pillars.components.optimize.register import resolve_version
     from pillars.components.settings import Settings
     from pillars.components.registry.tracking import configure_tracking
-    from pillars.pipelines.progress import log_path, optimize_summary, run_reported
+    from pillars.pipelines.local.progress import log_path, optimize_summary, run_reported
 
     ModelRef.parse(args.model)
     configure_tracking(create=False)
@@ -210,7 +210,7 @@ def _size(n: int) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pillars.pipelines.demo import run_demo
+    from pillars.pipelines.local.demo import run_demo
 
     flags = task_params(None, args.task_arg, [])  # [] or ["task_args={...}"]
     return run_demo(task=args.task, epochs=args.epochs, serve=not args.no_serve,
@@ -244,7 +244,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from pillars.components.registry import CHAMPION, alias_version
     from pillars.components.registry.tracking import configure_tracking
-    from pillars.pipelines.stack import Stack, Timing, parse_ports
+    from pillars.pipelines.local.stack import Stack, Timing, parse_ports
 
     check_model_name(args.model)
     configure_tracking(create=False)
@@ -267,7 +267,7 @@ def cmd_console(args: argparse.Namespace) -> int:
     own, go on), as when both were one process."""
     import signal
 
-    from pillars.pipelines.local import die_with, groups_supported
+    from pillars.pipelines.local.runner import die_with, groups_supported
 
     parent = os.getpid()
     ties = {"preexec_fn": lambda: die_with(parent, signal.SIGKILL)} if groups_supported() else {}
@@ -275,7 +275,7 @@ def cmd_console(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from pillars.pipelines.stack import Stack
+    from pillars.pipelines.local.stack import Stack
 
     stopped = Stack().down()
     print(f"stopped: {', '.join(stopped)}" if stopped else "the local stack was not running")
@@ -295,7 +295,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 
 def cmd_trigger(args: argparse.Namespace) -> int:
-    from pillars.pipelines.trigger import main as trigger_main
+    from pillars.pipelines.trigger.serve import main as trigger_main
 
     return trigger_main(args.rest)
 

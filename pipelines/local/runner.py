@@ -83,7 +83,7 @@ def run_local(pipeline: Callable[..., Any], arguments: Mapping[str, Any], settin
 
     Args:
         log_file: a file the steps' output goes to (kfp.local prints it); None: to this process's stdout.
-        output: a stream the steps' output goes to instead (e.g. :class:`pillars.pipelines.progress.StepReporter`'s).
+        output: a stream the steps' output goes to instead (e.g. :class:`pillars.pipelines.local.progress.StepReporter`'s).
 
     Returns:
         The tracking URI the run used.

@@ -19,7 +19,7 @@ from pillars.components.settings import Settings
 def run_demo(task: str = "breast_cancer", epochs: int = 30, serve: bool = True, task_args: str = "") -> int:
     """Run the training pipeline locally on any task (an installed task's name or
     ``package.module:attribute``), show the registry, then serve the champion and query it."""
-    from pillars.pipelines.progress import log_path, run_reported
+    from pillars.pipelines.local.progress import log_path, run_reported
     from pillars.pipelines.training import training_pipeline
     from pillars.serving.storage import quiet_mlflow_downloads
 
@@ -57,7 +57,7 @@ def serve_and_query(name: str, tracking_uri: str, home: Path) -> tuple[dict, dic
     registered version's input example: one row of its test split), stop it."""
     from pillars.serving.demo import query_once
 
-    from pillars.pipelines.stack import free_port, stop_group, wait_ready
+    from pillars.pipelines.local.stack import free_port, stop_group, wait_ready
 
     http_port, grpc_port = free_port(), free_port()
     log_path = home / "logs" / "demo-server.log"

@@ -1,6 +1,6 @@
 """``pillars``: run, compile and submit pipelines, browse the model registry, serve and deploy models.
 
-This module is the parser and the entry point; what each command does is :mod:`pillars.pipelines.commands`.
+This module is the parser and the entry point; what each command does is :mod:`pillars.pipelines.cli.commands`.
 Every failure prints one line (``pillars: error: ...``) and exits non-zero; set ``PILLARS_DEBUG=1``
 for the traceback.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 from pillars.components.errors import PillarsError, one_line
 from pillars.pipelines.compile import PIPELINES
-from pillars.pipelines.commands import (cmd_alerts, cmd_compile, cmd_console, cmd_demo, cmd_deploy, cmd_down,
+from pillars.pipelines.cli.commands import (cmd_alerts, cmd_compile, cmd_console, cmd_demo, cmd_deploy, cmd_down,
                                         cmd_models, cmd_optimize, cmd_run, cmd_serve, cmd_submit, cmd_tasks,
                                         cmd_trigger, cmd_up)
 from pillars.pipelines.parameters import KSERVE_MODES, add_cluster_flags
@@ -238,7 +238,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pillars: error: {one_line(e)}", file=sys.stderr)
         return 2 if isinstance(e, (PillarsError, ValueError)) else 1
 
-
-
-if __name__ == "__main__":
-    sys.exit(main())
