@@ -38,21 +38,32 @@ STAGES: list[tuple[str, str]] = [
     ("metrics (prometheus-client)", r"prometheus_client|_record \(|_observe_batch|observe_batch"),
     ("drift (per batch)", r"drift_rows|observe_named|drift\.py|drift_matrix"),
     ("forward (encode, model, decode)", r"predict_checked|torch|onnxruntime"),
-    ("request parsing (JSON / protobuf)", r"parse_json|codec\.py:\d+\)?;?.*loads|check_v2_header|json_part_length|"
-                                          r"_read_binary_request|ParseFromString|request\.body|fast_path.*parse"),
+    ("request parsing (JSON / protobuf)", r"parse_json|^loads |check_v2_header|json_part_length|"
+                                          r"_read_binary_request|ParseFromString|request\.body|_body \(|deserialize"),
     ("tensor decode (data to arrays)", r"decode_v2_data|decode_grpc|from_json|from_buffer|split_bytes"),
     ("validation (contract check)", r"check_inputs|preprocess \(|\.check \(|check_declared"),
-    ("response encoding", r"postprocess|encode_v2|encode_v1|dataplane\.py:\d+\)?;?.*encode|InferResponse|"
-                          r"to_rest|to_grpc|orjson|SerializeToString|JSONResponse|render"),
-    ("batching hand-off", r"batching\.py|run_in_executor|concurrent/futures|call_soon_threadsafe"),
+    ("response encoding", r"postprocess|encode_v2|encode_v1|encode_json|encode_rest|encode_grpc|"
+                          r"DataPlane\.encode|InferResponse|InferOutput|to_rest|to_grpc|SerializeToString|"
+                          r"JSONResponse|render|serialize"),
+    ("batching hand-off", r"batching\.py|run_in_executor|concurrent/futures|call_soon_threadsafe|"
+                          r"_chain_future|_copy_future_state|_set_state"),
     ("auth / middleware checks", r"middleware\.py|auth\.py|origins\.py|connections\.py"),
 ]
 
 
-def classify(stack: str) -> str:
-    for stage, pattern in STAGES:
-        if re.search(pattern, stack):
-            return stage
+IDLE = re.compile(r"concurrent/futures/thread\.py:81\)$|_poll_wrapper\);.*Thread\.run \(threading\.py:\d+\)$|"
+                  r"selectors\.py:\d+\)$|threading\.py:\d+\)$|Event\.wait|Condition\.wait")
+"""Stacks of a thread waiting (the forward thread's queue, gRPC's poller, the event loop's select)."""
+
+
+def classify(stack: str) -> str | None:
+    """The stage of the innermost frame that names one (frames read leaf first); None: idle."""
+    if IDLE.search(stack):
+        return None
+    for frame in reversed(stack.split(";")):
+        for stage, pattern in STAGES:
+            if re.search(pattern, frame):
+                return stage
     return "framework (uvicorn/Starlette/FastAPI/grpc/asyncio/kserve)"
 
 
@@ -102,7 +113,10 @@ def main() -> int:
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
-        stages[classify(stack)] += int(count)
+        stage = classify(stack)
+        if stage is None:
+            continue
+        stages[stage] += int(count)
         leaves[stack.rsplit(";", 1)[-1]] += int(count)
     total = sum(stages.values())
     print(f"{total} CPU samples of the server under {args.protocol} load at c={args.concurrency}")

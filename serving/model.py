@@ -31,6 +31,7 @@ downloaded is removed at once. Each refusal counts in ``pillars_model_reload_fai
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import threading
 import time
@@ -231,6 +232,10 @@ class PillarsModel(Model):
         if old_drift is not None:
             old_drift.stop()
         discard(old_source)
+        old_source = old_drift = None
+        gc.unfreeze()  # the old version's objects may be frozen (pillars.serving.server.freeze_heap)
+        gc.collect()
+        gc.freeze()
         logger.info("model %s: %s now points to version %s (was %s); loaded and swapped in %.2fs",
                     self.name, self.settings.model_uri, self.version, old_version, time.perf_counter() - started)
         return True
@@ -432,10 +437,12 @@ def _check_outputs(outputs: Outputs, signature: Signature, rows: int) -> None:
     wrong = [s.name for s in signature.outputs if s.name not in outputs or len(outputs[s.name]) != rows]
     if wrong:
         raise InferenceError(f"the model's outputs {wrong} are missing or have the wrong number of rows")
+    floats = [array for array in outputs.values() if array.dtype.kind == "f"]
+    if all(np.isfinite(array).all() for array in floats):  # the usual case: one check per output
+        return
     bad = np.zeros(rows, dtype=bool)
-    for array in outputs.values():
-        if array.dtype.kind == "f":
-            bad |= ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+    for array in floats:
+        bad |= ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
     if bad.any():
         raise NonFiniteOutput(f"row(s) {np.flatnonzero(bad)[:5].tolist()} give NaN or Inf outputs: "
                               "their values are too large for the model")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -99,4 +100,14 @@ class PillarsModelServer(ModelServer):
                     "open" if self._metrics_open or not self._auth else "behind the token", self._max_connections)
         self.setup_event_loop()
         self.register_signal_handler()
+        freeze_heap()
         asyncio.run(self._serve())
+
+
+def freeze_heap() -> None:
+    """Move everything loaded so far (torch, KServe, MLflow, the model: some 400k objects) out of the garbage
+    collector's reach. A full collection walks all of them: hundreds of milliseconds with the event loop
+    stopped, which was the tail of the latency (p99 several times p50); requests' own objects are still
+    collected. A hot reload freezes again after its swap (:meth:`PillarsModel.reload_if_moved`)."""
+    gc.collect()
+    gc.freeze()

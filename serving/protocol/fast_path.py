@@ -17,7 +17,8 @@ request's server CPU (docs/benchmarks.md, "Where a request's CPU goes"). Here:
   ``request_postprocess_seconds`` around the encoding) as ``Model.__call__`` does, through cached series.
 - :func:`encode_json` writes a V2 JSON response in one ``orjson`` call, byte for byte what KServe's
   ``InferResponse.to_rest`` gives (numbers through ``tolist``, same keys in the same order); binary
-  outputs, requested outputs and ``BYTES``/``FP16`` outputs are still encoded by KServe's ``InferResponse``.
+  outputs, requested outputs with parameters and ``FP16`` outputs are still encoded by KServe's ``InferResponse``.
+  :func:`encode_grpc` builds the gRPC response's typed ``contents`` in the same way.
 
 Errors are answered by the FastAPI app's own exception handlers (same status and body as the routed
 path); an error with no handler of its own propagates, as it would from a route (the middleware makes a
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import struct
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
@@ -52,8 +54,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 V2_INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
-JSON_ONLY_DATATYPES = frozenset({"BYTES", "FP16"})
-"""Output datatypes encoded by KServe's ``InferResponse`` (strings are decoded one by one; FP16 is refused)."""
 
 _timers: dict[str, tuple[Any, Any, Any]] = {}
 
@@ -87,55 +87,74 @@ async def infer(model: PillarsModel, batch: codec.Batch) -> tuple[dict[str, np.n
         predict.observe(time.perf_counter() - started)
 
 
+def _plain(output: np.ndarray, datatype: str) -> tuple[list[int], list[Any]]:
+    """An output's shape and flat values as KServe's ``InferOutput`` gives them (strings decoded as UTF-8,
+    invalid bytes replaced; numbers in the datatype's dtype, through ``tolist``)."""
+    if datatype == "BYTES":
+        data = np.asarray(output)
+        return list(data.shape), codec.plain_strings(data)
+    data = np.ascontiguousarray(output, dtype=numpy_dtype(datatype))
+    return list(data.shape), data.reshape(-1).tolist()
+
+
 def encode_json(batch: codec.Batch, outputs: Mapping[str, np.ndarray], signature: Signature, model_name: str,
                 version: str) -> bytes | None:
     """The V2 JSON response body, or None when KServe's ``InferResponse`` must encode it (binary outputs,
-    requested outputs with parameters, ``BYTES`` or ``FP16`` outputs)."""
+    requested outputs with parameters, ``FP16`` outputs)."""
     if batch.binary_outputs or batch.output_parameters:
         return None
     specs = {s.name: s for s in signature.outputs}
     tensors = []
     for name in batch.outputs:
         datatype = specs[name].datatype
-        if datatype in JSON_ONLY_DATATYPES:
-            return None
-        data = np.ascontiguousarray(outputs[name], dtype=numpy_dtype(datatype))
-        tensors.append({"name": name, "shape": list(data.shape), "datatype": datatype,
-                        "data": data.reshape(-1).tolist()})
+        if datatype == "FP16":
+            return None  # KServe refuses FP16 in JSON: its InferResponse says so
+        shape, values = _plain(outputs[name], datatype)
+        tensors.append({"name": name, "shape": shape, "datatype": datatype, "data": values})
     return orjson.dumps({"id": batch.request_id or str(uuid.uuid4()), "model_name": model_name,
                          "model_version": version, "outputs": tensors})
 
 
-def encode_rest(batch: codec.Batch, outputs: Mapping[str, np.ndarray], model: PillarsModel
-                ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+def encode_rest(batch: codec.Batch, outputs: Mapping[str, np.ndarray], signature: Signature, model_name: str,
+                version: str) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """The REST response body and its headers (JSON, or the binary extension through ``InferResponse``)."""
-    body = encode_json(batch, outputs, model.signature, model.name, model.version)
+    body = encode_json(batch, outputs, signature, model_name, version)
     if body is not None:
         return body, [(b"content-type", b"application/json")]
-    response = codec.encode_v2(batch, dict(outputs), model.signature, model.name, model.version)
-    encoded, json_size = response.to_rest()
+    encoded, json_size = codec.encode_v2(batch, dict(outputs), signature, model_name, version).to_rest()
     if isinstance(encoded, bytes):
         return encoded, [(b"content-type", b"application/octet-stream"),
                          (b"inference-header-content-length", str(json_size).encode())]
     return orjson.dumps(encoded), [(b"content-type", b"application/json")]
 
 
-def encode_grpc(batch: codec.Batch, outputs: Mapping[str, np.ndarray], model: PillarsModel
-                ) -> pb.ModelInferResponse:
-    """The gRPC response: typed ``contents`` built directly, as ``InferResponse.to_grpc`` builds them; raw
-    outputs (the inputs came raw) and ``BYTES``/``FP16`` outputs through KServe's ``InferResponse``."""
-    specs = {s.name: s for s in model.signature.outputs}
-    if not batch.binary_outputs and not any(specs[n].datatype in JSON_ONLY_DATATYPES for n in batch.outputs):
-        tensors = []
-        for name in batch.outputs:
-            datatype = specs[name].datatype
-            data = np.ascontiguousarray(outputs[name], dtype=numpy_dtype(datatype))
+def encode_grpc(batch: codec.Batch, outputs: Mapping[str, np.ndarray], signature: Signature, model_name: str,
+                version: str) -> pb.ModelInferResponse:
+    """The gRPC response as ``InferResponse.to_grpc`` builds it: typed ``contents``, or (when the inputs came
+    raw) ``raw_output_contents`` with each output's ``binary_data_size``; ``FP16`` outputs through KServe's
+    ``InferResponse``."""
+    specs = {s.name: s for s in signature.outputs}
+    if any(specs[n].datatype == "FP16" for n in batch.outputs):
+        return codec.encode_v2(batch, dict(outputs), signature, model_name, version).to_grpc()
+    tensors, raw = [], []
+    for name in batch.outputs:
+        datatype = specs[name].datatype
+        shape, values = _plain(outputs[name], datatype)
+        if datatype == "BYTES":
+            values = [v.encode("utf-8") for v in values]
+        if not batch.binary_outputs:
             tensors.append(pb.ModelInferResponse.InferOutputTensor(
-                name=name, datatype=datatype, shape=data.shape,
-                contents=pb.InferTensorContents(**{codec.GRPC_CONTENTS[datatype]: data.reshape(-1).tolist()})))
-        return pb.ModelInferResponse(id=batch.request_id or str(uuid.uuid4()), model_name=model.name,
-                                     model_version=model.version, outputs=tensors)
-    return codec.encode_v2(batch, dict(outputs), model.signature, model.name, model.version).to_grpc()
+                name=name, datatype=datatype, shape=shape,
+                contents=pb.InferTensorContents(**{codec.GRPC_CONTENTS[datatype]: values})))
+            continue
+        data = (b"".join(struct.pack("<I", len(v)) + v for v in values) if datatype == "BYTES" else
+                np.ascontiguousarray(outputs[name], dtype=numpy_dtype(datatype)).tobytes())
+        raw.append(data)
+        tensors.append(pb.ModelInferResponse.InferOutputTensor(
+            name=name, datatype=datatype, shape=shape,
+            parameters={"binary_data_size": pb.InferParameter(int64_param=len(data))}))
+    return pb.ModelInferResponse(id=batch.request_id or str(uuid.uuid4()), model_name=model_name,
+                                 model_version=version, outputs=tensors, raw_output_contents=raw)
 
 
 class FastV2App:
@@ -203,7 +222,7 @@ class FastV2App:
         post = kserve_timers(model.name)[2]
         started = time.perf_counter()
         try:
-            return encode_rest(batch, outputs, model)
+            return encode_rest(batch, outputs, model.signature, model.name, model.version)
         finally:
             post.observe(time.perf_counter() - started)
 

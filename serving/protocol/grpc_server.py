@@ -81,8 +81,7 @@ class MetricsInterceptor(AsyncServerInterceptor):
             model = name if name in self.versions else "unknown"
             version = self.versions.get(name, "")
             seconds = time.perf_counter() - started
-            metrics.REQUESTS.labels(model, version, "grpc", status).inc()
-            metrics.REQUEST_SECONDS.labels(model, "grpc").observe(seconds)
+            metrics.observe_request(model, version, "grpc", status, seconds)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("request protocol=grpc model=%s version=%s status=%s seconds=%.6f",
                              model, version, status, seconds)
@@ -149,7 +148,7 @@ class PillarsServicer(InferenceServicer):
         post = fast_path.kserve_timers(model.name)[2]
         started = time.perf_counter()
         try:
-            return fast_path.encode_grpc(batch, outputs, model)
+            return fast_path.encode_grpc(batch, outputs, model.signature, model.name, model.version)
         finally:
             post.observe(time.perf_counter() - started)
 
