@@ -6,9 +6,9 @@
 Starts a model server (this checkout, or ``--tree``) with the 30-feature MLP of
 :mod:`benchmarks.serving_cpu_bench`, loads it (REST: wrk; gRPC: tritonclient) and samples every thread
 of the server with ``py-spy record --format raw`` (py-spy is a dev tool: ``pip install py-spy``; it
-needs ptrace). Each sample is given to the first stage (in the order of :data:`STAGES`) whose pattern
-matches a frame of its stack; what matches none is the framework itself (uvicorn, Starlette,
-FastAPI, grpc, asyncio). Idle samples (threads waiting) are not counted. Prints the share of the CPU
+needs ptrace). Each sample is given to the stage of its innermost frame that one of :data:`STAGES` names (so
+a numpy call inside the contract check is validation, a socket write under the middleware is I/O);
+what matches none is the framework itself (uvicorn, Starlette, FastAPI, grpc, asyncio). Idle samples (threads waiting) are not counted. Prints the share of the CPU
 samples per stage, and the ``--top`` leaf functions.
 """
 
@@ -34,6 +34,7 @@ from benchmarks.serving_bench import NAME, N_FEATURES, build_and_register  # noq
 from benchmarks.serving_cpu_bench import import_root, triton, wrk  # noqa: E402
 from tests.processes import ServerProcess, free_port  # noqa: E402
 
+FRAMEWORK = "framework (uvicorn/Starlette/FastAPI/grpc/asyncio/kserve, our glue)"
 STAGES: list[tuple[str, str]] = [
     ("metrics (prometheus-client)", r"prometheus_client|_record \(|_observe_batch|observe_batch"),
     ("drift (per batch)", r"drift_rows|observe_named|drift\.py|drift_matrix"),
@@ -47,7 +48,12 @@ STAGES: list[tuple[str, str]] = [
                           r"JSONResponse|render|serialize"),
     ("batching hand-off", r"batching\.py|run_in_executor|concurrent/futures|call_soon_threadsafe|"
                           r"_chain_future|_copy_future_state|_set_state"),
-    ("auth / middleware checks", r"middleware\.py|auth\.py|origins\.py|connections\.py"),
+    ("output check (rows, finite)", r"_check_outputs"),
+    ("socket reads and writes", r"_SelectorSocketTransport\.write|_read_ready|sock_send|sock_recv"),
+    ("gc (full collections)", r"^gc |gc\.collect|garbage"),
+    ("auth / middleware checks", r"access/middleware\.py|auth\.py|origins\.py|connections\.py"),
+    (FRAMEWORK, r"fastapi/|starlette/|uvicorn/|httptools|timing_asgi|kserve/|grpc/|grpc_interceptor|asyncio/|"
+                r"fast_path\.py|rest\.py|grpc_server\.py|model\.py"),
 ]
 
 
@@ -64,7 +70,7 @@ def classify(stack: str) -> str | None:
         for stage, pattern in STAGES:
             if re.search(pattern, frame):
                 return stage
-    return "framework (uvicorn/Starlette/FastAPI/grpc/asyncio/kserve)"
+    return FRAMEWORK
 
 
 def main() -> int:

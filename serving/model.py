@@ -160,7 +160,7 @@ class PillarsModel(Model):
         self._active = _Active(self.predictor, None)
         self.batcher = Batcher(self._forward, self.settings.max_batch_size, self.settings.max_latency_ms,
                                on_batch=self._observe_batch, max_queued_rows=self.settings.max_queued_rows,
-                               isolate=(InputError,))
+                               isolate=(InputError,), max_queue_wait_ms=self.settings.max_queue_wait_ms)
         try:  # before the drift monitor exists: not traffic
             self._warm_up(self.predictor, self.batcher.run_sync)
         except Exception as e:
