@@ -6,10 +6,11 @@
 Starts a model server (this checkout, or ``--tree``) with the 30-feature MLP of
 :mod:`benchmarks.serving_cpu_bench`, loads it (REST: wrk; gRPC: tritonclient) and samples every thread
 of the server with ``py-spy record --format raw`` (py-spy is a dev tool: ``pip install py-spy``; it
-needs ptrace). Each sample is given to the stage of its innermost frame that one of :data:`STAGES` names (so
-a numpy call inside the contract check is validation, a socket write under the middleware is I/O);
-what matches none is the framework itself (uvicorn, Starlette, FastAPI, grpc, asyncio). Idle samples (threads waiting) are not counted. Prints the share of the CPU
-samples per stage, and the ``--top`` leaf functions.
+needs ptrace). Each sample is given to the stage of its innermost frame that one of :data:`STAGES`
+names (so a numpy call inside the contract check is validation, a socket write under the middleware is
+I/O); what matches none is the framework itself (uvicorn, Starlette, FastAPI, grpc, asyncio). Idle
+samples (threads waiting) are not counted. Prints the share of the CPU samples per stage, and the
+``--top`` leaf functions.
 """
 
 from __future__ import annotations

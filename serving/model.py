@@ -315,10 +315,16 @@ class PillarsModel(Model):
     async def postprocess(self, result: Any, headers: dict[str, str] | None = None,
                           response_headers: dict[str, str] | None = None) -> dict[str, Any] | InferResponse:
         """Encode the outputs in the protocol of the request (V1 dict, or V2 ``InferResponse``)."""
-        outputs, batch = result
+        outputs, batch = self.prepare_response(result)
         if batch.protocol == "v1":
             return codec.encode_v1(outputs, self.signature)
         return codec.encode_v2(batch, outputs, self.signature, self.name, self.version)
+
+    def prepare_response(self, result: tuple[Outputs, codec.Batch]) -> tuple[Outputs, codec.Batch]:
+        """What every answered request goes through just before its response is encoded, on every path
+        (``postprocess``, and :mod:`pillars.serving.protocol.fast_path`, which encodes V2 itself): nothing
+        yet; per-response bookkeeping (a generated request id, remembered predictions) belongs here."""
+        return result
 
     def _forward(self, inputs: dict[str, np.ndarray]) -> Outputs:
         active = self._active  # read once: a swap between these lines cannot mix two versions

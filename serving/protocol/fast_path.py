@@ -9,16 +9,18 @@ request's server CPU (docs/benchmarks.md, "Where a request's CPU goes"). Here:
 - :class:`FastV2App`, an ASGI layer inside :class:`pillars.serving.access.middleware.ServingMiddleware` (so the
   host, origin, auth, body-size checks and the request metrics apply unchanged), answers
   ``POST /v2/models/NAME[/versions/V]/infer`` with an all-JSON body itself. The body goes through the same
-  :mod:`pillars.serving.protocol.codec` checks in the same order as :meth:`pillars.serving.protocol.rest.V2Routes.infer`,
-  then :func:`infer`. Anything else (the binary extension, CloudEvents, latency logging on, every other
+  :mod:`pillars.serving.protocol.codec` checks in the same order as
+  :meth:`pillars.serving.protocol.rest.V2Routes.infer`, then :func:`infer`. Anything else (the binary extension, CloudEvents, latency logging on, every other
   path) goes on to the FastAPI app as before.
 - :func:`infer` runs the model's ``preprocess`` (the contract check) and ``predict`` (the micro-batcher)
   and observes KServe's own ``request_preprocess_seconds`` / ``request_predict_seconds`` (and
   ``request_postprocess_seconds`` around the encoding) as ``Model.__call__`` does, through cached series.
+  The result then goes through :meth:`PillarsModel.prepare_response`, as in ``postprocess``: per-response
+  bookkeeping written there holds on every path.
 - :func:`encode_json` writes a V2 JSON response in one ``orjson`` call, byte for byte what KServe's
   ``InferResponse.to_rest`` gives (numbers through ``tolist``, same keys in the same order); binary
-  outputs, requested outputs with parameters and ``FP16`` outputs are still encoded by KServe's ``InferResponse``.
-  :func:`encode_grpc` builds the gRPC response's typed ``contents`` in the same way.
+  outputs, requested outputs with parameters and ``FP16`` outputs are still encoded by KServe's
+  ``InferResponse``. :func:`encode_grpc` builds the gRPC response in the same way.
 
 Errors are answered by the FastAPI app's own exception handlers (same status and body as the routed
 path); an error with no handler of its own propagates, as it would from a route (the middleware makes a
@@ -222,6 +224,7 @@ class FastV2App:
         post = kserve_timers(model.name)[2]
         started = time.perf_counter()
         try:
+            outputs, batch = model.prepare_response((outputs, batch))
             return encode_rest(batch, outputs, model.signature, model.name, model.version)
         finally:
             post.observe(time.perf_counter() - started)

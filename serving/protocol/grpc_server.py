@@ -148,6 +148,7 @@ class PillarsServicer(InferenceServicer):
         post = fast_path.kserve_timers(model.name)[2]
         started = time.perf_counter()
         try:
+            outputs, batch = model.prepare_response((outputs, batch))
             return fast_path.encode_grpc(batch, outputs, model.signature, model.name, model.version)
         finally:
             post.observe(time.perf_counter() - started)
