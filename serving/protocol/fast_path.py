@@ -10,8 +10,8 @@ request's server CPU (docs/benchmarks.md, "Where a request's CPU goes"). Here:
   host, origin, auth, body-size checks and the request metrics apply unchanged), answers
   ``POST /v2/models/NAME[/versions/V]/infer`` with an all-JSON body itself. The body goes through the same
   :mod:`pillars.serving.protocol.codec` checks in the same order as
-  :meth:`pillars.serving.protocol.rest.V2Routes.infer`, then :func:`infer`. Anything else (the binary extension, CloudEvents, latency logging on, every other
-  path) goes on to the FastAPI app as before.
+  :meth:`pillars.serving.protocol.rest.V2Routes.infer`, then :func:`infer`. Anything else (the binary
+  extension, CloudEvents, latency logging on, every other path) goes on to the FastAPI app as before.
 - :func:`infer` runs the model's ``preprocess`` (the contract check) and ``predict`` (the micro-batcher)
   and observes KServe's own ``request_preprocess_seconds`` / ``request_predict_seconds`` (and
   ``request_postprocess_seconds`` around the encoding) as ``Model.__call__`` does, through cached series.
