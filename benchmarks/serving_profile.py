@@ -20,6 +20,7 @@ import asyncio
 import collections
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -82,6 +83,7 @@ def main() -> int:
     parser.add_argument("--tree", type=Path, default=ROOT)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--server-arg", dest="server_args", action="append", default=[])
+    parser.add_argument("--keep", action="store_true", help="keep the raw py-spy stacks (and print where)")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="pillars-profile-"))
     tracking_uri, _ = build_and_register(scratch)
@@ -133,6 +135,10 @@ def main() -> int:
     print("\ntop leaf functions:")
     for leaf, n in leaves.most_common(args.top):
         print(f"{100 * n / total:5.1f} %  {leaf}")
+    if args.keep:
+        print(f"raw stacks: {raw}")
+    else:
+        shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
 
