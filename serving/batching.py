@@ -13,7 +13,10 @@ requests are run again one by one, so only the request at fault gets the error.
 
 Bounded: rows submitted and not yet answered are capped (``max_queued_rows``); past that, ``submit``
 raises :class:`pillars.serving.errors.Overloaded` (503 / RESOURCE_EXHAUSTED) at once instead of queueing
-work the server cannot finish in time.
+work the server cannot finish in time. With ``max_queue_wait_ms``, admission also follows the wait itself:
+while the oldest request of the latest forward pass waited longer than that for it, new requests are
+refused the same way (before latency explodes, whatever the rows); the wait is measured again with every
+pass and forgotten once nothing is pending.
 
 Adaptive: while the previous forward pass served one request, a new batch starts at once (no added
 latency for a lone client). Under load, the collector waits up to ``max_latency_ms`` for more rows,
@@ -72,6 +75,7 @@ class _Item:
     future: asyncio.Future[Outputs] = field(repr=False)
     rows: int = 0
     key: tuple[Any, ...] = ()
+    queued_at: float = 0.0
 
 
 class Batcher:
@@ -86,17 +90,24 @@ class Batcher:
         max_queued_rows: most rows waiting or running at once; more are refused (a lone request of any
             size is always taken).
         isolate: errors after which the requests of a merged pass are run again one by one.
+        max_queue_wait_ms: refuse new requests while the latest pass's oldest request waited longer than
+            this for it (0: no limit but ``max_queued_rows``).
     """
 
     def __init__(self, forward: ForwardFn, max_batch_size: int = 64, max_latency_ms: float = 2.0,
                  on_batch: BatchHook | None = None, max_queued_rows: int = 4096,
-                 isolate: tuple[type[BaseException], ...] = ()) -> None:
+                 isolate: tuple[type[BaseException], ...] = (), max_queue_wait_ms: float = 0.0) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         if max_queued_rows < 1:
             raise ValueError(f"max_queued_rows must be at least 1, got {max_queued_rows}")
         if max_latency_ms < 0:
             raise ValueError(f"max_latency_ms must be >= 0, got {max_latency_ms}")
+        if max_queue_wait_ms < 0:
+            raise ValueError(f"max_queue_wait_ms must be >= 0, got {max_queue_wait_ms}")
+        self.max_queue_wait = max_queue_wait_ms / 1000.0
+        self._queue_wait = 0.0
+        """How long the oldest request of the latest pass waited for it (seconds)."""
         self.forward = forward
         self.max_batch_size = max_batch_size
         self.max_latency = max_latency_ms / 1000.0
@@ -132,6 +143,9 @@ class Batcher:
         if self._pending_rows and self._pending_rows + rows > self.max_queued_rows:
             raise Overloaded(f"the server is busy: {self._pending_rows} rows are queued (limit "
                              f"{self.max_queued_rows}, --max_queued_rows); retry later")
+        if self.max_queue_wait and self._pending_rows and self._queue_wait > self.max_queue_wait:
+            raise Overloaded(f"the server is busy: requests wait {1000 * self._queue_wait:.0f} ms for a forward "
+                             f"pass (limit {1000 * self.max_queue_wait:g} ms, --max_queue_wait_ms); retry later")
         if self._task is None or self._task.done():
             self._queue = asyncio.Queue()
             self._task = asyncio.get_running_loop().create_task(self._run(), name="pillars-batcher")
@@ -139,10 +153,12 @@ class Batcher:
         assert self._queue is not None
         self._pending_rows += rows
         try:
-            self._queue.put_nowait(_Item(inputs, future, rows, merge_key(inputs)))
+            self._queue.put_nowait(_Item(inputs, future, rows, merge_key(inputs), time.monotonic()))
             return await future
         finally:
             self._pending_rows -= rows
+            if not self._pending_rows:
+                self._queue_wait = 0.0  # idle: the next request is admitted
 
     def run_sync(self, inputs: Inputs) -> Outputs:
         """One unbatched forward pass in the caller's thread (warm-up, in-process benchmarks)."""
@@ -200,6 +216,7 @@ class Batcher:
             if not items:
                 continue
             self._last_requests = len(items)
+            self._queue_wait = time.monotonic() - min(item.queued_at for item in items)
             try:
                 await self._answer(items)
             except self.isolate:  # bad input in a merged pass: run each request alone

@@ -31,6 +31,7 @@ downloaded is removed at once. Each refusal counts in ``pillars_model_reload_fai
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import threading
 import time
@@ -159,7 +160,7 @@ class PillarsModel(Model):
         self._active = _Active(self.predictor, None)
         self.batcher = Batcher(self._forward, self.settings.max_batch_size, self.settings.max_latency_ms,
                                on_batch=self._observe_batch, max_queued_rows=self.settings.max_queued_rows,
-                               isolate=(InputError,))
+                               isolate=(InputError,), max_queue_wait_ms=self.settings.max_queue_wait_ms)
         try:  # before the drift monitor exists: not traffic
             self._warm_up(self.predictor, self.batcher.run_sync)
         except Exception as e:
@@ -231,6 +232,10 @@ class PillarsModel(Model):
         if old_drift is not None:
             old_drift.stop()
         discard(old_source)
+        old_source = old_drift = None
+        gc.unfreeze()  # the old version's objects may be frozen (pillars.serving.server.freeze_heap)
+        gc.collect()
+        gc.freeze()
         logger.info("model %s: %s now points to version %s (was %s); loaded and swapped in %.2fs",
                     self.name, self.settings.model_uri, self.version, old_version, time.perf_counter() - started)
         return True
@@ -310,10 +315,16 @@ class PillarsModel(Model):
     async def postprocess(self, result: Any, headers: dict[str, str] | None = None,
                           response_headers: dict[str, str] | None = None) -> dict[str, Any] | InferResponse:
         """Encode the outputs in the protocol of the request (V1 dict, or V2 ``InferResponse``)."""
-        outputs, batch = result
+        outputs, batch = self.prepare_response(result)
         if batch.protocol == "v1":
             return codec.encode_v1(outputs, self.signature)
         return codec.encode_v2(batch, outputs, self.signature, self.name, self.version)
+
+    def prepare_response(self, result: tuple[Outputs, codec.Batch]) -> tuple[Outputs, codec.Batch]:
+        """What every answered request goes through just before its response is encoded, on every path
+        (``postprocess``, and :mod:`pillars.serving.protocol.fast_path`, which encodes V2 itself): nothing
+        yet; per-response bookkeeping (a generated request id, remembered predictions) belongs here."""
+        return result
 
     def _forward(self, inputs: dict[str, np.ndarray]) -> Outputs:
         active = self._active  # read once: a swap between these lines cannot mix two versions
@@ -432,10 +443,12 @@ def _check_outputs(outputs: Outputs, signature: Signature, rows: int) -> None:
     wrong = [s.name for s in signature.outputs if s.name not in outputs or len(outputs[s.name]) != rows]
     if wrong:
         raise InferenceError(f"the model's outputs {wrong} are missing or have the wrong number of rows")
+    floats = [array for array in outputs.values() if array.dtype.kind == "f"]
+    if all(np.isfinite(array).all() for array in floats):  # the usual case: one check per output
+        return
     bad = np.zeros(rows, dtype=bool)
-    for array in outputs.values():
-        if array.dtype.kind == "f":
-            bad |= ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+    for array in floats:
+        bad |= ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
     if bad.any():
         raise NonFiniteOutput(f"row(s) {np.flatnonzero(bad)[:5].tolist()} give NaN or Inf outputs: "
                               "their values are too large for the model")

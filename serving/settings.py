@@ -47,6 +47,10 @@ class ServingSettings(BaseSettings):
     """Serve ``/metrics`` without the bearer token even when auth is on (for a scraper that cannot carry
     one). Off: with auth on, ``/metrics`` needs the token like inference does."""
 
+    max_queue_wait_ms: float = Field(default=0.0, ge=0.0)
+    """Refuse requests (503 with Retry-After / RESOURCE_EXHAUSTED) while requests wait longer than this for
+    a forward pass (milliseconds; 0: only ``max_queued_rows`` bounds the queue)."""
+
     max_batch_size: int = Field(default=64, ge=1)
     """Most rows merged into one forward pass."""
 

@@ -27,6 +27,7 @@ INVALID_ARGUMENT). What comes out is one numpy array per input given, of the dat
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -53,8 +54,9 @@ class InputError(PillarsError, ValueError):
     """
 
 
+@functools.cache
 def numpy_dtype(datatype: str) -> np.dtype:
-    """The native-order numpy dtype of a numeric datatype."""
+    """The native-order numpy dtype of a numeric datatype (looked up once per datatype: every request asks)."""
     return np.dtype(NUMERIC_DTYPES[datatype]).newbyteorder("=")
 
 
@@ -306,7 +308,7 @@ def as_datatype(name: str, array: np.ndarray, datatype: str, finite: bool = Fals
     if target.kind == "f":
         with np.errstate(over="ignore", invalid="ignore"):
             converted = array.astype(target, copy=False)
-        if finite and converted.size:
+        if finite and converted.size and not np.isfinite(converted).all():  # rows only when one is bad
             ok = np.isfinite(converted.reshape(len(converted), -1)).all(axis=1)
             if not ok.all():
                 raise InputError(f"input {name!r}: NaN or Inf (or values beyond {datatype}) in "

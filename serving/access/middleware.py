@@ -147,8 +147,7 @@ class ServingMiddleware:
         protocol, name = route
         model = name if name in self.versions else "unknown"
         version = self.versions.get(name, "")
-        metrics.REQUESTS.labels(model, version, protocol, str(status)).inc()
-        metrics.REQUEST_SECONDS.labels(model, protocol).observe(seconds)
+        metrics.observe_request(model, version, protocol, str(status), seconds)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("request protocol=%s model=%s version=%s status=%d seconds=%.6f body_bytes=%d",
                          protocol, model, version, status, seconds, n_bytes)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -53,6 +53,21 @@ INFERENCE_SECONDS = Histogram(
     ["model"],
     buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0),
 )
+_REQUEST_SERIES: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+
+
+def observe_request(model: str, version: str, protocol: str, status: str, seconds: float) -> None:
+    """Count one inference request in :data:`REQUESTS` and time it in :data:`REQUEST_SECONDS`, through series
+    looked up once per label set (the labels are bounded: served models or ``unknown``, status codes)."""
+    key = (model, version, protocol, status)
+    series = _REQUEST_SERIES.get(key)
+    if series is None:
+        series = _REQUEST_SERIES[key] = (REQUESTS.labels(model, version, protocol, status),
+                                         REQUEST_SECONDS.labels(model, protocol))
+    series[0].inc()
+    series[1].observe(seconds)
+
+
 RELOAD_FAILURES = Counter(
     "pillars_model_reload_failures",
     "Hot reloads refused or failed, by model and reason (download, load, warm_up, schema); the served "

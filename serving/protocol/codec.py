@@ -452,11 +452,12 @@ def encode_v2(batch: Batch, outputs: dict[str, np.ndarray], signature: Signature
 
 def _wire_output(data: np.ndarray, datatype: str) -> np.ndarray:
     if datatype == "BYTES":
-        return np.asarray(_plain_strings(np.asarray(data)), dtype=object).reshape(np.shape(data))
+        return np.asarray(plain_strings(np.asarray(data)), dtype=object).reshape(np.shape(data))
     return np.ascontiguousarray(data, dtype=numpy_dtype(datatype))
 
 
-def _plain_strings(data: np.ndarray) -> list[str]:
+def plain_strings(data: np.ndarray) -> list[str]:
+    """A ``BYTES`` output's elements as ``str`` (bytes decoded as UTF-8, invalid bytes replaced), flat."""
     return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in data.reshape(-1).tolist()]
 
 
@@ -466,7 +467,7 @@ def encode_v1(outputs: dict[str, np.ndarray], signature: Signature) -> dict[str,
     for spec in signature.outputs:
         data = np.asarray(outputs[spec.name])
         if spec.datatype == "BYTES":
-            plain[spec.name] = np.asarray(_plain_strings(data), dtype=object).reshape(data.shape).tolist()
+            plain[spec.name] = np.asarray(plain_strings(data), dtype=object).reshape(data.shape).tolist()
         else:
             plain[spec.name] = data.tolist()
     if len(plain) == 1:

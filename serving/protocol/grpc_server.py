@@ -31,7 +31,7 @@ from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.infer_type import InferResponse
 from kserve.utils.utils import to_headers
 
-from pillars.serving.protocol import codec
+from pillars.serving.protocol import codec, fast_path
 from pillars.serving.monitoring import metrics
 from pillars.serving.access.auth import TokenAuth, grpc_method_is_open
 from pillars.components.errors import PillarsError
@@ -81,8 +81,7 @@ class MetricsInterceptor(AsyncServerInterceptor):
             model = name if name in self.versions else "unknown"
             version = self.versions.get(name, "")
             seconds = time.perf_counter() - started
-            metrics.REQUESTS.labels(model, version, "grpc", status).inc()
-            metrics.REQUEST_SECONDS.labels(model, "grpc").observe(seconds)
+            metrics.observe_request(model, version, "grpc", status, seconds)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("request protocol=grpc model=%s version=%s status=%s seconds=%.6f",
                              model, version, status, seconds)
@@ -140,10 +139,19 @@ class PillarsServicer(InferenceServicer):
         if not await model.healthy():
             raise ModelNotReady(model.name)
         batch = codec.decode_grpc(request, model.signature, model.settings.max_rows)
-        response, _ = await self._data_plane.infer(model_name=model.name, request=batch,
-                                                   headers=to_headers(context))
-        assert isinstance(response, InferResponse)
-        return response.to_grpc()
+        if model.enable_latency_logging:  # KServe's Model.__call__ logs the timings
+            response, _ = await self._data_plane.infer(model_name=model.name, request=batch,
+                                                       headers=to_headers(context))
+            assert isinstance(response, InferResponse)
+            return response.to_grpc()
+        outputs, batch = await fast_path.infer(model, batch)  # without DataPlane.infer and Model.__call__
+        post = fast_path.kserve_timers(model.name)[2]
+        started = time.perf_counter()
+        try:
+            outputs, batch = model.prepare_response((outputs, batch))
+            return fast_path.encode_grpc(batch, outputs, model.signature, model.name, model.version)
+        finally:
+            post.observe(time.perf_counter() - started)
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
         raise NotServed("the model repository extension (load, unload) is not served")

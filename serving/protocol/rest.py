@@ -28,6 +28,7 @@ from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
 from kserve.errors import ModelNotReady, ServerNotReady
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.rest.server import RESTServer, metrics_handler
+from timing_asgi import TimingMiddleware
 from kserve.protocol.rest.v1_endpoints import register_v1_endpoints
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
 
@@ -175,6 +176,25 @@ class PillarsRESTServer(RESTServer):
         app.include_router(root)
         register_v1_endpoints(app, self.dataplane, None)
         app.include_router(V2Routes(self.dataplane).router())
+
+    def _add_middlewares(self, app: fastapi.FastAPI) -> None:
+        """KServe's, without its timing middleware unless ``kserve.trace`` logs (it reads the CPU clock twice
+        per request only to log the timings at DEBUG)."""
+        if logging.getLogger("kserve.trace").isEnabledFor(logging.INFO):
+            super()._add_middlewares(app)
+            return
+        access_log_format, self.access_log_format = self.access_log_format, None
+        try:
+            super()._add_middlewares(app)  # with no access log format: only the timing middleware
+        finally:
+            self.access_log_format = access_log_format
+        app.user_middleware = [m for m in app.user_middleware if m.cls is not TimingMiddleware]
+        if access_log_format:
+            from asgi_logger import AccessLoggerMiddleware
+
+            logging.getLogger("uvicorn.access").handlers = []
+            app.add_middleware(AccessLoggerMiddleware, format=access_log_format)
+            logging.getLogger("access").propagate = False
 
     def _add_exception_handlers(self, app: fastapi.FastAPI) -> None:
         super()._add_exception_handlers(app)

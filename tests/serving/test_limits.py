@@ -241,3 +241,29 @@ def test_a_web_page_cannot_use_the_loopback_server_by_another_host_or_a_simple_r
         assert as_json.status_code == 200 and "access-control-allow-origin" not in as_json.headers
     # Not a browser (no Origin): Triton's rule stays, a body without the binary header is JSON.
     assert httpx.post(url, content=body, headers={"content-type": "text/plain"}).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """The toy classifier refusing requests while any request waited for a forward pass (a 1 µs bound)."""
+    root = tmp_path_factory.mktemp("impatient")
+    server = start_server(["--model_dir", str(make_classifier(root / "model")), "--model_name", "toy",
+                           "--max_batch_size", "8", "--max_queue_wait_ms", "0.001", "--no_drift"],
+                          root / "server.log")
+    yield server
+    server.process.stop()
+
+
+def test_requests_that_would_wait_too_long_for_a_pass_get_503_with_retry_after_and_a_lone_one_is_served(impatient):
+    rows = toy_rows(8)
+
+    async def burst():
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=100)) as client:
+            return await asyncio.gather(*(client.post(f"{impatient.http}/v2/models/toy/infer",
+                                                      json=v2_request(rows)) for _ in range(100)))
+
+    answers = asyncio.run(burst())
+    assert {a.status_code for a in answers} == {200, 503}, {a.status_code for a in answers}
+    refused = next(a for a in answers if a.status_code == 503)
+    assert "--max_queue_wait_ms" in refused.json()["error"] and refused.headers["retry-after"] == "1"
+    assert httpx.post(f"{impatient.http}/v2/models/toy/infer", json=v2_request(rows)).status_code == 200

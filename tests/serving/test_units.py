@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -206,6 +207,45 @@ def test_batcher_refuses_rows_beyond_its_queue_at_once_and_takes_them_again_when
 
     results, after, pending = asyncio.run(run())
     assert [len(r["label"]) for r in results] == [4, 2] and len(after["label"]) == 5 and pending == 0
+
+
+def test_batcher_refuses_new_requests_while_the_last_pass_waited_too_long_and_admits_again_when_idle(predictor):
+    from pillars.serving.errors import Overloaded
+
+    released = [threading.Event(), threading.Event()]
+    started: list[int] = []
+
+    def forward(rows):
+        call = len(started)
+        started.append(call)
+        if call < len(released):
+            released[call].wait(5)
+        return _predict(predictor, rows)
+
+    async def until(condition) -> None:
+        deadline = time.monotonic() + 5
+        while not condition() and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+
+    async def run():
+        batcher = Batcher(forward, max_batch_size=4, max_queue_wait_ms=20)
+        first = asyncio.create_task(batcher.submit(toy_rows(4)))
+        await until(lambda: len(started) == 1)
+        second = asyncio.create_task(batcher.submit(toy_rows(4)))  # queued behind the held pass
+        waited_from = time.monotonic()
+        await until(lambda: time.monotonic() - waited_from > 0.05)  # it waits > 20 ms for its pass
+        released[0].set()
+        await until(lambda: len(started) == 2)  # its pass started: the wait is measured
+        with pytest.raises(Overloaded, match="max_queue_wait_ms"):
+            await batcher.submit(toy_rows(1))
+        released[1].set()
+        results = await asyncio.gather(first, second)
+        after = await batcher.submit(toy_rows(1))  # nothing pending: admitted
+        batcher.close()
+        return results, after
+
+    results, after = asyncio.run(run())
+    assert [len(r["label"]) for r in results] == [4, 4] and len(after["label"]) == 1
 
 
 def test_allowed_hosts_default_to_the_loopback_names_on_a_loopback_bind():

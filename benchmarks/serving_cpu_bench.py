@@ -1,0 +1,213 @@
+"""Server CPU per request (issue 20): one tree's model server against another's, same machine, same run.
+
+    python benchmarks/serving_cpu_bench.py [--baseline /work/main] [--requests 20000] [--rounds 2]
+        [--concurrency 64] [--drift-off] [--out results.json]
+
+A 30-feature MLP classifier (breast_cancer's shape) is registered in a local MLflow store. Each tree's
+server (this checkout, and with ``--baseline`` another checkout of Pillars, e.g. the unchanged main
+branch, run with this virtualenv) is started alone and driven in turn, rounds alternating, so the
+noisy shared machine affects both alike:
+
+- V2 REST, one row per JSON request, by ``wrk`` (a C load generator: it leaves the CPU to the server)
+  at ``--concurrency`` connections for ``--seconds``; then the server's process CPU time (user + system
+  of every process in its group, from ``/proc``) over the requests answered: **ms CPU per request**;
+  req/s, p50, p99 and errors from wrk.
+- V2 gRPC, the same row, by tritonclient's asyncio gRPC client at the same concurrency for a fixed
+  number of requests (CPU per request, req/s, p50, p99), and V2 REST by tritonclient's asyncio HTTP
+  client in the same way, so REST and gRPC are compared with the same client library.
+
+Ratios (tree / baseline) are what to read: absolute numbers depend on what else the machine runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.serving_bench import NAME, N_FEATURES, build_and_register  # noqa: E402
+from tests.processes import ServerProcess, free_port  # noqa: E402
+
+PACKAGES = ("components", "console", "pipelines", "serving", "tasks")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def import_root(tree: Path, scratch: Path) -> Path:
+    """A folder to put first on ``PYTHONPATH`` so that ``pillars.*`` is imported from ``tree``."""
+    folder = scratch / f"imports-{abs(hash(str(tree)))}"
+    (folder / "pillars").mkdir(parents=True, exist_ok=True)
+    for package in PACKAGES:
+        link = folder / "pillars" / package
+        if not link.exists():
+            link.symlink_to(tree / package)
+    return folder
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of every live process in the process group ``pgid``."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # field 5 of stat: the process group
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / TICKS
+
+
+def wrk(url: str, body: bytes, concurrency: int, seconds: float, scratch: Path) -> dict:
+    """One wrk run posting ``body``; req/s, p50/p99 ms, non-2xx and socket errors."""
+    script = scratch / "post.lua"
+    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                      f"wrk.body = {json.dumps(body.decode())}\n")
+    out = subprocess.run(["wrk", "-t2", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+                         capture_output=True, text=True, check=True).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    latency = {m.group(1): _ms(m.group(2)) for m in re.finditer(r"^\s+(50|99)%\s+(\S+)", out, re.M)}
+    return {"requests": requests, "errors": errors + (int(non2xx.group(1)) if non2xx else 0),
+            "rps": float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1)),
+            "p50_ms": latency["50"], "p99_ms": latency["99"]}
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([0-9.]+)(us|ms|s|m)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+async def triton(protocol: str, url: str, row: np.ndarray, concurrency: int, requests: int) -> dict:
+    """``requests`` one-row inferences by tritonclient (asyncio) at ``concurrency``."""
+    if protocol == "grpc":
+        import tritonclient.grpc.aio as client_module
+    else:
+        import tritonclient.http.aio as client_module
+    client = client_module.InferenceServerClient(url, conn_limit=concurrency) if protocol == "rest" else \
+        client_module.InferenceServerClient(url)
+    tensor = client_module.InferInput("input-0", [1, N_FEATURES], "FP32")
+    tensor.set_data_from_numpy(row.reshape(1, -1), **({"binary_data": False} if protocol == "rest" else {}))
+    for _ in range(50):
+        await client.infer(NAME, [tensor])
+    latencies: list[float] = []
+    errors = 0
+    remaining = requests
+
+    async def worker() -> None:
+        nonlocal remaining, errors
+        while remaining > 0:
+            remaining -= 1
+            started = time.perf_counter()
+            try:
+                await client.infer(NAME, [tensor])
+            except Exception:  # counted: a run with errors is reported as such
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    await client.close()
+    latencies.sort()
+    return {"requests": len(latencies), "errors": errors, "rps": len(latencies) / elapsed,
+            "p50_ms": 1000 * latencies[len(latencies) // 2],
+            "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]}
+
+
+def measure(tree: Path, env: dict[str, str], scratch: Path, args: argparse.Namespace, label: str) -> dict:
+    """Start ``tree``'s server, drive it (REST by wrk, then gRPC and REST by tritonclient), stop it."""
+    port, grpc_port = free_port(), free_port()
+    cmd = [sys.executable, "-m", "pillars.serving", "--model_uri", f"models:/{NAME}/1", "--http_port", str(port),
+           "--grpc_port", str(grpc_port), "--log_level", "WARNING", *args.server_args]
+    if args.drift_off:
+        cmd.append("--no_drift")
+    run_env = {**env, "PYTHONPATH": f"{import_root(tree, scratch)}:{ROOT}"}
+    server = ServerProcess(cmd, log_path=scratch / f"{label}.log", env=run_env, cwd=tree)
+    row = np.random.default_rng(1).normal(5, 2, size=N_FEATURES).astype(np.float32)
+    body = json.dumps({"inputs": [{"name": "input-0", "shape": [1, N_FEATURES], "datatype": "FP32",
+                                   "data": row.tolist()}]}).encode()
+    url = f"http://127.0.0.1:{port}/v2/models/{NAME}/infer"
+    results = {}
+    try:
+        server.wait_http(f"http://127.0.0.1:{port}/v2/health/ready", timeout=180)
+        wrk(url, body, args.concurrency, 2, scratch)  # warm-up
+        for name, run in [
+            ("rest_wrk", lambda: wrk(url, body, args.concurrency, args.seconds, scratch)),
+            ("grpc_tritonclient", lambda: asyncio.run(triton("grpc", f"127.0.0.1:{grpc_port}", row,
+                                                                args.concurrency, args.requests))),
+            ("rest_tritonclient", lambda: asyncio.run(triton("rest", f"127.0.0.1:{port}", row,
+                                                                args.concurrency, args.requests))),
+        ]:
+            if name != "rest_wrk" and args.wrk_only:
+                continue
+            cpu = group_cpu_seconds(server.pgid)
+            result = run()
+            result["server_cpu_ms_per_request"] = 1000 * (group_cpu_seconds(server.pgid) - cpu) / max(
+                1, result["requests"])
+            result["p99_over_p50"] = result["p99_ms"] / result["p50_ms"]
+            results[name] = result
+            print(label, name, json.dumps(result), flush=True)
+    finally:
+        server.stop()
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", type=Path, help="another Pillars checkout to measure side by side")
+    parser.add_argument("--seconds", type=int, default=15, help="wrk duration per REST measurement")
+    parser.add_argument("--requests", type=int, default=6000, help="requests per tritonclient measurement")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per tree")
+    parser.add_argument("--drift-off", action="store_true", help="serve with --no-drift")
+    parser.add_argument("--wrk-only", action="store_true", help="only the wrk REST measurement")
+    parser.add_argument("--server-arg", dest="server_args", action="append", default=[],
+                        help="extra server flag (repeatable), e.g. --server-arg=--workers=2")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        parser.error("wrk is not installed (Debian: apt-get install wrk)")
+    scratch = Path(tempfile.mkdtemp(prefix="pillars-cpu-bench-"))
+    tracking_uri, _ = build_and_register(scratch)
+    env = {"MLFLOW_TRACKING_URI": tracking_uri}
+    trees = {"this": ROOT} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
+    runs: dict[str, list[dict]] = {name: [] for name in trees}
+    for i in range(args.rounds):
+        for name, tree in trees.items():
+            runs[name].append(measure(tree, env, scratch, args, f"{name}{i}"))
+    summary = {name: {kind: {key: float(np.median([r[kind][key] for r in rounds]))
+                             for key in rounds[0][kind]} for kind in rounds[0]} for name, rounds in runs.items()}
+    results = {"cpus": os.cpu_count(), "concurrency": args.concurrency, "drift": not args.drift_off,
+               "server_args": args.server_args, "trees": {k: str(v) for k, v in trees.items()},
+               "median_of_rounds": summary, "rounds": runs}
+    if args.baseline:
+        results["this_over_baseline"] = {
+            kind: {key: summary["this"][kind][key] / summary["baseline"][kind][key]
+                   for key in ("server_cpu_ms_per_request", "rps", "p50_ms", "p99_ms")}
+            for kind in summary["this"]}
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
