@@ -194,18 +194,8 @@ class Stack:
             raise StackError(f"unknown services {sorted(unknown)}; the stack has {', '.join(SERVICES)}")
         tools = {"prometheus": _tool("prometheus"), "alertmanager": _tool("prometheus-alertmanager", "alertmanager"),
                  "mlflow": _tool("mlflow")}
-        (self.dir / "logs").mkdir(parents=True, exist_ok=True)
-        self.dir.chmod(0o700)
-        token_file = write_secret(self.dir / "trigger.token", secrets.token_urlsafe(32))
-        password_file = write_secret(self.dir / "web.password", secrets.token_urlsafe(32))
-        web_file = write_secret(self.dir / "web-config.yml",
-                                yaml.safe_dump(web_config(password_file.read_text()), sort_keys=False))
+        token_file, password_file, web_file = self._write_configs(ports, timing)
         auth = (WEB_USER, password_file.read_text())
-        (self.dir / "rules.yml").write_text(rules_file(timing.alerts))
-        (self.dir / "prometheus.yml").write_text(
-            yaml.safe_dump(prometheus_config(ports, timing, password_file), sort_keys=False))
-        (self.dir / "alertmanager.yml").write_text(
-            yaml.safe_dump(alertmanager_config(ports, timing, token_file), sort_keys=False))
         mlflow_url = f"http://127.0.0.1:{ports.mlflow}"
         env = {"MLFLOW_TRACKING_URI": mlflow_url, "PILLARS_HOME": str(self.home)}
         state: dict[str, Any] = {"model": model, "processes": {},
@@ -214,7 +204,47 @@ class Stack:
             "trigger": f"http://127.0.0.1:{ports.trigger}", "alertmanager": f"http://127.0.0.1:{ports.alertmanager}",
             "prometheus": f"http://127.0.0.1:{ports.prometheus}", "console": f"http://127.0.0.1:{ports.console}"}}
         urls = state["urls"]
-        plan = [
+        plan = self._plan(model, ports, timing, tools, urls, token_file, web_file, params, server_args)
+        chosen = [name for name in services if console or name != "console"]
+        plan = [step for step in plan if step[0] in chosen]
+        for name in {"console"} - set(chosen):
+            del urls[name]
+        try:
+            for name, cmd, ready in plan:
+                log = self.dir / "logs" / f"{name}.log"
+                with open(log, "wb") as out:
+                    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=self.dir,
+                                            env={**os.environ, **env}, start_new_session=True)
+                state["processes"][name] = proc.pid
+                self.state_file.write_text(json.dumps(state, indent=2))
+                wait_ready(name, proc, ready, log, auth=auth if name in ("alertmanager", "prometheus") else None)
+        except BaseException:
+            self.down()
+            raise
+        return state
+
+    def _write_configs(self, ports: Ports, timing: Timing) -> tuple[Path, Path, Path]:
+        """The stack's folder (private), its secrets and the Prometheus, Alertmanager and rules files; returns
+        the trigger's token file, the web password file and the web config file."""
+        (self.dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o700)
+        token_file = write_secret(self.dir / "trigger.token", secrets.token_urlsafe(32))
+        password_file = write_secret(self.dir / "web.password", secrets.token_urlsafe(32))
+        web_file = write_secret(self.dir / "web-config.yml",
+                                yaml.safe_dump(web_config(password_file.read_text()), sort_keys=False))
+        (self.dir / "rules.yml").write_text(rules_file(timing.alerts))
+        (self.dir / "prometheus.yml").write_text(
+            yaml.safe_dump(prometheus_config(ports, timing, password_file), sort_keys=False))
+        (self.dir / "alertmanager.yml").write_text(
+            yaml.safe_dump(alertmanager_config(ports, timing, token_file), sort_keys=False))
+        return token_file, password_file, web_file
+
+    def _plan(self, model: str, ports: Ports, timing: Timing, tools: dict[str, str], urls: dict[str, str],
+              token_file: Path, web_file: Path, params: list[str] | None,
+              server_args: list[str] | None) -> list[tuple[str, list[str], str]]:
+        """Each server of the stack in start order: its name, command line and readiness URL."""
+        mlflow_url = urls["mlflow"]
+        return [
             ("mlflow", [tools["mlflow"], "server", "--host", "127.0.0.1", "--port", str(ports.mlflow),
                         "--backend-store-uri", f"sqlite:///{self.home / 'mlflow.db'}",
                         "--artifacts-destination", str(self.home / "artifacts"), "--workers", "1"],
@@ -241,23 +271,6 @@ class Stack:
             ("console", [sys.executable, "-m", "pillars.pipelines.cli", "console", "--port", str(ports.console)],
              f"{urls['console']}/healthz"),
         ]
-        chosen = [name for name in services if console or name != "console"]
-        plan = [step for step in plan if step[0] in chosen]
-        for name in {"console"} - set(chosen):
-            del urls[name]
-        try:
-            for name, cmd, ready in plan:
-                log = self.dir / "logs" / f"{name}.log"
-                with open(log, "wb") as out:
-                    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=self.dir,
-                                            env={**os.environ, **env}, start_new_session=True)
-                state["processes"][name] = proc.pid
-                self.state_file.write_text(json.dumps(state, indent=2))
-                wait_ready(name, proc, ready, log, auth=auth if name in ("alertmanager", "prometheus") else None)
-        except BaseException:
-            self.down()
-            raise
-        return state
 
     def down(self) -> list[str]:
         """Stop every process group of the stack (SIGTERM, then SIGKILL); returns the names stopped."""
