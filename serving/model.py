@@ -34,6 +34,7 @@ import dataclasses
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +53,10 @@ from pillars.components.model.predictor import Predictor, load_predictor, load_p
 from pillars.serving.protocol import codec
 from pillars.serving.monitoring import metrics
 from pillars.serving.batching import Batcher, Outputs
+from pillars.serving.monitoring import feedback as ground_truth
+from pillars.serving.monitoring import performance
 from pillars.serving.monitoring.drift import DriftConfig, DriftMonitor
+from pillars.serving.monitoring.performance import AccuracyEstimator
 from pillars.serving.errors import NonFiniteOutput, ServingError, VersionNotFound
 from pillars.serving.settings import ServingSettings
 from pillars.serving.storage import (
@@ -73,6 +77,7 @@ class _Active:
 
     predictor: Predictor
     drift: DriftMonitor | None
+    estimator: AccuracyEstimator | None = None
 
 
 class PillarsModel(Model):
@@ -104,6 +109,9 @@ class PillarsModel(Model):
         self._stop_reloading = threading.Event()
         self._refused_version: str | None = None
         """A version that failed to load or was refused: not tried again until the alias moves."""
+        self.memory = ground_truth.PredictionMemory(settings.feedback_memory_rows)
+        """Recent predictions by request id, joined with the labels of :attr:`feedback`."""
+        self.feedback: ground_truth.FeedbackLog | None = None
 
     @property
     def drift(self) -> DriftMonitor | None:
@@ -136,8 +144,13 @@ class PillarsModel(Model):
         except BaseException:
             discard(self.source)  # a model that cannot be served leaves no copy behind
             raise
-        self._active = _Active(self.predictor, self._drift_monitor(self.source, self.predictor))
+        self._active = _Active(self.predictor, self._drift_monitor(self.source, self.predictor),
+                               self._estimator(self.version, self.predictor))
         metrics.DRIFT.register_model(self.name, self.version, self.drift)
+        self.feedback = ground_truth.FeedbackLog(
+            self.name, self.settings.feedback_dir / f"{self.name}.jsonl", self.predictor.task.kind,
+            self.predictor.prep.get("classes"), self.settings.feedback_max_labels, self.settings.feedback_max_batch)
+        ground_truth.FEEDBACK.register_model(self.name, self.feedback)
         self.ready = True
         logger.info("model %s version %s loaded from %s on %s in %.2fs (task %s, kind %s, inputs %s, drift %s)",
                     self.name, self.version, self.source.uri, device, time.perf_counter() - started,
@@ -222,7 +235,7 @@ class PillarsModel(Model):
             raise
         drift = self._drift_monitor(source, predictor)
         old_source, old_version, old_drift = self.source, self.version, self.drift
-        self._active = _Active(predictor, drift)  # the swap: the next forward pass uses the new version
+        self._active = _Active(predictor, drift, self._estimator(source.version, predictor))  # the swap: the next forward pass uses the new version
         self.predictor, self.source, self.version = predictor, source, source.version
         self._refused_version = None
         metrics.DRIFT.register_model(self.name, self.version, drift)
@@ -311,9 +324,18 @@ class PillarsModel(Model):
                           response_headers: dict[str, str] | None = None) -> dict[str, Any] | InferResponse:
         """Encode the outputs in the protocol of the request (V1 dict, or V2 ``InferResponse``)."""
         outputs, batch = result
+        request_id = batch.request_id or uuid.uuid4().hex  # every response carries one: the feedback key
+        self._remember(request_id, outputs, batch)
         if batch.protocol == "v1":
-            return codec.encode_v1(outputs, self.signature)
-        return codec.encode_v2(batch, outputs, self.signature, self.name, self.version)
+            return codec.encode_v1(outputs, self.signature) | {"id": request_id}
+        return codec.encode_v2(dataclasses.replace(batch, request_id=request_id), outputs, self.signature,
+                               self.name, self.version)
+
+    def _remember(self, request_id: str, outputs: Outputs, batch: codec.Batch) -> None:
+        """Keep the prediction served for ``request_id`` for the feedback route to score its label."""
+        predictions = outputs.get("class_index", outputs.get("value"))
+        if predictions is not None:
+            self.memory.remember(request_id, self.version, np.asarray(predictions), batch.inputs)
 
     def _forward(self, inputs: dict[str, np.ndarray]) -> Outputs:
         active = self._active  # read once: a swap between these lines cannot mix two versions
@@ -326,7 +348,19 @@ class PillarsModel(Model):
                 active.drift.fail(f"the task's drift features failed: {type(e).__name__}: {e}")
             else:
                 active.drift.observe_named(names, rows, outputs)
+        if active.estimator is not None:
+            active.estimator.observe(outputs)
         return outputs
+
+    def _estimator(self, version: str, predictor: Predictor) -> AccuracyEstimator | None:
+        """The version's CBPE estimator (None, said in the log and the metrics, when it cannot estimate)."""
+        estimator, status = performance.estimator_for(
+            predictor.task.kind, predictor.config.extra, self.settings.performance_window,
+            min(self.settings.performance_min_rows, self.settings.performance_window))
+        performance.PERFORMANCE.register_model(self.name, version, estimator, status)
+        if estimator is None:
+            logger.info("model %s version %s: estimated accuracy %s", self.name, version, status)
+        return estimator
 
     def _drift_monitor(self, source: ModelSource, predictor: Predictor) -> DriftMonitor | None:
         if not self.settings.drift:

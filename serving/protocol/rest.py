@@ -35,6 +35,7 @@ from pillars.components.task.contract import InputError, Signature
 from pillars.components.errors import PillarsError
 from pillars.serving.protocol import codec
 from pillars.serving.errors import Overloaded
+from pillars.serving.protocol.feedback import FeedbackRoutes
 from pillars.serving.model import PillarsModel, served_model
 
 logger = logging.getLogger(__name__)
@@ -175,6 +176,7 @@ class PillarsRESTServer(RESTServer):
         app.include_router(root)
         register_v1_endpoints(app, self.dataplane, None)
         app.include_router(V2Routes(self.dataplane).router())
+        app.include_router(FeedbackRoutes(self.dataplane).router())
 
     def _add_exception_handlers(self, app: fastapi.FastAPI) -> None:
         super()._add_exception_handlers(app)
