@@ -2,9 +2,10 @@
 
 A classifier trained by Pillars carries a :class:`pillars.components.evaluation.calibration.Calibration`
 (a temperature fitted on its validation split). For every forward pass the server keeps each row's
-calibrated top-class probability in a fixed ring buffer of the last ``window`` rows; the mean of the buffer
-is the estimated accuracy of those predictions. Cost on the request path: one softmax of the batch's
-probabilities and a copy into the ring, per micro-batch.
+probabilities in a fixed ring buffer of the last ``window`` rows; the mean calibrated top-class probability
+over the buffer is the estimated accuracy of those predictions. Cost on the request path: a copy of the batch's
+probabilities into a fixed ring (``window x classes`` float32), per micro-batch; the calibration is applied
+over the ring when the estimate is read (a scrape, the performance route).
 
 A model without a calibration (a regressor, a forecaster, a classifier trained before calibration existed,
 an unreadable calibration) gets no estimator: :func:`estimator_for` returns None with the reason, the
@@ -54,19 +55,22 @@ class AccuracyEstimator:
         self.calibration = calibration
         self.window = window
         self.min_rows = min_rows
-        self._ring = np.zeros(window, dtype=np.float64)
+        self._ring: np.ndarray | None = None  # [window, classes] float32, sized by the first batch
         self._next = 0
         self._filled = 0
         self._lock = threading.Lock()
 
     def observe(self, outputs: Mapping[str, np.ndarray]) -> None:
-        """Add a batch's rows (its ``probabilities`` output)."""
+        """Add a batch's rows (its ``probabilities`` output): a copy into the ring; the calibration is applied
+        when the estimate is read (at scrape time), not on the request path."""
         probabilities = outputs.get(PROBABILITIES)
         if probabilities is None or len(probabilities) == 0:
             return
-        values = confidence(np.asarray(probabilities).reshape(len(probabilities), -1),
-                            self.calibration.temperature)[-self.window:]
+        values = probabilities.reshape(len(probabilities), -1)[-self.window:]
         with self._lock:
+            if self._ring is None or self._ring.shape[1] != values.shape[1]:
+                self._ring = np.zeros((self.window, values.shape[1]), dtype=np.float32)
+                self._next = self._filled = 0
             end = self._next + len(values)
             if end <= self.window:
                 self._ring[self._next:end] = values
@@ -85,9 +89,10 @@ class AccuracyEstimator:
     def estimate(self) -> float | None:
         """The estimated accuracy of the window, or None while it holds fewer than ``min_rows`` rows."""
         with self._lock:
-            if self._filled < self.min_rows:
+            if self._ring is None or self._filled < self.min_rows:
                 return None
-            return float(self._ring[:self._filled].mean())
+            rows = self._ring[:self._filled].copy()
+        return float(confidence(rows, self.calibration.temperature).mean())
 
 
 def estimator_for(kind: str, extra: Mapping[str, Any], window: int, min_rows: int
