@@ -357,7 +357,9 @@ class PillarsModel(Model):
         estimator, status = performance.estimator_for(
             predictor.task.kind, predictor.config.extra, self.settings.performance_window,
             min(self.settings.performance_min_rows, self.settings.performance_window))
-        performance.PERFORMANCE.register_model(self.name, version, estimator, status)
+        threshold = predictor.task.thresholds.get("accuracy")
+        performance.PERFORMANCE.register_model(self.name, version, estimator, status,
+                                               None if threshold is None else float(threshold))
         if estimator is None:
             logger.info("model %s version %s: estimated accuracy %s", self.name, version, status)
         return estimator
@@ -372,7 +374,8 @@ class PillarsModel(Model):
             return None
         try:
             monitor = DriftMonitor(profile, list(profile["features"]), predictor.task.kind,
-                                   predictor.prep.get("classes"), self.drift_config)
+                                   predictor.prep.get("classes"), self.drift_config,
+                                   predictor.config.extra.get("feature_importance"))
         except (ValueError, KeyError, TypeError) as e:
             logger.warning("model %s version %s: drift is not measured, unusable data profile: %s",
                            self.name, source.version, e)

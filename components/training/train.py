@@ -25,6 +25,7 @@ from pillars.components.training.distributed import launch_local, worker_args
 from pillars.components.errors import ConfigError
 from pillars.components.evaluation.calibration import calibrate_saved_model
 from pillars.components.evaluation.evaluate import learning_curve_figure
+from pillars.components.evaluation.importance import store_importance
 from pillars.components.training.fit import TrainParams, fingerprint, fit, load_history, write_model
 from pillars.components.model.predictor import load_predictor
 from pillars.components.data.splits import load_metadata, load_split, task_of
@@ -179,6 +180,7 @@ def _train_in_run(train_path: str, val_path: str, metadata_path: str, metadata: 
         if summary["start_epoch"] > 1:
             log_epoch.backfill(history)
         calibration = calibrate_saved_model(model_dir, val_path)  # CBPE's temperature, stored in config.json
+        store_importance(model_dir, val_path, seed=params.seed)  # what weighted drift weighs, in config.json
         if calibration is not None:
             mlflow.log_metrics({"calibration_temperature": calibration.temperature,
                                 "calibration_expected_accuracy": calibration.expected_accuracy})

@@ -19,7 +19,9 @@ Series (:class:`PerformanceStats`, labels ``model``, ``version``):
   ``min_rows`` rows;
 - ``pillars_performance_expected_accuracy``: what the model expected of itself on its validation split;
 - ``pillars_performance_estimate_rows``: rows in the window;
-- ``pillars_performance_estimate_available``: 1 when the version has a calibration, else 0.
+- ``pillars_performance_estimate_available``: 1 when the version has a calibration, else 0;
+- ``pillars_performance_accuracy_threshold``: the accuracy the task's gate requires by default (its
+  ``thresholds["accuracy"]``; absent when it sets none): the estimated-accuracy alert compares with it.
 """
 
 from __future__ import annotations
@@ -119,6 +121,7 @@ class _Entry:
     version: str
     estimator: AccuracyEstimator | None
     status: str
+    threshold: float | None
 
 
 class PerformanceStats(Collector):
@@ -128,10 +131,12 @@ class PerformanceStats(Collector):
         self._lock = threading.Lock()
         self._models: dict[str, _Entry] = {}
 
-    def register_model(self, model: str, version: str, estimator: AccuracyEstimator | None, status: str) -> None:
-        """Export ``estimator`` for ``model`` at ``version`` (replacing the previous version's)."""
+    def register_model(self, model: str, version: str, estimator: AccuracyEstimator | None, status: str,
+                       threshold: float | None = None) -> None:
+        """Export ``estimator`` for ``model`` at ``version`` (replacing the previous version's), with the gate's
+        accuracy threshold of its task (None: the task sets none)."""
         with self._lock:
-            self._models[model] = _Entry(version, estimator, status)
+            self._models[model] = _Entry(version, estimator, status, threshold)
 
     def describe_model(self, model: str) -> dict[str, Any]:
         """What the metadata route shows: status, estimate (None when there is none), window rows, expected."""
@@ -156,6 +161,9 @@ class PerformanceStats(Collector):
                                      "Accuracy the model expected of itself on its validation split.", labels=labels)
         rows = GaugeMetricFamily("pillars_performance_estimate_rows", "Rows in the estimate's window.",
                                  labels=labels)
+        threshold = GaugeMetricFamily("pillars_performance_accuracy_threshold",
+                                      "The accuracy the task's gate requires by default: the estimated-accuracy "
+                                      "alert fires below it.", labels=labels)
         available = GaugeMetricFamily("pillars_performance_estimate_available",
                                       "1 when the served version can estimate its accuracy (it has a calibration).",
                                       labels=labels)
@@ -163,6 +171,8 @@ class PerformanceStats(Collector):
             models = list(self._models.items())
         for model, entry in models:
             available.add_metric([model, entry.version], float(entry.estimator is not None))
+            if entry.threshold is not None:
+                threshold.add_metric([model, entry.version], entry.threshold)
             if entry.estimator is None:
                 continue
             rows.add_metric([model, entry.version], entry.estimator.rows)
@@ -170,7 +180,7 @@ class PerformanceStats(Collector):
             value = entry.estimator.estimate()
             if value is not None:
                 estimated.add_metric([model, entry.version], value)
-        yield from (estimated, expected, rows, available)
+        yield from (estimated, expected, rows, available, threshold)
 
 
 PERFORMANCE = PerformanceStats()
