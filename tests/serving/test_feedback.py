@@ -131,6 +131,25 @@ def test_bad_feedback_is_refused_whole_and_nothing_is_written(tmp_path):
     assert not (tmp_path / "m.jsonl").exists()
 
 
+def test_labels_with_remembered_inputs_become_training_rows(tmp_path):
+    from pillars.components.data.feedback import feedback_examples
+
+    log = FeedbackLog("m", tmp_path / "m.jsonl", "classification", CLASSES, max_labels=100, max_batch=10)
+    memory = PredictionMemory(100)
+    x = toy_rows(5, seed=2)
+    memory.remember("two-rows", "1", np.array([0, 2]), {"input-0": x[:2]})
+    memory.remember("three-rows", "1", np.array([1, 1, 1]), {"input-0": x[2:]})
+    outcome = log.record({"labels": [{"id": "two-rows", "label": ["virginica", 0]},
+                                     {"id": "three-rows", "label": [1, 1, "setosa"]},
+                                     {"id": "forgotten", "label": 2}]}, memory)
+    assert outcome.to_dict() == {"scored": 2, "unscored": 1, "duplicates": 0}
+    rows = feedback_examples(tmp_path / "m.jsonl", ["input-0"], "label", CLASSES)
+    assert rows.rows == 5 and rows.without_inputs == 1
+    np.testing.assert_array_equal(rows.examples["input-0"], x)
+    np.testing.assert_array_equal(rows.examples["label"], [2, 0, 1, 1, 0])
+    assert log.realised() == {"1": {"rows": 5, "accuracy": 2 / 5}}
+
+
 # ---- through the server -----------------------------------------------------------------------------
 
 def test_every_response_carries_a_request_id_echoed_or_generated(labelled):
