@@ -64,3 +64,10 @@ class TooMuchFeedback(ServingError):
 
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class FeedbackNotStored(ServingError):
+    """The feedback store cannot be written (a read-only or full disk): nothing of the batch was acknowledged."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    grpc_code = "UNAVAILABLE"

@@ -45,7 +45,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from pillars.serving.errors import BadFeedback, TooMuchFeedback
+from pillars.serving.errors import BadFeedback, FeedbackNotStored, TooMuchFeedback
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +215,12 @@ class FeedbackLog:
                                       f"{len(records)} more would pass its cap of {self.max_labels} "
                                       "(--feedback_max_labels)")
             if records:
-                self._append(records)
+                try:
+                    self._append(records)
+                except OSError as e:
+                    logger.error("model %s: cannot store feedback in %s: %s", self.model, self.path, e)
+                    raise FeedbackNotStored(f"the feedback store {self.path} cannot be written ({e.strerror}); "
+                                            "nothing of this batch was kept, send it again") from e
             for record in records:
                 self._seen.add(record["id"])
                 self._count(record)

@@ -150,6 +150,21 @@ def test_labels_with_remembered_inputs_become_training_rows(tmp_path):
     assert log.realised() == {"1": {"rows": 5, "accuracy": 2 / 5}}
 
 
+def test_a_store_that_cannot_be_written_refuses_the_batch_and_counts_nothing(tmp_path):
+    from pillars.serving.errors import FeedbackNotStored
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the store's folder should be")
+    log = FeedbackLog("m", blocker / "m.jsonl", "classification", CLASSES, max_labels=10, max_batch=5)
+    memory = PredictionMemory(10)
+    memory.remember("a", "1", np.array([0]), None)
+    with pytest.raises(FeedbackNotStored, match="cannot be written"):
+        log.record({"labels": [{"id": "a", "label": 0}]}, memory)
+    assert log.labels == 0 and log.realised() == {}
+    log.path = tmp_path / "m.jsonl"  # the disk is back: the same label is accepted, once
+    assert log.record({"labels": [{"id": "a", "label": 0}]}, memory).scored == 1
+
+
 # ---- through the server -----------------------------------------------------------------------------
 
 def test_every_response_carries_a_request_id_echoed_or_generated(labelled):
