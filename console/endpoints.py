@@ -256,7 +256,8 @@ def prometheus_series(base: str, model: str | None, end: float | None = None,
                        f"/ sum(rate(pillars_serving_requests_total{{{sel}}}[{_RATE}]))",
         "drift": f"max by (feature) (pillars_drift_feature_jsd{{{sel}}})",
         "estimated": f"max(pillars_performance_estimated_accuracy{{{sel}}})",
-        "realised": f"sum(pillars_feedback_correct_rows_total{{{sel}}}) / sum(pillars_feedback_scored_rows_total{{{sel}}})",
+        "realised": f"sum(pillars_feedback_correct_rows_total{{{sel}}}) "
+                    f"/ sum(pillars_feedback_scored_rows_total{{{sel}}})",
         "weighted_drift": f"max(pillars_drift_weighted_share{{{sel}}})",
     }
     result: dict[str, Any] = {}

@@ -17,7 +17,10 @@ in an InferenceService pod and on a laptop. The hooks:
   task's encode, the forward pass and decode without checking again; an :class:`InputError` from the
   task's encode (an unknown id, a too-short history) is 400 naming the input; outputs that are not finite
   are refused (422 naming the rows).
-- ``postprocess``: encode outputs as the protocol the request came in.
+- ``postprocess``: encode outputs as the protocol the request came in, with the request's id (the V2 ``id``
+  echoed or generated; V1 ``"id"``), remembered with its predictions for the feedback route
+  (:mod:`pillars.serving.monitoring.feedback`). Each forward pass also feeds the version's estimated
+  accuracy (:mod:`pillars.serving.monitoring.performance`) when the model carries a calibration.
 
 With ``reload_interval_s`` and a ``models:/NAME@ALIAS`` URI, a background thread follows the alias:
 when it moves, the new version is downloaded, loaded and warmed up off the request path, then swapped
@@ -235,7 +238,8 @@ class PillarsModel(Model):
             raise
         drift = self._drift_monitor(source, predictor)
         old_source, old_version, old_drift = self.source, self.version, self.drift
-        self._active = _Active(predictor, drift, self._estimator(source.version, predictor))  # the swap: the next forward pass uses the new version
+        estimator = self._estimator(source.version, predictor)
+        self._active = _Active(predictor, drift, estimator)  # the swap: the next forward pass uses the new version
         self.predictor, self.source, self.version = predictor, source, source.version
         self._refused_version = None
         metrics.DRIFT.register_model(self.name, self.version, drift)

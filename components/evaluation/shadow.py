@@ -13,7 +13,8 @@ wrong):
 
 A challenger that is worse is never promoted: promotion needs it to win significantly more discordant
 rows than it loses. ``alpha`` defaults to 0.01 because the rule is applied again as labels arrive (each look
-is a chance of a false promotion; four looks at 0.01 stay under 4 %). The reason of each decision is one line, for the alias history.
+is a chance of a false promotion; four looks at 0.01 stay under 4 %). The reason of each decision is one
+line, for the alias history.
 
 This is the decision core only: running the challenger in shadow in the model server, and moving the
 alias with this reason, are not built yet.

@@ -94,7 +94,8 @@ def rule_groups(s: AlertSettings = AlertSettings(), helm: bool = False) -> list[
             {"alert": "PillarsModelDrift",
              "expr": f"max by (namespace, model, version) (pillars_drift_weighted_share) >= {s.drift_share}",
              "for": s.drift_for, "labels": {"severity": "warning", "signal": "weighted_drift", **RETRAIN_LABEL},
-             "annotations": {"summary": a("Model {{ $labels.model }} v{{ $labels.version }}: inputs it relies on drift"),
+             "annotations": {"summary": a("Model {{ $labels.model }} v{{ $labels.version }}: "
+                                          "inputs it relies on drift"),
                              "description": a("{{ $value | humanizePercentage }}") + " of the model's reliance "
                                             "(feature importance at training) is on drifted features: "
                                             + a(DRIFTED_FEATURES) + "; retraining is requested."}},
