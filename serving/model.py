@@ -60,6 +60,7 @@ from pillars.serving.monitoring import feedback as ground_truth
 from pillars.serving.monitoring import performance
 from pillars.serving.monitoring.drift import DriftConfig, DriftMonitor
 from pillars.serving.monitoring.performance import AccuracyEstimator
+from pillars.serving.monitoring.shadow import SHADOW, ShadowRunner, predictions_of
 from pillars.serving.errors import NonFiniteOutput, ServingError, VersionNotFound
 from pillars.serving.settings import ServingSettings
 from pillars.serving.storage import (
@@ -115,6 +116,8 @@ class PillarsModel(Model):
         self.memory = ground_truth.PredictionMemory(settings.feedback_memory_rows)
         """Recent predictions by request id, joined with the labels of :attr:`feedback`."""
         self.feedback: ground_truth.FeedbackLog | None = None
+        self.shadow: ShadowRunner | None = None
+        self._shadow_source: ModelSource | None = None
 
     @property
     def drift(self) -> DriftMonitor | None:
@@ -154,6 +157,8 @@ class PillarsModel(Model):
             self.name, self.settings.feedback_dir / f"{self.name}.jsonl", self.predictor.task.kind,
             self.predictor.prep.get("classes"), self.settings.feedback_max_labels, self.settings.feedback_max_batch)
         ground_truth.FEEDBACK.register_model(self.name, self.feedback)
+        if self.settings.shadow_uri:
+            self._start_shadow()
         self.ready = True
         logger.info("model %s version %s loaded from %s on %s in %.2fs (task %s, kind %s, inputs %s, drift %s)",
                     self.name, self.version, self.source.uri, device, time.perf_counter() - started,
@@ -161,6 +166,25 @@ class PillarsModel(Model):
                     f"by {self.drift.method}" if self.drift else "off")
         self._follow_alias()
         return self.ready
+
+    def _start_shadow(self) -> None:
+        """Load ``--shadow_uri`` (same inputs as the served model) and start running it in shadow.
+
+        Raises:
+            pillars.components.errors.ConfigError: it cannot be loaded, or takes other inputs.
+        """
+        assert self.predictor is not None
+        source = resolve_model(self.settings.shadow_uri)
+        try:
+            predictor = load_predictor(source.directory, device=self.device, onnx_threads=self._onnx_threads())
+            _check_same_inputs(self.predictor.signature, predictor.signature, f"{source.version} (shadow)")
+        except BaseException:
+            discard(source)
+            raise
+        self._shadow_source = source
+        self.shadow = ShadowRunner(self.name, source.version, predictor, self.settings.feedback_memory_rows)
+        SHADOW.register_model(self.name, self.shadow)
+        logger.info("model %s: version %s from %s runs in shadow", self.name, source.version, source.uri)
 
     def _load_and_warm_up(self, device: torch.device) -> None:
         """Load the predictor of ``self.source`` and run a warm-up batch through a new batcher.
@@ -195,6 +219,10 @@ class PillarsModel(Model):
         self._stop_reloading.set()
         if self.drift is not None:
             self.drift.stop()
+        if self.shadow is not None:
+            self.shadow.stop()
+        if self._shadow_source is not None:
+            discard(self._shadow_source)
         if self.batcher is not None:
             self.batcher.close()
         if self.source is not None:
@@ -337,9 +365,11 @@ class PillarsModel(Model):
 
     def _remember(self, request_id: str, outputs: Outputs, batch: codec.Batch) -> None:
         """Keep the prediction served for ``request_id`` for the feedback route to score its label."""
-        predictions = outputs.get("class_index", outputs.get("value"))
+        predictions = predictions_of(outputs)
         if predictions is not None:
-            self.memory.remember(request_id, self.version, np.asarray(predictions), batch.inputs)
+            self.memory.remember(request_id, self.version, predictions, batch.inputs)
+            if self.shadow is not None:
+                self.shadow.submit(request_id, batch.inputs, predictions)
 
     def _forward(self, inputs: dict[str, np.ndarray]) -> Outputs:
         active = self._active  # read once: a swap between these lines cannot mix two versions

@@ -139,3 +139,11 @@ class ServingSettings(BaseSettings):
 
     performance_min_rows: int = Field(default=200, ge=1)
     """Rows the window must hold before an estimated accuracy is exported (capped at ``performance_window``)."""
+
+    shadow_uri: str = ""
+    """A challenger to run in shadow beside the served model (same URI forms as ``model_uri``; it must take the
+    same inputs): it sees every answered request off the request path and is scored on the same feedback labels;
+    ``GET /v2/models/NAME/shadow`` says promote, reject or wait. Empty: no shadow."""
+
+    shadow_min_labels: int = Field(default=200, ge=1)
+    """Paired labelled rows the shadow decision needs before it says promote or reject."""

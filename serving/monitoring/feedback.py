@@ -152,6 +152,8 @@ class FeedbackLog:
         self.max_batch = max_batch
         self.totals: dict[str, Totals] = {}
         self.outcomes = {"scored": 0, "unscored": 0, "duplicate": 0}
+        self.shadow_pairs: dict[str, list[int]] = {}
+        """Per shadow version, paired labelled rows: [both right, only the champion, only the shadow, neither]."""
         self._seen: set[str] = set()
         self._lock = threading.Lock()
         self._load()
@@ -182,13 +184,19 @@ class FeedbackLog:
         totals.rows += int(record["rows"])
         totals.correct += int(record.get("correct", 0))
         totals.squared_error += float(record.get("squared_error", 0.0))
+        shadow = record.get("shadow")
+        if shadow and self.kind == "classification":
+            pairs = self.shadow_pairs.setdefault(str(shadow["version"]), [0, 0, 0, 0])
+            for truth, champion, challenger in zip(record["labels"], record["predictions"], shadow["predictions"],
+                                                   strict=True):
+                pairs[(champion != truth) * 2 + (challenger != truth)] += 1
 
     @property
     def labels(self) -> int:
         with self._lock:
             return len(self._seen)
 
-    def record(self, body: Any, memory: PredictionMemory) -> Outcome:
+    def record(self, body: Any, memory: PredictionMemory, shadow: PredictionMemory | None = None) -> Outcome:
         """Check, join, score and durably store one feedback batch (see the module docstring).
 
         Raises:
@@ -209,7 +217,8 @@ class FeedbackLog:
                     outcome.duplicates += 1
                     continue
                 fresh.add(request_id)
-                records.append(self._join(request_id, labels, memory.get(request_id), now))
+                records.append(self._join(request_id, labels, memory.get(request_id), now,
+                                          shadow.get(request_id) if shadow is not None else None))
             if len(self._seen) + len(records) > self.max_labels:
                 raise TooMuchFeedback(f"the feedback store of model {self.model} holds {len(self._seen)} labels; "
                                       f"{len(records)} more would pass its cap of {self.max_labels} "
@@ -260,7 +269,8 @@ class FeedbackLog:
             raise BadFeedback(f"{where}: label must be a value, got {type(value).__name__}")
         return value
 
-    def _join(self, request_id: str, labels: list[Any], served: Remembered | None, now: float) -> dict[str, Any]:
+    def _join(self, request_id: str, labels: list[Any], served: Remembered | None, now: float,
+              shadow: Remembered | None = None) -> dict[str, Any]:
         record: dict[str, Any] = {"id": request_id, "model": self.model, "version": None, "scored": False,
                                   "rows": len(labels), "labels": labels, "predictions": None, "inputs": None,
                                   "received": round(now, 3)}
@@ -279,6 +289,10 @@ class FeedbackLog:
         if self.kind == "classification":
             record["predictions"] = [self.classes[int(i)] for i in predictions]
             record["correct"] = sum(p == t for p, t in zip(record["predictions"], labels, strict=True))
+            if shadow is not None and len(shadow.predictions) == len(labels):
+                names = [self.classes[int(i)] for i in shadow.predictions.reshape(-1)]
+                record["shadow"] = {"version": shadow.version, "predictions": names,
+                                    "correct": sum(p == t for p, t in zip(names, labels, strict=True))}
         else:
             record["predictions"] = [float(v) for v in predictions]
             record["squared_error"] = float(sum((p - t) ** 2 for p, t in zip(record["predictions"], labels,

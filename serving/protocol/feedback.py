@@ -1,4 +1,5 @@
-"""REST routes of ground truth and performance: ``POST /v2/models/NAME/feedback``, ``GET .../performance``.
+"""REST routes of ground truth, performance and the shadow: ``POST /v2/models/NAME/feedback``,
+``GET .../performance``, ``GET .../shadow``.
 
 Same auth as inference (the middleware's token check covers every path but health); the body limit is
 ``--max_body_bytes`` and a batch at most ``--feedback_max_batch`` labels. Recording a batch (checking,
@@ -11,6 +12,9 @@ index or number; a list for a request of several rows>}, ...]}`` and answers ``{
 
 ``GET /v2/models/NAME/performance`` answers the served version's estimated accuracy (CBPE; ``null`` with
 the reason when unavailable, never invented) and the realised metric per version from the feedback.
+
+``GET /v2/models/NAME/shadow`` answers the shadow challenger's rows, its agreement with the champion and the
+decision on the labelled rows both answered (:mod:`pillars.serving.monitoring.shadow`).
 
 gRPC has no feedback method: the Open Inference Protocol defines none, and a service of our own would
 need its own proto; labels go through REST.
@@ -28,6 +32,7 @@ from kserve.protocol.dataplane import DataPlane
 from pillars.serving.errors import BadFeedback
 from pillars.serving.model import served_model
 from pillars.serving.monitoring.performance import PERFORMANCE
+from pillars.serving.monitoring.shadow import judge
 
 
 class FeedbackRoutes:
@@ -44,8 +49,28 @@ class FeedbackRoutes:
             body = orjson.loads(await request.body())
         except orjson.JSONDecodeError as e:
             raise BadFeedback(f"feedback is not valid JSON: {e}") from e
-        outcome = await asyncio.to_thread(model.feedback.record, body, model.memory)
+        outcome = await asyncio.to_thread(model.feedback.record, body, model.memory,
+                                          model.shadow.memory if model.shadow else None)
         return outcome.to_dict()
+
+    async def shadow(self, model_name: str) -> dict[str, Any]:
+        """The shadow challenger: rows it answered, agreement with the champion, and the decision on the labels."""
+        model = served_model(self.dataplane, model_name)
+        if model.shadow is None or model.feedback is None:
+            return {"name": model.name, "version": model.version, "shadow": None,
+                    "decision": {"action": "none", "reason": "no shadow model (--shadow_uri)"}}
+        runner = model.shadow
+        pairs = model.feedback.shadow_pairs.get(runner.version, [0, 0, 0, 0])
+        decision = judge(list(pairs), model.settings.shadow_min_labels)
+        return {"name": model.name, "version": model.version,
+                "shadow": {"version": runner.version, "rows": runner.rows, "dropped": runner.dropped,
+                           "agreement": runner.agreement / runner.rows if runner.rows else None,
+                           "failed": runner.failed},
+                "labelled_pairs": {"both_right": pairs[0], "only_champion": pairs[1], "only_shadow": pairs[2],
+                                   "neither": pairs[3]},
+                "decision": {"action": decision.action, "reason": decision.reason,
+                             "champion_accuracy": decision.champion_accuracy,
+                             "shadow_accuracy": decision.challenger_accuracy}}
 
     async def performance(self, model_name: str) -> dict[str, Any]:
         model = served_model(self.dataplane, model_name)
@@ -57,4 +82,5 @@ class FeedbackRoutes:
         router = APIRouter(prefix="/v2/models/{model_name}", tags=["V2"])
         router.add_api_route("/feedback", self.feedback, methods=["POST"])
         router.add_api_route("/performance", self.performance, methods=["GET"])
+        router.add_api_route("/shadow", self.shadow, methods=["GET"])
         return router

@@ -209,6 +209,8 @@ def test_feedback_needs_the_token_and_refuses_wrong_types_naming_them(labelled):
         page = client.post(f"{labelled.http}/v2/models/{MODEL}/feedback", content=b'{"labels": []}',
                            headers={**labelled.headers, "origin": "http://evil.example", "content-type": "text/plain"})
         assert page.status_code == 415
+        no_shadow = client.get(f"{labelled.http}/v2/models/{MODEL}/shadow", headers=labelled.headers).json()
+        assert no_shadow["shadow"] is None and no_shadow["decision"]["action"] == "none"
 
 
 def test_unknown_ids_are_kept_not_scored_and_duplicates_count_once(labelled):
@@ -316,3 +318,32 @@ def test_a_flood_of_feedback_is_bounded_and_health_stays_fast(labelled):
             t.join()
     assert statuses and set(statuses) == {200}
     assert slowest < 0.5, f"health took {slowest:.3f}s under a feedback flood"
+
+
+def test_a_worse_challenger_in_shadow_is_scored_on_the_same_labels_and_not_promoted(model_dir, tmp_path):
+    worse = make_classifier(tmp_path / "worse", steps=2, seed=5)
+    server = _start(tmp_path, model_dir, tmp_path / "labels", "--shadow_uri", str(worse), "--shadow_min_labels", "100")
+    x = toy_rows(300, seed=31)
+    y = _rule(x)
+    try:
+        with httpx.Client(timeout=30) as client:
+            ids = [_infer(client, server, x[i:i + 3])["id"] for i in range(0, len(x), 3)]
+            url = f"{server.http}/v2/models/{MODEL}/shadow"
+            deadline = time.monotonic() + 30
+            while client.get(url, headers=server.headers).json()["shadow"]["rows"] < len(x):
+                assert time.monotonic() < deadline, "the shadow did not answer every row"
+                time.sleep(0.05)
+            labels = [{"id": request_id, "label": y[i * 3:i * 3 + 3].tolist()} for i, request_id in enumerate(ids)]
+            assert _feedback(client, server, labels).json()["scored"] == len(ids)
+            shadow = client.get(url, headers=server.headers).json()
+        offline_champion = load_predictor(model_dir).predict({"input-0": x})["class_index"]
+        offline_shadow = load_predictor(worse).predict({"input-0": x})["class_index"]
+        assert shadow["decision"]["champion_accuracy"] == (offline_champion == y).mean()
+        assert shadow["decision"]["shadow_accuracy"] == (offline_shadow == y).mean() < (offline_champion == y).mean()
+        assert shadow["shadow"]["agreement"] == pytest.approx((offline_shadow == offline_champion).mean())
+        assert shadow["decision"]["action"] == "reject", shadow["decision"]
+        assert sum(shadow["labelled_pairs"].values()) == len(x)
+        samples = scrape(server)
+        assert sum(samples["pillars_shadow_rows_total"].values()) == len(x)
+    finally:
+        server.process.stop()
