@@ -263,7 +263,8 @@ def test_the_trainjob_rule_names_the_api_components_trainjob_uses() -> None:
 
 DASHBOARD = CHART / "dashboards" / "pillars-serving.json"
 METRIC_SOURCES = [ROOT / "serving" / "monitoring" / "metrics.py", ROOT / "serving" / "monitoring" / "performance.py",
-                  ROOT / "serving" / "monitoring" / "feedback.py", ROOT / "pipelines" / "trigger.py"]
+                  ROOT / "serving" / "monitoring" / "feedback.py", ROOT / "serving" / "monitoring" / "shadow.py",
+                  ROOT / "pipelines" / "trigger.py"]
 SAMPLE_SUFFIXES = {"Counter": ("_total",), "Histogram": ("_bucket", "_sum", "_count"), "Summary": ("_sum", "_count"),
                    "Gauge": ()}
 """What Prometheus appends to a family's name, per kind (a gauge's series is the name itself)."""
