@@ -16,8 +16,8 @@ rows than it loses. ``alpha`` defaults to 0.01 because the rule is applied again
 is a chance of a false promotion; four looks at 0.01 stay under 4 %). The reason of each decision is one
 line, for the alias history.
 
-This is the decision core only: running the challenger in shadow in the model server, and moving the
-alias with this reason, are not built yet.
+The model server runs the challenger in shadow and scores it (:mod:`pillars.serving.monitoring.shadow`);
+``pillars models decide-shadow`` moves the alias on a promote, with this reason in the alias history.
 """
 
 from __future__ import annotations

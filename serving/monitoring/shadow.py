@@ -7,8 +7,8 @@ predictions are remembered next to the champion's; when a label arrives through 
 scored on it (:class:`pillars.serving.monitoring.feedback.FeedbackLog` writes the shadow's prediction and
 whether it was right into the label's line, so a restart keeps the pairs), and
 :func:`pillars.components.evaluation.shadow.decide` says promote, reject or wait from the paired outcomes
-(``GET /v2/models/NAME/shadow``). Moving the registry alias on that decision is left to the operator (or a
-pipeline step): the model server never writes to the registry.
+(``GET /v2/models/NAME/shadow``). ``pillars models decide-shadow NAME --server URL`` moves the registry alias
+on a promote (the model server itself never writes to the registry).
 
 Series: ``pillars_shadow_rows_total`` (rows the shadow answered), ``pillars_shadow_agreement_rows_total`` (rows
 where it predicted what the champion did), ``pillars_shadow_dropped_rows_total`` (rows dropped, queue full),
