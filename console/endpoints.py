@@ -1,7 +1,8 @@
 """Model servers the console knows of, and how they behave over time.
 
 Endpoints come from ``pillars up``'s state file and from configured URLs. Their health comes from the
-server (``/v2/health/ready``); request rate, p50/p99 latency, error ratio and per-feature drift come
+server (``/v2/health/ready``); request rate, p50/p99 latency, error ratio, per-feature and weighted drift, and
+the estimated (CBPE) and realised (feedback labels) accuracy come
 from Prometheus' HTTP API (``query_range``) when there is a Prometheus, else from the console's own
 samples of each server's ``/metrics`` (parsed with ``prometheus_client.parser``), kept in memory.
 """
@@ -59,6 +60,12 @@ class Sample:
     buckets: dict[float, float]
     drift: dict[str, float]
     version: str | None
+    estimated: float | None = None
+    """Estimated accuracy (CBPE) of the served version's window; None when the model cannot estimate it."""
+    scored: float = 0.0
+    """Rows scored against feedback labels, and those right: realised accuracy is ``correct / scored``."""
+    correct: float = 0.0
+    weighted_drift: float | None = None
 
 
 @dataclasses.dataclass
@@ -75,6 +82,9 @@ class EndpointView:
     p99: dict[str, list[tuple[float, float]]]
     error_ratio: dict[str, list[tuple[float, float]]]
     drift: dict[str, list[tuple[float, float]]]
+    accuracy: dict[str, list[tuple[float, float]]] = dataclasses.field(default_factory=dict)
+    """``estimated (CBPE)`` and ``realised (labels)`` accuracy, each present once there is a value."""
+    weighted_drift: dict[str, list[tuple[float, float]]] = dataclasses.field(default_factory=dict)
 
 
 def discover(stack_state: dict[str, Any] | None, configured: dict[str, str], prometheus_url: str) -> list[Endpoint]:
@@ -99,6 +109,8 @@ def parse_metrics(text: str, model: str | None) -> Sample:
     buckets: dict[float, float] = collections.defaultdict(float)
     drift: dict[str, float] = {}
     version = None
+    estimated = weighted = None
+    scored = correct = 0.0
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             if model is not None and s.labels.get("model") not in (model, None):
@@ -114,7 +126,15 @@ def parse_metrics(text: str, model: str | None) -> Sample:
                 drift[s.labels.get("feature", "?")] = s.value
             elif s.name == "pillars_drift_window_rows":
                 version = s.labels.get("version") or version
-    return Sample(time.time(), requests, errors, dict(buckets), drift, version)
+            elif s.name == "pillars_performance_estimated_accuracy":
+                estimated = s.value
+            elif s.name == "pillars_drift_weighted_share":
+                weighted = s.value
+            elif s.name == "pillars_feedback_scored_rows_total":
+                scored += s.value
+            elif s.name == "pillars_feedback_correct_rows_total":
+                correct += s.value
+    return Sample(time.time(), requests, errors, dict(buckets), drift, version, estimated, scored, correct, weighted)
 
 
 def histogram_quantile(q: float, buckets: dict[float, float]) -> float:
@@ -138,13 +158,21 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float:
 
 
 def series_from_samples(samples: Iterable[Sample]) -> dict[str, Any]:
-    """Rate, p50, p99, error ratio (from consecutive samples' differences) and drift per feature."""
+    """Rate, p50, p99, error ratio (from consecutive samples' differences), drift per feature, the weighted drift
+    share, and the estimated and realised (all labels so far) accuracy."""
     rate, p50, p99, ratio = [], [], [], []
+    estimated, realised, weighted = [], [], []
     drift: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
     previous = None
     for s in samples:
         for feature, value in s.drift.items():
             drift[feature].append((s.at, value))
+        if s.estimated is not None:
+            estimated.append((s.at, s.estimated))
+        if s.weighted_drift is not None:
+            weighted.append((s.at, s.weighted_drift))
+        if s.scored:
+            realised.append((s.at, s.correct / s.scored))
         if previous is not None and s.at > previous.at and s.requests >= previous.requests:
             dt, dn = s.at - previous.at, s.requests - previous.requests
             rate.append((s.at, dn / dt))
@@ -153,7 +181,8 @@ def series_from_samples(samples: Iterable[Sample]) -> dict[str, Any]:
             p50.append((s.at, histogram_quantile(0.5, delta)))
             p99.append((s.at, histogram_quantile(0.99, delta)))
         previous = s
-    return {"rate": rate, "p50": p50, "p99": p99, "error_ratio": ratio, "drift": dict(drift)}
+    return {"rate": rate, "p50": p50, "p99": p99, "error_ratio": ratio, "drift": dict(drift), "estimated": estimated,
+            "realised": realised, "weighted_drift": weighted}
 
 
 class Sampler:
@@ -226,6 +255,10 @@ def prometheus_series(base: str, model: str | None, end: float | None = None,
         "error_ratio": f"sum(rate(pillars_serving_requests_total{{{errors}}}[{_RATE}])) "
                        f"/ sum(rate(pillars_serving_requests_total{{{sel}}}[{_RATE}]))",
         "drift": f"max by (feature) (pillars_drift_feature_jsd{{{sel}}})",
+        "estimated": f"max(pillars_performance_estimated_accuracy{{{sel}}})",
+        "realised": f"sum(pillars_feedback_correct_rows_total{{{sel}}}) "
+                    f"/ sum(pillars_feedback_scored_rows_total{{{sel}}})",
+        "weighted_drift": f"max(pillars_drift_weighted_share{{{sel}}})",
     }
     result: dict[str, Any] = {}
     with httpx.Client(base_url=base.rstrip("/"), timeout=TIMEOUT_S, auth=auth) as client:
@@ -269,6 +302,11 @@ def view(endpoint: Endpoint, sampler: Sampler) -> EndpointView:
     latest = sample or (samples[-1] if samples else None)
     drift = series["drift"]
     top = sorted(drift, key=lambda f: -max((v for _, v in drift[f] if math.isfinite(v)), default=0.0))
+    accuracy = {name: series.get(key) or [] for name, key in (("estimated (CBPE)", "estimated"),
+                                                              ("realised (labels)", "realised"))}
+    weighted = series.get("weighted_drift") or []
     return EndpointView(endpoint, ready, words, latest.version if latest else None, source,
                         {"requests/s": series["rate"]}, {"p50": series["p50"]}, {"p99": series["p99"]},
-                        {"errors": series["error_ratio"]}, {f: drift[f] for f in top[:MAX_FEATURES]})
+                        {"errors": series["error_ratio"]}, {f: drift[f] for f in top[:MAX_FEATURES]},
+                        {name: s for name, s in accuracy.items() if s},
+                        {"weighted share": weighted} if weighted else {})

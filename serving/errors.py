@@ -50,3 +50,24 @@ class NotServed(ServingError):
 
     status = HTTPStatus.NOT_FOUND
     grpc_code = "UNIMPLEMENTED"
+
+
+class BadFeedback(ServingError):
+    """A feedback batch is malformed or a label does not fit the model (its type, an unknown class)."""
+
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class TooMuchFeedback(ServingError):
+    """A feedback batch carries more labels than one batch may, or the label store is full."""
+
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class FeedbackNotStored(ServingError):
+    """The feedback store cannot be written (a read-only or full disk): nothing of the batch was acknowledged."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    grpc_code = "UNAVAILABLE"

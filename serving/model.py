@@ -17,7 +17,10 @@ in an InferenceService pod and on a laptop. The hooks:
   task's encode, the forward pass and decode without checking again; an :class:`InputError` from the
   task's encode (an unknown id, a too-short history) is 400 naming the input; outputs that are not finite
   are refused (422 naming the rows).
-- ``postprocess``: encode outputs as the protocol the request came in.
+- ``postprocess``: encode outputs as the protocol the request came in, with the request's id (the V2 ``id``
+  echoed or generated; V1 ``"id"``), remembered with its predictions for the feedback route
+  (:mod:`pillars.serving.monitoring.feedback`). Each forward pass also feeds the version's estimated
+  accuracy (:mod:`pillars.serving.monitoring.performance`) when the model carries a calibration.
 
 With ``reload_interval_s`` and a ``models:/NAME@ALIAS`` URI, a background thread follows the alias:
 when it moves, the new version is downloaded, loaded and warmed up off the request path, then swapped
@@ -35,6 +38,7 @@ import gc
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +57,11 @@ from pillars.components.model.predictor import Predictor, load_predictor, load_p
 from pillars.serving.protocol import codec
 from pillars.serving.monitoring import metrics
 from pillars.serving.batching import Batcher, Outputs
+from pillars.serving.monitoring import feedback as ground_truth
+from pillars.serving.monitoring import performance
 from pillars.serving.monitoring.drift import DriftConfig, DriftMonitor
+from pillars.serving.monitoring.performance import AccuracyEstimator
+from pillars.serving.monitoring.shadow import SHADOW, ShadowRunner, predictions_of
 from pillars.serving.errors import NonFiniteOutput, ServingError, VersionNotFound
 from pillars.serving.settings import ServingSettings
 from pillars.serving.storage import (
@@ -74,6 +82,7 @@ class _Active:
 
     predictor: Predictor
     drift: DriftMonitor | None
+    estimator: AccuracyEstimator | None = None
 
 
 class PillarsModel(Model):
@@ -105,6 +114,11 @@ class PillarsModel(Model):
         self._stop_reloading = threading.Event()
         self._refused_version: str | None = None
         """A version that failed to load or was refused: not tried again until the alias moves."""
+        self.memory = ground_truth.PredictionMemory(settings.feedback_memory_rows)
+        """Recent predictions by request id, joined with the labels of :attr:`feedback`."""
+        self.feedback: ground_truth.FeedbackLog | None = None
+        self.shadow: ShadowRunner | None = None
+        self._shadow_source: ModelSource | None = None
 
     @property
     def drift(self) -> DriftMonitor | None:
@@ -137,8 +151,15 @@ class PillarsModel(Model):
         except BaseException:
             discard(self.source)  # a model that cannot be served leaves no copy behind
             raise
-        self._active = _Active(self.predictor, self._drift_monitor(self.source, self.predictor))
+        self._active = _Active(self.predictor, self._drift_monitor(self.source, self.predictor),
+                               self._estimator(self.version, self.predictor))
         metrics.DRIFT.register_model(self.name, self.version, self.drift)
+        self.feedback = ground_truth.FeedbackLog(
+            self.name, self.settings.feedback_dir / f"{self.name}.jsonl", self.predictor.task.kind,
+            self.predictor.prep.get("classes"), self.settings.feedback_max_labels, self.settings.feedback_max_batch)
+        ground_truth.FEEDBACK.register_model(self.name, self.feedback)
+        if self.settings.shadow_uri:
+            self._start_shadow()
         self.ready = True
         logger.info("model %s version %s loaded from %s on %s in %.2fs (task %s, kind %s, inputs %s, drift %s)",
                     self.name, self.version, self.source.uri, device, time.perf_counter() - started,
@@ -146,6 +167,25 @@ class PillarsModel(Model):
                     f"by {self.drift.method}" if self.drift else "off")
         self._follow_alias()
         return self.ready
+
+    def _start_shadow(self) -> None:
+        """Load ``--shadow_uri`` (same inputs as the served model) and start running it in shadow.
+
+        Raises:
+            pillars.components.errors.ConfigError: it cannot be loaded, or takes other inputs.
+        """
+        assert self.predictor is not None
+        source = resolve_model(self.settings.shadow_uri)
+        try:
+            predictor = load_predictor(source.directory, device=self.device, onnx_threads=self._onnx_threads())
+            _check_same_inputs(self.predictor.signature, predictor.signature, f"{source.version} (shadow)")
+        except BaseException:
+            discard(source)
+            raise
+        self._shadow_source = source
+        self.shadow = ShadowRunner(self.name, source.version, predictor, self.settings.feedback_memory_rows)
+        SHADOW.register_model(self.name, self.shadow)
+        logger.info("model %s: version %s from %s runs in shadow", self.name, source.version, source.uri)
 
     def _load_and_warm_up(self, device: torch.device) -> None:
         """Load the predictor of ``self.source`` and run a warm-up batch through a new batcher.
@@ -180,6 +220,10 @@ class PillarsModel(Model):
         self._stop_reloading.set()
         if self.drift is not None:
             self.drift.stop()
+        if self.shadow is not None:
+            self.shadow.stop()
+        if self._shadow_source is not None:
+            discard(self._shadow_source)
         if self.batcher is not None:
             self.batcher.close()
         if self.source is not None:
@@ -223,7 +267,8 @@ class PillarsModel(Model):
             raise
         drift = self._drift_monitor(source, predictor)
         old_source, old_version, old_drift = self.source, self.version, self.drift
-        self._active = _Active(predictor, drift)  # the swap: the next forward pass uses the new version
+        estimator = self._estimator(source.version, predictor)
+        self._active = _Active(predictor, drift, estimator)  # the swap: the next forward pass uses the new version
         self.predictor, self.source, self.version = predictor, source, source.version
         self._refused_version = None
         metrics.DRIFT.register_model(self.name, self.version, drift)
@@ -317,14 +362,27 @@ class PillarsModel(Model):
         """Encode the outputs in the protocol of the request (V1 dict, or V2 ``InferResponse``)."""
         outputs, batch = self.prepare_response(result)
         if batch.protocol == "v1":
-            return codec.encode_v1(outputs, self.signature)
+            return codec.encode_v1(outputs, self.signature) | {"id": batch.request_id}
         return codec.encode_v2(batch, outputs, self.signature, self.name, self.version)
+
+    def _remember(self, request_id: str, outputs: Outputs, batch: codec.Batch) -> None:
+        """Keep the prediction served for ``request_id`` for the feedback route to score its label."""
+        predictions = predictions_of(outputs)
+        if predictions is not None:
+            self.memory.remember(request_id, self.version, predictions, batch.inputs)
+            if self.shadow is not None:
+                self.shadow.submit(request_id, batch.inputs, predictions)
 
     def prepare_response(self, result: tuple[Outputs, codec.Batch]) -> tuple[Outputs, codec.Batch]:
         """What every answered request goes through just before its response is encoded, on every path
-        (``postprocess``, and :mod:`pillars.serving.protocol.fast_path`, which encodes V2 itself): nothing
-        yet; per-response bookkeeping (a generated request id, remembered predictions) belongs here."""
-        return result
+        (``postprocess``, and :mod:`pillars.serving.protocol.fast_path`, which encodes V2 itself): the request
+        id (the client's, else a new one: every response carries one, the feedback key) and the prediction
+        remembered under it."""
+        outputs, batch = result
+        if not batch.request_id:
+            batch = dataclasses.replace(batch, request_id=uuid.uuid4().hex)
+        self._remember(batch.request_id, outputs, batch)
+        return outputs, batch
 
     def _forward(self, inputs: dict[str, np.ndarray]) -> Outputs:
         active = self._active  # read once: a swap between these lines cannot mix two versions
@@ -337,7 +395,21 @@ class PillarsModel(Model):
                 active.drift.fail(f"the task's drift features failed: {type(e).__name__}: {e}")
             else:
                 active.drift.observe_named(names, rows, outputs)
+        if active.estimator is not None:
+            active.estimator.observe(outputs)
         return outputs
+
+    def _estimator(self, version: str, predictor: Predictor) -> AccuracyEstimator | None:
+        """The version's CBPE estimator (None, said in the log and the metrics, when it cannot estimate)."""
+        estimator, status = performance.estimator_for(
+            predictor.task.kind, predictor.config.extra, self.settings.performance_window,
+            min(self.settings.performance_min_rows, self.settings.performance_window))
+        threshold = predictor.task.thresholds.get("accuracy")
+        performance.PERFORMANCE.register_model(self.name, version, estimator, status,
+                                               None if threshold is None else float(threshold))
+        if estimator is None:
+            logger.info("model %s version %s: estimated accuracy %s", self.name, version, status)
+        return estimator
 
     def _drift_monitor(self, source: ModelSource, predictor: Predictor) -> DriftMonitor | None:
         if not self.settings.drift:
@@ -349,7 +421,8 @@ class PillarsModel(Model):
             return None
         try:
             monitor = DriftMonitor(profile, list(profile["features"]), predictor.task.kind,
-                                   predictor.prep.get("classes"), self.drift_config)
+                                   predictor.prep.get("classes"), self.drift_config,
+                                   predictor.config.extra.get("feature_importance"))
         except (ValueError, KeyError, TypeError) as e:
             logger.warning("model %s version %s: drift is not measured, unusable data profile: %s",
                            self.name, source.version, e)

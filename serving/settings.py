@@ -122,3 +122,32 @@ class ServingSettings(BaseSettings):
     allowed_hosts: list[str] = Field(default_factory=list)
     """Host names a request's ``Host`` header may name (``*``: any). Empty: the loopback names when ``host``
     is loopback (no web page can reach the server through a DNS name of its own), any host otherwise."""
+
+    feedback_dir: Path = Path(".pillars/feedback")
+    """Folder of the durable feedback labels (one ``MODEL.jsonl`` per served model, fsynced per batch, read
+    back at start). On a cluster, a mounted volume."""
+
+    feedback_memory_rows: int = Field(default=100_000, ge=1)
+    """Most recent rows whose predictions (and small inputs) are remembered by request id; labels for ids
+    forgotten are kept for retraining but not scored."""
+
+    feedback_max_batch: int = Field(default=1000, ge=1)
+    """Most labels one feedback request may carry (more: 413)."""
+
+    feedback_max_labels: int = Field(default=1_000_000, ge=1)
+    """Most labels the feedback store of a model keeps; past it, feedback is refused (413) until it is
+    moved away (a retraining run takes it)."""
+
+    performance_window: int = Field(default=1000, ge=1)
+    """Most recent rows the estimated accuracy (CBPE) is computed over."""
+
+    performance_min_rows: int = Field(default=200, ge=1)
+    """Rows the window must hold before an estimated accuracy is exported (capped at ``performance_window``)."""
+
+    shadow_uri: str = ""
+    """A challenger to run in shadow beside the served model (same URI forms as ``model_uri``; it must take the
+    same inputs): it sees every answered request off the request path and is scored on the same feedback labels;
+    ``GET /v2/models/NAME/shadow`` says promote, reject or wait. Empty: no shadow."""
+
+    shadow_min_labels: int = Field(default=200, ge=1)
+    """Paired labelled rows the shadow decision needs before it says promote or reject."""

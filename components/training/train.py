@@ -23,7 +23,9 @@ import mlflow
 
 from pillars.components.training.distributed import launch_local, worker_args
 from pillars.components.errors import ConfigError
+from pillars.components.evaluation.calibration import calibrate_saved_model
 from pillars.components.evaluation.evaluate import learning_curve_figure
+from pillars.components.evaluation.importance import store_importance
 from pillars.components.training.fit import TrainParams, fingerprint, fit, load_history, write_model
 from pillars.components.model.predictor import load_predictor
 from pillars.components.data.splits import load_metadata, load_split, task_of
@@ -177,6 +179,11 @@ def _train_in_run(train_path: str, val_path: str, metadata_path: str, metadata: 
                        "stopped_early": result.stopped_early, "device": result.device, "world_size": 1}
         if summary["start_epoch"] > 1:
             log_epoch.backfill(history)
+        calibration = calibrate_saved_model(model_dir, val_path)  # CBPE's temperature, stored in config.json
+        store_importance(model_dir, val_path, seed=params.seed)  # what weighted drift weighs, in config.json
+        if calibration is not None:
+            mlflow.log_metrics({"calibration_temperature": calibration.temperature,
+                                "calibration_expected_accuracy": calibration.expected_accuracy})
         trained = metadata["split_rows"]["train"] * (len(history) - summary["start_epoch"] + 1)
         mlflow.log_metrics({"train_seconds": summary["seconds"],
                             "train_samples_per_second": trained / max(summary["seconds"], 1e-9)})

@@ -158,7 +158,33 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"{args.name}: champion v{event.from_version} -> v{event.to_version} (rolled back)")
     elif args.action == "upgrade":
         _upgrade(args.name, args.version)
+    elif args.action == "decide-shadow":
+        _decide_shadow(args.name, args.server, args.served_as or args.name, args.token_file)
     return 0
+
+
+def _decide_shadow(name: str, server: str, served_as: str, token_file: str | None) -> None:
+    """Ask the model server for its shadow decision; promote the challenger when it says so, with its reason."""
+    import httpx
+
+    from pillars.components.registry.register import promote
+
+    headers = {"Authorization": f"Bearer {open(token_file).read().strip()}"} if token_file else {}
+    try:
+        response = httpx.get(f"{server.rstrip('/')}/v2/models/{served_as}/shadow", headers=headers, timeout=10)
+    except httpx.HTTPError as e:
+        raise ConfigError(f"cannot reach the model server at {server}: {type(e).__name__}") from e
+    if response.status_code != 200:
+        raise ConfigError(f"{server}: the shadow route answered {response.status_code}: {response.text[:200]}")
+    answer = response.json()
+    decision, shadow = answer["decision"], answer.get("shadow")
+    if decision["action"] != "promote" or not shadow:
+        print(f"{name}: {decision['action']}: {decision['reason']}")
+        return
+    changed = promote(name, shadow["version"], f"shadow decision: {decision['reason']}",
+                      expected=answer["version"])  # only over the champion the shadow was judged against
+    print(f"{name}: champion -> v{shadow['version']} ({decision['reason']})" if changed
+          else f"{name}: v{shadow['version']} already champion")
 
 
 def _upgrade(name: str, version: str | None) -> None:

@@ -127,6 +127,12 @@ def _add_models(sub: Subparsers) -> None:
     a.add_argument("name")
     a.add_argument("version")
     a.add_argument("--why", default="manual promotion")
+    a = actions.add_parser("decide-shadow", help="promote the shadow challenger a model server judged better on "
+                           "its labels (the decision's reason goes to the alias history)")
+    a.add_argument("name")
+    a.add_argument("--server", required=True, help="the model server's URL (it runs the challenger with --shadow_uri)")
+    a.add_argument("--served-as", default=None, help="the model's name on the server (default: NAME)")
+    a.add_argument("--token-file", default=None, help="the server's bearer token, when auth is on")
     a = actions.add_parser("history", help="recorded alias moves")
     a.add_argument("name")
     a = actions.add_parser("rollback", help="restore the previous champion (never one rolled back from)")

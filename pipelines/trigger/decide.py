@@ -38,6 +38,22 @@ class Decision:
     reason: str
     key: tuple[str, str] = ("", "")
 
+REASON_CHARS = 300
+"""Most characters of an alert's description kept in a decision's reason."""
+
+
+def alert_reason(alert: Mapping[str, Any]) -> str:
+    """Why a retraining alert fired, in one line: its name, its ``signal`` label (``weighted_drift``,
+    ``prediction_drift``, ``estimated_accuracy``) and its description (which names the drifted features)."""
+    labels = alert.get("labels") if isinstance(alert.get("labels"), Mapping) else {}
+    annotations = alert.get("annotations") if isinstance(alert.get("annotations"), Mapping) else {}
+    reason = f"{labels.get('alertname', 'alert')} firing"
+    if labels.get("signal"):
+        reason += f" (signal {str(labels['signal'])[:40]})"
+    description = " ".join(str(annotations.get("description", "")).split())
+    return f"{reason}: {description[:REASON_CHARS]}" if description else reason
+
+
 class Decider:
     """De-duplication and per-model cool-down; thread-safe; bounded memory; time injectable for tests.
 
@@ -83,7 +99,7 @@ class Decider:
             self._last_start[model] = now
             self._last_start.move_to_end(model)
             self._bound(now)
-        return Decision(model, "started", f"{labels.get('alertname', 'alert')} firing", key)
+        return Decision(model, "started", alert_reason(alert), key)
 
     def forget_start(self, model: str, key: tuple[str, str] = ("", "")) -> None:
         """A run failed to start (or was not attempted): the next copy of the alert may try again."""

@@ -30,6 +30,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _V1_PREDICT = re.compile(r"^/v1/models/([^/:]+):predict$")
 _V2_INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$")
+_FEEDBACK = re.compile(r"^/v2/models/[^/]+/feedback$")
 CLIENT_DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
                         UnicodeError)
 
@@ -87,7 +88,8 @@ class ServingMiddleware:
                 await _error(send_tracked, 400, f"host {host_name(headers.get(b'host'))!r} is not served here "
                              f"(allowed: {', '.join(sorted(self.hosts))}; --allowed_hosts)")
                 return
-            if route is not None and scope["method"] == "POST" and browser_body_refused(headers):
+            if (route is not None or _FEEDBACK.match(path)) and scope["method"] == "POST" \
+                    and browser_body_refused(headers):
                 await _error(send_tracked, 415, "a request from a web page (with Origin) must send "
                              "Content-Type: application/json (or the binary extension as application/octet-stream)")
                 return

@@ -110,6 +110,8 @@ class DriftReport:
     share: float
     detected: bool
     prediction_jsd: float
+    weighted_share: float = 0.0
+    """Importance-weighted share of drifted features (equal weights when the model carries no importances)."""
 
 
 # ---- the monitor ---------------------------------------------------------------------------------------
@@ -123,13 +125,18 @@ class DriftMonitor:
         kind: the task's kind; predictions are compared for ``classification`` and ``regression``.
         classes: class names of a classifier (index order of ``class_index``).
         config: method, thresholds, window and interval.
+        importance: per feature name, how much the model relies on it (permutation importance at training,
+            :mod:`pillars.components.evaluation.importance`); drifted features are weighed by it in
+            ``weighted_share``. None (a model trained before importances were kept, or a task whose drift
+            features are not input columns): equal weights, so ``weighted_share`` is the plain share.
 
     Raises:
         ValueError: the profile does not describe every input of the model.
     """
 
     def __init__(self, profile: dict[str, Any], feature_names: Sequence[str], kind: str,
-                 classes: Sequence[str] | None, config: DriftConfig) -> None:
+                 classes: Sequence[str] | None, config: DriftConfig,
+                 importance: dict[str, float] | None = None) -> None:
         features = profile.get("features", {})
         missing = [name for name in feature_names if name not in features]
         if missing:
@@ -139,6 +146,8 @@ class DriftMonitor:
         self.feature_names = list(feature_names)
         self.kind = kind
         self.n_features = len(self.feature_names)
+        self.importance = _weights(importance, self.feature_names)
+        """Normalised importances in feature order (None: equal weights)."""
         stats = [features[name] for name in self.feature_names]
         self.low = np.array([s["min"] for s in stats], dtype=np.float32)
         self.high = np.array([s["max"] for s in stats], dtype=np.float32)
@@ -290,9 +299,10 @@ class DriftMonitor:
             assert pvalues is not None
             drifted = pvalues < self._threshold
         share = float(drifted.mean())
+        weighted = share if self.importance is None else float(self.importance[drifted].sum())
         report = DriftReport(rows=filled, jsd=jsd, psi=psi_values, ks_pvalue=pvalues, drifted=drifted, share=share,
                              detected=share >= self.config.share,
-                             prediction_jsd=self._prediction_drift(predictions))
+                             prediction_jsd=self._prediction_drift(predictions), weighted_share=weighted)
         self.report = report
         return report
 
@@ -340,3 +350,18 @@ class DriftMonitor:
                 was_detected = report.detected
             logger.debug("drift computed over %d rows in %.2f ms", report.rows,
                          1000 * (time.perf_counter() - started))
+
+
+def _weights(importance: dict[str, float] | None, names: Sequence[str]) -> np.ndarray | None:
+    """Importances in feature order, normalised to sum 1 (None: none given, or none above 0).
+
+    Raises:
+        ValueError: an importance is negative or not a number.
+    """
+    if not importance:
+        return None
+    values = np.array([float(importance.get(name, 0.0)) for name in names], dtype=np.float64)
+    if not np.all(np.isfinite(values)) or (values < 0).any():
+        raise ValueError("feature importances must be finite numbers >= 0")
+    total = values.sum()
+    return values / total if total > 0 else None

@@ -87,6 +87,9 @@ class DriftStats(Collector):
       (only when the profile keeps a reference sample), ``pillars_drift_feature_drifted`` (0/1);
     - ``pillars_drift_share`` (drifted features / features), ``pillars_drift_detected`` (0/1),
       ``pillars_drift_prediction_jsd``: present once the window holds the minimum rows;
+    - ``pillars_drift_weighted_share`` (importance-weighted share of drifted features; equal weights for a model
+      without importances) and ``pillars_drift_feature_importance`` (per feature, normalised to sum 1, only for
+      a model that carries importances);
     - ``pillars_drift_window_rows`` and the counter ``pillars_input_out_of_range_total``: always.
     """
 
@@ -125,6 +128,13 @@ class DriftStats(Collector):
                                        "Jensen-Shannon distance of the predicted distribution vs the training labels.",
                                        labels=model_labels)
         rows = GaugeMetricFamily("pillars_drift_window_rows", "Rows in the drift window.", labels=model_labels)
+        weighted = GaugeMetricFamily("pillars_drift_weighted_share",
+                                     "Share of the model's reliance (permutation importance at training) on drifted "
+                                     "features (0..1); the plain share when the model carries no importances.",
+                                     labels=model_labels)
+        importance = GaugeMetricFamily("pillars_drift_feature_importance",
+                                       "The feature's share of the model's permutation importance at training.",
+                                       labels=feature_labels)
         outside = CounterMetricFamily("pillars_input_out_of_range",
                                       "Served input values outside the training split's [min, max].",
                                       labels=feature_labels)
@@ -136,6 +146,9 @@ class DriftStats(Collector):
             report = monitor.report
             rows.add_metric([model, version], monitor.window_rows)
             pooled = len(names) > MAX_FEATURE_LABELS
+            if monitor.importance is not None and not pooled:
+                for name, value in zip(names, monitor.importance, strict=True):
+                    importance.add_metric([model, version, name], float(value))
             if pooled:
                 outside.add_metric([model, version, "all"], int(counts.sum()))
             else:
@@ -146,6 +159,7 @@ class DriftStats(Collector):
             share.add_metric([model, version], report.share)
             detected.add_metric([model, version], float(report.detected))
             prediction.add_metric([model, version], report.prediction_jsd)
+            weighted.add_metric([model, version], report.weighted_share)
             if pooled:
                 jsd.add_metric([model, version, "all"], float(report.jsd.mean()))
                 psi.add_metric([model, version, "all"], float(report.psi.mean()))
@@ -159,7 +173,7 @@ class DriftStats(Collector):
                 drifted.add_metric([model, version, name], float(report.drifted[i]))
                 if report.ks_pvalue is not None:
                     ks.add_metric([model, version, name], float(report.ks_pvalue[i]))
-        yield from (jsd, psi, ks, drifted, share, detected, prediction, rows, outside)
+        yield from (jsd, psi, ks, drifted, share, detected, prediction, rows, outside, weighted, importance)
 
 
 DRIFT = DriftStats()

@@ -36,6 +36,7 @@ from pillars.components.task.contract import InputError, Signature
 from pillars.components.errors import PillarsError
 from pillars.serving.protocol import codec
 from pillars.serving.errors import Overloaded
+from pillars.serving.protocol.feedback import FeedbackRoutes
 from pillars.serving.model import PillarsModel, served_model
 
 logger = logging.getLogger(__name__)
@@ -176,6 +177,7 @@ class PillarsRESTServer(RESTServer):
         app.include_router(root)
         register_v1_endpoints(app, self.dataplane, None)
         app.include_router(V2Routes(self.dataplane).router())
+        app.include_router(FeedbackRoutes(self.dataplane).router())
 
     def _add_middlewares(self, app: fastapi.FastAPI) -> None:
         """KServe's, without its timing middleware unless ``kserve.trace`` logs (it reads the CPU clock twice

@@ -170,7 +170,7 @@ def test_monitoring_objects_alert_on_latency_errors_servers_down_and_drift(rende
     assert {"PillarsModelLatencyHigh", "PillarsModelErrorRatioHigh", "PillarsModelServerDown",
             "PillarsModelDrift", "PillarsMlflowDown"} <= alerts.keys()
     assert alerts["PillarsModelDrift"]["labels"]["pillars_action"] == "retrain"
-    assert alerts["PillarsModelDrift"]["expr"].endswith(">= 0.5") and alerts["PillarsModelDrift"]["for"] == "15m"
+    assert alerts["PillarsModelDrift"]["expr"].endswith(">= 0.2") and alerts["PillarsModelDrift"]["for"] == "15m"
     assert "pillars_serving_request_seconds_bucket" in groups["pillars-serving"]["rules"][0]["expr"]
     dashboard = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard"))
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"

@@ -193,6 +193,27 @@ def test_samples_of_metrics_pages_give_rate_latency_errors_and_drift():
     assert series["drift"] == {"age": [(1000.0, 0.1), (1010.0, 0.4)]}
 
 
+def test_samples_give_the_estimated_and_realised_accuracy_and_the_weighted_drift():
+    registry = CollectorRegistry()
+    estimated = Gauge("pillars_performance_estimated_accuracy", "", ["model", "version"], registry=registry)
+    weighted = Gauge("pillars_drift_weighted_share", "", ["model", "version"], registry=registry)
+    scored = Counter("pillars_feedback_scored_rows", "", ["model", "version"], registry=registry)
+    correct = Counter("pillars_feedback_correct_rows", "", ["model", "version"], registry=registry)
+    estimated.labels("m", "7").set(0.91)
+    weighted.labels("m", "7").set(0.3)
+    scored.labels("m", "7").inc(40)
+    correct.labels("m", "7").inc(30)
+    scored.labels("other", "1").inc(1000)
+    sample = endpoints.parse_metrics(generate_latest(registry).decode(), "m")
+    assert (sample.estimated, sample.weighted_drift, sample.scored, sample.correct) == (0.91, 0.3, 40, 30)
+    sample.at = 1000.0
+    series = endpoints.series_from_samples([sample])
+    assert series["estimated"] == [(1000.0, 0.91)] and series["realised"] == [(1000.0, 0.75)]
+    assert series["weighted_drift"] == [(1000.0, 0.3)]
+    nothing = endpoints.series_from_samples([endpoints.parse_metrics(_metrics_page(1, 0, 1, 0.1), "m")])
+    assert nothing["estimated"] == nothing["realised"] == []  # no calibration, no labels: nothing invented
+
+
 def test_charts_are_inline_svg_with_a_title():
     svg = charts.line_chart({"p99": [(0, 0.01), (10, 0.02)]}, "Latency p99", "s")
     assert svg.startswith("<svg") and 'role="img"' in svg and "<polyline" in svg and "20 ms" in svg

@@ -14,22 +14,79 @@ PROMTOOL_TESTS = """
 rule_files: [rules.yml]
 evaluation_interval: 1m
 tests:
-  - name: drift fires after 15 minutes and resolves
+  - name: weighted drift fires after 15 minutes naming the drifted features, and resolves
     interval: 1m
     input_series:
-      - series: 'pillars_drift_share{model="digits",version="3",instance="a"}'
+      - series: 'pillars_drift_weighted_share{model="digits",version="3",instance="a"}'
         values: '0.1x10 0.75x30 0.1x30'
+      - series: 'pillars_drift_feature_jsd{model="digits",version="3",feature="mean radius",instance="a"}'
+        values: '0.02x10 0.4x30 0.02x30'
+      - series: 'pillars_drift_feature_drifted{model="digits",version="3",feature="mean radius",instance="a"}'
+        values: '0x10 1x30 0x30'
+      - series: 'pillars_drift_feature_jsd{model="digits",version="3",feature="area",instance="a"}'
+        values: '0.02x70'
+      - series: 'pillars_drift_feature_drifted{model="digits",version="3",feature="area",instance="a"}'
+        values: '0x70'
     alert_rule_test:
       - {eval_time: 10m, alertname: PillarsModelDrift, exp_alerts: []}
       - {eval_time: 20m, alertname: PillarsModelDrift, exp_alerts: []}
       - eval_time: 30m
         alertname: PillarsModelDrift
         exp_alerts:
-          - exp_labels: {severity: warning, pillars_action: retrain, model: digits, version: "3"}
+          - exp_labels: {severity: warning, pillars_action: retrain, signal: weighted_drift, model: digits,
+                         version: "3"}
             exp_annotations:
-              summary: "Model digits v3: inputs drift"
-              description: "75% of the input features drift from the training data profile; retraining is requested."
+              summary: "Model digits v3: inputs it relies on drift"
+              description: "75% of the model's reliance (feature importance at training) is on drifted features: mean radius ; retraining is requested."
       - {eval_time: 60m, alertname: PillarsModelDrift, exp_alerts: []}
+
+  - name: an unweighted share of drifted features alone no longer retrains
+    interval: 1m
+    input_series:
+      - series: 'pillars_drift_share{model="digits",version="3"}'
+        values: '1x40'
+      - series: 'pillars_drift_weighted_share{model="digits",version="3"}'
+        values: '0.05x40'
+    alert_rule_test:
+      - {eval_time: 30m, alertname: PillarsModelDrift, exp_alerts: []}
+
+  - name: prediction drift fires and resolves
+    interval: 1m
+    input_series:
+      - series: 'pillars_drift_prediction_jsd{model="digits",version="3"}'
+        values: '0.02x10 0.3x30 0.02x30'
+    alert_rule_test:
+      - {eval_time: 10m, alertname: PillarsModelPredictionDrift, exp_alerts: []}
+      - eval_time: 30m
+        alertname: PillarsModelPredictionDrift
+        exp_alerts:
+          - exp_labels: {severity: warning, pillars_action: retrain, signal: prediction_drift, model: digits,
+                         version: "3"}
+            exp_annotations:
+              summary: "Model digits v3: predictions drift"
+              description: "The predicted distribution is 0.300 (JS distance) from the training labels'; retraining is requested."
+      - {eval_time: 60m, alertname: PillarsModelPredictionDrift, exp_alerts: []}
+
+  - name: an estimated accuracy below the gate's threshold fires; none without an estimate
+    interval: 1m
+    input_series:
+      - series: 'pillars_performance_estimated_accuracy{model="digits",version="3"}'
+        values: '0.95x10 0.8x30 0.95x30'
+      - series: 'pillars_performance_accuracy_threshold{model="digits",version="3"}'
+        values: '0.85x70'
+      - series: 'pillars_performance_accuracy_threshold{model="plain",version="1"}'
+        values: '0.85x70'
+    alert_rule_test:
+      - {eval_time: 10m, alertname: PillarsModelEstimatedAccuracyLow, exp_alerts: []}
+      - eval_time: 30m
+        alertname: PillarsModelEstimatedAccuracyLow
+        exp_alerts:
+          - exp_labels: {severity: warning, pillars_action: retrain, signal: estimated_accuracy, model: digits,
+                         version: "3"}
+            exp_annotations:
+              summary: "Model digits v3: estimated accuracy 80%"
+              description: "The accuracy estimated without labels (CBPE) is below the gate's threshold; retraining is requested."
+      - {eval_time: 60m, alertname: PillarsModelEstimatedAccuracyLow, exp_alerts: []}
 
   - name: p99 latency over target fires and resolves
     interval: 1m
@@ -97,7 +154,7 @@ def test_rules_pass_promtool_check(tmp_path):
     (tmp_path / "rules.yml").write_text(rules_file())
     result = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 6 rules found" in result.stdout
+    assert "SUCCESS: 8 rules found" in result.stdout
 
 
 def test_each_alert_fires_and_resolves_in_promtool_unit_tests(tmp_path):

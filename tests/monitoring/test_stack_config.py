@@ -26,7 +26,7 @@ def test_prometheus_config_and_rules_pass_promtool(tmp_path, timing):
     result = subprocess.run([require_tool("promtool"), "check", "config", str(tmp_path / "prometheus.yml")],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 6 rules found" in result.stdout
+    assert "SUCCESS: 8 rules found" in result.stdout
     (alertmanager,) = config["alerting"]["alertmanagers"]
     assert alertmanager["basic_auth"] == {"username": WEB_USER, "password_file": str(password)}
 

@@ -36,6 +36,17 @@ def _alert(model="digits", status="firing", fingerprint="f1", starts="2026-11-29
     return {"status": status, "labels": labels, "annotations": {}, "startsAt": starts, "fingerprint": fingerprint}
 
 
+def test_the_decision_names_the_signal_and_the_features_that_fired_it():
+    alert = _alert()
+    alert["labels"] |= {"alertname": "PillarsModelDrift", "signal": "weighted_drift"}
+    alert["annotations"] = {"description": "41% of the model's reliance (feature importance at training) is on drifted "
+                                           "features: worst texture  mean radius ; retraining is requested."}
+    reason = Decider(cooldown=600).decide(alert).reason
+    assert reason.startswith("PillarsModelDrift firing (signal weighted_drift): 41% of the model's reliance")
+    assert "worst texture mean radius" in reason
+    assert Decider(cooldown=600).decide(_alert()).reason == "PillarsFeatureDrift firing"
+
+
 def test_decider_deduplicates_and_rate_limits_per_model():
     now = [1000.0]
     decider = Decider(cooldown=600, clock=lambda: now[0])

@@ -74,3 +74,18 @@ def make_profiled_classifier(directory: Path, steps: int = 30, seed: int = 0) ->
     profile = build_profile(x, y, [f"f{i}" for i in range(N_FEATURES)], "classification", CLASSES)
     (directory / "data_profile.json").write_text(json.dumps(profile))
     return directory
+
+
+def make_calibrated_classifier(directory: Path, steps: int = 30) -> Path:
+    """The toy classifier with its CBPE calibration fitted on a held-out split of the same rule, by the
+    training step's own function (:func:`pillars.components.evaluation.calibration.calibrate_saved_model`)."""
+    from pillars.components.data.splits import save_split
+    from pillars.components.evaluation.calibration import calibrate_saved_model
+    from pillars.tasks.tabular import INPUT
+
+    make_classifier(directory, steps=steps)
+    x, y = train_split(500, seed=11)
+    val = directory.parent / "val.npz"
+    save_split(val, {INPUT: x, "label": y})
+    calibrate_saved_model(directory, val)
+    return directory

@@ -1,0 +1,161 @@
+"""Confidence calibration of a classifier, for estimating its accuracy without labels (CBPE).
+
+Confidence-based performance estimation (NannyML's CBPE) reads a classifier's accuracy off its own
+confidences: if the confidences are calibrated, the expected accuracy of a window of predictions is the mean
+of their top-class probability. A network's softmax is usually over-confident, so at training time
+:func:`fit_temperature` fits one temperature ``T`` on the validation split (Guo et al. 2017, "On calibration
+of modern neural networks": the probabilities become ``softmax(log p / T)``, which is ``softmax(logits / T)``,
+so the argmax and accuracy do not change). Temperature scaling needs only the served ``probabilities``, which
+every :class:`pillars.components.task.ClassificationTask` returns, so the server can apply it to what it
+already computes.
+
+The fitted :class:`Calibration` travels inside the saved model's ``config.json`` (``extra["calibration"]``),
+which survives logging to MLflow, registration and download; :func:`read_calibration` reads it back and
+returns None for a model that has none (a regressor, a model trained before this existed): the server then
+says the estimate is unavailable and never invents one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from pillars.components.data.splits import load_split
+from pillars.components.model.predictor import CONFIG_FILE, load_predictor, locate_model_dir
+from pillars.components.task.examples import input_columns, row_count, take
+
+CALIBRATION_KEY = "calibration"
+"""The key of the calibration in a saved model's ``config.json`` ``extra``."""
+METHOD = "temperature"
+LOG_T_BOUNDS = (-4.0, 4.0)
+"""Search range of ``log T``: temperatures from ~0.02 to ~55, far beyond any real network's."""
+EPSILON = 1e-12
+PREDICT_ROWS = 1024
+"""Rows per forward pass while calibrating."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """A classifier's fitted temperature and what it expects of itself on data like its validation split.
+
+    Attributes:
+        temperature: ``T`` in ``softmax(log p / T)``; above 1 softens over-confident probabilities.
+        expected_accuracy: mean calibrated top-class probability on the validation split (what CBPE
+            estimates on data like it).
+        val_accuracy: the realised accuracy on that split, for comparison.
+        rows: validation rows it was fitted on.
+        method: ``temperature`` (the only one so far).
+    """
+
+    temperature: float
+    expected_accuracy: float
+    val_accuracy: float
+    rows: int
+    method: str = METHOD
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Calibration:
+        """Raises:
+            ValueError: not a calibration this version can apply (unknown method, non-positive temperature).
+        """
+        if data.get("method", METHOD) != METHOD:
+            raise ValueError(f"unknown calibration method {data.get('method')!r}; known: {METHOD}")
+        temperature = float(data["temperature"])
+        if not np.isfinite(temperature) or temperature <= 0:
+            raise ValueError(f"calibration temperature must be a positive number, got {data['temperature']!r}")
+        return cls(temperature=temperature, expected_accuracy=float(data["expected_accuracy"]),
+                   val_accuracy=float(data["val_accuracy"]), rows=int(data["rows"]))
+
+
+def calibrated(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(log p / T)`` row by row (``[N, C]`` float)."""
+    logits = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), EPSILON, 1.0)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    exp = np.exp(logits)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def confidence(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """The calibrated top-class probability of each row: the chance CBPE gives that the prediction is right."""
+    return calibrated(probabilities, temperature).max(axis=1)
+
+
+def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature that minimises the negative log-likelihood of ``labels`` under the calibrated probabilities.
+
+    Args:
+        probabilities: ``[N, C]`` predicted probabilities (rows summing to 1).
+        labels: ``[N]`` true class indices.
+
+    Raises:
+        ValueError: no rows, mismatched lengths, or a label outside ``0..C-1``.
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if p.ndim != 2 or len(p) == 0 or len(p) != len(y):
+        raise ValueError(f"need [N, C] probabilities and N labels, got {p.shape} and {y.shape}")
+    if y.min() < 0 or y.max() >= p.shape[1]:
+        raise ValueError(f"labels must be class indices in 0..{p.shape[1] - 1}")
+    log_p = np.log(np.clip(p, EPSILON, 1.0))
+
+    def nll(log_t: float) -> float:
+        z = log_p / np.exp(log_t)
+        z -= z.max(axis=1, keepdims=True)
+        log_softmax = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return float(-log_softmax[np.arange(len(y)), y].mean())
+
+    result = minimize_scalar(nll, bounds=LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-4})
+    return float(np.exp(result.x))
+
+
+def calibrate(probabilities: np.ndarray, labels: np.ndarray) -> Calibration:
+    """Fit the temperature on a labelled split and record what the model expects of itself there."""
+    temperature = fit_temperature(probabilities, labels)
+    p = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    return Calibration(temperature=temperature, expected_accuracy=float(confidence(p, temperature).mean()),
+                       val_accuracy=float((p.argmax(axis=1) == y).mean()), rows=int(len(y)))
+
+
+def read_calibration(extra: Mapping[str, Any]) -> Calibration | None:
+    """The calibration in a saved config's ``extra``, or None when the model has none.
+
+    Raises:
+        ValueError: there is one, but it cannot be applied.
+    """
+    data = extra.get(CALIBRATION_KEY)
+    return None if data is None else Calibration.from_dict(data)
+
+
+def calibrate_saved_model(model_dir: str | Path, val_path: str | Path) -> Calibration | None:
+    """Fit the calibration of the classifier saved in ``model_dir`` on the validation split at ``val_path``
+    and store it in its ``config.json``; None (nothing written) for a task that is not a classifier.
+
+    The predictions go through the served path (:class:`pillars.components.model.predictor.Predictor`), so
+    the probabilities are those the server will see.
+    """
+    directory = locate_model_dir(model_dir)
+    predictor = load_predictor(directory)
+    task = predictor.task
+    if task.kind != "classification":
+        return None
+    val = load_split(val_path)
+    inputs = input_columns(predictor.signature, val)
+    probabilities = np.concatenate([
+        predictor.predict(take(inputs, slice(start, start + PREDICT_ROWS)))["probabilities"]
+        for start in range(0, row_count(inputs), PREDICT_ROWS)])
+    result = calibrate(probabilities, np.asarray(val[task.target_column], dtype=np.int64))
+    config_file = directory / CONFIG_FILE
+    config = json.loads(config_file.read_text())
+    config.setdefault("extra", {})[CALIBRATION_KEY] = result.to_dict()
+    config_file.write_text(json.dumps(config, indent=2))
+    return result
