@@ -23,7 +23,7 @@ from pillars.serving.monitoring.performance import AccuracyEstimator, estimator_
 from pillars.serving.errors import BadFeedback
 from tests.serving.conftest import start_server
 from tests.serving.test_metrics_and_batching import scrape
-from tests.serving.toy import CLASSES, make_calibrated_classifier, make_classifier, toy_rows, train_split
+from tests.serving.toy import CLASSES, make_calibrated_classifier, make_classifier, toy_rows
 
 TOKEN = "feedback-test-token"
 MODEL = "fb"
