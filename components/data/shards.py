@@ -94,7 +94,7 @@ def arrays_of(batch: pa.RecordBatch | pa.Table, table: Mapping[str, Any]) -> tup
     x = np.empty((batch.num_rows, n), dtype=np.float32)
     for i in range(n):
         x[:, i] = batch.column(feature_column(i)).to_numpy(zero_copy_only=False)
-    return x, batch.column(LABEL).to_numpy(zero_copy_only=False)
+    return x, np.array(batch.column(LABEL).to_numpy(zero_copy_only=False))  # writable: torch takes it as is
 
 
 def examples_of(x: np.ndarray, y: np.ndarray, table: Mapping[str, Any]) -> dict[str, np.ndarray]:
