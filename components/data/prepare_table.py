@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pillars.components.data.prepare import PrepareParams, parse_task_args
+from pillars.components.data.shards import write_layout
 from pillars.components.data.splits import save_metadata
 from pillars.components.data.tables import check_engine, prepare_table_pandas
 from pillars.components.errors import ConfigError
@@ -56,6 +57,8 @@ def prepare_table(params: PrepareParams, engine: str, splits: Mapping[str, str |
             (out / name).rename(folder)
     if out.name.endswith(".table"):
         out.rmdir()
+    for folder in folders.values():
+        write_layout(folder, result.table)
     prep = task.fit_table_preprocessing(result.statistics, result.info)
     info = json.loads(json.dumps(result.info))
     return {

@@ -12,6 +12,7 @@ shape and the target's name (:func:`examples_of`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,23 @@ def arrays_of(batch: pa.RecordBatch | pa.Table, table: Mapping[str, Any]) -> tup
 def examples_of(x: np.ndarray, y: np.ndarray, table: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """A task's examples from feature rows and labels: ``{input: x as [N, *input_shape], target: y}``."""
     return {table["input"]: x.reshape(len(x), *table["input_shape"]), table["target"]: y}
+
+
+LAYOUT = "_table.json"
+"""The file in each split folder that repeats the metadata's ``table`` entry, so a split reads on its own."""
+
+
+def write_layout(folder: str | Path, table: Mapping[str, Any]) -> None:
+    """Write the ``table`` entry into a split folder (:data:`LAYOUT`)."""
+    Path(folder, LAYOUT).write_text(json.dumps(dict(table)))
+
+
+def read_layout(folder: str | Path) -> dict[str, Any]:
+    """The ``table`` entry of a split folder written by :func:`write_layout`."""
+    path = Path(folder, LAYOUT)
+    if not path.is_file():
+        raise DataError(f"{folder} is not a split of Parquet shards (no {LAYOUT})")
+    return json.loads(path.read_text())
 
 
 def load_examples(folder: str | Path, table: Mapping[str, Any]) -> dict[str, np.ndarray]:
