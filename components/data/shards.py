@@ -1,7 +1,8 @@
 """The sharded split format: what the table data step writes (pandas or Spark engine) and training,
 evaluation and the gate read, one record batch at a time, without importing the step itself.
 
-A split is a folder of Parquet files (any names ending ``.parquet``; Spark's ``_SUCCESS`` and ``.crc``
+Row groups are small (:data:`ROW_GROUP_ROWS` rows; Spark's ``parquet.block.size`` 8 MiB), since a reader
+holds a whole row group at a time. A split is a folder of Parquet files (any names ending ``.parquet``; Spark's ``_SUCCESS`` and ``.crc``
 files are ignored). Every file has the same columns: ``f0 .. f{F-1}`` float32 (the features, in the order
 of the metadata's ``table.feature_names``, after the missing-value policy), ``label`` (int64 class index
 or float32 value) and ``_row_hash`` int64 (the row's seeded hash, :mod:`pillars.components.data.hashsplit`).
@@ -25,6 +26,10 @@ import pyarrow.parquet as pq
 from pillars.components.errors import DataError
 
 LABEL = "label"
+ROW_GROUP_ROWS = 65_536
+"""Rows per Parquet row group the pandas engine writes."""
+PARQUET_BLOCK_BYTES = 8 * 2**20
+"""Spark's ``parquet.block.size`` (the row group's bytes) for shards."""
 ROW_HASH = "_row_hash"
 
 
@@ -80,8 +85,12 @@ def split_rows(files: Sequence[str | Path]) -> list[int]:
 
 def record_batches(files: Sequence[str | Path], columns: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
     """The rows of ``files`` in file order, ``batch_rows`` at most at a time (only ``columns`` are read)."""
-    dataset = ds.dataset([str(p) for p in files], format="parquet")
-    yield from dataset.to_batches(columns=list(columns), batch_size=batch_rows)
+    # no pre-buffering of a file's column chunks, one file and one batch ahead at most: memory stays about a
+    # row group and a batch, whatever the split's size
+    parquet = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=False))
+    dataset = ds.dataset([str(p) for p in files], format=parquet)
+    yield from dataset.to_batches(columns=list(columns), batch_size=batch_rows, batch_readahead=1,
+                                  fragment_readahead=1)
 
 
 def columns_of(table: Mapping[str, Any]) -> list[str]:

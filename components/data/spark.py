@@ -26,7 +26,7 @@ import pandas as pd
 
 from pillars.components.data import hashsplit
 from pillars.components.data.profile import HISTOGRAM_BINS, REFERENCE_ROWS
-from pillars.components.data.shards import LABEL, ROW_HASH, feature_column
+from pillars.components.data.shards import LABEL, PARQUET_BLOCK_BYTES, ROW_HASH, feature_column
 from pillars.components.data.tables import (
     QUANTILES,
     TableResult,
@@ -205,7 +205,8 @@ def prepare_table_spark(spark: SparkSession, source: TableSource, params: DataPa
             out = Path(out_dir)
             for code, name in enumerate(hashsplit.SPLITS):
                 (imputed.where(F.col(_SPLIT) == code).select(*features, LABEL, ROW_HASH)
-                 .write.mode("overwrite").parquet(str(out / name)))
+                 .write.mode("overwrite").option("parquet.block.size", PARQUET_BLOCK_BYTES)
+                 .parquet(str(out / name)))
         finally:
             imputed.unpersist()
     finally:

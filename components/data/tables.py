@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from pillars.components.data import hashsplit
 from pillars.components.data.profile import HISTOGRAM_BINS, REFERENCE_ROWS
-from pillars.components.data.shards import LABEL, ROW_HASH, check_same_schema, feature_column
+from pillars.components.data.shards import LABEL, ROW_GROUP_ROWS, ROW_HASH, check_same_schema, feature_column
 from pillars.components.errors import ConfigError, DataError
 from pillars.components.task import DataParams, TableSource, TableStatistics
 
@@ -306,4 +306,4 @@ def _write_split(folder: Path, x: np.ndarray, y: np.ndarray, hashes: np.ndarray)
         arrays = {feature_column(i): pa.array(x[start:stop, i]) for i in range(x.shape[1])}
         arrays[LABEL] = pa.array(y[start:stop])
         arrays[ROW_HASH] = pa.array(hashes[start:stop])
-        pq.write_table(pa.table(arrays), folder / f"part-{part:05d}.parquet")
+        pq.write_table(pa.table(arrays), folder / f"part-{part:05d}.parquet", row_group_size=ROW_GROUP_ROWS)
