@@ -108,3 +108,24 @@ def test_a_cluster_without_the_operator_crd_gets_one_line_saying_how_to_install_
     with pytest.raises(SparkApplicationError) as caught:
         submit_and_wait(_spec(), _Api(create_status=404), poll=0, sleep=lambda s: None)
     assert str(caught.value) == CRD_HINT and "\n" not in CRD_HINT and "helm install spark-operator" in CRD_HINT
+
+
+def _spark_rules(docs: list[dict]) -> list[dict]:
+    return [rule for d in docs if d["kind"] == "Role" for rule in d["rules"]
+            if "sparkoperator.k8s.io" in rule.get("apiGroups", [])]
+
+
+def test_the_chart_grants_sparkapplications_only_when_the_operator_is_enabled(render, crd_schemas):
+    from tests.conftest import validate
+
+    assert not _spark_rules(render())
+    docs = render(set=["sparkOperator.enabled=true"])
+    for doc in docs:
+        validate(doc, crd_schemas)
+    (rule,) = _spark_rules(docs)
+    assert rule["resources"] == ["sparkapplications"] and "delete" in rule["verbs"]
+    (account,) = [d for d in docs if d["kind"] == "ServiceAccount" and d["metadata"]["name"].endswith("-spark")]
+    (binding,) = [d for d in docs if d["kind"] == "RoleBinding" and d["metadata"]["name"] == account["metadata"]["name"]]
+    assert binding["subjects"][0]["name"] == account["metadata"]["name"]
+    named = render(set=["sparkOperator.enabled=true", "sparkOperator.serviceAccount=drivers"])
+    assert [d for d in named if d["kind"] == "ServiceAccount" and d["metadata"]["name"] == "drivers"]
