@@ -85,12 +85,13 @@ def split_rows(files: Sequence[str | Path]) -> list[int]:
 
 def record_batches(files: Sequence[str | Path], columns: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
     """The rows of ``files`` in file order, ``batch_rows`` at most at a time (only ``columns`` are read)."""
-    # no pre-buffering of a file's column chunks, one file and one batch ahead at most: memory stays about a
-    # row group and a batch, whatever the split's size
+    # One file at a time (a scan over several files reads the next file ahead), no pre-buffering of a file's
+    # column chunks, one batch ahead: memory stays about a row group and a batch, whatever the split's size.
     parquet = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=False))
-    dataset = ds.dataset([str(p) for p in files], format=parquet)
-    yield from dataset.to_batches(columns=list(columns), batch_size=batch_rows, batch_readahead=1,
-                                  fragment_readahead=1)
+    for path in files:
+        dataset = ds.dataset(str(path), format=parquet)
+        yield from dataset.to_batches(columns=list(columns), batch_size=batch_rows, batch_readahead=1,
+                                      fragment_readahead=1)
 
 
 def columns_of(table: Mapping[str, Any]) -> list[str]:
