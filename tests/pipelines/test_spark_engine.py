@@ -37,3 +37,17 @@ def test_engine_spark_for_a_task_without_a_table_source_fails_in_one_line_and_re
                            "table"), run.stderr
     listed = _pillars("models", "list", tmp_path=tmp_path, env=env)
     assert "breast_cancer" not in listed.stdout
+
+
+def test_models_show_ends_a_version_line_with_its_data_lineage_and_older_versions_stay_as_they_were():
+    from pillars.components.records import VersionRecord
+    from pillars.pipelines.commands import version_line
+
+    tags = {"gate_approved": "true", "data_hash": "fa7ab498133f1af9", "data_engine": "spark",
+            "data_rows": '{"test": 450, "train": 2100, "val": 450}', "spark_app_id": "local-17"}
+    line = version_line("churn", VersionRecord("3", ["champion"], "2026-12-07T10:00:00+00:00", "r", tags,
+                                               {"accuracy": 0.9}))
+    assert line.endswith("accuracy=0.9000  data=fa7ab498133f1af9 engine=spark rows=3000 spark_app=local-17")
+    old = version_line("churn", VersionRecord("1", [], "2026-11-01T10:00:00+00:00", "r", {"gate_approved": "true"},
+                                              {"accuracy": 0.8}))
+    assert old.endswith("gate=true  accuracy=0.8000")
