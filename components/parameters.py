@@ -108,6 +108,9 @@ TRAINING: Final[tuple[Parameter, ...]] = (
     Parameter("missing_policy", str, "median", "How missing values are filled: median, mean, zero or drop.",
               ("prepare_data",), choices=("median", "mean", "zero", "drop")),
     Parameter("balance", bool, False, "Oversample minority classes in the training split.", ("prepare_data",)),
+    Parameter("engine", str, "pandas",
+              "The data step's engine: pandas (in the step's memory) or spark (Apache Spark; your table's splits "
+              "become Parquet shards that training streams).", ("prepare_data",), choices=("pandas", "spark")),
     Parameter("thresholds", str, "",
               "JSON minimums for the gate, e.g. {\"accuracy\": 0.95}; empty: the task's defaults ({} is refused).",
               ("validate", "promote")),

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pillars.components.errors import DataError
+from pillars.components.errors import ConfigError, DataError
 from pillars.components.task.examples import row_count
 from pillars.components.parameters import parse_json_object
 from pillars.components.model.predictor import drift_matrix
@@ -44,10 +44,15 @@ class PrepareParams(DataParams):
 
     task: str = "breast_cancer"
     task_args: str = ""
+    engine: str = "pandas"
+    """``pandas`` (the task's arrays in memory, ``.npz`` splits) or ``spark`` (its table source on Apache Spark,
+    Parquet shard splits: :mod:`pillars.components.data.prepare_table`)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()  # checks the fractions and the missing policy
         parse_task_args(self.task_args)
+        if self.engine not in ("pandas", "spark"):
+            raise ConfigError(f"engine must be 'pandas' or 'spark', got {self.engine!r}")
 
     def data_params(self) -> DataParams:
         return DataParams(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DataParams)})

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from pillars.components.data.shards import load_examples, read_layout
 from pillars.components.errors import DataError
 from pillars.components.task import Examples, Preprocessing, Task, load_task
 
@@ -52,7 +53,10 @@ def save_split(path: str | Path, examples: Examples) -> None:
 
 
 def load_split(path: str | Path) -> Examples:
-    """Read a split written by :func:`save_split` (no pickle)."""
+    """Read a split written by :func:`save_split` (no pickle), or a folder of Parquet shards (the table data
+    step's, :mod:`pillars.components.data.shards`) into memory as the task's examples."""
+    if Path(path).is_dir():
+        return load_examples(path, read_layout(path))
     with np.load(path, allow_pickle=False) as data:
         return {name: data[name] for name in data.files}
 
@@ -65,6 +69,16 @@ def save_metadata(path: str | Path, metadata: dict[str, Any]) -> None:
 def load_metadata(path: str | Path) -> dict[str, Any]:
     """Read metadata written by :func:`save_metadata`."""
     return json.loads(Path(path).read_text())
+
+
+def lineage_tags(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """The data lineage a training run and its registered version carry as tags: the data step's engine,
+    the rows of each split and, when Spark prepared the data, its application id."""
+    tags = {"pillars.data_engine": str(metadata.get("engine") or "pandas"),
+            "pillars.data_rows": json.dumps(metadata.get("split_rows") or {}, sort_keys=True)}
+    if metadata.get("spark_app_id"):
+        tags["pillars.spark_app_id"] = str(metadata["spark_app_id"])
+    return tags
 
 
 def task_of(metadata: Mapping[str, Any]) -> Task:

@@ -21,7 +21,7 @@ from pillars.components.errors import RegistryError
 from pillars.components.model.mlflow_model import EXAMPLE_ROWS, log_pillars_model
 from pillars.components.model.predictor import PROFILE_FILE
 from pillars.components.records import GateDecision
-from pillars.components.data.splits import load_metadata, load_split, task_of
+from pillars.components.data.splits import lineage_tags, load_metadata, load_split, task_of
 from pillars.components.task import Examples
 from pillars.components.registry import (ANY, CHALLENGER, CHAMPION, SIGNATURE_TAG, AnyVersion, ChampionMoved,
                                          LockTiming, RegistryUnavailable, alias_version, check_same_task, client,
@@ -195,7 +195,8 @@ def run_register(model_dir: str, metadata_path: str, test_path: str, model_name:
     lineage = {"kfp_run_id": kfp_run_id, "data_hash": metadata["data_hash"], "task": metadata["task"],
                SIGNATURE_TAG: signature_key(task_of(metadata).signature(metadata["prep"]).to_dict()["inputs"]),
                "task_args": json.dumps(metadata.get("task_args") or {}, sort_keys=True),
-               "source": metadata["source"], **decision.to_tags()}
+               "source": metadata["source"], **decision.to_tags(),
+               **{k.removeprefix("pillars."): v for k, v in lineage_tags(metadata).items()}}
     test = load_split(test_path)
     examples = {k: v[:EXAMPLE_ROWS] for k, v in test.items()}
     return register_model(model_dir, metadata["profile"], model_name, mlflow_run_id, lineage, examples)

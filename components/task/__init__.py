@@ -55,6 +55,8 @@ from torch import nn
 from pillars.components.task.contract import DATATYPES as DATATYPES
 from pillars.components.task.contract import InputError as InputError
 from pillars.components.task.contract import Signature, TensorSpec
+from pillars.components.task.sources import TableSource as TableSource
+from pillars.components.task.sources import TableStatistics as TableStatistics
 from pillars.components.errors import ConfigError, DataError
 from pillars.components.registry.references import ENTRY_POINT_GROUP, known_tasks
 
@@ -149,6 +151,16 @@ class Task(abc.ABC):
     def fit_preprocessing(self, train: Examples, info: Mapping[str, Any]) -> Preprocessing:
         """Learn preprocessing from the train split only (vocabulary, scalers, id maps); JSON-ready."""
         return {}
+
+    def table_source(self, params: DataParams) -> TableSource | None:
+        """The task's data as a table the data step reads with pandas or Spark (``engine``), instead of
+        :meth:`load_data`'s arrays; None (the default): the task has no table source
+        (:mod:`pillars.components.task.sources`)."""
+        return None
+
+    def fit_table_preprocessing(self, statistics: TableStatistics, info: Mapping[str, Any]) -> Preprocessing:
+        """Preprocessing learned from the train split's statistics, for a task with a :meth:`table_source`."""
+        raise ConfigError(f"task {type(self).__name__} gives a table source but no fit_table_preprocessing")
 
     # ---- model ------------------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -25,6 +25,7 @@ from pillars.components.devices import pick_device
 from pillars.components.training.fit import TrainParams, fit, write_model
 from pillars.components.model.predictor import load_predictor
 from pillars.components.data.splits import load_metadata, load_split
+from pillars.components.training.stream import fit_stream
 from pillars.components.registry.tracking import EpochLogger
 
 RESULT_FILE = "train_result.json"
@@ -96,8 +97,13 @@ def worker_main(argv: list[str] | None = None) -> int:
         initial_state = None
         if args.init_model:
             initial_state = load_predictor(args.init_model).model.state_dict()
-        result = fit(load_split(args.train), load_split(args.val), load_metadata(args.metadata), params,
-                     args.checkpoint_dir, logger, progress=False, initial_state=initial_state)
+        metadata = load_metadata(args.metadata)
+        if metadata.get("table"):  # Parquet shards: each rank streams its own
+            result = fit_stream(args.train, args.val, metadata, params, args.checkpoint_dir, logger, progress=False,
+                                initial_state=initial_state)
+        else:
+            result = fit(load_split(args.train), load_split(args.val), metadata, params,
+                         args.checkpoint_dir, logger, progress=False, initial_state=initial_state)
         if logger is not None:
             logger.flush()
         if rank == 0:

@@ -28,12 +28,13 @@ from pillars.components.evaluation.evaluate import learning_curve_figure
 from pillars.components.evaluation.importance import store_importance
 from pillars.components.training.fit import TrainParams, fingerprint, fit, load_history, write_model
 from pillars.components.model.predictor import load_predictor
-from pillars.components.data.splits import load_metadata, load_split, task_of
+from pillars.components.data.splits import lineage_tags, load_metadata, load_split, task_of
 from pillars.components.task import Signature
 from pillars.components.registry.references import check_model_name
 from pillars.components.registry.register import champion_version, downloaded_version
 from pillars.components.settings import Settings
 from pillars.components.registry.tracking import EpochLogger, configure_tracking, ensure_experiment
+from pillars.components.training.stream import fit_stream
 from pillars.components.training.trainjob import TrainJobSpec, current_namespace, launch_trainjob
 
 logger = logging.getLogger(__name__)
@@ -149,13 +150,13 @@ def _train_in_run(train_path: str, val_path: str, metadata_path: str, metadata: 
     experiment_id = ensure_experiment(experiment)
     with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
                           tags={"pillars.task": metadata["task"], "pillars.kfp_run_id": kfp_run_id,
-                                "pillars.data_hash": metadata["data_hash"]}) as run:
+                                "pillars.data_hash": metadata["data_hash"], **lineage_tags(metadata)}) as run:
         if run_id is None:
             run_file.write_text(run.info.run_id)
             if warm_version is not None:
                 mlflow.set_tag("pillars.warm_started_from", f"{warm_start_from}/{warm_version}")
             mlflow.log_params({"task": metadata["task"], "task_args": json.dumps(metadata.get("task_args") or {}),
-                               "data_hash": metadata["data_hash"],
+                               "data_hash": metadata["data_hash"], "data_engine": metadata.get("engine", "pandas"),
                                "source": metadata["source"], **dataclasses.asdict(params),
                                **{f"rows_{k}": v for k, v in metadata["split_rows"].items()}})
 
@@ -170,8 +171,11 @@ def _train_in_run(train_path: str, val_path: str, metadata_path: str, metadata: 
                 mlflow.get_tracking_uri(), str(warm_dir or "")))
             history = load_history(model_dir)
         else:
-            result = fit(load_split(train_path), load_split(val_path), metadata, params, ckpt, log_epoch, progress,
-                         initial_state)
+            if metadata.get("table"):  # Parquet shards (the table data step): streamed, never loaded whole
+                result = fit_stream(train_path, val_path, metadata, params, ckpt, log_epoch, progress, initial_state)
+            else:
+                result = fit(load_split(train_path), load_split(val_path), metadata, params, ckpt, log_epoch,
+                             progress, initial_state)
             log_epoch.flush()
             write_model(result, model_dir)
             history = result.history
@@ -204,7 +208,10 @@ def _train_on_cluster(train_path: str, val_path: str, metadata_path: str, params
     stage = ckpt / "inputs"
     stage.mkdir(parents=True, exist_ok=True)
     for name, source in (("train", train_path), ("val", val_path), ("metadata.json", metadata_path)):
-        shutil.copyfile(source, stage / name)
+        if Path(source).is_dir():  # a split of Parquet shards
+            shutil.copytree(source, stage / name, dirs_exist_ok=True)
+        else:
+            shutil.copyfile(source, stage / name)
     if warm_dir is not None:
         shutil.copytree(warm_dir, stage / "init_model", dirs_exist_ok=True)
     shared_model = ckpt / "model"

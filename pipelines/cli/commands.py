@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -225,7 +226,19 @@ def version_line(name: str, row: VersionRecord) -> str:
             parts.append(f"latency={tags['pillars.latency_ms_b1']} ms")
         return f"{head}  {'  '.join(parts)}"
     metrics = "  ".join(f"{k}={v:.4f}" for k, v in row.metrics.items())
-    return f"{head}  gate={tags.get('gate_approved', '?')}  {metrics}"
+    return f"{head}  gate={tags.get('gate_approved', '?')}  {metrics}{_data_lineage(tags)}"
+
+
+def _data_lineage(tags: dict[str, str]) -> str:
+    """`` data=HASH engine=spark rows=N app=ID`` of a version whose data step recorded them ("" before)."""
+    if "data_engine" not in tags:
+        return ""
+    try:
+        rows = sum(json.loads(tags.get("data_rows") or "{}").values())
+    except (ValueError, TypeError, AttributeError):
+        rows = "?"
+    app = f" spark_app={tags['spark_app_id']}" if tags.get("spark_app_id") else ""
+    return f"  data={tags.get('data_hash', '?')} engine={tags['data_engine']} rows={rows}{app}"
 
 
 def _size(n: int) -> str:

@@ -36,6 +36,8 @@ from pillars.components.task import (
     Examples,
     Preprocessing,
     RegressionTask,
+    TableSource,
+    TableStatistics,
     Task,
     TensorSpec,
 )
@@ -123,6 +125,22 @@ class _Tabular:
 
     def _labels(self, labels: pd.Series, raw: RawData) -> tuple[np.ndarray, list[str] | None]:
         raise NotImplementedError
+
+    def table_source(self, params: DataParams) -> TableSource | None:
+        """The user's table as a source for the data step's engines (``engine=spark``); None for a built-in
+        data set, which is small and read into memory."""
+        if not params.source or params.source.startswith(BUILTIN_PREFIX):
+            return None
+        return TableSource(params.source, params.label_column or LABEL, self.kind, INPUT, LABEL)
+
+    def fit_table_preprocessing(self, statistics: TableStatistics, info: Mapping[str, Any]) -> Preprocessing:
+        """The same preprocessing as :meth:`fit_preprocessing`, from the train split's statistics."""
+        prep = {"feature_names": list(statistics.feature_names), "input_shape": list(statistics.input_shape),
+                "mean": list(statistics.mean), "std": list(statistics.std)}
+        if self.kind == "classification":
+            return {**prep, "classes": list(statistics.classes or [])}
+        return {**prep, "target_mean": float(statistics.target_mean or 0.0),
+                "target_std": float(statistics.target_std or 1.0)}
 
     def _table_prep(self, train: Examples, info: Mapping[str, Any]) -> Preprocessing:
         x = np.asarray(train[INPUT], dtype=np.float32).reshape(len(train[INPUT]), -1)

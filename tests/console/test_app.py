@@ -246,3 +246,24 @@ def test_an_optimised_variant_shows_its_parent_size_and_metric_delta_apart_from_
         assert "12.3 kB" in section and "-0.0125" in section and "51234/s" in section
         assert f'<td id="parent"><a href="/models/toy/versions/{v2}">' in page
         assert '<section id="variant">' not in client.get(f"/models/toy/versions/{v2}").text
+
+
+def test_a_version_page_shows_the_data_steps_lineage(toy_versions, tmp_path):
+    """The tags registration writes from the data step's metadata (engine, rows per split, Spark application id)."""
+    from mlflow import MlflowClient
+
+    v1, _ = toy_versions
+    tags = {"data_engine": "spark", "data_rows": '{"test": 15, "train": 70, "val": 15}',
+            "spark_app_id": "local-1796637885386"}
+    for key, value in tags.items():
+        MlflowClient().set_model_version_tag("toy", v1, key, value)
+    try:
+        with _client(tmp_path) as client:
+            page = client.get(f"/models/toy/versions/{v1}")
+        assert page.status_code == 200
+        row = re.search(r'<td id="data-lineage">(.*?)</td>', page.text, re.S)
+        assert row, page.text[-2000:]
+        assert "engine spark" in row.group(1) and "local-1796637885386" in row.group(1) and "train" in row.group(1)
+    finally:
+        for key in tags:
+            MlflowClient().delete_model_version_tag("toy", v1, key)

@@ -116,3 +116,32 @@ def test_it_predicts_baskets_of_different_lengths(trained):
         predictor.predict({"items": [[3, 500]], "discount": [0.1]})
     with pytest.raises(InputError, match="'items'"):
         predictor.predict({"items": [[1] * 65], "discount": [0.1]})
+
+
+def test_the_table_source_example_prepares_on_the_table_engine_streams_and_predicts(tmp_path):
+    """The churn block: its table prepared by the data step's table path (the pandas engine: Spark is tested
+    in tests/components/test_table_engines.py), streamed for 3 epochs, saved and served by its signature."""
+    from pillars.components.data.prepare_table import prepare_table
+    from pillars.components.training.stream import fit_stream
+
+    (tmp_path / "churn_example.py").write_text(_example("churn"))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 3))
+    rows = ["tenure,spend,calls,churned"] + [f"{a:.5f},{b:.5f},{c:.5f},{'yes' if a - b > 0 else 'no'}"
+                                             for a, b, c in x]
+    (tmp_path / "churn.csv").write_text("\n".join(rows) + "\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(tmp_path))
+        params = PrepareParams(task="churn_example:churn", source=str(tmp_path / "churn.csv"))
+        with pytest.raises(Exception, match="engine=spark"):
+            prepare(params)  # the arrays path: this task has none
+        metadata = prepare_table(params, "pandas", {s: tmp_path / s for s in ("train", "val", "test")})
+        assert metadata["prep"]["classes"] == ["no", "yes"] and metadata["table"]["input"] == "features"
+        assert set(metadata["profile"]["features"]) == {"tenure", "spend", "calls"}
+        result = fit_stream(tmp_path / "train", tmp_path / "val", metadata,
+                            TrainParams(epochs=3, learning_rate=1e-2), shuffle_rows=512)
+        assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
+        assert result.history[-1]["val_accuracy"] > 0.9
+        predictor = load_predictor(write_model(result, tmp_path / "model"))
+        out = predictor.predict({"features": [[2.0, -1.0, 0.0], [-2.0, 1.0, 0.0]]})
+        assert out["label"].tolist() == ["yes", "no"]
