@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pandas as pd
 
@@ -180,39 +180,59 @@ def prepare_table_spark(spark: SparkSession, source: TableSource, params: DataPa
         frame = frame.withColumn(LABEL, F.col(LABEL).cast("float"))
     frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        counts = {r[_SPLIT]: (r["n"], r["x"]) for r in
-                  frame.groupBy(_SPLIT).agg(F.count("*").alias("n"), F.expr(f"bit_xor({ROW_HASH})").alias("x"))
-                  .collect()}
-        split_rows = {name: int(counts.get(i, (0, 0))[0]) for i, name in enumerate(hashsplit.SPLITS)}
-        split_xor = {name: int(counts.get(i, (0, 0))[1] or 0) for i, name in enumerate(hashsplit.SPLITS)}
-        train = frame.where(F.col(_SPLIT) == 0)
-        fill = _fill_values(train, features, params.missing_policy, split_rows["train"])
-        imputed = frame.select(*[F.coalesce(F.col(f).cast("float"), F.lit(v).cast("float")).alias(f)
-                                 for f, v in zip(features, fill)], LABEL, ROW_HASH, _SPLIT)
-        imputed = imputed.persist(StorageLevel.MEMORY_AND_DISK)
-        try:
-            train = imputed.where(F.col(_SPLIT) == 0)
-            exact = split_rows["train"] <= EXACT_QUANTILE_ROWS
-            feature_stats = _column_stats(train, features, exact)
-            if source.kind == "classification":
-                by_class = dict(train.groupBy(LABEL).count().collect())
-                label_stats: dict[str, Any] = {"class_counts": [int(by_class.get(i, 0))
-                                                                for i in range(len(classes or []))]}
-            else:
-                label_stats = _column_stats(train, [LABEL], exact)[0]
-            reference = [[round(float(v), 6) for v in row] for row in
-                         train.orderBy(ROW_HASH).limit(REFERENCE_ROWS).select(*features).collect()]
-            out = Path(out_dir)
-            for code, name in enumerate(hashsplit.SPLITS):
-                (imputed.where(F.col(_SPLIT) == code).select(*features, LABEL, ROW_HASH)
-                 .write.mode("overwrite").option("parquet.block.size", PARQUET_BLOCK_BYTES)
-                 .parquet(str(out / name)))
-        finally:
-            imputed.unpersist()
+        summary = _summarise_and_write(frame, features, source, params, len(classes or []), Path(out_dir))
     finally:
         frame.unpersist()
-    return assemble(source, params, columns, classes, feature_stats, label_stats, fill, split_rows, split_xor,
-                    reference, report, "spark", {"spark_app_id": spark.sparkContext.applicationId})
+    return assemble(source, params, columns, classes, summary.feature_stats, summary.label_stats, summary.fill,
+                    summary.split_rows, summary.split_xor, summary.reference, report, "spark",
+                    {"spark_app_id": spark.sparkContext.applicationId})
+
+
+class _Summary(NamedTuple):
+    split_rows: dict[str, int]
+    split_xor: dict[str, int]
+    fill: list[float]
+    feature_stats: list[dict[str, Any]]
+    label_stats: dict[str, Any]
+    reference: list[list[float]]
+
+
+def _summarise_and_write(frame: Any, features: list[str], source: TableSource, params: DataParams, n_classes: int,
+                         out: Path) -> _Summary:
+    """Rows and hash digest per split, the train split's fill values and statistics, the drift reference, and
+    each split written as Parquet shards under ``out``."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    counts = {r[_SPLIT]: (r["n"], r["x"]) for r in
+              frame.groupBy(_SPLIT).agg(F.count("*").alias("n"), F.expr(f"bit_xor({ROW_HASH})").alias("x"))
+              .collect()}
+    split_rows = {name: int(counts.get(i, (0, 0))[0]) for i, name in enumerate(hashsplit.SPLITS)}
+    split_xor = {name: int(counts.get(i, (0, 0))[1] or 0) for i, name in enumerate(hashsplit.SPLITS)}
+    train = frame.where(F.col(_SPLIT) == 0)
+    fill = _fill_values(train, features, params.missing_policy, split_rows["train"])
+    imputed = frame.select(*[F.coalesce(F.col(f).cast("float"), F.lit(v).cast("float")).alias(f)
+                             for f, v in zip(features, fill)], LABEL, ROW_HASH, _SPLIT)
+    imputed = imputed.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        train = imputed.where(F.col(_SPLIT) == 0)
+        exact = split_rows["train"] <= EXACT_QUANTILE_ROWS
+        feature_stats = _column_stats(train, features, exact)
+        if source.kind == "classification":
+            by_class = dict(train.groupBy(LABEL).count().collect())
+            label_stats: dict[str, Any] = {"class_counts": [int(by_class.get(i, 0))
+                                                            for i in range(n_classes)]}
+        else:
+            label_stats = _column_stats(train, [LABEL], exact)[0]
+        reference = [[round(float(v), 6) for v in row] for row in
+                     train.orderBy(ROW_HASH).limit(REFERENCE_ROWS).select(*features).collect()]
+        for code, name in enumerate(hashsplit.SPLITS):
+            (imputed.where(F.col(_SPLIT) == code).select(*features, LABEL, ROW_HASH)
+             .write.mode("overwrite").option("parquet.block.size", PARQUET_BLOCK_BYTES)
+             .parquet(str(out / name)))
+    finally:
+        imputed.unpersist()
+    return _Summary(split_rows, split_xor, fill, feature_stats, label_stats, reference)
 
 
 def _hash_udf(columns: list[str], label: str, seed: int) -> Any:

@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,8 @@ from pillars.components.task import Examples, Preprocessing, Task
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainParams", "TrainResult", "fingerprint", "fit", "init_model", "load_history",
-           "save_history", "write_model"]
+__all__ = ["EpochBatches", "TrainParams", "TrainResult", "Validation", "fingerprint", "fit", "init_model",
+           "load_history", "placement", "save_history", "train_epochs", "write_model"]
 
 EVAL_BATCH = 1024
 """Rows per forward pass when scoring the validation split."""
@@ -116,6 +116,14 @@ def fingerprint(metadata: dict[str, Any], params: TrainParams, warm: bool = Fals
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+EpochBatches = Callable[[int], Iterable[tuple[dict[str, torch.Tensor], torch.Tensor]]]
+"""One epoch's training batches, given the epoch (from 1): the model's keyword tensors and the targets, on the
+device; this process's share of them under DDP."""
+
+Validation = Callable[[nn.Module, "torch.dtype | None"], dict[str, float]]
+"""``val_loss`` and ``val_<metric>`` of the model over the whole validation split, given the autocast dtype."""
+
+
 def fit(
     train: Examples,
     val: Examples,
@@ -144,28 +152,57 @@ def fit(
     Returns:
         The best model (lowest validation loss) and the run's history.
     """
+    rank, world, device = placement(params)
+    task = task_of(metadata)
+    prep = metadata["prep"]
+    x_train, y_train = _encoded(task, prep, train, device, "train")
+    x_val, y_val = _encoded(task, prep, val, device, "val")
+
+    def batches(epoch: int) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        order = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(params.seed + epoch))
+        # The same permutation on every process, a disjoint shard each; on the device once per epoch, so
+        # no step waits on a copy from pageable host memory.
+        order = order[rank::world].to(device)
+        for start in range(0, len(order), params.batch_size):
+            idx = order[start:start + params.batch_size]
+            yield {k: v[idx] for k, v in x_train.items()}, y_train[idx]
+
+    return train_epochs(task, metadata, params, (rank, world, device), batches,
+                        lambda model, amp_dtype: _validate(task, model, x_val, y_val, amp_dtype),
+                        checkpoint_dir, on_epoch, progress, initial_state)
+
+
+def placement(params: TrainParams) -> tuple[int, int, torch.device]:
+    """This process's rank, the world size and the device it trains on (its own GPU under DDP)."""
     rank, world = _rank_and_world()
     device = pick_device(params.device)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    task = task_of(metadata)
+    return rank, world, device
+
+
+def train_epochs(task: Task, metadata: dict[str, Any], params: TrainParams, where: tuple[int, int, torch.device],
+                 batches: EpochBatches, validate: Validation, checkpoint_dir: str | Path | None = None,
+                 on_epoch: Callable[[int, dict[str, float]], None] | None = None, progress: bool | None = None,
+                 initial_state: dict[str, torch.Tensor] | None = None) -> TrainResult:
+    """The epoch loop of :func:`fit` and of :func:`pillars.components.training.stream.fit_stream`: the task's
+    model (DDP under ``torchrun``), AdamW, mixed precision on GPU, early stopping on validation loss, and a
+    checkpoint per epoch resumed by a restarted process. ``where`` is :func:`placement`'s answer; ``batches``
+    and ``validate`` are where the two differ (arrays in memory, or Parquet shards)."""
+    rank, world, device = where
     prep = metadata["prep"]
     model = init_model(task, prep, params)
     if initial_state is not None:
         model.load_state_dict(initial_state)
     model = model.to(device)
-    # Under torchrun, DDP averages gradients across processes; each process trains on its shard.
+    # Under torchrun, DDP averages gradients across processes; each process trains on its share.
     step_model: nn.Module = model
     if world > 1:
-        step_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.index is not None else None)
+        step_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.index is not None else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
     amp_dtype = _amp_dtype(device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
-
-    x_train, y_train = _encoded(task, prep, train, device, "train")
-    x_val, y_val = _encoded(task, prep, val, device, "val")
-    n_train = len(y_train)
 
     state = {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0,
              "history": [], "best_model": None}
@@ -189,36 +226,9 @@ def fit(
             break
         torch.manual_seed(params.seed + epoch)
         model.train()
-        order = torch.randperm(n_train, generator=torch.Generator().manual_seed(params.seed + epoch))
-        # The same permutation on every process, a disjoint shard each; on the device once per epoch, so
-        # no step waits on a copy from pageable host memory.
-        order = order[rank::world].to(device)
-        total = torch.zeros((), device=device)
-        for start in range(0, len(order), params.batch_size):
-            idx = order[start:start + params.batch_size]
-            with autocast:
-                head = step_model(**{k: v[idx] for k, v in x_train.items()})
-                loss = task.loss(head, y_train[idx])
-            optimizer.zero_grad(set_to_none=True)
-            if scaler.is_enabled():
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            total.add_(loss.detach(), alpha=len(idx))
-        if world > 1:
-            torch.distributed.all_reduce(total)
-        metrics = {"train_loss": float(total) / n_train, **_validate(task, model, x_val, y_val, amp_dtype)}
-        state["history"].append({"epoch": epoch, **metrics})
-        state["epoch"] = epoch
-        if metrics["val_loss"] < state["best_val_loss"] - MIN_DELTA:
-            state.update(best_val_loss=metrics["val_loss"], best_epoch=epoch, bad_epochs=0,
-                         best_model={k: v.detach().clone() for k, v in model.state_dict().items()})
-        else:
-            state["bad_epochs"] += 1
-        done = state["bad_epochs"] >= params.patience
+        train_loss = _train_epoch(task, step_model, optimizer, scaler, amp_dtype, batches(epoch), device, world)
+        metrics = {"train_loss": train_loss, **validate(model, amp_dtype)}
+        done = _record(state, epoch, metrics, model, params.patience)
         if writer is not None:
             writer.save({"fingerprint": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scaler": scaler.state_dict(), **state})
@@ -235,6 +245,46 @@ def fit(
     return TrainResult(model.cpu().eval(), state["history"], start_epoch, state["best_epoch"],
                        state["best_val_loss"], done and state["epoch"] < params.epochs, str(device), seconds,
                        task, metadata["task"], prep)
+
+
+def _train_epoch(task: Task, step_model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                 amp_dtype: torch.dtype | None, batches: Iterable[tuple[dict[str, torch.Tensor], torch.Tensor]],
+                 device: torch.device, world: int) -> float:
+    """One pass over this process's batches; the mean train loss over every process's rows."""
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+    total = torch.zeros((), device=device)
+    seen = torch.zeros((), dtype=torch.long, device=device)
+    for inputs, targets in batches:
+        with autocast:
+            head = step_model(**inputs)
+            loss = task.loss(head, targets)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler.is_enabled():
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        total.add_(loss.detach(), alpha=len(targets))
+        seen.add_(len(targets))
+    if world > 1:
+        torch.distributed.all_reduce(total)
+        torch.distributed.all_reduce(seen)
+    return float(total) / max(int(seen), 1)
+
+
+def _record(state: dict[str, Any], epoch: int, metrics: dict[str, float], model: nn.Module, patience: int) -> bool:
+    """An epoch's metrics into the run's state (the best weights kept when the validation loss improved);
+    whether early stopping ends the run."""
+    state["history"].append({"epoch": epoch, **metrics})
+    state["epoch"] = epoch
+    if metrics["val_loss"] < state["best_val_loss"] - MIN_DELTA:
+        state.update(best_val_loss=metrics["val_loss"], best_epoch=epoch, bad_epochs=0,
+                     best_model={k: v.detach().clone() for k, v in model.state_dict().items()})
+    else:
+        state["bad_epochs"] += 1
+    return state["bad_epochs"] >= patience
 
 
 def _rank_and_world() -> tuple[int, int]:

@@ -18,17 +18,14 @@ which is :func:`fit`'s order over the same rows loaded with
 :func:`pillars.components.data.shards.load_examples`; the same weights, losses and history follow. Under
 DDP the two paths deal rows to ranks differently (shards here, an interleaved permutation in memory).
 
-Checkpoints are :func:`fit`'s (same fingerprint, one per epoch); since every order derives from
+The epoch loop, and so the checkpoints (same fingerprint, one per epoch), are :func:`fit`'s; since every order derives from
 ``seed + epoch``, a resumed run continues exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,20 +45,8 @@ from pillars.components.data.shards import (
     split_rows,
 )
 from pillars.components.data.splits import inputs_of, task_of
-from pillars.components.devices import pick_device
 from pillars.components.task import Examples, Preprocessing, Task
-from pillars.components.training.checkpoints import CheckpointWriter, load_checkpoint
-from pillars.components.training.fit import (
-    EVAL_BATCH,
-    MIN_DELTA,
-    TrainParams,
-    TrainResult,
-    _amp_dtype,
-    _progress,
-    _rank_and_world,
-    fingerprint,
-    init_model,
-)
+from pillars.components.training.fit import EVAL_BATCH, TrainParams, TrainResult, placement, train_epochs
 
 logger = logging.getLogger(__name__)
 
@@ -184,104 +169,30 @@ def fit_stream(
     initial_state: dict[str, torch.Tensor] | None = None,
     shuffle_rows: int = SHUFFLE_ROWS,
 ) -> TrainResult:
-    """:func:`pillars.components.training.fit.fit` over the shards of ``train_dir`` and ``val_dir``.
+    """:func:`pillars.components.training.fit.fit` over the shards of ``train_dir`` and ``val_dir``: the same
+    epoch loop (:func:`~pillars.components.training.fit.train_epochs`), fed by a :class:`ShardStream`.
 
     Args:
         train_dir, val_dir: split folders of Parquet shards; ``metadata["table"]`` says how rows become examples.
         shuffle_rows: rows of the shuffle buffer (see :class:`ShardStream`).
         the rest: as :func:`fit`.
     """
-    rank, world = _rank_and_world()
-    device = pick_device(params.device)
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    rank, world, device = placement(params)
     task = task_of(metadata)
     prep = metadata["prep"]
     table = metadata["table"]
-    model = init_model(task, prep, params)
-    if initial_state is not None:
-        model.load_state_dict(initial_state)
-    model = model.to(device)
-    step_model: nn.Module = model
-    if world > 1:
-        step_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.index is not None else None)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
-    amp_dtype = _amp_dtype(device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     stream = ShardStream(shard_files(train_dir), table, params.batch_size, params.seed, shuffle_rows, rank, world)
     val_files = shard_files(val_dir)
 
-    state = {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0,
-             "history": [], "best_model": None}
-    key = fingerprint(metadata, params, warm=initial_state is not None)
-    saved = load_checkpoint(checkpoint_dir, key, device) if checkpoint_dir else None
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scaler.load_state_dict(saved["scaler"])
-        state = {k: saved[k] for k in state}
-        logger.info("resuming from checkpoint in %s after epoch %d", checkpoint_dir, state["epoch"])
-    start_epoch = state["epoch"] + 1
-    done = state["bad_epochs"] >= params.patience
-    writer = CheckpointWriter(checkpoint_dir) if checkpoint_dir and rank == 0 else None
-
-    epochs = range(start_epoch, params.epochs + 1)
-    bar = _progress(epochs, progress if rank == 0 else False)
-    started = time.perf_counter()
-    for epoch in bar:
-        if done:
-            break
-        torch.manual_seed(params.seed + epoch)
-        model.train()
+    def batches(epoch: int) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         stream.set_epoch(epoch)
-        total = torch.zeros((), device=device)
-        seen = torch.zeros((), device=device)
         for x, y in stream:
-            inputs, targets = _encode(task, prep, examples_of(x, y, table), device)
-            with autocast:
-                head = step_model(**inputs)
-                loss = task.loss(head, targets)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler.is_enabled():
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            total.add_(loss.detach(), alpha=len(targets))
-            seen.add_(len(targets))
-        if world > 1:
-            torch.distributed.all_reduce(total)
-            torch.distributed.all_reduce(seen)
-        metrics = {"train_loss": float(total) / max(float(seen), 1.0),
-                   **validate_stream(task, model, prep, val_files, table, amp_dtype, device)}
-        state["history"].append({"epoch": epoch, **metrics})
-        state["epoch"] = epoch
-        if metrics["val_loss"] < state["best_val_loss"] - MIN_DELTA:
-            state.update(best_val_loss=metrics["val_loss"], best_epoch=epoch, bad_epochs=0,
-                         best_model={k: v.detach().clone() for k, v in model.state_dict().items()})
-        else:
-            state["bad_epochs"] += 1
-        done = state["bad_epochs"] >= params.patience
-        if writer is not None:
-            writer.save({"fingerprint": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scaler": scaler.state_dict(), **state})
-        if on_epoch is not None and rank == 0:
-            on_epoch(epoch, metrics)
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{metrics['train_loss']:.4f}", val_loss=f"{metrics['val_loss']:.4f}")
+            yield _encode(task, prep, examples_of(x, y, table), device)
 
-    if writer is not None:
-        writer.wait()
-    if state["best_model"] is not None:
-        model.load_state_dict(state["best_model"])
-    seconds = time.perf_counter() - started
-    return TrainResult(model.cpu().eval(), state["history"], start_epoch, state["best_epoch"],
-                       state["best_val_loss"], done and state["epoch"] < params.epochs, str(device), seconds,
-                       task, metadata["task"], prep)
+    return train_epochs(task, metadata, params, (rank, world, device), batches,
+                        lambda model, amp_dtype: validate_stream(task, model, prep, val_files, table, amp_dtype,
+                                                                 device),
+                        checkpoint_dir, on_epoch, progress, initial_state)
 
 
 @torch.no_grad()
