@@ -94,7 +94,7 @@ class AccuracyEstimator:
             if self._ring is None or self._filled < self.min_rows:
                 return None
             rows = self._ring[:self._filled].copy()
-        return float(confidence(rows, self.calibration.temperature).mean())
+        return float(self.calibration.confidence(rows).mean())
 
 
 def estimator_for(kind: str, extra: Mapping[str, Any], window: int, min_rows: int

@@ -94,6 +94,28 @@ def test_temperature_scaling_softens_overconfident_probabilities_and_keeps_the_a
     assert np.all(confidence(overconfident, t) <= overconfident.max(1) + 1e-12)
 
 
+def test_isotonic_calibration_bends_where_one_temperature_cannot_and_survives_the_config(tmp_path):
+    rng = np.random.default_rng(1)
+    top = rng.uniform(0.5, 1.0, 4000)  # a binary model's confidence, unrelated to its chance of being right:
+    y = (rng.uniform(size=4000) < 0.9).astype(np.int64)  # right 90% of the time at every confidence
+    probabilities = np.stack([top, 1 - top], axis=1)  # class 0 predicted; label 1 is a miss
+    temperature, isotonic = calibrate(probabilities, 1 - y), calibrate(probabilities, 1 - y, "isotonic")
+    assert isotonic.method == "isotonic" and isotonic.temperature == temperature.temperature
+    low = probabilities[top < 0.6]  # traffic moves to where the model is least sure
+    truth = 0.9
+    assert abs(isotonic.confidence(low).mean() - truth) < 0.05 < abs(temperature.confidence(low).mean() - truth)
+    assert np.all(np.diff(isotonic.knots[1]) >= 0) and np.all(np.diff(isotonic.knots[0]) >= 0)
+    back = read_calibration({"calibration": json.loads(json.dumps(isotonic.to_dict()))})
+    assert back == isotonic and np.array_equal(back.confidence(low), isotonic.confidence(low))
+    estimator = estimator_for("classification", {"calibration": isotonic.to_dict()}, 100, 100)[0]
+    estimator.observe({"probabilities": low[:100].astype(np.float32)})
+    assert estimator.estimate() == pytest.approx(isotonic.confidence(low[:100].astype(np.float32)).mean(), abs=1e-6)
+    with pytest.raises(ValueError, match="knots"):
+        read_calibration({"calibration": {**isotonic.to_dict(), "knots": [[0.2, 0.1], [0.5, 0.6]]}})
+    with pytest.raises(ValueError, match="unknown calibration method 'platt'"):
+        calibrate(probabilities, 1 - y, "platt")
+
+
 def test_a_model_without_calibration_gets_no_estimator_and_never_an_estimate(tmp_path):
     predictor = load_predictor(make_classifier(tmp_path / "plain"))
     estimator, status = estimator_for("classification", predictor.config.extra, 100, 10)
