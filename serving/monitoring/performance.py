@@ -36,7 +36,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from pillars.components.evaluation.calibration import Calibration, confidence, read_calibration
+from pillars.components.evaluation.calibration import Calibration, read_calibration
 
 PROBABILITIES = "probabilities"
 """The classifier output the estimate reads (every ``ClassificationTask`` returns it)."""
