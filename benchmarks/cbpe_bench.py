@@ -137,7 +137,8 @@ def main() -> int:
                         args.calibration)
                for t in args.tasks.split(",")]
     for r in results:
-        print(f"\n{r['task']} ({r['method']}): T={r['temperature']:.3f}, val accuracy {r['val_accuracy']:.3f}, expected "
+        print(f"\n{r['task']} ({r['method']}): T={r['temperature']:.3f}, val accuracy {r['val_accuracy']:.3f}, "
+              f"expected "
               f"{r['expected_accuracy']:.3f}, {r['test_rows']} test rows, {r['windows']} windows of {r['window']}")
         print(f"{'shift':<20}{'realised':>9}{'estimated':>10}{'mean |err|':>11}{'max |err|':>10}"
               f"{'<=3pt':>7}{'uncal. |err|':>13}")

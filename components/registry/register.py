@@ -23,7 +23,8 @@ from pillars.components.model.predictor import PROFILE_FILE
 from pillars.components.records import GateDecision
 from pillars.components.data.splits import load_metadata, load_split, task_of
 from pillars.components.task import Examples
-from pillars.components.registry import (ANY, CHALLENGER, CHAMPION, REASON_TAG, SIGNATURE_TAG, AnyVersion, ChampionMoved,
+from pillars.components.registry import (ANY, CHALLENGER, CHAMPION, REASON_TAG, SIGNATURE_TAG, AnyVersion,
+                                         ChampionMoved,
                                          LockTiming, RegistryUnavailable, alias_version, check_same_task, client,
                                          identity, mismatch, move_alias, parse_version, search_versions,
                                          signature_key)

@@ -209,8 +209,8 @@ def _print_versions(name: str, limit: int = 10) -> None:
 def version_line(name: str, row: VersionRecord) -> str:
     """One ``pillars models show`` line of a :func:`~pillars.components.registry.list_versions` row.
 
-    A trained version shows its gate result, test metrics and why its run started (``reason``); an optimised variant (tagged by
-    :mod:`pillars.components.optimize.register`) shows what it is, the version it was made from, its file
+    A trained version shows its gate result, test metrics and why its run started (``reason``); an optimised
+    variant (tagged by :mod:`pillars.components.optimize.register`) shows what it is, the version it was made from, its file
     size, its metric's change against that parent and its batch-1 latency.
     """
     tags = row.tags
