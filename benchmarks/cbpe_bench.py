@@ -61,14 +61,14 @@ def _top_feature(predictor, val: dict[str, np.ndarray], input_name: str, y: np.n
 
 
 def run_task(task: str, windows: int, window: int, epochs: int, seed: int, val_fraction: float,
-             test_fraction: float) -> dict:
+             test_fraction: float, method: str = "temperature") -> dict:
     data = prepare(PrepareParams(task=task, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction))
     result = fit(data.splits["train"], data.splits["val"], data.metadata, TrainParams(epochs=epochs, seed=seed),
                  progress=False)
     with tempfile.TemporaryDirectory(prefix="cbpe-") as tmp:
         model_dir = write_model(result, Path(tmp) / "model")
         save_split(Path(tmp) / "val.npz", data.splits["val"])
-        calibration = calibrate_saved_model(model_dir, Path(tmp) / "val.npz")
+        calibration = calibrate_saved_model(model_dir, Path(tmp) / "val.npz", method)
         predictor = load_predictor(model_dir)
     assert calibration is not None
     task_obj = predictor.task
@@ -115,7 +115,7 @@ def run_task(task: str, windows: int, window: int, epochs: int, seed: int, val_f
                          "mean_abs_error": float(np.mean(errors)), "max_abs_error": float(np.max(errors)),
                          "windows_within_3_points": int(np.sum(np.asarray(errors) <= 0.03)),
                          "uncalibrated_mean_abs_error": float(np.mean(raw_errors))}
-    return {"task": task, "test_rows": int(len(x)), "temperature": calibration.temperature,
+    return {"task": task, "method": method, "test_rows": int(len(x)), "temperature": calibration.temperature,
             "val_accuracy": calibration.val_accuracy, "expected_accuracy": calibration.expected_accuracy,
             "top_feature": top, "window": window, "windows": windows, "shifts": shifts}
 
@@ -129,12 +129,16 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val-fraction", type=float, default=0.3, help="calibration rows (breast_cancer is small)")
     parser.add_argument("--test-fraction", type=float, default=0.4, help="rows the shifted windows are drawn from")
+    parser.add_argument("--calibration", default="temperature", choices=("temperature", "isotonic"),
+                        help="calibration method (isotonic: the temperature, then an isotonic map)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    results = [run_task(t, args.windows, args.window, args.epochs, args.seed, args.val_fraction, args.test_fraction)
+    results = [run_task(t, args.windows, args.window, args.epochs, args.seed, args.val_fraction, args.test_fraction,
+                        args.calibration)
                for t in args.tasks.split(",")]
     for r in results:
-        print(f"\n{r['task']}: T={r['temperature']:.3f}, val accuracy {r['val_accuracy']:.3f}, expected "
+        print(f"\n{r['task']} ({r['method']}): T={r['temperature']:.3f}, val accuracy {r['val_accuracy']:.3f}, "
+              f"expected "
               f"{r['expected_accuracy']:.3f}, {r['test_rows']} test rows, {r['windows']} windows of {r['window']}")
         print(f"{'shift':<20}{'realised':>9}{'estimated':>10}{'mean |err|':>11}{'max |err|':>10}"
               f"{'<=3pt':>7}{'uncal. |err|':>13}")

@@ -83,6 +83,7 @@ def train(
     kfp_run_id: str,
     tracking_uri: str,
     checkpoint_root: str,
+    reason: str,
     model: Output[Model],
 ) -> str:
     """Train with checkpoints (resumed on retry) inside an MLflow run; ``nproc`` > 1 runs DDP through
@@ -98,7 +99,7 @@ def train(
                          weight_decay=weight_decay, dropout=dropout, seed=seed, patience=patience, nproc=nproc, nodes=nodes)
     return run_training(train_data.path, val_data.path, metadata.path, params, model.path, name,
                         kfp_run_id, tracking_uri, checkpoint_root, progress=True, launcher=launcher,
-                        gpus_per_node=gpus_per_node, warm_start_from=name if warm_start else "")
+                        gpus_per_node=gpus_per_node, warm_start_from=name if warm_start else "", reason=reason)
 
 
 def evaluate(
@@ -167,6 +168,7 @@ def register(
     kfp_run_id: str,
     decision: Input[Artifact],
     tracking_uri: str,
+    reason: str,
 ) -> NamedTuple("Registered", model_name=str, version=str):
     """Log and register the model (alias ``challenger``) with lineage tags; idempotent per MLflow run."""
     import json
@@ -180,7 +182,7 @@ def register(
     with open(decision.path) as f:
         gate = GateDecision.from_dict(json.load(f))
     version = run_register(model.path, metadata.path, test_data.path, name, mlflow_run_id, kfp_run_id,
-                           gate, tracking_uri)
+                           gate, tracking_uri, reason)
     return namedtuple("Registered", ["model_name", "version"])(name, version)
 
 

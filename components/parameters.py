@@ -119,6 +119,9 @@ TRAINING: Final[tuple[Parameter, ...]] = (
               "metric's scale: >= 0, at most 1 for a higher-is-better metric.", ("validate", "promote")),
     Parameter("tracking_uri", str, "", "MLflow tracking URI; empty: MLFLOW_TRACKING_URI or the local store.",
               ("resolve_task", *_TRACKED)),
+    Parameter("reason", str, "",
+              "Why this run started (the trigger passes its alert's reason); a tag of the training run and the "
+              "registered version.", ("train", "register")),
     Parameter("checkpoint_root", str, "", "Where training checkpoints go so a retry resumes.", ("train",)),
     Parameter("optimize", bool, False,
               "After a promotion, run the optimize step on the new champion (ONNX, int8, pruned and distilled "

@@ -5,6 +5,8 @@ server (``/v2/health/ready``); request rate, p50/p99 latency, error ratio, per-f
 the estimated (CBPE) and realised (feedback labels) accuracy come
 from Prometheus' HTTP API (``query_range``) when there is a Prometheus, else from the console's own
 samples of each server's ``/metrics`` (parsed with ``prometheus_client.parser``), kept in memory.
+The shadow challenger's comparison (rows, agreement, the decision and its reason) is the server's own
+``GET /v2/models/NAME/shadow`` (:func:`shadow_comparison`), read on each view.
 """
 
 from __future__ import annotations
@@ -85,6 +87,53 @@ class EndpointView:
     accuracy: dict[str, list[tuple[float, float]]] = dataclasses.field(default_factory=dict)
     """``estimated (CBPE)`` and ``realised (labels)`` accuracy, each present once there is a value."""
     weighted_drift: dict[str, list[tuple[float, float]]] = dataclasses.field(default_factory=dict)
+    shadow: ShadowView | None = None
+    """The shadow comparison; None when the server was not asked (not ready) or did not answer."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ShadowView:
+    """What the server says of its shadow challenger (``GET /v2/models/NAME/shadow``)."""
+
+    model: str
+    version: str | None
+    """The challenger's version; None when the server runs no shadow (then ``reason`` says so)."""
+    rows: int = 0
+    agreement: float | None = None
+    """Share of the rows both answered on which they agreed."""
+    labelled: int = 0
+    """Labelled rows both answered (what the decision is made on)."""
+    action: str = "none"
+    reason: str = ""
+    champion_accuracy: float | None = None
+    shadow_accuracy: float | None = None
+
+
+def shadow_comparison(endpoint: Endpoint) -> ShadowView | None:
+    """The server's shadow comparison for its model (``endpoint.model``, else the first it lists at
+    ``/v2/models``); None when the server does not answer it (an old server, a token it asks for)."""
+    try:
+        with httpx.Client(base_url=endpoint.url, timeout=TIMEOUT_S) as client:
+            model = endpoint.model
+            if model is None:
+                listed = client.get("/v2/models")
+                listed.raise_for_status()
+                model = next(iter(listed.json().get("models") or []), None)
+                if model is None:
+                    return None
+            response = client.get(f"/v2/models/{model}/shadow")
+            response.raise_for_status()
+            body = response.json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    decision = body.get("decision") or {}
+    shadow = body.get("shadow")
+    if not isinstance(shadow, dict):
+        return ShadowView(model, None, reason=str(decision.get("reason", "")))
+    return ShadowView(model, str(shadow.get("version")), int(shadow.get("rows") or 0), shadow.get("agreement"),
+                      sum((body.get("labelled_pairs") or {}).values()), str(decision.get("action", "none")),
+                      str(decision.get("reason", "")), decision.get("champion_accuracy"),
+                      decision.get("shadow_accuracy"))
 
 
 def discover(stack_state: dict[str, Any] | None, configured: dict[str, str], prometheus_url: str) -> list[Endpoint]:
@@ -309,4 +358,5 @@ def view(endpoint: Endpoint, sampler: Sampler) -> EndpointView:
                         {"requests/s": series["rate"]}, {"p50": series["p50"]}, {"p99": series["p99"]},
                         {"errors": series["error_ratio"]}, {f: drift[f] for f in top[:MAX_FEATURES]},
                         {name: s for name, s in accuracy.items() if s},
-                        {"weighted share": weighted} if weighted else {})
+                        {"weighted share": weighted} if weighted else {},
+                        shadow_comparison(endpoint) if ready else None)

@@ -13,6 +13,12 @@ The fitted :class:`Calibration` travels inside the saved model's ``config.json``
 which survives logging to MLflow, registration and download; :func:`read_calibration` reads it back and
 returns None for a model that has none (a regressor, a model trained before this existed): the server then
 says the estimate is unavailable and never invents one.
+
+``method="isotonic"`` (an option, :func:`calibrate`) adds, on top of the temperature, an isotonic map
+(scikit-learn's ``IsotonicRegression``, pool-adjacent-violators) from the temperature-scaled top-class
+probability to the chance of being right, fitted on the same split and kept as its knots; it can bend where
+one temperature cannot (a model under-confident at low confidence and over-confident at high), at the cost of
+a step function fitted on few wrong rows. The argmax never changes; only the estimate does.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from pillars.components.task.examples import input_columns, row_count, take
 CALIBRATION_KEY = "calibration"
 """The key of the calibration in a saved model's ``config.json`` ``extra``."""
 METHOD = "temperature"
+METHODS = (METHOD, "isotonic")
 LOG_T_BOUNDS = (-4.0, 4.0)
 """Search range of ``log T``: temperatures from ~0.02 to ~55, far beyond any real network's."""
 EPSILON = 1e-12
@@ -50,7 +57,8 @@ class Calibration:
             estimates on data like it).
         val_accuracy: the realised accuracy on that split, for comparison.
         rows: validation rows it was fitted on.
-        method: ``temperature`` (the only one so far).
+        method: ``temperature``, or ``isotonic`` (the temperature, then the isotonic map ``knots``).
+        knots: the isotonic map's ``[x, y]`` (increasing x), linearly interpolated and clipped at the ends.
     """
 
     temperature: float
@@ -58,22 +66,41 @@ class Calibration:
     val_accuracy: float
     rows: int
     method: str = METHOD
+    knots: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if self.knots is None:
+            del data["knots"]
+        else:
+            data["knots"] = [list(self.knots[0]), list(self.knots[1])]
+        return data
+
+    def confidence(self, probabilities: np.ndarray) -> np.ndarray:
+        """Each row's chance of being right under this calibration (what CBPE averages)."""
+        top = confidence(probabilities, self.temperature)
+        return top if self.knots is None else np.interp(top, self.knots[0], self.knots[1])
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Calibration:
         """Raises:
             ValueError: not a calibration this version can apply (unknown method, non-positive temperature).
         """
-        if data.get("method", METHOD) != METHOD:
-            raise ValueError(f"unknown calibration method {data.get('method')!r}; known: {METHOD}")
+        method = data.get("method", METHOD)
+        if method not in METHODS:
+            raise ValueError(f"unknown calibration method {method!r}; known: {', '.join(METHODS)}")
         temperature = float(data["temperature"])
         if not np.isfinite(temperature) or temperature <= 0:
             raise ValueError(f"calibration temperature must be a positive number, got {data['temperature']!r}")
+        knots = None
+        if method == "isotonic":
+            x, y = (np.asarray(k, dtype=np.float64) for k in data.get("knots") or ([], []))
+            if len(x) == 0 or x.shape != y.shape or np.any(np.diff(x) < 0) or not np.all(np.isfinite(x)) \
+                    or np.any((y < 0) | (y > 1)):
+                raise ValueError("isotonic calibration knots must be [x, y] of equal length, x increasing, y in [0, 1]")
+            knots = (tuple(x.tolist()), tuple(y.tolist()))
         return cls(temperature=temperature, expected_accuracy=float(data["expected_accuracy"]),
-                   val_accuracy=float(data["val_accuracy"]), rows=int(data["rows"]))
+                   val_accuracy=float(data["val_accuracy"]), rows=int(data["rows"]), method=method, knots=knots)
 
 
 def calibrated(probabilities: np.ndarray, temperature: float) -> np.ndarray:
@@ -117,13 +144,27 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
-def calibrate(probabilities: np.ndarray, labels: np.ndarray) -> Calibration:
-    """Fit the temperature on a labelled split and record what the model expects of itself there."""
+def fit_isotonic(top: np.ndarray, correct: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The knots of the increasing map from top-class probability to the chance of being right."""
+    from sklearn.isotonic import IsotonicRegression
+
+    model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(top, correct.astype(np.float64))
+    return tuple(model.X_thresholds_.tolist()), tuple(model.y_thresholds_.tolist())
+
+
+def calibrate(probabilities: np.ndarray, labels: np.ndarray, method: str = METHOD) -> Calibration:
+    """Fit the temperature (and for ``method="isotonic"`` the isotonic map on top of it) on a labelled split
+    and record what the model expects of itself there."""
+    if method not in METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; known: {', '.join(METHODS)}")
     temperature = fit_temperature(probabilities, labels)
     p = np.asarray(probabilities, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64).reshape(-1)
-    return Calibration(temperature=temperature, expected_accuracy=float(confidence(p, temperature).mean()),
-                       val_accuracy=float((p.argmax(axis=1) == y).mean()), rows=int(len(y)))
+    correct = p.argmax(axis=1) == y
+    knots = fit_isotonic(confidence(p, temperature), correct) if method == "isotonic" else None
+    result = Calibration(temperature=temperature, expected_accuracy=0.0, val_accuracy=float(correct.mean()),
+                         rows=int(len(y)), method=method, knots=knots)
+    return dataclasses.replace(result, expected_accuracy=float(result.confidence(p).mean()))
 
 
 def read_calibration(extra: Mapping[str, Any]) -> Calibration | None:
@@ -136,7 +177,7 @@ def read_calibration(extra: Mapping[str, Any]) -> Calibration | None:
     return None if data is None else Calibration.from_dict(data)
 
 
-def calibrate_saved_model(model_dir: str | Path, val_path: str | Path) -> Calibration | None:
+def calibrate_saved_model(model_dir: str | Path, val_path: str | Path, method: str = METHOD) -> Calibration | None:
     """Fit the calibration of the classifier saved in ``model_dir`` on the validation split at ``val_path``
     and store it in its ``config.json``; None (nothing written) for a task that is not a classifier.
 
@@ -153,7 +194,7 @@ def calibrate_saved_model(model_dir: str | Path, val_path: str | Path) -> Calibr
     probabilities = np.concatenate([
         predictor.predict(take(inputs, slice(start, start + PREDICT_ROWS)))["probabilities"]
         for start in range(0, row_count(inputs), PREDICT_ROWS)])
-    result = calibrate(probabilities, np.asarray(val[task.target_column], dtype=np.int64))
+    result = calibrate(probabilities, np.asarray(val[task.target_column], dtype=np.int64), method)
     config_file = directory / CONFIG_FILE
     config = json.loads(config_file.read_text())
     config.setdefault("extra", {})[CALIBRATION_KEY] = result.to_dict()

@@ -13,7 +13,8 @@ registry, :mod:`~pillars.components.registry.tracking`; model names and ``models
 """
 
 from pillars.components.registry.versions import (  # noqa: F401
-    CHAMPION, CHALLENGER, LOCK_PREFIX, TASK_TAG, SIGNATURE_TAG, SIGNATURE_FIELDS, PARENT_TAG, RegistryUnavailable, client,
+    CHAMPION, CHALLENGER, LOCK_PREFIX, TASK_TAG, SIGNATURE_TAG, SIGNATURE_FIELDS, PARENT_TAG, REASON_TAG,
+    RegistryUnavailable, client,
     parse_version, is_missing, alias_version, model_tags, filter_literal, name_filter, search_versions,
     get_model, list_models, list_versions,
 )

@@ -23,7 +23,8 @@ from pillars.components.model.predictor import PROFILE_FILE
 from pillars.components.records import GateDecision
 from pillars.components.data.splits import lineage_tags, load_metadata, load_split, task_of
 from pillars.components.task import Examples
-from pillars.components.registry import (ANY, CHALLENGER, CHAMPION, SIGNATURE_TAG, AnyVersion, ChampionMoved,
+from pillars.components.registry import (ANY, CHALLENGER, CHAMPION, REASON_TAG, SIGNATURE_TAG, AnyVersion,
+                                         ChampionMoved,
                                          LockTiming, RegistryUnavailable, alias_version, check_same_task, client,
                                          identity, mismatch, move_alias, parse_version, search_versions,
                                          signature_key)
@@ -187,15 +188,16 @@ def downloaded_version(model_name: str, version: str) -> Iterator[Path]:
 
 
 def run_register(model_dir: str, metadata_path: str, test_path: str, model_name: str, mlflow_run_id: str,
-                 kfp_run_id: str, decision: GateDecision, tracking_uri: str = "") -> str:
+                 kfp_run_id: str, decision: GateDecision, tracking_uri: str = "", reason: str = "") -> str:
     """Register the trained model with its lineage and gate decision (:meth:`GateDecision.to_tags`); returns
-    the version."""
+    the version. ``reason`` (the run parameter: why the run started) becomes the version's ``pillars.reason``
+    tag when given."""
     configure_tracking(tracking_uri or None)
     metadata = load_metadata(metadata_path)
     lineage = {"kfp_run_id": kfp_run_id, "data_hash": metadata["data_hash"], "task": metadata["task"],
                SIGNATURE_TAG: signature_key(task_of(metadata).signature(metadata["prep"]).to_dict()["inputs"]),
                "task_args": json.dumps(metadata.get("task_args") or {}, sort_keys=True),
-               "source": metadata["source"], **decision.to_tags(),
+               "source": metadata["source"], **decision.to_tags(), **({REASON_TAG: reason} if reason else {}),
                **{k.removeprefix("pillars."): v for k, v in lineage_tags(metadata).items()}}
     test = load_split(test_path)
     examples = {k: v[:EXAMPLE_ROWS] for k, v in test.items()}

@@ -27,6 +27,8 @@ SIGNATURE_TAG = "pillars.signature"
 SIGNATURE_FIELDS = ("name", "datatype", "shape", "optional", "labels")
 """The fields of an input's spec that make the signature (what a request must match)."""
 PARENT_TAG = "pillars.parent_version"
+REASON_TAG = "pillars.reason"
+"""Run and version tag: why the run that trained it started (the ``reason`` run parameter; the trigger's alert)."""
 _MISSING_CODES = ("RESOURCE_DOES_NOT_EXIST",)
 
 

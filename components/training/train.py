@@ -32,6 +32,7 @@ from pillars.components.data.splits import lineage_tags, load_metadata, load_spl
 from pillars.components.task import Signature
 from pillars.components.registry.references import check_model_name
 from pillars.components.registry.register import champion_version, downloaded_version
+from pillars.components.registry.versions import REASON_TAG
 from pillars.components.settings import Settings
 from pillars.components.registry.tracking import EpochLogger, configure_tracking, ensure_experiment
 from pillars.components.training.stream import fit_stream
@@ -104,13 +105,15 @@ def run_training(
     launcher: str = "local",
     gpus_per_node: int = 0,
     warm_start_from: str = "",
+    reason: str = "",
 ) -> str:
     """Train inside an MLflow run (resumed on retry) and save the best model to ``model_dir``.
 
     ``launcher="local"`` trains in this process (or ``nproc`` local DDP processes); ``"trainjob"``
     runs ``nodes x nproc`` processes as a Kubeflow Trainer TrainJob, staging data on the shared
     checkpoint volume (``checkpoint_root`` must be a PVC mount). ``warm_start_from`` names a registered
-    model whose champion's weights start the training when its inputs and outputs match.
+    model whose champion's weights start the training when its inputs and outputs match. ``reason`` (why
+    the run started; the trigger's alert) is the run's ``pillars.reason`` tag and ``reason`` param.
 
     Returns:
         The MLflow run id, which evaluation and registration continue in.
@@ -132,13 +135,13 @@ def run_training(
                                   else (None, None))
         return _train_in_run(train_path, val_path, metadata_path, metadata, params, model_dir, experiment,
                              kfp_run_id, checkpoint_root, progress, launcher, gpus_per_node,
-                             warm_start_from, warm_version, warm_dir)
+                             warm_start_from, warm_version, warm_dir, reason)
 
 
 def _train_in_run(train_path: str, val_path: str, metadata_path: str, metadata: dict[str, Any],
                   params: TrainParams, model_dir: str, experiment: str, kfp_run_id: str, checkpoint_root: str,
                   progress: bool | None, launcher: str, gpus_per_node: int, warm_start_from: str,
-                  warm_version: str | None, warm_dir: Path | None) -> str:
+                  warm_version: str | None, warm_dir: Path | None, reason: str = "") -> str:
     initial_state = load_predictor(warm_dir).model.state_dict() if warm_dir is not None else None
     settings = Settings()
     root = checkpoint_root or str(settings.resolved_checkpoint_root())
@@ -150,14 +153,15 @@ def _train_in_run(train_path: str, val_path: str, metadata_path: str, metadata: 
     experiment_id = ensure_experiment(experiment)
     with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
                           tags={"pillars.task": metadata["task"], "pillars.kfp_run_id": kfp_run_id,
-                                "pillars.data_hash": metadata["data_hash"], **lineage_tags(metadata)}) as run:
+                                "pillars.data_hash": metadata["data_hash"], **lineage_tags(metadata),
+                                **({REASON_TAG: reason} if reason else {})}) as run:
         if run_id is None:
             run_file.write_text(run.info.run_id)
             if warm_version is not None:
                 mlflow.set_tag("pillars.warm_started_from", f"{warm_start_from}/{warm_version}")
             mlflow.log_params({"task": metadata["task"], "task_args": json.dumps(metadata.get("task_args") or {}),
                                "data_hash": metadata["data_hash"], "data_engine": metadata.get("engine", "pandas"),
-                               "source": metadata["source"], **dataclasses.asdict(params),
+                               "source": metadata["source"], "reason": reason, **dataclasses.asdict(params),
                                **{f"rows_{k}": v for k, v in metadata["split_rows"].items()}})
 
         log_epoch = EpochLogger(run.info.run_id)

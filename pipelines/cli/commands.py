@@ -210,8 +210,8 @@ def _print_versions(name: str, limit: int = 10) -> None:
 def version_line(name: str, row: VersionRecord) -> str:
     """One ``pillars models show`` line of a :func:`~pillars.components.registry.list_versions` row.
 
-    A trained version shows its gate result and test metrics; an optimised variant (tagged by
-    :mod:`pillars.components.optimize.register`) shows what it is, the version it was made from, its file
+    A trained version shows its gate result, test metrics and why its run started (``reason``); an optimised
+    variant (tagged by :mod:`pillars.components.optimize.register`) shows what it is, the version it was made from, its file
     size, its metric's change against that parent and its batch-1 latency.
     """
     tags = row.tags
@@ -226,7 +226,8 @@ def version_line(name: str, row: VersionRecord) -> str:
             parts.append(f"latency={tags['pillars.latency_ms_b1']} ms")
         return f"{head}  {'  '.join(parts)}"
     metrics = "  ".join(f"{k}={v:.4f}" for k, v in row.metrics.items())
-    return f"{head}  gate={tags.get('gate_approved', '?')}  {metrics}{_data_lineage(tags)}"
+    reason = f"  reason={tags['pillars.reason']}" if tags.get("pillars.reason") else ""
+    return f"{head}  gate={tags.get('gate_approved', '?')}  {metrics}{_data_lineage(tags)}{reason}"
 
 
 def _data_lineage(tags: dict[str, str]) -> str:

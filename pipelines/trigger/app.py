@@ -92,7 +92,7 @@ class AlertHandler:
             self.decider.forget_start(decision.model, decision.key)
             return refusal
         try:
-            run = await loop.run_in_executor(self.starters, self.start, decision.model)
+            run = await loop.run_in_executor(self.starters, self.start, decision.model, decision.reason)
         except Exception as e:  # a failed start is reported, counted and answered 503: Alertmanager retries
             self.active.release()
             self.decider.forget_start(decision.model, decision.key)

@@ -36,8 +36,9 @@ class StartedRun:
     running: Callable[[], bool]
 
 
-Starter = Callable[[str], StartedRun]
-"""Starts a retraining run for a model."""
+Starter = Callable[[str, str], StartedRun]
+"""Starts a retraining run for a model (its first argument) for a reason (the second: the decision's reason,
+passed as the run parameter ``reason``)."""
 
 Champions = Callable[[str], bool]
 """Whether a registered model has a champion; raises when the registry cannot be read."""
@@ -110,13 +111,15 @@ def log_file_name(model: str, at: float) -> str:
 
 
 def local_starter(params: Sequence[str], log_dir: Path, command: Sequence[str] | None = None) -> Starter:
-    """Starts ``pillars run retraining --param model_name=M`` (plus ``params``) as a child process."""
+    """Starts ``pillars run retraining --param model_name=M`` (plus ``params``, then ``--param reason=R``) as a
+    child process."""
     base = list(command) if command else [sys.executable, "-m", "pillars.pipelines.cli", "run", "retraining"]
 
-    def start(model: str) -> StartedRun:
+    def start(model: str, reason: str) -> StartedRun:
         log_dir.mkdir(parents=True, exist_ok=True)
         log = open(log_dir / log_file_name(model, time.time()), "wb")
-        args = [*base, "--param", f"model_name={model}", *[a for p in params for a in ("--param", p)]]
+        args = [*base, "--param", f"model_name={model}", *[a for p in params for a in ("--param", p)],
+                "--param", f"reason={reason}"]
         # Same process group as the trigger: stopping the trigger's group (`pillars down`) stops its runs.
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -126,10 +129,11 @@ def local_starter(params: Sequence[str], log_dir: Path, command: Sequence[str] |
 
 
 def compile_retraining(output: str, params: Sequence[str], model: str,
-                       cluster_options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+                       cluster_options: Mapping[str, Any], reason: str = "") -> tuple[str, dict[str, Any]]:
     """Compile the retraining pipeline with ``cluster_options`` to ``output``; returns the package and the
-    run's arguments (``params`` plus ``model_name``)."""
-    arguments = {**parse_params(params, pipeline_factory("retraining")(**cluster_options)), "model_name": model}
+    run's arguments (``params`` plus ``model_name`` and ``reason``)."""
+    arguments = {**parse_params(params, pipeline_factory("retraining")(**cluster_options)), "model_name": model,
+                 "reason": reason}
     return compile_pipeline("retraining", output, **cluster_options), arguments
 
 
@@ -139,13 +143,13 @@ def kfp_starter(host: str, experiment: str, params: Sequence[str], namespace: st
     :class:`pillars.pipelines.parameters.ClusterOptions`), on a Kubeflow Pipelines cluster."""
     options = dict(cluster_options or {})
 
-    def start(model: str) -> StartedRun:
+    def start(model: str, reason: str) -> StartedRun:
         import tempfile
 
         from pillars.pipelines.submit import FINAL_STATES, connect, run_state, submit_run
 
         with tempfile.TemporaryDirectory() as tmp:
-            package, arguments = compile_retraining(f"{tmp}/retraining.yaml", params, model, options)
+            package, arguments = compile_retraining(f"{tmp}/retraining.yaml", params, model, options, reason)
             client = connect(host, namespace)
             run_id = submit_run(client, package, arguments, run_name=f"retrain-{model}", experiment=experiment,
                                 namespace=namespace, enable_caching=False, service_account=service_account)

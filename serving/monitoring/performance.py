@@ -36,7 +36,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from pillars.components.evaluation.calibration import Calibration, confidence, read_calibration
+from pillars.components.evaluation.calibration import Calibration, read_calibration
 
 PROBABILITIES = "probabilities"
 """The classifier output the estimate reads (every ``ClassificationTask`` returns it)."""
@@ -94,7 +94,7 @@ class AccuracyEstimator:
             if self._ring is None or self._filled < self.min_rows:
                 return None
             rows = self._ring[:self._filled].copy()
-        return float(confidence(rows, self.calibration.temperature).mean())
+        return float(self.calibration.confidence(rows).mean())
 
 
 def estimator_for(kind: str, extra: Mapping[str, Any], window: int, min_rows: int

@@ -16,8 +16,8 @@ the reason when unavailable, never invented) and the realised metric per version
 ``GET /v2/models/NAME/shadow`` answers the shadow challenger's rows, its agreement with the champion and the
 decision on the labelled rows both answered (:mod:`pillars.serving.monitoring.shadow`).
 
-gRPC has no feedback method: the Open Inference Protocol defines none, and a service of our own would
-need its own proto; labels go through REST.
+The Open Inference Protocol has no feedback method; ``pillars.v1.Feedback/Submit`` on the gRPC port
+(:mod:`pillars.serving.protocol.feedback_grpc`) takes the same body through :func:`submit`, the one core of both.
 """
 
 from __future__ import annotations
@@ -35,6 +35,21 @@ from pillars.serving.monitoring.performance import PERFORMANCE
 from pillars.serving.monitoring.shadow import judge
 
 
+async def submit(dataplane: DataPlane, model_name: str, raw: bytes) -> dict[str, int]:
+    """Records one feedback batch (the JSON body ``raw``) for the served ``model_name``: the core of REST and gRPC
+    feedback. Raises :class:`BadFeedback` (422), ``TooMuchFeedback`` (413), ``FeedbackNotStored`` (503)."""
+    model = served_model(dataplane, model_name)
+    if model.feedback is None:
+        raise BadFeedback(f"model {model_name} is not loaded yet")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise BadFeedback(f"feedback is not valid JSON: {e}") from e
+    outcome = await asyncio.to_thread(model.feedback.record, body, model.memory,
+                                      model.shadow.memory if model.shadow else None)
+    return outcome.to_dict()
+
+
 class FeedbackRoutes:
     """The feedback and performance routes, on top of KServe's data plane."""
 
@@ -42,16 +57,7 @@ class FeedbackRoutes:
         self.dataplane = dataplane
 
     async def feedback(self, request: Request, model_name: str) -> dict[str, Any]:
-        model = served_model(self.dataplane, model_name)
-        if model.feedback is None:
-            raise BadFeedback(f"model {model_name} is not loaded yet")
-        try:
-            body = orjson.loads(await request.body())
-        except orjson.JSONDecodeError as e:
-            raise BadFeedback(f"feedback is not valid JSON: {e}") from e
-        outcome = await asyncio.to_thread(model.feedback.record, body, model.memory,
-                                          model.shadow.memory if model.shadow else None)
-        return outcome.to_dict()
+        return await submit(self.dataplane, model_name, await request.body())
 
     async def shadow(self, model_name: str) -> dict[str, Any]:
         """The shadow challenger: rows it answered, agreement with the champion, and the decision on the labels."""

@@ -9,6 +9,8 @@ RESOURCE_EXHAUSTED from gRPC itself, before they are parsed).
 methods (``RepositoryModelLoad``/``Unload``/``Index``) are UNIMPLEMENTED, ``ModelInfer`` checks the declared
 tensors against the model's signature and ``--max_rows`` before decoding them, a request naming another
 version than the one served is NOT_FOUND, and readiness is true only while the model is answering.
+The same server also serves ``pillars.v1.Feedback`` (:mod:`pillars.serving.protocol.feedback_grpc`) behind
+the same interceptors.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.infer_type import InferResponse
 from kserve.utils.utils import to_headers
 
-from pillars.serving.protocol import codec, fast_path
+from pillars.serving.protocol import codec, fast_path, feedback_grpc
 from pillars.serving.monitoring import metrics
 from pillars.serving.access.auth import TokenAuth, grpc_method_is_open
 from pillars.components.errors import PillarsError
@@ -192,6 +194,7 @@ class PillarsGRPCServer(GRPCServer):
         )
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             PillarsServicer(self._data_plane, None), self._server)
+        feedback_grpc.add_to_server(feedback_grpc.FeedbackServicer(self._data_plane), self._server)
         address = f"[{self._host}]:{self._port}" if ":" in self._host else f"{self._host}:{self._port}"
         self._server.add_insecure_port(address)
         logger.info("gRPC server listening on %s", address)

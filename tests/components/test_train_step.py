@@ -15,6 +15,10 @@ from pillars.components.training.checkpoints import CHECKPOINT
 from pillars.components.training.fit import TrainParams
 from pillars.components.training.train import checkpoint_dir_for, run_training
 from pillars.components.data.splits import load_metadata
+from pillars.components.records import GateDecision
+from pillars.components.registry import REASON_TAG
+from pillars.components.registry.register import run_register
+from pillars.pipelines.cli.parser import main
 
 _STEP = textwrap.dedent("""
     import sys
@@ -61,3 +65,22 @@ def test_retried_step_continues_the_same_mlflow_run_from_its_checkpoint(tmp_path
     anew = run_training(paths[0], paths[1], paths[3], TrainParams(epochs=2), str(tmp_path / "m3"), "retry-test",
                         kfp_run_id="run-4", tracking_uri=local_store, checkpoint_root=str(tmp_path / "ckpt"))
     assert anew != other, "the same job after it finished trains anew"
+
+
+def test_the_reason_a_run_started_reaches_its_mlflow_run_and_pillars_models_show(tmp_path, local_store, capsys):
+    paths = [str(tmp_path / n) for n in ("train", "val", "test", "meta.json")]
+    run_prepare(PrepareParams(task="breast_cancer"), *paths)
+    why = "PillarsModelDrift firing (signal weighted_drift): 41% of the reliance is on drifted features"
+    run_id = run_training(paths[0], paths[1], paths[3], TrainParams(epochs=1), str(tmp_path / "model"), "why-test",
+                          tracking_uri=local_store, checkpoint_root=str(tmp_path / "ckpt"), reason=why)
+    run = MlflowClient().get_run(run_id)
+    assert run.data.tags[REASON_TAG] == why and run.data.params["reason"] == why
+    version = run_register(str(tmp_path / "model"), paths[3], paths[2], "why-test", run_id, "kfp-1",
+                           GateDecision(True, ["thresholds passed"]), local_store, reason=why)
+    assert main(["models", "show", "why-test"]) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert line.startswith(f"why-test v{version}") and line.endswith(f"reason={why}")
+
+    plain = run_training(paths[0], paths[1], paths[3], TrainParams(epochs=1, seed=1), str(tmp_path / "m2"),
+                         "why-test", tracking_uri=local_store, checkpoint_root=str(tmp_path / "ckpt"))
+    assert REASON_TAG not in MlflowClient().get_run(plain).data.tags  # a run started by hand: no reason made up

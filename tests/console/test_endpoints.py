@@ -10,6 +10,7 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
+from markupsafe import escape
 
 from pillars.console import endpoints
 from pillars.pipelines.local.stack import WEB_USER, web_config
@@ -18,7 +19,7 @@ from tests.console.conftest import BrowserWatch, artifacts_dir, start_console
 from tests.conftest import require_tool
 from tests.processes import ServerProcess, free_port
 from tests.serving.conftest import start_server
-from tests.serving.toy import make_profiled_classifier, toy_rows
+from tests.serving.toy import make_classifier, make_profiled_classifier, toy_rows
 
 pytestmark = pytest.mark.slow
 
@@ -136,3 +137,43 @@ def test_the_local_stack_endpoint_reads_its_prometheus_with_the_stack_password(t
     assert (stack.prometheus, stack.prometheus_auth) == ("http://127.0.0.1:2", (WEB_USER, "pw"))
     (configured,) = endpoints.discover(state, {}, "http://prometheus.example")  # another Prometheus: not its password
     assert (configured.prometheus, configured.prometheus_auth) == ("http://prometheus.example", None)
+
+
+def test_the_shadow_comparison_is_the_servers_own_and_shown_on_the_page(tmp_path, local_store):
+    champion = make_profiled_classifier(tmp_path / "champion")
+    challenger = make_classifier(tmp_path / "challenger", steps=2, seed=5)
+    served = start_server(["--model_dir", str(champion), "--model_name", "toy", "--shadow_uri", str(challenger),
+                           "--feedback_dir", str(tmp_path / "labels"), "--shadow_min_labels", "30"],
+                          log_path=tmp_path / "server.log")
+    try:
+        idle = endpoints.shadow_comparison(endpoints.Endpoint("toy", served.http))  # no model named: it asks
+        assert idle is not None and idle.model == "toy" and idle.rows == 0
+        assert idle.action == "wait" and "30" in idle.reason  # not enough labels yet, and it says so
+        x = toy_rows(60, seed=7)
+        y = (x[:, 0] > 5.0).astype(int) + (x[:, 1] > 6.0).astype(int)
+        with httpx.Client(timeout=30) as client:
+            ids = [client.post(f"{served.http}/v2/models/toy/infer", json=v2_request(x[i:i + 1])).json()["id"]
+                   for i in range(len(x))]
+            _until(lambda: client.get(f"{served.http}/v2/models/toy/shadow").json()["shadow"]["rows"] == len(x),
+                   30, "the shadow answering every row")
+            labels = [{"id": request_id, "label": int(y[i])} for i, request_id in enumerate(ids)]
+            client.post(f"{served.http}/v2/models/toy/feedback", json={"labels": labels}).raise_for_status()
+            truth = client.get(f"{served.http}/v2/models/toy/shadow").json()
+        view = endpoints.view(endpoints.Endpoint("toy", served.http), endpoints.Sampler(60))
+        assert view.shadow is not None
+        assert (view.shadow.rows, view.shadow.labelled) == (len(x), len(x))
+        assert view.shadow.agreement == truth["shadow"]["agreement"]
+        assert view.shadow.action == truth["decision"]["action"] != "none"
+        assert view.shadow.reason == truth["decision"]["reason"] and view.shadow.reason
+
+        mlflow.search_experiments()
+        console = start_console(tmp_path / ".pillars", {"PILLARS_CONSOLE_ENDPOINTS": f"toy={served.http}"})
+        try:
+            page = httpx.get(f"{console.url}/endpoints", timeout=30).text
+        finally:
+            console.process.stop()
+        assert "Shadow challenger" in page and f"{100 * truth['shadow']['agreement']:.1f}%" in page
+        assert f"<strong>{truth['decision']['action']}</strong>" in page
+        assert str(escape(truth["decision"]["reason"])) in page
+    finally:
+        served.process.stop()

@@ -116,7 +116,8 @@ def trigger(tmp_path, mlflow_server):
     marker = tmp_path / "runs"
     marker.mkdir()
     # The trigger starts this command per run (a real process; stands in for `pillars run retraining`).
-    record = f"import sys, pathlib; pathlib.Path({str(marker)!r}, sys.argv[sys.argv.index('--param') + 1]).touch()"
+    record = (f"import json, sys, pathlib; pathlib.Path({str(marker)!r}, sys.argv[sys.argv.index('--param') + 1])"
+              ".write_text(json.dumps(sys.argv[1:]))")
     port = free_port()
     server = ServerProcess(
         [sys.executable, "-m", "pillars.pipelines.cli", "trigger", "--port", str(port), "--token-file", str(token),
@@ -150,6 +151,8 @@ def test_webhook_starts_one_run_per_model_and_counts_every_decision(trigger):
     while len(list(marker.iterdir())) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert sorted(p.name for p in marker.iterdir()) == [f"model_name={cancer}", f"model_name={digits}"]
+    argv = json.loads((marker / f"model_name={digits}").read_text())  # the run is told why it started, last
+    assert argv[-2:] == ["--param", "reason=PillarsFeatureDrift firing"]
 
     text = httpx.get(f"{url}/metrics", timeout=5).text
     counts = {s.labels["decision"]: s.value for f in text_string_to_metric_families(text)
@@ -222,15 +225,16 @@ class _Starter:
     count as running until :meth:`finish`."""
 
     def __init__(self, failures=0, delay=0.0):
-        self.failures, self.delay, self.started = failures, delay, []
+        self.failures, self.delay, self.started, self.reasons = failures, delay, [], []
         self.finished = threading.Event()
 
-    def __call__(self, model):
+    def __call__(self, model, reason):
         time.sleep(self.delay)
         if self.failures:
             self.failures -= 1
             raise RuntimeError("KFP API unreachable")
         self.started.append(model)
+        self.reasons.append(reason)
         finished = self.finished
         return StartedRun(f"run {len(self.started)}", lambda: not finished.is_set())
 
@@ -431,13 +435,13 @@ def test_the_run_the_trigger_submits_carries_the_cluster_options(kfp_api):
     args = parse_args(["--kfp-host", url, "--s3-secret", "pillars-s3", "--checkpoint-pvc", "pillars-ckpt",
                        "--deploy-namespace", "models", "--canary", "10", "--gpus", "1", "--param", "epochs=3"])
     start = kfp_starter(args.kfp_host, args.experiment, args.param, cluster_options=cluster_options(args))
-    run_ref = start("digits")
+    run_ref = start("digits", "kfp starter test")
     assert run_ref.ref == "kfp run r1"
     assert run_ref.running()  # counts against max_active_runs until KFP says it ended
     _KfpApi.state = "SUCCEEDED"
     assert not run_ref.running()
     (run,) = runs
-    assert run["runtime_config"]["parameters"] == {"epochs": 3, "model_name": "digits"}
+    assert run["runtime_config"]["parameters"] == {"epochs": 3, "model_name": "digits", "reason": "kfp starter test"}
     executors = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert sum("secretAsEnv" in e for e in executors.values()) >= 6  # every step reads the S3 credentials
     assert "pillars-s3" in json.dumps(executors) and "pillars-ckpt" in json.dumps(executors)

@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from pillars.serving.demo import v2_request
 from pillars.serving.monitoring.feedback import FeedbackLog, PredictionMemory
 from pillars.serving.monitoring.performance import AccuracyEstimator, estimator_for
 from pillars.serving.errors import BadFeedback
+from pillars.serving.protocol.feedback_grpc import FeedbackRequest, submit_stub
 from tests.serving.conftest import start_server
 from tests.serving.test_metrics_and_batching import scrape
 from tests.serving.toy import CLASSES, make_calibrated_classifier, make_classifier, toy_rows
@@ -90,6 +92,28 @@ def test_temperature_scaling_softens_overconfident_probabilities_and_keeps_the_a
     assert overconfident.max(1).mean() - calibration.val_accuracy > 0.2
     assert np.array_equal(np.argmax(overconfident, 1), np.argmax(overconfident ** (1 / t), 1))
     assert np.all(confidence(overconfident, t) <= overconfident.max(1) + 1e-12)
+
+
+def test_isotonic_calibration_bends_where_one_temperature_cannot_and_survives_the_config(tmp_path):
+    rng = np.random.default_rng(1)
+    top = rng.uniform(0.5, 1.0, 4000)  # a binary model's confidence, unrelated to its chance of being right:
+    y = (rng.uniform(size=4000) < 0.9).astype(np.int64)  # right 90% of the time at every confidence
+    probabilities = np.stack([top, 1 - top], axis=1)  # class 0 predicted; label 1 is a miss
+    temperature, isotonic = calibrate(probabilities, 1 - y), calibrate(probabilities, 1 - y, "isotonic")
+    assert isotonic.method == "isotonic" and isotonic.temperature == temperature.temperature
+    low = probabilities[top < 0.6]  # traffic moves to where the model is least sure
+    truth = 0.9
+    assert abs(isotonic.confidence(low).mean() - truth) < 0.05 < abs(temperature.confidence(low).mean() - truth)
+    assert np.all(np.diff(isotonic.knots[1]) >= 0) and np.all(np.diff(isotonic.knots[0]) >= 0)
+    back = read_calibration({"calibration": json.loads(json.dumps(isotonic.to_dict()))})
+    assert back == isotonic and np.array_equal(back.confidence(low), isotonic.confidence(low))
+    estimator = estimator_for("classification", {"calibration": isotonic.to_dict()}, 100, 100)[0]
+    estimator.observe({"probabilities": low[:100].astype(np.float32)})
+    assert estimator.estimate() == pytest.approx(isotonic.confidence(low[:100].astype(np.float32)).mean(), abs=1e-6)
+    with pytest.raises(ValueError, match="knots"):
+        read_calibration({"calibration": {**isotonic.to_dict(), "knots": [[0.2, 0.1], [0.5, 0.6]]}})
+    with pytest.raises(ValueError, match="unknown calibration method 'platt'"):
+        calibrate(probabilities, 1 - y, "platt")
 
 
 def test_a_model_without_calibration_gets_no_estimator_and_never_an_estimate(tmp_path):
@@ -211,6 +235,39 @@ def test_feedback_needs_the_token_and_refuses_wrong_types_naming_them(labelled):
         assert page.status_code == 415
         no_shadow = client.get(f"{labelled.http}/v2/models/{MODEL}/shadow", headers=labelled.headers).json()
         assert no_shadow["shadow"] is None and no_shadow["decision"]["action"] == "none"
+
+
+def test_grpc_feedback_takes_labels_with_the_same_auth_checks_and_status_codes(labelled):
+    with httpx.Client(timeout=30) as client:
+        first, second = (_infer(client, labelled, toy_rows(1))["id"] for _ in range(2))
+    token = (("authorization", f"Bearer {TOKEN}"),)
+
+    def request(labels: list[dict]) -> FeedbackRequest:
+        return FeedbackRequest(model_name=MODEL, labels_json=json.dumps({"labels": labels}))
+
+    def refused(stub, message: FeedbackRequest, metadata=token) -> grpc.RpcError:
+        with pytest.raises(grpc.RpcError) as error:
+            stub(message, metadata=metadata, timeout=10)
+        return error.value
+
+    with grpc.insecure_channel(labelled.grpc) as channel:
+        stub = submit_stub(channel)
+        assert refused(stub, request([{"id": first, "label": 0}]), metadata=()).code() == \
+            grpc.StatusCode.UNAUTHENTICATED
+        wrong = refused(stub, request([{"id": first, "label": {"class": 0}}]))
+        assert wrong.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "dict" in wrong.details() and first in wrong.details()
+        too_many = refused(stub, request([{"id": f"g{i}", "label": 0} for i in range(501)]))
+        assert too_many.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "500" in too_many.details()
+        not_json = refused(stub, FeedbackRequest(model_name=MODEL, labels_json="{"))
+        assert not_json.code() == grpc.StatusCode.INVALID_ARGUMENT and "JSON" in not_json.details()
+        assert refused(stub, FeedbackRequest(model_name="nope", labels_json="{}")).code() == grpc.StatusCode.NOT_FOUND
+        accepted = stub(request([{"id": first, "label": 0}, {"id": second, "label": CLASSES[1]},
+                                 {"id": first, "label": 1}]), metadata=token, timeout=10)
+        assert (accepted.scored, accepted.unscored, accepted.duplicates) == (2, 0, 1)
+    with httpx.Client(timeout=30) as client:  # the same store as REST: the gRPC labels count there as duplicates
+        again = _feedback(client, labelled, [{"id": first, "label": 0}, {"id": second, "label": 1}]).json()
+    assert again == {"scored": 0, "unscored": 0, "duplicates": 2}
 
 
 def test_unknown_ids_are_kept_not_scored_and_duplicates_count_once(labelled):
