@@ -1,7 +1,7 @@
 """Server CPU per request (issue 20): one tree's model server against another's, same machine, same run.
 
     python benchmarks/serving_cpu_bench.py [--baseline /work/main] [--requests 20000] [--rounds 2]
-        [--concurrency 64] [--drift-off] [--out results.json]
+        [--concurrency 64] [--drift-off] [--workers 2] [--mlserver VENV] [--out results.json]
 
 A 30-feature MLP classifier (breast_cancer's shape) is registered in a local MLflow store. Each tree's
 server (this checkout, and with ``--baseline`` another checkout of Pillars, e.g. the unchanged main
@@ -15,6 +15,15 @@ noisy shared machine affects both alike:
 - V2 gRPC, the same row, by tritonclient's asyncio gRPC client at the same concurrency for a fixed
   number of requests (CPU per request, req/s, p50, p99), and V2 REST by tritonclient's asyncio HTTP
   client in the same way, so REST and gRPC are compared with the same client library.
+
+With ``--workers N`` this tree is also measured with ``--workers N`` (N server processes sharing the ports);
+CPU per request counts every process of the server's group, workers included.
+
+With ``--mlserver VENV``, Seldon MLServer (installed in that separate virtualenv, e.g. ``mlserver==1.7.1``
+``mlserver-mlflow==1.7.1``) serves the same registered model version with its MLflow runtime and adaptive
+batching on (``max_batch_size`` 64, ``max_batch_time`` = Pillars' ``max_latency_ms``), its other settings
+its defaults; the same row is sent as MLServer's MLflow runtime takes a one-row DataFrame over V2 (one
+input per column).
 
 Ratios (tree / baseline) are what to read: absolute numbers depend on what else the machine runs.
 """
@@ -33,6 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,8 +86,8 @@ def wrk(url: str, body: bytes, concurrency: int, seconds: float, scratch: Path) 
     script = scratch / "post.lua"
     script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                       f"wrk.body = {json.dumps(body.decode())}\n")
-    out = subprocess.run(["wrk", "-t2", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script), url],
-                         capture_output=True, text=True, check=True).stdout
+    command = ["wrk", f"-t{min(2, concurrency)}", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script)]
+    out = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -130,23 +140,53 @@ async def triton(protocol: str, url: str, row: np.ndarray, concurrency: int, req
             "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]}
 
 
-def measure(tree: Path, env: dict[str, str], scratch: Path, args: argparse.Namespace, label: str) -> dict:
-    """Start ``tree``'s server, drive it (REST by wrk, then gRPC and REST by tritonclient), stop it."""
+SETTINGS_MS = 2.0
+"""Pillars' default ``max_latency_ms``: MLServer's ``max_batch_time`` in the side-by-side run."""
+
+
+def mlserver_server(venv: Path, env: dict[str, str], scratch: Path, port: int, grpc_port: int,
+                    label: str) -> ServerProcess:
+    """``mlserver start`` from ``venv`` serving ``models:/NAME/1`` with its MLflow runtime, batching on."""
+    folder = scratch / f"mlserver-{label}"
+    (folder / NAME).mkdir(parents=True, exist_ok=True)
+    (folder / "settings.json").write_text(json.dumps({
+        "host": "127.0.0.1", "http_port": port, "grpc_port": grpc_port, "metrics_port": free_port()}))
+    (folder / NAME / "model-settings.json").write_text(json.dumps({
+        "name": NAME, "implementation": "mlserver_mlflow.MLflowRuntime",
+        "max_batch_size": 64, "max_batch_time": SETTINGS_MS / 1000,
+        "parameters": {"uri": f"models:/{NAME}/1"}}))
+    run_env = {**env, "PYTHONPATH": f"{import_root(ROOT, scratch)}:{ROOT}", "PATH": f"{venv / 'bin'}:/usr/bin:/bin"}
+    return ServerProcess([str(venv / "bin" / "mlserver"), "start", str(folder)], log_path=scratch / f"{label}.log",
+                         env=run_env, cwd=folder)
+
+
+def measure(tree: Path, env: dict[str, str], scratch: Path, args: argparse.Namespace, label: str,
+            extra: tuple[str, ...] = (), mlserver: Path | None = None) -> dict:
+    """Start ``tree``'s server (with ``extra`` flags; or MLServer from the ``mlserver`` virtualenv), drive it
+    (REST by wrk, then gRPC and REST by tritonclient), stop it."""
     port, grpc_port = free_port(), free_port()
-    cmd = [sys.executable, "-m", "pillars.serving", "--model_uri", f"models:/{NAME}/1", "--http_port", str(port),
-           "--grpc_port", str(grpc_port), "--log_level", "WARNING", *args.server_args]
-    if args.drift_off:
-        cmd.append("--no_drift")
-    run_env = {**env, "PYTHONPATH": f"{import_root(tree, scratch)}:{ROOT}"}
-    server = ServerProcess(cmd, log_path=scratch / f"{label}.log", env=run_env, cwd=tree)
     row = np.random.default_rng(1).normal(5, 2, size=N_FEATURES).astype(np.float32)
-    body = json.dumps({"inputs": [{"name": "input-0", "shape": [1, N_FEATURES], "datatype": "FP32",
-                                   "data": row.tolist()}]}).encode()
+    if mlserver is not None:
+        server = mlserver_server(mlserver, env, scratch, port, grpc_port, label)
+        body = json.dumps({"inputs": [{"name": f"x{i}", "shape": [1], "datatype": "FP32", "data": [float(v)]}
+                                      for i, v in enumerate(row)]}).encode()
+    else:
+        cmd = [sys.executable, "-m", "pillars.serving", "--model_uri", f"models:/{NAME}/1", "--http_port",
+               str(port), "--grpc_port", str(grpc_port), "--log_level", "WARNING", *args.server_args, *extra]
+        if args.drift_off:
+            cmd.append("--no_drift")
+        run_env = {**env, "PYTHONPATH": f"{import_root(tree, scratch)}:{ROOT}"}
+        server = ServerProcess(cmd, log_path=scratch / f"{label}.log", env=run_env, cwd=tree)
+        body = json.dumps({"inputs": [{"name": "input-0", "shape": [1, N_FEATURES], "datatype": "FP32",
+                                       "data": row.tolist()}]}).encode()
     url = f"http://127.0.0.1:{port}/v2/models/{NAME}/infer"
     results = {}
     try:
-        server.wait_http(f"http://127.0.0.1:{port}/v2/health/ready", timeout=180)
+        server.wait_http(f"http://127.0.0.1:{port}/v2/models/{NAME}/ready", timeout=300)
         wrk(url, body, args.concurrency, 2, scratch)  # warm-up
+        probe = httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=30)
+        if probe.status_code != 200:
+            raise RuntimeError(f"{label}: {probe.status_code} {probe.text[:500]}")
         for name, run in [
             ("rest_wrk", lambda: wrk(url, body, args.concurrency, args.seconds, scratch)),
             ("grpc_tritonclient", lambda: asyncio.run(triton("grpc", f"127.0.0.1:{grpc_port}", row,
@@ -154,7 +194,7 @@ def measure(tree: Path, env: dict[str, str], scratch: Path, args: argparse.Names
             ("rest_tritonclient", lambda: asyncio.run(triton("rest", f"127.0.0.1:{port}", row,
                                                                 args.concurrency, args.requests))),
         ]:
-            if name != "rest_wrk" and args.wrk_only:
+            if name != "rest_wrk" and (args.wrk_only or mlserver is not None):
                 continue
             cpu = group_cpu_seconds(server.pgid)
             result = run()
@@ -179,6 +219,9 @@ def main() -> int:
     parser.add_argument("--wrk-only", action="store_true", help="only the wrk REST measurement")
     parser.add_argument("--server-arg", dest="server_args", action="append", default=[],
                         help="extra server flag (repeatable), e.g. --server-arg=--workers=2")
+    parser.add_argument("--workers", type=int, default=1, help="also measure this tree with --workers N")
+    parser.add_argument("--mlserver", type=Path, metavar="VENV",
+                        help="also measure MLServer (MLflow runtime) installed in this virtualenv")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -187,20 +230,26 @@ def main() -> int:
     tracking_uri, _ = build_and_register(scratch)
     env = {"MLFLOW_TRACKING_URI": tracking_uri}
     trees = {"this": ROOT} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
-    runs: dict[str, list[dict]] = {name: [] for name in trees}
+    configs: dict[str, dict] = {name: {"tree": tree} for name, tree in trees.items()}
+    if args.workers > 1:
+        configs[f"this_workers{args.workers}"] = {"tree": ROOT, "extra": (f"--workers={args.workers}",)}
+    if args.mlserver:
+        configs["mlserver"] = {"tree": ROOT, "mlserver": args.mlserver.resolve()}
+    runs: dict[str, list[dict]] = {name: [] for name in configs}
     for i in range(args.rounds):
-        for name, tree in trees.items():
-            runs[name].append(measure(tree, env, scratch, args, f"{name}{i}"))
+        for name, config in configs.items():
+            runs[name].append(measure(env=env, scratch=scratch, args=args, label=f"{name}{i}", **config))
     summary = {name: {kind: {key: float(np.median([r[kind][key] for r in rounds]))
                              for key in rounds[0][kind]} for kind in rounds[0]} for name, rounds in runs.items()}
     results = {"cpus": os.cpu_count(), "concurrency": args.concurrency, "drift": not args.drift_off,
                "server_args": args.server_args, "trees": {k: str(v) for k, v in trees.items()},
                "median_of_rounds": summary, "rounds": runs}
-    if args.baseline:
-        results["this_over_baseline"] = {
-            kind: {key: summary["this"][kind][key] / summary["baseline"][kind][key]
-                   for key in ("server_cpu_ms_per_request", "rps", "p50_ms", "p99_ms")}
-            for kind in summary["this"]}
+    for name in configs:
+        if name != "this":
+            results[f"this_over_{name}"] = {
+                kind: {key: summary["this"][kind][key] / summary[name][kind][key]
+                       for key in ("server_cpu_ms_per_request", "rps", "p50_ms", "p99_ms")}
+                for kind in summary[name]}
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:

@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Serve a Pillars model with the KServe model server.")
     parser.set_defaults(model_name=None, enable_latency_logging=False)
     add_settings_flags(parser, ServingSettings())
+    parser.add_argument("--reuse_port", action="store_true", help=argparse.SUPPRESS)  # set for each of --workers
     parser.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="level of the serving logger (DEBUG: one line per request)")
     return parser
@@ -113,8 +114,16 @@ def default_model_name(model_uri: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Load the model, then serve it until SIGTERM. Returns the exit status (2: bad configuration)."""
     parser = build_parser()
-    args = parser.parse_args(normalize_flags(sys.argv[1:] if argv is None else argv, parser))
+    flags = normalize_flags(sys.argv[1:] if argv is None else argv, parser)
+    args = parser.parse_args(flags)
     _configure_logging(args.log_level)
+    if args.workers < 1:
+        logger.error("cannot serve: --workers must be at least 1, not %d", args.workers)
+        return 2
+    if args.workers > 1:
+        from pillars.serving.workers import serve_workers
+
+        return serve_workers(flags, args.workers)
 
     from pillars.components.registry.tracking import configure_tracking
     from pillars.serving.access.auth import load_auth
@@ -124,9 +133,6 @@ def main(argv: list[str] | None = None) -> int:
 
     imported = time.perf_counter()
     try:
-        if args.workers != 1:
-            raise PillarsError("--workers must be 1: micro-batching works within one process; "
-                               "scale with replicas instead")
         settings = ServingSettings(**{name: getattr(args, name) for name in ServingSettings.model_fields
                                       if name not in ENV_ONLY})
         auth = load_auth(settings.auth_token_file, settings.auth_token)
@@ -149,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         max_asyncio_workers=args.max_asyncio_workers, enable_docs_url=args.enable_docs_url,
         enable_latency_logging=args.enable_latency_logging, access_log_format=args.access_log_format,
         event_loop=args.event_loop, timeout_keep_alive=args.timeout_keep_alive,
-        ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
+        ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile, reuse_port=args.reuse_port)
     server.start([model])
     return 0
 

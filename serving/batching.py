@@ -19,8 +19,13 @@ refused the same way (before latency explodes, whatever the rows); the wait is m
 pass and forgotten once nothing is pending.
 
 Adaptive: while the previous forward pass served one request, a new batch starts at once (no added
-latency for a lone client). Under load, the collector waits up to ``max_latency_ms`` for more rows,
-and requests that arrive during a forward pass are merged into the next one anyway.
+latency for a lone client). Under load, the collector waits for more rows only while the observed
+inter-arrival time says another request is due: it keeps a moving average of the time between two
+submitted requests, and once the queue is empty it waits at most twice that average for the next one,
+never past ``max_latency_ms`` after the batch started, and not at all when the average gap is longer than
+the time left (the next request would come too late to join). So a burst is closed as soon as it
+stops arriving, instead of idling until the deadline; requests that arrive during a forward pass are
+merged into the next one anyway.
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ import numpy as np
 from pillars.serving.errors import Overloaded
 
 logger = logging.getLogger(__name__)
+
+GAP_SMOOTHING = 0.3
+"""Weight of the newest inter-arrival time in the moving average (the rest: the average so far)."""
+GAP_PATIENCE = 2.0
+"""With the queue empty, the collector waits at most this many average gaps for the next request."""
 
 Outputs = dict[str, np.ndarray]
 Inputs = np.ndarray | Mapping[str, np.ndarray]
@@ -122,6 +132,9 @@ class Batcher:
         self._waiting: deque[_Item] = deque()
         """Taken from the queue but not yet run: the next batch's first item, or items of another kind."""
         self._last_requests = 1
+        self._last_arrival: float | None = None
+        self._gap = self.max_latency
+        """Moving average of the time between two submitted requests (each gap capped at ``max_latency``)."""
 
     @property
     def pending_rows(self) -> int:
@@ -146,6 +159,11 @@ class Batcher:
         if self.max_queue_wait and self._pending_rows and self._queue_wait > self.max_queue_wait:
             raise Overloaded(f"the server is busy: requests wait {1000 * self._queue_wait:.0f} ms for a forward "
                              f"pass (limit {1000 * self.max_queue_wait:g} ms, --max_queue_wait_ms); retry later")
+        now = time.monotonic()
+        if self._last_arrival is not None:
+            gap = min(now - self._last_arrival, self.max_latency)
+            self._gap += GAP_SMOOTHING * (gap - self._gap)
+        self._last_arrival = now
         if self._task is None or self._task.done():
             self._queue = asyncio.Queue()
             self._task = asyncio.get_running_loop().create_task(self._run(), name="pillars-batcher")
@@ -153,7 +171,7 @@ class Batcher:
         assert self._queue is not None
         self._pending_rows += rows
         try:
-            self._queue.put_nowait(_Item(inputs, future, rows, merge_key(inputs), time.monotonic()))
+            self._queue.put_nowait(_Item(inputs, future, rows, merge_key(inputs), now))
             return await future
         finally:
             self._pending_rows -= rows
@@ -190,10 +208,10 @@ class Batcher:
                 item = self._queue.get_nowait()
             elif self._last_requests > 1 and self.max_latency > 0:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or self._gap > remaining:  # the next request is not due in time
                     break
                 try:
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                    item = await asyncio.wait_for(self._queue.get(), min(remaining, GAP_PATIENCE * self._gap))
                 except TimeoutError:
                     break
             else:

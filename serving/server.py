@@ -20,6 +20,7 @@ from pillars.serving.protocol.fast_path import FastV2App
 from pillars.serving.protocol.grpc_server import PillarsGRPCServer
 from pillars.serving.access.middleware import ServingMiddleware
 from pillars.serving.model import PillarsModel
+from pillars.serving.monitoring import multiprocess
 from pillars.serving.protocol.rest import PillarsRESTServer
 from pillars.serving.settings import LOOPBACK
 
@@ -39,13 +40,15 @@ class PillarsModelServer(ModelServer):
         header_timeout_s: seconds a new connection has to send its request head (gRPC: the handshake).
         grpc_idle_timeout_s: seconds an idle gRPC connection stays open.
         allowed_hosts: host names a request's ``Host`` may name (:func:`pillars.serving.access.origins.allowed_hosts`).
-        **kwargs: passed to :class:`kserve.ModelServer` (ports, threads, logging flags); one worker only.
+        reuse_port: bind both ports with ``SO_REUSEPORT`` (one of several workers: :mod:`pillars.serving.workers`).
+        **kwargs: passed to :class:`kserve.ModelServer` (ports, threads, logging flags); one worker only (this
+            process; :mod:`pillars.serving.workers` runs several).
     """
 
     def __init__(self, max_body_bytes: int, host: str = LOOPBACK, auth: TokenAuth | None = None,
                  metrics_open: bool = False, enable_grpc: bool = True, max_connections: int = 1000,
                  header_timeout_s: float = 10.0, grpc_idle_timeout_s: float = 300.0,
-                 allowed_hosts: Sequence[str] = (), **kwargs: Any) -> None:
+                 allowed_hosts: Sequence[str] = (), reuse_port: bool = False, **kwargs: Any) -> None:
         super().__init__(enable_grpc=False, **kwargs)  # we start our own gRPC server instead
         self._hosts = origins.allowed_hosts(allowed_hosts, host)
         self._max_connections, self._backlog = connection_budget(max_connections, servers=2 if enable_grpc else 1)
@@ -56,6 +59,7 @@ class PillarsModelServer(ModelServer):
         self._max_body_bytes = max_body_bytes
         self._auth = auth
         self._metrics_open = metrics_open
+        self._reuse_port = reuse_port
 
     def start(self, models: list[PillarsModel]) -> None:  # type: ignore[override]
         """Serve ``models`` (already loaded and ready) until SIGTERM/SIGINT.
@@ -81,7 +85,8 @@ class PillarsModelServer(ModelServer):
             grace_period=self.grace_period, event_loop=self.event_loop,
             timeout_keep_alive=self.timeout_keep_alive, ssl_certfile=self.ssl_certfile,
             ssl_keyfile=self.ssl_keyfile,
-            protocol=guarded_http_protocol(self._max_connections, self._header_timeout_s), backlog=self._backlog)
+            protocol=guarded_http_protocol(self._max_connections, self._header_timeout_s), backlog=self._backlog,
+            reuse_port=self._reuse_port)
         self.servers.append(self._rest_server.start())
         if self._serve_grpc:
             # No request within max_rows is larger: gRPC refuses bigger messages before parsing them.
@@ -92,12 +97,14 @@ class PillarsModelServer(ModelServer):
                 kwargs=vars(kserve_model_server.args), grace_period=self.grace_period, host=self._host,
                 versions=versions, max_message_bytes=message_limit, auth=self._auth,
                 connection_options=grpc_options(self._max_connections, self._header_timeout_s,
-                                                self._grpc_idle_timeout_s))
+                                                self._grpc_idle_timeout_s, reuse_port=self._reuse_port))
             self.servers.append(self._grpc_server.start(self.max_threads))
         logger.info("serving %s on http://%s:%d%s (auth %s, /metrics %s, at most %d connections per server)",
                     ", ".join(versions), self._host, self.http_port,
                     f" and gRPC port {self.grpc_port}" if self._serve_grpc else "", "on" if self._auth else "off",
                     "open" if self._metrics_open or not self._auth else "behind the token", self._max_connections)
+        if multiprocess.multiprocess_dir() is not None:  # one of several workers: drift series shared
+            multiprocess.DriftMirror().start()
         self.setup_event_loop()
         self.register_signal_handler()
         freeze_heap()

@@ -100,9 +100,12 @@ def guarded_http_protocol(max_connections: int, header_timeout_s: float) -> type
     return GuardedProtocol
 
 
-def grpc_options(max_connections: int, header_timeout_s: float, keep_alive_s: float) -> list[tuple[str, int]]:
-    """gRPC server options bounding connections as :func:`guarded_http_protocol` bounds HTTP ones."""
+def grpc_options(max_connections: int, header_timeout_s: float, keep_alive_s: float,
+                 reuse_port: bool = False) -> list[tuple[str, int]]:
+    """gRPC server options bounding connections as :func:`guarded_http_protocol` bounds HTTP ones; the port
+    shared with the other workers (``SO_REUSEPORT``) only when ``reuse_port`` (gRPC's default is to share it)."""
     return [
+        ("grpc.so_reuseport", int(reuse_port)),
         ("grpc.max_allowed_incoming_connections", max_connections),
         ("grpc.server_handshake_timeout_ms", int(header_timeout_s * 1000)),
         ("grpc.max_connection_idle_ms", int(keep_alive_s * 1000)),

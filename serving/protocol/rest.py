@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import Any
 
 import fastapi
@@ -27,7 +28,8 @@ from fastapi.responses import JSONResponse
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
 from kserve.errors import ModelNotReady, ServerNotReady
 from kserve.protocol.dataplane import DataPlane
-from kserve.protocol.rest.server import RESTServer, metrics_handler
+from kserve.protocol.rest.server import RESTServer
+from prometheus_client import exposition
 from timing_asgi import TimingMiddleware
 from kserve.protocol.rest.v1_endpoints import register_v1_endpoints
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
@@ -38,6 +40,7 @@ from pillars.serving.protocol import codec
 from pillars.serving.errors import Overloaded
 from pillars.serving.protocol.feedback import FeedbackRoutes
 from pillars.serving.model import PillarsModel, served_model
+from pillars.serving.monitoring import multiprocess
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +63,13 @@ async def serving_error_handler(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, PillarsError)
     headers = {"retry-after": "1"} if isinstance(exc, Overloaded) else None
     return JSONResponse(status_code=exc.status, content={"error": str(exc)}, headers=headers)
+
+
+async def metrics_handler(request: Request) -> Response:
+    """``/metrics``: this process's registry, or every worker's metrics merged
+    (:func:`pillars.serving.monitoring.multiprocess.scrape_registry`)."""
+    encoder, content_type = exposition.choose_encoder(request.headers.get("accept"))
+    return Response(content=encoder(multiprocess.scrape_registry()), headers={"content-type": content_type})
 
 
 class V2Routes:
@@ -158,17 +168,32 @@ class PillarsRESTServer(RESTServer):
         host: the address to listen on (``127.0.0.1`` by default, ``0.0.0.0`` in the container image).
         protocol: uvicorn's HTTP protocol class to use (one that bounds connections), else uvicorn's choice.
         backlog: the listen backlog (also the most connections asyncio accepts in one go).
+        reuse_port: bind with ``SO_REUSEPORT``, sharing the port with the other workers of ``--workers N``.
         **kwargs: passed to :class:`kserve.protocol.rest.server.RESTServer`.
     """
 
     def __init__(self, *args: Any, host: str, protocol: type[asyncio.Protocol] | None = None,
-                 backlog: int | None = None, **kwargs: Any) -> None:
+                 backlog: int | None = None, reuse_port: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._reuse_port = reuse_port
         self.config.host = host
         if protocol is not None:  # bounded connections (pillars.serving.access.connections)
             self.config.http = protocol
         if backlog is not None:
             self.config.backlog = backlog
+
+    async def start(self) -> None:
+        """Serve until stopped; with ``reuse_port`` on a socket bound here with ``SO_REUSEPORT`` (uvicorn binds
+        without it)."""
+        if not self._reuse_port:
+            await super().start()
+            return
+        self.create_application()
+        sock = socket.socket(socket.AF_INET6 if ":" in self.config.host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((self.config.host, self.config.port))
+        await self._server.serve(sockets=[sock])
 
     def _register_endpoints(self, app: fastapi.FastAPI) -> None:
         root = APIRouter()

@@ -91,7 +91,7 @@ def test_gpu_model_gets_gpus_cuda_image_node_selector_tolerations_and_grpc_port(
     assert predictor["canaryTrafficPercent"] == 10
     assert (predictor["scaleMetric"], predictor["scaleTarget"]) == ("concurrency", 4)
     assert model["runtime"] == "pillars-registry"
-    assert model["args"] == ["--model_uri=models:/resnet@champion", "--reload_interval_s=60"]
+    assert model["args"] == ["--model_uri=models:/resnet@champion", "--reload_interval_s=60", "--workers=1"]
     env = {e["name"]: e.get("value") for e in model["env"]}
     assert env["MLFLOW_TRACKING_URI"] == "http://pillars-mlflow.pillars.svc.cluster.local:5000"
     assert "storageUri" not in model
@@ -99,6 +99,17 @@ def test_gpu_model_gets_gpus_cuda_image_node_selector_tolerations_and_grpc_port(
     assert iris["minReplicas"] == 0 and iris["scaleMetric"] == "rps"  # Knative scale to zero
     assert "nvidia.com/gpu" not in iris["model"]["resources"].get("limits", {})
     assert isvcs["iris"]["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"
+
+
+@pytest.mark.parametrize(("cpu", "gpu", "workers", "expected"), [
+    ("500m", 0, None, 1), ("2", 0, None, 2), ("2500m", 0, None, 2), ("4", 1, None, 1), ("1", 0, 3, 3)])
+def test_the_server_runs_one_worker_process_per_whole_cpu_requested_unless_told(render, cpu, gpu, workers,
+                                                                                  expected) -> None:
+    values = ["models[0].name=m", "models[0].uri=s3://bucket/m", f"models[0].resources.requests.cpu={cpu}",
+              f"models[0].gpu={gpu}"] + ([f"models[0].workers={workers}"] if workers else [])
+    model = _isvcs(render(set=values))["m"]["spec"]["predictor"]["model"]
+    assert model["args"] == [f"--workers={expected}"]
+    assert model["resources"]["requests"]["cpu"] in (cpu, int(cpu) if cpu.isdigit() else cpu)
 
 
 def test_standard_mode_writes_hpa_and_keda_settings_the_kserve_way(render) -> None:

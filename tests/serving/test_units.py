@@ -69,6 +69,45 @@ def test_batcher_runs_a_lone_request_without_waiting(predictor):
     assert asyncio.run(run()) < 0.4
 
 
+def test_batcher_closes_a_burst_once_arrivals_stop_instead_of_waiting_for_the_deadline(predictor):
+    passes: list[int] = []
+
+    async def run():
+        batcher = Batcher(lambda rows: _predict(predictor, rows), max_batch_size=64, max_latency_ms=1000,
+                          on_batch=lambda rows, outputs, n, seconds: passes.append(n))
+        await asyncio.gather(*(batcher.submit(toy_rows(1)) for _ in range(2)))  # under load: 2 per pass
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.gather(*(batcher.submit(toy_rows(1)) for _ in range(10)))  # a burst, then nothing
+        elapsed = loop.time() - started
+        batcher.close()
+        return elapsed
+
+    elapsed = asyncio.run(run())
+    assert sum(passes) == 12 and max(passes[1:]) > 1  # the burst was merged ...
+    assert elapsed < 0.5, elapsed  # ... and run long before max_latency_ms (1 s) after it stopped arriving
+
+
+def test_batcher_waits_for_requests_that_keep_arriving_within_the_deadline(predictor):
+    passes: list[int] = []
+
+    async def run():
+        batcher = Batcher(lambda rows: _predict(predictor, rows), max_batch_size=64, max_latency_ms=400,
+                          on_batch=lambda rows, outputs, n, seconds: passes.append(n))
+        await asyncio.gather(*(batcher.submit(toy_rows(1)) for _ in range(2)))
+
+        async def one(delay: float):
+            await asyncio.sleep(delay)  # a steady stream: one request every 20 ms
+            await batcher.submit(toy_rows(1))
+
+        await asyncio.gather(*(one(0.02 * i) for i in range(8)))
+        batcher.close()
+
+    asyncio.run(run())
+    assert sum(passes) == 10
+    assert max(passes[1:]) >= 3, passes  # requests 20 ms apart were still gathered into one pass
+
+
 def test_batcher_delivers_a_failed_pass_to_every_request_and_keeps_going(predictor):
     calls = {"n": 0}
 

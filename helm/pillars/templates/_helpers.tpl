@@ -217,3 +217,20 @@ sum(rate(pillars_serving_request_seconds_sum{namespace="{{ $root.Release.Namespa
     {{- end }}
   {{- end }}
 {{- end }}
+
+{{/*
+Worker processes of a Pillars model server: (list resources gpu) -> the whole CPUs in resources.requests.cpu
+("2", 2, "2500m", 1.5), at least 1; 1 with a GPU or without a CPU request.
+*/}}
+{{- define "pillars.workersForCpu" -}}
+{{- $resources := index . 0 -}}
+{{- $gpu := index . 1 -}}
+{{- $cpu := toString (dig "requests" "cpu" "" $resources) -}}
+{{- $millis := 1000 -}}
+{{- if hasSuffix "m" $cpu -}}
+{{- $millis = int (trimSuffix "m" $cpu) -}}
+{{- else if $cpu -}}
+{{- $millis = int (mulf (float64 $cpu) 1000) -}}
+{{- end -}}
+{{- if gt (int $gpu) 0 -}}1{{- else -}}{{ max 1 (div $millis 1000) }}{{- end -}}
+{{- end }}
