@@ -183,7 +183,8 @@ def build_inference_service(spec: DeploySpec) -> dict[str, Any]:
         "modelFormat": {"name": "pillars", "version": "1"},
         "runtime": "pillars-registry",
         "args": [f"--model_uri={spec.model_uri}",
-                 *([f"--reload_interval_s={spec.reload_interval_s}"] if not spec.version else [])],
+                 *([f"--reload_interval_s={spec.reload_interval_s}"] if not spec.version else []),
+                 f"--workers={workers_for_cpu(resources['requests']['cpu'], spec.gpu)}"],
         "env": [{"name": "HOME", "value": "/tmp"}, {"name": "MLFLOW_TRACKING_URI", "value": spec.tracking_uri}],
         "ports": ports,
         "resources": resources,
@@ -208,6 +209,13 @@ def build_inference_service(spec: DeploySpec) -> dict[str, Any]:
             "metadata": {"name": spec.isvc_name, "namespace": spec.namespace, "labels": metadata_labels,
                          "annotations": annotations},
             "spec": {"predictor": predictor}}
+
+
+def workers_for_cpu(cpu: str, gpu: int = 0) -> int:
+    """Model-server worker processes for a CPU request (``"500m"``, ``"2"``): one per whole CPU, at least 1;
+    1 with a GPU (one process batches for the device). The chart's ``pillars.workersForCpu`` rule."""
+    millis = int(cpu[:-1]) if cpu.endswith("m") else int(float(cpu) * 1000)
+    return 1 if gpu else max(1, millis // 1000)
 
 
 def served_model(isvc: dict[str, Any]) -> str | None:

@@ -54,7 +54,7 @@ def test_recorded_fixtures_are_real_shaped_inference_services(crd_schemas: Path)
 def test_the_version_is_pinned_and_served_from_the_registry() -> None:
     obj = build_inference_service(spec())
     model = obj["spec"]["predictor"]["model"]
-    assert model["args"] == ["--model_uri=models:/iris/3"]
+    assert model["args"] == ["--model_uri=models:/iris/3", "--workers=1"]  # 500m CPU: one worker process
     assert model["runtime"] == "pillars-registry"
     assert model["modelFormat"] == {"name": "pillars", "version": "1"}
     assert {"name": "MLFLOW_TRACKING_URI", "value": Settings().cluster_mlflow_uri} in model["env"]
@@ -63,7 +63,7 @@ def test_the_version_is_pinned_and_served_from_the_registry() -> None:
     unresolved = build_inference_service(spec(version=None))
     # Served by alias: the server follows the alias, so a retrained champion reaches running pods.
     assert unresolved["spec"]["predictor"]["model"]["args"] == ["--model_uri=models:/iris@champion",
-                                                                "--reload_interval_s=60"]
+                                                                "--reload_interval_s=60", "--workers=1"]
 
 
 def test_gpu_and_canary_and_modes() -> None:
@@ -305,7 +305,7 @@ def test_dry_run_prints_the_inference_service_for_the_resolved_version(local_sto
     client.set_registered_model_alias("iris", "champion", "2")
     assert main(["iris@champion", "--namespace", "ml", "--gpu", "--dry-run", "-o", "yaml"]) == 0
     obj = yaml.safe_load(capsys.readouterr().out)
-    assert obj["spec"]["predictor"]["model"]["args"] == ["--model_uri=models:/iris/2"]
+    assert obj["spec"]["predictor"]["model"]["args"] == ["--model_uri=models:/iris/2", "--workers=1"]  # GPU: one
     assert obj["spec"]["predictor"]["model"]["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 
@@ -316,7 +316,8 @@ def test_dry_run_without_a_reachable_registry_serves_the_alias(monkeypatch, caps
     assert main(["iris@champion", "-n", "ml", "--canary", "20", "--dry-run"]) == 0
     out, err = capsys.readouterr()
     obj = yaml.safe_load(out)
-    assert obj["spec"]["predictor"]["model"]["args"] == ["--model_uri=models:/iris@champion", "--reload_interval_s=60"]
+    assert obj["spec"]["predictor"]["model"]["args"] == ["--model_uri=models:/iris@champion", "--reload_interval_s=60",
+                                                         "--workers=1"]
     assert obj["spec"]["predictor"]["canaryTrafficPercent"] == 20
     assert "registry unreachable" in err
 

@@ -129,8 +129,8 @@ def test_only_models_served_by_alias_check_for_a_new_champion(render) -> None:
     docs = render(set=[*BREAST_CANCER, "models[1].name=iris", "models[1].uri=models:/iris/3",
                        "kserve.reloadIntervalSeconds=15"])
     assert _isvc(docs, "breast-cancer")["spec"]["predictor"]["model"]["args"] == [
-        "--model_uri=models:/breast_cancer@champion", "--reload_interval_s=15"]
-    assert _isvc(docs, "iris")["spec"]["predictor"]["model"]["args"] == ["--model_uri=models:/iris/3"]
+        "--model_uri=models:/breast_cancer@champion", "--reload_interval_s=15", "--workers=1"]
+    assert _isvc(docs, "iris")["spec"]["predictor"]["model"]["args"] == ["--model_uri=models:/iris/3", "--workers=1"]
 
 
 # --- another release name ---------------------------------------------------------------------
