@@ -53,6 +53,9 @@ CANNOT_RUN: dict[str, str] = {
     r"^pillars submit\b": "needs a Kubeflow Pipelines API server (--host https://kfp.example.com) and has no "
                           "offline form; `pillars compile`, run here, is the same pipeline without the upload",
     r"^pillars run .*launcher=trainjob": "creates a Kubeflow Trainer TrainJob: needs a cluster with the Trainer",
+    r"^pillars serve \S+ --workers \d+$": "a second server on the default ports, which the server the README "
+                                           "starts just before still holds; --workers is tested through a real "
+                                           "2-worker server in tests/serving/test_workers.py",
 }
 """Commands that cannot run on one machine without a cluster or the network: regex -> why."""
 

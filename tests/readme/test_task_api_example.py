@@ -124,7 +124,8 @@ def test_the_table_source_example_prepares_on_the_table_engine_streams_and_predi
     from pillars.components.data.prepare_table import prepare_table
     from pillars.components.training.stream import fit_stream
 
-    (tmp_path / "churn_example.py").write_text(_example("churn"))
+    # Its own module name: ``churn_example`` is examples/custom-task's package, installed in the venv.
+    (tmp_path / "churn_table_doc.py").write_text(_example("churn"))
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3000, 3))
     rows = ["tenure,spend,calls,churned"] + [f"{a:.5f},{b:.5f},{c:.5f},{'yes' if a - b > 0 else 'no'}"
@@ -132,7 +133,7 @@ def test_the_table_source_example_prepares_on_the_table_engine_streams_and_predi
     (tmp_path / "churn.csv").write_text("\n".join(rows) + "\n")
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(tmp_path))
-        params = PrepareParams(task="churn_example:churn", source=str(tmp_path / "churn.csv"))
+        params = PrepareParams(task="churn_table_doc:churn", source=str(tmp_path / "churn.csv"))
         with pytest.raises(Exception, match="engine=spark"):
             prepare(params)  # the arrays path: this task has none
         metadata = prepare_table(params, "pandas", {s: tmp_path / s for s in ("train", "val", "test")})
