@@ -49,7 +49,7 @@ demo: install
 	$(BIN)/pillars demo
 
 test: install system-packages
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: install system-packages
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
