@@ -5,6 +5,8 @@ one given image (the pipeline author's choice, made when the pipeline is built: 
 --image``) with ``install_kfp_package=False``: nothing is installed at run time, and the same
 component runs under ``kfp.local.SubprocessRunner`` and on a cluster. Importing this module reads
 no settings. Bodies import inside the function because KFP ships each body as source text.
+Each body first calls :func:`pillars.components.shutdown.skip_final_collection`: its process ends without
+the interpreter's full collections over the heap the step's imports built (seconds per step).
 """
 
 # No `from __future__ import annotations`: KFP reads the annotations as real types.
@@ -25,6 +27,9 @@ def resolve_task(model_name: str, task: str, task_args: str, tracking_uri: str
 
     from pillars.components.registry.register import task_of_champion
     from pillars.components.registry.tracking import configure_tracking
+    from pillars.components.shutdown import skip_final_collection
+
+    skip_final_collection()
 
     resolved = namedtuple("Resolved", ["task", "task_args"])
     if task:
@@ -54,6 +59,9 @@ def prepare_data(
     of Parquet shards (engine spark) and the metadata/profile JSON. Returns the data hash."""
     from pillars.components.data.prepare import PrepareParams, run_prepare
     from pillars.components.data.prepare_table import run_prepare_table
+    from pillars.components.shutdown import skip_final_collection
+
+    skip_final_collection()
 
     params = PrepareParams(task=task, task_args=task_args, source=source, label_column=label_column, seed=seed,
                            val_fraction=val_fraction, test_fraction=test_fraction,
@@ -91,7 +99,10 @@ def train(
     The epochs show as a tqdm bar in the step's log (``pillars run`` draws it). Returns the MLflow run id."""
     import json
 
+    from pillars.components.shutdown import skip_final_collection
     from pillars.components.training.train import TrainParams, run_training
+
+    skip_final_collection()
 
     with open(metadata.path) as f:
         name = model_name or json.load(f)["task_name"]
@@ -117,6 +128,9 @@ def evaluate(
     import json
 
     from pillars.components.evaluation.evaluate import run_evaluation
+    from pillars.components.shutdown import skip_final_collection
+
+    skip_final_collection()
 
     result = run_evaluation(model.path, {"train": train_data.path, "val": val_data.path, "test": test_data.path},
                             mlflow_run_id, report.path, tracking_uri)
@@ -148,6 +162,9 @@ def validate(
     import json
 
     from pillars.components.evaluation.gate import run_gate
+    from pillars.components.shutdown import skip_final_collection
+
+    skip_final_collection()
 
     with open(metadata.path) as f:
         name = model_name or json.load(f)["task_name"]
@@ -176,6 +193,9 @@ def register(
 
     from pillars.components.records import GateDecision
     from pillars.components.registry.register import run_register
+    from pillars.components.shutdown import skip_final_collection
+
+    skip_final_collection()
 
     with open(metadata.path) as f:
         name = model_name or json.load(f)["task_name"]
@@ -203,10 +223,13 @@ def promote(
     Returns whether the version became champion."""
     import json
 
+    from pillars.components.evaluation.gate import run_gate
     from pillars.components.records import GateDecision
     from pillars.components.registry.register import promote_gated
     from pillars.components.registry.tracking import configure_tracking
-    from pillars.components.evaluation.gate import run_gate
+    from pillars.components.shutdown import skip_final_collection
+
+    skip_final_collection()
 
     with open(decision.path) as f:
         gate = GateDecision.from_dict(json.load(f))
@@ -245,6 +268,9 @@ def deploy_op(
     """
     from pillars.components.deploy.inference_service import DeploySpec
     from pillars.components.deploy.rollout import deploy
+    from pillars.components.shutdown import skip_final_collection
+
+    skip_final_collection()
 
     spec = DeploySpec(model=model_name, alias=alias, namespace=namespace, version=version or None,
                       gpu=gpu, canary_percent=None if canary_percent < 0 else canary_percent, mode=mode,

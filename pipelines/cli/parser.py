@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pillars.components.errors import PillarsError, one_line
+from pillars.components.shutdown import skip_final_collection
 from pillars.pipelines.compile import PIPELINES
 from pillars.pipelines.cli.commands import (cmd_alerts, cmd_compile, cmd_console, cmd_demo, cmd_deploy, cmd_down,
                                         cmd_models, cmd_optimize, cmd_run, cmd_serve, cmd_submit, cmd_tasks,
@@ -222,6 +223,7 @@ def _add_deploy(sub: Subparsers) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pillars`` console script."""
+    skip_final_collection()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
