@@ -14,11 +14,13 @@ import sys
 from pathlib import Path
 
 from pillars.components.errors import one_line
+from pillars.components.shutdown import skip_final_collection
 from pillars.console.runs import (ERROR_FILE, FAILED, LOG_FILE, RUNNING, SUCCEEDED, RunRecord, RunStore, now,
                                   process_started)
 
 
 def main(argv: list[str]) -> int:
+    skip_final_collection()
     folder = Path(argv[0])
     store = RunStore(folder.parent)
     mine = False
