@@ -19,6 +19,13 @@ says the estimate is unavailable and never invents one.
 probability to the chance of being right, fitted on the same split and kept as its knots; it can bend where
 one temperature cannot (a model under-confident at low confidence and over-confident at high), at the cost of
 a step function fitted on few wrong rows. The argmax never changes; only the estimate does.
+
+``method="platt"`` (an option) adds, on top of the temperature, a two-parameter logistic map of the
+temperature-scaled top-class probability to the chance of being right (top-label Platt scaling, Gupta &
+Ramdas 2021): ``sigmoid(a logit(top) + b)``, fitted by maximum likelihood of "the top class is right" on the
+same split with a Gaussian prior centred on the identity (``a = 1``, ``b = 0``, weight :data:`PLATT_PRIOR`),
+so that with few wrong rows it stays near the temperature instead of a step function; unlike one
+temperature, its intercept lets the map bend at low confidence.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 
 from pillars.components.data.splits import load_split
 from pillars.components.model.predictor import CONFIG_FILE, load_predictor, locate_model_dir
@@ -39,7 +46,12 @@ from pillars.components.task.examples import input_columns, row_count, take
 CALIBRATION_KEY = "calibration"
 """The key of the calibration in a saved model's ``config.json`` ``extra``."""
 METHOD = "temperature"
-METHODS = (METHOD, "isotonic")
+METHODS = (METHOD, "isotonic", "platt")
+PLATT_PRIOR = 1.0
+"""Weight of the penalty ``(a - 1)^2 + b^2`` on the Platt map (about one pseudo-row's log-likelihood): a
+missing or one-sided set of wrong rows cannot send the slope to infinity."""
+LOGIT_CLIP = 1e-6
+"""Top probabilities are clipped to ``[LOGIT_CLIP, 1 - LOGIT_CLIP]`` before the Platt map's logit."""
 LOG_T_BOUNDS = (-4.0, 4.0)
 """Search range of ``log T``: temperatures from ~0.02 to ~55, far beyond any real network's."""
 EPSILON = 1e-12
@@ -57,8 +69,10 @@ class Calibration:
             estimates on data like it).
         val_accuracy: the realised accuracy on that split, for comparison.
         rows: validation rows it was fitted on.
-        method: ``temperature``, or ``isotonic`` (the temperature, then the isotonic map ``knots``).
+        method: ``temperature``, ``isotonic`` (the temperature, then the isotonic map ``knots``) or ``platt``
+            (the temperature, then the logistic map ``platt``).
         knots: the isotonic map's ``[x, y]`` (increasing x), linearly interpolated and clipped at the ends.
+        platt: the Platt map's ``(a, b)``: ``sigmoid(a logit(top) + b)``.
     """
 
     temperature: float
@@ -67,6 +81,7 @@ class Calibration:
     rows: int
     method: str = METHOD
     knots: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    platt: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -74,12 +89,20 @@ class Calibration:
             del data["knots"]
         else:
             data["knots"] = [list(self.knots[0]), list(self.knots[1])]
+        if self.platt is None:
+            del data["platt"]
+        else:
+            data["platt"] = list(self.platt)
         return data
 
     def confidence(self, probabilities: np.ndarray) -> np.ndarray:
         """Each row's chance of being right under this calibration (what CBPE averages)."""
         top = confidence(probabilities, self.temperature)
-        return top if self.knots is None else np.interp(top, self.knots[0], self.knots[1])
+        if self.knots is not None:
+            return np.interp(top, self.knots[0], self.knots[1])
+        if self.platt is not None:
+            return platt_map(top, *self.platt)
+        return top
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Calibration:
@@ -99,8 +122,15 @@ class Calibration:
                     or np.any((y < 0) | (y > 1)):
                 raise ValueError("isotonic calibration knots must be [x, y] of equal length, x increasing, y in [0, 1]")
             knots = (tuple(x.tolist()), tuple(y.tolist()))
+        platt = None
+        if method == "platt":
+            ab = np.asarray(data.get("platt") or [], dtype=np.float64)
+            if ab.shape != (2,) or not np.all(np.isfinite(ab)):
+                raise ValueError("platt calibration needs platt: [a, b], two finite numbers")
+            platt = (float(ab[0]), float(ab[1]))
         return cls(temperature=temperature, expected_accuracy=float(data["expected_accuracy"]),
-                   val_accuracy=float(data["val_accuracy"]), rows=int(data["rows"]), method=method, knots=knots)
+                   val_accuracy=float(data["val_accuracy"]), rows=int(data["rows"]), method=method, knots=knots,
+                   platt=platt)
 
 
 def calibrated(probabilities: np.ndarray, temperature: float) -> np.ndarray:
@@ -152,18 +182,43 @@ def fit_isotonic(top: np.ndarray, correct: np.ndarray) -> tuple[tuple[float, ...
     return tuple(model.X_thresholds_.tolist()), tuple(model.y_thresholds_.tolist())
 
 
+def _logit(top: np.ndarray) -> np.ndarray:
+    q = np.clip(np.asarray(top, dtype=np.float64), LOGIT_CLIP, 1 - LOGIT_CLIP)
+    return np.log(q) - np.log1p(-q)
+
+
+def platt_map(top: np.ndarray, a: float, b: float) -> np.ndarray:
+    """``sigmoid(a logit(top) + b)``: the Platt map of top-class probabilities."""
+    return 1 / (1 + np.exp(-(a * _logit(top) + b)))
+
+
+def fit_platt(top: np.ndarray, correct: np.ndarray, prior: float = PLATT_PRIOR) -> tuple[float, float]:
+    """The ``(a, b)`` of ``sigmoid(a logit(top) + b)`` maximising the likelihood of ``correct`` less
+    ``prior * ((a - 1)^2 + b^2)`` (shrunk towards the identity map)."""
+    x, ok = _logit(top), np.asarray(correct, dtype=np.float64)
+
+    def loss(ab: np.ndarray) -> float:
+        z = ab[0] * x + ab[1]
+        return float(np.sum(np.logaddexp(0.0, z) - ok * z) + prior * ((ab[0] - 1) ** 2 + ab[1] ** 2))
+
+    result = minimize(loss, np.array([1.0, 0.0]), method="BFGS")
+    return float(result.x[0]), float(result.x[1])
+
+
 def calibrate(probabilities: np.ndarray, labels: np.ndarray, method: str = METHOD) -> Calibration:
-    """Fit the temperature (and for ``method="isotonic"`` the isotonic map on top of it) on a labelled split
-    and record what the model expects of itself there."""
+    """Fit the temperature (and for ``method="isotonic"`` or ``"platt"`` the map on top of it) on a labelled
+    split and record what the model expects of itself there."""
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}; known: {', '.join(METHODS)}")
     temperature = fit_temperature(probabilities, labels)
     p = np.asarray(probabilities, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64).reshape(-1)
     correct = p.argmax(axis=1) == y
-    knots = fit_isotonic(confidence(p, temperature), correct) if method == "isotonic" else None
+    top = confidence(p, temperature)
+    knots = fit_isotonic(top, correct) if method == "isotonic" else None
+    platt = fit_platt(top, correct) if method == "platt" else None
     result = Calibration(temperature=temperature, expected_accuracy=0.0, val_accuracy=float(correct.mean()),
-                         rows=int(len(y)), method=method, knots=knots)
+                         rows=int(len(y)), method=method, knots=knots, platt=platt)
     return dataclasses.replace(result, expected_accuracy=float(result.confidence(p).mean()))
 
 

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from kserve import InferenceGRPCClient, InferInput, InferRequest
 
-from pillars.components.evaluation.calibration import calibrate, confidence, fit_temperature, read_calibration
+from pillars.components.evaluation.calibration import (calibrate, confidence, fit_temperature, platt_map,
+                                                      read_calibration)
 from pillars.components.model.predictor import load_predictor
 from pillars.serving.demo import v2_request
 from pillars.serving.monitoring.feedback import FeedbackLog, PredictionMemory
@@ -112,8 +113,36 @@ def test_isotonic_calibration_bends_where_one_temperature_cannot_and_survives_th
     assert estimator.estimate() == pytest.approx(isotonic.confidence(low[:100].astype(np.float32)).mean(), abs=1e-6)
     with pytest.raises(ValueError, match="knots"):
         read_calibration({"calibration": {**isotonic.to_dict(), "knots": [[0.2, 0.1], [0.5, 0.6]]}})
-    with pytest.raises(ValueError, match="unknown calibration method 'platt'"):
-        calibrate(probabilities, 1 - y, "platt")
+    with pytest.raises(ValueError, match="unknown calibration method 'beta'"):
+        calibrate(probabilities, 1 - y, "beta")
+
+
+def test_platt_calibration_learns_an_intercept_one_temperature_cannot_and_stays_put_on_few_rows():
+    rng = np.random.default_rng(2)
+    top = rng.uniform(0.5, 1.0, 4000)  # a binary model under-confident when unsure, over-confident when sure:
+    chance = platt_map(top, 0.5, 1.0)  # its chance of being right is sigmoid(0.5 logit(top) + 1)
+    y = (rng.uniform(size=4000) < chance).astype(np.int64)
+    probabilities = np.stack([top, 1 - top], axis=1)  # class 0 predicted; label 1 is a miss
+    temperature, platt = calibrate(probabilities, 1 - y), calibrate(probabilities, 1 - y, "platt")
+    assert platt.method == "platt" and platt.temperature == temperature.temperature and platt.knots is None
+    low = top < 0.6  # traffic moves to where the model is least sure
+    truth = chance[low].mean()
+    assert abs(platt.confidence(probabilities[low]).mean() - truth) < 0.02
+    assert abs(temperature.confidence(probabilities[low]).mean() - truth) > 0.05
+    assert abs(platt.expected_accuracy - platt.val_accuracy) < 0.01
+    back = read_calibration({"calibration": json.loads(json.dumps(platt.to_dict()))})
+    assert back == platt and np.array_equal(back.confidence(probabilities), platt.confidence(probabilities))
+    estimator = estimator_for("classification", {"calibration": platt.to_dict()}, 100, 100)[0]
+    rows = probabilities[low][:100].astype(np.float32)
+    estimator.observe({"probabilities": rows})
+    assert estimator.estimate() == pytest.approx(platt.confidence(rows).mean(), abs=1e-6)
+    for bad in ([1.0], [1.0, float("nan")], None):
+        with pytest.raises(ValueError, match="platt"):
+            read_calibration({"calibration": {**platt.to_dict(), "platt": bad}})
+    # ten rows, all right: separable, yet the prior keeps the map finite and near the temperature's
+    few = calibrate(probabilities[:10], np.zeros(10, dtype=np.int64), "platt")
+    a, b = few.platt
+    assert np.isfinite(a) and np.isfinite(b) and abs(a - 1) < 3 and abs(b) < 3
 
 
 def test_a_model_without_calibration_gets_no_estimator_and_never_an_estimate(tmp_path):
