@@ -26,12 +26,12 @@ Shifts (the labels of a row never change: covariate shift):
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from _common import write_results
 from pillars.components.data.prepare import PrepareParams, prepare
 from pillars.components.data.splits import save_split
 from pillars.components.evaluation.calibration import calibrate_saved_model
@@ -146,8 +146,7 @@ def main() -> int:
             print(f"{name:<20}{s['realised_mean']:>9.3f}{s['estimated_mean']:>10.3f}{s['mean_abs_error']:>11.3f}"
                   f"{s['max_abs_error']:>10.3f}{s['windows_within_3_points']:>4}/{r['windows']:<2}"
                   f"{s['uncalibrated_mean_abs_error']:>13.3f}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+    write_results(results, args.json)
     return 0
 
 
