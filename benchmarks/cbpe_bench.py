@@ -41,12 +41,12 @@ test split: the estimator's error without window noise; not defined for the nois
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from _common import write_results
 from pillars.components.data.prepare import PrepareParams, prepare
 from pillars.components.data.splits import save_split
 from pillars.components.evaluation.calibration import (CALIBRATION_KEY, METHODS, PREDICT_ROWS, calibrate,
@@ -212,8 +212,7 @@ def main() -> int:
                     f"{r['windows']:<2}{e.get('pool_bias', float('nan')):>+7.3f}" for e in s["methods"].values())
                 print(f"  {name:<22}{s['effective_rows']:>7.0f}{s['realised_mean']:>9.3f}{s['sampling_sd']:>9.3f}"
                       f"{s['realised_sd']:>9.3f}{cells}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+    write_results(results, args.json)
     return 0
 
 

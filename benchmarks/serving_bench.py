@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -29,6 +28,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _common import drive  # noqa: E402  (serving_bench.drive, as other benchmarks import it)
 
 from tests.processes import ServerProcess, free_port  # noqa: E402
 
@@ -75,37 +76,6 @@ def in_process_ceiling(model_dir: Path, seconds: float = 3.0, batch: int = 64) -
         predictor.predict_checked(rows)
         n += batch
     return n / (time.perf_counter() - started)
-
-
-async def drive(send: Callable[[], Awaitable[None]], concurrency: int, requests: int, seconds: float) -> dict:
-    """Run ``send`` from ``concurrency`` workers until ``requests`` are done or ``seconds`` pass."""
-    for _ in range(min(50, requests)):
-        await send()
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
-    remaining = requests
-
-    async def worker() -> None:
-        nonlocal remaining, errors
-        while remaining > 0 and time.perf_counter() < deadline:
-            remaining -= 1
-            started = time.perf_counter()
-            try:
-                await send()
-            except Exception:  # counted, not hidden: a benchmark with errors is reported as such
-                errors += 1
-                continue
-            latencies.append(time.perf_counter() - started)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    latencies.sort()
-    return {"concurrency": concurrency, "requests": len(latencies), "errors": errors,
-            "rps": len(latencies) / elapsed,
-            "p50_ms": 1000 * latencies[len(latencies) // 2],
-            "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]}
 
 
 class RawHTTPConnection:
@@ -239,6 +209,26 @@ def main() -> int:
     results["in_process_samples_per_s"] = in_process_ceiling(model_dir)
     results["import_seconds"] = import_seconds()
 
+    measure_pillars(results, root, env, row, args.requests, args.seconds)
+    measure_mlflow(results, root, env, row, args.requests, args.seconds)
+
+    at64 = {name: rows[-1] for name, rows in results["servers"].items()}
+    base = at64["mlflow_models_serve"]
+    results["ratios_at_64"] = {
+        name: {"throughput_vs_mlflow": r["rps"] / base["rps"], "p99_vs_mlflow": r["p99_ms"] / base["p99_ms"],
+               "fraction_of_in_process": r["rps"] / results["in_process_samples_per_s"]}
+        for name, r in at64.items()}
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    print(markdown(results))
+    return 0
+
+
+def measure_pillars(results: dict, root: Path, env: dict[str, str], row: np.ndarray, requests: int,
+                    seconds: float) -> None:
+    """Pillars' cold starts, then V2 REST and gRPC load at each concurrency and with whole batches, into ``results``."""
     port, grpc_port = free_port(), free_port()
     cold = []
     for i in range(3):  # cold starts; the last server stays up for the load runs
@@ -256,8 +246,8 @@ def main() -> int:
     try:
         for name, run in [
             ("pillars_v2_rest", lambda c: http_target(f"http://127.0.0.1:{port}/v2/models/{NAME}/infer", v2_body,
-                                                      c, args.requests, args.seconds)),
-            ("pillars_grpc", lambda c: grpc_target(f"127.0.0.1:{grpc_port}", row, c, args.requests, args.seconds)),
+                                                      c, requests, seconds)),
+            ("pillars_grpc", lambda c: grpc_target(f"127.0.0.1:{grpc_port}", row, c, requests, seconds)),
         ]:
             results["servers"][name] = [asyncio.run(run(c)) for c in CONCURRENCY]
         results["mean_rows_per_forward_pass"] = mean_batch_rows(f"http://127.0.0.1:{port}/metrics")
@@ -267,8 +257,8 @@ def main() -> int:
                                             "data": bulk.ravel().tolist()}]}).encode()
         for name, run in [
             ("pillars_v2_rest", lambda: http_target(f"http://127.0.0.1:{port}/v2/models/{NAME}/infer", bulk_body,
-                                                    64, args.requests, args.seconds)),
-            ("pillars_grpc", lambda: grpc_target(f"127.0.0.1:{grpc_port}", bulk, 64, args.requests, args.seconds)),
+                                                    64, requests, seconds)),
+            ("pillars_grpc", lambda: grpc_target(f"127.0.0.1:{grpc_port}", bulk, 64, requests, seconds)),
         ]:
             result = asyncio.run(run())
             result["samples_per_s"] = result["rps"] * BULK_ROWS
@@ -277,6 +267,10 @@ def main() -> int:
     finally:
         ours.stop()
 
+
+def measure_mlflow(results: dict, root: Path, env: dict[str, str], row: np.ndarray, requests: int,
+                   seconds: float) -> None:
+    """``mlflow models serve``'s cold start and load at each concurrency, into ``results``."""
     mlflow_port = free_port()
     mlflow_cmd = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{NAME}/1",
                   "--env-manager", "local", "--host", "127.0.0.1", "--port", str(mlflow_port)]
@@ -287,22 +281,9 @@ def main() -> int:
     try:
         results["servers"]["mlflow_models_serve"] = [
             asyncio.run(http_target(f"http://127.0.0.1:{mlflow_port}/invocations", mlflow_body, c,
-                                    args.requests, args.seconds)) for c in CONCURRENCY]
+                                    requests, seconds)) for c in CONCURRENCY]
     finally:
         theirs.stop()
-
-    at64 = {name: rows[-1] for name, rows in results["servers"].items()}
-    base = at64["mlflow_models_serve"]
-    results["ratios_at_64"] = {
-        name: {"throughput_vs_mlflow": r["rps"] / base["rps"], "p99_vs_mlflow": r["p99_ms"] / base["p99_ms"],
-               "fraction_of_in_process": r["rps"] / results["in_process_samples_per_s"]}
-        for name, r in at64.items()}
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
-    print(markdown(results))
-    return 0
 
 
 def markdown(results: dict) -> str:

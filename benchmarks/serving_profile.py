@@ -50,7 +50,7 @@ STAGES: list[tuple[str, str]] = [
                           r"JSONResponse|render|serialize"),
     ("batching hand-off", r"batching\.py|run_in_executor|concurrent/futures|call_soon_threadsafe|"
                           r"_chain_future|_copy_future_state|_set_state"),
-    ("output check (rows, finite)", r"_check_outputs"),
+    ("output check (rows, finite)", r"check_outputs"),
     ("socket reads and writes", r"_SelectorSocketTransport\.write|_read_ready|sock_send|sock_recv"),
     ("gc (full collections)", r"^gc |gc\.collect|garbage"),
     ("auth / middleware checks", r"access/middleware\.py|auth\.py|origins\.py|connections\.py"),

@@ -19,13 +19,13 @@ gate threshold (0.9); the old rule (unweighted share >= 0.5) is shown beside the
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from _common import write_results
 from pillars.components.data.prepare import PrepareParams, prepare
 from pillars.components.data.splits import save_split
 from pillars.components.evaluation.calibration import calibrate_saved_model
@@ -135,8 +135,7 @@ def main() -> int:
                   f"{'fires' if w['old_rule_fires'] else 'quiet'}")
         print(f"     top 2: {r['top2']} ({100 * r['top2_importance_share']:.0f}% of the importance); "
               f"bottom 2: {r['bottom2']}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+    write_results(results, args.json)
     return 0
 
 

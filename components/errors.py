@@ -12,10 +12,23 @@ from http import HTTPStatus
 
 
 class PillarsError(Exception):
-    """Base class of the platform's user-facing errors; ``str(err)`` is the one-line message."""
+    """Base class of the platform's user-facing errors; ``str(err)`` is the one-line message.
+
+    A subclass states its answer in its header, as one row of a table:
+    ``class Overloaded(ServingError, status=HTTPStatus.SERVICE_UNAVAILABLE, grpc_code="RESOURCE_EXHAUSTED")``;
+    what it leaves out it inherits.
+    """
 
     status: HTTPStatus = HTTPStatus.BAD_REQUEST
     grpc_code: str = "INVALID_ARGUMENT"
+
+    def __init_subclass__(cls, status: HTTPStatus | None = None, grpc_code: str | None = None,
+                          **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status = status
+        if grpc_code is not None:
+            cls.grpc_code = grpc_code
 
 
 class DataError(PillarsError, ValueError):
@@ -26,11 +39,8 @@ class ConfigError(PillarsError, ValueError):
     """A parameter, task name or setting is invalid."""
 
 
-class RegistryError(PillarsError, LookupError):
+class RegistryError(PillarsError, LookupError, status=HTTPStatus.NOT_FOUND, grpc_code="NOT_FOUND"):
     """A model, version or alias is missing from the MLflow registry."""
-
-    status = HTTPStatus.NOT_FOUND
-    grpc_code = "NOT_FOUND"
 
 
 def one_line(error: BaseException) -> str:

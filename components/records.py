@@ -17,7 +17,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Any, Final
+from typing import Any, Final, TypeVar
+
+from pillars.components.errors import ConfigError
 
 TEST_METRIC_PREFIX: Final = "test_"
 """The prefix of a test metric's name in MLflow (``test_accuracy``)."""
@@ -27,6 +29,22 @@ GATE_REASONS_TAG: Final = "gate_reasons"
 REASONS_SEPARATOR: Final = "; "
 MAX_REASONS_CHARS: Final = 4000
 """The longest ``gate_reasons`` tag written (MLflow's tag values are bounded)."""
+
+
+_Record = TypeVar("_Record")
+
+
+def from_fields(cls: type[_Record], data: Mapping[str, Any], what: str) -> _Record:
+    """``cls(**data)`` for a dataclass ``cls``, refusing keys it has no field for.
+
+    Raises:
+        ConfigError: ``unknown keys in <what>: ...``, naming them.
+    """
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown keys in {what}: {', '.join(unknown)}")
+    return cls(**data)
 
 
 def as_test_metric(name: str) -> str:

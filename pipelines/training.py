@@ -34,13 +34,14 @@ RETRAINING_NAME = "pillars-retraining"
 PARAMETER_TITLE = "Pipeline parameters (KFP shows these as the parameters' descriptions, the console as field help)."
 
 
-def _steps(ops: Components, options: ClusterOptions, table: Any, args: dict[str, Any], task: Any = None,
-           task_args: Any = None) -> None:
+def _steps(ops: Components, options: ClusterOptions, settings: Settings, table: Any, args: dict[str, Any],
+           task: Any = None, task_args: Any = None) -> None:
     """prepare -> train -> evaluate -> validate -> register -> (if approved) promote, wired in a pipeline body.
 
     Each step takes the run parameters that :mod:`pillars.components.parameters` lists for it (``args``: the
     pipeline's parameters, ``table`` their definitions); ``task``/``task_args``, when given, replace the
-    parameters (retraining: the resolved task).
+    parameters (retraining: the resolved task). ``settings``: the compiling process's (the release a deployed
+    model joins).
     """
     uri = args["tracking_uri"]
 
@@ -91,7 +92,7 @@ def _steps(ops: Components, options: ClusterOptions, table: Any, args: dict[str,
         promoted.set_caching_options(False).set_display_name("promote to champion")
         _resources(promoted, cpu="250m", memory="256Mi")
         if options.deploy_namespace:
-            _deploy_steps(ops, options, registered, uri).after(promoted)
+            _deploy_steps(ops, options, settings, registered, uri).after(promoted)
         with dsl.If(args["optimize"] == True, name="optimize"):  # noqa: E712 (KFP condition syntax)
             variants = optimize_component(ops.image)(
                 model=registered.outputs["model_name"], model_version=registered.outputs["version"],
@@ -115,7 +116,7 @@ def _secret_env(options: ClusterOptions, step: Any) -> None:
             "username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"})
 
 
-def _deploy_steps(ops: Components, options: ClusterOptions, registered: Any, uri: Any) -> Any:
+def _deploy_steps(ops: Components, options: ClusterOptions, settings: Settings, registered: Any, uri: Any) -> Any:
     """Roll the new champion out: a canary share first (when asked), then all traffic. Returns the first step."""
 
     def step(canary: int, name: str) -> Any:
@@ -126,7 +127,6 @@ def _deploy_steps(ops: Components, options: ClusterOptions, registered: Any, uri
         _resources(task, cpu="100m", memory="256Mi")
         # The release the model joins (labels its NetworkPolicy and PodMonitor select, ServiceAccount,
         # serving image), as the compiling process knows it: the chart sets these on the trigger.
-        settings = Settings()
         for env, value in (("PILLARS_RELEASE", settings.release), ("PILLARS_APP_NAME", settings.app_name),
                            ("PILLARS_MODELS_SERVICE_ACCOUNT", settings.models_service_account),
                            ("PILLARS_IMAGE", ops.image)):
@@ -145,11 +145,12 @@ def training_pipeline(image: str | None = None, **cluster_options: Any) -> Any:
     read now). Keyword arguments: the fields of :class:`ClusterOptions`. Its parameters are
     ``parameters("training")`` of :mod:`pillars.components.parameters`."""
     options = ClusterOptions(**cluster_options)
-    ops = components(image or Settings().image)
+    settings = Settings()
+    ops = components(image or settings.image)
     table = parameters("training")
 
     def training(args: dict[str, Any]) -> None:
-        _steps(ops, options, table, args)
+        _steps(ops, options, settings, table, args)
 
     return dsl.pipeline(name=PIPELINE_NAME,
                         description="Prepare data, train a PyTorch model, evaluate, gate against the champion, "
@@ -163,7 +164,8 @@ def retraining_pipeline(image: str | None = None, **cluster_options: Any) -> Any
     or prefix whose newest file changes. ``image`` and keyword arguments: as :func:`training_pipeline`;
     its parameters are ``parameters("retraining")``."""
     options = ClusterOptions(**{**cluster_options, "cache_data": False})
-    ops = components(image or Settings().image)
+    settings = Settings()
+    ops = components(image or settings.image)
     table = parameters("retraining")
 
     def retraining(args: dict[str, Any]) -> None:
@@ -171,7 +173,7 @@ def retraining_pipeline(image: str | None = None, **cluster_options: Any) -> Any
         resolved.set_caching_options(False).set_display_name("resolve task")
         _resources(resolved, cpu="250m", memory="256Mi")
         _secret_env(options, resolved)
-        _steps(ops, options, table, args, resolved.outputs["task"], resolved.outputs["task_args"])
+        _steps(ops, options, settings, table, args, resolved.outputs["task"], resolved.outputs["task_args"])
 
     return dsl.pipeline(name=RETRAINING_NAME,
                         description="Retrain a registered model on the newest data; promote only if better than "

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         model = PillarsModel(args.model_name or default_model_name(settings.model_uri), settings)
         model.load()
     except (PillarsError, ValueError) as e:
-        from pillars.serving.model import whole_message
+        from pillars.serving.versions import whole_message
 
         logger.error("cannot serve: %s", whole_message(e))  # one line: `pillars demo` shows the log's last lines
         return 2

@@ -17,57 +17,33 @@ class ServingError(PillarsError):
     """Base class of the errors only the model server raises: ``str(err)`` is the one-line message."""
 
 
-class TooManyRows(ServingError):
+class TooManyRows(ServingError, status=HTTPStatus.REQUEST_ENTITY_TOO_LARGE, grpc_code="RESOURCE_EXHAUSTED"):
     """The request declares more rows than one request may carry (``--max_rows``)."""
 
-    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
-    grpc_code = "RESOURCE_EXHAUSTED"
 
-
-class Overloaded(ServingError):
+class Overloaded(ServingError, status=HTTPStatus.SERVICE_UNAVAILABLE, grpc_code="RESOURCE_EXHAUSTED"):
     """The batcher's queue is full: the client should retry later (or another replica)."""
 
-    status = HTTPStatus.SERVICE_UNAVAILABLE
-    grpc_code = "RESOURCE_EXHAUSTED"
 
-
-class NonFiniteOutput(ServingError):
+class NonFiniteOutput(ServingError, status=HTTPStatus.UNPROCESSABLE_ENTITY, grpc_code="OUT_OF_RANGE"):
     """Finite inputs gave NaN or Inf outputs (values too large for the model)."""
 
-    status = HTTPStatus.UNPROCESSABLE_ENTITY
-    grpc_code = "OUT_OF_RANGE"
 
-
-class VersionNotFound(ServingError):
+class VersionNotFound(ServingError, status=HTTPStatus.NOT_FOUND, grpc_code="NOT_FOUND"):
     """The request names a model version other than the one served."""
 
-    status = HTTPStatus.NOT_FOUND
-    grpc_code = "NOT_FOUND"
 
-
-class NotServed(ServingError):
+class NotServed(ServingError, status=HTTPStatus.NOT_FOUND, grpc_code="UNIMPLEMENTED"):
     """A call this server deliberately does not serve (KServe's model-repository extension)."""
 
-    status = HTTPStatus.NOT_FOUND
-    grpc_code = "UNIMPLEMENTED"
 
-
-class BadFeedback(ServingError):
+class BadFeedback(ServingError, status=HTTPStatus.UNPROCESSABLE_ENTITY, grpc_code="INVALID_ARGUMENT"):
     """A feedback batch is malformed or a label does not fit the model (its type, an unknown class)."""
 
-    status = HTTPStatus.UNPROCESSABLE_ENTITY
-    grpc_code = "INVALID_ARGUMENT"
 
-
-class TooMuchFeedback(ServingError):
+class TooMuchFeedback(ServingError, status=HTTPStatus.REQUEST_ENTITY_TOO_LARGE, grpc_code="RESOURCE_EXHAUSTED"):
     """A feedback batch carries more labels than one batch may, or the label store is full."""
 
-    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
-    grpc_code = "RESOURCE_EXHAUSTED"
 
-
-class FeedbackNotStored(ServingError):
+class FeedbackNotStored(ServingError, status=HTTPStatus.SERVICE_UNAVAILABLE, grpc_code="UNAVAILABLE"):
     """The feedback store cannot be written (a read-only or full disk): nothing of the batch was acknowledged."""
-
-    status = HTTPStatus.SERVICE_UNAVAILABLE
-    grpc_code = "UNAVAILABLE"

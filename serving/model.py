@@ -26,7 +26,8 @@ With ``reload_interval_s`` and a ``models:/NAME@ALIAS`` URI, a background thread
 when it moves, the new version is downloaded, loaded and warmed up off the request path, then swapped
 in with one attribute assignment (batches already running finish on the old weights; no request fails),
 with a fresh drift window against the new version's profile. The new version must take the same inputs
-(a champion's successor does): one whose input signature differs is refused, not swapped in. A version that
+(a champion's successor does): one whose input signature differs is refused, not swapped in
+(:mod:`pillars.serving.versions` loads, checks and warms up each version). A version that
 failed to load or was refused is not tried again until the alias moves; whatever a failed attempt
 downloaded is removed at once. Each refusal counts in ``pillars_model_reload_failures_total{reason}``.
 """
@@ -40,7 +41,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -51,19 +51,18 @@ from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferResponse
 
 from pillars.components.devices import pick_device
-from pillars.components.task.contract import InputError, Signature, TensorSpec, numpy_dtype
+from pillars.components.task.contract import InputError, Signature
 from pillars.components.errors import ConfigError
-from pillars.components.model.predictor import Predictor, load_predictor, load_profile
+from pillars.components.model.predictor import Predictor, load_predictor
 from pillars.serving.protocol import codec
 from pillars.serving.monitoring import metrics
 from pillars.serving.batching import Batcher, Outputs
 from pillars.serving.monitoring import feedback as ground_truth
-from pillars.serving.monitoring import performance
-from pillars.serving.monitoring.drift import DriftConfig, DriftMonitor
-from pillars.serving.monitoring.performance import AccuracyEstimator
+from pillars.serving.monitoring.drift import DriftMonitor
 from pillars.serving.monitoring.shadow import SHADOW, ShadowRunner, predictions_of
-from pillars.serving.errors import NonFiniteOutput, ServingError, VersionNotFound
+from pillars.serving.errors import ServingError, VersionNotFound
 from pillars.serving.settings import ServingSettings
+from pillars.serving import versions
 from pillars.serving.storage import (
     ModelSource,
     discard,
@@ -74,15 +73,6 @@ from pillars.serving.storage import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class _Active:
-    """What answers requests now; replaced as a whole when a new version is swapped in."""
-
-    predictor: Predictor
-    drift: DriftMonitor | None
-    estimator: AccuracyEstimator | None = None
 
 
 class PillarsModel(Model):
@@ -104,13 +94,10 @@ class PillarsModel(Model):
         self.predictor: Predictor | None = None
         self.device = torch.device("cpu")
         self.batcher: Batcher | None = None
-        self.drift_config = DriftConfig(
-            method=settings.drift_method, threshold=settings.drift_threshold, share=settings.drift_share,
-            window=settings.drift_window, min_rows=min(settings.drift_min_rows, settings.drift_window),
-            interval_s=settings.drift_interval_s)
+        self.drift_config = versions.drift_config(settings)
         self.version_listeners: list[Callable[[str, str], None]] = []
         """Called with (model name, new version) after a hot reload (the server's metric labels)."""
-        self._active: _Active | None = None
+        self._active: versions.ServedVersion | None = None
         self._stop_reloading = threading.Event()
         self._refused_version: str | None = None
         """A version that failed to load or was refused: not tried again until the alias moves."""
@@ -151,8 +138,7 @@ class PillarsModel(Model):
         except BaseException:
             discard(self.source)  # a model that cannot be served leaves no copy behind
             raise
-        self._active = _Active(self.predictor, self._drift_monitor(self.source, self.predictor),
-                               self._estimator(self.version, self.predictor))
+        self._active = versions.monitored(self.name, self.source, self.predictor, self.drift_config, self.settings)
         metrics.DRIFT.register_model(self.name, self.version, self.drift)
         self.feedback = ground_truth.FeedbackLog(
             self.name, self.settings.feedback_dir / f"{self.name}.jsonl", self.predictor.task.kind,
@@ -163,7 +149,8 @@ class PillarsModel(Model):
         self.ready = True
         logger.info("model %s version %s loaded from %s on %s in %.2fs (task %s, kind %s, inputs %s, drift %s)",
                     self.name, self.version, self.source.uri, device, time.perf_counter() - started,
-                    self.predictor.config.task, self.predictor.task.kind, describe_inputs(self.signature.inputs),
+                    self.predictor.config.task, self.predictor.task.kind,
+                    versions.describe_inputs(self.signature.inputs),
                     f"by {self.drift.method}" if self.drift else "off")
         self._follow_alias()
         return self.ready
@@ -175,13 +162,7 @@ class PillarsModel(Model):
             pillars.components.errors.ConfigError: it cannot be loaded, or takes other inputs.
         """
         assert self.predictor is not None
-        source = resolve_model(self.settings.shadow_uri)
-        try:
-            predictor = load_predictor(source.directory, device=self.device, onnx_threads=self._onnx_threads())
-            _check_same_inputs(self.predictor.signature, predictor.signature, f"{source.version} (shadow)")
-        except BaseException:
-            discard(source)
-            raise
+        source, predictor = versions.load_shadow(self.predictor.signature, self.device, self.settings)
         self._shadow_source = source
         self.shadow = ShadowRunner(self.name, source.version, predictor, self.settings.feedback_memory_rows)
         SHADOW.register_model(self.name, self.shadow)
@@ -196,20 +177,21 @@ class PillarsModel(Model):
         """
         assert self.source is not None
         # One thread budget for either runtime: --cpu_threads sizes torch and an ONNX variant's session alike.
-        self.predictor = load_predictor(self.source.directory, device=device, onnx_threads=self._onnx_threads())
-        self._active = _Active(self.predictor, None)
+        self.predictor = load_predictor(self.source.directory, device=device,
+                                        onnx_threads=versions.onnx_threads(self.settings))
+        self._active = versions.ServedVersion(self.predictor, None)
         self.batcher = Batcher(self._forward, self.settings.max_batch_size, self.settings.max_latency_ms,
                                on_batch=self._observe_batch, max_queued_rows=self.settings.max_queued_rows,
                                isolate=(InputError,), max_queue_wait_ms=self.settings.max_queue_wait_ms)
         try:  # before the drift monitor exists: not traffic
-            self._warm_up(self.predictor, self.batcher.run_sync)
+            versions.warm_up(self.name, self.predictor, self.batcher.run_sync, self.settings.max_batch_size)
         except Exception as e:
             self.batcher.close()
             raise ConfigError(f"model {self.name} version {self.version} loads but cannot run a batch of "
-                              f"placeholder inputs ({describe_inputs(self.signature.inputs)}; -1 dimensions "
-                              f"{WARM_UP_LENGTH} long): {type(e).__name__}: {whole_message(e)}; check that the "
-                              "task's signature matches what its network takes (export an optimised variant "
-                              "again, or serve the PyTorch version)") from e
+                              f"placeholder inputs ({versions.describe_inputs(self.signature.inputs)}; -1 "
+                              f"dimensions {versions.WARM_UP_LENGTH} long): {type(e).__name__}: "
+                              f"{versions.whole_message(e)}; check that the task's signature matches what its "
+                              "network takes (export an optimised variant again, or serve the PyTorch version)") from e
 
     async def healthy(self) -> bool:
         """Loaded and answering: ready, with a batcher that has not been closed (KServe's readiness hook)."""
@@ -260,18 +242,18 @@ class PillarsModel(Model):
             metrics.RELOAD_FAILURES.labels(self.name, "download").inc()
             raise
         try:
-            predictor = self._load_candidate(source)
+            predictor = versions.load_candidate(self.name, self.predictor.signature, source, self.device,
+                                                self.settings)
         except ConfigError:
             discard(source)
             self._refused_version = source.version
             raise
-        drift = self._drift_monitor(source, predictor)
         old_source, old_version, old_drift = self.source, self.version, self.drift
-        estimator = self._estimator(source.version, predictor)
-        self._active = _Active(predictor, drift, estimator)  # the swap: the next forward pass uses the new version
+        new = versions.monitored(self.name, source, predictor, self.drift_config, self.settings)
+        self._active = new  # the swap: the next forward pass uses the new version
         self.predictor, self.source, self.version = predictor, source, source.version
         self._refused_version = None
-        metrics.DRIFT.register_model(self.name, self.version, drift)
+        metrics.DRIFT.register_model(self.name, self.version, new.drift)
         for listener in self.version_listeners:
             listener(self.name, self.version)
         if old_drift is not None:
@@ -284,32 +266,6 @@ class PillarsModel(Model):
         logger.info("model %s: %s now points to version %s (was %s); loaded and swapped in %.2fs",
                     self.name, self.settings.model_uri, self.version, old_version, time.perf_counter() - started)
         return True
-
-    def _load_candidate(self, source: ModelSource) -> Predictor:
-        """Load and warm up a new version; refuse one whose input schema differs from the served one.
-
-        Raises:
-            ConfigError: the version cannot be loaded or run, or takes other inputs (counted by reason).
-        """
-        assert self.predictor is not None
-        reason = "load"
-        try:
-            predictor = load_predictor(source.directory, device=self.device, onnx_threads=self._onnx_threads())
-            reason = "schema"
-            _check_same_inputs(self.predictor.signature, predictor.signature, source.version)
-            reason = "warm_up"
-            self._warm_up(predictor, predictor.predict_checked)
-        except Exception as e:  # any failure of the candidate: the served version stays
-            metrics.RELOAD_FAILURES.labels(self.name, reason).inc()
-            if isinstance(e, ConfigError):
-                raise
-            raise ConfigError(f"version {source.version} cannot be served ({reason}): "
-                              f"{type(e).__name__}: {e}") from e
-        return predictor
-
-    def _onnx_threads(self) -> int | None:
-        """``--cpu_threads`` for an ONNX session too (None, when unset: the ``PILLARS_ONNX_THREADS`` setting)."""
-        return self.settings.cpu_threads or None
 
     def get_input_types(self) -> list[dict[str, Any]]:
         return codec.tensor_metadata(self.signature.inputs)
@@ -354,7 +310,7 @@ class PillarsModel(Model):
         except Exception as e:  # a model failure is ours, not the client's
             logger.exception("forward pass failed")
             raise InferenceError(f"inference failed: {type(e).__name__}") from e
-        _check_outputs(outputs, self.signature, payload.rows)
+        versions.check_outputs(outputs, self.signature, payload.rows)
         return outputs, payload
 
     async def postprocess(self, result: Any, headers: dict[str, str] | None = None,
@@ -399,37 +355,6 @@ class PillarsModel(Model):
             active.estimator.observe(outputs)
         return outputs
 
-    def _estimator(self, version: str, predictor: Predictor) -> AccuracyEstimator | None:
-        """The version's CBPE estimator (None, said in the log and the metrics, when it cannot estimate)."""
-        estimator, status = performance.estimator_for(
-            predictor.task.kind, predictor.config.extra, self.settings.performance_window,
-            min(self.settings.performance_min_rows, self.settings.performance_window))
-        threshold = predictor.task.thresholds.get("accuracy")
-        performance.PERFORMANCE.register_model(self.name, version, estimator, status,
-                                               None if threshold is None else float(threshold))
-        if estimator is None:
-            logger.info("model %s version %s: estimated accuracy %s", self.name, version, status)
-        return estimator
-
-    def _drift_monitor(self, source: ModelSource, predictor: Predictor) -> DriftMonitor | None:
-        if not self.settings.drift:
-            return None
-        profile = load_profile(source.directory)
-        if profile is None:
-            logger.warning("model %s version %s has no data profile: drift is not measured", self.name,
-                           source.version)
-            return None
-        try:
-            monitor = DriftMonitor(profile, list(profile["features"]), predictor.task.kind,
-                                   predictor.prep.get("classes"), self.drift_config,
-                                   predictor.config.extra.get("feature_importance"))
-        except (ValueError, KeyError, TypeError) as e:
-            logger.warning("model %s version %s: drift is not measured, unusable data profile: %s",
-                           self.name, source.version, e)
-            return None
-        monitor.start()
-        return monitor
-
     def _follow_alias(self) -> None:
         interval = self.settings.reload_interval_s
         if not interval:
@@ -449,82 +374,10 @@ class PillarsModel(Model):
                 logger.error("model %s: reloading %s failed, still serving version %s: %s",
                              self.name, self.settings.model_uri, self.version, e)
 
-    def _warm_up(self, predictor: Predictor, forward: Callable[[dict[str, np.ndarray]], Outputs]) -> None:
-        """One small batch through ``forward``: placeholder values of every required input (zeros, short
-        strings). A task that refuses placeholders (an unknown id) is not warmed up; nothing else fails."""
-        inputs = placeholder_inputs(predictor.signature, min(self.settings.max_batch_size, 8))
-        try:
-            forward(inputs)
-        except InputError as e:
-            logger.info("model %s: no warm-up, the task refuses placeholder inputs: %s", self.name, e)
-
     def _observe_batch(self, rows: int, outputs: dict[str, np.ndarray], n_requests: int, seconds: float) -> None:
         metrics.BATCH_SIZE.labels(self.name).observe(rows)
         metrics.BATCH_REQUESTS.labels(self.name).observe(n_requests)
         metrics.INFERENCE_SECONDS.labels(self.name).observe(seconds)
-
-
-WARM_UP_LENGTH = 16
-"""How long the ``-1`` dimensions of the warm-up batch are (at most each input's ``max_length``)."""
-
-
-def whole_message(error: BaseException) -> str:
-    """Every line of an error's message on one line (ONNX Runtime puts the reason on its second line)."""
-    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
-
-
-def placeholder_inputs(signature: Signature, rows: int) -> dict[str, np.ndarray]:
-    """Zeros (numbers) or ``"warm-up"`` (strings) for every required input; ``-1`` dimensions
-    :data:`WARM_UP_LENGTH` long."""
-    inputs = {}
-    for spec in signature.inputs:
-        if spec.optional:
-            continue
-        shape = (rows, *(min(spec.max_length, WARM_UP_LENGTH) if d == -1 else d for d in spec.shape))
-        inputs[spec.name] = (np.full(shape, "warm-up") if spec.datatype == "BYTES"
-                             else np.zeros(shape, dtype=numpy_dtype(spec.datatype)))
-    return inputs
-
-
-def describe_inputs(specs: tuple[TensorSpec, ...]) -> str:
-    """``text BYTES [N], k INT64 [N] (optional)``: inputs for a log line or an error message."""
-    return ", ".join(f"{s.name} {s.datatype} [{', '.join(['N', *map(str, s.shape)])}]"
-                     f"{' (optional)' if s.optional else ''}" for s in specs)
-
-
-def _input_contract(spec: TensorSpec) -> dict[str, Any]:
-    """What a client relies on in an input: everything but its description."""
-    return {k: v for k, v in dataclasses.asdict(spec).items() if k != "description"}
-
-
-def _check_same_inputs(served: Signature, candidate: Signature, version: str) -> None:
-    """Refuse a new version that takes other inputs than the served one (clients send the old schema)."""
-    if [_input_contract(s) for s in served.inputs] != [_input_contract(s) for s in candidate.inputs]:
-        raise ConfigError(f"version {version} takes other inputs ({describe_inputs(candidate.inputs)}; "
-                          f"features {list(candidate.inputs[0].labels[:5])}) than the served one "
-                          f"({describe_inputs(served.inputs)}; features {list(served.inputs[0].labels[:5])}); "
-                          "refused")
-
-
-def _check_outputs(outputs: Outputs, signature: Signature, rows: int) -> None:
-    """Every output of the signature with one row per instance, and finite.
-
-    Raises:
-        InferenceError: the task's decode returned other outputs (the model's fault: 500).
-        NonFiniteOutput: finite inputs gave NaN or Inf outputs, naming the rows (422).
-    """
-    wrong = [s.name for s in signature.outputs if s.name not in outputs or len(outputs[s.name]) != rows]
-    if wrong:
-        raise InferenceError(f"the model's outputs {wrong} are missing or have the wrong number of rows")
-    floats = [array for array in outputs.values() if array.dtype.kind == "f"]
-    if all(np.isfinite(array).all() for array in floats):  # the usual case: one check per output
-        return
-    bad = np.zeros(rows, dtype=bool)
-    for array in floats:
-        bad |= ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
-    if bad.any():
-        raise NonFiniteOutput(f"row(s) {np.flatnonzero(bad)[:5].tolist()} give NaN or Inf outputs: "
-                              "their values are too large for the model")
 
 
 def served_model(dataplane: DataPlane, name: str, version: str | None = None) -> PillarsModel:

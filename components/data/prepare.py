@@ -22,7 +22,7 @@ from pillars.components.parameters import parse_json_object
 from pillars.components.model.predictor import drift_matrix
 from pillars.components.data.profile import drift_profile
 from pillars.components.registry.references import default_model_name
-from pillars.components.data.splits import inputs_of, save_metadata, save_split, storable
+from pillars.components.data.splits import PreparedMetadata, inputs_of, save_metadata, save_split, storable
 from pillars.components.task import (
     DataParams,
     Examples,
@@ -76,7 +76,7 @@ class PreparedData:
     """The three splits (named arrays) plus the metadata every later step reads (with the profile)."""
 
     splits: dict[str, Examples]
-    metadata: dict[str, Any]
+    metadata: PreparedMetadata
     task: Task
 
 
@@ -108,20 +108,20 @@ def prepare(params: PrepareParams) -> PreparedData:
             raise DataError(f"{reference}: the {name} split is empty")
     splits = {name: storable(split, f"{reference} {name} split") for name, split in data.splits().items()}
     info = _json_ready(data.info)
-    metadata = {
-        "task": reference,
-        "task_name": default_model_name(params.task),
-        "task_args": parse_task_args(params.task_args),
-        "kind": task.kind,
-        "info": info,
-        "prep": _json_ready(prep),
-        "signature": _json_ready(signature.to_dict()),
-        "data_hash": str(info.get("data_hash") or hash_examples(splits)),
-        "split_rows": {name: row_count(split) for name, split in splits.items()},
-        "seed": params.seed,
-        "source": str(info.get("source") or params.source or reference),
-        "profile": task_profile(task, splits["train"], prep, params.seed),
-    }
+    metadata = PreparedMetadata(
+        task=reference,
+        task_name=default_model_name(params.task),
+        task_args=parse_task_args(params.task_args),
+        kind=task.kind,
+        info=info,
+        prep=_json_ready(prep),
+        signature=_json_ready(signature.to_dict()),
+        data_hash=str(info.get("data_hash") or hash_examples(splits)),
+        split_rows={name: row_count(split) for name, split in splits.items()},
+        seed=params.seed,
+        source=str(info.get("source") or params.source or reference),
+        profile=task_profile(task, splits["train"], prep, params.seed),
+    )
     return PreparedData(splits, metadata, task)
 
 
@@ -155,4 +155,4 @@ def run_prepare(params: PrepareParams, train_path: str, val_path: str, test_path
     for name, path in (("train", train_path), ("val", val_path), ("test", test_path)):
         save_split(path, data.splits[name])
     save_metadata(metadata_path, data.metadata)
-    return str(data.metadata["data_hash"])
+    return data.metadata.data_hash

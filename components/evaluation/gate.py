@@ -24,7 +24,7 @@ from pillars.components.errors import ConfigError, RegistryError
 from pillars.components.evaluation.evaluate import split_metrics
 from pillars.components.model.predictor import Predictor, load_predictor
 from pillars.components.records import GateDecision, as_test_metric
-from pillars.components.data.splits import load_metadata, load_split, task_of
+from pillars.components.data.splits import load_metadata, load_split
 from pillars.components.registry.register import champion_version, downloaded_version
 from pillars.components.parameters import parse_json_object
 from pillars.components.registry import (Identity, RegistryUnavailable, TaskMismatch, client, identity, mismatch,
@@ -224,19 +224,19 @@ def run_gate(metrics_json: str, metadata_path: str, test_path: str, model_name: 
     """
     configure_tracking(tracking_uri or None)
     metadata = load_metadata(metadata_path)
-    task = task_of(metadata)
+    task = metadata.task_instance()
     limits = parse_thresholds(thresholds, task)
     check_margin(margin, task)
-    signature = signature_key(task.signature(metadata["prep"]).to_dict()["inputs"])
+    signature = signature_key(task.signature(metadata.prep).to_dict()["inputs"])
 
     def decide() -> GateDecision:
-        version, replaced = check_task_owner(model_name, metadata["task"], signature, replace_task)
+        version, replaced = check_task_owner(model_name, metadata.task, signature, replace_task)
         if replaced is not None:
             decision = gate(json.loads(metrics_json), task, limits, margin, None, None)
             decision.reasons[-1] = f"replaces the task of champion v{version} (replace_task=true): {replaced}"
             decision.champion_version = version
             return decision
-        version, score, how = champion_score(model_name, task, metadata["task"], metadata["prep"],
+        version, score, how = champion_score(model_name, task, metadata.task, metadata.prep,
                                              load_split(test_path), version)
         decision = gate(json.loads(metrics_json), task, limits, margin, score, version)
         if version is not None:

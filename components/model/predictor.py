@@ -34,6 +34,7 @@ from torch import nn
 from pillars.components.task.contract import Signature
 from pillars.components.task.contract import check_inputs as check_inputs  # re-exported: the one input check
 from pillars.components.errors import ConfigError
+from pillars.components.records import from_fields
 from pillars.components.settings import Settings
 from pillars.components.task import API_VERSION, Examples, Outputs, Preprocessing, Task, load_task
 
@@ -66,11 +67,7 @@ class SavedConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> SavedConfig:
         if data.get("format") != FORMAT:
             raise ConfigError(f"unsupported model format {data.get('format')!r}; expected {FORMAT!r}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown keys in model config: {', '.join(unknown)}")
-        return cls(**data)
+        return from_fields(cls, data, "model config")
 
 
 def save_model(task: Task, reference: str, prep: Preprocessing, model: nn.Module, directory: str | Path,

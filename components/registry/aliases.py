@@ -43,11 +43,8 @@ LOCK_TAG = "pillars.lock"
 ROLLED_BACK = "pillars.rolled_back"
 
 
-class ChampionMoved(RegistryError):
+class ChampionMoved(RegistryError, status=HTTPStatus.CONFLICT, grpc_code="ABORTED"):
     """The alias no longer points where the decision to move it assumed; nothing was moved."""
-
-    status = HTTPStatus.CONFLICT
-    grpc_code = "ABORTED"
 
     def __init__(self, name: str, alias: str, expected: str | None, actual: str | None) -> None:
         super().__init__(f"{name}: {alias} is v{actual or '-'}, not v{expected or '-'} as the decision assumed; "

@@ -17,11 +17,9 @@ from pillars.components.records import VARIANT_TAG
 from pillars.components.registry.references import known_tasks
 from pillars.components.registry.versions import CHAMPION, PARENT_TAG, RegistryUnavailable, SIGNATURE_FIELDS, SIGNATURE_TAG, TASK_TAG, alias_version, client, is_missing
 
-class TaskMismatch(RegistryError):
-    """A version (or a run) is for another task or input signature than the model's champion."""
 
-    status = HTTPStatus.CONFLICT
-    grpc_code = "FAILED_PRECONDITION"
+class TaskMismatch(RegistryError, status=HTTPStatus.CONFLICT, grpc_code="FAILED_PRECONDITION"):
+    """A version (or a run) is for another task or input signature than the model's champion."""
 
 
 @dataclasses.dataclass(frozen=True)

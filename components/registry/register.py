@@ -21,7 +21,7 @@ from pillars.components.errors import RegistryError
 from pillars.components.model.mlflow_model import EXAMPLE_ROWS, log_pillars_model
 from pillars.components.model.predictor import PROFILE_FILE
 from pillars.components.records import GateDecision
-from pillars.components.data.splits import lineage_tags, load_metadata, load_split, task_of
+from pillars.components.data.splits import lineage_tags, load_metadata, load_split
 from pillars.components.task import Examples
 from pillars.components.registry import (ANY, CHALLENGER, CHAMPION, REASON_TAG, SIGNATURE_TAG, AnyVersion,
                                          ChampionMoved,
@@ -194,11 +194,11 @@ def run_register(model_dir: str, metadata_path: str, test_path: str, model_name:
     tag when given."""
     configure_tracking(tracking_uri or None)
     metadata = load_metadata(metadata_path)
-    lineage = {"kfp_run_id": kfp_run_id, "data_hash": metadata["data_hash"], "task": metadata["task"],
-               SIGNATURE_TAG: signature_key(task_of(metadata).signature(metadata["prep"]).to_dict()["inputs"]),
-               "task_args": json.dumps(metadata.get("task_args") or {}, sort_keys=True),
-               "source": metadata["source"], **decision.to_tags(), **({REASON_TAG: reason} if reason else {}),
+    lineage = {"kfp_run_id": kfp_run_id, "data_hash": metadata.data_hash, "task": metadata.task,
+               SIGNATURE_TAG: signature_key(metadata.task_instance().signature(metadata.prep).to_dict()["inputs"]),
+               "task_args": json.dumps(metadata.task_args or {}, sort_keys=True),
+               "source": metadata.source, **decision.to_tags(), **({REASON_TAG: reason} if reason else {}),
                **{k.removeprefix("pillars."): v for k, v in lineage_tags(metadata).items()}}
     test = load_split(test_path)
     examples = {k: v[:EXAMPLE_ROWS] for k, v in test.items()}
-    return register_model(model_dir, metadata["profile"], model_name, mlflow_run_id, lineage, examples)
+    return register_model(model_dir, metadata.profile, model_name, mlflow_run_id, lineage, examples)

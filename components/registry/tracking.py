@@ -27,8 +27,13 @@ def default_tracking_uri(settings: Settings | None = None) -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if uri:
         return uri
-    home = (settings or Settings()).resolved_home()
+    home = _home(settings)
     return f"sqlite:///{home / 'mlflow.db'}"
+
+
+def _home(settings: Settings | None) -> Path:
+    """The embedded default's home folder: ``settings``', or the ``PILLARS_HOME`` setting read now."""
+    return (settings or Settings()).resolved_home()
 
 
 def is_local_store(uri: str) -> bool:
@@ -52,7 +57,7 @@ def configure_tracking(uri: str | None = None, settings: Settings | None = None,
     uri = (uri or "").strip() or default_tracking_uri(settings)
     if is_local_store(uri):
         if create:
-            (settings or Settings()).resolved_home().mkdir(parents=True, exist_ok=True)
+            _home(settings).mkdir(parents=True, exist_ok=True)
         else:
             _check_local_store(uri)
     elif not create:
@@ -92,7 +97,7 @@ def ensure_experiment(name: str, settings: Settings | None = None) -> str:
         return experiment.experiment_id
     location = None
     if is_local_store(mlflow.get_tracking_uri()):
-        location = ((settings or Settings()).resolved_home() / "artifacts").as_uri()
+        location = (_home(settings) / "artifacts").as_uri()
     try:
         return mlflow.create_experiment(name, artifact_location=location)
     except mlflow.exceptions.MlflowException:

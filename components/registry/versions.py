@@ -32,11 +32,8 @@ REASON_TAG = "pillars.reason"
 _MISSING_CODES = ("RESOURCE_DOES_NOT_EXIST",)
 
 
-class RegistryUnavailable(PillarsError, RuntimeError):
+class RegistryUnavailable(PillarsError, RuntimeError, status=HTTPStatus.SERVICE_UNAVAILABLE, grpc_code="UNAVAILABLE"):
     """The registry could not be read or written (outage, auth failure, lock not obtained): retry later."""
-
-    status = HTTPStatus.SERVICE_UNAVAILABLE
-    grpc_code = "UNAVAILABLE"
 
 
 def client() -> MlflowClient:

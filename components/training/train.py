@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from pillars.components.evaluation.evaluate import learning_curve_figure
 from pillars.components.evaluation.importance import store_importance
 from pillars.components.training.fit import TrainParams, fingerprint, fit, load_history, write_model
 from pillars.components.model.predictor import load_predictor
-from pillars.components.data.splits import lineage_tags, load_metadata, load_split, task_of
+from pillars.components.data.splits import PreparedMetadata, lineage_tags, load_metadata, load_split, task_of
 from pillars.components.task import Signature
 from pillars.components.registry.references import check_model_name
 from pillars.components.registry.register import champion_version, downloaded_version
@@ -44,7 +44,7 @@ LAUNCHERS = ("local", "trainjob")
 
 
 @contextlib.contextmanager
-def warm_start(model_name: str, metadata: dict[str, Any]) -> Iterator[tuple[str | None, Path | None]]:
+def warm_start(model_name: str, metadata: Mapping[str, Any]) -> Iterator[tuple[str | None, Path | None]]:
     """The champion of ``model_name`` as a starting point: ``(version, model folder)`` when it is a model of
     the same task (reference and arguments) with the same signature and classes as the prepared data, else
     ``(None, None)``. The downloaded folder is removed when the block ends."""
@@ -138,7 +138,7 @@ def run_training(
                              warm_start_from, warm_version, warm_dir, reason)
 
 
-def _train_in_run(train_path: str, val_path: str, metadata_path: str, metadata: dict[str, Any],
+def _train_in_run(train_path: str, val_path: str, metadata_path: str, metadata: PreparedMetadata,
                   params: TrainParams, model_dir: str, experiment: str, kfp_run_id: str, checkpoint_root: str,
                   progress: bool | None, launcher: str, gpus_per_node: int, warm_start_from: str,
                   warm_version: str | None, warm_dir: Path | None, reason: str = "") -> str:
@@ -152,17 +152,17 @@ def _train_in_run(train_path: str, val_path: str, metadata_path: str, metadata: 
     run_id = run_file.read_text().strip() if run_file.is_file() else None
     experiment_id = ensure_experiment(experiment)
     with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
-                          tags={"pillars.task": metadata["task"], "pillars.kfp_run_id": kfp_run_id,
-                                "pillars.data_hash": metadata["data_hash"], **lineage_tags(metadata),
+                          tags={"pillars.task": metadata.task, "pillars.kfp_run_id": kfp_run_id,
+                                "pillars.data_hash": metadata.data_hash, **lineage_tags(metadata),
                                 **({REASON_TAG: reason} if reason else {})}) as run:
         if run_id is None:
             run_file.write_text(run.info.run_id)
             if warm_version is not None:
                 mlflow.set_tag("pillars.warm_started_from", f"{warm_start_from}/{warm_version}")
-            mlflow.log_params({"task": metadata["task"], "task_args": json.dumps(metadata.get("task_args") or {}),
-                               "data_hash": metadata["data_hash"], "data_engine": metadata.get("engine", "pandas"),
-                               "source": metadata["source"], "reason": reason, **dataclasses.asdict(params),
-                               **{f"rows_{k}": v for k, v in metadata["split_rows"].items()}})
+            mlflow.log_params({"task": metadata.task, "task_args": json.dumps(metadata.task_args or {}),
+                               "data_hash": metadata.data_hash, "data_engine": metadata.get("engine", "pandas"),
+                               "source": metadata.source, "reason": reason, **dataclasses.asdict(params),
+                               **{f"rows_{k}": v for k, v in metadata.split_rows.items()}})
 
         log_epoch = EpochLogger(run.info.run_id)
         if launcher == "trainjob":
@@ -175,7 +175,7 @@ def _train_in_run(train_path: str, val_path: str, metadata_path: str, metadata: 
                 mlflow.get_tracking_uri(), str(warm_dir or "")))
             history = load_history(model_dir)
         else:
-            if metadata.get("table"):  # Parquet shards (the table data step): streamed, never loaded whole
+            if metadata.table:  # Parquet shards (the table data step): streamed, never loaded whole
                 result = fit_stream(train_path, val_path, metadata, params, ckpt, log_epoch, progress, initial_state)
             else:
                 result = fit(load_split(train_path), load_split(val_path), metadata, params, ckpt, log_epoch,
@@ -192,7 +192,7 @@ def _train_in_run(train_path: str, val_path: str, metadata_path: str, metadata: 
         if calibration is not None:
             mlflow.log_metrics({"calibration_temperature": calibration.temperature,
                                 "calibration_expected_accuracy": calibration.expected_accuracy})
-        trained = metadata["split_rows"]["train"] * (len(history) - summary["start_epoch"] + 1)
+        trained = metadata.split_rows["train"] * (len(history) - summary["start_epoch"] + 1)
         mlflow.log_metrics({"train_seconds": summary["seconds"],
                             "train_samples_per_second": trained / max(summary["seconds"], 1e-9)})
         mlflow.set_tags({"pillars.device": summary["device"], "pillars.world_size": summary["world_size"],

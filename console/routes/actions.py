@@ -9,6 +9,7 @@ typed (``why``, at most 500 characters) is recorded in the champion's history.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
@@ -34,13 +35,11 @@ def confirm_promote(request: Request, c: ConsoleDep, name: str, version: str) ->
 @router.post("/models/{name}/versions/{version}/promote")
 async def do_promote(request: Request, c: ConsoleDep, name: str, version: str) -> Response:
     """Makes ``version`` the champion if the champion is still the one the person saw."""
-    form = await checked_form(request)
-    why = form.get("why", "").strip()[:WHY_CHARS] or "promoted in the console"
-    try:
-        promote_version(name, version, form.get("expected_champion") or None, why)
-    except RegistryError as e:
-        return _promote_page(request, c, name, version, 409, str(e))
-    return RedirectResponse(f"/models/{quote(name)}/versions/{quote(version)}?done=promoted", status_code=303)
+    def promote(expected: str | None, why: str) -> str:
+        promote_version(name, version, expected, why)
+        return version
+
+    return await _move(request, c, name, version, promote, _promote_page, "promoted in the console", "promoted")
 
 
 @router.get("/models/{name}/versions/{version}/rollback", response_class=HTMLResponse)
@@ -52,14 +51,25 @@ def confirm_rollback(request: Request, c: ConsoleDep, name: str, version: str) -
 @router.post("/models/{name}/versions/{version}/rollback")
 async def do_rollback(request: Request, c: ConsoleDep, name: str, version: str) -> Response:
     """Moves the champion back if it is still the one the person saw."""
+    def roll_back(expected: str | None, why: str) -> str:
+        return str(rollback(name, expected, why).to_version)
+
+    return await _move(request, c, name, version, roll_back, _rollback_page, "rolled back in the console",
+                       "rolled-back")
+
+
+async def _move(request: Request, c: Console, name: str, version: str, move: Callable[[str | None, str], str],
+                page: Callable[..., Response], default_why: str, done: str) -> Response:
+    """Reads the CSRF-checked form, makes ``move(expected_champion, why)`` (a compare-and-set that returns the
+    version now champion) and redirects to that version with ``?done=``; the confirmation ``page`` again,
+    409 with the registry's message, when the champion moved meanwhile."""
     form = await checked_form(request)
-    why = form.get("why", "").strip()[:WHY_CHARS] or "rolled back in the console"
+    why = form.get("why", "").strip()[:WHY_CHARS] or default_why
     try:
-        event = rollback(name, form.get("expected_champion") or None, why)
+        champion = move(form.get("expected_champion") or None, why)
     except RegistryError as e:
-        return _rollback_page(request, c, name, version, 409, str(e))
-    return RedirectResponse(f"/models/{quote(name)}/versions/{quote(str(event.to_version))}?done=rolled-back",
-                            status_code=303)
+        return page(request, c, name, version, 409, str(e))
+    return RedirectResponse(f"/models/{quote(name)}/versions/{quote(champion)}?done={done}", status_code=303)
 
 
 def _promote_page(request: Request, c: Console, name: str, version: str, status: int = 200,

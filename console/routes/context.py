@@ -43,18 +43,12 @@ class ConsoleError(PillarsError):
     """A page or form the console cannot serve as asked (400 unless a subclass says otherwise)."""
 
 
-class PageNotFound(ConsoleError):
+class PageNotFound(ConsoleError, status=HTTPStatus.NOT_FOUND, grpc_code="NOT_FOUND"):
     """No pipeline, run, step or artifact by the name in the address."""
 
-    status = HTTPStatus.NOT_FOUND
-    grpc_code = "NOT_FOUND"
 
-
-class StaleForm(ConsoleError):
+class StaleForm(ConsoleError, status=HTTPStatus.FORBIDDEN, grpc_code="PERMISSION_DENIED"):
     """A POSTed form whose CSRF token is missing or not this browser session's: nothing was done."""
-
-    status = HTTPStatus.FORBIDDEN
-    grpc_code = "PERMISSION_DENIED"
 
 
 @dataclass

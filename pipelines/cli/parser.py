@@ -61,18 +61,21 @@ def _parameters_epilog() -> str:
     return "\n\n".join(blocks)
 
 
-def _pipeline_parser(sub: Subparsers, name: str, help: str) -> argparse.ArgumentParser:
-    """A command that takes a pipeline and its parameters; its help lists them."""
+def _pipeline_parser(sub: Subparsers, name: str, help: str, cluster: bool = False) -> argparse.ArgumentParser:
+    """A command that takes a pipeline, its task and its parameters (and, for a ``cluster`` command, the
+    cluster flags); its help lists the parameters."""
     p = sub.add_parser(name, help=help, description=help, epilog=_parameters_epilog(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _pipeline_arg(p)
+    if cluster:
+        add_cluster_flags(p)
+    _task_args(p)
+    _param_arg(p)
     return p
 
 
 def _add_run(sub: Subparsers) -> None:
     p = _pipeline_parser(sub, "run", "run a pipeline on this machine (kfp.local)")
-    _task_args(p)
-    _param_arg(p)
     p.add_argument("--no-cache", action="store_true", help="run every step, even the data step")
     p.add_argument("-v", "--verbose", dest="show_logs", action="store_true",
                    help="print every step's full output (it always goes to the log file)")
@@ -90,19 +93,16 @@ def _add_optimize(sub: Subparsers) -> None:
 
 
 def _add_compile(sub: Subparsers) -> None:
-    p = _pipeline_parser(sub, "compile", "compile a pipeline to KFP YAML")
+    p = _pipeline_parser(sub, "compile", "compile a pipeline to KFP YAML", cluster=True)
     p.add_argument("-o", "--output", required=True, help="output YAML file")
     p.add_argument("--as-k8s", action="store_true", help="emit Pipeline/PipelineVersion custom resources")
     p.add_argument("--namespace", default=None, help="namespace of the --as-k8s resources")
     p.add_argument("--image", help="components image (default: PILLARS_IMAGE or the release image)")
-    add_cluster_flags(p)
-    _task_args(p)
-    _param_arg(p)
     p.set_defaults(func=cmd_compile)
 
 
 def _add_submit(sub: Subparsers) -> None:
-    p = _pipeline_parser(sub, "submit", "submit a pipeline run to a Kubeflow Pipelines cluster")
+    p = _pipeline_parser(sub, "submit", "submit a pipeline run to a Kubeflow Pipelines cluster", cluster=True)
     p.add_argument("--host", required=True, help="KFP API URL")
     p.add_argument("--experiment", default="pillars", help="KFP experiment (default pillars)")
     p.add_argument("--namespace", default=None, help="Kubeflow namespace (multi-user installs)")
@@ -111,9 +111,6 @@ def _add_submit(sub: Subparsers) -> None:
     p.add_argument("--service-account", default=None,
                    help="service account of the run (the chart's pillars-pipeline-runner to deploy)")
     p.add_argument("--no-cache", action="store_true")
-    add_cluster_flags(p)
-    _task_args(p)
-    _param_arg(p)
     p.set_defaults(func=cmd_submit)
 
 

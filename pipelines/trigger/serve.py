@@ -18,9 +18,9 @@ from pillars.pipelines.trigger.settings import TriggerSettings, read_token
 DESCRIPTION = "The retraining trigger: an Alertmanager webhook receiver that starts the retraining pipeline."
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The trigger's command line (defaults from :class:`TriggerSettings` and ``PILLARS_TRIGGER_*``)."""
-    settings = TriggerSettings()
+def parse_args(argv: Sequence[str] | None = None, settings: TriggerSettings | None = None) -> argparse.Namespace:
+    """The trigger's command line (defaults from ``settings``: :class:`TriggerSettings`, ``PILLARS_TRIGGER_*``)."""
+    settings = settings or TriggerSettings()
     parser = argparse.ArgumentParser(prog="pillars trigger", description=DESCRIPTION)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9095)
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     settings = TriggerSettings()
-    args = parse_args(argv)
+    args = parse_args(argv, settings)
     token = read_token(args.token_file, settings.token)
     if args.kfp_host:
         start = kfp_starter(args.kfp_host, args.experiment, args.param, args.namespace, args.service_account,

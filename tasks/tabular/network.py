@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from pillars.components.errors import ConfigError
+from pillars.components.records import from_fields
 
 FORMAT = "pillars.v1"
 """The ``format`` of a Pillars 0.1 ``config.json`` (a serialised :class:`ModelConfig`)."""
@@ -81,11 +82,7 @@ class ModelConfig:
         """Build from a dict read from ``config.json``, rejecting unknown formats and keys."""
         if data.get("format", FORMAT) != FORMAT:
             raise ConfigError(f"unsupported model format {data.get('format')!r}; expected {FORMAT!r}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown keys in model config: {', '.join(unknown)}")
-        return cls(**data)
+        return from_fields(cls, data, "model config")
 
 
 class Standardize(nn.Module):

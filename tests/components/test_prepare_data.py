@@ -12,7 +12,7 @@ import pytest
 from pillars.components.errors import ConfigError, DataError
 from pillars.components.model.predictor import drift_matrix
 from pillars.components.data.prepare import PrepareParams, prepare, run_prepare
-from pillars.components.data.splits import load_metadata, load_split
+from pillars.components.data.splits import PreparedMetadata, load_metadata, load_split, save_metadata
 from pillars.components.data.profile import build_profile
 from pillars.components.task import TaskNotFound
 
@@ -137,13 +137,36 @@ def test_run_prepare_writes_npz_splits_and_metadata(tmp_path):
 
 def test_the_metadata_names_the_task_and_carries_preprocessing_and_the_split_sizes():
     data = prepare(PrepareParams(task="breast_cancer", task_args=json.dumps({"hidden_sizes": [32]}), seed=3))
-    meta = json.loads(json.dumps(data.metadata))  # JSON as written
+    meta = json.loads(data.metadata.to_json())  # JSON as written
     assert {"task", "task_name", "task_args", "kind", "info", "prep", "signature", "data_hash", "split_rows",
             "seed", "source", "profile"} <= set(meta)
     assert meta["task"] == "pillars.tasks.tabular:breast_cancer" and meta["task_args"] == {"hidden_sizes": [32]}
     assert data.task.hidden_sizes == [32] and meta["seed"] == 3 and meta["source"] == "sklearn:breast_cancer"
     assert meta["split_rows"] == {name: len(split["label"]) for name, split in data.splits.items()}
     assert meta["signature"]["inputs"][0]["name"] == "input-0" and len(meta["prep"]["mean"]) == 30
+
+
+def test_the_metadata_is_a_typed_value_read_back_from_its_json_and_still_read_as_a_mapping(tmp_path):
+    data = prepare(PrepareParams(task="breast_cancer"))
+    path = tmp_path / "meta.json"
+    save_metadata(path, data.metadata)
+    back = load_metadata(path)
+    assert isinstance(back, PreparedMetadata) and back == data.metadata
+    assert back.prep == back["prep"] and back.split_rows["train"] == len(data.splits["train"]["label"])
+    assert back.table is None and "table" not in back and back.get("table") is None  # written only when set
+    assert json.loads(path.read_text()) == dict(back)
+
+
+def test_what_is_not_prepared_data_metadata_is_refused_by_name_and_not_written(tmp_path):
+    data = prepare(PrepareParams(task="breast_cancer"))
+    path = tmp_path / "meta.json"
+    with pytest.raises(DataError, match="unknown keys in the prepared-data metadata: bogus"):
+        save_metadata(path, {**data.metadata, "bogus": 1})
+    assert not path.exists()
+    with pytest.raises(DataError, match=r"missing \['task_name'"):
+        PreparedMetadata.from_json('{"task": "x"}')
+    with pytest.raises(DataError, match="not JSON"):
+        PreparedMetadata.from_json("{")
 
 
 def test_the_profile_describes_the_train_splits_drift_features():

@@ -16,7 +16,7 @@ from pillars.serving.protocol import tensors
 from pillars.serving.batching import Batcher, merge_key
 from pillars.serving.monitoring.drift import DriftConfig, DriftMonitor
 from pillars.serving.errors import TooManyRows
-from pillars.serving.model import _check_same_inputs, placeholder_inputs
+from pillars.serving.versions import check_same_inputs, placeholder_inputs
 from tests.serving.toy import make_classifier
 from tests.serving.toy_task import MAX_HISTORY, MAX_TEXT_BYTES, make_toy_model, toy_inputs
 
@@ -125,13 +125,13 @@ def test_drift_features_are_matched_by_name_and_a_missing_one_turns_drift_off(pr
 
 def test_a_version_with_other_inputs_is_refused(predictor, tmp_path):
     table = load_predictor(make_classifier(tmp_path / "table"))
-    _check_same_inputs(predictor.signature, predictor.signature, "2")
+    check_same_inputs(predictor.signature, predictor.signature, "2")
     with pytest.raises(ConfigError, match="version 3 takes other inputs .*input-0 FP32.*refused"):
-        _check_same_inputs(predictor.signature, table.signature, "3")
+        check_same_inputs(predictor.signature, table.signature, "3")
     longer = Signature(tuple(TensorSpec(s.name, s.datatype, s.shape, s.optional, 16 if s.max_length else 0,
                                         s.max_bytes) for s in predictor.signature.inputs), predictor.signature.outputs)
     with pytest.raises(ConfigError, match="other inputs"):
-        _check_same_inputs(predictor.signature, longer, "4")
+        check_same_inputs(predictor.signature, longer, "4")
 
 
 def test_placeholders_fit_every_required_input(predictor):
