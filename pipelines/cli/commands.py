@@ -132,6 +132,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     if getattr(args, "name", None) is not None:
         check_model_name(args.name)
+    if args.action == "decide-canary":  # the registry only when it acts (--apply)
+        return _decide_canary(args)
     configure_tracking(create=False)
     if args.action == "list":
         rows = registry.list_models()
@@ -162,6 +164,75 @@ def cmd_models(args: argparse.Namespace) -> int:
     elif args.action == "decide-shadow":
         _decide_shadow(args.name, args.server, args.served_as or args.name, args.token_file)
     return 0
+
+
+def _decide_canary(args: argparse.Namespace) -> int:
+    """Judge the canary on Prometheus' figures; print the decision and the patch; with ``--apply`` carry it out.
+
+    Promote: the champion alias moves to the canary's version by compare-and-set (only over the champion it was
+    judged against), then the canary takes all traffic. Roll back: traffic goes back first; then a champion alias
+    already on the canary (the pipeline promotes before it deploys) is rolled back to the champion, else the
+    canary version is marked rolled back; the reason goes to the registry either way. Exit 0 whatever the
+    decision (wait included)."""
+    from pillars.components.deploy.canary import pick_versions, read_figures
+    from pillars.components.deploy.inference_service import inference_service_name
+    from pillars.components.deploy.rollout import CANARY_PERCENT, canary_traffic_patch, kubectl_patch_command
+    from pillars.components.evaluation.canary import CanaryRule, decide_canary
+    from pillars.components.settings import Settings
+
+    rule = CanaryRule(min_requests=args.min_requests, min_labels=args.min_labels, accuracy_margin=args.accuracy_margin,
+                      latency_ratio=args.latency_ratio)
+    namespace = args.namespace or Settings().namespace
+    isvc = args.isvc or inference_service_name(args.name)
+    matchers = {"namespace": args.namespace, "inferenceservice": isvc} if args.namespace else None
+    headers = ({"Authorization": f"Bearer {open(args.prometheus_token_file).read().strip()}"}
+               if args.prometheus_token_file else None)
+    figures = read_figures(args.prometheus, args.served_as or args.name, args.window, matchers, headers)
+    champion, canary = pick_versions(figures, args.canary_version, args.champion_version)
+    decision = decide_canary(champion, canary, rule)
+    print(f"{args.name}: {decision.action}: {decision.reason}")
+    for line in decision.findings:
+        print(f"  - {line}")
+    if decision.action == "wait":
+        return 0
+    patch = canary_traffic_patch(isvc, namespace, CANARY_PERCENT[decision.action])
+    if not args.apply:
+        print(kubectl_patch_command(patch))
+        return 0
+    from pillars.components.registry.tracking import configure_tracking
+
+    configure_tracking(create=False)
+    _carry_out_canary(args.name, decision.action, f"canary decision: {decision.reason}", champion.version,
+                      canary.version, patch)
+    return 0
+
+
+def _carry_out_canary(name: str, action: str, why: str, champion: str, canary: str, patch: dict) -> None:
+    from datetime import datetime, timezone
+
+    from pillars.components import registry
+    from pillars.components.deploy import kube
+    from pillars.components.deploy.rollout import set_canary_traffic
+    from pillars.components.registry.register import promote
+
+    api = kube.api_client()
+    where = f"{patch['metadata']['namespace']}/{patch['metadata']['name']}"
+    if action == "promote":  # the alias first: a champion moved since the decision stops it (ChampionMoved)
+        changed = registry.alias_version(name, registry.CHAMPION) != canary and promote(name, canary, why,
+                                                                                       expected=champion)
+        set_canary_traffic(api, patch)
+        print(f"{name}: champion -> v{canary}" if changed else f"{name}: v{canary} already champion")
+        print(f"{where}: canaryTrafficPercent 100")
+        return
+    set_canary_traffic(api, patch)
+    print(f"{where}: canaryTrafficPercent 0")
+    if registry.alias_version(name, registry.CHAMPION) == canary:
+        event = registry.rollback(name, why, to=champion)
+        print(f"{name}: champion v{event.from_version} -> v{event.to_version} (rolled back)")
+        return
+    mark = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "why": why, "to": champion}
+    registry.client().set_model_version_tag(name, canary, registry.ROLLED_BACK, json.dumps(mark))
+    print(f"{name}: v{canary} marked rolled back")
 
 
 def _decide_shadow(name: str, server: str, served_as: str, token_file: str | None) -> None:

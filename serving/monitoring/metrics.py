@@ -31,8 +31,9 @@ REQUESTS = Counter(
 )
 REQUEST_SECONDS = Histogram(
     "pillars_serving_request_seconds",
-    "Inference request latency as the server sees it, from first byte to response.",
-    ["model", "protocol"],
+    "Inference request latency as the server sees it, from first byte to response (by version too: a canary's "
+    "latency is compared with its champion's).",
+    ["model", "version", "protocol"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
 )
 BATCH_SIZE = Histogram(
@@ -63,7 +64,7 @@ def observe_request(model: str, version: str, protocol: str, status: str, second
     series = _REQUEST_SERIES.get(key)
     if series is None:
         series = _REQUEST_SERIES[key] = (REQUESTS.labels(model, version, protocol, status),
-                                         REQUEST_SECONDS.labels(model, protocol))
+                                         REQUEST_SECONDS.labels(model, version, protocol))
     series[0].inc()
     series[1].observe(seconds)
 
