@@ -28,6 +28,7 @@ scrape (at most one scrape interval): the request counts are slightly low, the r
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
@@ -49,13 +50,17 @@ class PrometheusUnavailable(PillarsError):
     grpc_code = "UNAVAILABLE"
 
 
+_DURATION = re.compile(r"(\d+(ms|s|m|h|d|w|y))+")
+"""A Prometheus duration (``90s``, ``1h30m``)."""
+
+
 def _label_value(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def canary_queries(model: str, window: str = "1h", matchers: Mapping[str, str] | None = None) -> dict[str, str]:
     """The PromQL of each figure, grouped by version (see the module docstring)."""
-    if not window or not window[0].isdigit():
+    if not _DURATION.fullmatch(window):
         raise ConfigError(f"the window must be a Prometheus duration such as 30m or 1h, got {window!r}")
     sel = ",".join(f'{k}="{_label_value(v)}"' for k, v in {"model": model, **(matchers or {})}.items())
     return {
