@@ -6,8 +6,6 @@ better one, and prints the ``kubectl patch`` of ``canaryTrafficPercent``."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,6 +16,7 @@ import yaml
 
 from pillars.components.deploy.canary import read_figures
 from pillars.components.model.mlflow_model import log_pillars_model
+from pillars.pipelines.cli import main as cli_main
 from pillars.serving.demo import v2_request
 from tests.conftest import require_tool
 from tests.processes import ServerProcess, free_port
@@ -46,16 +45,20 @@ def _until(check, timeout: float, what: str):
     return value
 
 
-def _decide(prometheus: str, canary: str, *extra: str) -> subprocess.CompletedProcess:
+def _decide(capsys, prometheus: str, canary: str, *extra: str) -> str:
+    """``pillars models decide-canary`` (its entry point, in this process): what it printed."""
+    capsys.readouterr()
     # Latency is left to the unit tests of the rule (tests/components/test_canary_decision.py): two servers on a
     # loaded 2-core machine differ in p99 by chance, which is not what this test is about.
-    return subprocess.run([sys.executable, "-m", "pillars.pipelines.cli", "models", "decide-canary", NAME,
-                           "--prometheus", prometheus, "--canary-version", canary, "--window", "10m",
-                           "--min-requests", "50", "--min-labels", "100", "--latency-ratio", "100", *extra],
-                          capture_output=True, text=True, timeout=120)
+    code = cli_main(["models", "decide-canary", NAME, "--prometheus", prometheus, "--canary-version", canary,
+                     "--window", "10m", "--min-requests", "50", "--min-labels", "100", "--latency-ratio", "100",
+                     *extra])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
 
 
-def test_prometheus_figures_roll_a_worse_canary_back_and_promote_a_better_one(mlflow_server, tmp_path):
+def test_prometheus_figures_roll_a_worse_canary_back_and_promote_a_better_one(mlflow_server, tmp_path, capsys):
     prometheus_bin = require_tool("prometheus")
     better = _register(make_classifier(tmp_path / "better", steps=200), mlflow_server)
     worse = _register(make_classifier(tmp_path / "worse", steps=2, seed=5), mlflow_server)
@@ -93,10 +96,9 @@ def test_prometheus_figures_roll_a_worse_canary_back_and_promote_a_better_one(ml
             _until(lambda: all(f.requests >= 50 for f in read_figures(url, NAME, "10m").values())
                    and len(read_figures(url, NAME, "10m")) == 2, 60, "both versions' requests to be scraped")
 
-            waiting = _decide(url, worse)  # no labels yet and no estimate (the toy models carry no calibration)
-            assert waiting.returncode == 0, waiting.stderr
-            assert waiting.stdout.startswith(f"{NAME}: wait: canary v{worse} vs champion v{better}: no quality signal")
-            assert "kubectl" not in waiting.stdout
+            waiting = _decide(capsys, url, worse)  # no labels yet, no estimate (the toy models carry no calibration)
+            assert waiting.startswith(f"{NAME}: wait: canary v{worse} vs champion v{better}: no quality signal")
+            assert "kubectl" not in waiting
 
             for version, server in servers.items():
                 labels = [{"id": request_id, "label": y[i * 4:i * 4 + 4].tolist()}
@@ -108,18 +110,15 @@ def test_prometheus_figures_roll_a_worse_canary_back_and_promote_a_better_one(ml
         assert figures[better].realised_accuracy > figures[worse].realised_accuracy
         assert figures[worse].errors == figures[better].errors == 0
 
-        rolled_back = _decide(url, worse)  # the champion found as the other version that answered requests
-        assert rolled_back.returncode == 0, rolled_back.stderr
-        head, *findings, patch = rolled_back.stdout.strip().splitlines()
+        rolled_back = _decide(capsys, url, worse)  # the champion: the other version that answered requests
+        head, *findings, patch = rolled_back.strip().splitlines()
         assert head.startswith(f"{NAME}: rollback: canary v{worse} vs champion v{better}: worse: realised accuracy "
                                f"{figures[worse].realised_accuracy:.4f} on 400 labels")
         assert any(line.startswith("  - error ratio 0.0000") for line in findings)
         assert patch.startswith(f"kubectl patch inferenceservice {NAME} -n ")
         assert json.loads(patch.rpartition(" -p ")[2].strip("'")) == {"spec": {"predictor": {"canaryTrafficPercent": 0}}}
 
-        promoted = _decide(url, better, "--champion-version", worse)
-        assert promoted.returncode == 0, promoted.stderr
-        head, *_, patch = promoted.stdout.strip().splitlines()
+        head, *_, patch = _decide(capsys, url, better, "--champion-version", worse).strip().splitlines()
         assert head.startswith(f"{NAME}: promote: canary v{better} vs champion v{worse}: ")
         assert "not worse by 0.02: realised accuracy" in head
         assert json.loads(patch.rpartition(" -p ")[2].strip("'")) == {"spec": {"predictor": {"canaryTrafficPercent": 100}}}
