@@ -21,16 +21,17 @@ import logging
 import queue
 import threading
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from pillars.components.evaluation.shadow import ShadowDecision, decide
 from pillars.components.model.predictor import Predictor
 from pillars.serving.monitoring.feedback import PredictionMemory
+from pillars.serving.monitoring.per_model import PerModelCollector
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,15 @@ def predictions_of(outputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
         if name in outputs:
             return np.asarray(outputs[name])
     return None
+
+
+@dataclass(frozen=True)
+class ShadowCounts:
+    """A shadow runner's counters at one moment."""
+
+    rows: int
+    agreement: int
+    dropped: int
 
 
 class ShadowRunner:
@@ -109,6 +119,11 @@ class ShadowRunner:
             self.rows += len(predictions)
             self.agreement += int((predictions.reshape(-1) == champion.reshape(-1)).sum())
 
+    def counts(self) -> ShadowCounts:
+        """Rows answered, rows that agreed with the champion and rows dropped, read together."""
+        with self._lock:
+            return ShadowCounts(self.rows, self.agreement, self.dropped)
+
     def idle(self) -> bool:
         """Whether every submitted request has been answered (or dropped)."""
         with self._lock:
@@ -130,19 +145,11 @@ def judge(pairs: list[int], min_labels: int, margin: float = 0.0) -> ShadowDecis
     return decide(champion, challenger, min_labels=min_labels, max_labels=max(min_labels, 5000), margin=margin)
 
 
-class ShadowStats(Collector):
+class ShadowStats(PerModelCollector[ShadowRunner]):
     """The shadow runners' counters, read at scrape time."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._runners: dict[str, ShadowRunner] = {}
-
     def register_model(self, model: str, runner: ShadowRunner | None) -> None:
-        with self._lock:
-            if runner is None:
-                self._runners.pop(model, None)
-            else:
-                self._runners[model] = runner
+        self.put(model, runner)
 
     def collect(self) -> Iterator[Metric]:
         labels = ["model", "shadow_version"]
@@ -152,14 +159,11 @@ class ShadowStats(Collector):
         dropped = CounterMetricFamily("pillars_shadow_dropped_rows",
                                       "Rows the shadow did not answer (its queue was full, or it failed).",
                                       labels=labels)
-        with self._lock:
-            runners = list(self._runners.items())
-        for model, runner in runners:
-            with runner._lock:
-                values = (runner.rows, runner.agreement, runner.dropped)
-            rows.add_metric([model, runner.version], values[0])
-            agreement.add_metric([model, runner.version], values[1])
-            dropped.add_metric([model, runner.version], values[2])
+        for model, runner in self.entries():
+            counts = runner.counts()
+            rows.add_metric([model, runner.version], counts.rows)
+            agreement.add_metric([model, runner.version], counts.agreement)
+            dropped.add_metric([model, runner.version], counts.dropped)
         yield from (rows, agreement, dropped)
 
 
