@@ -5,7 +5,8 @@ neither. Both run the Pillars model server, whose series carry the served regist
 (:mod:`pillars.serving.monitoring.metrics`, ``.performance``, ``.feedback``), so one PromQL query per figure,
 grouped ``by (version)``, gives both sides (:func:`canary_queries`); :func:`read_figures` runs them against the
 Prometheus HTTP API and returns one :class:`~pillars.components.evaluation.canary.VersionFigures` per version
-seen, which :func:`~pillars.components.evaluation.canary.decide_canary` judges. No Flagger or Argo Rollouts.
+seen, which :func:`~pillars.components.evaluation.canary.decide_canary` judges; :func:`carry_out` does what it
+decided (``canaryTrafficPercent`` and the champion alias). No Flagger or Argo Rollouts.
 
 Per version, over the window ``W`` (``matchers`` narrow it further: on a cluster ``namespace`` and
 ``inferenceservice``, the labels the chart's PodMonitor adds):
@@ -27,16 +28,21 @@ scrape (at most one scrape interval): the request counts are slightly low, the r
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from pillars.components.errors import ConfigError, PillarsError
 from pillars.components.evaluation.canary import VersionFigures
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
 
 ERROR_STATUSES = "5..|INTERNAL|UNAVAILABLE"
 """The request statuses that count as server errors (the error-ratio alert's, :mod:`pillars.serving.monitoring.alerts`;
@@ -138,3 +144,42 @@ def pick_versions(figures: Mapping[str, VersionFigures], canary: str, champion: 
         champion = others[0].version
     nothing = {v: VersionFigures(v, 0, 0) for v in (champion, canary)}
     return figures.get(champion, nothing[champion]), figures.get(canary, nothing[canary])
+
+
+def carry_out(api_client: ApiClient, name: str, action: str, why: str, champion: str, canary: str,
+              patch: dict[str, Any]) -> list[str]:
+    """Do what the decision says, registry and traffic together; returns what was done, a line each.
+
+    Promote: ``champion`` moves to the canary's version by compare-and-set (only from ``champion``, the version it
+    was judged against; nothing when it is already there), then ``patch`` (``canaryTrafficPercent: 100``). Roll
+    back: ``patch`` (0) first, so traffic leaves the canary whatever the registry says; then a champion alias
+    already on the canary (the training pipeline promotes before it deploys) is rolled back to ``champion``, else
+    the canary version is marked rolled back (``pillars.rolled_back``, as ``pillars models rollback`` marks). The
+    reason ``why`` goes to the registry either way.
+
+    Raises:
+        ChampionMoved: promote, and the champion is neither ``champion`` nor the canary; nothing was changed.
+        DeployError: the API server refused the patch.
+    """
+    from pillars.components import registry
+    from pillars.components.deploy.rollout import set_canary_traffic
+    from pillars.components.registry.register import promote
+
+    where = f"{patch['metadata']['namespace']}/{patch['metadata']['name']}"
+    percent = patch["spec"]["predictor"]["canaryTrafficPercent"]
+    if action == "promote":
+        moved = registry.alias_version(name, registry.CHAMPION) != canary and promote(name, canary, why,
+                                                                                     expected=champion)
+        set_canary_traffic(api_client, patch)
+        return [f"{name}: champion -> v{canary}" if moved else f"{name}: v{canary} already champion",
+                f"{where}: canaryTrafficPercent {percent}"]
+    if action != "rollback":
+        raise ValueError(f"nothing to carry out for a {action!r} decision")
+    set_canary_traffic(api_client, patch)
+    done = [f"{where}: canaryTrafficPercent {percent}"]
+    if registry.alias_version(name, registry.CHAMPION) == canary:
+        event = registry.rollback(name, why, to=champion)
+        return [*done, f"{name}: champion v{event.from_version} -> v{event.to_version} (rolled back)"]
+    mark = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "why": why, "to": champion}
+    registry.client().set_model_version_tag(name, canary, registry.ROLLED_BACK, json.dumps(mark))
+    return [*done, f"{name}: v{canary} marked rolled back"]

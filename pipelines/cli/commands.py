@@ -199,40 +199,15 @@ def _decide_canary(args: argparse.Namespace) -> int:
     if not args.apply:
         print(kubectl_patch_command(patch))
         return 0
+    from pillars.components.deploy import kube
+    from pillars.components.deploy.canary import carry_out
     from pillars.components.registry.tracking import configure_tracking
 
     configure_tracking(create=False)
-    _carry_out_canary(args.name, decision.action, f"canary decision: {decision.reason}", champion.version,
-                      canary.version, patch)
+    for line in carry_out(kube.api_client(), args.name, decision.action, f"canary decision: {decision.reason}",
+                          champion.version, canary.version, patch):
+        print(line)
     return 0
-
-
-def _carry_out_canary(name: str, action: str, why: str, champion: str, canary: str, patch: dict) -> None:
-    from datetime import datetime, timezone
-
-    from pillars.components import registry
-    from pillars.components.deploy import kube
-    from pillars.components.deploy.rollout import set_canary_traffic
-    from pillars.components.registry.register import promote
-
-    api = kube.api_client()
-    where = f"{patch['metadata']['namespace']}/{patch['metadata']['name']}"
-    if action == "promote":  # the alias first: a champion moved since the decision stops it (ChampionMoved)
-        changed = registry.alias_version(name, registry.CHAMPION) != canary and promote(name, canary, why,
-                                                                                       expected=champion)
-        set_canary_traffic(api, patch)
-        print(f"{name}: champion -> v{canary}" if changed else f"{name}: v{canary} already champion")
-        print(f"{where}: canaryTrafficPercent 100")
-        return
-    set_canary_traffic(api, patch)
-    print(f"{where}: canaryTrafficPercent 0")
-    if registry.alias_version(name, registry.CHAMPION) == canary:
-        event = registry.rollback(name, why, to=champion)
-        print(f"{name}: champion v{event.from_version} -> v{event.to_version} (rolled back)")
-        return
-    mark = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "why": why, "to": champion}
-    registry.client().set_model_version_tag(name, canary, registry.ROLLED_BACK, json.dumps(mark))
-    print(f"{name}: v{canary} marked rolled back")
 
 
 def _decide_shadow(name: str, server: str, served_as: str, token_file: str | None) -> None:

@@ -79,3 +79,60 @@ def test_the_queries_quote_label_values_and_refuse_a_window_that_is_not_a_durati
     assert 'model="we\\"ird\\\\",namespace="ml"' in queries["requests"]
     with pytest.raises(ConfigError, match="Prometheus duration"):
         canary_queries("iris", "1h]) or vector(1")
+
+
+def _versions(name: str, source: Path, count: int) -> list[str]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    client.create_registered_model(name)
+    return [str(client.create_model_version(name, str(source)).version) for _ in range(count)]
+
+
+def test_promote_moves_the_champion_from_the_judged_version_then_gives_the_canary_all_traffic(
+        kserve_api, local_store, tmp_path):  # noqa: F811
+    from pillars.components import registry
+    from pillars.components.deploy.canary import carry_out
+
+    v1, v2 = _versions("iris", tmp_path, 2)
+    registry.move_alias("iris", registry.CHAMPION, v1, "first")
+    fake, api = kserve_api(fixture("knative_ready"), [fixture("knative_ready")])
+    done = carry_out(api, "iris", "promote", "canary decision: better", v1, v2, canary_traffic_patch("iris", "ml", 100))
+    assert done == [f"iris: champion -> v{v2}", "ml/iris: canaryTrafficPercent 100"]
+    assert registry.alias_version("iris", registry.CHAMPION) == v2
+    assert registry.history("iris")[-1].why == "canary decision: better"
+    assert fake.requests[-1][3] == {"spec": {"predictor": {"canaryTrafficPercent": 100}}}
+
+
+def test_promote_over_a_champion_that_moved_since_the_decision_changes_nothing(kserve_api, local_store,
+                                                                                tmp_path):  # noqa: F811
+    from pillars.components import registry
+    from pillars.components.deploy.canary import carry_out
+
+    v1, v2, v3 = _versions("iris", tmp_path, 3)
+    registry.move_alias("iris", registry.CHAMPION, v3, "someone else's")
+    fake, api = kserve_api(fixture("knative_ready"), [fixture("knative_ready")])
+    with pytest.raises(registry.ChampionMoved):
+        carry_out(api, "iris", "promote", "canary decision", v1, v2, canary_traffic_patch("iris", "ml", 100))
+    assert registry.alias_version("iris", registry.CHAMPION) == v3
+    assert not [r for r in fake.requests if r[0] == "PATCH"]
+
+
+def test_rollback_sends_traffic_back_first_then_rolls_back_a_champion_already_on_the_canary(
+        kserve_api, local_store, tmp_path):  # noqa: F811
+    from pillars.components import registry
+    from pillars.components.deploy.canary import carry_out
+
+    v1, v2, v3 = _versions("iris", tmp_path, 3)
+    registry.move_alias("iris", registry.CHAMPION, v1, "first")
+    registry.move_alias("iris", registry.CHAMPION, v2, "the pipeline promotes before it deploys")
+    fake, api = kserve_api(fixture("knative_ready"), [fixture("knative_ready")])
+    done = carry_out(api, "iris", "rollback", "canary decision: worse", v1, v2, canary_traffic_patch("iris", "ml", 0))
+    assert done == ["ml/iris: canaryTrafficPercent 0", f"iris: champion v{v2} -> v{v1} (rolled back)"]
+    assert registry.rolled_back("iris")[v2]["why"] == "canary decision: worse"
+    # a canary that never was champion is marked, and the champion stays
+    done = carry_out(api, "iris", "rollback", "canary decision: slower", v1, v3, canary_traffic_patch("iris", "ml", 0))
+    assert done[-1] == f"iris: v{v3} marked rolled back"
+    assert registry.alias_version("iris", registry.CHAMPION) == v1
+    assert registry.rolled_back("iris")[v3] | {"at": ""} == {"at": "", "why": "canary decision: slower", "to": v1}
+    assert [r[3] for r in fake.requests if r[0] == "PATCH"] == [{"spec": {"predictor": {"canaryTrafficPercent": 0}}}] * 2
