@@ -1,7 +1,7 @@
 """Server CPU per request (issue 20): one tree's model server against another's, same machine, same run.
 
     python benchmarks/serving_cpu_bench.py [--baseline /work/main] [--requests 20000] [--rounds 2]
-        [--concurrency 64] [--drift-off] [--workers 2] [--mlserver VENV] [--out results.json]
+        [--concurrency 64] [--drift-off] [--workers 2] [--shadow] [--mlserver VENV] [--out results.json]
 
 A 30-feature MLP classifier (breast_cancer's shape) is registered in a local MLflow store. Each tree's
 server (this checkout, and with ``--baseline`` another checkout of Pillars, e.g. the unchanged main
@@ -18,6 +18,10 @@ noisy shared machine affects both alike:
 
 With ``--workers N`` this tree is also measured with ``--workers N`` (N server processes sharing the ports);
 CPU per request counts every process of the server's group, workers included.
+
+With ``--shadow`` this tree is also measured running a challenger in shadow (``--shadow_uri``: the same registered
+version, so the shadow does the champion's work once more off the request path); the shadow's rows answered and
+dropped (its queue full) are reported beside the figures (issue 19).
 
 With ``--mlserver VENV``, Seldon MLServer (installed in that separate virtualenv, e.g. ``mlserver==1.7.1``
 ``mlserver-mlflow==1.7.1``) serves the same registered model version with its MLflow runtime and adaptive
@@ -203,6 +207,9 @@ def measure(tree: Path, env: dict[str, str], scratch: Path, args: argparse.Names
             result["p99_over_p50"] = result["p99_ms"] / result["p50_ms"]
             results[name] = result
             print(label, name, json.dumps(result), flush=True)
+        if "--shadow_uri" in extra:
+            shadow = httpx.get(f"http://127.0.0.1:{port}/v2/models/{NAME}/shadow", timeout=30).json()["shadow"]
+            results["shadow"] = {"rows": shadow["rows"], "dropped": shadow["dropped"]}
     finally:
         server.stop()
     return results
@@ -220,6 +227,7 @@ def main() -> int:
     parser.add_argument("--server-arg", dest="server_args", action="append", default=[],
                         help="extra server flag (repeatable), e.g. --server-arg=--workers=2")
     parser.add_argument("--workers", type=int, default=1, help="also measure this tree with --workers N")
+    parser.add_argument("--shadow", action="store_true", help="also measure this tree with a challenger in shadow")
     parser.add_argument("--mlserver", type=Path, metavar="VENV",
                         help="also measure MLServer (MLflow runtime) installed in this virtualenv")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -233,6 +241,8 @@ def main() -> int:
     configs: dict[str, dict] = {name: {"tree": tree} for name, tree in trees.items()}
     if args.workers > 1:
         configs[f"this_workers{args.workers}"] = {"tree": ROOT, "extra": (f"--workers={args.workers}",)}
+    if args.shadow:
+        configs["this_shadow"] = {"tree": ROOT, "extra": ("--shadow_uri", f"models:/{NAME}/1")}
     if args.mlserver:
         configs["mlserver"] = {"tree": ROOT, "mlserver": args.mlserver.resolve()}
     runs: dict[str, list[dict]] = {name: [] for name in configs}
@@ -241,6 +251,8 @@ def main() -> int:
             runs[name].append(measure(env=env, scratch=scratch, args=args, label=f"{name}{i}", **config))
     summary = {name: {kind: {key: float(np.median([r[kind][key] for r in rounds]))
                              for key in rounds[0][kind]} for kind in rounds[0]} for name, rounds in runs.items()}
+    for figures in summary.values():
+        figures.pop("shadow", None)  # counts, not a measurement kind: kept per round
     results = {"cpus": os.cpu_count(), "concurrency": args.concurrency, "drift": not args.drift_off,
                "server_args": args.server_args, "trees": {k: str(v) for k, v in trees.items()},
                "median_of_rounds": summary, "rounds": runs}

@@ -6,7 +6,8 @@ the estimated (CBPE) and realised (feedback labels) accuracy come
 from Prometheus' HTTP API (``query_range``) when there is a Prometheus, else from the console's own
 samples of each server's ``/metrics`` (parsed with ``prometheus_client.parser``), kept in memory.
 The shadow challenger's comparison (rows, agreement, the decision and its reason) is the server's own
-``GET /v2/models/NAME/shadow`` (:func:`shadow_comparison`), read on each view.
+``GET /v2/models/NAME/shadow`` (:func:`shadow_comparison`), read on each view. A server that asks for a bearer
+token (``--auth_token_file``) gets the console's ``endpoint_token_file`` on every request the console sends it.
 """
 
 from __future__ import annotations
@@ -50,6 +51,13 @@ class Endpoint:
     prometheus: str | None = None
     prometheus_auth: tuple[str, str] | None = None
     """Basic auth of ``prometheus`` (the local stack's asks for it)."""
+    token: str | None = dataclasses.field(default=None, repr=False)
+    """The server's bearer token (``endpoint_token_file``), sent on every request to ``url``."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What every request to the server carries: its bearer token, when there is one."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
 
 @dataclasses.dataclass
@@ -113,7 +121,7 @@ def shadow_comparison(endpoint: Endpoint) -> ShadowView | None:
     """The server's shadow comparison for its model (``endpoint.model``, else the first it lists at
     ``/v2/models``); None when the server does not answer it (an old server, a token it asks for)."""
     try:
-        with httpx.Client(base_url=endpoint.url, timeout=TIMEOUT_S) as client:
+        with httpx.Client(base_url=endpoint.url, timeout=TIMEOUT_S, headers=endpoint.headers) as client:
             model = endpoint.model
             if model is None:
                 listed = client.get("/v2/models")
@@ -136,16 +144,18 @@ def shadow_comparison(endpoint: Endpoint) -> ShadowView | None:
                       decision.get("shadow_accuracy"))
 
 
-def discover(stack_state: dict[str, Any] | None, configured: dict[str, str], prometheus_url: str) -> list[Endpoint]:
-    """The local stack's model server (with its Prometheus) and the configured URLs."""
+def discover(stack_state: dict[str, Any] | None, configured: dict[str, str], prometheus_url: str,
+             token: str | None = None) -> list[Endpoint]:
+    """The local stack's model server (with its Prometheus) and the configured URLs; ``token``: the servers'
+    bearer token."""
     found = []
     if stack_state and stack_state.get("urls", {}).get("model_http"):
         urls = stack_state["urls"]
         found.append(Endpoint("local stack", urls["model_http"], stack_state.get("model"),
                               prometheus_url or urls.get("prometheus"),
-                              None if prometheus_url else web_auth(stack_state)))
+                              None if prometheus_url else web_auth(stack_state), token))
     for name, url in configured.items():
-        found.append(Endpoint(name, url, None, prometheus_url or None))
+        found.append(Endpoint(name, url, None, prometheus_url or None, None, token))
     return found
 
 
@@ -263,7 +273,7 @@ class Sampler:
 
     def scrape(self, endpoint: Endpoint) -> Sample | None:
         try:
-            response = httpx.get(f"{endpoint.url}/metrics", timeout=TIMEOUT_S)
+            response = httpx.get(f"{endpoint.url}/metrics", timeout=TIMEOUT_S, headers=endpoint.headers)
             response.raise_for_status()
         except httpx.HTTPError:
             return None
@@ -327,7 +337,7 @@ def prometheus_series(base: str, model: str | None, end: float | None = None,
 def health(endpoint: Endpoint) -> tuple[bool, str]:
     """``(ready, words)`` from the server's V2 readiness endpoint."""
     try:
-        response = httpx.get(f"{endpoint.url}/v2/health/ready", timeout=TIMEOUT_S)
+        response = httpx.get(f"{endpoint.url}/v2/health/ready", timeout=TIMEOUT_S, headers=endpoint.headers)
     except httpx.HTTPError as e:
         return False, f"unreachable ({type(e).__name__})"
     return (True, "ready") if response.status_code == 200 else (False, f"not ready (HTTP {response.status_code})")

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pillars.components.errors import ConfigError
+
 
 class ConsoleSettings(BaseSettings):
     """Where the console listens, who may use it, and what it talks to."""
@@ -34,6 +36,11 @@ class ConsoleSettings(BaseSettings):
     endpoints: str = ""
     """Model server base URLs, comma-separated (``name=url`` or ``url``); added to the local stack's."""
 
+    endpoint_token_file: Path | None = None
+    """File holding the model servers' bearer token (the file their ``--auth_token_file`` reads): sent on every
+    request the console makes to a server (health, ``/metrics``, the model list, the shadow comparison), never to
+    Prometheus. Empty: no token is sent."""
+
     mlflow_ui_url: str = ""
     """Where people open MLflow runs; empty: the tracking URI when it is a server."""
 
@@ -56,6 +63,23 @@ class ConsoleSettings(BaseSettings):
 
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     """Largest request body (a form), counted as it is read; larger requests get 413."""
+
+    def endpoint_token(self) -> str | None:
+        """The model servers' token from ``endpoint_token_file`` (None when no file is set).
+
+        Raises:
+            ConfigError: the file cannot be read or is empty.
+        """
+        if self.endpoint_token_file is None:
+            return None
+        try:
+            token = self.endpoint_token_file.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"cannot read the model servers' token file {self.endpoint_token_file}: "
+                              f"{e.strerror}") from e
+        if not token:
+            raise ConfigError(f"the model servers' token file {self.endpoint_token_file} is empty")
+        return token
 
     def endpoint_urls(self) -> dict[str, str]:
         """The configured endpoints as ``{name: base URL}``."""

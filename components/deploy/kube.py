@@ -52,6 +52,17 @@ def server_side_apply(client: ApiClient, path: str, obj: dict[str, Any], force: 
     return data
 
 
+def merge_patch(client: ApiClient, path: str, patch: dict[str, Any]) -> dict[str, Any]:
+    """JSON merge patch (RFC 7386, ``kubectl patch --type merge``) of the object at ``path``: only the fields in
+    ``patch`` change, and no field changes owner the way a partial server-side apply would (an apply that leaves
+    out fields its manager applied before removes them). Raises the client's ``ApiException``."""
+    data, _, _ = client.call_api(
+        path, "PATCH", query_params=[("fieldManager", FIELD_MANAGER)],
+        header_params={"Content-Type": "application/merge-patch+json", "Accept": "application/json"},
+        body=patch, response_type="object", auth_settings=["BearerToken"], _return_http_data_only=False)
+    return data
+
+
 def get_object(client: ApiClient, path: str) -> dict[str, Any] | None:
     """The object at ``path``, or None when it does not exist (other errors raise ``ApiException``)."""
     from kubernetes.client.exceptions import ApiException

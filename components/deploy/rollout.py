@@ -8,6 +8,10 @@
   off (``canaryTrafficPercent: 0`` sends all traffic to the last rolled-out revision); in Standard
   mode re-apply the previous spec; on a first deployment there is nothing to go back to.
 * :func:`deploy` — the whole step: resolve, apply, wait, roll back and raise :class:`DeployError`.
+* :func:`canary_traffic_patch` / :func:`set_canary_traffic` — the end of a canary that
+  ``pillars models decide-canary`` judged (:mod:`pillars.components.deploy.canary`): ``canaryTrafficPercent``
+  100 (promote: the canary revision takes all traffic) or 0 (roll back: all traffic to the last rolled-out
+  revision), as a JSON merge patch (``kubectl patch --type merge``), which changes that one field only.
 
 The object itself is built by :mod:`pillars.components.deploy.inference_service`. The KFP component is
 ``deploy_op`` in :mod:`pillars.components.ops`; the CLI is ``pillars deploy`` (:mod:`pillars.pipelines.cli.parser`);
@@ -18,7 +22,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
+import shlex
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -26,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from pillars.components.deploy import kube
 from pillars.components.deploy.inference_service import (GROUP, PLURAL, VERSION, DeployError, DeploySpec,
                                                          build_inference_service, check_overwrite)
-from pillars.components.errors import RegistryError
+from pillars.components.errors import ConfigError, RegistryError
 from pillars.components.registry import alias_version, check_same_task
 
 if TYPE_CHECKING:
@@ -141,6 +147,49 @@ def rollback_plan(isvc: dict[str, Any], mode: str, previous: dict[str, Any] | No
                              "annotations": previous.get("metadata", {}).get("annotations", {})},
                 "spec": copy.deepcopy(previous.get("spec", {}))}
     return RollbackPlan("reapply-previous", restored, None, "previous spec re-applied (Deployment rolls back)")
+
+
+CANARY_PERCENT = {"promote": 100, "rollback": 0}
+"""``canaryTrafficPercent`` that ends a canary, by the decision's action."""
+
+
+def canary_traffic_patch(name: str, namespace: str, percent: int) -> dict[str, Any]:
+    """The merge patch that sets ``canaryTrafficPercent`` of InferenceService ``namespace/name`` (with its
+    ``apiVersion``, ``kind`` and ``metadata`` it is also a valid InferenceService on its own: the tests check it
+    against KServe's schema, alone and merged into a served object).
+
+    Raises:
+        ConfigError: ``percent`` is not 0..100.
+    """
+    if not isinstance(percent, int) or not 0 <= percent <= 100:
+        raise ConfigError(f"canaryTrafficPercent must be an integer 0..100, got {percent!r}")
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "InferenceService",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"predictor": {"canaryTrafficPercent": percent}}}
+
+
+def kubectl_patch_command(patch: dict[str, Any]) -> str:
+    """The ``kubectl patch`` line that applies ``patch`` (what ``decide-canary`` prints without ``--apply``)."""
+    meta = patch["metadata"]
+    body = json.dumps({"spec": patch["spec"]}, separators=(",", ":"))
+    return (f"kubectl patch inferenceservice {shlex.quote(meta['name'])} -n {shlex.quote(meta['namespace'])} "
+            f"--type merge -p {shlex.quote(body)}")
+
+
+def set_canary_traffic(api_client: ApiClient, patch: dict[str, Any]) -> dict[str, Any]:
+    """Merge-patch ``canaryTrafficPercent`` (``patch`` from :func:`canary_traffic_patch`); returns the object.
+
+    Raises:
+        DeployError: the API server refused it (its message).
+    """
+    from kubernetes.client.exceptions import ApiException
+
+    meta = patch["metadata"]
+    try:
+        return kube.merge_patch(api_client, _path(meta["namespace"], meta["name"]), {"spec": patch["spec"]})
+    except ApiException as e:
+        raise DeployError(f"patching canaryTrafficPercent of InferenceService {meta['namespace']}/{meta['name']} "
+                          f"failed: {e.status} {kube.api_message(e)}") from e
 
 
 # --- talking to the cluster ------------------------------------------------------------------

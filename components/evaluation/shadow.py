@@ -12,12 +12,14 @@ wrong):
 - otherwise **wait** for more labels.
 
 A challenger that is worse is never promoted: promotion needs it to win significantly more discordant
-rows than it loses. ``alpha`` defaults to 0.01 because the rule is applied again as labels arrive (each look
-is a chance of a false promotion; four looks at 0.01 stay under 4 %). The reason of each decision is one
-line, for the alias history.
+rows than it loses. ``alpha`` defaults to :data:`ALPHA` (0.01) because the rule is applied again as labels arrive
+(each look is a chance of a false promotion; four looks at 0.01 stay under 4 %). The reason of each decision is
+one line, for the alias history.
 
 The model server runs the challenger in shadow and scores it (:mod:`pillars.serving.monitoring.shadow`);
 ``pillars models decide-shadow`` moves the alias on a promote, with this reason in the alias history.
+The canary on a cluster, where traffic is split and no row is answered by both, is judged by the sibling
+rule :mod:`pillars.components.evaluation.canary` with the same ``alpha``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import binomtest
+
+
+ALPHA = 0.01
+"""Significance of every test of a challenger (shadow or canary): the rules are applied again as data arrive."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,7 @@ class ShadowDecision:
 
 
 def decide(champion_correct: np.ndarray, challenger_correct: np.ndarray, min_labels: int = 200,
-           max_labels: int = 5000, margin: float = 0.0, alpha: float = 0.01) -> ShadowDecision:
+           max_labels: int = 5000, margin: float = 0.0, alpha: float = ALPHA) -> ShadowDecision:
     """Judge a shadow challenger on paired labelled rows (whether each model was right on each row).
 
     Raises:

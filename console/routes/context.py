@@ -71,6 +71,8 @@ class Console:
     planned: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     trained_by: dict[str, str | None] = field(default_factory=dict)
     """Finished console run -> the MLflow run its train step made."""
+    endpoint_token: str | None = field(default=None, repr=False)
+    """The model servers' bearer token (``endpoint_token_file``), read once at start."""
 
     @classmethod
     def build(cls, settings: ConsoleSettings, token: str | None, home: Settings) -> Console:
@@ -90,7 +92,7 @@ class Console:
             artifacts=ArtifactCache(Path(tempfile.mkdtemp(prefix="pillars-console-artifacts-"))),
             stack=Stack(home), tracking_uri=tracking_uri,
             mlflow_ui=settings.mlflow_ui_url or ("" if is_local_store(tracking_uri) else tracking_uri),
-            templates=templates)
+            templates=templates, endpoint_token=settings.endpoint_token())
 
     def page(self, request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
         """``template`` rendered with ``context`` and what every page shows (CSRF token, sign-in, MLflow link)."""
@@ -100,7 +102,8 @@ class Console:
 
     def endpoints(self) -> list[endpoints.Endpoint]:
         """The model endpoints to show: the local stack's, the configured URLs, Prometheus's."""
-        return endpoints.discover(self.stack.state(), self.settings.endpoint_urls(), self.settings.prometheus_url)
+        return endpoints.discover(self.stack.state(), self.settings.endpoint_urls(), self.settings.prometheus_url,
+                                  self.endpoint_token)
 
     def pipeline(self, name: str) -> Any:
         """The pipeline ``name`` as ``pillars run`` builds it (built once: building compiles it).

@@ -132,6 +132,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     if getattr(args, "name", None) is not None:
         check_model_name(args.name)
+    if args.action == "decide-canary":  # the registry only when it acts (--apply)
+        return _decide_canary(args)
     configure_tracking(create=False)
     if args.action == "list":
         rows = registry.list_models()
@@ -161,6 +163,50 @@ def cmd_models(args: argparse.Namespace) -> int:
         _upgrade(args.name, args.version)
     elif args.action == "decide-shadow":
         _decide_shadow(args.name, args.server, args.served_as or args.name, args.token_file)
+    return 0
+
+
+def _decide_canary(args: argparse.Namespace) -> int:
+    """Judge the canary on Prometheus' figures; print the decision and the patch; with ``--apply`` carry it out.
+
+    Promote: the champion alias moves to the canary's version by compare-and-set (only over the champion it was
+    judged against), then the canary takes all traffic. Roll back: traffic goes back first; then a champion alias
+    already on the canary (the pipeline promotes before it deploys) is rolled back to the champion, else the
+    canary version is marked rolled back; the reason goes to the registry either way. Exit 0 whatever the
+    decision (wait included)."""
+    from pillars.components.deploy.canary import pick_versions, read_figures
+    from pillars.components.deploy.inference_service import inference_service_name
+    from pillars.components.deploy.rollout import CANARY_PERCENT, canary_traffic_patch, kubectl_patch_command
+    from pillars.components.evaluation.canary import CanaryRule, decide_canary
+    from pillars.components.settings import Settings
+
+    rule = CanaryRule(min_requests=args.min_requests, min_labels=args.min_labels, accuracy_margin=args.accuracy_margin,
+                      latency_ratio=args.latency_ratio)
+    namespace = args.namespace or Settings().namespace
+    isvc = args.isvc or inference_service_name(args.name)
+    matchers = {"namespace": args.namespace, "inferenceservice": isvc} if args.namespace else None
+    headers = ({"Authorization": f"Bearer {open(args.prometheus_token_file).read().strip()}"}
+               if args.prometheus_token_file else None)
+    figures = read_figures(args.prometheus, args.served_as or args.name, args.window, matchers, headers)
+    champion, canary = pick_versions(figures, args.canary_version, args.champion_version)
+    decision = decide_canary(champion, canary, rule)
+    print(f"{args.name}: {decision.action}: {decision.reason}")
+    for line in decision.findings:
+        print(f"  - {line}")
+    if decision.action == "wait":
+        return 0
+    patch = canary_traffic_patch(isvc, namespace, CANARY_PERCENT[decision.action])
+    if not args.apply:
+        print(kubectl_patch_command(patch))
+        return 0
+    from pillars.components.deploy import kube
+    from pillars.components.deploy.canary import carry_out
+    from pillars.components.registry.tracking import configure_tracking
+
+    configure_tracking(create=False)
+    for line in carry_out(kube.api_client(), args.name, decision.action, f"canary decision: {decision.reason}",
+                          champion.version, canary.version, patch):
+        print(line)
     return 0
 
 

@@ -131,6 +131,28 @@ def _add_models(sub: Subparsers) -> None:
     a.add_argument("--server", required=True, help="the model server's URL (it runs the challenger with --shadow_uri)")
     a.add_argument("--served-as", default=None, help="the model's name on the server (default: NAME)")
     a.add_argument("--token-file", default=None, help="the server's bearer token, when auth is on")
+    a = actions.add_parser("decide-canary", help="judge a KServe canary from Prometheus: promote (all traffic, champion "
+                           "alias), roll back (no traffic) or wait",
+                           description="Read what the canary and the champion did from Prometheus, decide (error ratio, "
+                           "p99 latency, realised or estimated accuracy; pillars.components.evaluation.canary), print "
+                           "the decision and the kubectl patch; --apply patches canaryTrafficPercent through the "
+                           "Kubernetes client and moves the champion alias by compare-and-set.")
+    a.add_argument("name")
+    a.add_argument("--prometheus", required=True, help="Prometheus URL")
+    a.add_argument("--canary-version", required=True, help="the registry version the canary serves")
+    a.add_argument("--champion-version", default=None,
+                   help="the version it is judged against (default: the other version that answered the most requests)")
+    a.add_argument("--served-as", default=None, help="the model's name on the server (default: NAME)")
+    a.add_argument("--namespace", "-n", default=None, help="the InferenceService's namespace (a Prometheus matcher too)")
+    a.add_argument("--isvc", default=None, help="the InferenceService (default: from NAME; a Prometheus matcher too)")
+    a.add_argument("--window", default="1h", help="Prometheus range of the request, error and latency figures")
+    a.add_argument("--min-requests", type=int, default=200, help="requests each version must have answered")
+    a.add_argument("--min-labels", type=int, default=200, help="scored labels each version needs to be judged on them")
+    a.add_argument("--accuracy-margin", type=float, default=0.02, help="non-inferiority margin on realised accuracy")
+    a.add_argument("--latency-ratio", type=float, default=1.5,
+                   help="roll back when the canary's p99 is more than this times the champion's (and 10 ms slower)")
+    a.add_argument("--prometheus-token-file", default=None, help="bearer token for Prometheus, when it asks for one")
+    a.add_argument("--apply", action="store_true", help="patch the InferenceService and move the alias")
     a = actions.add_parser("history", help="recorded alias moves")
     a.add_argument("name")
     a = actions.add_parser("rollback", help="restore the previous champion (never one rolled back from)")

@@ -10,13 +10,13 @@ prediction). Drift is published as per-feature drift scores over a window of man
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+
+from pillars.serving.monitoring.per_model import PerModelCollector
 
 if TYPE_CHECKING:
     from pillars.serving.monitoring.drift import DriftMonitor
@@ -31,8 +31,9 @@ REQUESTS = Counter(
 )
 REQUEST_SECONDS = Histogram(
     "pillars_serving_request_seconds",
-    "Inference request latency as the server sees it, from first byte to response.",
-    ["model", "protocol"],
+    "Inference request latency as the server sees it, from first byte to response (by version too: a canary's "
+    "latency is compared with its champion's).",
+    ["model", "version", "protocol"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
 )
 BATCH_SIZE = Histogram(
@@ -63,7 +64,7 @@ def observe_request(model: str, version: str, protocol: str, status: str, second
     series = _REQUEST_SERIES.get(key)
     if series is None:
         series = _REQUEST_SERIES[key] = (REQUESTS.labels(model, version, protocol, status),
-                                         REQUEST_SECONDS.labels(model, protocol))
+                                         REQUEST_SECONDS.labels(model, version, protocol))
     series[0].inc()
     series[1].observe(seconds)
 
@@ -76,7 +77,7 @@ RELOAD_FAILURES = Counter(
 )
 
 
-class DriftStats(Collector):
+class DriftStats(PerModelCollector["tuple[str, DriftMonitor]"]):
     """The drift monitors' latest results, read at scrape time (nothing is computed here).
 
     Series (labels ``model``, ``version`` and, per feature, ``feature``; a model with more than
@@ -93,17 +94,9 @@ class DriftStats(Collector):
     - ``pillars_drift_window_rows`` and the counter ``pillars_input_out_of_range_total``: always.
     """
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._monitors: dict[str, tuple[str, DriftMonitor]] = {}
-
     def register_model(self, model: str, version: str, monitor: DriftMonitor | None) -> None:
         """Export ``monitor`` for ``model`` at ``version``, replacing the previous one (None: stop exporting)."""
-        with self._lock:
-            if monitor is None:
-                self._monitors.pop(model, None)
-            else:
-                self._monitors[model] = (version, monitor)
+        self.put(model, None if monitor is None else (version, monitor))
 
     def collect(self) -> Iterator[Metric]:
         feature_labels = ["model", "version", "feature"]
@@ -138,9 +131,7 @@ class DriftStats(Collector):
         outside = CounterMetricFamily("pillars_input_out_of_range",
                                       "Served input values outside the training split's [min, max].",
                                       labels=feature_labels)
-        with self._lock:
-            monitors = list(self._monitors.items())
-        for model, (version, monitor) in monitors:
+        for model, (version, monitor) in self.entries():
             names = monitor.feature_names
             counts = monitor.out_of_range_counts()
             report = monitor.report

@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from pillars.components.evaluation.calibration import Calibration, read_calibration
+from pillars.serving.monitoring.per_model import PerModelCollector
 
 PROBABILITIES = "probabilities"
 """The classifier output the estimate reads (every ``ClassificationTask`` returns it)."""
@@ -124,24 +124,18 @@ class _Entry:
     threshold: float | None
 
 
-class PerformanceStats(Collector):
+class PerformanceStats(PerModelCollector[_Entry]):
     """The served versions' estimators, read at scrape time."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._models: dict[str, _Entry] = {}
 
     def register_model(self, model: str, version: str, estimator: AccuracyEstimator | None, status: str,
                        threshold: float | None = None) -> None:
         """Export ``estimator`` for ``model`` at ``version`` (replacing the previous version's), with the gate's
         accuracy threshold of its task (None: the task sets none)."""
-        with self._lock:
-            self._models[model] = _Entry(version, estimator, status, threshold)
+        self.put(model, _Entry(version, estimator, status, threshold))
 
     def describe_model(self, model: str) -> dict[str, Any]:
         """What the metadata route shows: status, estimate (None when there is none), window rows, expected."""
-        with self._lock:
-            entry = self._models.get(model)
+        entry = self.entry(model)
         if entry is None:
             return {"status": "unavailable: not loaded", "estimated_accuracy": None}
         described: dict[str, Any] = {"version": entry.version, "status": entry.status, "estimated_accuracy": None}
@@ -167,9 +161,7 @@ class PerformanceStats(Collector):
         available = GaugeMetricFamily("pillars_performance_estimate_available",
                                       "1 when the served version can estimate its accuracy (it has a calibration).",
                                       labels=labels)
-        with self._lock:
-            models = list(self._models.items())
-        for model, entry in models:
+        for model, entry in self.entries():
             available.add_metric([model, entry.version], float(entry.estimator is not None))
             if entry.threshold is not None:
                 threshold.add_metric([model, entry.version], entry.threshold)

@@ -42,6 +42,14 @@ def test_the_console_renders_valid_objects_with_its_token_kfp_and_prometheus(ren
     assert credentials["MLFLOW_TRACKING_USERNAME"] == credentials["MLFLOW_TRACKING_PASSWORD"] == "pillars-mlflow-auth"
     egress_ports = {p["port"] for rule in console["NetworkPolicy"]["spec"]["egress"] for p in rule["ports"]}
     assert {5000, 8888, 9090, 8080} <= egress_ports
+    # the model servers ask for their token (kserve.auth on by default): the console has it, read-only
+    assert env["PILLARS_CONSOLE_ENDPOINT_TOKEN_FILE"] == "/var/run/pillars-serving/token"
+    serving = next(v for v in pod["volumes"] if v["name"] == "serving-token")
+    assert serving["secret"]["secretName"] == "pillars-serving-token"
+    assert {"name": "serving-token", "mountPath": "/var/run/pillars-serving", "readOnly": True} in container["volumeMounts"]
+    off = _console(render(set=(*ON, "kserve.auth.enabled=false")))["Deployment"]["spec"]["template"]["spec"]
+    assert "serving-token" not in {v["name"] for v in off["volumes"]}
+    assert "PILLARS_CONSOLE_ENDPOINT_TOKEN_FILE" not in {e["name"] for e in off["containers"][0]["env"]}
 
 
 @pytest.mark.parametrize(("values", "says"), [

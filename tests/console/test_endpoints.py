@@ -139,19 +139,25 @@ def test_the_local_stack_endpoint_reads_its_prometheus_with_the_stack_password(t
     assert (configured.prometheus, configured.prometheus_auth) == ("http://prometheus.example", None)
 
 
-def test_the_shadow_comparison_is_the_servers_own_and_shown_on_the_page(tmp_path, local_store):
+def test_the_shadow_comparison_is_the_servers_own_and_shown_on_the_page_with_the_servers_token(tmp_path, local_store):
     champion = make_profiled_classifier(tmp_path / "champion")
     challenger = make_classifier(tmp_path / "challenger", steps=2, seed=5)
+    token = "a-model-server-token-for-the-console"
+    (tmp_path / "server.token").write_text(token + "\n")
     served = start_server(["--model_dir", str(champion), "--model_name", "toy", "--shadow_uri", str(challenger),
-                           "--feedback_dir", str(tmp_path / "labels"), "--shadow_min_labels", "30"],
+                           "--feedback_dir", str(tmp_path / "labels"), "--shadow_min_labels", "30",
+                           "--auth_token_file", str(tmp_path / "server.token")],
                           log_path=tmp_path / "server.log")
     try:
-        idle = endpoints.shadow_comparison(endpoints.Endpoint("toy", served.http))  # no model named: it asks
+        assert endpoints.shadow_comparison(endpoints.Endpoint("toy", served.http)) is None  # refused without it
+        (endpoint,) = endpoints.discover(None, {"toy": served.http}, "", token)
+        assert endpoints.Sampler(60).scrape(endpoint) is not None  # /metrics asks for the token too
+        idle = endpoints.shadow_comparison(endpoint)  # no model named: it asks
         assert idle is not None and idle.model == "toy" and idle.rows == 0
         assert idle.action == "wait" and "30" in idle.reason  # not enough labels yet, and it says so
         x = toy_rows(60, seed=7)
         y = (x[:, 0] > 5.0).astype(int) + (x[:, 1] > 6.0).astype(int)
-        with httpx.Client(timeout=30) as client:
+        with httpx.Client(timeout=30, headers=endpoint.headers) as client:
             ids = [client.post(f"{served.http}/v2/models/toy/infer", json=v2_request(x[i:i + 1])).json()["id"]
                    for i in range(len(x))]
             _until(lambda: client.get(f"{served.http}/v2/models/toy/shadow").json()["shadow"]["rows"] == len(x),
@@ -159,15 +165,16 @@ def test_the_shadow_comparison_is_the_servers_own_and_shown_on_the_page(tmp_path
             labels = [{"id": request_id, "label": int(y[i])} for i, request_id in enumerate(ids)]
             client.post(f"{served.http}/v2/models/toy/feedback", json={"labels": labels}).raise_for_status()
             truth = client.get(f"{served.http}/v2/models/toy/shadow").json()
-        view = endpoints.view(endpoints.Endpoint("toy", served.http), endpoints.Sampler(60))
-        assert view.shadow is not None
+        view = endpoints.view(endpoint, endpoints.Sampler(60))
+        assert view.ready and view.shadow is not None
         assert (view.shadow.rows, view.shadow.labelled) == (len(x), len(x))
         assert view.shadow.agreement == truth["shadow"]["agreement"]
         assert view.shadow.action == truth["decision"]["action"] != "none"
         assert view.shadow.reason == truth["decision"]["reason"] and view.shadow.reason
 
         mlflow.search_experiments()
-        console = start_console(tmp_path / ".pillars", {"PILLARS_CONSOLE_ENDPOINTS": f"toy={served.http}"})
+        console = start_console(tmp_path / ".pillars", {"PILLARS_CONSOLE_ENDPOINTS": f"toy={served.http}",
+                                                        "PILLARS_CONSOLE_ENDPOINT_TOKEN_FILE": str(tmp_path / "server.token")})
         try:
             page = httpx.get(f"{console.url}/endpoints", timeout=30).text
         finally:
