@@ -97,7 +97,8 @@ def assess(isvc: dict[str, Any]) -> Assessment:
 @dataclasses.dataclass(frozen=True)
 class RollbackPlan:
     """``action``: canary-off (Knative), reapply-previous (Standard) or none (nothing to restore).
-    ``patch``: the object to server-side apply (None for ``none``). ``revision``: where traffic goes."""
+    ``patch``: for canary-off the merge patch of ``canaryTrafficPercent`` (:func:`canary_traffic_patch`), for
+    reapply-previous the object to server-side apply, None for ``none``. ``revision``: where traffic goes."""
 
     action: str
     patch: dict[str, Any] | None
@@ -134,10 +135,7 @@ def rollback_plan(isvc: dict[str, Any], mode: str, previous: dict[str, Any] | No
         revision = previous_ready_revision(isvc)
         if revision is None:
             return RollbackPlan("none", None, None, "first deployment: no earlier ready revision to route to")
-        patch = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "InferenceService",
-                 "metadata": {"name": name, "namespace": namespace},
-                 "spec": {"predictor": {"canaryTrafficPercent": 0}}}
-        return RollbackPlan("canary-off", patch, revision,
+        return RollbackPlan("canary-off", canary_traffic_patch(name, namespace, 0), revision,
                             f"canaryTrafficPercent 0: all traffic back to revision {revision}")
     if previous is None:
         return RollbackPlan("none", None, None, "first deployment: no earlier spec to restore")
@@ -269,7 +267,9 @@ def deploy(spec: DeploySpec, api_client: ApiClient | None = None, timeout_s: flo
         logger.info("InferenceService %s/%s is ready at %s", spec.namespace, spec.isvc_name, url)
         return DeployResult(spec.isvc_name, spec.namespace, spec.model_uri, url)
     plan = rollback_plan(isvc or applied, spec.mode, previous)
-    if plan.patch is not None:
+    if plan.action == "canary-off":  # a merge patch: a partial apply by our field manager would drop the model
+        set_canary_traffic(api_client, plan.patch)
+    elif plan.patch is not None:
         apply_inference_service(api_client, plan.patch)
     logger.error("InferenceService %s/%s failed; rollback: %s", spec.namespace, spec.isvc_name, plan.reason)
     raise DeployError(f"InferenceService {spec.namespace}/{spec.isvc_name} ({spec.model_uri}) failed: "

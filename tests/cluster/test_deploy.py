@@ -264,9 +264,11 @@ def test_a_failed_rollout_turns_the_canary_off_and_fails_with_kserves_message(ks
         deploy(spec(version="4", canary_percent=10), api_client=api, timeout_s=5, poll_s=0.01)
     assert "0/3 nodes are available: 3 Insufficient nvidia.com/gpu." in str(error.value)
     assert "all traffic back to revision iris-predictor-00003" in str(error.value)
-    patches = [r[3] for r in fake.requests if r[0] == "PATCH"]
+    patches = [r for r in fake.requests if r[0] == "PATCH"]
     assert len(patches) == 2
-    assert patches[1]["spec"] == {"predictor": {"canaryTrafficPercent": 0}}
+    assert patches[1][3] == {"spec": {"predictor": {"canaryTrafficPercent": 0}}}
+    # a merge patch, not a partial server-side apply (which would remove the model the first apply set)
+    assert patches[1][2]["Content-Type"] == "application/merge-patch+json"
 
 
 def test_a_timeout_rolls_back_too(kserve_api) -> None:
