@@ -32,7 +32,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -278,11 +278,6 @@ def feedback_hash(rows: FeedbackRows) -> str:
 def lineage(location: str, rows: FeedbackRows) -> dict[str, Any]:
     """What the data step records of the feedback it used (metadata ``feedback``; version tags)."""
     return {"source": location, "rows": rows.rows, "without_inputs": rows.without_inputs}
-
-
-def feedback_of(metadata: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The feedback a prepared data set took (:func:`lineage`), or None."""
-    return metadata.get("feedback") or None
 
 
 def _array(values: list) -> np.ndarray:
