@@ -50,13 +50,16 @@ def prepare_data(
     missing_policy: str,
     balance: bool,
     engine: str,
+    model_name: str,
+    feedback: str,
     train_data: Output[Dataset],
     val_data: Output[Dataset],
     test_data: Output[Dataset],
     metadata: Output[Artifact],
 ) -> str:
-    """Load and split the task's data, fit its preprocessing; write ``.npz`` splits (engine pandas) or folders
-    of Parquet shards (engine spark) and the metadata/profile JSON. Returns the data hash."""
+    """Load and split the task's data (plus the trainable rows of the ``feedback`` store of ``model_name``, in
+    the train split only), fit its preprocessing; write ``.npz`` splits (engine pandas) or folders of Parquet
+    shards (engine spark) and the metadata/profile JSON. Returns the data hash."""
     from pillars.components.data.prepare import PrepareParams, run_prepare
     from pillars.components.data.prepare_table import run_prepare_table
     from pillars.components.shutdown import skip_final_collection
@@ -65,7 +68,8 @@ def prepare_data(
 
     params = PrepareParams(task=task, task_args=task_args, source=source, label_column=label_column, seed=seed,
                            val_fraction=val_fraction, test_fraction=test_fraction,
-                           missing_policy=missing_policy, balance=balance, engine=engine)
+                           missing_policy=missing_policy, balance=balance, engine=engine, model_name=model_name,
+                           feedback=feedback)
     if engine != "pandas":
         return run_prepare_table(params, engine, train_data.path, val_data.path, test_data.path, metadata.path)
     return run_prepare(params, train_data.path, val_data.path, test_data.path, metadata.path)

@@ -88,7 +88,7 @@ TRAINING: Final[tuple[Parameter, ...]] = (
               ("prepare_data",)),
     Parameter("model_name", str, "",
               "Registered model name; empty: the task's name (the attribute's name for package.module:attribute).",
-              ("resolve_task", "train", "validate", "register")),
+              ("resolve_task", "prepare_data", "train", "validate", "register")),
     Parameter("warm_start", bool, False, "Start from the champion's weights when its inputs match.", ("train",)),
     Parameter("epochs", int, 30, "Maximum training epochs (early stopping may end sooner).", ("train",)),
     Parameter("batch_size", int, 64, "Rows per batch (per process with nproc > 1).", ("train",)),
@@ -111,6 +111,10 @@ TRAINING: Final[tuple[Parameter, ...]] = (
     Parameter("engine", str, "pandas",
               "The data step's engine: pandas (in the step's memory) or spark (Apache Spark; your table's splits "
               "become Parquet shards that training streams).", ("prepare_data",), choices=("pandas", "spark")),
+    Parameter("feedback", str, "",
+              "The model server's feedback store (its --feedback_dir: a folder or s3://bucket/prefix): the "
+              "labelled rows whose inputs the server kept join the train split only (never validation or test); "
+              "the counts are recorded on the run and the version. Empty: none.", ("prepare_data",)),
     Parameter("thresholds", str, "",
               "JSON minimums for the gate, e.g. {\"accuracy\": 0.95}; empty: the task's defaults ({} is refused).",
               ("validate", "promote")),

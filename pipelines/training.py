@@ -15,6 +15,7 @@ from pillars.components.ops import Components, components
 from pillars.components.optimize.variants import step_defaults
 from pillars.components.optimize.op import optimize_component
 from pillars.components.parameters import TRAINING, check_choices, parameters, pipeline_function, step_arguments
+from pillars.components.data.feedback import feedback_store
 from pillars.components.data.prepare import PrepareParams
 from pillars.components.registry.references import check_model_name, default_model_name
 from pillars.components.settings import Settings
@@ -221,6 +222,8 @@ def check_arguments(pipeline: Any, arguments: dict[str, Any], load: bool = True)
             check_model_name(default_model_name(prepare.task))
         if load:
             task = prepare.load()  # an unknown task, a missing package or bad task_args: one line naming it
+    if merged.get("feedback"):
+        feedback_store(str(merged["feedback"]), str(merged.get("model_name") or "model"))  # a bad location
     if "margin" in merged:
         check_margin(merged["margin"], task)
     if str(merged.get("thresholds", "")).strip() or task is not None:

@@ -141,7 +141,7 @@ class PillarsModel(Model):
         self._active = versions.monitored(self.name, self.source, self.predictor, self.drift_config, self.settings)
         metrics.DRIFT.register_model(self.name, self.version, self.drift)
         self.feedback = ground_truth.FeedbackLog(
-            self.name, self.settings.feedback_dir / f"{self.name}.jsonl", self.predictor.task.kind,
+            self.name, self.settings.feedback_dir, self.predictor.task.kind,
             self.predictor.prep.get("classes"), self.settings.feedback_max_labels, self.settings.feedback_max_batch)
         ground_truth.FEEDBACK.register_model(self.name, self.feedback)
         if self.settings.shadow_uri:

@@ -123,9 +123,10 @@ class ServingSettings(BaseSettings):
     """Host names a request's ``Host`` header may name (``*``: any). Empty: the loopback names when ``host``
     is loopback (no web page can reach the server through a DNS name of its own), any host otherwise."""
 
-    feedback_dir: Path = Path(".pillars/feedback")
-    """Folder of the durable feedback labels (one ``MODEL.jsonl`` per served model, fsynced per batch, read
-    back at start). On a cluster, a mounted volume."""
+    feedback_dir: str = ".pillars/feedback"
+    """Where the durable feedback labels go, read back at start: a folder (one ``MODEL.jsonl`` per served
+    model, fsynced per batch) or, on a cluster, ``s3://bucket/prefix`` (one object per batch under
+    ``prefix/MODEL/``; endpoint ``AWS_ENDPOINT_URL``, credentials boto3's usual variables)."""
 
     feedback_memory_rows: int = Field(default=100_000, ge=1)
     """Most recent rows whose predictions (and small inputs) are remembered by request id; labels for ids

@@ -1,5 +1,7 @@
 """Step 1, data preparation, through the task API: load and split the task's data, fit its preprocessing
-on the train split, profile the train split's drift features.
+on the train split, profile the train split's drift features. With the ``feedback`` parameter, the labelled
+rows a model server kept inputs for join the train split only (validation and test stay the task's own, so
+the gate judges every run on the same kind of rows); the metadata's ``feedback`` records how many.
 
 The splits and the metadata are written in the format of :mod:`pillars.components.data.splits`, which
 the later steps read; the metadata carries the drift profile every registered model keeps as
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,9 +25,21 @@ from pillars.components.parameters import parse_json_object
 from pillars.components.model.predictor import drift_matrix
 from pillars.components.data.profile import drift_profile
 from pillars.components.registry.references import default_model_name
-from pillars.components.data.splits import PreparedMetadata, inputs_of, save_metadata, save_split, storable
+from pillars.components.data.feedback import (
+    TRAINABLE_KINDS,
+    FeedbackRows,
+    FeedbackStoreError,
+    add_feedback,
+    feedback_examples,
+    feedback_hash,
+    feedback_store,
+    lineage,
+)
+from pillars.components.data.splits import (PreparedMetadata, input_names, inputs_of, save_metadata, save_split,
+                                             storable)
 from pillars.components.task import (
     DataParams,
+    Dataset,
     Examples,
     Preprocessing,
     Task,
@@ -32,6 +47,8 @@ from pillars.components.task import (
     load_task,
     task_reference,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -47,12 +64,26 @@ class PrepareParams(DataParams):
     engine: str = "pandas"
     """``pandas`` (the task's arrays in memory, ``.npz`` splits) or ``spark`` (its table source on Apache Spark,
     Parquet shard splits: :mod:`pillars.components.data.prepare_table`)."""
+    model_name: str = ""
+    """The registered (and served) model's name; empty: the task's default name. Names its feedback."""
+    feedback: str = ""
+    """A model server's feedback store (a folder or ``s3://bucket/prefix``): its trainable labelled rows join
+    the train split (:mod:`pillars.components.data.feedback`). Empty: none."""
 
     def __post_init__(self) -> None:
         super().__post_init__()  # checks the fractions and the missing policy
         parse_task_args(self.task_args)
         if self.engine not in ("pandas", "spark"):
             raise ConfigError(f"engine must be 'pandas' or 'spark', got {self.engine!r}")
+        if self.feedback:
+            if self.engine != "pandas":
+                raise ConfigError("feedback rows need engine=pandas (the spark engine streams shards it does "
+                                  "not rewrite)")
+            feedback_store(self.feedback, self.model_name or "model")  # a bad location fails here
+
+    def feedback_model(self) -> str:
+        """Whose labels the feedback store holds: ``model_name``, else the task's default name."""
+        return self.model_name or default_model_name(self.task)
 
     def data_params(self) -> DataParams:
         return DataParams(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DataParams)})
@@ -97,6 +128,10 @@ def prepare(params: PrepareParams) -> PreparedData:
     reference = task_reference(params.task)
     data = task.load_data(params.data_params())
     prep = task.fit_preprocessing(data.train, data.info)
+    feedback = None
+    if params.feedback:
+        data, feedback = _with_feedback(task, data, prep, params)
+        prep = task.fit_preprocessing(data.train, data.info)  # fitted on the rows it trains on
     signature = task.signature(prep)
     required = [s.name for s in signature.inputs if not s.optional]
     for name, split in data.splits().items():
@@ -116,13 +151,49 @@ def prepare(params: PrepareParams) -> PreparedData:
         info=info,
         prep=_json_ready(prep),
         signature=_json_ready(signature.to_dict()),
-        data_hash=str(info.get("data_hash") or hash_examples(splits)),
+        data_hash=_data_hash(str(info.get("data_hash") or hash_examples(splits)), feedback),
         split_rows={name: row_count(split) for name, split in splits.items()},
         seed=params.seed,
         source=str(info.get("source") or params.source or reference),
         profile=task_profile(task, splits["train"], prep, params.seed),
+        feedback=lineage(params.feedback, feedback) if feedback is not None else None,
     )
     return PreparedData(splits, metadata, task)
+
+
+def _with_feedback(task: Task, data: Dataset, prep: Preprocessing,
+                   params: PrepareParams) -> tuple[Dataset, FeedbackRows]:
+    """``data`` with the feedback store's trainable rows appended to its train split (validation and test
+    stay the task's own, so the gate judges on the same rows).
+
+    Raises:
+        ConfigError: the task's kind takes no feedback rows.
+        DataError: the feedback does not fit the train split, or a line is malformed (naming it).
+    """
+    if task.kind not in TRAINABLE_KINDS:
+        raise ConfigError(f"feedback rows need a classification or regression task; {params.task} is "
+                          f"{task.kind}")
+    store = feedback_store(params.feedback, params.feedback_model())
+    target = getattr(task, "target_column", "label")
+    classes = prep.get("classes") if task.kind == "classification" else None
+    try:
+        rows = feedback_examples(store, input_names(task, prep), target, classes)
+    except FeedbackStoreError as e:
+        raise DataError(f"cannot read the feedback store {store.where}: {e.strerror or e}") from e
+    if rows.rows + rows.without_inputs == 0:
+        logger.warning("no feedback labels for model %s in %s", params.feedback_model(), store.where)
+    else:
+        logger.info("feedback from %s: %d trainable rows added to the train split, %d labels without inputs",
+                    store.where, rows.rows, rows.without_inputs)
+    train = add_feedback(data.train, rows, store.where)
+    return dataclasses.replace(data, train=train), rows
+
+
+def _data_hash(base: str, feedback: FeedbackRows | None) -> str:
+    """The task data's hash, joined with the feedback rows' when there are any."""
+    if feedback is None or feedback.rows == 0:
+        return base
+    return hashlib.sha256(f"{base}+{feedback_hash(feedback)}".encode()).hexdigest()[:16]
 
 
 def hash_examples(splits: Mapping[str, Examples]) -> str:

@@ -90,6 +90,8 @@ class PreparedMetadata(Mapping[str, Any]):
         table: for the table data step, how shard rows become examples (:mod:`pillars.components.data.shards`).
         engine: the data step's engine (``pandas`` or ``spark``); None when the data step did not say.
         spark_app_id: the Spark application that prepared the data, when Spark did.
+        feedback: the production labels added to the train split (``source``, ``rows``, ``without_inputs``;
+            :func:`pillars.components.data.feedback.lineage`), when the run took any.
     """
 
     task: str
@@ -107,6 +109,7 @@ class PreparedMetadata(Mapping[str, Any]):
     table: dict[str, Any] | None = None
     engine: str | None = None
     spark_app_id: str | None = None
+    feedback: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PreparedMetadata:
@@ -189,11 +192,17 @@ def load_metadata(path: str | Path) -> PreparedMetadata:
 
 def lineage_tags(metadata: Mapping[str, Any]) -> dict[str, str]:
     """The data lineage a training run and its registered version carry as tags: the data step's engine,
-    the rows of each split and, when Spark prepared the data, its application id."""
+    the rows of each split, when Spark prepared the data its application id, and when the train split took
+    feedback rows their store, how many were added and how many labels had no inputs (not trainable)."""
     tags = {"pillars.data_engine": str(metadata.get("engine") or "pandas"),
             "pillars.data_rows": json.dumps(metadata.get("split_rows") or {}, sort_keys=True)}
     if metadata.get("spark_app_id"):
         tags["pillars.spark_app_id"] = str(metadata["spark_app_id"])
+    feedback = metadata.get("feedback")
+    if feedback:
+        tags.update({"pillars.feedback_source": str(feedback["source"]),
+                     "pillars.feedback_rows": str(feedback["rows"]),
+                     "pillars.feedback_without_inputs": str(feedback["without_inputs"])})
     return tags
 
 

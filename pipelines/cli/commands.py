@@ -277,7 +277,8 @@ def version_line(name: str, row: VersionRecord) -> str:
 
 
 def _data_lineage(tags: dict[str, str]) -> str:
-    """`` data=HASH engine=spark rows=N app=ID`` of a version whose data step recorded them ("" before)."""
+    """`` data=HASH engine=spark rows=N app=ID feedback=N (+M without inputs)`` of a version whose data step
+    recorded them ("" before)."""
     if "data_engine" not in tags:
         return ""
     try:
@@ -285,7 +286,9 @@ def _data_lineage(tags: dict[str, str]) -> str:
     except (ValueError, TypeError, AttributeError):
         rows = "?"
     app = f" spark_app={tags['spark_app_id']}" if tags.get("spark_app_id") else ""
-    return f"  data={tags.get('data_hash', '?')} engine={tags['data_engine']} rows={rows}{app}"
+    feedback = (f" feedback={tags['feedback_rows']} (+{tags.get('feedback_without_inputs', '?')} without inputs)"
+                if "feedback_rows" in tags else "")
+    return f"  data={tags.get('data_hash', '?')} engine={tags['data_engine']} rows={rows}{app}{feedback}"
 
 
 def _size(n: int) -> str:

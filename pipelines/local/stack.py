@@ -3,8 +3,10 @@
 ``up`` starts, each as a process of its own with its log under ``<home>/stack/logs``:
 
 1. ``mlflow server`` on the embedded store (``<home>/mlflow.db``): the registry UI;
-2. the model server for ``models:/NAME@champion``, reloading when the champion moves;
-3. the retraining trigger (``pillars trigger``), with a fresh bearer token;
+2. the model server for ``models:/NAME@champion``, reloading when the champion moves, keeping feedback
+   labels under ``<home>/feedback``;
+3. the retraining trigger (``pillars trigger``), with a fresh bearer token; its runs take those labels as
+   extra training rows (``--param feedback``);
 4. Alertmanager, routing alerts labelled ``pillars_action="retrain"`` to the trigger;
 5. Prometheus, scraping the model server and the trigger, with the alert rules of ``pillars.serving.monitoring.alerts``;
 6. the console (``pillars console``, loopback), showing the runs, the registry and the model server.
@@ -252,11 +254,12 @@ class Stack:
             ("model-server", [sys.executable, "-m", "pillars.serving", "--model_uri", f"models:/{model}@champion",
                               "--model_name", model, "--http_port", str(ports.http), "--grpc_port", str(ports.grpc),
                               "--reload_interval_s", str(timing.reload_interval_s),
-                              "--drift_interval_s", str(timing.drift_interval_s), *(server_args or [])],
+                              "--drift_interval_s", str(timing.drift_interval_s),
+                              "--feedback_dir", str(self.home / "feedback"), *(server_args or [])],
              f"{urls['model_http']}/v2/health/ready"),
             ("trigger", [sys.executable, "-m", "pillars.pipelines.cli", "trigger", "--port", str(ports.trigger),
                          "--token-file", str(token_file), "--cooldown", str(timing.cooldown_s),
-                         "--param", f"tracking_uri={mlflow_url}",
+                         "--param", f"tracking_uri={mlflow_url}", "--param", f"feedback={self.home / 'feedback'}",
                          *[a for p in (params or []) for a in ("--param", p)]],
              f"{urls['trigger']}/healthz"),
             ("alertmanager", [tools["alertmanager"], f"--config.file={self.dir / 'alertmanager.yml'}",

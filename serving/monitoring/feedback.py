@@ -13,9 +13,11 @@ id; :meth:`FeedbackLog.record`:
 - scores a label whose id the memory still holds against the prediction served for it (per version:
   rows, correct rows, squared error); a label for an id the server no longer remembers (evicted, or served
   before a restart) is kept for retraining but not scored;
-- appends one JSON line per label to ``<feedback_dir>/<model>.jsonl`` and fsyncs before answering, so an
-  acknowledged label survives a crash. At start the file is read back: the ids seen and the per-version
-  totals are restored, so a restart loses no label and the realised metric continues.
+- stores one JSON line per label before answering, so an acknowledged label survives a crash: appended and
+  fsynced to ``<feedback_dir>/<model>.jsonl``, or, with ``--feedback_dir s3://bucket/prefix``, as one new
+  object per batch under ``prefix/<model>/`` (:mod:`pillars.components.data.feedback` has both layouts). At
+  start the store is read back: the ids seen and the per-version totals are restored, so a restart loses no
+  label and the realised metric continues.
 
 Each line: ``{"id", "model", "version" (null when not remembered), "scored", "rows", "labels" [per row],
 "predictions" [per row, or null], "correct" (classifier, scored only), "squared_error" (regressor, scored
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -45,6 +46,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from pillars.components.data.feedback import FeedbackStore, FeedbackStoreError, feedback_store
 from pillars.serving.errors import BadFeedback, FeedbackNotStored, TooMuchFeedback
 
 logger = logging.getLogger(__name__)
@@ -132,20 +134,22 @@ class FeedbackLog:
 
     Args:
         model: the served model's name.
-        path: the JSON-lines file (created with its folder on the first label).
+        store: where the labels are kept: a :class:`FeedbackStore`, or a location :func:`feedback_store` reads
+            (``--feedback_dir``: a folder, ``s3://bucket/prefix``, or a ``.jsonl`` file, created with its
+            folder on the first label).
         kind: the task's kind (``classification`` and ``regression`` are scored).
         classes: a classifier's class names (labels may be given by name or index).
         max_labels: most labels the file may hold.
         max_batch: most items one batch may carry.
 
     Raises:
-        pillars.components.errors.ConfigError: the file exists but cannot be read.
+        FeedbackStoreError: the store exists but cannot be read.
     """
 
-    def __init__(self, model: str, path: Path, kind: str, classes: Sequence[str] | None, max_labels: int,
-                 max_batch: int) -> None:
+    def __init__(self, model: str, store: FeedbackStore | Path | str, kind: str, classes: Sequence[str] | None,
+                 max_labels: int, max_batch: int) -> None:
         self.model = model
-        self.path = path
+        self.store = store if isinstance(store, FeedbackStore) else feedback_store(store, model)
         self.kind = kind
         self.classes = list(classes or [])
         self.max_labels = max_labels
@@ -159,21 +163,19 @@ class FeedbackLog:
         self._load()
 
     def _load(self) -> None:
-        if not self.path.is_file():
-            return
-        with self.path.open("rb") as f:
-            for number, line in enumerate(f, 1):
-                if not line.endswith(b"\n"):  # a torn last line (a crash mid-write, never acknowledged)
-                    logger.warning("%s: ignoring an unfinished line %d", self.path, number)
-                    break
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    logger.warning("%s: ignoring unreadable line %d", self.path, number)
-                    continue
-                self._seen.add(record["id"])
-                self._count(record)
-        logger.info("model %s: %d feedback labels read back from %s", self.model, len(self._seen), self.path)
+        for where, number, line in self.store.lines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                logger.warning("%s: ignoring unreadable line %d", where, number)
+                continue
+            if record["id"] in self._seen:  # two replicas labelled it: counted once
+                continue
+            self._seen.add(record["id"])
+            self._count(record)
+        if self._seen:
+            logger.info("model %s: %d feedback labels read back from %s", self.model, len(self._seen),
+                        self.store.where)
 
     def _count(self, record: Mapping[str, Any]) -> None:
         if not record.get("scored"):
@@ -225,11 +227,13 @@ class FeedbackLog:
                                       "(--feedback_max_labels)")
             if records:
                 try:
-                    self._append(records)
-                except OSError as e:
-                    logger.error("model %s: cannot store feedback in %s: %s", self.model, self.path, e)
-                    raise FeedbackNotStored(f"the feedback store {self.path} cannot be written ({e.strerror}); "
-                                            "nothing of this batch was kept, send it again") from e
+                    self.store.append(b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n"
+                                               for r in records))
+                except FeedbackStoreError as e:
+                    logger.error("model %s: cannot store feedback in %s: %s", self.model, self.store.where, e)
+                    raise FeedbackNotStored(f"the feedback store {self.store.where} cannot be written "
+                                            f"({e.strerror or e}); nothing of this batch was kept, send it "
+                                            "again") from e
             for record in records:
                 self._seen.add(record["id"])
                 self._count(record)
@@ -298,24 +302,6 @@ class FeedbackLog:
             record["squared_error"] = float(sum((p - t) ** 2 for p, t in zip(record["predictions"], labels,
                                                                                strict=True)))
         return record
-
-    def _append(self, records: list[dict[str, Any]]) -> None:
-        """Append the lines and fsync them (the folder too, when the file is new)."""
-        new = not self.path.exists()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if new:
-            folder = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(folder)
-            finally:
-                os.close(folder)
 
     def realised(self) -> dict[str, dict[str, float | int]]:
         """Per version: scored rows and the realised metric (accuracy, or RMSE)."""

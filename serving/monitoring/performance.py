@@ -7,17 +7,19 @@ over the buffer is the estimated accuracy of those predictions. Cost on the requ
 probabilities into a fixed ring (``window x classes`` float32), per micro-batch; the calibration is applied
 over the ring when the estimate is read (a scrape, the performance route).
 
-A model without a calibration (a regressor, a forecaster, a classifier trained before calibration existed,
-an unreadable calibration) gets no estimator: :func:`estimator_for` returns None with the reason, the
-metadata route says ``unavailable`` with that reason, and no estimated series is exported, so nothing is
-ever invented. Forecasters' quantiles could give an interval coverage estimate; that is not done yet and is
-declared not estimable.
+A forecaster estimates its error from its own quantiles instead: :class:`~pillars.serving.monitoring.
+uncertainty.IntervalEstimator` (estimated MAE from the 10-90% interval width). A model without either (a plain
+regressor, a classifier trained before calibration existed, an unreadable calibration) gets no estimator:
+:func:`estimator_for` returns None with the reason, the metadata route says ``unavailable`` or ``not
+estimable`` with that reason, and no estimated series is exported, so nothing is ever invented.
 
 Series (:class:`PerformanceStats`, labels ``model``, ``version``):
 
 - ``pillars_performance_estimated_accuracy``: mean calibrated confidence over the window, once it holds
   ``min_rows`` rows;
 - ``pillars_performance_expected_accuracy``: what the model expected of itself on its validation split;
+- ``pillars_performance_estimated_mae``: a forecaster's estimated MAE of its median forecast (from its
+  quantiles), and ``pillars_performance_interval_width`` the mean 10-90% interval width it comes from;
 - ``pillars_performance_estimate_rows``: rows in the window;
 - ``pillars_performance_estimate_available``: 1 when the version has a calibration, else 0;
 - ``pillars_performance_accuracy_threshold``: the accuracy the task's gate requires by default (its
@@ -37,6 +39,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from pillars.components.evaluation.calibration import Calibration, read_calibration
 from pillars.serving.monitoring.per_model import PerModelCollector
+from pillars.serving.monitoring.uncertainty import IntervalEstimator
 
 PROBABILITIES = "probabilities"
 """The classifier output the estimate reads (every ``ClassificationTask`` returns it)."""
@@ -98,13 +101,15 @@ class AccuracyEstimator:
 
 
 def estimator_for(kind: str, extra: Mapping[str, Any], window: int, min_rows: int
-                  ) -> tuple[AccuracyEstimator | None, str]:
+                  ) -> tuple[AccuracyEstimator | IntervalEstimator | None, str]:
     """The estimator of a model version, or None and why the estimate is unavailable.
 
     Args:
-        kind: the task's kind (only ``classification`` is estimable).
+        kind: the task's kind (``classification``: accuracy by CBPE; ``forecasting``: MAE from the quantiles).
         extra: the saved config's ``extra`` (where the calibration is kept).
     """
+    if kind == "forecasting":
+        return IntervalEstimator(window, min_rows), "available: MAE estimated from the forecast's 10-90% quantiles"
     if kind != "classification":
         return None, f"not estimable: a {kind} model's accuracy cannot be estimated from its outputs"
     try:
@@ -119,7 +124,7 @@ def estimator_for(kind: str, extra: Mapping[str, Any], window: int, min_rows: in
 @dataclass(frozen=True)
 class _Entry:
     version: str
-    estimator: AccuracyEstimator | None
+    estimator: AccuracyEstimator | IntervalEstimator | None
     status: str
     threshold: float | None
 
@@ -127,7 +132,8 @@ class _Entry:
 class PerformanceStats(PerModelCollector[_Entry]):
     """The served versions' estimators, read at scrape time."""
 
-    def register_model(self, model: str, version: str, estimator: AccuracyEstimator | None, status: str,
+    def register_model(self, model: str, version: str, estimator: AccuracyEstimator | IntervalEstimator | None,
+                       status: str,
                        threshold: float | None = None) -> None:
         """Export ``estimator`` for ``model`` at ``version`` (replacing the previous version's), with the gate's
         accuracy threshold of its task (None: the task sets none)."""
@@ -139,7 +145,10 @@ class PerformanceStats(PerModelCollector[_Entry]):
         if entry is None:
             return {"status": "unavailable: not loaded", "estimated_accuracy": None}
         described: dict[str, Any] = {"version": entry.version, "status": entry.status, "estimated_accuracy": None}
-        if entry.estimator is not None:
+        if isinstance(entry.estimator, IntervalEstimator):
+            described.update(estimated_mae=entry.estimator.estimate(), window_rows=entry.estimator.rows,
+                             min_rows=entry.estimator.min_rows, interval_width=entry.estimator.interval_width())
+        elif entry.estimator is not None:
             calibration = entry.estimator.calibration
             described.update(estimated_accuracy=entry.estimator.estimate(), window_rows=entry.estimator.rows,
                              min_rows=entry.estimator.min_rows, expected_accuracy=calibration.expected_accuracy,
@@ -158,8 +167,14 @@ class PerformanceStats(PerModelCollector[_Entry]):
         threshold = GaugeMetricFamily("pillars_performance_accuracy_threshold",
                                       "The accuracy the task's gate requires by default: the estimated-accuracy "
                                       "alert fires below it.", labels=labels)
+        mae = GaugeMetricFamily("pillars_performance_estimated_mae",
+                                "A forecaster's estimated MAE of its median forecast, from its 10-90% quantiles, "
+                                "over the window.", labels=labels)
+        width = GaugeMetricFamily("pillars_performance_interval_width",
+                                  "A forecaster's mean 10-90% interval width over the window.", labels=labels)
         available = GaugeMetricFamily("pillars_performance_estimate_available",
-                                      "1 when the served version can estimate its accuracy (it has a calibration).",
+                                      "1 when the served version can estimate its performance (a classifier with "
+                                      "a calibration, a forecaster with quantiles).",
                                       labels=labels)
         for model, entry in self.entries():
             available.add_metric([model, entry.version], float(entry.estimator is not None))
@@ -168,11 +183,16 @@ class PerformanceStats(PerModelCollector[_Entry]):
             if entry.estimator is None:
                 continue
             rows.add_metric([model, entry.version], entry.estimator.rows)
+            if isinstance(entry.estimator, IntervalEstimator):
+                if (value := entry.estimator.estimate()) is not None:
+                    mae.add_metric([model, entry.version], value)
+                    width.add_metric([model, entry.version], entry.estimator.interval_width() or 0.0)
+                continue
             expected.add_metric([model, entry.version], entry.estimator.calibration.expected_accuracy)
             value = entry.estimator.estimate()
             if value is not None:
                 estimated.add_metric([model, entry.version], value)
-        yield from (estimated, expected, rows, available, threshold)
+        yield from (estimated, expected, rows, available, threshold, mae, width)
 
 
 PERFORMANCE = PerformanceStats()

@@ -75,6 +75,24 @@ def test_serving_runtime_supports_the_pillars_format_over_http_and_grpc(render) 
     assert "--model_dir=/mnt/models" not in runtimes["pillars-registry"]["spec"]["containers"][0]["args"]
 
 
+def test_the_model_servers_keep_feedback_in_object_storage_and_the_trigger_retrains_on_it(render) -> None:
+    docs = render("trigger.yaml")
+    for runtime in (d for d in docs if d["kind"] == "ServingRuntime"):
+        container = runtime["spec"]["containers"][0]
+        assert "--feedback_dir=s3://pillars-labels/prod" in container["args"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio.minio.svc:9000"
+        assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "pillars-feedback-s3",
+                                                                         "key": "AWS_ACCESS_KEY_ID"}
+    [trigger] = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-trigger")]
+    container = trigger["spec"]["template"]["spec"]["containers"][0]
+    assert "--param=feedback=s3://pillars-labels/prod" in container["args"]
+    assert "--s3-secret=pillars-feedback-s3" in container["args"]
+    default = [d for d in render() if d["kind"] == "ServingRuntime"][0]["spec"]["containers"][0]
+    assert not [a for a in default["args"] if a.startswith("--feedback_dir")]
+    assert not [e for e in default["env"] if e["name"].startswith("AWS_")]
+
+
 def _isvcs(docs: list[dict]) -> dict[str, dict]:
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == "InferenceService"}
 
@@ -229,6 +247,7 @@ def test_pipeline_runner_may_manage_inference_services_in_its_namespace_only(ren
     (["--set", "kserve.reloadIntervalSeconds=-1"], "/kserve/reloadIntervalSeconds"),
     (["--set", "mlflow.auth.passwordKey=pw"], "passwordKey"),  # the Secret's keys are fixed
     (["--set", "mlflow.networkPolicy.clients[0].podSelector.app=x"], "namespaceSelector"),
+    (["--set", "kserve.feedback.dir=labels"], "/kserve/feedback/dir"),  # a pod's folder loses labels
 ])
 def test_values_schema_rejects_wrong_types_and_unknown_keys(helm: str, arguments: list[str], message: str) -> None:
     result = run([helm, "template", "pillars", CHART, *arguments], check=False)

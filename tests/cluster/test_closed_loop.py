@@ -60,7 +60,7 @@ def test_trigger_serves_webhooks_and_starts_runs_on_the_kfp_api_with_the_chart_m
     assert flags["--experiment"] == ["iris-retraining"]
     assert flags["--cooldown"] == ["1800"]
     assert flags["--namespace"] == ["pillars"]  # multi-user: runs go to the release's profile namespace
-    assert sorted(flags["--param"]) == ["epochs=20", "source=s3://data/iris/",
+    assert sorted(flags["--param"]) == ["epochs=20", "feedback=s3://pillars-labels/prod", "source=s3://data/iris/",
                                         "tracking_uri=http://pillars-mlflow.pillars.svc.cluster.local:5000",
                                         "warm_start=true"]
     for probe in ("readinessProbe", "livenessProbe"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -114,13 +116,49 @@ def test_digits_cnn_through_the_pipeline_with_two_ddp_processes(tracking_uri, ho
     assert registry.client().get_run(run_id).data.tags["pillars.world_size"] == "2"
 
 
-def test_retraining_resolves_the_task_warm_starts_and_promotes_only_if_better(spine_home):
+def _serve_and_label(labels_dir, tmp_path) -> None:
+    """Serve the spine's champion with ``--feedback_dir labels_dir``, send it 16 rows (two requests with ids)
+    over HTTP, then their true labels and one label for an id it never served."""
+    import httpx
+
+    from pillars.serving.demo import v2_request
+    from tests.serving.conftest import start_server
+
+    rows = prepare(PrepareParams(task="breast_cancer")).splits["train"]  # rows it trained on: no test leak
+    x, y = rows["input-0"][:16], rows["label"][:16]
+    server = start_server(["--model_uri", f"models:/{SPINE}@champion", "--model_name", SPINE,
+                           "--feedback_dir", str(labels_dir)], tmp_path / "server.log",
+                          env={"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}, model=SPINE)
+    try:
+        with httpx.Client(timeout=30) as client:
+            for i, batch in enumerate((x[:10], x[10:])):
+                response = client.post(f"{server.http}/v2/models/{SPINE}/infer",
+                                        json=v2_request(batch) | {"id": f"req-{i}"})
+                assert response.status_code == 200, response.text
+            labels = [{"id": "req-0", "label": [int(v) for v in y[:10]]},
+                      {"id": "req-1", "label": [int(v) for v in y[10:]]},
+                      {"id": "never-served", "label": 1}]  # kept, but no inputs to train on
+            response = client.post(f"{server.http}/v2/models/{SPINE}/feedback", json={"labels": labels})
+            assert response.status_code == 200 and response.json()["scored"] == 2, response.text
+    finally:
+        server.process.stop()
+
+
+def test_retraining_resolves_the_task_warm_starts_takes_feedback_rows_and_promotes_only_if_better(
+        spine_home, capsys, tmp_path):
     # The module's trained spine is the champion to retrain (after the test above, which leaves v1 champion).
+    # It is served first and gets labels over HTTP; `pillars run retraining --param feedback=DIR` trains on
+    # them as extra rows of the train split.
     champion = registry.alias_version(SPINE, registry.CHAMPION)
     first = _test_metrics(SPINE, champion)["test_accuracy"]
     before = {v.version for v in registry.list_versions(SPINE)}
+    champion_rows = json.loads(registry.client().get_model_version(SPINE, champion).tags["data_rows"])
+    labels_dir = tmp_path / "labels"
+    _serve_and_label(labels_dir, tmp_path)
 
-    run_local(retraining_pipeline(), {"model_name": SPINE, "epochs": 30})
+    code, out, err = _pillars(capsys, "run", "retraining", "--param", f"model_name={SPINE}", "--param", "epochs=30",
+                              "--param", f"feedback={labels_dir}")
+    assert code == 0, err
     [new] = {v.version for v in registry.list_versions(SPINE)} - before
     retrained = registry.client().get_model_version(SPINE, new)
     run = registry.client().get_run(retrained.run_id)
@@ -130,3 +168,12 @@ def test_retraining_resolves_the_task_warm_starts_and_promotes_only_if_better(sp
     second = _test_metrics(SPINE, new)["test_accuracy"]
     assert approved == (second >= first and second >= 0.9), retrained.tags["gate_reasons"]
     assert registry.alias_version(SPINE, registry.CHAMPION) == (new if approved else champion)
+
+    # The feedback: 16 rows joined the train split only; the label without inputs is counted, not used.
+    tags = retrained.tags
+    assert (tags["feedback_rows"], tags["feedback_without_inputs"]) == ("16", "1")
+    assert tags["feedback_source"] == str(labels_dir) and run.data.tags["pillars.feedback_rows"] == "16"
+    rows_now = json.loads(tags["data_rows"])
+    assert rows_now == {**champion_rows, "train": champion_rows["train"] + 16}
+    code, out, err = _pillars(capsys, "models", "show", SPINE)
+    assert f"{SPINE} v{new}" in out and "feedback=16 (+1 without inputs)" in out

@@ -214,7 +214,7 @@ def test_a_store_that_cannot_be_written_refuses_the_batch_and_counts_nothing(tmp
     with pytest.raises(FeedbackNotStored, match="cannot be written"):
         log.record({"labels": [{"id": "a", "label": 0}]}, memory)
     assert log.labels == 0 and log.realised() == {}
-    log.path = tmp_path / "m.jsonl"  # the disk is back: the same label is accepted, once
+    blocker.unlink()  # the disk is back: the same label is accepted, once
     assert log.record({"labels": [{"id": "a", "label": 0}]}, memory).scored == 1
 
 

@@ -234,3 +234,25 @@ Worker processes of a Pillars model server: (list resources gpu) -> the whole CP
 {{- end -}}
 {{- if gt (int $gpu) 0 -}}1{{- else -}}{{ max 1 (div $millis 1000) }}{{- end -}}
 {{- end }}
+
+{{/* The model servers' S3 client for the feedback store (kserve.feedback.dir s3://...): endpoint, region and
+  credentials from kserve.feedback.s3 (none when the store is not in object storage). */}}
+{{- define "pillars.feedback.s3Env" -}}
+{{- $f := .Values.kserve.feedback }}
+{{- if hasPrefix "s3://" $f.dir }}
+{{- with $f.s3.endpointUrl }}
+- name: AWS_ENDPOINT_URL
+  value: {{ . | quote }}
+{{- end }}
+- name: AWS_DEFAULT_REGION
+  value: {{ $f.s3.region | quote }}
+{{- with $f.s3.existingSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef: {name: {{ . }}, key: AWS_ACCESS_KEY_ID}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef: {name: {{ . }}, key: AWS_SECRET_ACCESS_KEY}
+{{- end }}
+{{- end }}
+{{- end }}
