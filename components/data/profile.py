@@ -14,6 +14,13 @@ HISTOGRAM_BINS = 10
 REFERENCE_ROWS = 200
 
 
+def histogram_counts(values: np.ndarray, lo: float, hi: float) -> list[int]:
+    """Counts of :data:`HISTOGRAM_BINS` equal-width bins over [lo, hi] by the bin formula both engines use."""
+    scale = HISTOGRAM_BINS / (hi - lo if hi > lo else 1.0)
+    bins = np.clip(np.floor((values - lo) * scale), 0, HISTOGRAM_BINS - 1).astype(np.int64)
+    return np.bincount(bins, minlength=HISTOGRAM_BINS).tolist()
+
+
 def feature_profile(values: np.ndarray, bins: int = HISTOGRAM_BINS) -> dict[str, Any]:
     """Statistics and an equal-width histogram of one feature's (finite) values."""
     values = values[np.isfinite(values)]

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pillars.components.data import hashsplit
-from pillars.components.data.profile import HISTOGRAM_BINS, REFERENCE_ROWS
+from pillars.components.data.profile import HISTOGRAM_BINS, REFERENCE_ROWS, histogram_counts
 from pillars.components.data.shards import LABEL, ROW_GROUP_ROWS, ROW_HASH, check_same_schema, feature_column
 from pillars.components.errors import ConfigError, DataError
 from pillars.components.task import DataParams, TableSource, TableStatistics
@@ -146,13 +146,6 @@ def numpy_column_stats(values: np.ndarray) -> dict[str, Any]:
     return {"count": int(values.size), "mean": float(values.mean()), "std": float(values.std()),
             "min": lo, "max": hi, "quantiles": [float(q) for q in np.quantile(values, QUANTILES)],
             "counts": histogram_counts(values, lo, hi)}
-
-
-def histogram_counts(values: np.ndarray, lo: float, hi: float) -> list[int]:
-    """Counts of :data:`HISTOGRAM_BINS` equal-width bins over [lo, hi] by the bin formula both engines use."""
-    scale = HISTOGRAM_BINS / (hi - lo if hi > lo else 1.0)
-    bins = np.clip(np.floor((values - lo) * scale), 0, HISTOGRAM_BINS - 1).astype(np.int64)
-    return np.bincount(bins, minlength=HISTOGRAM_BINS).tolist()
 
 
 def column_profile(stats: Mapping[str, Any]) -> dict[str, Any]:

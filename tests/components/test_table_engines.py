@@ -146,3 +146,27 @@ def test_without_java_the_spark_engine_says_how_to_install_it(monkeypatch, tmp_p
     with pytest.raises(ConfigError) as caught:
         check_java()
     assert str(caught.value) == JAVA_HINT and "openjdk-17-jre-headless" in JAVA_HINT
+
+
+def test_quantiles_and_medians_from_order_statistics_are_bit_identical_to_numpy():
+    from pillars.components.data.spark_stats import numpy_median, numpy_quantile, quantile_ranks
+    from pillars.components.data.tables import QUANTILES
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 7, 10, 101, 600, 1001):
+        x = rng.normal(size=n).astype(np.float32).astype(np.float64)
+        ordered = np.sort(x)
+        assert [numpy_quantile(n, q, lambda k: ordered[k]) for q in QUANTILES] == np.quantile(x, QUANTILES).tolist()
+        assert numpy_median(n, lambda k: ordered[k]) == np.nanmedian(np.c_[x, x], axis=0)[0]
+        assert all(0 <= lo <= hi < n and hi - lo <= 1 for lo, hi in (quantile_ranks(n, q) for q in QUANTILES))
+
+
+def test_a_bracket_that_missed_its_ranks_is_scanned_again_whole(spark):
+    from pillars.components.data.spark_stats import _Bracket, _pick, _scan
+
+    frame = spark.createDataFrame(pd.DataFrame({"v": np.arange(100, dtype=np.float64)[::-1]}))
+    brackets = [_Bracket(0, 10.0, 20.0), _Bracket(0, 80.0, 81.0)]  # the second misses ranks 49 and 50
+    _, found = _scan(frame, ["v"], brackets, None)
+    assert found[0][0] == 10 and found[0][1].tolist() == list(map(float, range(10, 21)))
+    value_at = _pick(frame, ["v"], brackets, found, [(12, 13), (49, 50)])
+    assert (value_at[0](12), value_at[1](49), value_at[1](50)) == (12.0, 49.0, 50.0)
