@@ -66,7 +66,8 @@ def datatype_of(array: np.ndarray) -> str:
     kind = array.dtype.kind
     if kind in "US" or (kind == "O" and all(isinstance(v, (str, bytes)) for v in array.reshape(-1).tolist())):
         return "BYTES"
-    return _BY_KIND_AND_SIZE.get((kind, array.dtype.itemsize), array.dtype.name)
+    datatype = _BY_KIND_AND_SIZE.get((kind, array.dtype.itemsize))
+    return datatype if datatype is not None else array.dtype.name  # the name only when needed: it is slow
 
 
 def accepted_datatypes(datatype: str) -> tuple[str, ...]:
@@ -306,8 +307,11 @@ def as_datatype(name: str, array: np.ndarray, datatype: str, finite: bool = Fals
         if low < info.min or high > info.max:
             raise InputError(f"input {name!r}: values out of range for {datatype} ({low} to {high})")
     if target.kind == "f":
-        with np.errstate(over="ignore", invalid="ignore"):
-            converted = array.astype(target, copy=False)
+        if array.dtype == target:  # nothing to convert, so nothing to overflow (the binary and gRPC paths)
+            converted = array
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):
+                converted = array.astype(target, copy=False)
         if finite and converted.size and not np.isfinite(converted).all():  # rows only when one is bad
             ok = np.isfinite(converted.reshape(len(converted), -1)).all(axis=1)
             if not ok.all():
