@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from kserve import ModelServer
@@ -108,22 +108,7 @@ class PillarsModelServer(ModelServer):
         self.setup_event_loop()
         self.register_signal_handler()
         freeze_heap()
-        with asyncio.Runner(loop_factory=loop_factory(self.event_loop)) as runner:
-            runner.run(self._serve())
-
-
-def loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The event loop the whole server (REST and gRPC) runs on: uvloop for ``--event_loop auto`` (the
-    default) when it is installed, or ``uvloop``; asyncio's own for ``asyncio`` (None: asyncio's default)."""
-    if event_loop == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        if event_loop == "uvloop":
-            raise
-        return None
-    return uvloop.new_event_loop
+        asyncio.run(self._serve())
 
 
 def freeze_heap() -> None:
