@@ -1,12 +1,14 @@
 """Served throughput (issue 11): the same model as PyTorch and as its ONNX variants, through our server.
 
-    python benchmarks/onnx_serving_bench.py [--tasks breast_cancer,digits] [--seconds 8] [--out results.json]
+    python benchmarks/onnx_serving_bench.py [--tasks breast_cancer,digits] [--seconds 8] [--rows 1]
+        [--out results.json]
 
 For each task: train in-process through the task API (tests/tasks/conftest.py), save the PyTorch model,
 export it to ONNX (fp32 and int8: dynamic for MLPs, static QDQ for CNNs, as ``pillars optimize`` picks),
 then start ``python -m pillars.serving --model_dir`` for each folder in turn (alone on the machine, same
 flags, one CPU thread each) and drive it with the same keep-alive HTTP client at concurrency 64, one row
-per V2 JSON request. Reported: requests/s, p50/p99, and each variant's ratio to PyTorch in the same run.
+per V2 JSON request (``--rows N``: N test rows per request, so the forward pass is a larger share of a
+request). Reported: requests/s, rows/s, p50/p99, and each variant's ratio to PyTorch in the same run.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from tests.tasks.conftest import train_in_process  # noqa: E402
 CONCURRENCY = 64
 
 
-def variants(task_name: str, root: Path, epochs: int) -> tuple[dict[str, Path], np.ndarray]:
-    """PyTorch, ONNX fp32 and ONNX int8 folders of one trained model, and one test row."""
+def variants(task_name: str, root: Path, epochs: int, rows: int = 1) -> tuple[dict[str, Path], np.ndarray]:
+    """PyTorch, ONNX fp32 and ONNX int8 folders of one trained model, and ``rows`` test rows."""
     task = load_task(task_name)
     trained = train_in_process(task, epochs=epochs)
     reference = task_reference(task_name)
@@ -53,7 +55,7 @@ def variants(task_name: str, root: Path, epochs: int) -> tuple[dict[str, Path], 
     folders = {"pytorch": torch_dir,
                "onnx": save_onnx_model(task, reference, trained.prep, fp32, root / "onnx"),
                int8_name: save_onnx_model(task, reference, trained.prep, int8, root / "int8")}
-    return folders, np.asarray(trained.inputs("test")["input-0"][:1], dtype=np.float32)
+    return folders, np.asarray(trained.inputs("test")["input-0"][:rows], dtype=np.float32)
 
 
 def serve_and_drive(folder: Path, row: np.ndarray, log: Path, seconds: float) -> dict:
@@ -68,7 +70,7 @@ def serve_and_drive(folder: Path, row: np.ndarray, log: Path, seconds: float) ->
                                              1_000_000, seconds))
     finally:
         process.stop()
-    return {**result, "cold_start_s": cold}
+    return {**result, "rows_per_s": result["rps"] * len(row), "cold_start_s": cold}
 
 
 def main() -> int:
@@ -76,20 +78,23 @@ def main() -> int:
     parser.add_argument("--tasks", default="breast_cancer,digits")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--rows", type=int, default=1, help="rows per request (the task's first test rows)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     results: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for task_name in args.tasks.split(","):
             root = Path(tmp) / task_name
-            folders, row = variants(task_name, root, args.epochs)
+            folders, row = variants(task_name, root, args.epochs, args.rows)
             results[task_name] = {name: serve_and_drive(folder, row, root / f"{name}.log", args.seconds)
                                   for name, folder in folders.items()}
-    print(f"{'task':<14} {'model':<17} {'req/s':>8} {'x pytorch':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}")
+    print(f"{'task':<14} {'model':<17} {'req/s':>8} {'rows/s':>8} {'x pytorch':>9} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'errors':>6}  ({args.rows} rows per request)")
     for task_name, rows in results.items():
         base = rows["pytorch"]["rps"]
         for name, r in rows.items():
-            print(f"{task_name:<14} {name:<17} {r['rps']:>8.0f} {r['rps'] / base:>9.2f} {r['p50_ms']:>7.1f} "
+            print(f"{task_name:<14} {name:<17} {r['rps']:>8.0f} {r['rows_per_s']:>8.0f} {r['rps'] / base:>9.2f} "
+                  f"{r['p50_ms']:>7.1f} "
                   f"{r['p99_ms']:>7.1f} {r['errors']:>6}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))

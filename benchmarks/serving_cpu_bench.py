@@ -1,7 +1,8 @@
 """Server CPU per request (issue 20): one tree's model server against another's, same machine, same run.
 
     python benchmarks/serving_cpu_bench.py [--baseline /work/main] [--requests 20000] [--rounds 2]
-        [--concurrency 64] [--drift-off] [--workers 2] [--shadow] [--mlserver VENV] [--out results.json]
+        [--concurrency 64] [--drift-off] [--workers 2] [--shadow] [--mlserver VENV] [--protocol rest|grpc|both]
+        [--out results.json]
 
 A 30-feature MLP classifier (breast_cancer's shape) is registered in a local MLflow store. Each tree's
 server (this checkout, and with ``--baseline`` another checkout of Pillars, e.g. the unchanged main
@@ -14,7 +15,8 @@ noisy shared machine affects both alike:
   req/s, p50, p99 and errors from wrk.
 - V2 gRPC, the same row, by tritonclient's asyncio gRPC client at the same concurrency for a fixed
   number of requests (CPU per request, req/s, p50, p99), and V2 REST by tritonclient's asyncio HTTP
-  client in the same way, so REST and gRPC are compared with the same client library.
+  client in the same way, so REST and gRPC are compared with the same client library (``--protocol``
+  rest or grpc measures one of them only).
 
 With ``--workers N`` this tree is also measured with ``--workers N`` (N server processes sharing the ports);
 CPU per request counts every process of the server's group, workers included.
@@ -106,18 +108,24 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-async def triton(protocol: str, url: str, row: np.ndarray, concurrency: int, requests: int) -> dict:
-    """``requests`` one-row inferences by tritonclient (asyncio) at ``concurrency``."""
+async def triton(protocol: str, url: str, row: np.ndarray, concurrency: int, requests: int,
+                 binary: bool = False) -> dict:
+    """``requests`` inferences of ``row`` (one row, or a ``[rows, features]`` batch) by tritonclient (asyncio)
+    at ``concurrency``. gRPC sends raw input contents; REST sends JSON data, or with ``binary`` the binary
+    tensor extension (inputs and outputs)."""
     if protocol == "grpc":
         import tritonclient.grpc.aio as client_module
     else:
         import tritonclient.http.aio as client_module
     client = client_module.InferenceServerClient(url, conn_limit=concurrency) if protocol == "rest" else \
         client_module.InferenceServerClient(url)
-    tensor = client_module.InferInput("input-0", [1, N_FEATURES], "FP32")
-    tensor.set_data_from_numpy(row.reshape(1, -1), **({"binary_data": False} if protocol == "rest" else {}))
+    batch = np.atleast_2d(row)
+    tensor = client_module.InferInput("input-0", list(batch.shape), "FP32")
+    tensor.set_data_from_numpy(batch, **({"binary_data": binary} if protocol == "rest" else {}))
+    outputs = ([client_module.InferRequestedOutput(o, binary_data=True) for o in OUTPUTS]
+               if protocol == "rest" and binary else None)
     for _ in range(50):
-        await client.infer(NAME, [tensor])
+        await client.infer(NAME, [tensor], outputs=outputs)
     latencies: list[float] = []
     errors = 0
     remaining = requests
@@ -128,7 +136,7 @@ async def triton(protocol: str, url: str, row: np.ndarray, concurrency: int, req
             remaining -= 1
             started = time.perf_counter()
             try:
-                await client.infer(NAME, [tensor])
+                await client.infer(NAME, [tensor], outputs=outputs)
             except Exception:  # counted: a run with errors is reported as such
                 errors += 1
                 continue
@@ -144,6 +152,8 @@ async def triton(protocol: str, url: str, row: np.ndarray, concurrency: int, req
             "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]}
 
 
+OUTPUTS = ("label", "class_index", "probabilities")
+"""The served classifier's outputs (asked for by name where the client must name them: binary REST)."""
 SETTINGS_MS = 2.0
 """Pillars' default ``max_latency_ms``: MLServer's ``max_batch_time`` in the side-by-side run."""
 
@@ -200,6 +210,8 @@ def measure(tree: Path, env: dict[str, str], scratch: Path, args: argparse.Names
         ]:
             if name != "rest_wrk" and (args.wrk_only or mlserver is not None):
                 continue
+            if args.protocol != "both" and not name.startswith(args.protocol):
+                continue
             cpu = group_cpu_seconds(server.pgid)
             result = run()
             result["server_cpu_ms_per_request"] = 1000 * (group_cpu_seconds(server.pgid) - cpu) / max(
@@ -224,6 +236,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per tree")
     parser.add_argument("--drift-off", action="store_true", help="serve with --no-drift")
     parser.add_argument("--wrk-only", action="store_true", help="only the wrk REST measurement")
+    parser.add_argument("--protocol", choices=["rest", "grpc", "both"], default="both",
+                        help="rest: wrk and tritonclient REST; grpc: tritonclient gRPC; both (default): all three")
     parser.add_argument("--server-arg", dest="server_args", action="append", default=[],
                         help="extra server flag (repeatable), e.g. --server-arg=--workers=2")
     parser.add_argument("--workers", type=int, default=1, help="also measure this tree with --workers N")
@@ -262,6 +276,11 @@ def main() -> int:
                 kind: {key: summary["this"][kind][key] / summary[name][kind][key]
                        for key in ("server_cpu_ms_per_request", "rps", "p50_ms", "p99_ms")}
                 for kind in summary[name]}
+    for name, kinds in summary.items():  # the same client library for both protocols: tritonclient
+        if "grpc_tritonclient" in kinds and "rest_tritonclient" in kinds:
+            results[f"{name}_grpc_over_rest"] = {
+                key: kinds["grpc_tritonclient"][key] / kinds["rest_tritonclient"][key]
+                for key in ("server_cpu_ms_per_request", "rps", "p50_ms", "p99_ms")}
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:

@@ -84,6 +84,8 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--server-arg", dest="server_args", action="append", default=[])
     parser.add_argument("--keep", action="store_true", help="keep the raw py-spy stacks (and print where)")
+    parser.add_argument("--native", action="store_true",
+                        help="sample native frames too (py-spy --native: what grpc's Cython and C core spend)")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="pillars-profile-"))
     tracking_uri, _ = build_and_register(scratch)
@@ -102,7 +104,8 @@ def main() -> int:
         url = f"http://127.0.0.1:{port}/v2/models/{NAME}/infer"
         wrk(url, body, args.concurrency, 2, scratch)
         spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "-r", "250",
-                                "-d", str(args.seconds), "-o", str(raw), "--pid", str(server.proc.pid), "--threads"],
+                                "-d", str(args.seconds), "-o", str(raw), "--pid", str(server.proc.pid), "--threads",
+                                *(["--native"] if args.native else [])],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if args.protocol == "rest":
             load = threading.Thread(target=wrk, args=(url, body, args.concurrency, args.seconds + 2, scratch))

@@ -66,7 +66,8 @@ def datatype_of(array: np.ndarray) -> str:
     kind = array.dtype.kind
     if kind in "US" or (kind == "O" and all(isinstance(v, (str, bytes)) for v in array.reshape(-1).tolist())):
         return "BYTES"
-    return _BY_KIND_AND_SIZE.get((kind, array.dtype.itemsize), array.dtype.name)
+    datatype = _BY_KIND_AND_SIZE.get((kind, array.dtype.itemsize))
+    return datatype if datatype is not None else array.dtype.name  # the name only when needed: it is slow
 
 
 def accepted_datatypes(datatype: str) -> tuple[str, ...]:
@@ -205,13 +206,49 @@ def _expected(spec: TensorSpec) -> str:
     return f"[{', '.join(dims)}]"
 
 
+_ACCEPTED_HEADERS: dict[tuple[Any, ...], tuple[Signature, dict[str, tuple[int, ...]]]] = {}
+"""Names and shapes :func:`check_declared` accepted, by signature: a server sees the same few again and again."""
+ACCEPTED_HEADERS_KEPT = 256
+"""At most this many are remembered (then forgotten all at once): a client sending ever new shapes costs
+the full check each time, as without the memory, and no more memory."""
+
+
 def check_declared(signature: Signature, tensors: Sequence[tuple[str, Sequence[int]]]) -> dict[str, tuple[int, ...]]:
     """Rules 1-3 on ``(name, shape)`` pairs: the names, each shape, equal rows. Returns each input's
     instance shape, in signature order.
 
+    The answer depends only on the signature and the pairs, so an accepted set of names and shapes (of
+    ``str`` names and ``int`` dimensions) is remembered for that signature object; a refused one never is.
+
     Raises:
         InputError: naming the input and what is wrong.
     """
+    key = _header_key(signature, tensors)
+    if key is not None:
+        known = _ACCEPTED_HEADERS.get(key)
+        if known is not None and known[0] is signature:
+            return known[1]
+    instances = _check_declared(signature, tensors)
+    if key is not None:
+        if len(_ACCEPTED_HEADERS) >= ACCEPTED_HEADERS_KEPT:
+            _ACCEPTED_HEADERS.clear()
+        _ACCEPTED_HEADERS[key] = (signature, instances)
+    return instances
+
+
+def _header_key(signature: Signature, tensors: Sequence[tuple[str, Sequence[int]]]) -> tuple[Any, ...] | None:
+    """What :func:`check_declared`'s answer depends on, hashable; None when a name is not a ``str`` or a
+    dimension not an ``int`` (``1.0 == 1`` and ``True == 1``: such pairs are always checked in full)."""
+    pairs = []
+    for name, shape in tensors:
+        if type(name) is not str or type(shape) not in (list, tuple) or not all(type(d) is int for d in shape):
+            return None
+        pairs.append((name, tuple(shape)))
+    return (id(signature), *pairs)  # the signature object itself is kept with the answer, and compared
+
+
+def _check_declared(signature: Signature,
+                    tensors: Sequence[tuple[str, Sequence[int]]]) -> dict[str, tuple[int, ...]]:
     names = [name for name, _ in tensors]
     check_names(signature, names)
     shapes = dict(tensors)
@@ -306,8 +343,11 @@ def as_datatype(name: str, array: np.ndarray, datatype: str, finite: bool = Fals
         if low < info.min or high > info.max:
             raise InputError(f"input {name!r}: values out of range for {datatype} ({low} to {high})")
     if target.kind == "f":
-        with np.errstate(over="ignore", invalid="ignore"):
-            converted = array.astype(target, copy=False)
+        if array.dtype == target:  # nothing to convert, so nothing to overflow (the binary and gRPC paths)
+            converted = array
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):
+                converted = array.astype(target, copy=False)
         if finite and converted.size and not np.isfinite(converted).all():  # rows only when one is bad
             ok = np.isfinite(converted.reshape(len(converted), -1)).all(axis=1)
             if not ok.all():

@@ -8,7 +8,7 @@ definition (a ``FileDescriptorProto``, no generated code to keep in step); a cli
 The request carries the model name and the same JSON body as REST ``POST /v2/models/NAME/feedback``, and
 :func:`pillars.serving.protocol.feedback.submit` handles both, so validation and messages are identical; the
 errors map through :class:`pillars.serving.protocol.grpc_server.StatusInterceptor` (422 INVALID_ARGUMENT,
-413 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) and the token through its ``AuthInterceptor`` (UNAUTHENTICATED).
+413 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) and the token through its ``GuardInterceptor`` (UNAUTHENTICATED).
 """
 
 from __future__ import annotations

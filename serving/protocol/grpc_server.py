@@ -1,29 +1,30 @@
-"""KServe's Open Inference Protocol gRPC server, with our servicer, auth and request-metrics interceptors.
+"""KServe's Open Inference Protocol gRPC server, with our servicer and one interceptor (metrics, auth, statuses).
 
 KServe's ``GRPCServer`` fixes its interceptors when it builds the server, so :class:`PillarsGRPCServer`
-builds the same server with ours in front, listens on ``--host`` (loopback by default), and caps message
-size at the largest request ``--max_rows`` allows, never above the body limit (larger messages get
-RESOURCE_EXHAUSTED from gRPC itself, before they are parsed).
+builds the same server with ours in front (:class:`GuardInterceptor`: request metrics, auth, error
+statuses, each method's guarded handler built once), listens on ``--host`` (loopback by default), and
+caps message size at the largest request ``--max_rows`` allows, never above the body limit (larger
+messages get RESOURCE_EXHAUSTED from gRPC itself, before they are parsed).
 
 :class:`PillarsServicer` differs from KServe's in the same ways as the REST routes: the repository
 methods (``RepositoryModelLoad``/``Unload``/``Index``) are UNIMPLEMENTED, ``ModelInfer`` checks the declared
 tensors against the model's signature and ``--max_rows`` before decoding them, a request naming another
 version than the one served is NOT_FOUND, and readiness is true only while the model is answering.
 The same server also serves ``pillars.v1.Feedback`` (:mod:`pillars.serving.protocol.feedback_grpc`) behind
-the same interceptors.
+the same interceptor.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent import futures
 from typing import Any
 
+import grpc
 from grpc import StatusCode, aio
 from google.protobuf.message import DecodeError
-from grpc_interceptor import AsyncServerInterceptor
 from kserve.errors import ModelNotReady
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
@@ -45,59 +46,105 @@ logger = logging.getLogger(__name__)
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
-class AuthInterceptor(AsyncServerInterceptor):
-    """Rejects calls other than the health ones without ``authorization: Bearer <token>`` metadata."""
-
-    def __init__(self, auth: TokenAuth) -> None:
-        self.auth = auth
-
-    async def intercept(self, method: Callable, request: Any, context: aio.ServicerContext,
-                        method_name: str) -> Any:
-        if not grpc_method_is_open(method_name):
-            metadata = dict(context.invocation_metadata() or ())
-            if not self.auth.accepts(metadata.get("authorization")):
-                await context.abort(StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
-        return await method(request, context)
-
-
-class MetricsInterceptor(AsyncServerInterceptor):
-    """Counts and times ModelInfer calls by model, version and status code; one debug line each."""
-
-    def __init__(self, versions: dict[str, str]) -> None:
-        self.versions = versions
-
-    async def intercept(self, method: Callable, request: Any, context: aio.ServicerContext,
-                        method_name: str) -> Any:
-        if method_name != MODEL_INFER:
-            return await method(request, context)
-        started = time.perf_counter()
-        status = "OK"
-        try:
-            return await method(request, context)
-        except BaseException:
-            code = context.code()
-            status = code.name if isinstance(code, StatusCode) else "UNKNOWN"
-            raise
-        finally:
-            name = getattr(request, "model_name", "")
-            model = name if name in self.versions else "unknown"
-            version = self.versions.get(name, "")
-            seconds = time.perf_counter() - started
-            metrics.observe_request(model, version, "grpc", status, seconds)
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("request protocol=grpc model=%s version=%s status=%s seconds=%.6f",
-                             model, version, status, seconds)
-
-
 class StatusInterceptor(ExceptionToStatusInterceptor):
     """Any :class:`PillarsError` as its gRPC code (no traceback logged): the one handler of our errors;
-    KServe's mapping for the rest (its own ``InvalidInput`` stays INVALID_ARGUMENT)."""
+    KServe's mapping for the rest (its own ``InvalidInput`` stays INVALID_ARGUMENT).
+
+    Used by :class:`GuardInterceptor` through :meth:`handle_exception` (not installed on the server itself)."""
 
     async def handle_exception(self, ex: Exception, request_or_iterator: Any, context: aio.ServicerContext,
                                method_name: str) -> None:
         if isinstance(ex, PillarsError):
             await context.abort(StatusCode[ex.grpc_code], str(ex))
         await super().handle_exception(ex, request_or_iterator, context, method_name)
+
+
+class GuardInterceptor(aio.ServerInterceptor):
+    """The one interceptor of the gRPC server: request metrics, auth and error statuses, in that order.
+
+    Each call of a known method goes through, outermost first:
+
+    1. ``ModelInfer`` only: counted and timed by model, version and status code (one debug line each);
+    2. auth: methods other than the health ones need ``authorization: Bearer <token>`` metadata, else
+       UNAUTHENTICATED;
+    3. errors: what the method raises becomes its gRPC status (:class:`StatusInterceptor`).
+
+    The guarded handler of a method is built once, on its first call, and reused (gRPC asks every
+    interceptor for the handler of every call: three ``grpc_interceptor`` wrappers rebuilt three handlers
+    and three closures per call). Unknown methods are not guarded (gRPC answers UNIMPLEMENTED) and not
+    remembered. Every method served here is unary-unary.
+
+    Args:
+        versions: the served version of each model name (updated by hot reloads).
+        auth: the token check, or None for no auth.
+    """
+
+    def __init__(self, versions: dict[str, str], auth: TokenAuth | None) -> None:
+        self.versions = versions
+        self.auth = auth
+        self.status = StatusInterceptor()
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+                                handler_call_details: grpc.HandlerCallDetails) -> Any:
+        method_name = handler_call_details.method
+        handler = self._handlers.get(method_name)
+        if handler is not None:
+            return handler
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler  # unknown (UNIMPLEMENTED); no streaming method is served
+        guarded = grpc.unary_unary_rpc_method_handler(self._guard(handler.unary_unary, method_name),
+                                                      request_deserializer=handler.request_deserializer,
+                                                      response_serializer=handler.response_serializer)
+        self._handlers[method_name] = guarded
+        return guarded
+
+    def _guard(self, method: Callable[[Any, Any], Awaitable[Any]], method_name: str) -> Callable[..., Any]:
+        checked = self.auth is not None and not grpc_method_is_open(method_name)
+        auth, handle_exception = self.auth, self.status.handle_exception
+
+        async def guarded(request: Any, context: aio.ServicerContext) -> Any:
+            if checked and not auth.accepts(_authorization(context)):  # type: ignore[union-attr]
+                await context.abort(StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+            try:
+                return await method(request, context)
+            except Exception as ex:
+                await handle_exception(ex, request, context, method_name)
+
+        if method_name != MODEL_INFER:
+            return guarded
+        versions = self.versions
+
+        async def measured(request: Any, context: aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            status = "OK"
+            try:
+                return await guarded(request, context)
+            except BaseException:
+                code = context.code()
+                status = code.name if isinstance(code, StatusCode) else "UNKNOWN"
+                raise
+            finally:
+                name = request.model_name
+                model = name if name in versions else "unknown"
+                version = versions.get(name, "")
+                seconds = time.perf_counter() - started
+                metrics.observe_request(model, version, "grpc", status, seconds)
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug("request protocol=grpc model=%s version=%s status=%s seconds=%.6f",
+                                 model, version, status, seconds)
+
+        return measured
+
+
+def _authorization(context: aio.ServicerContext) -> str | None:
+    """The call's ``authorization`` metadata (the last one given, as a ``dict`` of the pairs would keep)."""
+    value = None
+    for key, item in context.invocation_metadata() or ():
+        if key == "authorization":
+            value = item
+    return value
 
 
 class MalformedMessageFilter(logging.Filter):
@@ -179,13 +226,9 @@ class PillarsGRPCServer(GRPCServer):
         grpc_log = logging.getLogger(GRPC_LOGGER)
         if not any(isinstance(f, MalformedMessageFilter) for f in grpc_log.filters):
             grpc_log.addFilter(MalformedMessageFilter())
-        interceptors: list[aio.ServerInterceptor] = [MetricsInterceptor(self._versions)]
-        if self._auth is not None:
-            interceptors.append(AuthInterceptor(self._auth))
-        interceptors.append(StatusInterceptor())
         self._server = aio.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=interceptors,
+            interceptors=[GuardInterceptor(self._versions, self._auth)],
             options=[
                 ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length", -1)),
                 ("grpc.max_receive_message_length", self._max_message_bytes),

@@ -76,14 +76,51 @@ def check_row_limit(rows: int, max_rows: int) -> None:
         raise TooManyRows(f"{rows} rows; at most {max_rows} rows per request are accepted (--max_rows)")
 
 
+_ACCEPTED: dict[tuple[Any, ...], tuple[Signature, list[Declared]]] = {}
+"""Declarations :func:`check_declared` accepted, by signature and row limit (clients repeat a few)."""
+ACCEPTED_KEPT = 256
+"""At most this many are remembered, then all are forgotten at once (bounded whatever clients send)."""
+
+
 def check_declared(tensors: Sequence[tuple[Any, Any, Any]], signature: Signature, max_rows: int) -> list[Declared]:
     """Check the declared ``(name, datatype, shape)`` of every tensor of a request, before its data.
+
+    The answer depends only on the declarations, the signature and ``max_rows``: an accepted declaration
+    (``str`` name and datatype, a list or tuple of ``int`` dimensions) is remembered for that signature
+    object and given again (the same :class:`Declared` objects: read-only); a refused one never is.
 
     Raises:
         InputError: a name, datatype or shape that is not one, or what the contract refuses on names,
             shapes and rows.
         TooManyRows: more than ``max_rows`` rows.
     """
+    key = _declaration_key(tensors, signature, max_rows)
+    if key is not None:
+        known = _ACCEPTED.get(key)
+        if known is not None and known[0] is signature:
+            return known[1]
+    declared = _check_declared(tensors, signature, max_rows)
+    if key is not None:
+        if len(_ACCEPTED) >= ACCEPTED_KEPT:
+            _ACCEPTED.clear()
+        _ACCEPTED[key] = (signature, declared)
+    return declared
+
+
+def _declaration_key(tensors: Sequence[tuple[Any, Any, Any]], signature: Signature,
+                     max_rows: int) -> tuple[Any, ...] | None:
+    """What :func:`check_declared`'s answer depends on, hashable; None (always checked in full) when a
+    name or datatype is not a ``str`` or a dimension not an ``int`` (``1.0 == 1``, ``True == 1``)."""
+    parts = []
+    for name, datatype, shape in tensors:
+        if (type(name) is not str or type(datatype) is not str or type(shape) not in (list, tuple)
+                or not all(type(d) is int for d in shape)):
+            return None
+        parts.append((name, datatype, tuple(shape)))
+    return (id(signature), max_rows, *parts)  # the signature object is kept with the answer, and compared
+
+
+def _check_declared(tensors: Sequence[tuple[Any, Any, Any]], signature: Signature, max_rows: int) -> list[Declared]:
     if not tensors:
         raise InputError(f'"inputs" must hold exactly one tensor per input of the model '
                          f"({sorted(s.name for s in signature.inputs)}), got none")

@@ -57,12 +57,6 @@ def test_binary_and_parameterised_outputs_are_left_to_kserve():
     assert np.array_equal(np.frombuffer(body[json_size:], np.float32).reshape(2, 2), OUTPUTS["probabilities"])
 
 
-def test_a_generated_id_is_a_fresh_uuid_per_response():
-    batch = _batch(outputs=["class_index"])
-    first, second = (orjson.loads(fast_path.encode_json(batch, OUTPUTS, SIGNATURE, "m", "3"))["id"] for _ in "ab")
-    assert first != second and len(first) == 36
-
-
 @pytest.mark.parametrize("outputs", [[s.name for s in SIGNATURE.outputs], ["value"]])
 def test_grpc_response_is_kserves_byte_for_byte(outputs):
     batch = _batch(request_id="g-1", outputs=outputs)

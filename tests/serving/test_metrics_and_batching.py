@@ -95,3 +95,41 @@ def test_concurrent_requests_are_batched_with_results_identical_to_unbatched(ser
         assert one["label"] == many["label"] and one["class_index"] == many["class_index"]
         # float32 matrix kernels may round the last bit differently for different batch shapes
         np.testing.assert_allclose(one["probabilities"], many["probabilities"], rtol=1e-5, atol=1e-7)
+
+
+def test_grpc_inference_is_counted_by_model_version_and_status_code(served):
+    """gRPC's one interceptor counts ModelInfer as the REST middleware counts V2: OK, a refused input by its
+    code, an unknown model as ``unknown`` (names never become labels); other methods are not counted."""
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+
+    def request(model: str, rows: np.ndarray) -> pb.ModelInferRequest:
+        tensor = pb.ModelInferRequest.InferInputTensor(name="input-0", datatype="FP32", shape=list(rows.shape))
+        return pb.ModelInferRequest(model_name=model, inputs=[tensor],
+                                    raw_input_contents=[rows.astype(np.float32).tobytes()])
+
+    before = scrape(served)
+    codes = []
+    with grpc.insecure_channel(served.grpc) as channel:
+        stub = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for message in (request("toy", toy_rows(2)), request("toy", np.ones((1, 2))), request("other", toy_rows(1))):
+            try:
+                stub.ModelInfer(message, timeout=30)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as e:
+                codes.append(e.code())
+        stub.ServerLive(pb.ServerLiveRequest(), timeout=30)
+    after = scrape(served)
+    assert codes == [grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND]
+
+    def delta(name, **labels):
+        return _value(after, name, **labels) - _value(before, name, **labels)
+
+    total = "pillars_serving_requests_total"
+    assert delta(total, model="toy", version="1", protocol="grpc", status="OK") == 1
+    assert delta(total, model="toy", version="1", protocol="grpc", status="INVALID_ARGUMENT") == 1
+    assert delta(total, model="unknown", protocol="grpc", status="NOT_FOUND") == 1
+    assert delta(total, protocol="grpc") == 3  # ServerLive is not an inference
+    assert delta("pillars_serving_request_seconds_count", model="toy", protocol="grpc") == 2
+    assert delta("request_predict_seconds_count", model_name="toy") == 1  # the refused one never ran

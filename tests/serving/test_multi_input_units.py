@@ -167,3 +167,39 @@ def test_v1_answers_one_output_as_values_and_several_as_objects_per_row():
     single = Signature(TEXT.inputs, (TensorSpec("forecast", "FP32", (2,)),))
     assert codec.encode_v1({"forecast": outputs["probabilities"]}, single) == {
         "predictions": [[0.25, 0.75], [0.5, 0.5]]}
+
+
+def test_remembered_headers_never_change_a_decision():
+    """check_declared remembers accepted names and shapes per signature object: the same shapes are judged
+    again by another signature, a refused header is refused every time, and float dimensions are never
+    taken for the int ones remembered."""
+    from pillars.components.task import contract
+
+    three = Signature((TensorSpec("x", "FP32", (3,)),), (TensorSpec("y", "FP32"),))
+    four = Signature((TensorSpec("x", "FP32", (4,)),), (TensorSpec("y", "FP32"),))
+    for _ in range(2):
+        assert contract.check_declared(three, [("x", (2, 3))]) == {"x": (3,)}
+        with pytest.raises(InputError, match=r"each instance must have shape \[4\]"):
+            contract.check_declared(four, [("x", (2, 3))])
+        with pytest.raises(InputError, match=r"input 'x' is given twice"):
+            contract.check_declared(three, [("x", (2, 3)), ("x", (2, 3))])
+    assert contract._header_key(three, [("x", [2.0, 3])]) is None
+    assert contract._header_key(three, [("x", (True, 3))]) is None
+    for rows in range(1, contract.ACCEPTED_HEADERS_KEPT + 10):  # bounded: forgotten at once when full
+        contract.check_declared(three, [("x", (rows, 3))])
+    assert len(contract._ACCEPTED_HEADERS) <= contract.ACCEPTED_HEADERS_KEPT
+
+
+def test_remembered_declarations_never_change_a_decision():
+    """The wire-level check remembers accepted declarations per signature and row limit: a lower limit,
+    another datatype spelling or float dimensions are judged in full."""
+    sig = Signature((TensorSpec("x", "FP32", (3,)),), (TensorSpec("y", "FP32"),))
+    for _ in range(2):
+        assert [d.shape for d in tensors.check_declared([("x", "FP32", [2, 3])], sig, 4)] == [[2, 3]]
+        with pytest.raises(TooManyRows, match="2 rows; at most 1 rows"):
+            tensors.check_declared([("x", "FP32", [2, 3])], sig, 1)
+        with pytest.raises(InputError, match="datatype FP33"):
+            tensors.check_declared([("x", "FP33", [2, 3])], sig, 4)
+        with pytest.raises(InputError, match="shape must be a list of integers"):
+            tensors.check_declared([("x", "FP32", [2.0, 3])], sig, 4)
+    assert [d.datatype for d in tensors.check_declared([("x", "fp32", [2, 3])], sig, 4)] == ["FP32"]
