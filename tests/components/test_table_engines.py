@@ -78,6 +78,7 @@ def _assert_same(a: TableResult, b: TableResult, folder_a: Path, folder_b: Path)
     np.testing.assert_array_equal(ex_a["label"][order_a], ex_b["label"][order_b])
 
 
+@pytest.mark.slow
 def test_pandas_and_spark_put_the_same_rows_in_each_split_with_the_same_statistics(spark, tmp_path):
     source = tmp_path / "churn.csv"
     _table(6000, 1, classification=True).to_csv(source, index=False)
@@ -93,6 +94,7 @@ def test_pandas_and_spark_put_the_same_rows_in_each_split_with_the_same_statisti
     assert by_pandas.split_rows["test"] / rows == pytest.approx(0.15, abs=0.03)
 
 
+@pytest.mark.slow
 def test_the_engines_agree_on_a_regression_over_a_folder_of_parquet_files(spark, tmp_path):
     frame = _table(4000, 2, classification=False)
     folder = tmp_path / "table"
@@ -161,6 +163,7 @@ def test_quantiles_and_medians_from_order_statistics_are_bit_identical_to_numpy(
         assert all(0 <= lo <= hi < n and hi - lo <= 1 for lo, hi in (quantile_ranks(n, q) for q in QUANTILES))
 
 
+@pytest.mark.slow
 def test_a_bracket_that_missed_its_ranks_is_scanned_again_whole(spark):
     from pillars.components.data.spark_stats import _Bracket, _pick, _scan
 

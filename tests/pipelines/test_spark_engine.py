@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from tests.pipelines.test_cli import _clean_env, _pillars
 
 
+@pytest.mark.slow
 def test_a_table_prepared_on_spark_trains_end_to_end_and_the_version_shows_its_lineage(tmp_path):
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({f"x{i}": rng.normal(size=3000) for i in range(4)})

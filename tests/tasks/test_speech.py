@@ -28,8 +28,9 @@ floor needs the longer schedule to hold whatever the thread count."""
 FLOOR = 0.90
 UNSEEN_SPEED = 150
 
-pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None and not os.environ.get("CI"),
-                                reason="espeak-ng is not installed (apt-get install espeak-ng)")
+pytestmark = [pytest.mark.skipif(shutil.which("espeak-ng") is None and not os.environ.get("CI"),
+                                 reason="espeak-ng is not installed (apt-get install espeak-ng)"),
+              pytest.mark.slow]  # the module's corpus and training take a minute and more
 
 
 @pytest.fixture(scope="module")
