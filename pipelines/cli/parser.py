@@ -15,9 +15,10 @@ from typing import Any
 
 from pillars.components.errors import PillarsError, one_line
 from pillars.components.shutdown import skip_final_collection
+from pillars.pipelines.cli.models import cmd_models
 from pillars.pipelines.compile import PIPELINES
 from pillars.pipelines.cli.commands import (cmd_alerts, cmd_compile, cmd_console, cmd_demo, cmd_deploy, cmd_down,
-                                        cmd_models, cmd_optimize, cmd_run, cmd_serve, cmd_submit, cmd_tasks,
+                                        cmd_optimize, cmd_run, cmd_serve, cmd_submit, cmd_tasks,
                                         cmd_trigger, cmd_up)
 from pillars.pipelines.parameters import KSERVE_MODES, add_cluster_flags
 

@@ -43,7 +43,7 @@ def test_engine_spark_for_a_task_without_a_table_source_fails_in_one_line_and_re
 
 def test_models_show_ends_a_version_line_with_its_data_lineage_and_older_versions_stay_as_they_were():
     from pillars.components.records import VersionRecord
-    from pillars.pipelines.cli.commands import version_line
+    from pillars.pipelines.cli.models import version_line
 
     tags = {"gate_approved": "true", "data_hash": "fa7ab498133f1af9", "data_engine": "spark",
             "data_rows": '{"test": 450, "train": 2100, "val": 450}', "spark_app_id": "local-17"}
