@@ -128,6 +128,7 @@ async def triton(protocol: str, url: str, row: np.ndarray, concurrency: int, req
         await client.infer(NAME, [tensor], outputs=outputs)
     latencies: list[float] = []
     errors = 0
+    messages: dict[str, int] = {}
     remaining = requests
 
     async def worker() -> None:
@@ -137,8 +138,10 @@ async def triton(protocol: str, url: str, row: np.ndarray, concurrency: int, req
             started = time.perf_counter()
             try:
                 await client.infer(NAME, [tensor], outputs=outputs)
-            except Exception:  # counted: a run with errors is reported as such
+            except Exception as e:  # counted, and what it said kept: a run with errors is reported as such
                 errors += 1
+                message = str(e)[:200]
+                messages[message] = messages.get(message, 0) + 1
                 continue
             latencies.append(time.perf_counter() - started)
 
@@ -147,7 +150,8 @@ async def triton(protocol: str, url: str, row: np.ndarray, concurrency: int, req
     elapsed = time.perf_counter() - started
     await client.close()
     latencies.sort()
-    return {"requests": len(latencies), "errors": errors, "rps": len(latencies) / elapsed,
+    return {"requests": len(latencies), "errors": errors, "error_messages": messages,
+            "rps": len(latencies) / elapsed,
             "p50_ms": 1000 * latencies[len(latencies) // 2],
             "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]}
 
@@ -264,7 +268,8 @@ def main() -> int:
         for name, config in configs.items():
             runs[name].append(measure(env=env, scratch=scratch, args=args, label=f"{name}{i}", **config))
     summary = {name: {kind: {key: float(np.median([r[kind][key] for r in rounds]))
-                             for key in rounds[0][kind]} for kind in rounds[0]} for name, rounds in runs.items()}
+                             for key, value in rounds[0][kind].items() if isinstance(value, (int, float))}
+                      for kind in rounds[0]} for name, rounds in runs.items()}  # error messages: per round
     for figures in summary.values():
         figures.pop("shadow", None)  # counts, not a measurement kind: kept per round
     results = {"cpus": os.cpu_count(), "concurrency": args.concurrency, "drift": not args.drift_off,
