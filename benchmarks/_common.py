@@ -1,4 +1,4 @@
-"""What the benchmarks share: the closed-loop load driver, and writing results as JSON.
+"""What the benchmarks share: the closed-loop load driver, writing results as JSON, and a synthetic table.
 
 A benchmark runs as a script (``python benchmarks/NAME.py``), so this folder is first on ``sys.path`` and
 ``from _common import drive`` finds this module.
@@ -49,3 +49,28 @@ def write_results(results: Any, path: Path | None, indent: int = 1) -> None:
     """Write ``results`` as JSON to ``path`` (the benchmark's ``--json``/``--out``); nothing when it is None."""
     if path is not None:
         path.write_text(json.dumps(results, indent=indent))
+
+
+def write_table(folder: Path, rows: int, features: int, seed: int, chunk: int = 250_000,
+                missing_share: float = 0.0) -> int:
+    """A synthetic classification table (``x0..``, ``label``) as Parquet files of ``chunk`` rows, so memory stays
+    one chunk; ``missing_share`` of column ``x1`` is NaN. Returns the bytes written."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    weights = rng.normal(size=features)
+    written = 0
+    for part, start in enumerate(range(0, rows, chunk)):
+        n = min(chunk, rows - start)
+        x = rng.normal(size=(n, features)).astype(np.float32)
+        y = (x @ weights + rng.normal(0, 1, size=n) > 0).astype(np.int64)
+        if missing_share:
+            x[rng.random(n) < missing_share, 1] = np.nan
+        columns = {f"x{i}": x[:, i] for i in range(features)} | {"label": y}
+        path = folder / f"part-{part:05d}.parquet"
+        pq.write_table(pa.table(columns), path)
+        written += path.stat().st_size
+    return written

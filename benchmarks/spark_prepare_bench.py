@@ -22,31 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
+from _common import write_table
 from pillars.components.data import hashsplit
 from pillars.components.data.shards import ROW_HASH, shard_files
 from pillars.components.data.tables import TableResult, prepare_table_pandas
 from pillars.components.task import DataParams, TableSource
-
-
-def write_table(folder: Path, rows: int, features: int, seed: int, chunk: int = 250_000) -> int:
-    """A synthetic classification table as Parquet files of ``chunk`` rows; returns its bytes."""
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    weights = rng.normal(size=features)
-    written = 0
-    for part, start in enumerate(range(0, rows, chunk)):
-        n = min(chunk, rows - start)
-        x = rng.normal(size=(n, features)).astype(np.float32)
-        y = (x @ weights + rng.normal(0, 1, size=n) > 0).astype(np.int64)
-        x[rng.random(n) < 0.05, 1] = np.nan
-        columns = {f"x{i}": x[:, i] for i in range(features)} | {"label": y}
-        path = folder / f"part-{part:05d}.parquet"
-        pq.write_table(pa.table(columns), path)
-        written += path.stat().st_size
-    return written
 
 
 def membership(folder: Path) -> dict[str, set[int]]:
@@ -99,7 +81,7 @@ def main() -> None:
             report["spark_session_start_seconds"] = round(time.perf_counter() - started, 1)
             for rows in (int(r) for r in args.rows.split(",")):
                 root = Path(tmp, str(rows))
-                source_bytes = write_table(root / "table", rows, args.features, seed=rows)
+                source_bytes = write_table(root / "table", rows, args.features, seed=rows, missing_share=0.05)
                 source = TableSource(str(root / "table"), "label", "classification")
                 entry: dict[str, Any] = {"source_mb": round(source_bytes / 2**20, 1)}
                 by_pandas = None

@@ -20,9 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
+from _common import write_table
 
 TRAIN = r"""
 import json, sys, time
@@ -50,23 +48,6 @@ print(json.dumps({"mode": mode, "rss_before_mb": round(before, 1),
                   "seconds": round(time.perf_counter() - started, 1),
                   "val_loss": result.history[-1]["val_loss"]}))
 """
-
-
-def write_table(folder: Path, rows: int, features: int, seed: int, chunk: int = 250_000) -> int:
-    """A synthetic classification table as Parquet files of ``chunk`` rows (memory stays one chunk)."""
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    weights = rng.normal(size=features)
-    written = 0
-    for part, start in enumerate(range(0, rows, chunk)):
-        n = min(chunk, rows - start)
-        x = rng.normal(size=(n, features)).astype(np.float32)
-        y = (x @ weights + rng.normal(0, 1, size=n) > 0).astype(np.int64)
-        columns = {f"x{i}": x[:, i] for i in range(features)} | {"label": y}
-        path = folder / f"part-{part:05d}.parquet"
-        pq.write_table(pa.table(columns), path)
-        written += path.stat().st_size
-    return written
 
 
 def prepare(table: Path, out: Path, engine: str) -> tuple[dict, float]:
