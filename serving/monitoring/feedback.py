@@ -44,10 +44,10 @@ from typing import Any
 import numpy as np
 from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from pillars.components.data.feedback import FeedbackStore, FeedbackStoreError, feedback_store
 from pillars.serving.errors import BadFeedback, FeedbackNotStored, TooMuchFeedback
+from pillars.serving.monitoring.per_model import PerModelCollector
 
 logger = logging.getLogger(__name__)
 
@@ -303,6 +303,12 @@ class FeedbackLog:
                                                                                strict=True)))
         return record
 
+    def counts(self) -> tuple[dict[str, Totals], dict[str, int]]:
+        """A consistent copy of the totals per version and the label outcomes (what a scrape exports)."""
+        with self._lock:
+            return ({v: Totals(t.rows, t.correct, t.squared_error) for v, t in self.totals.items()},
+                    dict(self.outcomes))
+
     def realised(self) -> dict[str, dict[str, float | int]]:
         """Per version: scored rows and the realised metric (accuracy, or RMSE)."""
         with self._lock:
@@ -333,19 +339,11 @@ def _items(body: Any, max_batch: int) -> list[tuple[str, Any]]:
     return items
 
 
-class FeedbackStats(Collector):
+class FeedbackStats(PerModelCollector[FeedbackLog]):
     """The served models' feedback logs, read at scrape time (counters restored from the file at start)."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._logs: dict[str, FeedbackLog] = {}
-
     def register_model(self, model: str, log: FeedbackLog | None) -> None:
-        with self._lock:
-            if log is None:
-                self._logs.pop(model, None)
-            else:
-                self._logs[model] = log
+        self.put(model, log)
 
     def collect(self) -> Iterator[Metric]:
         labels = ["model", "version"]
@@ -361,12 +359,8 @@ class FeedbackStats(Collector):
         outcomes = CounterMetricFamily("pillars_feedback_labels",
                                        "Feedback labels by outcome: scored, unscored (id not remembered: kept for "
                                        "retraining), duplicate (dropped).", labels=["model", "outcome"])
-        with self._lock:
-            logs = list(self._logs.items())
-        for model, log in logs:
-            with log._lock:
-                totals = {v: Totals(t.rows, t.correct, t.squared_error) for v, t in log.totals.items()}
-                counts = dict(log.outcomes)
+        for model, log in self.entries():
+            totals, counts = log.counts()
             for outcome, count in counts.items():
                 outcomes.add_metric([model, outcome], count)
             for version, t in totals.items():
