@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from pillars.components.errors import ConfigError, PillarsError
+from pillars.components.task.accepted import AcceptedMemo
 
 NUMERIC_DTYPES = {"BOOL": "|b1", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
                   "INT8": "i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
@@ -206,11 +207,9 @@ def _expected(spec: TensorSpec) -> str:
     return f"[{', '.join(dims)}]"
 
 
-_ACCEPTED_HEADERS: dict[tuple[Any, ...], tuple[Signature, dict[str, tuple[int, ...]]]] = {}
-"""Names and shapes :func:`check_declared` accepted, by signature: a server sees the same few again and again."""
 ACCEPTED_HEADERS_KEPT = 256
-"""At most this many are remembered (then forgotten all at once): a client sending ever new shapes costs
-the full check each time, as without the memory, and no more memory."""
+"""At most this many accepted names-and-shapes are remembered by :func:`check_declared`."""
+_ACCEPTED_HEADERS: AcceptedMemo[dict[str, tuple[int, ...]]] = AcceptedMemo(ACCEPTED_HEADERS_KEPT)
 
 
 def check_declared(signature: Signature, tensors: Sequence[tuple[str, Sequence[int]]]) -> dict[str, tuple[int, ...]]:
@@ -224,16 +223,10 @@ def check_declared(signature: Signature, tensors: Sequence[tuple[str, Sequence[i
         InputError: naming the input and what is wrong.
     """
     key = _header_key(signature, tensors)
-    if key is not None:
-        known = _ACCEPTED_HEADERS.get(key)
-        if known is not None and known[0] is signature:
-            return known[1]
-    instances = _check_declared(signature, tensors)
-    if key is not None:
-        if len(_ACCEPTED_HEADERS) >= ACCEPTED_HEADERS_KEPT:
-            _ACCEPTED_HEADERS.clear()
-        _ACCEPTED_HEADERS[key] = (signature, instances)
-    return instances
+    known = _ACCEPTED_HEADERS.get(key, signature)
+    if known is not None:
+        return known
+    return _ACCEPTED_HEADERS.put(key, signature, _check_declared(signature, tensors))
 
 
 def _header_key(signature: Signature, tensors: Sequence[tuple[str, Sequence[int]]]) -> tuple[Any, ...] | None:

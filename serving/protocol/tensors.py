@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from pillars.components.task.accepted import AcceptedMemo
 from pillars.components.task.contract import (
     DATATYPES,
     INTEGERS,
@@ -76,10 +77,9 @@ def check_row_limit(rows: int, max_rows: int) -> None:
         raise TooManyRows(f"{rows} rows; at most {max_rows} rows per request are accepted (--max_rows)")
 
 
-_ACCEPTED: dict[tuple[Any, ...], tuple[Signature, list[Declared]]] = {}
-"""Declarations :func:`check_declared` accepted, by signature and row limit (clients repeat a few)."""
 ACCEPTED_KEPT = 256
-"""At most this many are remembered, then all are forgotten at once (bounded whatever clients send)."""
+"""At most this many accepted declarations are remembered by :func:`check_declared` (by signature and row limit)."""
+_ACCEPTED: AcceptedMemo[list[Declared]] = AcceptedMemo(ACCEPTED_KEPT)
 
 
 def check_declared(tensors: Sequence[tuple[Any, Any, Any]], signature: Signature, max_rows: int) -> list[Declared]:
@@ -95,16 +95,10 @@ def check_declared(tensors: Sequence[tuple[Any, Any, Any]], signature: Signature
         TooManyRows: more than ``max_rows`` rows.
     """
     key = _declaration_key(tensors, signature, max_rows)
-    if key is not None:
-        known = _ACCEPTED.get(key)
-        if known is not None and known[0] is signature:
-            return known[1]
-    declared = _check_declared(tensors, signature, max_rows)
-    if key is not None:
-        if len(_ACCEPTED) >= ACCEPTED_KEPT:
-            _ACCEPTED.clear()
-        _ACCEPTED[key] = (signature, declared)
-    return declared
+    known = _ACCEPTED.get(key, signature)
+    if known is not None:
+        return known
+    return _ACCEPTED.put(key, signature, _check_declared(tensors, signature, max_rows))
 
 
 def _declaration_key(tensors: Sequence[tuple[Any, Any, Any]], signature: Signature,
