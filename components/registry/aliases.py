@@ -139,6 +139,12 @@ class _AliasLock:
                                                    description=f"Pillars: {self.alias} of {self.name} is moving")
                     return self
                 except MlflowException as e:
+                    if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+                        # MLflow's SQL store answers a create that lost to an existing lock by reading
+                        # that lock; when its holder released it in between, the read says it is missing
+                        if time.monotonic() < deadline:
+                            continue
+                        raise
                     if e.error_code != "RESOURCE_ALREADY_EXISTS":
                         raise
                 held = self._holder()

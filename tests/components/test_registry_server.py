@@ -86,7 +86,7 @@ def test_concurrent_promotions_against_the_same_champion_move_it_once(name, mode
         start.wait()
         try:
             outcome[version] = promote(name, version, f"gated against v{v1}", expected=v1, timing=FAST)
-        except ChampionMoved as e:
+        except Exception as e:  # noqa: BLE001 - kept for the assertion's message
             outcome[version] = e
 
     threads = [threading.Thread(target=run, args=(v,)) for v in (v2, v3)]
