@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from sklearn import metrics as skm
 
 from pillars.components.task.examples import input_columns, row_count, take
 from pillars.components.training.fit import load_history
@@ -93,6 +92,8 @@ def evaluate(predictor: Predictor, splits: dict[str, Examples]) -> Evaluation:
     target = getattr(task, "target_column", "label")
     if (task.kind == "classification" and classes and {"class_index", "probabilities"} <= outputs
             and target in splits["test"]):
+        from sklearn import metrics as skm  # seconds of imports: only in the processes that score
+
         y_test = np.asarray(splits["test"][target], dtype=np.int64)
         out = batched_predict(predictor)(splits["test"])
         result.confusion = skm.confusion_matrix(y_test, out["class_index"], labels=range(len(classes))).tolist()

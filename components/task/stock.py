@@ -12,7 +12,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from sklearn import metrics as skm
 from torch import nn
 
 from pillars.components.errors import DataError
@@ -58,6 +57,8 @@ class ClassificationTask(Task):
 
     def evaluate(self, predict: Callable[[Examples], Outputs], examples: Examples,
                  prep: Preprocessing) -> dict[str, float]:
+        from sklearn import metrics as skm  # seconds of imports: only in the processes that score
+
         out = predict(examples)
         y = np.asarray(examples[self.target_column], dtype=np.int64)
         n = len(prep["classes"])
@@ -106,6 +107,8 @@ class RegressionTask(Task):
 
     def evaluate(self, predict: Callable[[Examples], Outputs], examples: Examples,
                  prep: Preprocessing) -> dict[str, float]:
+        from sklearn import metrics as skm  # seconds of imports: only in the processes that score
+
         y = np.asarray(examples[self.target_column], dtype=np.float64)
         value = predict(examples)["value"]
         return {"rmse": float(np.sqrt(skm.mean_squared_error(y, value))),

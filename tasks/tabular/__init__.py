@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.model_selection import train_test_split
 from torch import nn
 
 from pillars.tasks.tabular.datasets import BUILTIN_PREFIX, RawData, as_float_matrix, load_builtin, load_table
@@ -219,6 +218,8 @@ class TabularRegression(_Tabular, RegressionTask):
 
 def _split(x: np.ndarray, y: np.ndarray, classification: bool, params: DataParams
            ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], bool]:
+    from sklearn.model_selection import train_test_split  # seconds of imports: only in the data step
+
     n_holdout = params.val_fraction + params.test_fraction
     stratify = classification and np.bincount(y).min() >= 3
     if len(y) * min(params.val_fraction, params.test_fraction) < 1 or len(y) < 10:
