@@ -1,5 +1,5 @@
 """What each ``pillars`` command does, one ``cmd_*`` function per command over its parsed arguments
-(:mod:`pillars.pipelines.cli.parser` builds the parser and turns errors into one line)."""
+(:mod:`pillars.pipelines.cli.parser` builds the parser; :func:`with_one_line_errors` turns errors into one line)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import argparse
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
-from pillars.components.errors import ConfigError, one_line
+from pillars.components.errors import ConfigError, PillarsError, one_line
 from pillars.components.registry.references import ModelRef, check_model_name, default_model_name
 from pillars.pipelines.compile import compile_pipeline, parse_params, pipeline_factory, task_params
 from pillars.pipelines.parameters import cluster_options
@@ -27,6 +28,23 @@ def cron_expression(text: str) -> str:
 # --- commands -----------------------------------------------------------------------------------
 
 
+def with_one_line_errors(command: Callable[[], int | None]) -> int:
+    """Run a command as the CLI does: its exit status, Ctrl-C as 130, and any error as one line on stderr
+    (status 2 for a Pillars or value error, else 1; ``PILLARS_DEBUG`` raises it instead)."""
+    try:
+        return int(command() or 0)
+    except KeyboardInterrupt:
+        print("pillars: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the CLI's one place that turns errors into one line
+        from pillars.components.settings import Settings
+
+        if Settings().debug:
+            raise
+        print(f"pillars: error: {one_line(e)}", file=sys.stderr)
+        return 2 if isinstance(e, (PillarsError, ValueError)) else 1
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from pillars.components.settings import Settings
     from pillars.pipelines.local.runner import end_group_on_sigterm, groups_supported, run_in_own_group
@@ -37,7 +55,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     arguments = parse_params([*args.param, *task_params(args.task, args.task_arg, args.param)], pipeline)
     check_arguments(pipeline, dict(arguments))  # bad arguments: one line, before any step or log file
     if not args.runner and groups_supported():  # the steps die with this process (pipelines.local)
-        return run_in_own_group([sys.executable, "-m", "pillars.pipelines.cli", *args.argv, "--runner"])
+        def run_here() -> int:
+            args.runner = True
+            return with_one_line_errors(lambda: cmd_run(args))
+
+        return run_in_own_group([sys.executable, "-m", "pillars.pipelines.cli", *args.argv, "--runner"],
+                                in_fork=run_here)
     if args.runner:
         end_group_on_sigterm()
     log = log_path(Settings().resolved_home(), args.pipeline)

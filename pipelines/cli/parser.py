@@ -13,13 +13,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pillars.components.errors import PillarsError, one_line
 from pillars.components.shutdown import skip_final_collection
 from pillars.pipelines.cli.models import cmd_models
 from pillars.pipelines.compile import PIPELINES
 from pillars.pipelines.cli.commands import (cmd_alerts, cmd_compile, cmd_console, cmd_demo, cmd_deploy, cmd_down,
                                         cmd_optimize, cmd_run, cmd_serve, cmd_submit, cmd_tasks,
-                                        cmd_trigger, cmd_up)
+                                        cmd_trigger, cmd_up, with_one_line_errors)
 from pillars.pipelines.parameters import KSERVE_MODES, add_cluster_flags
 
 
@@ -253,16 +252,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("pillars: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # noqa: BLE001 - the CLI's one place that turns errors into one line
-        from pillars.components.settings import Settings
-
-        if Settings().debug:
-            raise
-        print(f"pillars: error: {one_line(e)}", file=sys.stderr)
-        return 2 if isinstance(e, (PillarsError, ValueError)) else 1
+    return with_one_line_errors(lambda: args.func(args))
 

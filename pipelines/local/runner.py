@@ -7,6 +7,12 @@ its own (every step and each DDP worker joins it) and gets ``SIGTERM`` from the 
 ``pillars run`` process dies (``PR_SET_PDEATHSIG``); :func:`end_group_on_sigterm` makes that signal
 kill the whole group at once. Ctrl-C is passed on to the group. Linux only; elsewhere the pipeline
 runs in the ``pillars run`` process itself, as before.
+
+The child is a ``fork`` of ``pillars run`` when that process has a single thread: it keeps the modules
+already imported to check the arguments (torch, MLflow, KFP: ~9 s of CPU a fresh interpreter would spend
+again) and ends with ``os._exit`` once its stdio is flushed. A process with other threads (a test runner,
+an embedding application) starts a fresh interpreter instead, since a fork copies only the forking thread
+and any lock another thread held stays held in the child.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -47,22 +54,60 @@ def die_with(parent: int, sig: int = signal.SIGTERM) -> None:
         os.kill(os.getpid(), sig)
 
 
-def run_in_own_group(command: list[str]) -> int:
-    """Run ``command`` (a runner: ``python -m pillars.pipelines.cli run ... --runner``) as a child that
-    leads its own process group and ends, with every process of the group, when this process dies.
+def run_in_own_group(command: list[str], in_fork: Callable[[], int] | None = None) -> int:
+    """Run a runner as a child that leads its own process group and ends, with every process of the group,
+    when this process dies.
+
+    Args:
+        command: the runner as a fresh interpreter (``python -m pillars.pipelines.cli run ... --runner``).
+        in_fork: the same runner as a function, run in a fork of this process instead when it has a single
+            thread (see the module docstring); its return value is the child's exit status.
 
     Returns:
         The child's exit status (128 + signal when a signal ended it).
     """
     parent = os.getpid()
-    child = subprocess.Popen(command, process_group=0, preexec_fn=lambda: die_with(parent))
+    if in_fork is not None and threading.active_count() == 1:
+        pid = _fork_runner(parent, in_fork)
+    else:
+        pid = subprocess.Popen(command, process_group=0, preexec_fn=lambda: die_with(parent)).pid
     while True:
         try:
-            code = child.wait()
-            return code if code >= 0 else 128 - code
+            _, status = os.waitpid(pid, 0)
+            return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
         except KeyboardInterrupt:  # Ctrl-C reached this process's group only: pass it on
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.pid, signal.SIGINT)
+                os.killpg(pid, signal.SIGINT)
+
+
+def _fork_runner(parent: int, runner: Callable[[], int]) -> int:
+    """Fork; the child leads a new process group, dies with ``parent``, runs ``runner`` and exits with its
+    status without returning into the caller's stack (nor running its exit handlers). Returns the child's pid."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        with contextlib.suppress(OSError):  # also here, so that the group exists before the parent signals it
+            os.setpgid(pid, pid)
+        return pid
+    code = 70
+    try:
+        os.setpgid(0, 0)
+        die_with(parent)
+        code = runner()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:  # noqa: BLE001 - the child must never return into the parent's stack
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        logging.shutdown()
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
 
 
 def end_group_on_sigterm() -> None:
