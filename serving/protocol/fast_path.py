@@ -55,6 +55,8 @@ from pillars.serving.protocol import codec
 V2_INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 
 _timers: dict[str, tuple[Any, Any, Any]] = {}
+_LENGTH = struct.Struct("<I")
+"""A ``BYTES`` element's length prefix (4 bytes, little-endian)."""
 
 
 def kserve_timers(model_name: str) -> tuple[Any, Any, Any]:
@@ -136,8 +138,8 @@ def encode_rest(batch: codec.Batch, outputs: Mapping[str, np.ndarray], signature
 def _raw(output: np.ndarray, datatype: str) -> bytes:
     """One output's bytes in the binary extension (and raw gRPC contents)."""
     if datatype == "BYTES":
-        return b"".join(struct.pack("<I", len(v)) + v for v in
-                        (s.encode("utf-8") for s in codec.plain_strings(np.asarray(output))))
+        pack, strings = _LENGTH.pack, codec.plain_strings(np.asarray(output))
+        return b"".join([pack(len(v)) + v for v in [s.encode("utf-8") for s in strings]])
     return np.ascontiguousarray(output, dtype=numpy_dtype(datatype)).tobytes()
 
 
