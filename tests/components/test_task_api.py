@@ -22,6 +22,7 @@ from pillars.components.task import (
     Task,
     TensorSpec,
 )
+from pillars.tasks.tabular import TabularClassification
 from pillars.tasks.text import TextClassification
 
 CLASSES = {"classes": ["no", "yes"]}
@@ -118,8 +119,6 @@ def _stacked(task: Task, inputs: Examples, prep: Preprocessing) -> tuple[list[st
     ((5, 3), ["a", "b", "a"]),  # a name twice: drift_features keeps the last column under it
 ])
 def test_a_tables_drift_matrix_is_its_drift_features_stacked(shape, names):
-    from pillars.tasks.tabular import TabularClassification
-
     task, prep = TabularClassification(), {"feature_names": names}
     inputs = {"input-0": np.arange(np.prod(shape), dtype=np.float32).reshape(shape) * 1.5}
     got_names, matrix = task.drift_matrix(inputs, prep)
@@ -128,8 +127,6 @@ def test_a_tables_drift_matrix_is_its_drift_features_stacked(shape, names):
 
 
 def test_a_table_task_with_drift_features_of_its_own_gets_them_in_its_drift_matrix():
-    from pillars.tasks.tabular import TabularClassification
-
     class Doubled(TabularClassification):
         def drift_features(self, inputs, prep):
             return {f"{k}*2": 2 * v for k, v in super().drift_features(inputs, prep).items()}

@@ -3,14 +3,22 @@ the binary extension, and gRPC)."""
 
 from __future__ import annotations
 
+import asyncio
 import struct
 
 import numpy as np
 import orjson
 import pytest
+from kserve.model_repository import ModelRepository
+from kserve.protocol.dataplane import DataPlane
 
+from pillars.components.errors import PillarsError
 from pillars.components.task.contract import Signature, TensorSpec, numpy_dtype
+from pillars.serving.model import PillarsModel
 from pillars.serving.protocol import codec, fast_path
+from pillars.serving.protocol.rest import serving_error_handler
+from pillars.serving.settings import ServingSettings
+from tests.serving.toy import make_classifier, toy_rows
 
 SIGNATURE = Signature(
     inputs=(TensorSpec("x", "FP32", (3,)),),
@@ -111,15 +119,6 @@ MAX_ROWS = 8
 @pytest.fixture(scope="module")
 def fast_app(tmp_path_factory: pytest.TempPathFactory):
     """FastV2App over a loaded toy model; the app behind it (the routed FastAPI path) records what reached it."""
-    from kserve.model_repository import ModelRepository
-    from kserve.protocol.dataplane import DataPlane
-
-    from pillars.components.errors import PillarsError
-    from pillars.serving.model import PillarsModel
-    from pillars.serving.protocol.rest import serving_error_handler
-    from pillars.serving.settings import ServingSettings
-    from tests.serving.toy import make_classifier
-
     model_dir = make_classifier(tmp_path_factory.mktemp("fast-binary") / "model")
     model = PillarsModel("toy", ServingSettings(model_dir=model_dir, drift=False, max_rows=MAX_ROWS,
                                                 max_latency_ms=1))
@@ -139,8 +138,6 @@ def fast_app(tmp_path_factory: pytest.TempPathFactory):
 
 def _call(app, body_chunks: list[bytes], headers: dict[str, str]) -> tuple[int, dict[bytes, bytes], bytes, int]:
     """POST /v2/models/toy/infer with the body in ``body_chunks``; (status, headers, body, chunks read)."""
-    import asyncio
-
     scope = {"type": "http", "method": "POST", "path": "/v2/models/toy/infer", "query_string": b"",
              "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
     pending, sent = list(body_chunks), []
@@ -180,8 +177,6 @@ def _json_answer(app, rows: np.ndarray) -> dict:
 
 
 def test_a_binary_request_is_answered_by_the_fast_path_as_its_json_twin(fast_app):
-    from tests.serving.toy import toy_rows
-
     app, routed = fast_app
     rows = toy_rows(5, seed=7)
     header, data, headers = _binary_request(rows)
@@ -192,8 +187,6 @@ def test_a_binary_request_is_answered_by_the_fast_path_as_its_json_twin(fast_app
 
 
 def test_binary_outputs_asked_for_come_back_binary_on_the_fast_path(fast_app):
-    from tests.serving.toy import toy_rows
-
     app, routed = fast_app
     rows = toy_rows(3, seed=8)
     header, data, headers = _binary_request(rows, binary_data_output=True)
@@ -227,10 +220,6 @@ def test_a_binary_header_declaring_too_many_rows_is_refused_before_its_tensors_a
 
 
 def test_binary_tensors_are_viewed_in_the_body_not_copied():
-    import asyncio
-
-    from tests.serving.toy import toy_rows
-
     signature = Signature(inputs=(TensorSpec("input-0", "FP32", (4,)),), outputs=(TensorSpec("y", "FP32"),))
     rows = toy_rows(2)
     header, data, _ = _binary_request(rows)
