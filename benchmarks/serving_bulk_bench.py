@@ -1,7 +1,7 @@
 """64-row requests (issue 20): served rows/s against the model's batched forward in this process, same run.
 
     python benchmarks/serving_bulk_bench.py [--rows 64] [--requests 1500] [--concurrency 8] [--rounds 2]
-        [--seconds 3] [--out results.json]
+        [--seconds 3] [--baseline PATH] [--only rest_binary,...] [--out results.json]
 
 The 30-feature MLP classifier of :mod:`benchmarks.serving_cpu_bench` (``models:/bench/1`` in a local MLflow
 store), the same 64-row batch everywhere, rounds alternating so the shared machine's load hits every
@@ -15,6 +15,10 @@ figure alike:
   request is one forward pass) driven by tritonclient's asyncio clients at ``--concurrency``: V2 gRPC (raw
   input contents), V2 REST with the binary tensor extension (inputs and outputs), V2 REST JSON; rows/s and
   server CPU µs per row (user + system time of the server's process group over the rows answered).
+
+With ``--baseline PATH`` (another Pillars checkout, e.g. ``git archive`` of the commit before a change) each
+round also serves the same model from that tree, right after this one's (``baseline_*`` figures);
+``--only`` keeps the named served measurements (``grpc_raw``, ``rest_binary``, ``rest_json``).
 
 Read: served rows/s ÷ in-process forward rows/s (the issue's target: ≥ 0.9), and the server's CPU per row
 ÷ the forward's CPU per row. The client runs on the same cores as the server, so the rows/s ratio is
@@ -65,19 +69,23 @@ def in_process(model_dir: Path, batch: np.ndarray, seconds: float) -> dict:
     return results
 
 
-def served(tracking_uri: str, scratch: Path, batch: np.ndarray, args: argparse.Namespace, label: str) -> dict:
-    """Rows/s and server CPU µs per row for ``batch`` per request: gRPC, REST binary, REST JSON."""
+def served(tracking_uri: str, scratch: Path, batch: np.ndarray, args: argparse.Namespace, label: str,
+           tree: Path = ROOT) -> dict:
+    """Rows/s and server CPU µs per row for ``batch`` per request: gRPC, REST binary, REST JSON (the
+    server's ``pillars`` imported from ``tree``)."""
     port, grpc_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "pillars.serving", "--model_uri", f"models:/{NAME}/1", "--http_port", str(port),
            "--grpc_port", str(grpc_port), "--log_level", "WARNING"]
-    env = {"MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": f"{import_root(ROOT, scratch)}:{ROOT}"}
-    server = ServerProcess(cmd, log_path=scratch / f"{label}.log", env=env, cwd=ROOT)
+    env = {"MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": f"{import_root(tree, scratch)}:{ROOT}"}
+    server = ServerProcess(cmd, log_path=scratch / f"{label}.log", env=env, cwd=tree)
     results = {}
     try:
         server.wait_http(f"http://127.0.0.1:{port}/v2/models/{NAME}/ready", timeout=300)
         for name, protocol, url, binary in (("grpc_raw", "grpc", f"127.0.0.1:{grpc_port}", False),
                                             ("rest_binary", "rest", f"127.0.0.1:{port}", True),
                                             ("rest_json", "rest", f"127.0.0.1:{port}", False)):
+            if args.only and name not in args.only:
+                continue
             cpu = group_cpu_seconds(server.pgid)
             result = asyncio.run(triton(protocol, url, batch, args.concurrency, args.requests, binary=binary))
             rows = result["requests"] * len(batch)
@@ -97,6 +105,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each in-process measurement")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--baseline", type=Path, help="another Pillars checkout, served after this one each round")
+    parser.add_argument("--only", type=lambda text: text.split(","), default=[],
+                        help="comma-separated served measurements to run (default: all)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="pillars-bulk-bench-"))
@@ -106,7 +117,11 @@ def main() -> int:
     for i in range(args.rounds):
         local = in_process(model_dir, batch, args.seconds)
         print(f"in_process{i}", json.dumps(local), flush=True)
-        rounds.append(local | served(tracking_uri, scratch, batch, args, f"served{i}"))
+        figures = local | served(tracking_uri, scratch, batch, args, f"served{i}")
+        if args.baseline:
+            figures |= {f"baseline_{kind}": value for kind, value in
+                        served(tracking_uri, scratch, batch, args, f"baseline{i}", args.baseline.resolve()).items()}
+        rounds.append(figures)
     median = {kind: {key: float(np.median([r[kind][key] for r in rounds])) for key in rounds[0][kind]}
               for kind in rounds[0]}
     forward = median["forward"]

@@ -1,14 +1,17 @@
-"""Where a one-row V2 request's server CPU goes (issue 20): py-spy samples under load, by stage.
+"""Where a V2 request's server CPU goes (issue 20): py-spy samples under load, by stage.
 
     python benchmarks/serving_profile.py [--protocol rest|grpc] [--seconds 12] [--concurrency 64]
-        [--tree PATH] [--top 25]
+        [--tree PATH] [--top 25] [--rows 1] [--binary]
 
 Starts a model server (this checkout, or ``--tree``) with the 30-feature MLP of
 :mod:`benchmarks.serving_cpu_bench`, loads it (REST: wrk; gRPC: tritonclient) and samples every thread
 of the server with ``py-spy record --format raw`` (py-spy is a dev tool: ``pip install py-spy``; it
 needs ptrace). Each sample is given to the stage of its innermost frame that one of :data:`STAGES`
 names (so a numpy call inside the contract check is validation, a socket write under the middleware is
-I/O); what matches none is the framework itself (uvicorn, Starlette, FastAPI, grpc, asyncio). Idle
+I/O); what matches none is the framework itself (uvicorn, Starlette, FastAPI, grpc, asyncio). With
+``--rows N`` each request carries N rows and REST is driven by tritonclient (as
+benchmarks/serving_bulk_bench.py drives it), JSON or with ``--binary`` the binary tensor extension (inputs
+and outputs); one-row REST is driven by wrk. Idle
 samples (threads waiting) are not counted. Prints the share of the CPU samples per stage, and the
 ``--top`` leaf functions.
 """
@@ -42,7 +45,7 @@ STAGES: list[tuple[str, str]] = [
     ("drift (per batch)", r"drift_rows|observe_named|drift\.py|drift_matrix"),
     ("forward (encode, model, decode)", r"predict_checked|torch|onnxruntime"),
     ("request parsing (JSON / protobuf)", r"parse_json|^loads |check_v2_header|json_part_length|"
-                                          r"_read_binary_request|ParseFromString|request\.body|_body \(|deserialize"),
+                                          r"read_binary_request|ParseFromString|request\.body|_body \(|deserialize"),
     ("tensor decode (data to arrays)", r"decode_v2_data|decode_grpc|from_json|from_buffer|split_bytes"),
     ("validation (contract check)", r"check_inputs|preprocess \(|\.check \(|check_declared"),
     ("response encoding", r"postprocess|encode_v2|encode_v1|encode_json|encode_rest|encode_grpc|"
@@ -82,6 +85,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--tree", type=Path, default=ROOT)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--rows", type=int, default=1, help="rows per request (more than 1: REST by tritonclient)")
+    parser.add_argument("--binary", action="store_true", help="REST by tritonclient with the binary extension")
     parser.add_argument("--server-arg", dest="server_args", action="append", default=[])
     parser.add_argument("--keep", action="store_true", help="keep the raw py-spy stacks (and print where)")
     parser.add_argument("--native", action="store_true",
@@ -107,11 +112,14 @@ def main() -> int:
                                 "-d", str(args.seconds), "-o", str(raw), "--pid", str(server.proc.pid), "--threads",
                                 *(["--native"] if args.native else [])],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if args.protocol == "rest":
+        batch = np.random.default_rng(2).normal(5, 2, size=(args.rows, N_FEATURES)).astype(np.float32)
+        if args.protocol == "rest" and args.rows == 1 and not args.binary:
             load = threading.Thread(target=wrk, args=(url, body, args.concurrency, args.seconds + 2, scratch))
         else:
+            target = f"127.0.0.1:{grpc_port if args.protocol == 'grpc' else port}"
+            requests = (400 if args.rows == 1 else 120) * (args.seconds + 2)
             load = threading.Thread(target=lambda: asyncio.run(
-                triton("grpc", f"127.0.0.1:{grpc_port}", row, args.concurrency, 400 * (args.seconds + 2))))
+                triton(args.protocol, target, batch, args.concurrency, requests, binary=args.binary)))
         load.start()
         _, err = spy.communicate()
         load.join()
@@ -131,7 +139,8 @@ def main() -> int:
         stages[stage] += int(count)
         leaves[stack.rsplit(";", 1)[-1]] += int(count)
     total = sum(stages.values())
-    print(f"{total} CPU samples of the server under {args.protocol} load at c={args.concurrency}")
+    print(f"{total} CPU samples of the server under {args.protocol}{' binary' if args.binary else ''} load at "
+          f"c={args.concurrency}, {args.rows} row(s) per request")
     print("| stage | share of server CPU |\n|---|---|")
     for stage, n in stages.most_common():
         print(f"| {stage} | {100 * n / total:.1f} % |")

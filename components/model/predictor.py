@@ -164,13 +164,9 @@ def load_profile(path: str | Path) -> dict[str, Any] | None:
 
 def drift_matrix(task: Task, inputs: Examples, prep: Preprocessing) -> tuple[list[str], np.ndarray]:
     """``task.drift_features`` of a batch as names and a float64 ``[N, F]`` matrix: what the server
-    computes per request and what the training profile (``data_profile.json``) describes."""
-    features = task.drift_features(inputs, prep)
-    names = list(features)
-    n = len(next(iter(inputs.values()))) if inputs else 0
-    matrix = (np.stack([np.asarray(features[k], dtype=np.float64).reshape(-1) for k in names], axis=1) if names
-              else np.zeros((n, 0)))
-    return names, matrix
+    computes per request and what the training profile (``data_profile.json``) describes
+    (:meth:`pillars.components.task.Task.drift_matrix`)."""
+    return task.drift_matrix(inputs, prep)
 
 
 class Predictor:

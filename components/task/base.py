@@ -199,6 +199,20 @@ class Task(abc.ABC):
                 features.update({f"{spec.name}[{i}]": flat[:, i] for i in range(flat.shape[1])})
         return features
 
+    def drift_matrix(self, inputs: Examples, prep: Preprocessing) -> tuple[list[str], np.ndarray]:
+        """:meth:`drift_features` as their names and a float64 ``[N, F]`` matrix, one column per name in
+        order (what the server observes once per forward pass, and the training profile describes).
+
+        Default: the features stacked. A task whose features are the columns of one array may return that
+        array instead of splitting it into columns to stack them again (the same matrix, without one
+        Python step per feature on every forward pass)."""
+        features = self.drift_features(inputs, prep)
+        names = list(features)
+        n = len(next(iter(inputs.values()))) if inputs else 0
+        matrix = (np.stack([np.asarray(features[k], dtype=np.float64).reshape(-1) for k in names], axis=1) if names
+                  else np.zeros((n, 0)))
+        return names, matrix
+
     def label_profile(self, train: Examples, prep: Preprocessing) -> dict[str, Any] | None:
         """The distribution of training targets, for prediction drift (classification and regression)."""
         return None

@@ -41,7 +41,14 @@ from pillars.serving.protocol.v2_grpc import (
     grpc_message_limit,
     grpc_tensor_metadata,
 )
-from pillars.serving.protocol.v2_rest import RestTensor, V2Header, check_v2_header, decode_v2_data, json_part_length
+from pillars.serving.protocol.v2_rest import (
+    RestTensor,
+    V2Header,
+    check_v2_header,
+    decode_v2_data,
+    json_part_length,
+    read_binary_request,
+)
 from pillars.serving.protocol.wire import (
     JSON_BYTES_PER_STRING_BYTE,
     JSON_BYTES_PER_VALUE,
@@ -60,5 +67,6 @@ __all__ = [
     "GRPC_BYTES_PER_VALUE", "GRPC_CONTENTS", "JSON_BYTES_PER_STRING_BYTE", "JSON_BYTES_PER_VALUE",
     "JSON_OVERHEAD_BYTES", "Batch", "RestTensor", "V2Header", "check_v2_header", "decode_grpc", "decode_v1",
     "decode_v2_data", "encode_v1", "encode_v2", "grpc_message_limit", "grpc_tensor_metadata", "json_body_limit",
-    "json_part_length", "loads", "parse_json", "plain_strings", "tensor_metadata", "tensor_parameters",
+    "json_part_length", "loads", "parse_json", "plain_strings", "read_binary_request", "tensor_metadata",
+    "tensor_parameters",
 ]

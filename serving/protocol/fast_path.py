@@ -8,19 +8,22 @@ request's server CPU (docs/benchmarks.md, "Where a request's CPU goes"). Here:
 
 - :class:`FastV2App`, an ASGI layer inside :class:`pillars.serving.access.middleware.ServingMiddleware` (so the
   host, origin, auth, body-size checks and the request metrics apply unchanged), answers
-  ``POST /v2/models/NAME[/versions/V]/infer`` with an all-JSON body itself. The body goes through the same
-  :mod:`pillars.serving.protocol.codec` checks in the same order as
-  :meth:`pillars.serving.protocol.rest.V2Routes.infer`, then :func:`infer`. Anything else (the binary
-  extension, CloudEvents, latency logging on, every other path) goes on to the FastAPI app as before.
+  ``POST /v2/models/NAME[/versions/V]/infer`` itself, JSON bodies and the binary tensor extension alike. The
+  body goes through the same :mod:`pillars.serving.protocol.codec` checks in the same order as
+  :meth:`pillars.serving.protocol.rest.V2Routes.infer` (the lengths before the body is read; the binary
+  extension's JSON header, by :func:`codec.read_binary_request`, before its tensors are read, which are then
+  viewed in the body with ``np.frombuffer``), then :func:`infer`. CloudEvents, latency logging on and
+  every other path go on to the FastAPI app as before.
 - :func:`infer` runs the model's ``preprocess`` (the contract check) and ``predict`` (the micro-batcher)
   and observes KServe's own ``request_preprocess_seconds`` / ``request_predict_seconds`` (and
   ``request_postprocess_seconds`` around the encoding) as ``Model.__call__`` does, through cached series.
   The result then goes through :meth:`PillarsModel.prepare_response`, as in ``postprocess``: per-response
   bookkeeping written there holds on every path.
-- :func:`encode_json` writes a V2 JSON response in one ``orjson`` call, byte for byte what KServe's
-  ``InferResponse.to_rest`` gives (numbers through ``tolist``, same keys in the same order); binary
-  outputs, requested outputs with parameters and ``FP16`` outputs are still encoded by KServe's
-  ``InferResponse``. :func:`encode_grpc` builds the gRPC response in the same way.
+- :func:`encode_rest` writes a V2 REST response in one pass, byte for byte what KServe's
+  ``InferResponse.to_rest`` gives: JSON in one ``orjson`` call (numbers through ``tolist``, same keys in
+  the same order), or the binary extension (outputs asked for in binary as their bytes after the JSON
+  part); ``FP16`` outputs are still encoded by KServe's ``InferResponse``. :func:`encode_grpc` builds the
+  gRPC response in the same way.
 
 Errors are answered by the FastAPI app's own exception handlers (same status and body as the routed
 path); an error with no handler of its own propagates, as it would from a route (the middleware makes a
@@ -33,7 +36,7 @@ import inspect
 import re
 import struct
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -52,6 +55,8 @@ from pillars.serving.protocol import codec
 V2_INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 
 _timers: dict[str, tuple[Any, Any, Any]] = {}
+_LENGTH = struct.Struct("<I")
+"""A ``BYTES`` element's length prefix (4 bytes, little-endian)."""
 
 
 def kserve_timers(model_name: str) -> tuple[Any, Any, Any]:
@@ -93,31 +98,53 @@ def _plain(output: np.ndarray, datatype: str) -> tuple[list[int], list[Any]]:
     return list(data.shape), data.reshape(-1).tolist()
 
 
-def encode_json(batch: codec.Batch, outputs: Mapping[str, np.ndarray], signature: Signature, model_name: str,
-                version: str) -> bytes | None:
-    """The V2 JSON response body, or None when KServe's ``InferResponse`` must encode it (binary outputs,
-    requested outputs with parameters, ``FP16`` outputs). ``batch.request_id`` is the one
-    :meth:`PillarsModel.prepare_response` set (every answered request has one)."""
-    if batch.binary_outputs or batch.output_parameters:
-        return None
-    specs = {s.name: s for s in signature.outputs}
-    tensors = []
-    for name in batch.outputs:
-        datatype = specs[name].datatype
-        if datatype == "FP16":
-            return None  # KServe refuses FP16 in JSON: its InferResponse says so
-        shape, values = _plain(outputs[name], datatype)
-        tensors.append({"name": name, "shape": shape, "datatype": datatype, "data": values})
-    return orjson.dumps({"id": batch.request_id, "model_name": model_name,
-                         "model_version": version, "outputs": tensors})
-
-
 def encode_rest(batch: codec.Batch, outputs: Mapping[str, np.ndarray], signature: Signature, model_name: str,
                 version: str) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    """The REST response body and its headers (JSON, or the binary extension through ``InferResponse``)."""
-    body = encode_json(batch, outputs, signature, model_name, version)
-    if body is not None:
+    """The V2 REST response body and its headers, byte for byte what KServe's ``InferResponse.to_rest`` and
+    ``DataPlane.encode`` give, in one pass: JSON (one ``orjson`` call, numbers through ``tolist``), or the
+    binary extension (the JSON part, then each binary output's bytes; ``inference-header-content-length``).
+
+    An output is binary as KServe decides: when the request listed its outputs, by that output's
+    ``binary_data`` parameter; else by the request's ``binary_data_output``. Numbers are the output's bytes in
+    its datatype (``tobytes``: no JSON, no per-value Python objects), strings 4-byte little-endian length
+    prefixed UTF-8. ``FP16`` outputs go through KServe's ``InferResponse`` (which refuses them in JSON).
+    ``batch.request_id`` is the one :meth:`PillarsModel.prepare_response` set (every answered request has one).
+    """
+    specs = {s.name: s for s in signature.outputs}
+    if any(specs[name].datatype == "FP16" for name in batch.outputs):
+        return _kserve_rest(batch, outputs, signature, model_name, version)
+    requested = batch.output_parameters
+    tensors, raw, binary = [], [], False
+    for name in batch.outputs:
+        datatype = specs[name].datatype
+        as_binary = (requested.get(name) or {}).get("binary_data") if requested else batch.binary_outputs
+        if as_binary:
+            data = _raw(outputs[name], datatype)
+            raw.append(data)
+            binary = True
+            tensors.append({"name": name, "shape": list(np.shape(outputs[name])), "datatype": datatype,
+                            "parameters": {"binary_data_size": len(data)}})
+        else:
+            shape, values = _plain(outputs[name], datatype)
+            tensors.append({"name": name, "shape": shape, "datatype": datatype, "data": values})
+    body = orjson.dumps({"id": batch.request_id, "model_name": model_name, "model_version": version,
+                         "outputs": tensors})
+    if not binary:
         return body, [(b"content-type", b"application/json")]
+    return b"".join([body, *raw]), [(b"content-type", b"application/octet-stream"),
+                                    (b"inference-header-content-length", str(len(body)).encode())]
+
+
+def _raw(output: np.ndarray, datatype: str) -> bytes:
+    """One output's bytes in the binary extension (and raw gRPC contents)."""
+    if datatype == "BYTES":
+        pack, strings = _LENGTH.pack, codec.plain_strings(np.asarray(output))
+        return b"".join([pack(len(v)) + v for v in [s.encode("utf-8") for s in strings]])
+    return np.ascontiguousarray(output, dtype=numpy_dtype(datatype)).tobytes()
+
+
+def _kserve_rest(batch: codec.Batch, outputs: Mapping[str, np.ndarray], signature: Signature, model_name: str,
+                 version: str) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     encoded, json_size = codec.encode_v2(batch, dict(outputs), signature, model_name, version).to_rest()
     if isinstance(encoded, bytes):
         return encoded, [(b"content-type", b"application/octet-stream"),
@@ -141,24 +168,23 @@ def encode_grpc(batch: codec.Batch, outputs: Mapping[str, np.ndarray], signature
     tensors, raw = response.outputs, response.raw_output_contents
     for name in batch.outputs:
         datatype = specs[name].datatype
-        shape, values = _plain(outputs[name], datatype)
-        if datatype == "BYTES":
-            values = [v.encode("utf-8") for v in values]
         tensor = tensors.add()
         tensor.name, tensor.datatype = name, datatype
-        tensor.shape.extend(shape)
         if not batch.binary_outputs:
-            getattr(tensor.contents, codec.GRPC_CONTENTS[datatype]).extend(values)
+            shape, values = _plain(outputs[name], datatype)
+            tensor.shape.extend(shape)
+            getattr(tensor.contents, codec.GRPC_CONTENTS[datatype]).extend(
+                [v.encode("utf-8") for v in values] if datatype == "BYTES" else values)
             continue
-        data = (b"".join(struct.pack("<I", len(v)) + v for v in values) if datatype == "BYTES" else
-                np.ascontiguousarray(outputs[name], dtype=numpy_dtype(datatype)).tobytes())
+        tensor.shape.extend(np.shape(outputs[name]))
+        data = _raw(outputs[name], datatype)
         raw.append(data)
         tensor.parameters["binary_data_size"].int64_param = len(data)
     return response
 
 
 class FastV2App:
-    """ASGI: answers all-JSON V2 inference itself, passes everything else to ``app``.
+    """ASGI: answers V2 REST inference (JSON or the binary extension) itself, passes everything else to ``app``.
 
     Args:
         app: the FastAPI app (and whatever middleware sits between).
@@ -182,10 +208,9 @@ class FastV2App:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers", ()))  # uvicorn gives lower-case names
-        if (b"inference-header-content-length" in headers
-                or headers.get(b"content-type", b"").startswith(b"application/cloudevents")
+        if (headers.get(b"content-type", b"").startswith(b"application/cloudevents")
                 or any(name.startswith(b"ce-") for name in headers)):
-            await self.app(scope, receive, send)  # binary extension or CloudEvents: the routed path
+            await self.app(scope, receive, send)  # CloudEvents: the routed path
             return
         model = self.dataplane.model_registry.get_models().get(match.group(1))
         if not isinstance(model, PillarsModel) or model.enable_latency_logging:
@@ -208,16 +233,22 @@ class FastV2App:
 
     async def _answer(self, model: PillarsModel, version: str | None, headers: dict[bytes, bytes],
                       receive: Receive) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-        """What :meth:`pillars.serving.protocol.rest.V2Routes.infer` does for an all-JSON body."""
+        """What :meth:`pillars.serving.protocol.rest.V2Routes.infer` does, in the same order: the lengths
+        checked before the body is read, the (binary extension's) JSON header checked before the tensors."""
         if version is not None:
             served_model(self.dataplane, model.name, version)  # VersionNotFound
         if not await model.healthy():
             raise ModelNotReady(model.name)
         signature, max_rows = model.signature, model.settings.max_rows
-        length = headers.get(b"content-length")
-        codec.json_part_length(None, length.decode("latin-1") if length is not None else None, signature, max_rows)
-        request = codec.parse_json(await _body(receive), signature, max_rows)
-        batch = codec.decode_v2_data(codec.check_v2_header(request, signature, max_rows), b"")
+        json_length = codec.json_part_length(_text(headers.get(b"inference-header-content-length")),
+                                             _text(headers.get(b"content-length")), signature, max_rows)
+        binary: bytes | memoryview = b""
+        if json_length is None:  # all JSON, whatever the Content-Type says (Triton's rule)
+            header = codec.check_v2_header(codec.parse_json(await _body(receive), signature, max_rows), signature,
+                                           max_rows)
+        else:
+            header, binary = await codec.read_binary_request(_chunks(receive), json_length, signature, max_rows)
+        batch = codec.decode_v2_data(header, binary)
         outputs, batch = await infer(model, batch)
         post = kserve_timers(model.name)[2]
         started = time.perf_counter()
@@ -238,17 +269,23 @@ class FastV2App:
         return None
 
 
-async def _body(receive: Receive) -> bytes:
-    """The whole request body (its size already bounded by the middleware)."""
-    message = await receive()
-    body = message.get("body", b"")
-    if not message.get("more_body", False):
-        return body
-    parts = [body]
-    while message.get("more_body", False):
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
+
+
+async def _chunks(receive: Receive) -> AsyncIterator[bytes]:
+    """The request body as it arrives (its size already bounded by the middleware); ends early when the
+    client disconnects."""
+    while True:
         message = await receive()
         if message["type"] != "http.request":
-            break
-        parts.append(message.get("body", b""))
-    return b"".join(parts)
+            return
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
 
+
+async def _body(receive: Receive) -> bytes:
+    """The whole request body."""
+    parts = [chunk async for chunk in _chunks(receive)]
+    return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -34,7 +34,6 @@ from timing_asgi import TimingMiddleware
 from kserve.protocol.rest.v1_endpoints import register_v1_endpoints
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
 
-from pillars.components.task.contract import InputError, Signature
 from pillars.components.errors import PillarsError
 from pillars.serving.protocol import codec
 from pillars.serving.errors import Overloaded
@@ -104,12 +103,12 @@ class V2Routes:
         signature, max_rows = model.signature, model.settings.max_rows
         json_length = codec.json_part_length(request.headers.get(INFERENCE_CONTENT_LENGTH_HEADER),
                                              request.headers.get("content-length"), signature, max_rows)
+        binary: bytes | memoryview = b""
         if json_length is None:  # all JSON, whatever the Content-Type says (Triton's rule)
             header = codec.check_v2_header(codec.parse_json(await request.body(), signature, max_rows), signature,
                                            max_rows)
-            binary = b""
         else:
-            header, binary = await _read_binary_request(request, json_length, signature, max_rows)
+            header, binary = await codec.read_binary_request(request.stream(), json_length, signature, max_rows)
         batch = codec.decode_v2_data(header, binary)
         headers = dict(request.headers)
         result, response_headers = await self.dataplane.infer(model_name, batch, headers)
@@ -136,29 +135,6 @@ class V2Routes:
             router.add_api_route(f"{prefix}/infer", self.infer, methods=["POST"], response_model=None,
                                  openapi_extra=infer_body)
         return router
-
-
-async def _read_binary_request(request: Request, json_length: int, signature: Signature,
-                               max_rows: int) -> tuple[codec.V2Header, bytes]:
-    """Read the JSON header at the front of the body and check it; only then read the tensor bytes.
-
-    A request declaring too many rows or the wrong shape is refused before the rest of its body is read.
-    """
-    stream = request.stream()
-    chunks, size = [], 0
-    async for chunk in stream:
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= json_length:
-            break
-    head = b"".join(chunks)
-    if len(head) < json_length:
-        raise InputError(f"the body ends before the {json_length}-byte JSON header does")
-    header = codec.check_v2_header(codec.loads(head[:json_length]), signature, max_rows)
-    rest = [head[json_length:]]
-    async for chunk in stream:
-        rest.append(chunk)
-    return header, b"".join(rest)
 
 
 class PillarsRESTServer(RESTServer):

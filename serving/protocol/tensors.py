@@ -182,7 +182,7 @@ def flatten(name: str, data: Any, count: int) -> list[Any]:
     return leaves
 
 
-def split_bytes(declared: Declared, chunk: bytes) -> np.ndarray:
+def split_bytes(declared: Declared, chunk: bytes | memoryview) -> np.ndarray:
     """The binary extension's (and raw gRPC's) ``BYTES``: each element a 4-byte little-endian length, then
     that many bytes; exactly ``count`` elements, as a numpy unicode array of the declared shape."""
     name, limit = declared.name, declared.spec.max_bytes
@@ -195,14 +195,14 @@ def split_bytes(declared: Declared, chunk: bytes) -> np.ndarray:
         offset += BYTES_PREFIX
         if offset + length > len(chunk):
             raise InputError(f"input {name!r}: the binary data ends inside element {i}")
-        values.append(chunk[offset:offset + length])
+        values.append(bytes(chunk[offset:offset + length]))  # a memoryview's slice is a view
         offset += length
     if offset != len(chunk):
         raise InputError(f"input {name!r}: {len(chunk) - offset} bytes left after {declared.count} elements")
     return as_strings(name, limit, values).reshape(declared.shape)
 
 
-def from_buffer(declared: Declared, chunk: bytes) -> np.ndarray:
+def from_buffer(declared: Declared, chunk: bytes | memoryview) -> np.ndarray:
     """Binary numbers of a declared tensor (little-endian), viewed without copying, in its declared shape."""
     expected = declared.count * declared.wire_dtype.itemsize
     if len(chunk) != expected:

@@ -5,6 +5,7 @@ Part of the codec (:mod:`pillars.serving.protocol.codec` states the contract and
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,10 @@ from pillars.serving.protocol.tensors import (
     from_json,
     split_bytes,
 )
-from pillars.serving.protocol.wire import Batch, check_output_names, json_body_limit, json_too_long
+from pillars.serving.protocol.wire import Batch, check_output_names, json_body_limit, json_too_long, loads
+
+Buffer = bytes | memoryview
+"""The binary part of a body: the tensors are viewed in it (``np.frombuffer``), never copied out of it."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,40 @@ def _rest_tensor(tensor: dict[str, Any], declared: Declared) -> RestTensor:
     return RestTensor(declared, None, size)
 
 
-def decode_v2_data(header: V2Header, binary: bytes) -> Batch:
+async def read_binary_request(chunks: AsyncIterator[bytes], json_length: int, signature: Signature,
+                              max_rows: int) -> tuple[V2Header, Buffer]:
+    """Read the binary extension's JSON header from the front of the body and check it; only then read
+    the tensor bytes (a request declaring too many rows or the wrong shape is refused before the rest of
+    its body is read). The routed path and the fast path both read a binary request through here.
+
+    Args:
+        chunks: the body as it arrives; iterated again after the header (the rest of the body).
+
+    Returns:
+        the checked header and the bytes after it, as a view of the body when it came in one piece.
+
+    Raises:
+        InputError: the body ends inside the header, or the header is not JSON or not a valid request.
+        TooManyRows: the header declares more than ``max_rows`` rows.
+    """
+    parts, size = [], 0
+    async for chunk in chunks:
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= json_length:
+            break
+    head = parts[0] if len(parts) == 1 else b"".join(parts)
+    if len(head) < json_length:
+        raise InputError(f"the body ends before the {json_length}-byte JSON header does")
+    view = memoryview(head)
+    header = check_v2_header(loads(view[:json_length]), signature, max_rows)
+    rest: list[Buffer] = [view[json_length:]]
+    async for chunk in chunks:
+        rest.append(chunk)
+    return header, rest[0] if len(rest) == 1 else b"".join(rest)
+
+
+def decode_v2_data(header: V2Header, binary: Buffer) -> Batch:
     """The parsed batch: JSON data converted by numpy, binary numbers viewed with ``np.frombuffer``,
     strings read element by element."""
     declared_size = sum(t.binary_size or 0 for t in header.tensors)

@@ -132,6 +132,8 @@ def _wire_output(data: np.ndarray, datatype: str) -> np.ndarray:
 
 def plain_strings(data: np.ndarray) -> list[str]:
     """A ``BYTES`` output's elements as ``str`` (bytes decoded as UTF-8, invalid bytes replaced), flat."""
+    if data.dtype.kind == "U":  # numpy strings: tolist gives str already
+        return data.reshape(-1).tolist()
     return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in data.reshape(-1).tolist()]
 
 

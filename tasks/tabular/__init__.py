@@ -178,6 +178,17 @@ class _Tabular:
         x = np.asarray(inputs[INPUT], dtype=np.float64).reshape(len(inputs[INPUT]), -1)
         return {name: x[:, i] for i, name in enumerate(prep["feature_names"])}
 
+    def drift_matrix(self, inputs: Examples, prep: Preprocessing) -> tuple[list[str], np.ndarray]:
+        """The features are the input's columns: the input itself (as float64), not split and stacked again.
+        A subclass with features of its own, or names that do not map one to one onto the columns, gets
+        the stacked :meth:`drift_features`."""
+        names = list(prep["feature_names"])
+        x = np.asarray(inputs[INPUT], dtype=np.float64).reshape(len(inputs[INPUT]), -1)
+        if (type(self).drift_features is not _Tabular.drift_features or len(set(names)) != len(names)
+                or x.shape[1] < len(names)):
+            return super().drift_matrix(inputs, prep)
+        return names, x[:, :len(names)]
+
 
 @dataclasses.dataclass
 class TabularClassification(_Tabular, ClassificationTask):

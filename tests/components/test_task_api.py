@@ -4,6 +4,7 @@ still overrides ``signature``, and read-only gate thresholds that no task can ch
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -21,6 +22,7 @@ from pillars.components.task import (
     Task,
     TensorSpec,
 )
+from pillars.tasks.tabular import TabularClassification
 from pillars.tasks.text import TextClassification
 
 CLASSES = {"classes": ["no", "yes"]}
@@ -104,6 +106,34 @@ def test_undeclared_or_malformed_inputs_are_refused_naming_the_task_and_the_fix(
 def test_the_default_drift_features_read_the_declared_inputs():
     features = _Minimal().drift_features({"x": torch.arange(6.0).reshape(2, 3).numpy()}, CLASSES)
     assert sorted(features) == ["x[0]", "x[1]", "x[2]"]
+
+
+def _stacked(task: Task, inputs: Examples, prep: Preprocessing) -> tuple[list[str], np.ndarray]:
+    return Task.drift_matrix(task, inputs, prep)  # the default: drift_features stacked
+
+
+@pytest.mark.parametrize("shape, names", [
+    ((5, 3), ["a", "b", "c"]),
+    ((5, 1, 2, 2), ["p0", "p1", "p2", "p3"]),  # an image-shaped table: features are the flat pixels
+    ((5, 4), ["a", "b", "c"]),  # more columns than names: the named ones
+    ((5, 3), ["a", "b", "a"]),  # a name twice: drift_features keeps the last column under it
+])
+def test_a_tables_drift_matrix_is_its_drift_features_stacked(shape, names):
+    task, prep = TabularClassification(), {"feature_names": names}
+    inputs = {"input-0": np.arange(np.prod(shape), dtype=np.float32).reshape(shape) * 1.5}
+    got_names, matrix = task.drift_matrix(inputs, prep)
+    want_names, want = _stacked(task, inputs, prep)
+    assert got_names == want_names and matrix.dtype == np.float64 and np.array_equal(matrix, want)
+
+
+def test_a_table_task_with_drift_features_of_its_own_gets_them_in_its_drift_matrix():
+    class Doubled(TabularClassification):
+        def drift_features(self, inputs, prep):
+            return {f"{k}*2": 2 * v for k, v in super().drift_features(inputs, prep).items()}
+
+    inputs, prep = {"input-0": np.ones((2, 2), dtype=np.float32)}, {"feature_names": ["a", "b"]}
+    names, matrix = Doubled().drift_matrix(inputs, prep)
+    assert names == ["a*2", "b*2"] and np.array_equal(matrix, np.full((2, 2), 2.0))
 
 
 def test_thresholds_are_read_only_so_no_task_changes_another_s():
