@@ -115,11 +115,14 @@ def run_driver(params: PrepareParams, work: str, master: str | None = None) -> T
             fails with this line: it is the driver's error in the application's status).
     """
     from pillars.components.data.spark import local_session, prepare_table_spark
+    from pillars.components.data.tables import check_table_files, table_files
 
     task = params.load()
     source = task.table_source(params.data_params())
     if source is None:
         raise ConfigError(f"engine=spark needs a task that reads a table; {params.task} has no table source")
+    if not source.source.startswith(("s3://", "s3a://")):  # a shared folder: its files checked before Spark starts
+        check_table_files(table_files(source.source), source.label_column)
     with local_session(master) as spark:
         result = prepare_table_spark(spark, source, params.data_params(), _spark_uri(work))
     files, root = filesystem(work)
