@@ -1,9 +1,10 @@
 """The Spark engine of the table data step (``engine=spark``): the steps of
 :mod:`pillars.components.data.tables` on Apache Spark, so the table never has to fit one process.
 
-Locally Spark runs in ``local[*]`` mode inside the step (pyspark and a Java 17 runtime); on a cluster the
-step submits this same code as a SparkApplication to the Kubeflow Spark Operator
-(:mod:`pillars.components.data.spark_application`). The row hash is the same Python function as the pandas
+With ``spark_launcher=local`` Spark runs in ``local[*]`` mode inside the step (pyspark and a Java 17 runtime);
+with ``spark_launcher=operator`` the step submits this same code as a SparkApplication to the Kubeflow Spark
+Operator (:mod:`pillars.components.data.spark_application`), whose driver is
+:mod:`pillars.components.data.spark_driver`. The row hash is the same Python function as the pandas
 engine's, run by Spark as a vectorised (Arrow) UDF; the cleaning, split and counts are Spark SQL; the
 statistics are :mod:`pillars.components.data.spark_stats` (native aggregates and one Arrow pass). Quantiles are
 exact up to :data:`EXACT_QUANTILE_ROWS` train rows, ``percentile_approx`` beyond, where the engines may then
