@@ -213,3 +213,19 @@ def test_the_compiled_data_step_gets_the_spark_settings_only_when_the_operator_i
     for expected in ("PILLARS_SPARK_WORK_URI", "s3://pillars/spark-work", "PILLARS_SPARK_S3_SECRET",
                      "PILLARS_SPARK_SERVICE_ACCOUNT", "PILLARS_SPARK_IMAGE"):
         assert expected in text, expected
+
+
+def test_the_driver_file_runs_as_spark_submit_runs_it_and_ends_on_the_error_the_step_reports(tmp_path):
+    import subprocess
+    import sys
+
+    source = _table(tmp_path / "churn.csv", rows=20)
+    spec = step_spec(_params(str(source), label_column="churned"), _settings(str(tmp_path / "work")), "app", "ml")
+    main = spec.main_file.removeprefix("local://")
+    # `python FILE ARGS`, as spark-submit starts a Python application (its folder first on sys.path)
+    result = subprocess.run([sys.executable, main, *spec.arguments], capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path, check=False)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"pillars.components.errors.DataError: label column 'churned' not in {source}; columns are: x0, x1, x2, target")
+    assert not (tmp_path / "work").exists()  # refused before Spark started or anything was written
