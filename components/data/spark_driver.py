@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 
     from pillars.components.data.prepare import PrepareParams
     from pillars.components.data.tables import TableResult
+
+logger = logging.getLogger(__name__)
 
 RESULT_FILE = "_result.json"
 """The driver's result under the work location, written after the splits."""
@@ -158,12 +161,15 @@ def fetch_result(work: str, out: Path, endpoint: str = "") -> TableResult:
 
 
 def remove_location(work: str, endpoint: str = "") -> None:
-    """Remove the work location (nothing when it is already gone)."""
+    """Remove the work location (nothing when it is already gone or was never written). A failure to remove
+    it is logged, never raised: it must not hide the outcome of the step."""
     files, root = filesystem(work, endpoint)
     try:
         files.delete_dir(root)
     except FileNotFoundError:
         pass
+    except OSError as e:
+        logger.warning("could not remove the Spark work location %s: %s", work, e)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

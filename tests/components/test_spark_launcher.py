@@ -21,11 +21,13 @@ from pillars.components.data.prepare import PrepareParams
 from pillars.components.data.prepare_table import prepare_table
 from pillars.components.data.shards import shard_files
 from pillars.components.data.spark_application import (
+    CRD_HINT,
     GROUP,
     PLURAL,
     VERSION,
     SparkApplicationError,
     build_spark_application,
+    run_on_operator,
     step_spec,
 )
 from pillars.components.data.spark_driver import (
@@ -229,3 +231,18 @@ def test_the_driver_file_runs_as_spark_submit_runs_it_and_ends_on_the_error_the_
     assert result.stderr.strip().splitlines()[-1] == (
         f"pillars.components.errors.DataError: label column 'churned' not in {source}; columns are: x0, x1, x2, target")
     assert not (tmp_path / "work").exists()  # refused before Spark started or anything was written
+
+
+def test_without_the_operator_the_step_fails_in_one_line_and_leaves_nothing(tmp_path):
+    from kubernetes.client.exceptions import ApiException
+
+    class NoCrd(_Operator):
+        def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+            raise ApiException(status=404, reason="Not Found")
+
+    work = tmp_path / "work"
+    with pytest.raises(SparkApplicationError) as caught:
+        run_on_operator(_params(str(tmp_path / "t.csv")), tmp_path / "out", _settings(str(work)), api=NoCrd(),
+                        namespace="ml")
+    assert str(caught.value) == CRD_HINT
+    assert not work.exists() and not (tmp_path / "out").exists()
