@@ -52,6 +52,12 @@ def prepare_data(
     engine: str,
     model_name: str,
     feedback: str,
+    spark_launcher: str,
+    spark_driver_cores: int,
+    spark_driver_memory: str,
+    spark_executors: int,
+    spark_executor_cores: int,
+    spark_executor_memory: str,
     train_data: Output[Dataset],
     val_data: Output[Dataset],
     test_data: Output[Dataset],
@@ -59,7 +65,8 @@ def prepare_data(
 ) -> str:
     """Load and split the task's data (plus the trainable rows of the ``feedback`` store of ``model_name``, in
     the train split only), fit its preprocessing; write ``.npz`` splits (engine pandas) or folders of Parquet
-    shards (engine spark) and the metadata/profile JSON. Returns the data hash."""
+    shards (engine spark) and the metadata/profile JSON. ``spark_launcher="operator"`` runs Spark as a
+    SparkApplication of the Kubeflow Spark Operator sized by the ``spark_*`` parameters. Returns the data hash."""
     from pillars.components.data.prepare import PrepareParams, run_prepare
     from pillars.components.data.prepare_table import run_prepare_table
     from pillars.components.shutdown import skip_final_collection
@@ -69,7 +76,9 @@ def prepare_data(
     params = PrepareParams(task=task, task_args=task_args, source=source, label_column=label_column, seed=seed,
                            val_fraction=val_fraction, test_fraction=test_fraction,
                            missing_policy=missing_policy, balance=balance, engine=engine, model_name=model_name,
-                           feedback=feedback)
+                           feedback=feedback, spark_launcher=spark_launcher, spark_driver_cores=spark_driver_cores,
+                           spark_driver_memory=spark_driver_memory, spark_executors=spark_executors,
+                           spark_executor_cores=spark_executor_cores, spark_executor_memory=spark_executor_memory)
     if engine != "pandas":
         return run_prepare_table(params, engine, train_data.path, val_data.path, test_data.path, metadata.path)
     return run_prepare(params, train_data.path, val_data.path, test_data.path, metadata.path)

@@ -111,6 +111,19 @@ TRAINING: Final[tuple[Parameter, ...]] = (
     Parameter("engine", str, "pandas",
               "The data step's engine: pandas (in the step's memory) or spark (Apache Spark; your table's splits "
               "become Parquet shards that training streams).", ("prepare_data",), choices=("pandas", "spark")),
+    Parameter("spark_launcher", str, "local",
+              "Where engine=spark runs: local (Spark local[*] in the step's own pod or process) or operator (a "
+              "SparkApplication of the Kubeflow Spark Operator on the cluster, sized by the spark_* parameters).",
+              ("prepare_data",), choices=("local", "operator")),
+    Parameter("spark_driver_cores", int, 1, "CPU cores of the Spark driver (spark_launcher=operator).",
+              ("prepare_data",)),
+    Parameter("spark_driver_memory", str, "2g", "Memory of the Spark driver, like 2g or 512m (spark_launcher=operator).",
+              ("prepare_data",)),
+    Parameter("spark_executors", int, 2, "Spark executors (spark_launcher=operator).", ("prepare_data",)),
+    Parameter("spark_executor_cores", int, 1, "CPU cores per Spark executor (spark_launcher=operator).",
+              ("prepare_data",)),
+    Parameter("spark_executor_memory", str, "2g",
+              "Memory per Spark executor, like 4g or 512m (spark_launcher=operator).", ("prepare_data",)),
     Parameter("feedback", str, "",
               "The model server's feedback store (its --feedback_dir: a folder or s3://bucket/prefix): the "
               "labelled rows whose inputs the server kept join the train split only (never validation or test); "

@@ -67,6 +67,25 @@ class Settings(BaseSettings):
     checkpoint_pvc: str = ""
     """PersistentVolumeClaim a multi-node training job (``launcher=trainjob``) mounts for checkpoints."""
 
+    spark_image: str = ""
+    """Image of the data step's SparkApplication (``spark_launcher=operator``): Pillars with Java and Spark's
+    Kubernetes entrypoint. Empty: :attr:`image`."""
+
+    spark_service_account: str = "pillars-spark"
+    """ServiceAccount of the Spark drivers (the chart's ``sparkOperator.serviceAccount``, ``<fullname>-spark``)."""
+
+    spark_work_uri: str = ""
+    """Where a SparkApplication's driver writes the prepared splits for the data step to copy back
+    (``s3://bucket/prefix``; the chart's ``sparkOperator.workUri``). Required by ``spark_launcher=operator``."""
+
+    spark_s3_secret: str = ""
+    """Secret whose keys (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``) the Spark driver and executors get
+    as environment (the chart's ``sparkOperator.s3.existingSecret``). Empty: IAM / workload identity."""
+
+    spark_s3_endpoint: str = ""
+    """S3-compatible endpoint of the work location and ``s3a://`` sources (``http://minio.minio.svc:9000``);
+    empty: AWS S3."""
+
     debug: bool = False
     """The CLI re-raises an error with its traceback instead of printing one line."""
 

@@ -17,6 +17,7 @@ from pillars.components.optimize.op import optimize_component
 from pillars.components.parameters import TRAINING, check_choices, parameters, pipeline_function, step_arguments
 from pillars.components.data.feedback import feedback_store
 from pillars.components.data.prepare import PrepareParams
+from pillars.components.data.spark_sizes import SparkSizes
 from pillars.components.registry.references import check_model_name, default_model_name
 from pillars.components.settings import Settings
 from pillars.components.task import DataParams, task_reference
@@ -29,6 +30,8 @@ PIPELINE_NAME = "pillars-training"
 
 
 CHECKPOINT_MOUNT = "/checkpoints"
+SPARK_SIZE_PARAMETERS = ("spark_driver_cores", "spark_driver_memory", "spark_executors", "spark_executor_cores",
+                         "spark_executor_memory")
 RETRAINING_NAME = "pillars-retraining"
 
 
@@ -53,6 +56,8 @@ def _steps(ops: Components, options: ClusterOptions, settings: Settings, table: 
     data = ops.prepare_data(**{**given("prepare_data"), **resolved})
     data.set_caching_options(options.cache_data).set_display_name("prepare data")
     _resources(data, cpu="500m", memory="1Gi")
+    for env, value in spark_env(settings, ops.image).items():
+        data.set_env_variable(env, value)
 
     trained = ops.train(train_data=data.outputs["train_data"], val_data=data.outputs["val_data"],
                         metadata=data.outputs["metadata"], kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
@@ -105,6 +110,19 @@ def _steps(ops: Components, options: ClusterOptions, settings: Settings, table: 
 
     for step in (data, trained, scored, gate, registered, promoted):
         _secret_env(options, step)
+
+
+def spark_env(settings: Settings, image: str) -> dict[str, str]:
+    """What the data step's ``spark_launcher=operator`` needs from the compiling process's settings (the chart
+    sets them on its pods when ``sparkOperator.enabled``): the SparkApplication's image, service account, S3
+    Secret and endpoint, and the work location. Nothing when no work location is set (no operator)."""
+    if not settings.spark_work_uri:
+        return {}
+    values = {"PILLARS_SPARK_IMAGE": settings.spark_image or image,
+              "PILLARS_SPARK_SERVICE_ACCOUNT": settings.spark_service_account,
+              "PILLARS_SPARK_WORK_URI": settings.spark_work_uri, "PILLARS_SPARK_S3_SECRET": settings.spark_s3_secret,
+              "PILLARS_SPARK_S3_ENDPOINT": settings.spark_s3_endpoint}
+    return {k: v for k, v in values.items() if v}
 
 
 def _secret_env(options: ClusterOptions, step: Any) -> None:
@@ -213,6 +231,9 @@ def check_arguments(pipeline: Any, arguments: dict[str, Any], load: bool = True)
     check_choices(TRAINING, merged)  # launcher, missing_policy
     if int(merged.get("nodes", 1)) > 1 and merged.get("launcher", "local") != "trainjob":
         raise ConfigError("nodes > 1 needs launcher=trainjob (a Kubeflow Trainer TrainJob on a cluster)")
+    SparkSizes(**{k.removeprefix("spark_"): merged[k] for k in SPARK_SIZE_PARAMETERS if k in merged})
+    if merged.get("spark_launcher") == "operator" and merged.get("engine") != "spark":
+        raise ConfigError(f"spark_launcher=operator needs engine=spark, got engine={merged.get('engine')!r}")
     if "val_fraction" in merged or "test_fraction" in merged:  # also when the task is resolved at run time
         DataParams(**pick(DataParams))
     task = None

@@ -24,6 +24,7 @@ from pillars.components.task.examples import row_count
 from pillars.components.parameters import parse_json_object
 from pillars.components.model.predictor import drift_matrix
 from pillars.components.data.profile import drift_profile
+from pillars.components.data.spark_sizes import SparkSizes
 from pillars.components.registry.references import default_model_name
 from pillars.components.data.feedback import (
     TRAINABLE_KINDS,
@@ -69,12 +70,26 @@ class PrepareParams(DataParams):
     feedback: str = ""
     """A model server's feedback store (a folder or ``s3://bucket/prefix``): its trainable labelled rows join
     the train split (:mod:`pillars.components.data.feedback`). Empty: none."""
+    spark_launcher: str = "local"
+    """Where ``engine=spark`` runs: ``local`` (Spark ``local[*]`` in this process) or ``operator`` (a
+    SparkApplication of the Kubeflow Spark Operator: :mod:`pillars.components.data.spark_application`)."""
+    spark_driver_cores: int = 1
+    spark_driver_memory: str = "2g"
+    spark_executors: int = 2
+    spark_executor_cores: int = 1
+    spark_executor_memory: str = "2g"
+    """The SparkApplication's sizes (``spark_launcher=operator``; :class:`SparkSizes`)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()  # checks the fractions and the missing policy
         parse_task_args(self.task_args)
         if self.engine not in ("pandas", "spark"):
             raise ConfigError(f"engine must be 'pandas' or 'spark', got {self.engine!r}")
+        if self.spark_launcher not in ("local", "operator"):
+            raise ConfigError(f"spark_launcher must be 'local' or 'operator', got {self.spark_launcher!r}")
+        if self.spark_launcher == "operator" and self.engine != "spark":
+            raise ConfigError(f"spark_launcher=operator needs engine=spark, got engine={self.engine!r}")
+        self.spark_sizes()  # a bad size fails here, naming its parameter
         if self.feedback:
             if self.engine != "pandas":
                 raise ConfigError("feedback rows need engine=pandas (the spark engine streams shards it does "
@@ -84,6 +99,12 @@ class PrepareParams(DataParams):
     def feedback_model(self) -> str:
         """Whose labels the feedback store holds: ``model_name``, else the task's default name."""
         return self.model_name or default_model_name(self.task)
+
+    def spark_sizes(self) -> SparkSizes:
+        """The ``spark_*`` sizes, checked (a ConfigError names the bad parameter)."""
+        return SparkSizes(driver_cores=self.spark_driver_cores, driver_memory=self.spark_driver_memory,
+                          executors=self.spark_executors, executor_cores=self.spark_executor_cores,
+                          executor_memory=self.spark_executor_memory)
 
     def data_params(self) -> DataParams:
         return DataParams(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DataParams)})

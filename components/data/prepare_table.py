@@ -25,8 +25,13 @@ from pillars.components.task import task_reference
 
 
 def prepare_table(params: PrepareParams, engine: str, splits: Mapping[str, str | Path],
-                  spark_conf: Mapping[str, str] | None = None, master: str = "local[*]") -> dict[str, Any]:
+                  spark_conf: Mapping[str, str] | None = None, master: str = "local[*]",
+                  api: Any = None) -> dict[str, Any]:
     """Prepare the task's table source on ``engine`` into the split folders ``splits`` (train, val, test).
+
+    With ``params.spark_launcher == "operator"`` Spark runs as a SparkApplication on the cluster
+    (:func:`pillars.components.data.spark_application.run_on_operator`; ``api``: its Kubernetes API object,
+    default the pod's own), else ``master`` in this process.
 
     Returns:
         The metadata (also what :func:`run_prepare_table` writes).
@@ -34,6 +39,7 @@ def prepare_table(params: PrepareParams, engine: str, splits: Mapping[str, str |
     Raises:
         ConfigError: the task has no table source, an unknown engine, no Java for Spark.
         DataError: the table is missing, malformed or too small (the message names the file or column).
+        SparkApplicationError: the operator's CRD is missing, or the application failed (the driver's error).
     """
     check_engine(engine)
     task = params.load()
@@ -45,7 +51,11 @@ def prepare_table(params: PrepareParams, engine: str, splits: Mapping[str, str |
                           "use engine=pandas")
     folders = {name: Path(splits[name]) for name in ("train", "val", "test")}
     out = _common_parent(folders)
-    if engine == "spark":
+    if engine == "spark" and params.spark_launcher == "operator":
+        from pillars.components.data.spark_application import run_on_operator
+
+        result = run_on_operator(params, out, api=api)
+    elif engine == "spark":
         from pillars.components.data.spark import local_session, prepare_table_spark
 
         with local_session(master, conf=spark_conf) as spark:

@@ -1,9 +1,10 @@
 """The Spark engine of the table data step (``engine=spark``): the steps of
 :mod:`pillars.components.data.tables` on Apache Spark, so the table never has to fit one process.
 
-Locally Spark runs in ``local[*]`` mode inside the step (pyspark and a Java 17 runtime); on a cluster the
-step submits this same code as a SparkApplication to the Kubeflow Spark Operator
-(:mod:`pillars.components.data.spark_application`). The row hash is the same Python function as the pandas
+With ``spark_launcher=local`` Spark runs in ``local[*]`` mode inside the step (pyspark and a Java 17 runtime);
+with ``spark_launcher=operator`` the step submits this same code as a SparkApplication to the Kubeflow Spark
+Operator (:mod:`pillars.components.data.spark_application`), whose driver is
+:mod:`pillars.components.data.spark_driver`. The row hash is the same Python function as the pandas
 engine's, run by Spark as a vectorised (Arrow) UDF; the cleaning, split and counts are Spark SQL; the
 statistics are :mod:`pillars.components.data.spark_stats` (native aggregates and one Arrow pass). Quantiles are
 exact up to :data:`EXACT_QUANTILE_ROWS` train rows, ``percentile_approx`` beyond, where the engines may then
@@ -62,10 +63,10 @@ def check_java() -> str:
 
 
 @contextmanager
-def local_session(master: str = "local[*]", memory: str = "1g",
+def local_session(master: str | None = "local[*]", memory: str = "1g",
                   conf: Mapping[str, str] | None = None) -> Iterator[SparkSession]:
-    """A Spark session for the step (stopped when the block ends); on the cluster the operator's driver
-    already has one and ``getOrCreate`` returns it.
+    """A Spark session for the step (stopped when the block ends). ``master=None``: the SparkApplication's
+    driver, where spark-submit already set the master and the driver's memory.
 
     Raises:
         ConfigError: no Java runtime (one line saying how to install it), or pyspark missing.
@@ -78,9 +79,11 @@ def local_session(master: str = "local[*]", memory: str = "1g",
     # Spark's Python workers run this interpreter (so they import the same packages); Spark reads it only
     # from the environment when the session starts.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    builder = (SparkSession.builder.master(master).appName("pillars-prepare-data")
-               .config("spark.ui.enabled", "false").config("spark.driver.memory", memory)
-               .config("spark.sql.shuffle.partitions", "8").config("spark.sql.execution.arrow.pyspark.enabled", "true"))
+    builder = (SparkSession.builder.appName("pillars-prepare-data").config("spark.ui.enabled", "false")
+               .config("spark.sql.execution.arrow.pyspark.enabled", "true"))
+    if master is not None:
+        builder = (builder.master(master).config("spark.driver.memory", memory)
+                   .config("spark.sql.shuffle.partitions", "8"))
     for key, value in (conf or {}).items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
@@ -124,6 +127,9 @@ def read_source(spark: SparkSession, source: TableSource) -> tuple[DataFrame, li
 def prepare_table_spark(spark: SparkSession, source: TableSource, params: DataParams,
                         out_dir: str | Path) -> TableResult:
     """Prepare a table on Spark and write ``out_dir/{train,val,test}/part-*.parquet``.
+
+    ``out_dir`` is a local folder or a URI Spark writes to (``s3a://bucket/prefix``: the driver of a
+    SparkApplication, :mod:`pillars.components.data.spark_driver`).
 
     The cleaned, hashed and split table is cached once (features as float, what every later step reads);
     the counts, the statistics and the shards are then a fixed number of passes over that cache.
@@ -188,7 +194,7 @@ def prepare_table_spark(spark: SparkSession, source: TableSource, params: DataPa
         else:
             frame = frame.withColumn(LABEL, F.col(LABEL).cast("float"))
             class_counts = []
-        summary = _summarise_and_write(frame, groups, features, source, params, class_counts, Path(out_dir))
+        summary = _summarise_and_write(frame, groups, features, source, params, class_counts, str(out_dir))
     finally:
         base.unpersist()
     return assemble(source, params, columns, classes, summary.feature_stats, summary.label_stats, summary.fill,
@@ -225,7 +231,7 @@ class _Summary(NamedTuple):
 
 
 def _summarise_and_write(frame: DataFrame, groups: list[_Group], features: list[str], source: TableSource,
-                         params: DataParams, class_counts: list[int], out: Path) -> _Summary:
+                         params: DataParams, class_counts: list[int], out: str) -> _Summary:
     """Rows and hash digest per split, the train split's fill values and statistics, the drift reference, and
     each split written as Parquet shards under ``out``."""
     from pyspark.sql import functions as F
@@ -255,7 +261,7 @@ def _summarise_and_write(frame: DataFrame, groups: list[_Group], features: list[
     for code, name in enumerate(hashsplit.SPLITS):
         (imputed.where(F.col(_SPLIT) == code).select(*features, LABEL, ROW_HASH)
          .write.mode("overwrite").option("parquet.block.size", PARQUET_BLOCK_BYTES)
-         .parquet(str(out / name)))
+         .parquet(f"{out.rstrip('/')}/{name}"))
     return _Summary(split_rows, split_xor, fill, feature_stats, label_stats, reference)
 
 

@@ -1,25 +1,36 @@
 """The data step's Spark job on a cluster: a SparkApplication for the Kubeflow Spark Operator
-(``sparkoperator.k8s.io/v1beta2``), and how its status is read.
+(``sparkoperator.k8s.io/v1beta2``), how its status is read, and how the step runs it.
 
 :func:`build_spark_application` renders the object (image, service account and S3 credentials from the
-chart's settings, driver and executor sizes from the run); it validates against the operator's CRD schema
-(strict: ``tests/cluster/schemas``). :func:`application_state` reads a status: done, still running, or the
-driver's own error. :func:`submit_and_wait` creates it, polls it, and deletes a failed one; a cluster
-without the operator's CRD gets one line saying how to install it.
+chart's settings, driver and executor sizes from the run's ``spark_*`` parameters,
+:class:`~pillars.components.data.spark_sizes.SparkSizes`); it
+validates against the operator's CRD schema (strict: ``tests/cluster/schemas``). :func:`application_state`
+reads a status: done, still running, or the driver's own error. :func:`submit_and_wait` creates it, polls
+it, and deletes a failed one; a cluster without the operator's CRD gets one line saying how to install it.
 
-Not yet wired into the data step: on a cluster, ``engine=spark`` still runs Spark ``local[*]`` in the
-step's pod (docs/data-at-scale.md).
+:func:`run_on_operator` is the data step's ``spark_launcher=operator`` path (the switch is a run parameter,
+as the train step's ``launcher=trainjob``): the driver, :mod:`pillars.components.data.spark_driver` from the
+same image, prepares the table into a work location on S3 (``PILLARS_SPARK_WORK_URI``, the chart's
+``sparkOperator.workUri``), the step copies the splits and the result back into its own outputs, removes the
+work location and records the application id (``spark_app_id``: the run's and the version's lineage).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
+import uuid
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from pillars.components.data.spark_sizes import SIZE
 from pillars.components.errors import ConfigError, PillarsError
+
+if TYPE_CHECKING:
+    from pillars.components.data.prepare import PrepareParams
+    from pillars.components.data.tables import TableResult
+    from pillars.components.settings import Settings
 
 GROUP = "sparkoperator.k8s.io"
 VERSION = "v1beta2"
@@ -31,7 +42,6 @@ CRD_HINT = ("the Kubeflow Spark Operator is not installed on this cluster (no CR
             "sparkoperator.k8s.io/v1beta2): install it with `helm install spark-operator spark-operator "
             "--repo https://kubeflow.github.io/spark-operator -n spark-operator --create-namespace` and set "
             "sparkOperator.enabled=true in the Pillars chart, or use engine=pandas")
-_SIZE = re.compile(r"^[0-9]+[kmgt]?$")
 
 
 class SparkApplicationError(PillarsError):
@@ -69,7 +79,7 @@ class SparkApplicationSpec:
 
     def __post_init__(self) -> None:
         bad = [f"{n}={getattr(self, n)!r}" for n in ("driver_memory", "executor_memory")
-               if not _SIZE.match(str(getattr(self, n)))]
+               if not SIZE.match(str(getattr(self, n)))]
         bad += [f"{n}={getattr(self, n)!r}" for n in ("driver_cores", "executor_instances", "executor_cores")
                 if int(getattr(self, n)) < 1]
         if not self.main_file.startswith(("local://", "s3a://", "https://")):
@@ -89,6 +99,8 @@ def build_spark_application(spec: SparkApplicationSpec) -> dict[str, Any]:
     if env_from:
         driver["envFrom"] = env_from
         executor["envFrom"] = env_from
+    if spec.s3_endpoint:  # for the driver's own S3 reads and writes (pyarrow): the result file
+        driver["env"] = [{"name": "AWS_ENDPOINT_URL", "value": spec.s3_endpoint}]
     body: dict[str, Any] = {
         "type": "Python",
         "pythonVersion": "3",
@@ -161,3 +173,69 @@ def submit_and_wait(spec: SparkApplicationSpec, api: Any, timeout: float = 6 * 3
         except ApiException:
             pass  # already gone; the failure that got us here is what the step reports
         raise
+
+
+def work_location(root: str, name: str) -> str:
+    """Where application ``name`` writes: ``root/name`` (``root`` an ``s3://`` prefix or a shared folder).
+
+    Raises:
+        ConfigError: no root (``PILLARS_SPARK_WORK_URI``, the chart's ``sparkOperator.workUri``).
+    """
+    if not root:
+        raise ConfigError("spark_launcher=operator needs a work location the driver and the step share: set "
+                          "PILLARS_SPARK_WORK_URI (the chart's sparkOperator.workUri), e.g. s3://bucket/pillars-spark")
+    return f"{root.rstrip('/')}/{name}"
+
+
+def step_spec(params: PrepareParams, settings: Settings, name: str, namespace: str) -> SparkApplicationSpec:
+    """The SparkApplication the data step submits: the image, service account and S3 settings of the chart
+    (``settings``), the sizes of the run, and the driver program with the run's data parameters."""
+    from pillars.components.data import spark_driver
+
+    sizes = params.spark_sizes()
+    return SparkApplicationSpec(
+        name=name, namespace=namespace, image=settings.spark_image or settings.image,
+        service_account=settings.spark_service_account, main_file=f"local://{Path(spark_driver.__file__).resolve()}",
+        arguments=tuple(spark_driver.driver_arguments(params, work_location(settings.spark_work_uri, name))),
+        driver_cores=sizes.driver_cores, driver_memory=sizes.driver_memory, executor_instances=sizes.executors,
+        executor_cores=sizes.executor_cores, executor_memory=sizes.executor_memory,
+        s3_secret=settings.spark_s3_secret, s3_endpoint=settings.spark_s3_endpoint)
+
+
+def run_on_operator(params: PrepareParams, out: str | Path, settings: Settings | None = None, api: Any = None,
+                    namespace: str = "", timeout: float = 6 * 3600, poll: float = 5.0) -> TableResult:
+    """Prepare the table as a SparkApplication and copy its splits into ``out/{train,val,test}``.
+
+    Args:
+        api: a ``kubernetes.client.CustomObjectsApi`` (default: one for the pod's own service account).
+        namespace: where the application runs (default: the pod's own namespace).
+
+    Returns:
+        The driver's result, its ``info["spark_app_id"]`` the operator's application id.
+
+    Raises:
+        ConfigError: no work location, a bad size.
+        SparkApplicationError: the CRD is missing (how to install it), or the driver's own error.
+    """
+    from pillars.components.data import spark_driver
+    from pillars.components.deploy.kube import current_namespace
+    from pillars.components.settings import Settings
+
+    settings = settings or Settings()
+    name = f"pillars-data-{uuid.uuid4().hex[:12]}"
+    spec = step_spec(params, settings, name, namespace or current_namespace(settings.namespace))
+    if api is None:
+        from kubernetes import client
+
+        from pillars.components.deploy.kube import api_client
+
+        api = client.CustomObjectsApi(api_client())
+    work = work_location(settings.spark_work_uri, name)
+    try:
+        app_id = submit_and_wait(spec, api, timeout=timeout, poll=poll)
+        result = spark_driver.fetch_result(work, Path(out), settings.spark_s3_endpoint)
+    finally:
+        spark_driver.remove_location(work, settings.spark_s3_endpoint)
+    if app_id:
+        result.info["spark_app_id"] = app_id
+    return result

@@ -1,12 +1,14 @@
 """The Kubernetes API as Pillars uses it: one client setup and server-side apply.
 
-Shared by the deployer (:mod:`pillars.components.deploy.inference_service`, InferenceServices) and the TrainJob
-launcher (:mod:`pillars.components.training.trainjob`). The ``kubernetes`` package loads on first use.
+Shared by the deployer (:mod:`pillars.components.deploy.inference_service`, InferenceServices), the TrainJob
+launcher (:mod:`pillars.components.training.trainjob`) and the data step's SparkApplication
+(:mod:`pillars.components.data.spark_application`). The ``kubernetes`` package loads on first use.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pillars.components.errors import ConfigError
@@ -15,6 +17,13 @@ if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
 FIELD_MANAGER = "pillars"
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def current_namespace(default: str = "default") -> str:
+    """The pod's namespace (from its service account), else ``default``."""
+    path = SERVICE_ACCOUNT_NAMESPACE
+    return path.read_text().strip() if path.is_file() else default
 
 
 def api_client() -> ApiClient:

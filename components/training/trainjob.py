@@ -27,6 +27,8 @@ RUNTIME = "torch-distributed"
 NODE = "node"
 """Name of the replicated job and of its container in the ``torch-distributed`` runtime."""
 FIELD_MANAGER = kube.FIELD_MANAGER
+current_namespace = kube.current_namespace
+"""The pod's namespace (:func:`pillars.components.deploy.kube.current_namespace`)."""
 
 
 class TrainJobError(PillarsError, RuntimeError):
@@ -136,8 +138,3 @@ def launch_trainjob(spec: TrainJobSpec, model_dir: str, timeout: float = 6 * 360
     wait_for(lambda: objects.get_namespaced_custom_object(GROUP, VERSION, spec.namespace, PLURAL, spec.name), timeout)
     return json.loads(Path(model_dir, RESULT_FILE).read_text())
 
-
-def current_namespace(default: str = "default") -> str:
-    """The pod's namespace (from its service account), else ``default``."""
-    path = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-    return path.read_text().strip() if path.is_file() else default

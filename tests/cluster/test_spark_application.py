@@ -129,3 +129,40 @@ def test_the_chart_grants_sparkapplications_only_when_the_operator_is_enabled(re
     assert binding["subjects"][0]["name"] == account["metadata"]["name"]
     named = render(set=["sparkOperator.enabled=true", "sparkOperator.serviceAccount=drivers"])
     assert [d for d in named if d["kind"] == "ServiceAccount" and d["metadata"]["name"] == "drivers"]
+
+
+def _env(doc: dict) -> dict[str, str]:
+    (container,) = doc["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def test_the_chart_gives_the_trigger_the_operator_settings_it_compiles_into_the_data_step(render, crd_schemas):
+    from tests.conftest import validate
+
+    spark = ["sparkOperator.enabled=true", "sparkOperator.workUri=s3://pillars/spark-work",
+             "sparkOperator.s3.existingSecret=pillars-spark-s3", "sparkOperator.s3.endpointUrl=http://minio:9000",
+             "kserve.feedback.dir="]
+    docs = render("trigger.yaml", set=spark)
+    for doc in docs:
+        validate(doc, crd_schemas)
+    (trigger,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-trigger")]
+    env = _env(trigger)
+    assert {k: v for k, v in env.items() if k.startswith("PILLARS_SPARK_")} == {
+        "PILLARS_SPARK_SERVICE_ACCOUNT": "pillars-spark", "PILLARS_SPARK_WORK_URI": "s3://pillars/spark-work",
+        "PILLARS_SPARK_S3_SECRET": "pillars-spark-s3", "PILLARS_SPARK_S3_ENDPOINT": "http://minio:9000"}
+    # the data step copies the splits back with the same credentials
+    assert "--s3-secret=pillars-spark-s3" in trigger["spec"]["template"]["spec"]["containers"][0]["args"]
+    (account,) = [d for d in docs if d["kind"] == "ServiceAccount" and d["metadata"]["name"] == "pillars-spark"]
+    assert account["automountServiceAccountToken"] is True
+    (off,) = [d for d in render("trigger.yaml") if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-trigger")]
+    assert not [k for k in _env(off) if k.startswith("PILLARS_SPARK_")]
+
+
+def test_a_work_location_that_is_not_s3_is_refused_by_the_chart(helm):
+    import subprocess
+
+    from tests.cluster.conftest import CHART
+
+    result = subprocess.run([helm, "template", "pillars", str(CHART), "--set", "sparkOperator.workUri=/data/spark"],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode != 0 and "sparkOperator/workUri" in result.stderr

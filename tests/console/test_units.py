@@ -86,6 +86,8 @@ def test_fields_carry_type_default_and_the_docstring_help(training):
     ("thresholds", "{accuracy", "thresholds must be a JSON object"),
     ("task", "no-such-task", "unknown task"),
     ("val_fraction", "0.9", "val_fraction must be in"),
+    ("spark_executor_memory", "4 GB", "spark_executor_memory must be a size like 2g"),
+    ("spark_executors", "0", "spark_executors must be a whole number >= 1"),
 ])
 def test_a_bad_value_is_an_error_at_its_own_field(training, field, value, says):
     arguments, errors = forms.check_form(training, {field: value})

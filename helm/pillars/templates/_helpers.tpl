@@ -159,6 +159,27 @@ seccompProfile:
 {{- if .Values.mlflow.auth.enabled }}
 - {name: PILLARS_MLFLOW_SECRET_NAME, value: {{ include "pillars.mlflow.authSecret" . | quote }}}
 {{- end }}
+{{- if .Values.sparkOperator.enabled }}
+{{- /* The data step's SparkApplication (spark_launcher=operator; components/data/spark_application.py). */}}
+- {name: PILLARS_SPARK_SERVICE_ACCOUNT, value: {{ include "pillars.spark.serviceAccount" . | quote }}}
+{{- with .Values.sparkOperator.image }}
+- {name: PILLARS_SPARK_IMAGE, value: {{ . | quote }}}
+{{- end }}
+{{- with .Values.sparkOperator.workUri }}
+- {name: PILLARS_SPARK_WORK_URI, value: {{ . | quote }}}
+{{- end }}
+{{- with .Values.sparkOperator.s3.existingSecret }}
+- {name: PILLARS_SPARK_S3_SECRET, value: {{ . | quote }}}
+{{- end }}
+{{- with .Values.sparkOperator.s3.endpointUrl }}
+- {name: PILLARS_SPARK_S3_ENDPOINT, value: {{ . | quote }}}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The Spark drivers' ServiceAccount (sparkOperator.serviceAccount, default <fullname>-spark). */}}
+{{- define "pillars.spark.serviceAccount" -}}
+{{- .Values.sparkOperator.serviceAccount | default (printf "%s-spark" (include "pillars.fullname" .)) }}
 {{- end }}
 
 {{/* True ("true") when a model URI is read from the MLflow registry rather than storage. */}}
