@@ -13,7 +13,7 @@ from pillars.components import registry
 from pillars.components.data.prepare import PrepareParams, prepare
 from pillars.pipelines.cli import main
 from pillars.pipelines.local.runner import run_local
-from pillars.pipelines.training import retraining_pipeline, training_pipeline
+from pillars.pipelines.training import training_pipeline
 
 pytestmark = pytest.mark.slow
 
