@@ -274,6 +274,9 @@ def run_summary(name: str, uri: str, log: Path) -> list[str]:
     lines = [f"model    {name} v{newest.version}  aliases: {', '.join(newest.aliases) or '-'}",
              f"gate     {'approved' if gate and gate.approved else 'rejected'}" + (f": {reasons}" if reasons else ""),
              f"test     {metrics or '-'}"]
+    trained = _training_line(newest.run_id)
+    if trained:
+        lines.append(trained)
     report = latest_report(name, newest.version) if len(versions) > 1 else None
     if report:
         lines += [f"variants of v{newest.version}:"] + [f"  {line}" for line in variants_table(report)]
@@ -283,3 +286,22 @@ def run_summary(name: str, uri: str, log: Path) -> list[str]:
     if report and report.get("edge_version"):
         lines.append(f"edge     pillars serve models:/{name}@edge")
     return lines
+
+
+def _training_line(run_id: str | None) -> str | None:
+    """``train    2 processes on cpu, best epoch 12, resumed after epoch 5`` from the training run's tags
+    (None: a run that recorded none)."""
+    from pillars.components import registry
+
+    if not run_id:
+        return None
+    tags = registry.client().get_run(run_id).data.tags
+    world, device = tags.get("pillars.world_size"), tags.get("pillars.device")
+    if not world or not device:
+        return None
+    parts = [f"{world} process{'' if world == '1' else 'es'} on {device}"]
+    if tags.get("pillars.best_epoch"):
+        parts.append(f"best epoch {tags['pillars.best_epoch']}")
+    if tags.get("pillars.resumed_from_epoch", "0") not in ("", "0"):
+        parts.append(f"resumed after epoch {tags['pillars.resumed_from_epoch']}")
+    return "train    " + ", ".join(parts)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import mlflow
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -100,20 +99,6 @@ def test_pipeline_trains_registers_and_promotes_then_weak_run_is_kept_out(spine_
     code, out, err = _pillars(capsys, "models", "rollback", SPINE)
     assert code == 0, err
     assert registry.alias_version(SPINE, registry.CHAMPION) == "1"
-
-
-def test_digits_cnn_through_the_pipeline_with_two_ddp_processes(tracking_uri, home):
-    # Two DDP processes (gloo): the same training code as on a multi-GPU cluster.
-    run_local(training_pipeline(), {"task": "digits", "epochs": 15, "model_name": "digits-cnn", "nproc": 2})
-    champion = registry.alias_version("digits-cnn", registry.CHAMPION)
-    assert champion is not None
-    assert _test_metrics("digits-cnn", champion)["test_accuracy"] >= 0.9
-    model = mlflow.pyfunc.load_model("models:/digits-cnn@champion")
-    x = np.zeros((2, 64), dtype=np.float64)
-    out = model.predict(pd.DataFrame(x, columns=[f"pixel_{i}" for i in range(64)]))
-    assert len(out) == 2 and {f"prob_{d}" for d in range(10)} <= set(out.columns)
-    run_id = registry.client().get_model_version("digits-cnn", champion).run_id
-    assert registry.client().get_run(run_id).data.tags["pillars.world_size"] == "2"
 
 
 def _serve_and_label(labels_dir, tmp_path) -> None:

@@ -132,7 +132,11 @@ TOOLS: dict[str, tuple[str, ...]] = {
 EXPECT: dict[str, tuple[str, ...]] = {
     r"^pillars run training --task digits --param epochs=2$": (
         r"(?m)^  prepare-data +ok ", r"(?m)^  train +ok +[\d.]+s +2/2 epoch", r"(?m)^  promote +ok ",
-        r"(?m)^model +digits v1 +aliases: challenger, champion$", r"(?m)^log +\S+/\.pillars/logs/run-training-"),
+        r"(?m)^model +digits v1 +aliases: challenger, champion$", r"(?m)^train +1 process on cpu, best epoch [12]$",
+        r"(?m)^log +\S+/\.pillars/logs/run-training-"),
+    # the same code as 2 DDP processes, through the pipeline (DDP's arithmetic: tests/components/test_distributed.py)
+    r"^pillars run training --task digits --param nproc=2 --param epochs=2$": (
+        r"(?m)^  train +ok ", r"(?m)^model +digits v2 ", r"(?m)^train +2 processes on cpu, best epoch [12]$"),
     r"^pillars models list$": (r"(?m)^digits +latest v\d+ +.*champion=v\d+",),
     r"^pillars models show digits$": (r"(?m)^digits v1 .*gate=true",),
     r"^pillars models rollback digits --to 3$": (r"digits: champion v\d+ -> v3 \(rolled back\)",),
