@@ -49,8 +49,9 @@ import numpy as np
 from _common import write_results
 from pillars.components.data.prepare import PrepareParams, prepare
 from pillars.components.data.splits import save_split
-from pillars.components.evaluation.calibration import (CALIBRATION_KEY, METHODS, PREDICT_ROWS, calibrate,
+from pillars.components.evaluation.calibration import (CALIBRATION_KEY, METHODS, calibrate,
                                                       calibrate_saved_model)
+from pillars.components.evaluation.scoring import PREDICT_BATCH
 from pillars.components.model.predictor import load_predictor
 from pillars.components.task.examples import input_columns
 from pillars.components.training.fit import TrainParams, fit, write_model
@@ -84,8 +85,8 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 def _predict_all(predictor, inputs: dict[str, np.ndarray]) -> np.ndarray:
     (name,) = inputs
     x = inputs[name]
-    return np.concatenate([_predict(predictor, {name: x[i:i + PREDICT_ROWS]})["probabilities"]
-                           for i in range(0, len(x), PREDICT_ROWS)])
+    return np.concatenate([_predict(predictor, {name: x[i:i + PREDICT_BATCH]})["probabilities"]
+                           for i in range(0, len(x), PREDICT_BATCH)])
 
 
 def run_task(task: str, windows: int, window_sizes: list[int], epochs: int, seed: int, val_fraction: float,

@@ -39,9 +39,8 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
-from pillars.components.data.splits import load_split
+from pillars.components.evaluation.scoring import score
 from pillars.components.model.predictor import CONFIG_FILE, load_predictor, locate_model_dir
-from pillars.components.task.examples import input_columns, row_count, take
 
 CALIBRATION_KEY = "calibration"
 """The key of the calibration in a saved model's ``config.json`` ``extra``."""
@@ -55,8 +54,6 @@ LOGIT_CLIP = 1e-6
 LOG_T_BOUNDS = (-4.0, 4.0)
 """Search range of ``log T``: temperatures from ~0.02 to ~55, far beyond any real network's."""
 EPSILON = 1e-12
-PREDICT_ROWS = 1024
-"""Rows per forward pass while calibrating."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,12 +241,9 @@ def calibrate_saved_model(model_dir: str | Path, val_path: str | Path, method: s
     task = predictor.task
     if task.kind != "classification":
         return None
-    val = load_split(val_path)
-    inputs = input_columns(predictor.signature, val)
-    probabilities = np.concatenate([
-        predictor.predict(take(inputs, slice(start, start + PREDICT_ROWS)))["probabilities"]
-        for start in range(0, row_count(inputs), PREDICT_ROWS)])
-    result = calibrate(probabilities, np.asarray(val[task.target_column], dtype=np.int64), method)
+    val = score(predictor, val_path, keep=("probabilities",))  # shards are streamed: only these are kept
+    result = calibrate(val.outputs["probabilities"], np.asarray(val.examples[task.target_column], dtype=np.int64),
+                       method)
     config_file = directory / CONFIG_FILE
     config = json.loads(config_file.read_text())
     config.setdefault("extra", {})[CALIBRATION_KEY] = result.to_dict()

@@ -11,24 +11,20 @@ import base64
 import dataclasses
 import html
 import io
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from pillars.components.task.examples import input_columns, row_count, take
+from pillars.components.evaluation.scoring import Split, score, task_metrics
 from pillars.components.training.fit import load_history
 from pillars.components.model.predictor import Predictor, load_predictor
 from pillars.components.records import as_test_metric
-from pillars.components.data.splits import load_split
-from pillars.components.task import Examples, Outputs
 from pillars.components.registry.tracking import configure_tracking
 
 OVERFIT_GAP = 0.05
 """Train-minus-validation gap of the primary metric (relative for lower-is-better metrics) above which the
 model is flagged as overfitting."""
-PREDICT_BATCH = 1024
-"""Rows per forward pass while evaluating."""
 
 
 @dataclasses.dataclass
@@ -43,20 +39,9 @@ class Evaluation:
     overfitting: bool = False
 
 
-def batched_predict(predictor: Predictor, batch: int = PREDICT_BATCH) -> Callable[[Examples], Outputs]:
-    """The served path (encode, model, decode) over a split's input columns, ``batch`` rows at a time."""
-    def predict(examples: Examples) -> Outputs:
-        inputs = input_columns(predictor.signature, examples)
-        parts = [predictor.predict_checked(take(inputs, slice(i, i + batch)))
-                 for i in range(0, row_count(inputs), batch)]
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-    return predict
-
-
-def split_metrics(predictor: Predictor, examples: Examples) -> dict[str, float]:
-    """The task's metrics of ``predictor`` on one split (named arrays with inputs and targets)."""
-    return predictor.task.evaluate(batched_predict(predictor), examples, predictor.prep)
+def split_metrics(predictor: Predictor, split: Split) -> dict[str, float]:
+    """The task's metrics of ``predictor`` on one split (in memory, an ``.npz`` file, or shards, streamed)."""
+    return task_metrics(predictor, score(predictor, split))
 
 
 def overfit_gap(metrics: dict[str, float], primary: str, lower_is_better: bool) -> float:
@@ -67,7 +52,7 @@ def overfit_gap(metrics: dict[str, float], primary: str, lower_is_better: bool) 
     return float(train - val)
 
 
-def evaluate(predictor: Predictor, splits: dict[str, Examples]) -> Evaluation:
+def evaluate(predictor: Predictor, splits: Mapping[str, Split]) -> Evaluation:
     """Test metrics (unprefixed), ``train_*``/``val_*`` metrics, and the overfitting gap on the primary metric.
 
     A classifier (outputs ``class_index`` and ``probabilities``) also gets the test confusion matrix, and
@@ -75,10 +60,12 @@ def evaluate(predictor: Predictor, splits: dict[str, Examples]) -> Evaluation:
 
     Args:
         predictor: the trained model, loaded with its task.
-        splits: ``train``, ``val`` and ``test`` as named arrays.
+        splits: ``train``, ``val`` and ``test``: named arrays, ``.npz`` files, or shard folders (streamed,
+            one split at a time).
     """
     task, prep = predictor.task, predictor.prep
-    metrics = split_metrics(predictor, splits["test"])
+    test = score(predictor, splits["test"])  # kept for the plots; the other splits' outputs are dropped
+    metrics = task_metrics(predictor, test)
     for name in ("train", "val"):
         metrics.update({f"{name}_{k}": v for k, v in split_metrics(predictor, splits[name]).items()})
     primary = task.primary_metric
@@ -91,11 +78,11 @@ def evaluate(predictor: Predictor, splits: dict[str, Examples]) -> Evaluation:
     outputs = {s.name for s in predictor.signature.outputs}
     target = getattr(task, "target_column", "label")
     if (task.kind == "classification" and classes and {"class_index", "probabilities"} <= outputs
-            and target in splits["test"]):
+            and target in test.examples):
         from sklearn import metrics as skm  # seconds of imports: only in the processes that score
 
-        y_test = np.asarray(splits["test"][target], dtype=np.int64)
-        out = batched_predict(predictor)(splits["test"])
+        y_test = np.asarray(test.examples[target], dtype=np.int64)
+        out = test.outputs
         result.confusion = skm.confusion_matrix(y_test, out["class_index"], labels=range(len(classes))).tolist()
         if len(classes) == 2 and len(np.unique(y_test)) == 2:
             fpr, tpr, thresholds = skm.roc_curve(y_test, out["probabilities"][:, 1])
@@ -183,7 +170,7 @@ def run_evaluation(model_dir: str, split_paths: dict[str, str], mlflow_run_id: s
 
     configure_tracking(tracking_uri or None)
     predictor = load_predictor(model_dir)
-    result = evaluate(predictor, {name: load_split(path) for name, path in split_paths.items()})
+    result = evaluate(predictor, split_paths)
     history = load_history(model_dir)
     with mlflow.start_run(run_id=mlflow_run_id):
         mlflow.log_metrics({mlflow_metric_name(k): v for k, v in result.metrics.items()})

@@ -22,14 +22,15 @@ import numpy as np
 
 from pillars.components.errors import ConfigError, RegistryError
 from pillars.components.evaluation.evaluate import split_metrics
+from pillars.components.evaluation.scoring import Split
 from pillars.components.model.predictor import Predictor, load_predictor
 from pillars.components.records import GateDecision, as_test_metric
-from pillars.components.data.splits import load_metadata, load_split
+from pillars.components.data.splits import load_metadata
 from pillars.components.registry.register import champion_version, downloaded_version
 from pillars.components.parameters import parse_json_object
 from pillars.components.registry import (Identity, RegistryUnavailable, TaskMismatch, client, identity, mismatch,
                                          signature_key)
-from pillars.components.task import Examples, Preprocessing, Signature, Task
+from pillars.components.task import Preprocessing, Signature, Task
 from pillars.components.registry.tracking import configure_tracking
 
 logger = logging.getLogger(__name__)
@@ -143,12 +144,13 @@ def comparable(predictor: Predictor, reference: str, signature: Signature, prep:
             and predictor.prep.get("classes") == prep.get("classes"))
 
 
-def champion_score(model_name: str, task: Task, reference: str, prep: Preprocessing, test: Examples,
+def champion_score(model_name: str, task: Task, reference: str, prep: Preprocessing, test: Split,
                    version: str | None = None) -> tuple[str | None, float | None, str]:
     """The champion's primary metric: scored on ``test`` when it is comparable (:func:`comparable`),
     else its logged value.
 
     Args:
+        test: the candidate's test split (in memory, an ``.npz`` file, or shards, streamed).
         version: the champion already read (default: read it now).
 
     Returns:
@@ -237,7 +239,7 @@ def run_gate(metrics_json: str, metadata_path: str, test_path: str, model_name: 
             decision.champion_version = version
             return decision
         version, score, how = champion_score(model_name, task, metadata.task, metadata.prep,
-                                             load_split(test_path), version)
+                                             test_path, version)
         decision = gate(json.loads(metrics_json), task, limits, margin, score, version)
         if version is not None:
             decision.reasons.append(f"champion {how}")

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pillars.components.data.splits import load_split
+from pillars.components.evaluation.scoring import Split, sample_rows
 from pillars.components.model.predictor import CONFIG_FILE, Predictor, load_predictor, locate_model_dir
 from pillars.components.task import Examples
 from pillars.components.task.examples import input_columns, row_count, take
@@ -31,6 +31,8 @@ from pillars.components.task.examples import input_columns, row_count, take
 IMPORTANCE_KEY = "feature_importance"
 """The key of the importances in a saved model's ``config.json`` ``extra``."""
 PREDICT_ROWS = 1024
+SAMPLE_ROWS = 50_000
+"""Validation rows the importance is measured on at most (a seeded sample of a larger split, read streaming)."""
 
 
 def _loss(predictor: Predictor, inputs: Examples, targets: torch.Tensor) -> float:
@@ -78,12 +80,13 @@ def permutation_importance(predictor: Predictor, val: Examples, repeats: int = 3
     return importance
 
 
-def store_importance(model_dir: str | Path, val_path: str | Path, repeats: int = 3, seed: int = 0
-                     ) -> dict[str, float] | None:
-    """:func:`permutation_importance` of the model in ``model_dir`` on the split at ``val_path``, written into
-    its ``config.json``; None (nothing written) when the task's drift features cannot be shuffled."""
+def store_importance(model_dir: str | Path, val_path: Split, repeats: int = 3, seed: int = 0,
+                     rows: int = SAMPLE_ROWS) -> dict[str, float] | None:
+    """:func:`permutation_importance` of the model in ``model_dir`` on the split at ``val_path`` (on a seeded
+    sample of ``rows`` rows when it has more), written into its ``config.json``; None (nothing written) when
+    the task's drift features cannot be shuffled."""
     directory = locate_model_dir(model_dir)
-    importance = permutation_importance(load_predictor(directory), load_split(val_path), repeats, seed)
+    importance = permutation_importance(load_predictor(directory), sample_rows(val_path, rows, seed), repeats, seed)
     if importance is None:
         return None
     config_file = directory / CONFIG_FILE
