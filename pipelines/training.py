@@ -30,8 +30,6 @@ PIPELINE_NAME = "pillars-training"
 
 
 CHECKPOINT_MOUNT = "/checkpoints"
-SPARK_SIZE_PARAMETERS = ("spark_driver_cores", "spark_driver_memory", "spark_executors", "spark_executor_cores",
-                         "spark_executor_memory")
 RETRAINING_NAME = "pillars-retraining"
 
 
@@ -231,7 +229,7 @@ def check_arguments(pipeline: Any, arguments: dict[str, Any], load: bool = True)
     check_choices(TRAINING, merged)  # launcher, missing_policy
     if int(merged.get("nodes", 1)) > 1 and merged.get("launcher", "local") != "trainjob":
         raise ConfigError("nodes > 1 needs launcher=trainjob (a Kubeflow Trainer TrainJob on a cluster)")
-    SparkSizes(**{k.removeprefix("spark_"): merged[k] for k in SPARK_SIZE_PARAMETERS if k in merged})
+    SparkSizes.from_parameters(merged)
     if merged.get("spark_launcher") == "operator" and merged.get("engine") != "spark":
         raise ConfigError(f"spark_launcher=operator needs engine=spark, got engine={merged.get('engine')!r}")
     if "val_fraction" in merged or "test_fraction" in merged:  # also when the task is resolved at run time

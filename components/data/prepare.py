@@ -102,9 +102,7 @@ class PrepareParams(DataParams):
 
     def spark_sizes(self) -> SparkSizes:
         """The ``spark_*`` sizes, checked (a ConfigError names the bad parameter)."""
-        return SparkSizes(driver_cores=self.spark_driver_cores, driver_memory=self.spark_driver_memory,
-                          executors=self.spark_executors, executor_cores=self.spark_executor_cores,
-                          executor_memory=self.spark_executor_memory)
+        return SparkSizes.from_parameters(dataclasses.asdict(self))
 
     def data_params(self) -> DataParams:
         return DataParams(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DataParams)})

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
+from typing import Any
 
 from pillars.components.errors import ConfigError
 
@@ -36,3 +38,13 @@ class SparkSizes:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"spark_{name} must be a whole number >= 1, got {value!r}")
+
+    @classmethod
+    def from_parameters(cls, values: Mapping[str, Any]) -> SparkSizes:
+        """The sizes among run parameters (``spark_driver_cores`` ...; any other key is ignored), checked."""
+        given = {f.name: f"spark_{f.name}" for f in dataclasses.fields(cls)}
+        return cls(**{name: values[key] for name, key in given.items() if key in values})
+
+
+PARAMETERS = tuple(f"spark_{f.name}" for f in dataclasses.fields(SparkSizes))
+"""The run parameters that size the SparkApplication (``spark_driver_cores`` ...)."""

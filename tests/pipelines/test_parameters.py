@@ -27,6 +27,7 @@ from pillars.components.parameters import (
     check_choices,
     parse_json_object,
 )
+from pillars.components.data import spark_sizes
 from pillars.components.data.prepare import PrepareParams, parse_task_args
 from pillars.components.task import MISSING_POLICIES, DataParams
 from pillars.components.evaluation.gate import parse_thresholds
@@ -86,11 +87,20 @@ def test_the_dataclasses_that_check_the_values_agree_with_the_table(cls, leave_o
     steps = {"DataParams": "prepare_data", "PrepareParams": "prepare_data", "TrainParams": "train"}[cls.__name__]
     taken = {p.name for p in TRAINING if steps in p.steps}
     if cls is DataParams:
-        taken -= {"task", "task_args", "engine", "model_name", "feedback", "spark_launcher", "spark_driver_cores",
-                  "spark_driver_memory", "spark_executors", "spark_executor_cores", "spark_executor_memory"}
+        taken -= {"task", "task_args", "engine", "model_name", "feedback", "spark_launcher", *spark_sizes.PARAMETERS}
     if cls is TrainParams:
         taken -= {"model_name", "warm_start", "launcher", "gpus_per_node", "tracking_uri", "checkpoint_root", "reason"}
     assert taken == {f.name for f in fields}
+
+
+def test_the_spark_sizes_are_the_spark_run_parameters_with_their_defaults():
+    table = _by_name(TRAINING)
+    assert spark_sizes.PARAMETERS == ("spark_driver_cores", "spark_driver_memory", "spark_executors",
+                                      "spark_executor_cores", "spark_executor_memory")
+    for field in dataclasses.fields(spark_sizes.SparkSizes):
+        p = table[f"spark_{field.name}"]
+        assert (field.type, field.default) in {(p.type, p.default), (p.type.__name__, p.default)}, field.name
+    assert spark_sizes.SparkSizes.from_parameters({"spark_executors": 5, "epochs": 3}).executors == 5
 
 
 def test_the_optimize_parameters_default_to_what_the_optimize_step_does():
