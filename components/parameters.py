@@ -117,8 +117,9 @@ TRAINING: Final[tuple[Parameter, ...]] = (
               ("prepare_data",), choices=("local", "operator")),
     Parameter("spark_driver_cores", int, 1, "CPU cores of the Spark driver (spark_launcher=operator).",
               ("prepare_data",)),
-    Parameter("spark_driver_memory", str, "2g", "Memory of the Spark driver, like 2g or 512m (spark_launcher=operator).",
-              ("prepare_data",)),
+    Parameter("spark_driver_memory", str, "2g",
+              "Memory of the Spark driver, like 2g or 512m: Spark local[*]'s heap (spark_launcher=local) or the "
+              "driver pod's (operator).", ("prepare_data",)),
     Parameter("spark_executors", int, 2, "Spark executors (spark_launcher=operator).", ("prepare_data",)),
     Parameter("spark_executor_cores", int, 1, "CPU cores per Spark executor (spark_launcher=operator).",
               ("prepare_data",)),

@@ -78,7 +78,8 @@ class PrepareParams(DataParams):
     spark_executors: int = 2
     spark_executor_cores: int = 1
     spark_executor_memory: str = "2g"
-    """The SparkApplication's sizes (``spark_launcher=operator``; :class:`SparkSizes`)."""
+    """The SparkApplication's sizes (``spark_launcher=operator``; :class:`SparkSizes`); the driver's memory is
+    also the heap of Spark ``local[*]`` (``spark_launcher=local``)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()  # checks the fractions and the missing policy

@@ -58,7 +58,7 @@ def prepare_table(params: PrepareParams, engine: str, splits: Mapping[str, str |
     elif engine == "spark":
         from pillars.components.data.spark import local_session, prepare_table_spark
 
-        with local_session(master, conf=spark_conf) as spark:
+        with local_session(master, memory=params.spark_driver_memory, conf=spark_conf) as spark:
             result = prepare_table_spark(spark, source, params.data_params(), out)
     else:
         result = prepare_table_pandas(source, params.data_params(), out)

@@ -16,6 +16,7 @@ An ``s3://`` source is read as ``s3a://`` (the image needs ``hadoop-aws``; crede
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sys
@@ -43,6 +44,10 @@ from pillars.components.task import DataParams, TableSource
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
+CELLS_PER_PARTITION = 4_000_000
+"""Values (rows x columns) per shuffle partition: about 32 MB of doubles, so a task of the dedup shuffle and of
+the cache holds a bounded slice of the table whatever its size (8 fixed partitions ran a 1 GB table out of a
+2 GB heap)."""
 EXACT_QUANTILE_ROWS = 5_000_000
 """Train rows up to which the quantiles are exact (:mod:`pillars.components.data.spark_stats`)."""
 JAVA_HINT = ("Spark needs a Java 17 runtime and none was found (no `java` on PATH, no JAVA_HOME): install it "
@@ -156,6 +161,7 @@ def prepare_table_spark(spark: SparkSession, source: TableSource, params: DataPa
         raise DataError(f"label column {label!r} of {source.source} must be numeric for regression")
     missing = _col(label).isNull() | (F.isnan(_col(label)) if label_numeric else F.lit(False))
     rows_in, rows_unlabelled = raw.agg(F.count(F.lit(1)), F.sum(missing.cast("long"))).collect()[0]
+    spark.conf.set("spark.sql.shuffle.partitions", str(shuffle_partitions(int(rows_in), len(columns))))
     deduped = raw.where(~missing).dropDuplicates()
     # The hashed form: features (and a numeric label) as double with NaN as null, as the pandas engine's.
     as_double = {n: F.when(F.isnan(_col(n).cast("double")), None).otherwise(_col(n).cast("double"))
@@ -200,6 +206,12 @@ def prepare_table_spark(spark: SparkSession, source: TableSource, params: DataPa
     return assemble(source, params, columns, classes, summary.feature_stats, summary.label_stats, summary.fill,
                     summary.split_rows, summary.split_xor, summary.reference, report, "spark",
                     {"spark_app_id": spark.sparkContext.applicationId})
+
+
+def shuffle_partitions(rows: int, columns: int) -> int:
+    """Shuffle partitions for a table of ``rows`` x ``columns``: at least 8, else :data:`CELLS_PER_PARTITION`
+    values each (adaptive execution merges the small ones of a small table)."""
+    return max(8, math.ceil(rows * (columns + 2) / CELLS_PER_PARTITION))
 
 
 class _Group(NamedTuple):
