@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -97,6 +98,32 @@ def local_session(master: str | None = "local[*]", memory: str = "1g",
         yield session
     finally:
         session.stop()
+        if master is not None:
+            stop_gateway()
+
+
+def stop_gateway(timeout_s: float = 30.0) -> None:
+    """End the JVM pyspark launched for the session. ``SparkSession.stop()`` leaves it running (about a tenth
+    of a core, and its heap) until the Python process exits; it exits when its stdin closes. The next session
+    launches a new one."""
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway
+    if gateway is None:
+        return
+    proc = getattr(gateway, "proc", None)
+    gateway.shutdown()
+    SparkContext._gateway = None
+    SparkContext._jvm = None
+    if proc is None:
+        return
+    if proc.stdin is not None:
+        proc.stdin.close()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _col(name: str) -> Column:
