@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import tempfile
 import time
@@ -72,7 +73,8 @@ def main() -> None:
     args = parser.parse_args()
     from pillars.components.data.spark import local_session, prepare_table_spark
 
-    report: dict[str, Any] = {"features": args.features, "master": args.master, "sizes": {}}
+    report: dict[str, Any] = {"features": args.features, "master": args.master, "spark_heap": args.spark_memory,
+                              "sizes": {}}
     params = DataParams(seed=0, missing_policy="median")
     with tempfile.TemporaryDirectory(prefix="pillars-spark-bench-") as tmp:
         started = time.perf_counter()
@@ -89,7 +91,10 @@ def main() -> None:
                     started = time.perf_counter()
                     by_pandas = prepare_table_pandas(source, params, root / "pandas")
                     seconds = time.perf_counter() - started
-                    entry["pandas"] = {"seconds": round(seconds, 1), "rows_per_s": round(rows / seconds)}
+                    entry["pandas"] = {"seconds": round(seconds, 1), "rows_per_s": round(rows / seconds),
+                                       # the process's peak so far: pandas' own at the first (largest) size
+                                       "process_peak_rss_mb": round(resource.getrusage(
+                                           resource.RUSAGE_SELF).ru_maxrss / 1024)}
                 started = time.perf_counter()
                 by_spark = prepare_table_spark(spark, source, params, root / "spark")
                 seconds = time.perf_counter() - started
