@@ -8,11 +8,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from pillars.components.data.prepare import PrepareParams
-from pillars.components.data.prepare_table import prepare_table
 from pillars.components.data.shards import load_examples
 from pillars.components.data.splits import save_split
 from pillars.components.errors import DataError
@@ -23,19 +20,13 @@ from pillars.components.evaluation.scoring import sample_rows, score, task_metri
 from pillars.components.model.predictor import load_predictor
 from pillars.components.training.fit import TrainParams, write_model
 from pillars.components.training.stream import fit_stream
+from tests.components.tables import prepared_table
 
 SPLITS = ("train", "val", "test")
 
 
-def _trained(tmp_path: Path, task: str, rows: int = 2500) -> tuple[Path, Path, dict]:
-    rng = np.random.default_rng(0)
-    frame = pd.DataFrame({f"x{i}": rng.normal(size=rows) for i in range(5)})
-    signal = frame["x0"] + frame["x1"] - frame["x2"] + rng.normal(0, 0.5, size=rows)
-    frame["y"] = (signal > 0).astype(int) if task == "tabular_classification" else signal
-    frame.to_csv(tmp_path / "table.csv", index=False)
-    out = tmp_path / "prepared"
-    params = PrepareParams(task=task, source=str(tmp_path / "table.csv"), label_column="y", seed=1)
-    metadata = prepare_table(params, "pandas", {s: out / s for s in SPLITS})
+def _trained(tmp_path: Path, task: str) -> tuple[Path, Path, dict]:
+    metadata, out = prepared_table(tmp_path, rows=2500, task=task)
     result = fit_stream(out / "train", out / "val", metadata, TrainParams(epochs=2, batch_size=64, seed=0))
     return write_model(result, tmp_path / "model"), out, metadata
 

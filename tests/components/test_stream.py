@@ -13,24 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pillars.components.data.prepare import PrepareParams
-from pillars.components.data.prepare_table import prepare_table
 from pillars.components.data.shards import ROW_HASH, load_examples, shard_files
 from pillars.components.training.checkpoints import CHECKPOINT
 from pillars.components.training.fit import TrainParams, fit
 from pillars.components.training.stream import ShardStream, fit_stream
-
-
-def _prepared(tmp_path: Path, rows: int = 3000, task: str = "tabular_classification") -> tuple[dict, Path]:
-    rng = np.random.default_rng(0)
-    frame = pd.DataFrame({f"x{i}": rng.normal(size=rows) for i in range(6)})
-    signal = frame["x0"] + frame["x1"] - frame["x2"] + rng.normal(0, 0.3, size=rows)
-    frame["y"] = (signal > 0).astype(int) if task == "tabular_classification" else signal
-    frame.to_csv(tmp_path / "table.csv", index=False)
-    out = tmp_path / "prepared"
-    params = PrepareParams(task=task, source=str(tmp_path / "table.csv"), label_column="y", seed=1)
-    metadata = prepare_table(params, "pandas", {s: out / s for s in ("train", "val", "test")})
-    return metadata, out
+from tests.components.tables import prepared_table
 
 
 def _state_equal(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -40,7 +27,7 @@ def _state_equal(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 @pytest.mark.parametrize("task", ["tabular_classification", "tabular_regression"])
 def test_streaming_trains_the_same_model_as_the_in_memory_path_on_the_same_rows(tmp_path, task):
-    metadata, out = _prepared(tmp_path, task=task)
+    metadata, out = prepared_table(tmp_path, task=task)
     params = TrainParams(epochs=4, batch_size=64, seed=3, patience=10)
     in_memory = fit(load_examples(out / "train", metadata["table"]), load_examples(out / "val", metadata["table"]),
                     metadata, params)
@@ -103,7 +90,7 @@ def test_the_bounded_shuffle_is_seeded_by_epoch_and_never_holds_more_than_its_bu
 
 
 def test_a_stopped_streaming_run_resumes_to_the_same_model(tmp_path):
-    metadata, out = _prepared(tmp_path, rows=1500)
+    metadata, out = prepared_table(tmp_path, rows=1500)
     params = TrainParams(epochs=4, batch_size=64, seed=2, patience=10)
     whole = fit_stream(out / "train", out / "val", metadata, params, shuffle_rows=256)
 
