@@ -16,6 +16,7 @@ An ``s3://`` source is read as ``s3a://`` (the image needs ``hadoop-aws``; crede
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -39,7 +40,7 @@ from pillars.components.data.tables import (
     class_order,
     table_files,
 )
-from pillars.components.errors import ConfigError, DataError
+from pillars.components.errors import ConfigError, DataError, PillarsError
 from pillars.components.task import DataParams, TableSource
 
 if TYPE_CHECKING:
@@ -79,6 +80,8 @@ def local_session(master: str | None = "local[*]", memory: str = "1g",
     """
     check_java()
     try:
+        from py4j.protocol import Py4JJavaError
+        from pyspark.errors.exceptions.captured import CapturedException
         from pyspark.sql import SparkSession
     except ImportError as e:
         raise ConfigError("engine=spark needs pyspark: pip install 'pyspark==3.5.*'") from e
@@ -94,12 +97,36 @@ def local_session(master: str | None = "local[*]", memory: str = "1g",
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # its INFO lines would follow a step's traceback
     try:
         yield session
+    except (Py4JJavaError, CapturedException) as e:  # read while the JVM runs: their text needs it
+        raise spark_failure(e) from None
     finally:
         session.stop()
         if master is not None:
             stop_gateway()
+
+
+def spark_failure(error: Exception) -> PillarsError:
+    """A failed Spark call as one line: the Java exception at the root of ``error`` (a ``Py4JJavaError``, or
+    pyspark's converted ``CapturedException``), e.g. ``java.lang.OutOfMemoryError: Java heap space``; a
+    ConfigError naming ``spark_driver_memory`` for a heap that ran out, else a DataError. Needs the JVM."""
+    java = getattr(error, "java_exception", None) or getattr(error, "_origin", None)
+    text = ""
+    try:
+        while java is not None and java.getCause() is not None:
+            java = java.getCause()
+        text = str(java.toString()) if java is not None else ""
+    except Exception:  # noqa: BLE001  (the JVM went away: the Python side's text below)
+        text = ""
+    if not text:
+        text = f"{type(error).__name__}: {getattr(error, 'desc', '') or ''}"
+    text = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+    if "OutOfMemoryError" in text:
+        return ConfigError(f"Spark ran out of memory ({text}): raise --param spark_driver_memory (now the "
+                           "driver's heap) or give the step more memory")
+    return DataError(f"the Spark job failed: {text}")
 
 
 def stop_gateway(timeout_s: float = 30.0) -> None:

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pillars.components.data import hashsplit
+from pillars.components.data import spark as spark_engine
 from pillars.components.data.shards import ROW_HASH, load_examples, shard_files
 from pillars.components.data.spark import JAVA_HINT, check_java, local_session, prepare_table_spark
 from pillars.components.data.tables import TableResult, prepare_table_pandas
@@ -173,3 +174,25 @@ def test_a_bracket_that_missed_its_ranks_is_scanned_again_whole(spark):
     assert found[0][0] == 10 and found[0][1].tolist() == list(map(float, range(10, 21)))
     value_at = _pick(frame, ["v"], brackets, found, [(12, 13), (49, 50)])
     assert (value_at[0](12), value_at[1](49), value_at[1](50)) == (12.0, 49.0, 50.0)
+
+
+@pytest.mark.slow
+def test_beyond_the_exact_quantile_rows_spark_approximates_the_quantiles_and_agrees_on_the_rest(spark, tmp_path,
+                                                                                                monkeypatch):
+    source = tmp_path / "churn.csv"
+    _table(5000, 6, classification=True).to_csv(source, index=False)
+    table = TableSource(str(source), "target", "classification")
+    params = DataParams(seed=2, missing_policy="mean")
+    by_pandas = prepare_table_pandas(table, params, tmp_path / "pandas")
+    monkeypatch.setattr(spark_engine, "EXACT_QUANTILE_ROWS", 100)  # the path of a table of billions of rows
+    by_spark = prepare_table_spark(spark, table, params, tmp_path / "spark")
+    assert by_spark.split_rows == by_pandas.split_rows
+    assert _membership(tmp_path / "spark") == _membership(tmp_path / "pandas")
+    exact, approx = by_pandas.statistics, by_spark.statistics
+    np.testing.assert_allclose(approx.mean, exact.mean, rtol=1e-12)
+    for name, feature in by_pandas.profile["features"].items():
+        spark_feature = by_spark.profile["features"][name]
+        assert spark_feature["histogram"]["counts"] == feature["histogram"]["counts"]
+        span = feature["quantiles"]["p99"] - feature["quantiles"]["p01"]
+        for q, value in feature["quantiles"].items():  # percentile_approx: within a hundredth of the range
+            assert spark_feature["quantiles"][q] == pytest.approx(value, abs=0.01 * span), (name, q)
