@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -138,8 +139,9 @@ def main() -> None:
             if run.returncode:
                 report["stderr_tail"] = run.stderr.strip().splitlines()[-15:]
                 for log in (root / "work" / ".pillars" / "logs").glob("*.log"):  # the steps' own output
-                    lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip() and "WARN" not in x]
-                    report["log_tail"] = lines[-60:]
+                    kept = Path.cwd() / f"capped-pipeline-{os.getpid()}.log"
+                    shutil.copyfile(log, kept)
+                    report["log"] = str(kept)
             report["train_step"] = {
                 "attempts": len(watcher.peaks), "moved_into_cgroup_after_s": watcher.moved_after_s,
                 "peak_rss_mb": [round(p, 1) for p in watcher.peaks.values()],
