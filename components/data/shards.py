@@ -94,6 +94,14 @@ def record_batches(files: Sequence[str | Path], columns: Sequence[str], batch_ro
                                       fragment_readahead=1)
 
 
+def example_batches(files: Sequence[str | Path], table: Mapping[str, Any],
+                    batch_rows: int) -> Iterator[dict[str, np.ndarray]]:
+    """The rows of ``files`` in file order as the task's examples (:func:`examples_of`), ``batch_rows`` at most at
+    a time."""
+    for batch in record_batches(files, columns_of(table), batch_rows):
+        yield examples_of(*arrays_of(batch, table), table)
+
+
 def columns_of(table: Mapping[str, Any]) -> list[str]:
     """The shard columns a reader needs: the features and the label."""
     return [feature_column(i) for i in range(len(table["feature_names"]))] + [LABEL]

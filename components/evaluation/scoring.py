@@ -18,14 +18,14 @@ scored streaming: its split is not a table source (only table-source tasks get P
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 
-from pillars.components.data.shards import (arrays_of, check_same_schema, columns_of, examples_of, read_layout,
-                                            record_batches, shard_files, split_rows)
+from pillars.components.data.shards import (check_same_schema, example_batches, read_layout, shard_files,
+                                            split_rows)
 from pillars.components.data.splits import load_split
 from pillars.components.errors import DataError
 from pillars.components.model.predictor import Predictor
@@ -70,13 +70,11 @@ def batched_predict(predictor: Predictor, batch: int = PREDICT_BATCH) -> Callabl
     return predict
 
 
-def shard_batches(folder: str | Path, batch: int = PREDICT_BATCH) -> Iterator[Examples]:
-    """A shard folder's rows as the task's examples (inputs and target), ``batch`` rows at a time, in order."""
-    table = read_layout(folder)
+def _shards(folder: str | Path) -> tuple[dict, list[Path]]:
+    """A shard folder's layout and files, the files checked to share one schema."""
     files = shard_files(folder)
     check_same_schema(files)
-    for record_batch in record_batches(files, columns_of(table), batch):
-        yield examples_of(*arrays_of(record_batch, table), table)
+    return read_layout(folder), files
 
 
 def score(predictor: Predictor, split: Split, keep: Sequence[str] | None = None,
@@ -90,13 +88,13 @@ def score(predictor: Predictor, split: Split, keep: Sequence[str] | None = None,
         examples = load_split(split) if isinstance(split, (str, Path)) else split
         outputs = batched_predict(predictor, batch)(examples)
         return Scored(examples, {k: v for k, v in outputs.items() if keep is None or k in keep}, streamed=False)
-    table = read_layout(split)
+    table, files = _shards(split)
     target = table["target"]
-    rows = sum(split_rows(shard_files(split)))
+    rows = sum(split_rows(files))
     kept: dict[str, np.ndarray] = {}
     targets = np.empty(0)
     done = 0
-    for examples in shard_batches(split, batch):
+    for examples in example_batches(files, table, batch):
         out = predictor.predict_checked(input_columns(predictor.signature, examples))
         n = len(examples[target])
         if done == 0:  # allocated once for the split: appended batches would fragment the heap
@@ -138,11 +136,12 @@ def sample_rows(split: Split, rows: int, seed: int = 0, batch: int = PREDICT_BAT
             return examples
         keep = np.random.default_rng(seed).random(total) < rows / total
         return take(examples, keep)
-    total = sum(split_rows(shard_files(split)))
+    table, files = _shards(split)
+    total = sum(split_rows(files))
     share = min(1.0, rows / max(total, 1))
     rng = np.random.default_rng(seed)
     parts: list[Examples] = []
-    for examples in shard_batches(split, batch):
+    for examples in example_batches(files, table, batch):
         if share < 1.0:
             examples = take(examples, rng.random(row_count(examples)) < share)
         parts.append(examples)

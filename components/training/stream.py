@@ -39,6 +39,7 @@ from pillars.components.data.shards import (
     arrays_of,
     check_same_schema,
     columns_of,
+    example_batches,
     examples_of,
     record_batches,
     shard_files,
@@ -209,8 +210,8 @@ def validate_stream(task: Task, model: nn.Module, prep: Preprocessing, files: Se
     # leaves them between the freed batches and the allocator cannot give that memory back (RSS grew with
     # the split's size, measured).
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        for batch in record_batches(files, columns_of(table), EVAL_BATCH):
-            inputs, targets = _encode(task, prep, examples_of(*arrays_of(batch, table), table), device)
+        for examples in example_batches(files, table, EVAL_BATCH):
+            inputs, targets = _encode(task, prep, examples, device)
             out = model(**inputs).float()
             if done == 0:
                 head = torch.empty((rows, *out.shape[1:]), dtype=out.dtype, device=device)
