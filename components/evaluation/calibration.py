@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
-from pillars.components.evaluation.scoring import score
+from pillars.components.evaluation.scoring import sample_rows, score
 from pillars.components.model.predictor import CONFIG_FILE, load_predictor, locate_model_dir
 
 CALIBRATION_KEY = "calibration"
@@ -54,6 +54,10 @@ LOGIT_CLIP = 1e-6
 LOG_T_BOUNDS = (-4.0, 4.0)
 """Search range of ``log T``: temperatures from ~0.02 to ~55, far beyond any real network's."""
 EPSILON = 1e-12
+SAMPLE_ROWS = 200_000
+"""Validation rows a calibration is fitted on, at most (a seeded sample of a larger split): one temperature (or a
+two-parameter map) is pinned far more tightly than the split's own noise by that many rows, and the train step's
+memory then stays flat however large the split (about 16 bytes a row would grow with it otherwise)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,9 +233,11 @@ def read_calibration(extra: Mapping[str, Any]) -> Calibration | None:
     return None if data is None else Calibration.from_dict(data)
 
 
-def calibrate_saved_model(model_dir: str | Path, val_path: str | Path, method: str = METHOD) -> Calibration | None:
+def calibrate_saved_model(model_dir: str | Path, val_path: str | Path, method: str = METHOD,
+                          rows: int = SAMPLE_ROWS) -> Calibration | None:
     """Fit the calibration of the classifier saved in ``model_dir`` on the validation split at ``val_path``
-    and store it in its ``config.json``; None (nothing written) for a task that is not a classifier.
+    (a seeded sample of at most about ``rows`` of its rows; all of a smaller split) and store it in its
+    ``config.json``; None (nothing written) for a task that is not a classifier.
 
     The predictions go through the served path (:class:`pillars.components.model.predictor.Predictor`), so
     the probabilities are those the server will see.
@@ -241,7 +247,7 @@ def calibrate_saved_model(model_dir: str | Path, val_path: str | Path, method: s
     task = predictor.task
     if task.kind != "classification":
         return None
-    val = score(predictor, val_path, keep=("probabilities",))  # shards are streamed: only these are kept
+    val = score(predictor, sample_rows(val_path, rows), keep=("probabilities",))  # read streaming, sample kept
     result = calibrate(val.outputs["probabilities"], np.asarray(val.examples[task.target_column], dtype=np.int64),
                        method)
     config_file = directory / CONFIG_FILE

@@ -57,6 +57,10 @@ def test_calibration_and_importance_read_shards_as_they_read_the_split_in_memory
     from_shards = calibrate_saved_model(model_dir, out / "val")
     from_file = calibrate_saved_model(model_dir, tmp_path / "val.npz")
     assert from_shards is not None and from_shards.to_dict() == from_file.to_dict()
+    assert from_shards.rows == len(val["label"])
+    sampled = calibrate_saved_model(model_dir, out / "val", rows=100)  # a larger split: a seeded sample of it
+    assert sampled is not None and 50 <= sampled.rows <= 150
+    assert sampled.to_dict() == calibrate_saved_model(model_dir, tmp_path / "val.npz", rows=100).to_dict()
 
     importance = store_importance(model_dir, out / "val", seed=4)
     assert importance == store_importance(model_dir, tmp_path / "val.npz", seed=4)
