@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 
 HISTOGRAM_BINS = 10
+QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+QUANTILE_NAMES = ("p01", "p05", "p25", "p50", "p75", "p95", "p99")
 REFERENCE_ROWS = 200
 
 
@@ -27,7 +29,7 @@ def feature_profile(values: np.ndarray, bins: int = HISTOGRAM_BINS) -> dict[str,
     lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
     edges = np.histogram_bin_edges(values, bins=bins, range=(lo, hi if hi > lo else lo + 1.0))
     counts, _ = np.histogram(values, bins=edges)
-    quantiles = np.quantile(values, [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]) if values.size else np.zeros(7)
+    quantiles = np.quantile(values, QUANTILES) if values.size else np.zeros(len(QUANTILES))
     return {
         "dtype": "float32",
         "count": int(values.size),
@@ -35,7 +37,7 @@ def feature_profile(values: np.ndarray, bins: int = HISTOGRAM_BINS) -> dict[str,
         "std": float(values.std()) if values.size else 0.0,
         "min": lo,
         "max": hi,
-        "quantiles": dict(zip(["p01", "p05", "p25", "p50", "p75", "p95", "p99"], map(float, quantiles))),
+        "quantiles": dict(zip(QUANTILE_NAMES, map(float, quantiles))),
         "histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
     }
 

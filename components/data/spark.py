@@ -6,9 +6,8 @@ with ``spark_launcher=operator`` the step submits this same code as a SparkAppli
 Operator (:mod:`pillars.components.data.spark_application`), whose driver is
 :mod:`pillars.components.data.spark_driver`. The row hash is the same Python function as the pandas
 engine's, run by Spark as a vectorised (Arrow) UDF; the cleaning, split and counts are Spark SQL; the
-statistics are :mod:`pillars.components.data.spark_stats` (native aggregates and one Arrow pass). Quantiles are
-exact up to :data:`EXACT_QUANTILE_ROWS` train rows, ``percentile_approx`` beyond, where the engines may then
-differ by the approximation's rank error.
+statistics are :mod:`pillars.components.data.spark_stats` (a few Arrow passes, numpy per record batch), the
+pandas engine's to the bit for quantiles and histograms at any size.
 
 An ``s3://`` source is read as ``s3a://`` (the image needs ``hadoop-aws``; credentials from the usual
 ``AWS_*`` variables and ``AWS_ENDPOINT_URL``/``MLFLOW_S3_ENDPOINT_URL``).
@@ -50,8 +49,6 @@ CELLS_PER_PARTITION = 4_000_000
 """Values (rows x columns) per shuffle partition: about 32 MB of doubles, so a task of the dedup shuffle and of
 the cache holds a bounded slice of the table whatever its size (8 fixed partitions ran a 1 GB table out of a
 2 GB heap)."""
-EXACT_QUANTILE_ROWS = 5_000_000
-"""Train rows up to which the quantiles are exact (:mod:`pillars.components.data.spark_stats`)."""
 JAVA_HINT = ("Spark needs a Java 17 runtime and none was found (no `java` on PATH, no JAVA_HOME): install it "
              "(apt-get install openjdk-17-jre-headless) or use engine=pandas")
 _SPLIT = "_split"
@@ -316,9 +313,8 @@ def _summarise_and_write(frame: DataFrame, groups: list[_Group], features: list[
     imputed = frame.select(*[F.coalesce(F.col(f), F.lit(v).cast("float")).alias(f)
                              for f, v in zip(features, fill)], LABEL, ROW_HASH, _SPLIT)
     train = imputed.where(F.col(_SPLIT) == 0)
-    exact = train_rows <= EXACT_QUANTILE_ROWS
     measured = features + ([] if source.kind == "classification" else [LABEL])
-    stats = spark_stats.column_stats(train, measured, train_rows, exact)
+    stats = spark_stats.column_stats(train, measured, train_rows)
     feature_stats = stats[:len(features)]
     label_stats: dict[str, Any] = ({"class_counts": class_counts} if source.kind == "classification"
                                    else stats[len(features)])

@@ -35,15 +35,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pillars.components.data import hashsplit
-from pillars.components.data.profile import HISTOGRAM_BINS, REFERENCE_ROWS, histogram_counts
+from pillars.components.data.profile import (
+    HISTOGRAM_BINS,
+    QUANTILE_NAMES,
+    QUANTILES,
+    REFERENCE_ROWS,
+    histogram_counts,
+)
 from pillars.components.data.shards import LABEL, ROW_GROUP_ROWS, ROW_HASH, check_same_schema, feature_column
 from pillars.components.errors import ConfigError, DataError
 from pillars.components.task import DataParams, TableSource, TableStatistics
 
 ENGINES = ("pandas", "spark")
 """The data step's engines: ``pandas`` in the step's own process, ``spark`` on Apache Spark."""
-QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
-QUANTILE_NAMES = ("p01", "p05", "p25", "p50", "p75", "p95", "p99")
 SUFFIXES = (".csv", ".parquet", ".pq")
 ROWS_PER_SHARD = 1_000_000
 """Rows per Parquet file the pandas engine writes (Spark writes one file per partition)."""
